@@ -1,0 +1,142 @@
+// Package frames reads, validates and forwards WebSocket frames (RFC 6455)
+// between two connections without holding a whole message in memory.
+//
+// A Reader waits for the next frame in a small array that belongs to the
+// connection and borrows a pooled buffer only while bytes are buffered, so an
+// idle connection holds no buffer at all. A Stream keeps the per-direction
+// protocol state (fragmentation, message size, UTF-8 of text messages) and
+// forwards one frame at a time, writing its header and payload with one write
+// call whenever the frame fits in a pooled buffer.
+package frames
+
+import (
+	"io"
+	"sync"
+)
+
+// BufferSize is the size of the pooled buffers that payloads pass through.
+// A frame whose header and payload fit in one buffer is written with one
+// write call.
+const BufferSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
+
+func getBuf() *[]byte  { return bufPool.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufPool.Put(b) }
+
+// smallSize holds any frame header (at most 14 bytes) plus a little payload.
+const smallSize = 16
+
+// Reader is a buffered reader that owns no buffer while it has nothing
+// buffered. When empty it blocks reading into a 16-byte array of its own;
+// once bytes arrive it borrows a pooled buffer and reads greedily, so a burst
+// of small frames costs one read call, and it gives the buffer back as soon
+// as everything buffered has been consumed.
+//
+// A Reader is used by one goroutine at a time.
+type Reader struct {
+	src   io.Reader
+	small [smallSize]byte
+	big   *[]byte
+	data  []byte // unread bytes, inside small or *big
+}
+
+// NewReader returns a Reader of src.
+func NewReader(src io.Reader) *Reader { return &Reader{src: src} }
+
+// Reset makes r read from src, dropping anything buffered.
+func (r *Reader) Reset(src io.Reader) {
+	r.Release()
+	r.data = nil
+	r.src = src
+}
+
+// Prime makes p the first bytes r returns, before any read of src. It is for
+// bytes a handshake reader buffered past the end of the handshake.
+func (r *Reader) Prime(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	r.borrow()
+	n := copy(*r.big, p)
+	r.data = (*r.big)[:n]
+	if n < len(p) {
+		// Only a peer that ignores the handshake sends more than a buffer
+		// before the 101 arrives; keep the rest as the source's prefix.
+		r.src = io.MultiReader(&onceReader{p: p[n:]}, r.src)
+	}
+}
+
+type onceReader struct{ p []byte }
+
+func (o *onceReader) Read(p []byte) (int, error) {
+	if len(o.p) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, o.p)
+	o.p = o.p[n:]
+	return n, nil
+}
+
+// Buffered reports how many bytes can be read without touching the source.
+func (r *Reader) Buffered() int { return len(r.data) }
+
+// Read implements io.Reader.
+func (r *Reader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if len(r.data) == 0 {
+		if len(p) > smallSize {
+			// A payload read: read greedily into a pooled buffer, so the
+			// frames that follow in the same segment cost no read call.
+			r.borrow()
+		}
+		if err := r.fill(1); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// fill reads until at least n (> Buffered, <= BufferSize) bytes are
+// buffered. Without a pooled buffer it reads into the Reader's own array;
+// with one, it reads as much as the source has ready.
+func (r *Reader) fill(n int) error {
+	if r.big == nil && n <= smallSize {
+		m := copy(r.small[:], r.data)
+		k, err := io.ReadAtLeast(r.src, r.small[m:], n-m)
+		r.data = r.small[:m+k]
+		return err
+	}
+	r.borrow()
+	buf := *r.big
+	m := copy(buf, r.data)
+	k, err := io.ReadAtLeast(r.src, buf[m:], n-m)
+	r.data = buf[:m+k]
+	return err
+}
+
+func (r *Reader) borrow() {
+	if r.big == nil {
+		r.big = getBuf()
+	}
+}
+
+// Release gives the pooled buffer back when nothing is buffered in it, and
+// moves a short remainder (at most a frame header) into the Reader's own
+// array so that an idle connection holds no pooled buffer. Callers release
+// between frames.
+func (r *Reader) Release() {
+	if r.big == nil {
+		return
+	}
+	if len(r.data) > smallSize {
+		return
+	}
+	r.data = r.small[:copy(r.small[:], r.data)]
+	putBuf(r.big)
+	r.big = nil
+}

@@ -1,0 +1,242 @@
+package frames
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// Peer says which end of a WebSocket connection sends the frames of a
+// Stream.
+type Peer uint8
+
+const (
+	// Client frames must be masked (RFC 6455 section 5.1) and are sent on
+	// masked with a fresh key.
+	Client Peer = iota
+	// Server frames must not be masked and are sent on unmasked.
+	Server
+)
+
+// CloseError is a violation of the protocol by the sending peer: the
+// connection ends and the peer gets a close frame with Code and Reason.
+type CloseError struct {
+	Code   ws.StatusCode
+	Reason string
+}
+
+func (e *CloseError) Error() string { return "websocket: " + e.Reason }
+
+// The violations, one value each so that the per-frame path never
+// allocates an error.
+var (
+	ErrReservedOpcode   = &CloseError{ws.StatusProtocolError, "reserved opcode"}
+	ErrReservedBits     = &CloseError{ws.StatusProtocolError, "reserved bits set"}
+	ErrControlTooLong   = &CloseError{ws.StatusProtocolError, "control frame over 125 bytes"}
+	ErrControlFragment  = &CloseError{ws.StatusProtocolError, "fragmented control frame"}
+	ErrMaskRequired     = &CloseError{ws.StatusProtocolError, "unmasked client frame"}
+	ErrMaskUnexpected   = &CloseError{ws.StatusProtocolError, "masked server frame"}
+	ErrContinuation     = &CloseError{ws.StatusProtocolError, "continuation frame without a message"}
+	ErrNoContinuation   = &CloseError{ws.StatusProtocolError, "new message inside a fragmented message"}
+	ErrLength           = &CloseError{ws.StatusProtocolError, "invalid payload length"}
+	ErrCloseBody        = &CloseError{ws.StatusProtocolError, "close frame with a 1-byte body"}
+	ErrCloseCode        = &CloseError{ws.StatusProtocolError, "invalid close code"}
+	ErrInvalidUTF8      = &CloseError{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text message"}
+	ErrCloseReasonUTF8  = &CloseError{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in close reason"}
+	ErrMessageTooBig    = &CloseError{ws.StatusMessageTooBig, "message too big"}
+	errUnexpectedHeader = errors.New("frames: Forward without a header from Next")
+)
+
+// WriteError is a failure to write a forwarded frame to its destination:
+// the destination's fault, not the source's.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "websocket: write: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// Close is what a forwarded close frame said. Code is 1005 (no status) for
+// a close frame without a body.
+type Close struct {
+	Code   ws.StatusCode
+	Reason string
+}
+
+// Stream holds the protocol state of the frames one peer sends: whether a
+// fragmented message is open, its size so far and, for text, its UTF-8
+// state. Next reads and checks a header; Forward streams that frame's
+// payload to the other peer.
+//
+// A Stream is used by one goroutine; its zero value reads client frames
+// without a size limit.
+type Stream struct {
+	// From is the peer whose frames this Stream reads.
+	From Peer
+	// MaxMessageBytes bounds the sum of a data message's frame lengths,
+	// checked on each header before its payload is read. Zero means no
+	// limit.
+	MaxMessageBytes int64
+
+	fragmented bool  // a data message is open (its last frame had FIN=0)
+	text       bool  // the open message is text
+	size       int64 // payload bytes announced so far for the open message
+	utf8       utf8State
+	pending    bool // Next returned a header whose payload Forward has not read
+	midFrame   bool // Forward failed after writing part of a frame
+	hdr        [ws.MaxHeaderSize]byte
+}
+
+// StartsMessage reports whether h is the first frame of a data message:
+// the unit that limits count.
+func StartsMessage(h ws.Header) bool {
+	return h.OpCode == ws.OpText || h.OpCode == ws.OpBinary
+}
+
+// Next reads the next frame header from r and checks it against RFC 6455
+// section 5 and the stream's state. Violations are returned as
+// *CloseError; anything else is the reader's error.
+func (s *Stream) Next(r io.Reader) (ws.Header, error) {
+	h, err := ws.ReadHeaderBuffer(r, s.hdr[:])
+	if err != nil {
+		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+			return h, ErrLength
+		}
+		return h, err
+	}
+	if err := s.check(h); err != nil {
+		return h, err
+	}
+	s.pending = true
+	return h, nil
+}
+
+func (s *Stream) check(h ws.Header) error {
+	switch {
+	case h.OpCode.IsReserved():
+		return ErrReservedOpcode
+	case h.Rsv != 0:
+		// No extension is negotiated (RFC 6455 section 5.2).
+		return ErrReservedBits
+	case s.From == Client && !h.Masked:
+		return ErrMaskRequired
+	case s.From == Server && h.Masked:
+		return ErrMaskUnexpected
+	}
+	if h.OpCode.IsControl() {
+		switch {
+		case h.Length > ws.MaxControlFramePayloadSize:
+			return ErrControlTooLong
+		case !h.Fin:
+			return ErrControlFragment
+		case h.OpCode == ws.OpClose && h.Length == 1:
+			return ErrCloseBody
+		}
+		return nil
+	}
+	switch {
+	case h.OpCode == ws.OpContinuation && !s.fragmented:
+		return ErrContinuation
+	case h.OpCode != ws.OpContinuation && s.fragmented:
+		return ErrNoContinuation
+	}
+	if h.OpCode != ws.OpContinuation {
+		s.size = 0
+		s.text = h.OpCode == ws.OpText
+		s.utf8 = utf8State{}
+	}
+	if max := s.MaxMessageBytes; max > 0 && (h.Length > max || s.size > max-h.Length) {
+		return ErrMessageTooBig
+	}
+	s.size += h.Length
+	s.fragmented = !h.Fin
+	return nil
+}
+
+// MidFrame reports whether the last Forward failed after it had written
+// part of a frame: the destination then cannot take a close frame, only the
+// end of the connection.
+func (s *Stream) MidFrame() bool { return s.midFrame }
+
+// Forward reads the payload of h, the header Next just returned, from r and
+// writes the frame to w: masked with a fresh key when the stream reads a
+// client, unmasked otherwise. Header and payload go out in one write call
+// when they fit in BufferSize; a longer frame goes out in chunks, each
+// checked before it is written, so no byte of an invalid text message or
+// close frame reaches w. For a close frame it returns what the frame said.
+func (s *Stream) Forward(w io.Writer, r io.Reader, h ws.Header) (Close, error) {
+	if !s.pending {
+		return Close{}, errUnexpectedHeader
+	}
+	s.pending = false
+	s.midFrame = false
+
+	out := h
+	out.Masked = s.From == Client
+	if out.Masked {
+		binary.LittleEndian.PutUint32(out.Mask[:], rand.Uint32())
+	} else {
+		out.Mask = [4]byte{}
+	}
+
+	bp := getBuf()
+	defer putBuf(bp)
+	buf := *bp
+	n := putHeader(buf, out)
+	text := s.text && !h.OpCode.IsControl()
+	var c Close
+	for remaining, off := h.Length, 0; ; {
+		chunk := int(min(remaining, int64(len(buf)-n)))
+		p := buf[n : n+chunk]
+		if _, err := io.ReadFull(r, p); err != nil {
+			s.midFrame = off > 0
+			return c, err
+		}
+		if h.Masked {
+			ws.Cipher(p, h.Mask, off)
+		}
+		remaining -= int64(chunk)
+		switch {
+		case text:
+			if !s.utf8.valid(p) || h.Fin && remaining == 0 && !s.utf8.complete() {
+				s.midFrame = off > 0
+				return c, ErrInvalidUTF8
+			}
+		case h.OpCode == ws.OpClose:
+			var err error
+			if c, err = parseClose(p); err != nil {
+				return c, err
+			}
+		}
+		if out.Masked {
+			ws.Cipher(p, out.Mask, off)
+		}
+		if _, err := w.Write(buf[:n+chunk]); err != nil {
+			s.midFrame = true
+			return c, &WriteError{err}
+		}
+		off += chunk
+		n = 0
+		if remaining == 0 {
+			return c, nil
+		}
+	}
+}
+
+// parseClose checks a close frame's body (RFC 6455 section 5.5.1).
+func parseClose(p []byte) (Close, error) {
+	if len(p) == 0 {
+		return Close{Code: ws.StatusNoStatusRcvd}, nil
+	}
+	c := Close{Code: ws.StatusCode(binary.BigEndian.Uint16(p))}
+	if !ValidCloseCode(c.Code) {
+		return c, ErrCloseCode
+	}
+	if !utf8.Valid(p[2:]) {
+		return c, ErrCloseReasonUTF8
+	}
+	c.Reason = string(p[2:])
+	return c, nil
+}
