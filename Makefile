@@ -1,0 +1,74 @@
+# wsgate: the commands a person uses. `make demo` and `make test` work on a
+# fresh Debian/Ubuntu machine (as root they install what they need).
+
+GO        ?= go
+BIN       ?= bin/wsgate
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+FUZZTIME  ?= 3s
+ROOT      := $(shell id -u 2>/dev/null)
+
+# Fuzz targets run by `make test` for FUZZTIME each (package:target).
+FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth:FuzzXFF ./auth:FuzzProxyHeader ./auth:FuzzExtractToken
+
+.PHONY: all build demo test unit fuzz e2e deps e2e-deps lint bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+## demo: the gate on its embedded default (memory store) in front of a built-in echo backend.
+demo: build
+	./$(BIN) demo --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text
+
+## test: everything CI runs: vet, unit tests with -race, a few seconds of fuzzing per target, end-to-end tests.
+test: deps e2e-deps lint unit fuzz e2e
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		if grep -qs "func $$name(" $$pkg/*_test.go; then \
+			echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+		fi; \
+	done
+
+e2e:
+	$(GO) test -race -count=1 -tags e2e -timeout 10m ./e2e/
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt: run gofmt -w on: $$(gofmt -l $$(git ls-files '*.go'))"; exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
+
+## deps: redis-server, node and npm (installed with apt-get when run as root).
+deps:
+	@missing=""; \
+	for c in redis-server:redis-server redis-cli:redis-tools node:nodejs npm:npm; do \
+		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "make test needs:$$missing (apt-get install$$missing, or run make test as root)"; exit 1; \
+		fi; \
+	fi
+
+e2e-deps: deps
+	@if [ ! -d e2e/backend/node_modules ] || [ e2e/backend/package-lock.json -nt e2e/backend/node_modules ]; then \
+		npm ci --prefix e2e/backend --no-audit --no-fund --loglevel=error && touch e2e/backend/node_modules; \
+	fi
+
+## bench: micro-benchmarks with allocations.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./frames/ ./limit/ ./auth/
+
+clean:
+	rm -rf bin

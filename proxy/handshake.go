@@ -1,0 +1,327 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gobwas/ws"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/holo/wsgate/metrics"
+)
+
+// isWebSocket reports whether r asks for a WebSocket upgrade (RFC 6455
+// section 4.1), matching tokens rather than whole header values.
+func isWebSocket(r *http.Request) bool {
+	return httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") &&
+		httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "websocket")
+}
+
+// checkHandshake validates what the gate needs of a client handshake
+// before it dials the upstream; gobwas/ws checks it again on upgrade.
+func checkHandshake(r *http.Request) (int, string) {
+	switch {
+	case r.Method != http.MethodGet:
+		return http.StatusMethodNotAllowed, "websocket handshake must be GET"
+	case !r.ProtoAtLeast(1, 1):
+		return http.StatusBadRequest, "websocket handshake needs HTTP/1.1"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		return http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version (want 13)"
+	case len(r.Header.Get("Sec-WebSocket-Key")) != 24:
+		return http.StatusBadRequest, "missing or malformed Sec-WebSocket-Key"
+	}
+	return 0, ""
+}
+
+// hopHeaders are removed from what goes upstream (RFC 9110 section 7.6.1),
+// with the handshake headers the gate writes itself.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Accept", "Sec-Websocket-Extensions",
+	"Sec-Websocket-Protocol", "Host",
+}
+
+// upstreamHeader returns the headers of a client handshake that go
+// upstream: every end-to-end header, then X-Forwarded-*.
+func (p *Proxy) upstreamHeader(r *http.Request, peer netip.Addr) http.Header {
+	h := r.Header.Clone()
+	for _, f := range h["Connection"] {
+		for _, name := range strings.Split(f, ",") {
+			if name = textproto(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	p.setForwarded(h, r, peer)
+	return h
+}
+
+func textproto(s string) string { return http.CanonicalHeaderKey(strings.TrimSpace(s)) }
+
+// setForwarded sets X-Forwarded-For (appended to when the peer is a trusted
+// proxy, replaced otherwise), X-Forwarded-Proto and X-Forwarded-Host (kept
+// from a trusted proxy, set from the request otherwise).
+func (p *Proxy) setForwarded(h http.Header, r *http.Request, peer netip.Addr) {
+	trusted := peer.IsValid() && p.cfg.ClientIP.IsTrusted(peer)
+	if peer.IsValid() {
+		h.Set("X-Forwarded-For", p.cfg.ClientIP.ForwardedFor(peer, r.Header.Values("X-Forwarded-For")))
+	} else {
+		h.Del("X-Forwarded-For")
+	}
+	if !trusted || h.Get("X-Forwarded-Proto") == "" {
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		h.Set("X-Forwarded-Proto", proto)
+	}
+	if !trusted || h.Get("X-Forwarded-Host") == "" {
+		h.Set("X-Forwarded-Host", r.Host)
+	}
+}
+
+// upstreamURL is the ws:// URL of the upstream for r: the upstream's path
+// joined with r's path, r's raw query kept.
+func (p *Proxy) upstreamURL(r *http.Request) string {
+	u := p.wsBase
+	u.Path, u.RawPath = joinPath(p.wsBase, r)
+	u.RawQuery = r.URL.RawQuery
+	u.Fragment = ""
+	return u.String()
+}
+
+func joinPath(base url.URL, r *http.Request) (path, rawPath string) {
+	bp := base.EscapedPath()
+	if bp == "" || bp == "/" {
+		return r.URL.Path, r.URL.RawPath
+	}
+	joined := strings.TrimSuffix(bp, "/") + "/" + strings.TrimPrefix(r.URL.EscapedPath(), "/")
+	u, err := url.Parse(joined)
+	if err != nil {
+		return joined, ""
+	}
+	return u.Path, u.RawPath
+}
+
+// serveWebSocket handles one handshake: check, limits, dial the upstream,
+// upgrade the client with the upstream's subprotocol, relay.
+func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if p.draining.Load() {
+		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
+		return
+	}
+	if code, msg := checkHandshake(r); code != 0 {
+		if code == http.StatusUpgradeRequired {
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		p.refuse(w, code, msg, metrics.ResultBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.HandshakeTimeout)
+	defer cancel()
+
+	peer := peerAddr(r)
+	client := p.cfg.ClientIP.ClientIP(peer, r.Header.Values("X-Forwarded-For"))
+	ipKey := p.cfg.ClientIP.Key(client)
+	userKey := "anon:" + ipKey
+	offered := offeredProtocols(r)
+
+	if p.cfg.Limiter != nil {
+		d := p.decide(ctx, true, userKey, ipKey)
+		if p.enforce(d) {
+			p.refuseUpgrade(w, r, offered, d)
+			p.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited).Inc()
+			return
+		}
+	}
+
+	var rejected *upstreamResponse
+	dialer := ws.Dialer{
+		Timeout:   p.cfg.DialTimeout,
+		Protocols: offered,
+		Header:    ws.HandshakeHeaderHTTP(p.upstreamHeader(r, peer)),
+		Host:      r.Host,
+		NetDial:   (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+		OnStatusError: func(status int, _ []byte, resp io.Reader) {
+			rejected = readUpstreamResponse(status, resp)
+		},
+	}
+	upConn, upBuf, hs, err := dialer.Dial(ctx, p.upstreamURL(r))
+	if err != nil {
+		p.upstreamFailed(w, r, err, rejected)
+		return
+	}
+
+	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
+	if hs.Protocol != "" {
+		up.Protocol = ws.SelectEqual(hs.Protocol)
+	}
+	clConn, clBuf, _, err := up.Upgrade(r, w)
+	if err != nil {
+		p.log.Debug("client upgrade failed", "err", err)
+		_ = upConn.Close()
+		if upBuf != nil {
+			ws.PutReader(upBuf)
+		}
+		if clConn != nil {
+			_ = clConn.Close()
+		}
+		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultBadRequest).Inc()
+		return
+	}
+
+	pr := newPair(p, clConn, upConn)
+	pr.clientIP = client.String()
+	pr.userKey, pr.ipKey = userKey, ipKey
+	pr.path = r.URL.Path
+	pr.protocol = hs.Protocol
+	if n := clBuf.Reader.Buffered(); n > 0 {
+		b, _ := clBuf.Reader.Peek(n)
+		pr.fromClient.r.Prime(b)
+	}
+	if upBuf != nil {
+		b, _ := upBuf.Peek(upBuf.Buffered())
+		pr.fromUpstream.r.Prime(b)
+		ws.PutReader(upBuf)
+	}
+	if !p.track(pr) {
+		pr.end(ending{initiator: metrics.InitiatorGate, clientCode: 1001, clientReason: "going away", upCode: 1001, upReason: "going away"})
+		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultShuttingDown).Inc()
+		return
+	}
+	p.m.ConnectionsTotal.WithLabelValues(metrics.ResultOK).Inc()
+	p.m.HandshakeDuration.Observe(time.Since(start).Seconds())
+	pr.run()
+}
+
+// offeredProtocols lists the subprotocols of r in the client's order.
+func offeredProtocols(r *http.Request) []string {
+	var ps []string
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				ps = append(ps, s)
+			}
+		}
+	}
+	return ps
+}
+
+func peerAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// upstreamResponse is what an upstream answered instead of 101.
+type upstreamResponse struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// maxUpstreamBody bounds the body of a non-101 answer passed to the client.
+const maxUpstreamBody = 64 << 10
+
+func readUpstreamResponse(status int, resp io.Reader) *upstreamResponse {
+	out := &upstreamResponse{status: status}
+	res, err := http.ReadResponse(bufio.NewReader(resp), nil)
+	if err != nil {
+		return out
+	}
+	defer res.Body.Close()
+	out.header = res.Header
+	out.body, _ = io.ReadAll(io.LimitReader(res.Body, maxUpstreamBody))
+	return out
+}
+
+// upstreamFailed answers a handshake whose upstream dial failed: the
+// upstream's own status and body when it answered without 101 (as nginx
+// does), 504 on a timeout, 502 otherwise.
+func (p *Proxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error, rejected *upstreamResponse) {
+	var se ws.StatusError
+	switch {
+	case errors.As(err, &se) && rejected != nil:
+		for k, vs := range rejected.header {
+			if skipResponseHeader(k) {
+				continue
+			}
+			w.Header()[k] = vs
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rejected.body)))
+		w.WriteHeader(rejected.status)
+		_, _ = w.Write(rejected.body)
+		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultUpstreamStatus).Inc()
+		p.log.Info("upstream refused handshake", "status", rejected.status, "path", r.URL.Path)
+	case isTimeout(err):
+		p.refuse(w, http.StatusGatewayTimeout, "upstream timed out", metrics.ResultUpstreamTimeout)
+		p.log.Warn("upstream handshake timed out", "err", err, "path", r.URL.Path)
+	default:
+		p.refuse(w, http.StatusBadGateway, "upstream unavailable", metrics.ResultUpstreamError)
+		p.log.Warn("upstream handshake failed", "err", err, "path", r.URL.Path)
+	}
+}
+
+func skipResponseHeader(k string) bool {
+	switch http.CanonicalHeaderKey(k) {
+	case "Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Content-Length", "Trailer",
+		"Proxy-Connection", "Sec-Websocket-Accept":
+		return true
+	}
+	return false
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// refuse answers a request with an HTTP error and counts it.
+func (p *Proxy) refuse(w http.ResponseWriter, code int, msg, result string) {
+	writeError(w, code, msg)
+	p.m.ConnectionsTotal.WithLabelValues(result).Inc()
+}
+
+// writeError writes {"code":N,"error":"msg"}.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	body, _ := json.Marshal(struct {
+		Code  int    `json:"code"`
+		Error string `json:"error"`
+	}{code, msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(code)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// headerSize approximates the bytes of r's request line and headers as
+// they came on the wire.
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n + len(r.Host) + 8
+}

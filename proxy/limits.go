@@ -1,0 +1,119 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/holo/wsgate/frames"
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+)
+
+// decide asks the limiter about a message (or a handshake) and records the
+// decision in the metrics.
+func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string) limit.Decision {
+	start := time.Now()
+	var d limit.Decision
+	if handshake {
+		d = p.cfg.Limiter.Handshake(ctx, user, ip)
+	} else {
+		d = p.cfg.Limiter.Message(ctx, user, ip)
+	}
+	took := time.Since(start).Seconds()
+	if d.Store == "redis" {
+		p.durRedis.Observe(took)
+	} else {
+		p.durMemory.Observe(took)
+	}
+	return d
+}
+
+// enforce records a limiter decision in the metrics and reports whether
+// the gate refuses the event: never under Config.Shadow.
+func (p *Proxy) enforce(d limit.Decision) bool {
+	if d.Fallback {
+		p.m.LimiterFallback.Inc()
+		p.decError.Inc()
+	}
+	if d.Allowed {
+		if !d.Fallback {
+			p.decAllowed.Inc()
+		}
+		return false
+	}
+	if p.cfg.Shadow {
+		p.decShadow.Inc()
+		return false
+	}
+	if !d.Fallback {
+		p.decLimited.Inc()
+	}
+	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind).Inc()
+	return true
+}
+
+// limitBody is the JSON a refused client gets, as a text frame or an HTTP
+// body: {"code":429,"error":"Rate limit exceeded","scope":"user","retryAfterMs":N}.
+func limitBody(d limit.Decision) []byte {
+	b := make([]byte, 0, 96)
+	b = append(b, `{"code":429,"error":"Rate limit exceeded","scope":"`...)
+	b = append(b, d.Scope...)
+	b = append(b, `","retryAfterMs":`...)
+	b = strconv.AppendInt(b, d.RetryAfter.Milliseconds(), 10)
+	return append(b, '}')
+}
+
+// refuseUpgrade answers a handshake refused by a limit the way browsers
+// can read: 101 with the first subprotocol the client offered, the 429
+// JSON as a text frame, close 4008. The upstream is never dialed.
+func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []string, d limit.Decision) {
+	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
+	if len(offered) > 0 {
+		up.Protocol = ws.SelectEqual(offered[0])
+	}
+	conn, _, _, err := up.Upgrade(r, w)
+	if err != nil {
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(p.cfg.CloseTimeout)
+	_ = conn.SetDeadline(deadline)
+	if frames.WriteFrame(conn, ws.OpText, limitBody(d), false) != nil ||
+		frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false) != nil {
+		return
+	}
+	// Wait for the client's close frame (or its leaving) so that closing
+	// the socket does not reset what was just sent.
+	d0 := direction{src: &peerConn{Conn: conn}}
+	d0.r.Reset(conn)
+	(&pair{}).drain(&d0)
+	d0.r.Release()
+	p.m.Closes.WithLabelValues(metrics.InitiatorGate, metrics.CodeLabel(int(frames.StatusRateLimited))).Inc()
+}
+
+// limitRequest applies the message rules to a pass-through request and
+// answers 429 when it is refused.
+func (p *Proxy) limitRequest(w http.ResponseWriter, r *http.Request, userKey, ipKey string) bool {
+	if p.cfg.Limiter == nil {
+		return false
+	}
+	d := p.decide(r.Context(), false, userKey, ipKey)
+	if !p.enforce(d) {
+		return false
+	}
+	secs := int64((d.RetryAfter + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	w.Header().Set("Content-Type", "application/json")
+	body := limitBody(d)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write(body)
+	return true
+}

@@ -1,0 +1,243 @@
+// Package proxy is the gate itself: the HTTP listener's handler that
+// upgrades WebSocket clients, dials the upstream with the same path and
+// query, relays frames both ways through package frames, passes every other
+// request through to the upstream, and drains connections on shutdown.
+//
+// The limiter and the authenticator are consumed through the small
+// interfaces declared here; metrics are recorded into a *metrics.Metrics.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+)
+
+// Limiter decides whether a data message or a handshake may pass.
+// *limit.Limiter implements it.
+type Limiter interface {
+	Message(ctx context.Context, user, ip string) limit.Decision
+	Handshake(ctx context.Context, user, ip string) limit.Decision
+}
+
+// ClientIPResolver finds the client behind a connection's peer address.
+// auth.IPResolver implements it.
+type ClientIPResolver interface {
+	ClientIP(peer netip.Addr, xff []string) netip.Addr
+	IsTrusted(a netip.Addr) bool
+	Key(a netip.Addr) string
+	ForwardedFor(peer netip.Addr, xff []string) string
+}
+
+// Config configures a Proxy. Only Upstream is required; the zero value of
+// every other field is usable and its comment says what it means.
+type Config struct {
+	// Upstream is the backend's http:// (or https://) base URL. WebSocket
+	// handshakes go to its ws:// (wss://) form; each request's path is
+	// joined to Upstream's path and its query kept.
+	Upstream *url.URL
+	// MaxMessageBytes bounds a data message (the sum of its frames) in both
+	// directions: close 1009 when over. Zero means no limit.
+	MaxMessageBytes int64
+	// MaxHeaderBytes bounds the request line and headers of a request:
+	// 431 when over. Zero means no check beyond the http.Server's own.
+	MaxHeaderBytes int
+	// HandshakeTimeout bounds a WebSocket handshake from the request to
+	// the relay starting, upstream handshake included. Zero means 10s.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds connecting to the upstream and its handshake: 504
+	// when over. Zero means 5s.
+	DialTimeout time.Duration
+	// IdleTimeout closes a connection pair (1001 "idle timeout" both ways)
+	// when no frame has passed either way for this long. Zero means never.
+	IdleTimeout time.Duration
+	// CloseTimeout is how long a side gets to answer a forwarded close
+	// frame before both connections are closed. Zero means 5s.
+	CloseTimeout time.Duration
+
+	// Limiter decides on messages and handshakes. Nil means no limits.
+	Limiter Limiter
+	// Shadow evaluates limits and counts would-be refusals without
+	// refusing anything.
+	Shadow bool
+	// ClientIP resolves the client address behind trusted proxies. Nil
+	// means the socket peer, no proxy trusted, IPv6 grouped by /64.
+	ClientIP ClientIPResolver
+
+	// Metrics receives the gate's metrics. Nil means metrics are kept in a
+	// registry nobody reads.
+	Metrics *metrics.Metrics
+	// Logger receives the access log and errors. Nil means discard.
+	Logger *slog.Logger
+}
+
+// ErrNoUpstream is returned by New when Config.Upstream is not an absolute
+// http or https URL.
+var ErrNoUpstream = errors.New("proxy: upstream must be an http:// or https:// URL with a host")
+
+// Proxy is an http.Handler that relays WebSocket connections and passes
+// other requests through to the upstream. Create it with New.
+type Proxy struct {
+	cfg      Config
+	wsBase   url.URL
+	log      *slog.Logger
+	m        *metrics.Metrics
+	pass     http.Handler
+	draining atomic.Bool
+
+	// Counters of the per-frame path, resolved once.
+	msgsIn, msgsOut, bytesIn, bytesOut          prometheus.Counter
+	decAllowed, decLimited, decShadow, decError prometheus.Counter
+	durMemory, durRedis                         prometheus.Observer
+
+	mu    sync.Mutex
+	pairs map[*pair]struct{}
+	wg    sync.WaitGroup // one per pair, done when both of its goroutines have ended
+}
+
+// New validates cfg and returns a Proxy.
+func New(cfg Config) (*Proxy, error) {
+	u := cfg.Upstream
+	if u == nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, ErrNoUpstream
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.CloseTimeout <= 0 {
+		cfg.CloseTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(prometheus.NewRegistry(), "", "")
+	}
+	if cfg.ClientIP == nil {
+		cfg.ClientIP = peerOnly{}
+	}
+	p := &Proxy{
+		cfg:    cfg,
+		wsBase: *u,
+		log:    cfg.Logger,
+		m:      cfg.Metrics,
+		pairs:  make(map[*pair]struct{}),
+	}
+	p.wsBase.Scheme = "ws"
+	if u.Scheme == "https" {
+		p.wsBase.Scheme = "wss"
+	}
+	p.msgsIn = p.m.Messages.WithLabelValues(metrics.ClientToUpstream)
+	p.msgsOut = p.m.Messages.WithLabelValues(metrics.UpstreamToClient)
+	p.bytesIn = p.m.MessageBytes.WithLabelValues(metrics.ClientToUpstream)
+	p.bytesOut = p.m.MessageBytes.WithLabelValues(metrics.UpstreamToClient)
+	p.decAllowed = p.m.LimiterDecisions.WithLabelValues("allowed")
+	p.decLimited = p.m.LimiterDecisions.WithLabelValues("limited")
+	p.decShadow = p.m.LimiterDecisions.WithLabelValues("shadow_limited")
+	p.decError = p.m.LimiterDecisions.WithLabelValues("error")
+	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
+	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
+	p.pass = p.newPassThrough()
+	return p, nil
+}
+
+// ServeHTTP upgrades WebSocket handshakes (detected by token match on
+// Connection and Upgrade) and passes every other request through.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if max := p.cfg.MaxHeaderBytes; max > 0 && headerSize(r) > max {
+		writeError(w, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
+		return
+	}
+	if isWebSocket(r) {
+		p.serveWebSocket(w, r)
+		return
+	}
+	p.servePassThrough(w, r)
+}
+
+// Active reports how many connection pairs are open.
+func (p *Proxy) Active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pairs)
+}
+
+// Shutdown refuses new WebSocket handshakes with 503, sends close 1001
+// "going away" to every client and upstream at once, and waits until every
+// pair has ended or ctx is done; then it closes what is left.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.draining.Store(true)
+	p.mu.Lock()
+	for pr := range p.pairs {
+		go pr.end(ending{
+			initiator:    metrics.InitiatorGate,
+			clientCode:   1001,
+			clientReason: "going away",
+			upCode:       1001,
+			upReason:     "going away",
+		})
+	}
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		for pr := range p.pairs {
+			pr.closeConns()
+		}
+		p.mu.Unlock()
+		<-done
+		return fmt.Errorf("proxy: shutdown: %w", ctx.Err())
+	}
+}
+
+func (p *Proxy) track(pr *pair) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining.Load() {
+		return false
+	}
+	p.pairs[pr] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(pr *pair) {
+	p.mu.Lock()
+	delete(p.pairs, pr)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// peerOnly is the ClientIPResolver without trusted proxies.
+type peerOnly struct{}
+
+func (peerOnly) ClientIP(peer netip.Addr, _ []string) netip.Addr { return peer.Unmap() }
+func (peerOnly) IsTrusted(netip.Addr) bool                       { return false }
+func (peerOnly) ForwardedFor(peer netip.Addr, _ []string) string { return peer.Unmap().String() }
+func (peerOnly) Key(a netip.Addr) string {
+	a = a.Unmap()
+	if a.Is6() {
+		pf, _ := a.Prefix(64)
+		return pf.String()
+	}
+	return a.String()
+}

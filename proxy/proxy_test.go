@@ -1,0 +1,466 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// backend is a Go WebSocket server written with another library than the
+// gate's: echo, /close?code=&reason=, /headers, /status, /post.
+func backend(t *testing.T) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/post", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend", "go")
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(b)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Why", "policy")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = io.WriteString(w, "forbidden by backend")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"chat"}})
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(4 << 20)
+		ctx := r.Context()
+		switch r.URL.Path {
+		case "/close":
+			code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+			_ = c.Close(websocket.StatusCode(code), r.URL.Query().Get("reason"))
+			return
+		case "/headers":
+			b, _ := json.Marshal(map[string]any{"header": r.Header, "uri": r.RequestURI, "host": r.Host})
+			_ = c.Write(ctx, websocket.MessageText, b)
+		}
+		for {
+			typ, b, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			if err := c.Write(ctx, typ, b); err != nil {
+				return
+			}
+		}
+	})
+	s := httptest.NewServer(mux)
+	t.Cleanup(s.Close)
+	return s
+}
+
+type gate struct {
+	*httptest.Server
+	proxy *Proxy
+	reg   *prometheus.Registry
+	m     *metrics.Metrics
+}
+
+func newGate(t *testing.T, upstream string, mod func(*Config)) *gate {
+	t.Helper()
+	u, _ := url.Parse(upstream)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test", "test")
+	cfg := Config{Upstream: u, Metrics: m, MaxMessageBytes: 1 << 20, MaxHeaderBytes: 16 << 10, CloseTimeout: time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(p)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+		s.Close()
+	})
+	return &gate{Server: s, proxy: p, reg: reg, m: m}
+}
+
+func wsURL(s *httptest.Server, path string) string {
+	return "ws" + strings.TrimPrefix(s.URL, "http") + path
+}
+
+func dial(t *testing.T, url string, opts *websocket.DialOptions) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, opts)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	c.SetReadLimit(4 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+func ctx5(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestEcho(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{Subprotocols: []string{"x", "chat"}})
+	if c.Subprotocol() != "chat" {
+		t.Fatalf("subprotocol %q, want chat", c.Subprotocol())
+	}
+	ctx := ctx5(t)
+	for _, m := range []struct {
+		typ websocket.MessageType
+		b   []byte
+	}{
+		{websocket.MessageText, []byte("hello")},
+		{websocket.MessageBinary, []byte{}},
+		{websocket.MessageBinary, make([]byte, 1<<20-1)},
+		{websocket.MessageText, []byte(strings.Repeat("é", 40000))},
+	} {
+		if err := c.Write(ctx, m.typ, m.b); err != nil {
+			t.Fatal(err)
+		}
+		typ, b, err := c.Read(ctx)
+		if err != nil || typ != m.typ || string(b) != string(m.b) {
+			t.Fatalf("echo of %d bytes: type %v, %d bytes, err %v", len(m.b), typ, len(b), err)
+		}
+	}
+	// coder/websocket reads pongs only while something reads the conn.
+	c.CloseRead(ctx)
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if err := c.Close(websocket.StatusCode(4001), "bye"); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+	if got := testutil.ToFloat64(g.m.Messages.WithLabelValues(metrics.ClientToUpstream)); got != 4 {
+		t.Fatalf("messages client_to_upstream = %v, want 4", got)
+	}
+	if got := testutil.ToFloat64(g.m.Closes.WithLabelValues(metrics.InitiatorClient, "4xxx")); got != 1 {
+		t.Fatalf("closes{client,4xxx} = %v, want 1", got)
+	}
+}
+
+func TestUpstreamCloseCodes(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	for _, code := range []int{1000, 1012, 1013, 1014, 4000} {
+		c := dial(t, wsURL(g.Server, "/close?code="+strconv.Itoa(code)+"&reason=r"), nil)
+		_, _, err := c.Read(ctx5(t))
+		if got := websocket.CloseStatus(err); int(got) != code {
+			t.Fatalf("client got %v (%v), want %d", got, err, code)
+		}
+	}
+}
+
+func TestHeadersForwarded(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	h := http.Header{"X-Custom": {"1"}, "Keep-Alive": {"timeout=5"}, "X-Forwarded-For": {"6.6.6.6"}}
+	c := dial(t, wsURL(g.Server, "/headers?a=1&b=2"), &websocket.DialOptions{HTTPHeader: h})
+	_, b, err := c.Read(ctx5(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Header http.Header
+		URI    string
+		Host   string
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.URI != "/headers?a=1&b=2" {
+		t.Errorf("upstream request URI %q", got.URI)
+	}
+	if got.Header.Get("X-Custom") != "1" || got.Header.Get("Keep-Alive") != "" {
+		t.Errorf("end-to-end/hop-by-hop headers wrong: %v", got.Header)
+	}
+	if xff := got.Header.Get("X-Forwarded-For"); xff != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want the peer only (untrusted XFF replaced)", xff)
+	}
+	if got.Header.Get("X-Forwarded-Proto") != "http" || got.Header.Get("X-Forwarded-Host") == "" {
+		t.Errorf("X-Forwarded-Proto/Host missing: %v", got.Header)
+	}
+	if got.Host != strings.TrimPrefix(g.URL, "http://") {
+		t.Errorf("upstream Host %q, want the client's", got.Host)
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	be := backend(t)
+	// A port nothing listens on.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	down := "http://" + ln.Addr().String()
+	ln.Close()
+	// A listener that accepts and never answers.
+	hang, _ := net.Listen("tcp", "127.0.0.1:0")
+	t.Cleanup(func() { hang.Close() })
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	tests := []struct {
+		name, upstream, path string
+		want                 int
+		body                 string
+	}{
+		{"refused", down, "/", http.StatusBadGateway, `"code":502`},
+		{"hangs", "http://" + hang.Addr().String(), "/", http.StatusGatewayTimeout, `"code":504`},
+		{"answers 403", be.URL, "/status", http.StatusForbidden, "forbidden by backend"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newGate(t, tt.upstream, func(c *Config) { c.DialTimeout = 300 * time.Millisecond })
+			_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, tt.path), nil)
+			if err == nil || res == nil {
+				t.Fatalf("dial succeeded or no response: %v", err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			if res.StatusCode != tt.want || !strings.Contains(string(b), tt.body) {
+				t.Fatalf("status %d body %q, want %d with %q", res.StatusCode, b, tt.want, tt.body)
+			}
+		})
+	}
+}
+
+func TestPassThrough(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	res, err := http.Post(g.URL+"/post", "text/plain", strings.NewReader("payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 || string(b) != "payload" || res.Header.Get("X-Backend") != "go" {
+		t.Fatalf("pass-through: %d %q %v", res.StatusCode, b, res.Header)
+	}
+}
+
+func TestHeaderTooLarge(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.MaxHeaderBytes = 2048 })
+	req, _ := http.NewRequest("GET", g.URL+"/post", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 4096))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", res.StatusCode)
+	}
+}
+
+func TestTooBig(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.MaxMessageBytes = 1024 })
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	ctx := ctx5(t)
+	_ = c.Write(ctx, websocket.MessageBinary, make([]byte, 2048))
+	_, _, err := c.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusMessageTooBig {
+		t.Fatalf("close %v (%v), want 1009", got, err)
+	}
+}
+
+// rawClient opens a WebSocket to the gate by hand so a test can send frames
+// no library would.
+func rawClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	return conn, br
+}
+
+// readClose reads frames until a close frame and returns its code.
+func readClose(t *testing.T, br *bufio.Reader) int {
+	t.Helper()
+	for {
+		var h [2]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			t.Fatalf("no close frame: %v", err)
+		}
+		n := int(h[1] & 0x7f)
+		if n == 126 {
+			var l [2]byte
+			_, _ = io.ReadFull(br, l[:])
+			n = int(binary.BigEndian.Uint16(l[:]))
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatal(err)
+		}
+		if h[0]&0x0f == 8 {
+			if len(p) < 2 {
+				return 1005
+			}
+			return int(binary.BigEndian.Uint16(p))
+		}
+	}
+}
+
+func TestClientProtocolErrors(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	tests := []struct {
+		name  string
+		frame []byte
+		want  int
+	}{
+		{"unmasked text", []byte{0x81, 0x02, 'h', 'i'}, 1002},
+		{"reserved opcode", []byte{0x83, 0x80, 0, 0, 0, 0}, 1002},
+		{"rsv1", []byte{0xC1, 0x80, 0, 0, 0, 0}, 1002},
+		{"bad utf-8", []byte{0x81, 0x81, 0, 0, 0, 0, 0xff}, 1007},
+		{"close code 1005", []byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xed}, 1002},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := rawClient(t, g, "/echo")
+			if _, err := conn.Write(tt.frame); err != nil {
+				t.Fatal(err)
+			}
+			if got := readClose(t, br); got != tt.want {
+				t.Fatalf("close %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestShutdownSends1001(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.Read(context.Background())
+		done <- err
+	}()
+	waitFor(t, func() bool { return g.proxy.Active() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.proxy.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := websocket.CloseStatus(<-done); got != websocket.StatusGoingAway {
+		t.Fatalf("close %v, want 1001", got)
+	}
+	// New handshakes are refused while draining.
+	_, res, err := websocket.Dial(ctx, wsURL(g.Server, "/echo"), nil)
+	if err == nil || res == nil || res.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("handshake after shutdown: %v %v", res, err)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.IdleTimeout = 200 * time.Millisecond })
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	_, _, err := c.Read(ctx5(t))
+	if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+		t.Fatalf("close %v (%v), want 1001", got, err)
+	}
+}
+
+func TestMessageLimit(t *testing.T) {
+	lim, err := limit.New(limit.Config{Rules: limit.Rules{
+		UserMessages: limit.Rule{Limit: 5, Window: time.Minute, Block: time.Minute},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter = lim })
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	ctx := ctx5(t)
+	for i := range 5 {
+		if err := c.Write(ctx, websocket.MessageText, []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Read(ctx); err != nil {
+			t.Fatalf("message %d: %v", i+1, err)
+		}
+	}
+	_ = c.Write(ctx, websocket.MessageText, []byte("sixth"))
+	_, b, err := c.Read(ctx)
+	if err != nil || !strings.Contains(string(b), `"code":429`) || !strings.Contains(string(b), `"scope":"user"`) {
+		t.Fatalf("6th message answer %q, %v", b, err)
+	}
+	_, _, err = c.Read(ctx)
+	if got := websocket.CloseStatus(err); got != 4008 {
+		t.Fatalf("close %v, want 4008", got)
+	}
+	// A new handshake while blocked: 101, the JSON, 4008.
+	c2 := dial(t, wsURL(g.Server, "/echo"), nil)
+	_, b, err = c2.Read(ctx)
+	if err != nil || !strings.Contains(string(b), `"code":429`) {
+		t.Fatalf("blocked handshake answer %q, %v", b, err)
+	}
+	_, _, err = c2.Read(ctx)
+	if got := websocket.CloseStatus(err); got != 4008 {
+		t.Fatalf("close %v, want 4008", got)
+	}
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message")); got != 1 {
+		t.Fatalf("rate_limited{user,message} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "connection")); got != 1 {
+		t.Fatalf("rate_limited{user,connection} = %v, want 1", got)
+	}
+	// Pass-through requests are refused with 429 and Retry-After.
+	res, err := http.Get(g.URL + "/post")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusTooManyRequests || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("pass-through while blocked: %d %v", res.StatusCode, res.Header)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for range 500 {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not met in 5s")
+}
