@@ -1,0 +1,48 @@
+package auth
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+)
+
+func benchAuth(b *testing.B, alg jwa.SignatureAlgorithm, cacheSize int) {
+	k := mustKeys(b)
+	var cfg Config
+	var key any
+	switch alg {
+	case jwa.HS256:
+		cfg.HMACSecretFile, key = writeFile(b, "s", k.secret), k.secret
+	default:
+		cfg.KeyFile, key = writeFile(b, "k.pem", k.rsaPEM), k.rsa
+	}
+	cfg.CacheSize = cacheSize
+	v := newTestVerifier(b, cfg)
+	r := reqWith(sign(b, alg, key, "", validClaims()), "header")
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := v.Authenticate(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
+}
+
+func BenchmarkAuthenticateHS256(b *testing.B)       { benchAuth(b, jwa.HS256, -1) }
+func BenchmarkAuthenticateRS256(b *testing.B)       { benchAuth(b, jwa.RS256, -1) }
+func BenchmarkAuthenticateHS256Cached(b *testing.B) { benchAuth(b, jwa.HS256, 0) }
+func BenchmarkAuthenticateRS256Cached(b *testing.B) { benchAuth(b, jwa.RS256, 0) }
+
+func BenchmarkClientIP(b *testing.B) {
+	r := IPResolver{Trusted: mustPrefixes(b, "10.0.0.0/8")}
+	peer := netip.MustParseAddr("10.0.0.2")
+	xff := []string{"6.6.6.6, 198.51.100.7, 10.1.1.1"}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = r.Key(r.ClientIP(peer, xff))
+	}
+}

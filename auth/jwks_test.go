@@ -1,0 +1,192 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+)
+
+// jwksServer serves a mutable JWK Set, or 503 while down.
+type jwksServer struct {
+	*httptest.Server
+	body atomic.Pointer[[]byte]
+	down atomic.Bool
+	hits atomic.Int32
+}
+
+func newJWKSServer(t *testing.T, keys ...jwk.Key) *jwksServer {
+	s := &jwksServer{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.hits.Add(1)
+		if s.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(*s.body.Load())
+	}))
+	t.Cleanup(s.Close)
+	s.set(t, keys...)
+	return s
+}
+
+func (s *jwksServer) set(t *testing.T, keys ...jwk.Key) {
+	set := jwk.NewSet()
+	for _, k := range keys {
+		set.AddKey(k)
+	}
+	b, err := json.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.body.Store(&b)
+}
+
+// pubJWK returns the public JWK of priv with kid and, unless alg is "",
+// an alg member.
+func pubJWK(t *testing.T, priv any, kid string, alg jwa.SignatureAlgorithm) jwk.Key {
+	k, err := jwk.FromRaw(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := jwk.PublicKeyOf(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Set(jwk.KeyIDKey, kid)
+	if alg != "" {
+		pub.Set(jwk.AlgorithmKey, alg)
+	}
+	return pub
+}
+
+// TestJWKSRotation documents the reasons while the JWKS changes and fails:
+// an unknown kid after a successful refresh is "signature" (the issuer does
+// not know that key either); an unknown kid whose refresh failed is
+// "jwks_unavailable" (we cannot tell); a known kid keeps verifying with the
+// last good set while the server is down.
+func TestJWKSRotation(t *testing.T) {
+	k := mustKeys(t)
+	srv := newJWKSServer(t, pubJWK(t, k.rsa, "k1", "")) // no alg: inferred from the key type
+	clk := newClock(t0)
+	v := newTestVerifier(t, Config{JWKSURL: srv.URL, Now: clk.Now, CacheSize: -1})
+	if !v.Enabled() || srv.hits.Load() != 1 {
+		t.Fatalf("enabled %v, hits %d", v.Enabled(), srv.hits.Load())
+	}
+	auth := func(tok string) string {
+		_, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+		return reasonOf(err)
+	}
+	tok1 := sign(t, jwa.RS256, k.rsa, "k1", validClaims())
+	tok2 := sign(t, jwa.RS256, k.rsa2, "k2", validClaims())
+	tok3 := sign(t, jwa.ES256, k.ec, "k3", validClaims())
+
+	steps := []struct {
+		name     string
+		do       func()
+		tok      string
+		reason   string
+		wantHits int32
+	}{
+		{name: "known kid", tok: tok1, wantHits: 1},
+		{name: "ps256 on an alg-less rsa key", tok: sign(t, jwa.PS256, k.rsa, "k1", validClaims()), wantHits: 1},
+		{name: "hs256 with the rsa key's kid", tok: sign(t, jwa.HS256, k.rsaPEM, "k1", validClaims()), reason: ReasonAlgorithm, wantHits: 1},
+		{name: "unknown kid within 10s of the last fetch: no fetch", tok: tok2, reason: ReasonSignature, wantHits: 1},
+		{name: "rotation picked up by the refresh on unknown kid",
+			do: func() {
+				srv.set(t, pubJWK(t, k.rsa, "k1", jwa.RS256), pubJWK(t, k.rsa2, "k2", jwa.RS256))
+				clk.Add(11 * time.Second)
+			},
+			tok: tok2, wantHits: 2},
+		{name: "old kid still in the set", tok: tok1, wantHits: 2},
+		{name: "alg not the key's alg", tok: sign(t, jwa.PS256, k.rsa, "k1", validClaims()), reason: ReasonAlgorithm, wantHits: 2},
+		{name: "unknown kid, rate-limited", tok: sign(t, jwa.RS256, k.rsa, "k9", validClaims()), reason: ReasonSignature, wantHits: 2},
+		{name: "unknown kid after 10s: refresh, still unknown", do: func() { clk.Add(11 * time.Second) }, tok: sign(t, jwa.RS256, k.rsa, "k9", validClaims()), reason: ReasonSignature, wantHits: 3},
+		{name: "es256 while the set holds only rsa keys", tok: tok3, reason: ReasonAlgorithm, wantHits: 3},
+		{name: "server down: known kid verifies from the last good set",
+			do:  func() { srv.down.Store(true); clk.Add(11 * time.Second) },
+			tok: tok2, wantHits: 3},
+		{name: "server down: unknown kid", do: func() { clk.Add(11 * time.Second) }, tok: tok3, reason: ReasonJWKSUnavailable, wantHits: 4},
+		{name: "server down: unknown kid, rate-limited", tok: tok3, reason: ReasonJWKSUnavailable, wantHits: 4},
+		{name: "server back: new key", do: func() {
+			srv.down.Store(false)
+			srv.set(t, pubJWK(t, k.rsa2, "k2", ""), pubJWK(t, k.ec, "k3", ""))
+			clk.Add(11 * time.Second)
+		}, tok: tok3, wantHits: 5},
+		{name: "removed kid", tok: tok1, reason: ReasonSignature, wantHits: 5},
+	}
+	for _, s := range steps {
+		if s.do != nil {
+			s.do()
+		}
+		if got := auth(s.tok); got != s.reason {
+			t.Fatalf("%s: reason %q, want %q", s.name, got, s.reason)
+		}
+		if h := srv.hits.Load(); h != s.wantHits {
+			t.Fatalf("%s: %d fetches, want %d", s.name, h, s.wantHits)
+		}
+	}
+}
+
+func TestJWKSDownAtStart(t *testing.T) {
+	k := mustKeys(t)
+	srv := newJWKSServer(t)
+	srv.down.Store(true)
+	clk := newClock(t0)
+	v := newTestVerifier(t, Config{JWKSURL: srv.URL, Now: clk.Now})
+	tok := sign(t, jwa.RS256, k.rsa, "k1", validClaims())
+	if _, err := v.Authenticate(context.Background(), reqWith(tok, "header")); reasonOf(err) != ReasonJWKSUnavailable {
+		t.Fatalf("got %v", err)
+	}
+	srv.down.Store(false)
+	srv.set(t, pubJWK(t, k.rsa, "k1", ""))
+	clk.Add(11 * time.Second)
+	if _, err := v.Authenticate(context.Background(), reqWith(tok, "header")); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+// TestJWKSCloseAbortsFetch checks that Close does not wait for a hanging
+// JWKS server and leaves no goroutine behind (goleak in TestMain).
+func TestJWKSCloseAbortsFetch(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	clk := newClock(t0)
+	v, err := NewVerifier(ctx, Config{JWKSURL: srv.URL, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(11 * time.Second) // past the rate limit of on-demand fetches
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tok := sign(t, jwa.RS256, mustKeys(t).rsa, "k1", validClaims())
+		v.Authenticate(context.Background(), reqWith(tok, "header"))
+	}()
+	<-arrived // the start-up fetch, abandoned at ctx's deadline
+	<-arrived // the on-demand fetch of Authenticate
+	v.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Authenticate still blocked on the JWKS fetch after Close")
+	}
+}

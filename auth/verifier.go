@@ -1,0 +1,416 @@
+// Package auth authenticates WebSocket handshakes and resolves client
+// addresses for wsgate.
+//
+// A Verifier finds a JWT in a request (Authorization header, query parameter,
+// the "bearer.<jwt>" subprotocol, or a cookie), verifies it against HMAC
+// secrets, PEM/JWK key files and a JWKS URL, and returns an Identity whose Key
+// is the per-user rate-limit key. An IPResolver turns the socket peer and
+// X-Forwarded-For into the client address and its per-IP key, and
+// NewProxyListener accepts PROXY protocol v1/v2 headers from trusted peers.
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jws"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+)
+
+// MaxTokenBytes is the longest token Authenticate parses; longer ones are
+// refused as malformed before any decoding.
+const MaxTokenBytes = 8 << 10
+
+// ErrInvalidConfig is wrapped by every error NewVerifier returns for a bad
+// Config.
+var ErrInvalidConfig = errors.New("invalid auth config")
+
+// Config configures a Verifier. The zero value disables authentication.
+type Config struct {
+	// HMACSecretFile holds the raw bytes (no trimming) of an HS256/384/512
+	// secret. "" means no secret.
+	HMACSecretFile string
+	// KeyFile holds a PEM public key or certificate (RSA, EC, Ed25519), a
+	// JWK, or a JWK Set. Private keys are accepted and only their public half
+	// is used. "" means no key file.
+	KeyFile string
+	// JWKSURL is fetched at start and refreshed in the background; the last
+	// good set is kept while the server is down, and a token with an unknown
+	// kid triggers at most one refresh per 10s. "" means no JWKS.
+	JWKSURL string
+	// Algorithms is the allow-list of signature algorithms. Empty means every
+	// algorithm that fits a configured key. "none" is never allowed.
+	Algorithms []string
+	// Issuer, when set, is the required "iss".
+	Issuer string
+	// Audiences, when set, lists the accepted "aud" values; the token must
+	// carry at least one of them.
+	Audiences []string
+	// SubjectClaim names the string claim that identifies the user.
+	// "" means "sub".
+	SubjectClaim string
+	// Leeway is the clock skew tolerated for exp, nbf and iat. 0 means none.
+	Leeway time.Duration
+	// QueryParam is the query parameter that may carry the token.
+	// "" means "access_token".
+	QueryParam string
+	// Cookie is the cookie that may carry the token. "" means no cookie.
+	Cookie string
+	// ForwardToken keeps the token in the request sent upstream.
+	ForwardToken bool
+	// AllowAnonymous admits requests without any token as anonymous when
+	// keys are configured. A presented but invalid token is always refused.
+	AllowAnonymous bool
+	// CacheSize bounds the LRU of verified tokens. 0 means 10000; a negative
+	// value disables the cache.
+	CacheSize int
+	// HTTPClient fetches the JWKS. nil means a client with a 10s timeout.
+	HTTPClient *http.Client
+	// Logger receives key-loading and JWKS events, never a token.
+	// nil means discard.
+	Logger *slog.Logger
+	// Now is the clock. nil means time.Now.
+	Now func() time.Time
+}
+
+// Verifier authenticates requests. Its methods are safe for concurrent use.
+type Verifier struct {
+	cfg       Config
+	allowed   map[jwa.SignatureAlgorithm]bool // nil: any algorithm that fits a key
+	static    []verifyKey
+	jwks      *jwksSource
+	cache     *tokenCache
+	log       *slog.Logger
+	now       func() time.Time
+	validate  []jwt.ParseOption
+	ownClient *http.Client // closed on Close when we created it
+}
+
+// Identity is the result of a successful Authenticate.
+type Identity struct {
+	Subject   string    // verified subject claim; "" when anonymous
+	Issuer    string    // "iss" of the token; "" when anonymous
+	Expiry    time.Time // "exp" of the token; zero when anonymous
+	Anonymous bool
+}
+
+// Key returns the rate-limit key of id: "u:" and 32 hex digits of
+// sha256(issuer "\x00" subject) for a subject, so that a subject spelled like
+// an IP address never shares a budget with that anonymous client, and
+// "anon:" + clientIP for an anonymous identity. clientIP is the caller's
+// per-IP key (IPResolver.Key).
+func (id Identity) Key(clientIP string) string {
+	if id.Anonymous || id.Subject == "" {
+		return "anon:" + clientIP
+	}
+	h := sha256.New()
+	h.Write([]byte(id.Issuer))
+	h.Write([]byte{0})
+	h.Write([]byte(id.Subject))
+	var sum [sha256.Size]byte
+	return "u:" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// Reasons of an *Error; each is a valid Prometheus label value.
+const (
+	ReasonMissing         = "missing"
+	ReasonMalformed       = "malformed"
+	ReasonSignature       = "signature"
+	ReasonExpired         = "expired"
+	ReasonNotYetValid     = "not_yet_valid"
+	ReasonIssuer          = "issuer"
+	ReasonAudience        = "audience"
+	ReasonAlgorithm       = "algorithm"
+	ReasonJWKSUnavailable = "jwks_unavailable"
+)
+
+// Reasons lists every Reason an *Error may carry, for pre-registering metric
+// labels.
+func Reasons() []string {
+	return []string{ReasonMissing, ReasonMalformed, ReasonSignature, ReasonExpired,
+		ReasonNotYetValid, ReasonIssuer, ReasonAudience, ReasonAlgorithm, ReasonJWKSUnavailable}
+}
+
+// Error is returned by Authenticate for a missing or invalid token. Its
+// message never contains the token.
+type Error struct {
+	Reason string // one of the Reason constants
+	Err    error  // detail; may be nil
+}
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return "auth: " + e.Reason
+	}
+	return "auth: " + e.Reason + ": " + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+var (
+	errNoToken   = errors.New("no token in request")
+	errTooLarge  = fmt.Errorf("token longer than %d bytes", MaxTokenBytes)
+	errNotJWS    = errors.New("not a compact JWS")
+	errWithheld  = errors.New("token rejected by the parser (detail withheld: it quoted the token)")
+	errCritical  = errors.New(`"crit" header not supported`)
+	errNested    = errors.New("nested tokens not supported")
+	errExpZero   = errors.New(`"exp" not satisfied`)
+	errNoSubject = errors.New("subject claim missing or not a string")
+)
+
+// NewVerifier validates cfg, loads the key files and, when a JWKS URL is
+// set, makes a first fetch bounded by ctx (a failure is logged, not fatal:
+// the refresher keeps trying) and starts the background refresher that Close
+// stops.
+func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
+	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	v.cfg.Algorithms = slices.Clone(cfg.Algorithms)
+	v.cfg.Audiences = slices.Clone(cfg.Audiences)
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	if v.cfg.SubjectClaim == "" {
+		v.cfg.SubjectClaim = "sub"
+	}
+	if v.cfg.QueryParam == "" {
+		v.cfg.QueryParam = "access_token"
+	}
+	if cfg.Leeway < 0 {
+		return nil, fmt.Errorf("%w: leeway %s is negative", ErrInvalidConfig, cfg.Leeway)
+	}
+	if len(cfg.Algorithms) > 0 {
+		v.allowed = make(map[jwa.SignatureAlgorithm]bool, len(cfg.Algorithms))
+		for _, a := range cfg.Algorithms {
+			alg := jwa.SignatureAlgorithm(a)
+			if _, ok := algFamily(alg); !ok {
+				return nil, fmt.Errorf("%w: algorithm %q not supported (want HS256/384/512, RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA)", ErrInvalidConfig, a)
+			}
+			v.allowed[alg] = true
+		}
+	}
+	if cfg.HMACSecretFile != "" {
+		secret, err := os.ReadFile(cfg.HMACSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: hmac secret: %w", ErrInvalidConfig, err)
+		}
+		if len(secret) == 0 {
+			return nil, fmt.Errorf("%w: hmac secret file %q is empty", ErrInvalidConfig, cfg.HMACSecretFile)
+		}
+		if len(secret) < 32 {
+			v.log.Warn("auth: hmac secret is shorter than 32 bytes", "file", cfg.HMACSecretFile, "bytes", len(secret))
+		}
+		v.static = append(v.static, verifyKey{fam: famHMAC, raw: secret})
+	}
+	if cfg.KeyFile != "" {
+		keys, err := loadKeyFile(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key file %q: %w", ErrInvalidConfig, cfg.KeyFile, err)
+		}
+		v.static = append(v.static, keys...)
+	}
+	if cfg.JWKSURL != "" {
+		u, err := url.Parse(cfg.JWKSURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%w: jwks url %q: want an http or https URL", ErrInvalidConfig, cfg.JWKSURL)
+		}
+	}
+	if v.allowed != nil && cfg.JWKSURL == "" && len(v.static) > 0 {
+		for _, a := range cfg.Algorithms {
+			if !fitsAny(v.static, jwa.SignatureAlgorithm(a)) {
+				return nil, fmt.Errorf("%w: algorithm %s fits none of the configured keys", ErrInvalidConfig, a)
+			}
+		}
+	}
+	switch {
+	case cfg.CacheSize == 0:
+		v.cache = newTokenCache(10000)
+	case cfg.CacheSize > 0:
+		v.cache = newTokenCache(cfg.CacheSize)
+	}
+	v.validate = []jwt.ParseOption{
+		jwt.WithValidate(true),
+		jwt.WithRequiredClaim("exp"),
+		jwt.WithAcceptableSkew(cfg.Leeway),
+		jwt.WithClock(jwt.ClockFunc(v.now)),
+	}
+	if cfg.Issuer != "" {
+		v.validate = append(v.validate, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.JWKSURL != "" {
+		client := cfg.HTTPClient
+		if client == nil {
+			client = &http.Client{Timeout: 10 * time.Second}
+			v.ownClient = client
+		}
+		v.jwks = newJWKSSource(cfg.JWKSURL, client, v.log, v.now)
+		v.jwks.start(ctx)
+	}
+	return v, nil
+}
+
+// Enabled reports whether any key source is configured; when false,
+// Authenticate admits every request as anonymous.
+func (v *Verifier) Enabled() bool { return len(v.static) > 0 || v.jwks != nil }
+
+// Close stops the JWKS refresher, aborts a fetch in flight and waits for the
+// refresher's goroutine. Authenticate keeps working with the keys it has.
+func (v *Verifier) Close() {
+	if v.jwks != nil {
+		v.jwks.stop()
+	}
+	if v.ownClient != nil {
+		v.ownClient.CloseIdleConnections()
+	}
+}
+
+// Authenticate finds the token in r, in this order: "Authorization: Bearer",
+// the query parameter, the "bearer.<jwt>" entry of Sec-WebSocket-Protocol,
+// the cookie; and verifies it. With authentication disabled, or without a
+// token under AllowAnonymous, it returns an anonymous Identity. Every
+// failure is an *Error.
+func (v *Verifier) Authenticate(ctx context.Context, r *http.Request) (Identity, error) {
+	if !v.Enabled() {
+		return Identity{Anonymous: true}, nil
+	}
+	tok, ok := v.extract(r)
+	if !ok {
+		if v.cfg.AllowAnonymous {
+			return Identity{Anonymous: true}, nil
+		}
+		return Identity{}, &Error{Reason: ReasonMissing, Err: errNoToken}
+	}
+	return v.verify(ctx, tok)
+}
+
+func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
+	if len(tok) > MaxTokenBytes {
+		return Identity{}, &Error{Reason: ReasonMalformed, Err: errTooLarge}
+	}
+	if !isCompactJWS(tok) {
+		return Identity{}, &Error{Reason: ReasonMalformed, Err: errNotJWS}
+	}
+	var sum [sha256.Size]byte
+	if v.cache != nil {
+		sum = sha256.Sum256([]byte(tok))
+		if id, ok := v.cache.get(sum); ok {
+			if v.expired(id.Expiry) {
+				v.cache.remove(sum)
+				return Identity{}, &Error{Reason: ReasonExpired, Err: jwt.ErrTokenExpired()}
+			}
+			return id, nil
+		}
+	}
+	opts := make([]jwt.ParseOption, 0, len(v.validate)+1)
+	opts = append(opts, v.validate...)
+	opts = append(opts, jwt.WithKeyProvider(keyProvider{v: v, ctx: ctx}))
+	t, err := jwt.ParseString(tok, opts...)
+	if err != nil {
+		return Identity{}, classify(err, tok)
+	}
+	exp := t.Expiration()
+	// jwx treats exp=0 as absent even under WithRequiredClaim("exp").
+	if exp.Unix() <= 0 || v.expired(exp) {
+		return Identity{}, &Error{Reason: ReasonExpired, Err: errExpZero}
+	}
+	if len(v.cfg.Audiences) > 0 && !audienceOK(t.Audience(), v.cfg.Audiences) {
+		return Identity{}, &Error{Reason: ReasonAudience, Err: jwt.ErrInvalidAudience()}
+	}
+	id := Identity{Issuer: t.Issuer(), Expiry: exp}
+	if v.cfg.SubjectClaim == "sub" {
+		id.Subject = t.Subject()
+	} else if raw, ok := t.Get(v.cfg.SubjectClaim); ok {
+		id.Subject, _ = raw.(string)
+	}
+	if id.Subject == "" {
+		return Identity{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("%w: %q", errNoSubject, v.cfg.SubjectClaim)}
+	}
+	if v.cache != nil {
+		v.cache.put(sum, id)
+	}
+	return id, nil
+}
+
+// expired applies jwx's rule (now must be before exp+leeway, both truncated
+// to the second) so a cache hit answers exactly as a fresh verification.
+func (v *Verifier) expired(exp time.Time) bool {
+	now := v.now().Truncate(time.Second)
+	return !now.Before(exp.Truncate(time.Second).Add(v.cfg.Leeway))
+}
+
+func audienceOK(have, want []string) bool {
+	for _, a := range have {
+		if slices.Contains(want, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// classify maps a jwt.Parse error to an *Error.
+func classify(err error, tok string) *Error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return &Error{Reason: ae.Reason, Err: ae.Err}
+	}
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired()):
+		return &Error{Reason: ReasonExpired, Err: err}
+	case errors.Is(err, jwt.ErrTokenNotYetValid()), errors.Is(err, jwt.ErrInvalidIssuedAt()):
+		return &Error{Reason: ReasonNotYetValid, Err: err}
+	case errors.Is(err, jwt.ErrInvalidIssuer()):
+		return &Error{Reason: ReasonIssuer, Err: err}
+	case errors.Is(err, jwt.ErrInvalidAudience()):
+		return &Error{Reason: ReasonAudience, Err: err}
+	case jws.IsVerificationError(err):
+		return &Error{Reason: ReasonSignature, Err: err}
+	}
+	return &Error{Reason: ReasonMalformed, Err: withhold(err, tok)}
+}
+
+// withhold drops a parser error whose text quotes the token or its
+// signature, so that logging an *Error never leaks a usable credential.
+func withhold(err error, tok string) error {
+	msg := err.Error()
+	sig := tok[strings.LastIndexByte(tok, '.')+1:]
+	if strings.Contains(msg, tok) || (len(sig) >= 8 && strings.Contains(msg, sig)) {
+		return errWithheld
+	}
+	return err
+}
+
+// isCompactJWS reports whether s has the shape header.payload.signature in
+// base64url. The signature may be empty so that alg=none is reported as an
+// algorithm problem rather than a malformed token.
+func isCompactJWS(s string) bool {
+	dots := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			dots++
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	if dots != 2 {
+		return false
+	}
+	i := strings.IndexByte(s, '.')
+	j := strings.LastIndexByte(s, '.')
+	return i > 0 && j > i+1
+}
