@@ -24,6 +24,7 @@ import (
 	"github.com/redis/rueidis"
 	"github.com/urfave/cli/v2"
 
+	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/internal/demo"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
@@ -40,6 +41,9 @@ func main() {
 	if err := newApp().Run(os.Args); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, msg)
+			}
 			os.Exit(ec.ExitCode())
 		}
 		fmt.Fprintln(os.Stderr, "wsgate:", err)
@@ -110,6 +114,8 @@ const (
 	catRedis    = "Redis"
 	catProtocol = "Protocol"
 	catShutdown = "Shutdown"
+	catAuth     = "Authentication"
+	catClientIP = "Client IP"
 	catLog      = "Logging"
 )
 
@@ -125,8 +131,14 @@ func flags(upstreamRequired bool) []cli.Flag {
 	dur := func(name string, value time.Duration, cat, usage string) *cli.DurationFlag {
 		return &cli.DurationFlag{Name: name, Value: value, Category: cat, Usage: usage, EnvVars: env(name)}
 	}
-	upstream := str("upstream", "", catUpstream, "backend base URL, http://host:port; WebSocket handshakes go to its ws:// form with the client's path and query")
-	upstream.Required = upstreamRequired
+	strs := func(name, cat, usage string) *cli.StringSliceFlag {
+		return &cli.StringSliceFlag{Name: name, Category: cat, Usage: usage, EnvVars: env(name)}
+	}
+	upstreamUsage := "backend base URL, http://host:port (required); WebSocket handshakes go to its ws:// form with the client's path and query"
+	if !upstreamRequired {
+		upstreamUsage = "ignored: the demo runs its own backend"
+	}
+	upstream := str("upstream", "", catUpstream, upstreamUsage)
 	return []cli.Flag{
 		str("listen", ":8080", catListen, "address for clients (WebSocket and pass-through HTTP)"),
 		str("admin-listen", ":9090", catListen, "address for /metrics, /healthz and /readyz"),
@@ -149,6 +161,30 @@ func flags(upstreamRequired bool) []cli.Flag {
 		str("key-prefix", "ws-rate", catRedis, "prefix of every Redis key"),
 		str("failure-mode", "local", catRedis, "while Redis is unreachable: local (decide in process), open (allow), closed (refuse)"),
 		dur("redis-timeout", 50*time.Millisecond, catRedis, "deadline of every Redis decision; past it --failure-mode decides"),
+		str("jwt-hmac-secret-file", "", catAuth, "file holding the raw bytes of an HS256/384/512 secret"),
+		str("jwt-key-file", "", catAuth, "file holding a PEM public key, a JWK or a JWK Set"),
+		str("jwks-url", "", catAuth, "JWK Set URL, refreshed in the background; an unknown kid triggers at most one refresh per 10s"),
+		strs("jwt-algorithms", catAuth, "allowed signature algorithms (default: those that fit the configured keys)"),
+		str("jwt-issuer", "", catAuth, "required iss claim"),
+		strs("jwt-audience", catAuth, "accepted aud values (repeatable); the token must carry one"),
+		str("jwt-subject-claim", "sub", catAuth, "claim that identifies the user"),
+		dur("jwt-leeway", 30*time.Second, catAuth, "clock skew tolerated for exp, nbf and iat"),
+		str("token-query-param", "access_token", catAuth, "query parameter that may carry the token (browsers cannot set headers on a WebSocket)"),
+		str("token-cookie", "", catAuth, "cookie that may carry the token; empty = off"),
+		&cli.BoolFlag{Name: "forward-token", Category: catAuth, EnvVars: env("forward-token"),
+			Usage: "keep the token in what goes upstream (header, query parameter, subprotocol)"},
+		&cli.BoolFlag{Name: "allow-anonymous", Category: catAuth, EnvVars: env("allow-anonymous"),
+			Usage: "with keys configured, admit clients without a token, identified by IP"},
+		&cli.BoolFlag{Name: "close-on-token-expiry", Category: catAuth, EnvVars: env("close-on-token-expiry"),
+			Usage: "close a connection with 1008 \"token expired\" when its token's exp passes"},
+		str("identity-header", "X-Auth-Subject", catAuth, "header carrying the verified subject upstream (inbound ones are removed); empty = none"),
+		strs("strip-header", catAuth, "header removed from every request before it goes upstream (repeatable)"),
+		strs("allowed-origins", catAuth, "Origin patterns allowed to connect, e.g. https://*.example.com (repeatable); empty = any"),
+		strs("trusted-proxies", catClientIP, "CIDRs of proxies (e.g. the ingress) whose X-Forwarded-For and PROXY header are believed (repeatable)"),
+		&cli.BoolFlag{Name: "proxy-protocol", Category: catClientIP, EnvVars: env("proxy-protocol"),
+			Usage: "accept a PROXY protocol v1/v2 header from --trusted-proxies"},
+		&cli.IntFlag{Name: "ipv6-prefix", Value: 64, Category: catClientIP, EnvVars: env("ipv6-prefix"),
+			Usage: "group IPv6 clients by this prefix length for per-IP limits"},
 		dur("shutdown-delay", 5*time.Second, catShutdown, "after SIGTERM, keep serving this long with /readyz at 503 while endpoints update"),
 		dur("shutdown-grace", 25*time.Second, catShutdown, "after the delay, time for connections to close (1001) before the process exits"),
 		str("log-level", "info", catLog, "debug, info, warn or error"),
@@ -161,6 +197,9 @@ type config struct {
 	listen, adminListen string
 	proxy               proxy.Config
 	limits              limit.Config
+	auth                auth.Config
+	ip                  auth.IPResolver
+	proxyProtocol       bool
 	shutdownDelay       time.Duration
 	shutdownGrace       time.Duration
 	logLevel            slog.Level
@@ -190,6 +229,9 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 	}
 	if !demoMode {
+		if c.String("upstream") == "" {
+			return bad("upstream", errors.New("required: the backend's http://host:port"))
+		}
 		u, err := url.Parse(c.String("upstream"))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return bad("upstream", fmt.Errorf("want http://host:port, got %q", c.String("upstream")))
@@ -265,6 +307,10 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 	}
 
+	if err := authConfig(c, cfg); err != nil {
+		return nil, err
+	}
+
 	if err := cfg.logLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return bad("log-level", fmt.Errorf("want debug, info, warn or error, got %q", c.String("log-level")))
 	}
@@ -276,6 +322,89 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		return bad("log-format", fmt.Errorf("want json or text, got %q", c.String("log-format")))
 	}
 	return cfg, nil
+}
+
+// authConfig reads the authentication and client-IP flags.
+func authConfig(c *cli.Context, cfg *config) error {
+	cfg.auth = auth.Config{
+		HMACSecretFile: c.String("jwt-hmac-secret-file"),
+		KeyFile:        c.String("jwt-key-file"),
+		JWKSURL:        c.String("jwks-url"),
+		Algorithms:     splitList(c.StringSlice("jwt-algorithms")),
+		Issuer:         c.String("jwt-issuer"),
+		Audiences:      splitList(c.StringSlice("jwt-audience")),
+		SubjectClaim:   c.String("jwt-subject-claim"),
+		Leeway:         c.Duration("jwt-leeway"),
+		QueryParam:     c.String("token-query-param"),
+		Cookie:         c.String("token-cookie"),
+		ForwardToken:   c.Bool("forward-token"),
+		AllowAnonymous: c.Bool("allow-anonymous"),
+	}
+	for _, f := range []string{"jwt-hmac-secret-file", "jwt-key-file"} {
+		if name := c.String(f); name != "" {
+			if _, err := os.Stat(name); err != nil {
+				return &flagError{f, err}
+			}
+		}
+	}
+	if u := cfg.auth.JWKSURL; u != "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return &flagError{"jwks-url", fmt.Errorf("want an http(s) URL, got %q", u)}
+		}
+	}
+	if cfg.auth.Leeway < 0 {
+		return &flagError{"jwt-leeway", fmt.Errorf("must not be negative")}
+	}
+	if cfg.auth.QueryParam == "" {
+		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}
+	}
+	trusted, err := auth.ParsePrefixes(splitList(c.StringSlice("trusted-proxies")))
+	if err != nil {
+		return &flagError{"trusted-proxies", err}
+	}
+	bits := c.Int("ipv6-prefix")
+	if bits < 1 || bits > 128 {
+		return &flagError{"ipv6-prefix", fmt.Errorf("must be between 1 and 128, got %d", bits)}
+	}
+	cfg.ip = auth.IPResolver{Trusted: trusted, IPv6Prefix: bits}
+	cfg.proxyProtocol = c.Bool("proxy-protocol")
+	if cfg.proxyProtocol && len(trusted) == 0 {
+		return &flagError{"proxy-protocol", fmt.Errorf("needs --trusted-proxies: a PROXY header is only believed from them")}
+	}
+	cfg.proxy.IdentityHeader = c.String("identity-header")
+	cfg.proxy.StripHeaders = splitList(c.StringSlice("strip-header"))
+	cfg.proxy.AllowedOrigins = splitList(c.StringSlice("allowed-origins"))
+	cfg.proxy.CloseOnTokenExpiry = c.Bool("close-on-token-expiry")
+	for _, h := range append([]string{cfg.proxy.IdentityHeader}, cfg.proxy.StripHeaders...) {
+		if h != "" && !validHeaderName(h) {
+			return &flagError{"identity-header/strip-header", fmt.Errorf("invalid header name %q", h)}
+		}
+	}
+	return nil
+}
+
+// splitList flattens repeated flags whose values may also be comma lists
+// (as they are in environment variables).
+func splitList(vs []string) []string {
+	var out []string
+	for _, v := range vs {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+func validHeaderName(h string) bool {
+	for _, c := range h {
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return h != ""
 }
 
 // parseBytes reads a size: a plain number of bytes or one with a KiB, MiB
@@ -327,7 +456,22 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	if cfg.limits.RedisURL != "" {
 		m.WatchRedis(lim.RedisUp)
 	}
+	cfg.auth.Logger = log
+	verifier, err := auth.NewVerifier(ctx, cfg.auth)
+	if err != nil {
+		return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
+	}
+	defer verifier.Close()
+	if !verifier.Enabled() {
+		log.Info("no --jwt-hmac-secret-file, --jwt-key-file or --jwks-url: every client is anonymous, identified by IP")
+	}
+	for _, reason := range auth.Reasons() {
+		m.AuthFailures.WithLabelValues(reason)
+	}
+
 	cfg.proxy.Limiter = lim
+	cfg.proxy.Auth = verifier
+	cfg.proxy.ClientIP = cfg.ip
 	cfg.proxy.Metrics = m
 	cfg.proxy.Logger = log
 	px, err := proxy.New(cfg.proxy)
@@ -338,6 +482,9 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
+	}
+	if cfg.proxyProtocol {
+		ln = auth.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
 	}
 	adminLn, err := net.Listen("tcp", cfg.adminListen)
 	if err != nil {

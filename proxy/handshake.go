@@ -17,6 +17,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/metrics"
 )
 
@@ -52,10 +53,14 @@ var hopHeaders = []string{
 	"Sec-Websocket-Protocol", "Host",
 }
 
-// upstreamHeader returns the headers of a client handshake that go
-// upstream: every end-to-end header, then X-Forwarded-*.
-func (p *Proxy) upstreamHeader(r *http.Request, peer netip.Addr) http.Header {
-	h := r.Header.Clone()
+// upstreamRequest returns the URL and headers of the handshake that goes
+// upstream for r: every end-to-end header (hop-by-hop and handshake headers
+// removed, the token and identity handled by prepareUpstream), then
+// X-Forwarded-*; and the subprotocols to offer.
+func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h http.Header, protocols []string, marker bool) {
+	h = r.Header.Clone()
+	u := *r.URL
+	protocols, marker = p.prepareUpstream(h, &u, c)
 	for _, f := range h["Connection"] {
 		for _, name := range strings.Split(f, ",") {
 			if name = textproto(name); name != "" {
@@ -66,8 +71,8 @@ func (p *Proxy) upstreamHeader(r *http.Request, peer netip.Addr) http.Header {
 	for _, name := range hopHeaders {
 		h.Del(name)
 	}
-	p.setForwarded(h, r, peer)
-	return h
+	p.setForwarded(h, r, peerAddr(r))
+	return p.upstreamURL(&u), h, protocols, marker
 }
 
 func textproto(s string) string { return http.CanonicalHeaderKey(strings.TrimSpace(s)) }
@@ -96,20 +101,20 @@ func (p *Proxy) setForwarded(h http.Header, r *http.Request, peer netip.Addr) {
 
 // upstreamURL is the ws:// URL of the upstream for r: the upstream's path
 // joined with r's path, r's raw query kept.
-func (p *Proxy) upstreamURL(r *http.Request) string {
+func (p *Proxy) upstreamURL(in *url.URL) string {
 	u := p.wsBase
-	u.Path, u.RawPath = joinPath(p.wsBase, r)
-	u.RawQuery = r.URL.RawQuery
+	u.Path, u.RawPath = joinPath(p.wsBase, in)
+	u.RawQuery = in.RawQuery
 	u.Fragment = ""
 	return u.String()
 }
 
-func joinPath(base url.URL, r *http.Request) (path, rawPath string) {
+func joinPath(base url.URL, in *url.URL) (path, rawPath string) {
 	bp := base.EscapedPath()
 	if bp == "" || bp == "/" {
-		return r.URL.Path, r.URL.RawPath
+		return in.Path, in.RawPath
 	}
-	joined := strings.TrimSuffix(bp, "/") + "/" + strings.TrimPrefix(r.URL.EscapedPath(), "/")
+	joined := strings.TrimSuffix(bp, "/") + "/" + strings.TrimPrefix(in.EscapedPath(), "/")
 	u, err := url.Parse(joined)
 	if err != nil {
 		return joined, ""
@@ -135,41 +140,48 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), p.cfg.HandshakeTimeout)
 	defer cancel()
 
-	peer := peerAddr(r)
-	client := p.cfg.ClientIP.ClientIP(peer, r.Header.Values("X-Forwarded-For"))
-	ipKey := p.cfg.ClientIP.Key(client)
-	userKey := "anon:" + ipKey
-	offered := offeredProtocols(r)
-
+	cl, ok := p.admit(w, r)
+	if !ok {
+		return
+	}
 	if p.cfg.Limiter != nil {
-		d := p.decide(ctx, true, userKey, ipKey)
+		d := p.decide(ctx, true, cl.userKey, cl.ipKey)
 		if p.enforce(d) {
-			p.refuseUpgrade(w, r, offered, d)
+			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d)
 			p.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited).Inc()
 			return
 		}
 	}
 
+	target, header, offered, marker := p.upstreamRequest(r, cl)
 	var rejected *upstreamResponse
 	dialer := ws.Dialer{
 		Timeout:   p.cfg.DialTimeout,
 		Protocols: offered,
-		Header:    ws.HandshakeHeaderHTTP(p.upstreamHeader(r, peer)),
+		Header:    ws.HandshakeHeaderHTTP(header),
 		Host:      r.Host,
 		NetDial:   (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
 		OnStatusError: func(status int, _ []byte, resp io.Reader) {
 			rejected = readUpstreamResponse(status, resp)
 		},
 	}
-	upConn, upBuf, hs, err := dialer.Dial(ctx, p.upstreamURL(r))
+	upConn, upBuf, hs, err := dialer.Dial(ctx, target)
 	if err != nil {
 		p.upstreamFailed(w, r, err, rejected)
 		return
 	}
 
+	// The client gets the upstream's choice; when the upstream chose none
+	// and the client offered the marker, the marker, because browsers and
+	// the Node ws client fail a handshake whose offered protocols get no
+	// answer.
+	protocol := hs.Protocol
+	if protocol == "" && marker {
+		protocol = auth.MarkerProtocol
+	}
 	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
-	if hs.Protocol != "" {
-		up.Protocol = ws.SelectEqual(hs.Protocol)
+	if protocol != "" {
+		up.Protocol = ws.SelectEqual(protocol)
 	}
 	clConn, clBuf, _, err := up.Upgrade(r, w)
 	if err != nil {
@@ -186,10 +198,11 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 
 	pr := newPair(p, clConn, upConn)
-	pr.clientIP = client.String()
-	pr.userKey, pr.ipKey = userKey, ipKey
+	pr.clientIP = cl.ip.String()
+	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
 	pr.path = r.URL.Path
-	pr.protocol = hs.Protocol
+	pr.protocol = protocol
+	pr.expiry = cl.identity.Expiry
 	if n := clBuf.Reader.Buffered(); n > 0 {
 		b, _ := clBuf.Reader.Peek(n)
 		pr.fromClient.r.Prime(b)
@@ -207,19 +220,6 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	p.m.ConnectionsTotal.WithLabelValues(metrics.ResultOK).Inc()
 	p.m.HandshakeDuration.Observe(time.Since(start).Seconds())
 	pr.run()
-}
-
-// offeredProtocols lists the subprotocols of r in the client's order.
-func offeredProtocols(r *http.Request) []string {
-	var ps []string
-	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				ps = append(ps, s)
-			}
-		}
-	}
-	return ps
 }
 
 func peerAddr(r *http.Request) netip.Addr {

@@ -57,14 +57,17 @@ func (p *Proxy) newPassThrough() http.Handler {
 func (p *Proxy) servePassThrough(w http.ResponseWriter, r *http.Request) {
 	// A non-WebSocket upgrade (h2c, ...) would become an unlimited tunnel.
 	r.Header.Del("Upgrade")
-	peer := peerAddr(r)
-	client := p.cfg.ClientIP.ClientIP(peer, r.Header.Values("X-Forwarded-For"))
-	ipKey := p.cfg.ClientIP.Key(client)
-	if p.limitRequest(w, r, "anon:"+ipKey, ipKey) {
+	cl, ok := p.admit(w, r)
+	if !ok {
+		return
+	}
+	if p.limitRequest(w, r, cl.userKey, cl.ipKey) {
 		p.m.HTTPRequests.WithLabelValues("4xx").Inc()
 		return
 	}
-	p.pass.ServeHTTP(w, r)
+	r2 := r.Clone(r.Context())
+	p.prepareUpstream(r2.Header, r2.URL, cl)
+	p.pass.ServeHTTP(w, r2)
 }
 
 func statusClass(code int) string {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
 )
@@ -30,6 +31,13 @@ import (
 type Limiter interface {
 	Message(ctx context.Context, user, ip string) limit.Decision
 	Handshake(ctx context.Context, user, ip string) limit.Decision
+}
+
+// Authenticator verifies the token of a handshake or request and cleans
+// what goes upstream. *auth.Verifier implements it.
+type Authenticator interface {
+	Authenticate(ctx context.Context, r *http.Request) (auth.Identity, error)
+	PrepareUpstream(h http.Header, q url.Values) (protocols []string, offeredMarker bool)
 }
 
 // ClientIPResolver finds the client behind a connection's peer address.
@@ -72,6 +80,20 @@ type Config struct {
 	// Shadow evaluates limits and counts would-be refusals without
 	// refusing anything.
 	Shadow bool
+	// Auth verifies tokens before any upstream dial. Nil means every client
+	// is anonymous and the request goes upstream as it came.
+	Auth Authenticator
+	// IdentityHeader carries the verified subject upstream; inbound headers
+	// of that name are always removed first. Empty means none is sent.
+	IdentityHeader string
+	// StripHeaders are removed from every request before it goes upstream.
+	StripHeaders []string
+	// AllowedOrigins refuses a browser whose Origin matches none of these
+	// patterns (auth.OriginAllowed) with 403. Empty means any origin.
+	AllowedOrigins []string
+	// CloseOnTokenExpiry closes a connection with 1008 "token expired" when
+	// its token's exp passes.
+	CloseOnTokenExpiry bool
 	// ClientIP resolves the client address behind trusted proxies. Nil
 	// means the socket peer, no proxy trusted, IPv6 grouped by /64.
 	ClientIP ClientIPResolver

@@ -38,6 +38,8 @@ type pair struct {
 	clientIP, path string
 	userKey, ipKey string
 	protocol       string
+	expiry         time.Time // of the client's token; zero without one
+	expire         *time.Timer
 	upstreamDone   chan struct{}
 }
 
@@ -122,11 +124,21 @@ func (pr *pair) run() {
 	if p.cfg.IdleTimeout > 0 {
 		pr.idle = time.AfterFunc(p.cfg.IdleTimeout, pr.checkIdle)
 	}
+	if p.cfg.CloseOnTokenExpiry && !pr.expiry.IsZero() {
+		pr.expire = time.AfterFunc(time.Until(pr.expiry), func() {
+			pr.end(ending{initiator: metrics.InitiatorGate,
+				clientCode: ws.StatusPolicyViolation, clientReason: "token expired",
+				upCode: ws.StatusGoingAway, upReason: "token expired"})
+		})
+	}
 	go pr.runUpstream()
 	pr.runDirection(&pr.fromClient)
 	<-pr.upstreamDone
 	if pr.idle != nil {
 		pr.idle.Stop()
+	}
+	if pr.expire != nil {
+		pr.expire.Stop()
 	}
 	pr.closeConns()
 	pr.fromClient.r.Release()
