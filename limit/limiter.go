@@ -1,0 +1,398 @@
+// Package limit decides whether a WebSocket message or handshake may pass,
+// per identity and per client IP, with fixed-window rules and blocks whose
+// state is shared across replicas in Redis (or kept in process).
+//
+// The semantics are those of rate-limiter-flexible's RateLimiterRedis: a
+// window opens at the first counted event of a key, the event after the
+// Limit-th one inside the window is refused, and a rule with a block then
+// refuses every event of that key for the block duration, after which the
+// budget is full again. A refused event never counts.
+package limit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Refusal scopes and kinds reported in a Decision.
+const (
+	ScopeUser      = "user"
+	ScopeIP        = "ip"
+	KindMessage    = "message"
+	KindConnection = "connection"
+)
+
+// Store names reported in a Decision and by Limiter.StoreName.
+const (
+	storeMemory = "memory"
+	storeRedis  = "redis"
+)
+
+const (
+	defaultPrefix  = "ws-rate"
+	defaultTimeout = 50 * time.Millisecond
+	// closedRetry is the RetryAfter of a refusal decided by FailClosed.
+	closedRetry = time.Second
+	// maxIDLen bounds the identity or IP inside a key; longer ones are hashed.
+	maxIDLen = 128
+)
+
+// errRedisDown is the Err of a fallback decision taken without trying Redis,
+// because the last call failed and the background probe has not seen Redis
+// answer since.
+var errRedisDown = errors.New("redis unreachable")
+
+// Config configures a Limiter. The zero Config is a Limiter with every rule
+// disabled on the memory store.
+type Config struct {
+	// Rules are the four rules; a zero Rule is disabled and touches no key.
+	Rules Rules
+	// KeyPrefix starts every Redis key; "" means "ws-rate". It must not
+	// contain '{' or '}', which would break the keys' Cluster hash tags.
+	KeyPrefix string
+	// RedisURL selects Redis, parsed by rueidis.ParseURL (redis://, rediss://,
+	// several addr= for a Cluster, master_set= for Sentinel). "" means the
+	// in-process memory store, right for a single replica.
+	RedisURL string
+	// FailureMode decides while Redis is unreachable or slower than Timeout;
+	// the zero value is FailLocal.
+	FailureMode FailureMode
+	// Timeout is the deadline of every Redis decision; 0 means 50ms.
+	Timeout time.Duration
+	// Logger receives Redis state changes; nil means discard.
+	Logger *slog.Logger
+	// Now is the clock of the memory store (also the FailLocal fallback);
+	// nil means time.Now. The Redis store takes time from Redis only.
+	Now func() time.Time
+}
+
+// Decision is the verdict on one message or handshake.
+type Decision struct {
+	Allowed bool
+	// Scope is the refusing rule's scope, ScopeUser or ScopeIP; ScopeUser
+	// when both refuse. Empty when allowed.
+	Scope string
+	// Kind is KindMessage for Limiter.Message, KindConnection for
+	// Limiter.Handshake.
+	Kind string
+	// RetryAfter is how long until the client may try again: the remaining
+	// block, or the remaining window of a rule without block. When both
+	// scopes refuse it is the longer of the two.
+	RetryAfter time.Duration
+	// Store is the store that decided: "memory" or "redis". A FailLocal
+	// fallback reports "memory"; FailOpen and FailClosed report "redis".
+	Store string
+	// Fallback is true when Redis failed or timed out and the FailureMode
+	// decided.
+	Fallback bool
+	// Err is the Redis error behind a fallback.
+	Err error
+}
+
+// rule is one of the four rules with what a store needs to apply it.
+type rule struct {
+	Rule
+	scope string
+	// prefix is "<p>:um:{" and so on; a key is prefix + id + "}".
+	prefix string
+	// limit, window and block are the Lua script's arguments.
+	limit, window, block string
+}
+
+// counter is one rule applied to one identity or IP.
+type counter struct {
+	rule *rule
+	id   string // safe inside a hash tag, see safeID
+	// blockRule, when set, names the rule whose block key the counting
+	// script checks instead of this rule's own: a handshake's connection
+	// counter checks the message rule's block of the same identity (same
+	// hash tag, so same slot). The cached block check before it may still
+	// hold a "not blocked" that Redis is invalidating; this closes that gap.
+	blockRule *rule
+}
+
+func (c counter) enabled() bool { return c.rule != nil && c.rule.Enabled() }
+
+// checked reports whether the counting script must see the counter: to
+// count it, or only to check its blockRule's block (a disabled connection
+// rule under a blocking message rule; the script counts nothing at limit 0).
+func (c counter) checked() bool {
+	return c.enabled() || (c.blockRule != nil && c.blockRule.Enabled() && c.blockRule.Block > 0)
+}
+
+// blocks reports whether the rule can block, so its block key is worth a look.
+func (c counter) blocks() bool { return c.enabled() && c.rule.Block > 0 }
+
+func (c counter) key() string { return c.rule.prefix + c.id + "}" }
+func (c counter) blockKey() string {
+	if c.blockRule != nil {
+		return c.blockRule.prefix + c.id + "}:blk"
+	}
+	return c.rule.prefix + c.id + "}:blk"
+}
+
+// outcome is one counter's verdict.
+type outcome struct {
+	denied bool
+	retry  time.Duration
+}
+
+// store is what a Limiter asks of the memory and the Redis stores.
+type store interface {
+	// blocked returns the remaining block of the counters that can block
+	// (zero when not blocked).
+	blocked(ctx context.Context, cs [2]counter) ([2]time.Duration, error)
+	// take counts one event against both enabled counters, or neither: when
+	// one refuses, the other is left (or refunded) as it was.
+	take(ctx context.Context, cs [2]counter) ([2]outcome, error)
+}
+
+// Limiter decides messages and handshakes. It is safe for concurrent use.
+type Limiter struct {
+	rules   [4]rule // um, im, uc, ic
+	mode    FailureMode
+	timeout time.Duration
+	log     *slog.Logger
+
+	mem *memory // the store without RedisURL, the FailLocal fallback with it
+
+	redisOpt rueidis.ClientOption
+	useRedis bool
+	rs       atomic.Pointer[redisStore] // nil until the first connection
+	up       atomic.Bool
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New validates cfg and returns a Limiter. With a RedisURL it connects at
+// once; when Redis is down it starts degraded (the FailureMode decides) and
+// connects in the background. Errors wrap ErrBadRule, ErrBadFailureMode or
+// ErrBadConfig.
+func New(cfg Config) (*Limiter, error) {
+	l := &Limiter{
+		mode:    cfg.FailureMode,
+		timeout: cfg.Timeout,
+		log:     cfg.Logger,
+		stop:    make(chan struct{}),
+	}
+	if l.mode < FailLocal || l.mode > FailClosed {
+		return nil, fmt.Errorf("%w %d", ErrBadFailureMode, int(l.mode))
+	}
+	if l.timeout < 0 {
+		return nil, fmt.Errorf("%w: negative timeout %v", ErrBadConfig, l.timeout)
+	}
+	if l.timeout == 0 {
+		l.timeout = defaultTimeout
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	prefix := cfg.KeyPrefix
+	if prefix == "" {
+		prefix = defaultPrefix
+	}
+	if strings.ContainsAny(prefix, "{}") {
+		return nil, fmt.Errorf("%w: key prefix %q contains '{' or '}'", ErrBadConfig, prefix)
+	}
+	for i, r := range []struct {
+		name, scope, tag string
+		rule             Rule
+	}{
+		{"user message", ScopeUser, "um", cfg.Rules.UserMessages},
+		{"IP message", ScopeIP, "im", cfg.Rules.IPMessages},
+		{"user connection", ScopeUser, "uc", cfg.Rules.UserConns},
+		{"IP connection", ScopeIP, "ic", cfg.Rules.IPConns},
+	} {
+		if err := r.rule.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %s rule %q: %v", ErrBadRule, r.name, r.rule.String(), err)
+		}
+		if i >= 2 {
+			r.rule.Block = 0 // connection rules never block
+		}
+		l.rules[i] = rule{
+			Rule:   r.rule,
+			scope:  r.scope,
+			prefix: prefix + ":" + r.tag + ":{",
+			limit:  fmt.Sprint(r.rule.Limit),
+			window: fmt.Sprint(r.rule.Window.Milliseconds()),
+			block:  fmt.Sprint(r.rule.Block.Milliseconds()),
+		}
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	l.mem = newMemory(now)
+	if cfg.RedisURL == "" {
+		return l, nil
+	}
+	opt, err := rueidis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: redis url: %v", ErrBadConfig, err)
+	}
+	if opt.Dialer.Timeout == 0 {
+		// The background reconnect and Close wait for a dial at most this long.
+		opt.Dialer.Timeout = 2 * time.Second
+	}
+	l.redisOpt = opt
+	l.useRedis = true
+	if err := l.connect(); err != nil {
+		l.log.Warn("redis unreachable at start, limiting with the failure mode until it answers",
+			"failure_mode", l.mode.String(), "err", err)
+	}
+	l.wg.Add(1)
+	go l.watchRedis()
+	return l, nil
+}
+
+// Message decides one data message of identity user from client IP ip.
+// It never blocks longer than Config.Timeout plus the caller's context.
+func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
+	user, ip = safeID(user), safeID(ip)
+	cs := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}
+	return l.decide(ctx, KindMessage, cs, cs)
+}
+
+// Handshake decides one WebSocket handshake: refused while a message rule
+// blocks user or ip, or over a connection rule.
+func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
+	user, ip = safeID(user), safeID(ip)
+	blk := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}
+	cs := [2]counter{
+		{rule: &l.rules[2], id: user, blockRule: &l.rules[0]},
+		{rule: &l.rules[3], id: ip, blockRule: &l.rules[1]},
+	}
+	return l.decide(ctx, KindConnection, blk, cs)
+}
+
+// RedisUp reports whether a Redis client is connected and the last Redis
+// call succeeded. It is false on the memory store.
+func (l *Limiter) RedisUp() bool { return l.up.Load() }
+
+// StoreName returns "redis" when Config.RedisURL is set, else "memory".
+func (l *Limiter) StoreName() string {
+	if l.useRedis {
+		return storeRedis
+	}
+	return storeMemory
+}
+
+// Close stops the background reconnect loop, waits for it and closes the
+// Redis client. It is safe to call more than once.
+func (l *Limiter) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.stop)
+		l.wg.Wait()
+		if rs := l.rs.Load(); rs != nil {
+			rs.client.Close()
+		}
+		l.up.Store(false)
+	})
+	return nil
+}
+
+func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter) Decision {
+	if !l.useRedis {
+		d, _ := decide(ctx, l.mem, kind, blk, cs)
+		d.Store = storeMemory
+		return d
+	}
+	rs := l.rs.Load()
+	if rs == nil || !l.up.Load() {
+		return l.fallback(ctx, kind, blk, cs, errRedisDown)
+	}
+	rctx, cancel := context.WithTimeout(ctx, l.timeout)
+	d, err := decide(rctx, rs, kind, blk, cs)
+	cancel()
+	if err != nil {
+		// A caller that gave up is not Redis's fault.
+		if ctx.Err() == nil {
+			l.markDown(err)
+		}
+		return l.fallback(ctx, kind, blk, cs, err)
+	}
+	l.markUp()
+	d.Store = storeRedis
+	return d
+}
+
+func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter, err error) Decision {
+	var d Decision
+	switch l.mode {
+	case FailOpen:
+		d = Decision{Allowed: true, Kind: kind, Store: storeRedis}
+	case FailClosed:
+		d = Decision{Scope: ScopeUser, Kind: kind, RetryAfter: closedRetry, Store: storeRedis}
+	default:
+		d, _ = decide(ctx, l.mem, kind, blk, cs)
+		d.Store = storeMemory
+	}
+	d.Fallback = true
+	d.Err = err
+	return d
+}
+
+func (l *Limiter) markDown(err error) {
+	if l.up.CompareAndSwap(true, false) {
+		l.log.Warn("redis unreachable, limiting with the failure mode",
+			"failure_mode", l.mode.String(), "err", err)
+	}
+}
+
+func (l *Limiter) markUp() {
+	if l.up.CompareAndSwap(false, true) {
+		l.log.Info("redis reachable, limiting with redis")
+	}
+}
+
+// decide applies the block checks of blk and then the counters of cs.
+func decide(ctx context.Context, s store, kind string, blk, cs [2]counter) (Decision, error) {
+	left, err := s.blocked(ctx, blk)
+	if err != nil {
+		return Decision{}, err
+	}
+	if d, refused := verdict(kind, blk, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
+		return d, nil
+	}
+	out, err := s.take(ctx, cs)
+	if err != nil {
+		return Decision{}, err
+	}
+	d, _ := verdict(kind, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
+	return d, nil
+}
+
+func verdict(kind string, cs [2]counter, deny0, deny1 bool, retry0, retry1 time.Duration) (Decision, bool) {
+	switch {
+	case deny0:
+		return Decision{Scope: cs[0].rule.scope, Kind: kind, RetryAfter: max(retry0, retry1)}, true
+	case deny1:
+		return Decision{Scope: cs[1].rule.scope, Kind: kind, RetryAfter: retry1}, true
+	}
+	return Decision{Allowed: true, Kind: kind}, false
+}
+
+// safeID makes an identity or IP safe inside a key's {hash tag}: one that is
+// empty, longer than maxIDLen, holds '{' or '}', or could be mistaken for a
+// hashed one is replaced by "sha256:" and its hex SHA-256. (An empty tag "{}"
+// would make Redis Cluster hash the whole key, putting a counter and its
+// block key in different slots.)
+func safeID(id string) string {
+	if id != "" && len(id) <= maxIDLen && !strings.ContainsAny(id, "{}") && !strings.HasPrefix(id, "sha256:") {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}

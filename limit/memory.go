@@ -1,0 +1,141 @@
+package limit
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// minSweepEvery is the fewest calls between two sweeps of the memory store.
+const minSweepEvery = 1024
+
+// memKey names a counter without building a string: the rule's key prefix
+// and the identity.
+type memKey struct {
+	rule *rule
+	id   string
+}
+
+// memEntry is a counter and its block, the two Redis keys of a rule in one.
+type memEntry struct {
+	n         int
+	windowEnd time.Time // the counter's expiry
+	blockEnd  time.Time // the block key's expiry; zero when never blocked
+}
+
+// memory is the in-process store, with the semantics of the Redis scripts.
+// Expired entries are swept lazily: every max(minSweepEvery, len) calls, so
+// the sweep costs O(1) per call amortised and the map holds at most about
+// twice the keys live since the last sweep.
+type memory struct {
+	now func() time.Time
+
+	mu         sync.Mutex
+	m          map[memKey]*memEntry
+	calls      int // since the last sweep
+	sweepEvery int
+}
+
+func newMemory(now func() time.Time) *memory {
+	return &memory{now: now, m: make(map[memKey]*memEntry), sweepEvery: minSweepEvery}
+}
+
+func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duration, _ error) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tick(now)
+	for i, c := range cs {
+		if !c.blocks() {
+			continue
+		}
+		if e := s.m[memKey{c.rule, c.id}]; e != nil && e.blockEnd.After(now) {
+			left[i] = e.blockEnd.Sub(now)
+		}
+	}
+	return left, nil
+}
+
+func (s *memory) take(_ context.Context, cs [2]counter) (out [2]outcome, _ error) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tick(now)
+	var es [2]*memEntry
+	denied := false
+	for i, c := range cs {
+		if !c.enabled() {
+			continue
+		}
+		e := s.m[memKey{c.rule, c.id}]
+		if e == nil {
+			continue
+		}
+		es[i] = e
+		if e.blockEnd.After(now) {
+			out[i] = outcome{denied: true, retry: e.blockEnd.Sub(now)}
+			denied = true
+		}
+	}
+	if denied {
+		return out, nil
+	}
+	for i, c := range cs {
+		e := es[i]
+		if e == nil || !e.windowEnd.After(now) || e.n < c.rule.Limit {
+			continue
+		}
+		denied = true
+		if c.rule.Block > 0 {
+			// As the script: block, and drop the counter so the budget is
+			// full when the block ends.
+			e.n, e.windowEnd, e.blockEnd = 0, now, now.Add(c.rule.Block)
+			out[i] = outcome{denied: true, retry: c.rule.Block}
+		} else {
+			out[i] = outcome{denied: true, retry: e.windowEnd.Sub(now)}
+		}
+	}
+	if denied {
+		return out, nil
+	}
+	for i, c := range cs {
+		if !c.enabled() {
+			continue
+		}
+		e := es[i]
+		if e == nil {
+			e = &memEntry{}
+			s.m[memKey{c.rule, c.id}] = e
+		}
+		if !e.windowEnd.After(now) {
+			e.n, e.windowEnd = 0, now.Add(c.rule.Window)
+		}
+		e.n++
+	}
+	return out, nil
+}
+
+// tick counts a call and sweeps every sweepEvery calls.
+func (s *memory) tick(now time.Time) {
+	if s.calls++; s.calls >= s.sweepEvery {
+		s.sweep(now)
+	}
+}
+
+// sweep drops the entries whose window and block have both ended.
+func (s *memory) sweep(now time.Time) {
+	for k, e := range s.m {
+		if !e.windowEnd.After(now) && !e.blockEnd.After(now) {
+			delete(s.m, k)
+		}
+	}
+	s.calls = 0
+	s.sweepEvery = max(minSweepEvery, len(s.m))
+}
+
+// len returns the number of entries, for tests.
+func (s *memory) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}

@@ -1,0 +1,308 @@
+package limit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testTimeout is the Redis deadline of the tests that do not test it: the
+// race detector on a small machine makes 50ms too tight.
+const testTimeout = 2 * time.Second
+
+func redisHarness(url string) *harness {
+	return &harness{store: "redis", limiter: func(t *testing.T, r Rules) (*Limiter, func(time.Duration)) {
+		l := newLimiter(t, Config{Rules: r, RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout})
+		if !l.RedisUp() {
+			t.Fatal("redis not up after New")
+		}
+		return l, time.Sleep
+	}}
+}
+
+func TestRedisSemantics(t *testing.T) {
+	s := startRedis(t)
+	runSemantics(t, redisHarness(s.url()))
+}
+
+func TestRedisExact(t *testing.T) {
+	s := startRedis(t)
+	testExact(t, s.url())
+}
+
+func TestRedisRefund(t *testing.T) {
+	s := startRedis(t)
+	testRefund(t, s.url(), s.cli)
+}
+
+// testExact runs 1,000 attempts from 4 goroutines on each of 2 Limiters
+// sharing one Redis against a 100/10s rule: exactly 100 pass.
+func testExact(t *testing.T, url string) {
+	rules := Rules{
+		UserMessages: rate(100, 10*time.Second, 5*time.Second),
+		IPMessages:   rate(1_000_000, 10*time.Second, 0),
+	}
+	cfg := Config{Rules: rules, RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout}
+	ls := []*Limiter{newLimiter(t, cfg), newLimiter(t, cfg)}
+	const attempts, workers = 1000, 4
+	var allowed, fallbacks atomic.Int64
+	var wg sync.WaitGroup
+	for i := range len(ls) * workers {
+		wg.Go(func() {
+			l := ls[i%len(ls)]
+			for j := range attempts / (len(ls) * workers) {
+				d := l.Message(context.Background(), "user", fmt.Sprint("10.0.0.", j%7))
+				if d.Fallback {
+					fallbacks.Add(1)
+				}
+				if d.Allowed {
+					allowed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if allowed.Load() != 100 || fallbacks.Load() != 0 {
+		t.Fatalf("%d allowed, %d fallbacks of %d attempts; want 100 allowed, no fallback",
+			allowed.Load(), fallbacks.Load(), attempts)
+	}
+}
+
+// testRefund reads the counters with redis-cli: a message refused by the IP
+// rule leaves the user counter unchanged.
+func testRefund(t *testing.T, url string, cli func(...string) string) {
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: testTimeout, Rules: Rules{
+		UserMessages: rate(5, 10*time.Second, time.Second),
+		IPMessages:   rate(3, 10*time.Second, 0),
+	}})
+	ctx := context.Background()
+	for i := range 8 {
+		d := l.Message(ctx, "u", "a")
+		if d.Allowed != (i < 3) || d.Store != "redis" {
+			t.Fatalf("message %d: %+v", i+1, d)
+		}
+	}
+	if got := cli("get", p+":um:{u}"); got != "3" {
+		t.Fatalf("user counter %q, want 3", got)
+	}
+	if got := cli("get", p+":im:{a}"); got != "3" {
+		t.Fatalf("ip counter %q, want 3", got)
+	}
+	if got := cli("exists", p+":um:{u}:blk"); got != "0" {
+		t.Fatalf("user block key exists: %q", got)
+	}
+	// The other way round: refused by the user rule on a fresh IP.
+	for i := range 4 {
+		d := l.Message(ctx, "u", "b")
+		if d.Allowed != (i < 2) {
+			t.Fatalf("message %d from b: %+v", i+1, d)
+		}
+	}
+	if got := cli("get", p+":im:{b}"); got != "2" {
+		t.Fatalf("ip counter of b %q, want 2", got)
+	}
+	if got := cli("pttl", p+":um:{u}:blk"); got == "-2" {
+		t.Fatal("user not blocked")
+	}
+}
+
+// TestRedisRoundTrips counts the commands Redis serves per decision.
+func TestRedisRoundTrips(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Rules: Rules{
+		UserMessages: rate(100, 10*time.Second, 3*time.Second),
+		IPMessages:   rate(1000, 10*time.Second, 3*time.Second),
+		UserConns:    rate(1000, 10*time.Second, 0),
+		IPConns:      rate(1000, 10*time.Second, 0),
+	}})
+	ctx := context.Background()
+	measure := func(name string, n int, f func(i int) Decision) (total, evals float64) {
+		t.Helper()
+		mon := startMonitor(t, s)
+		for i := range n {
+			if d := f(i); d.Store != "redis" || d.Fallback {
+				t.Fatalf("%s %d: %+v", name, i, d)
+			}
+		}
+		cmds := mon.stop()
+		for _, c := range cmds {
+			if strings.HasPrefix(c, "EVAL") {
+				evals++
+			}
+		}
+		total, evals = float64(len(cmds))/float64(n), evals/float64(n)
+		t.Logf("%s: %.2f commands from the client (%.2f EVAL*) per decision", name, total, evals)
+		return total, evals
+	}
+	// The first decisions of an identity miss the local cache: one
+	// pipelined batch of block checks, then the counting script.
+	measure("first message", 1, func(int) Decision { return l.Message(ctx, "u", "a") })
+	l.Handshake(ctx, "u", "a")
+	l.Handshake(ctx, "u", "b")
+	if total, evals := measure("allowed message", 50, func(int) Decision { return l.Message(ctx, "u", "a") }); total != 1 || evals != 1 {
+		t.Errorf("allowed message: %.2f commands, %.2f EVAL*; want 1 and 1", total, evals)
+	}
+	if total, _ := measure("allowed handshake", 20, func(int) Decision { return l.Handshake(ctx, "u", "a") }); total != 1 {
+		t.Errorf("allowed handshake: %.2f commands, want 1", total)
+	}
+	for l.Message(ctx, "u", "a").Allowed {
+	}
+	// Redis invalidates the cached "not blocked" with a push that may land
+	// after the reply to the write; until it does the counting script
+	// refuses by itself. Then one read caches the block.
+	time.Sleep(50 * time.Millisecond)
+	l.Message(ctx, "u", "a")
+	if total, _ := measure("blocked message", 100, func(int) Decision {
+		d := l.Message(ctx, "u", "a")
+		if d.Allowed || d.RetryAfter <= 0 || d.RetryAfter > 3*time.Second {
+			t.Fatalf("blocked message: %+v", d)
+		}
+		return d
+	}); total != 0 {
+		t.Errorf("blocked message: %.2f commands, want 0", total)
+	}
+	if total, _ := measure("blocked handshake", 20, func(int) Decision { return l.Handshake(ctx, "u", "b") }); total != 0 {
+		t.Errorf("blocked handshake: %.2f commands, want 0", total)
+	}
+}
+
+func TestRedisFailureModes(t *testing.T) {
+	s := startRedis(t)
+	rules := Rules{UserMessages: rate(2, 10*time.Second, time.Second)}
+	ls := map[FailureMode]*Limiter{}
+	for _, m := range []FailureMode{FailLocal, FailOpen, FailClosed} {
+		ls[m] = newLimiter(t, Config{Rules: rules, RedisURL: s.url(), KeyPrefix: keyPrefix(t) + m.String(),
+			FailureMode: m, Timeout: testTimeout})
+	}
+	ctx := context.Background()
+	for m, l := range ls {
+		if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Store != "redis" || !l.RedisUp() || l.StoreName() != "redis" {
+			t.Fatalf("%v before the outage: %+v, RedisUp %v", m, d, l.RedisUp())
+		}
+	}
+	s.stop()
+
+	d := ls[FailLocal].Message(ctx, "u", "a")
+	if !d.Allowed || !d.Fallback || d.Err == nil || d.Store != "memory" {
+		t.Fatalf("local, 1st: %+v", d)
+	}
+	ls[FailLocal].Message(ctx, "u", "a")
+	d = ls[FailLocal].Message(ctx, "u", "a")
+	if d.Allowed || !d.Fallback || d.Scope != ScopeUser || d.RetryAfter != time.Second || d.Store != "memory" {
+		t.Fatalf("local, 3rd: %+v, want refused by the memory store", d)
+	}
+	for range 3 {
+		d = ls[FailOpen].Message(ctx, "u", "a")
+		if !d.Allowed || !d.Fallback || d.Err == nil {
+			t.Fatalf("open: %+v", d)
+		}
+	}
+	d = ls[FailClosed].Message(ctx, "u", "a")
+	want := Decision{Scope: ScopeUser, Kind: KindMessage, RetryAfter: time.Second, Store: "redis", Fallback: true}
+	if d.Err == nil {
+		t.Fatalf("closed: %+v, want an Err", d)
+	}
+	if d.Err = nil; d != want {
+		t.Fatalf("closed: %+v, want %+v", d, want)
+	}
+	d = ls[FailClosed].Handshake(ctx, "u", "a")
+	if d.Allowed || d.Kind != KindConnection || !d.Fallback {
+		t.Fatalf("closed handshake: %+v", d)
+	}
+	for m, l := range ls {
+		if l.RedisUp() {
+			t.Fatalf("%v: RedisUp with Redis down", m)
+		}
+		if d := l.Message(ctx, "v", "b"); !d.Fallback || !errors.Is(d.Err, errRedisDown) {
+			t.Fatalf("%v: later decision while down: %+v, want errRedisDown", m, d)
+		}
+	}
+
+	s.start()
+	for m, l := range ls {
+		waitUp(t, l)
+		if d := l.Message(ctx, "w", "c"); !d.Allowed || d.Fallback || d.Store != "redis" {
+			t.Fatalf("%v after the restart: %+v", m, d)
+		}
+	}
+}
+
+// waitUp waits (bounded) until l sees Redis again.
+func waitUp(t *testing.T, l *Limiter) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.RedisUp() {
+		if time.Now().After(deadline) {
+			t.Fatal("RedisUp still false 10s after Redis came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRedisDownAtStart(t *testing.T) {
+	if _, err := os.Stat(redisServerBin); err != nil {
+		t.Skip(err)
+	}
+	port := freePort(t)
+	url := fmt.Sprintf("redis://127.0.0.1:%d", port)
+	l := newLimiter(t, Config{RedisURL: url, Timeout: testTimeout, KeyPrefix: keyPrefix(t),
+		Rules: Rules{UserMessages: rate(5, 10*time.Second, 0)}})
+	if l.RedisUp() || l.StoreName() != "redis" {
+		t.Fatalf("RedisUp %v StoreName %q with nothing listening", l.RedisUp(), l.StoreName())
+	}
+	if d := l.Message(context.Background(), "u", "a"); !d.Allowed || !d.Fallback || d.Store != "memory" {
+		t.Fatalf("degraded: %+v", d)
+	}
+	s := &redisServer{tb: t, port: port}
+	s.start()
+	t.Cleanup(s.stop)
+	waitUp(t, l)
+	if d := l.Message(context.Background(), "u", "a"); !d.Allowed || d.Fallback || d.Store != "redis" {
+		t.Fatalf("after Redis came up: %+v", d)
+	}
+}
+
+func TestRedisTimeout(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: 50 * time.Millisecond,
+		FailureMode: FailOpen, Rules: Rules{UserMessages: rate(5, 10*time.Second, 0)}})
+	ctx := context.Background()
+	l.Message(ctx, "u", "a")
+	s.pause()
+	start := time.Now()
+	d := l.Message(ctx, "u", "a")
+	took := time.Since(start)
+	s.resume()
+	if !d.Allowed || !d.Fallback || !errors.Is(d.Err, context.DeadlineExceeded) {
+		t.Fatalf("blackholed: %+v", d)
+	}
+	if took > time.Second {
+		t.Fatalf("blackholed decision took %v, want about the 50ms timeout", took)
+	}
+	t.Logf("blackholed decision took %v", took)
+	waitUp(t, l)
+	if d := l.Message(ctx, "u", "a"); d.Fallback {
+		t.Fatalf("after resume: %+v", d)
+	}
+}
+
+func TestRedisCallerCancel(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout,
+		Rules: Rules{UserMessages: rate(5, 10*time.Second, 0)}})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if d := l.Message(ctx, "u", "a"); !d.Fallback {
+		t.Fatalf("canceled caller: %+v", d)
+	}
+	if !l.RedisUp() {
+		t.Fatal("a canceled caller marked Redis down")
+	}
+}

@@ -1,0 +1,292 @@
+package limit
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// clock is a settable clock for the memory store.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// harness runs the same semantics cases on the memory and the Redis store.
+type harness struct {
+	// limiter returns a new Limiter with rules and keys of its own, and the
+	// function that lets time pass for it.
+	limiter func(t *testing.T, r Rules) (*Limiter, func(time.Duration))
+	// tol is how far a RetryAfter may be below the ideal one (Redis time
+	// passes while the test runs).
+	tol   time.Duration
+	store string
+}
+
+func memoryHarness() *harness {
+	return &harness{store: "memory", limiter: func(t *testing.T, r Rules) (*Limiter, func(time.Duration)) {
+		c := newClock()
+		l := newLimiter(t, Config{Rules: r, Now: c.Now})
+		return l, c.Advance
+	}}
+}
+
+func newLimiter(tb testing.TB, cfg Config) *Limiter {
+	tb.Helper()
+	l, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	return l
+}
+
+// keyPrefix returns a key prefix unique to the test.
+func keyPrefix(t *testing.T) string {
+	return "t:" + strings.NewReplacer("/", ":", " ", "_").Replace(t.Name())
+}
+
+func rate(limit int, window, block time.Duration) Rule {
+	return Rule{Limit: limit, Window: window, Block: block}
+}
+
+const ms = time.Millisecond
+
+var semanticsCases = []struct {
+	name string
+	run  func(t *testing.T, h *harness)
+}{
+	{"block after limit", func(t *testing.T, h *harness) {
+		l, advance := h.limiter(t, Rules{UserMessages: rate(100, 10*time.Second, 300*ms)})
+		for range 2 {
+			h.allow(t, l, 100, "u", "ip")
+			d := h.deny(t, l, "u", "ip", ScopeUser, KindMessage, 300*ms)
+			advance(100 * ms)
+			h.deny(t, l, "u", "ip", ScopeUser, KindMessage, min(d.RetryAfter, 200*ms))
+			advance(250 * ms)
+			// The block is over and the budget is full again.
+		}
+		h.allow(t, l, 1, "other", "ip")
+	}},
+	{"window resets without block", func(t *testing.T, h *harness) {
+		l, advance := h.limiter(t, Rules{UserMessages: rate(3, 400*ms, 0)})
+		h.allow(t, l, 3, "u", "ip")
+		h.deny(t, l, "u", "ip", ScopeUser, KindMessage, 400*ms)
+		h.deny(t, l, "u", "ip", ScopeUser, KindMessage, 400*ms)
+		advance(450 * ms)
+		h.allow(t, l, 3, "u", "ip")
+		h.deny(t, l, "u", "ip", ScopeUser, KindMessage, 400*ms)
+	}},
+	{"refund", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{
+			UserMessages: rate(5, 10*time.Second, time.Second),
+			IPMessages:   rate(3, 10*time.Second, 0),
+		})
+		h.allow(t, l, 3, "u", "a")
+		for range 10 {
+			h.deny(t, l, "u", "a", ScopeIP, KindMessage, 10*time.Second)
+		}
+		// The ten refusals did not count against the user: 3 + 2 = 5.
+		h.allow(t, l, 2, "u", "b")
+		h.deny(t, l, "u", "b", ScopeUser, KindMessage, time.Second)
+	}},
+	{"both refuse: user", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{
+			UserMessages: rate(2, 10*time.Second, 0),
+			IPMessages:   rate(2, 10*time.Second, 0),
+		})
+		h.allow(t, l, 2, "u", "a")
+		h.deny(t, l, "u", "a", ScopeUser, KindMessage, 10*time.Second)
+	}},
+	{"disabled rules", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{})
+		h.allow(t, l, 500, "u", "a")
+		for range 100 {
+			if d := l.Handshake(context.Background(), "u", "a"); !d.Allowed {
+				t.Fatalf("handshake refused: %+v", d)
+			}
+		}
+	}},
+	{"one rule disabled", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{IPMessages: rate(2, 10*time.Second, 200*ms)})
+		h.allow(t, l, 2, "u", "a")
+		h.deny(t, l, "v", "a", ScopeIP, KindMessage, 200*ms)
+		h.allow(t, l, 2, "u", "b")
+	}},
+	{"connection rules", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{
+			UserConns: rate(2, 10*time.Second, 0),
+			IPConns:   rate(3, 10*time.Second, 0),
+		})
+		h.handshakes(t, l, 2, "u", "a")
+		d := l.Handshake(context.Background(), "u", "a")
+		h.check(t, d, ScopeUser, KindConnection, 10*time.Second)
+		h.handshakes(t, l, 1, "v", "a") // the refusal did not count on the IP
+		d = l.Handshake(context.Background(), "w", "a")
+		h.check(t, d, ScopeIP, KindConnection, 10*time.Second)
+		h.allow(t, l, 10, "u", "a") // connection rules do not limit messages
+	}},
+	{"block refuses handshakes", func(t *testing.T, h *harness) {
+		l, advance := h.limiter(t, Rules{
+			UserMessages: rate(1, 10*time.Second, 300*ms),
+			IPMessages:   rate(3, 10*time.Second, 300*ms),
+			UserConns:    rate(100, 10*time.Second, 0),
+		})
+		h.allow(t, l, 1, "u", "a")
+		h.deny(t, l, "u", "a", ScopeUser, KindMessage, 300*ms)
+		h.check(t, l.Handshake(context.Background(), "u", "b"), ScopeUser, KindConnection, 300*ms)
+		h.handshakes(t, l, 1, "v", "a")
+		h.allow(t, l, 1, "v", "a")
+		h.allow(t, l, 1, "w", "a")
+		h.deny(t, l, "x", "a", ScopeIP, KindMessage, 300*ms)
+		h.check(t, l.Handshake(context.Background(), "y", "a"), ScopeIP, KindConnection, 300*ms)
+		advance(350 * ms)
+		h.handshakes(t, l, 1, "u", "a")
+		h.allow(t, l, 1, "u", "a")
+	}},
+}
+
+func runSemantics(t *testing.T, h *harness) {
+	for _, c := range semanticsCases {
+		t.Run(c.name, func(t *testing.T) { c.run(t, h) })
+	}
+}
+
+func (h *harness) allow(t *testing.T, l *Limiter, n int, user, ip string) {
+	t.Helper()
+	for i := range n {
+		d := l.Message(context.Background(), user, ip)
+		if !d.Allowed || d.Kind != KindMessage || d.Store != h.store || d.Fallback {
+			t.Fatalf("message %d of %s/%s: %+v, want allowed by %s", i+1, user, ip, d, h.store)
+		}
+	}
+}
+
+func (h *harness) handshakes(t *testing.T, l *Limiter, n int, user, ip string) {
+	t.Helper()
+	for i := range n {
+		d := l.Handshake(context.Background(), user, ip)
+		if !d.Allowed || d.Kind != KindConnection || d.Store != h.store || d.Fallback {
+			t.Fatalf("handshake %d of %s/%s: %+v, want allowed by %s", i+1, user, ip, d, h.store)
+		}
+	}
+}
+
+func (h *harness) deny(t *testing.T, l *Limiter, user, ip, scope, kind string, retry time.Duration) Decision {
+	t.Helper()
+	d := l.Message(context.Background(), user, ip)
+	h.check(t, d, scope, kind, retry)
+	return d
+}
+
+// check wants a refusal; retry is the upper bound of RetryAfter, and the
+// memory store must hit it exactly unless time passed since the event that
+// set it (then any positive value up to it will do).
+func (h *harness) check(t *testing.T, d Decision, scope, kind string, retry time.Duration) {
+	t.Helper()
+	if d.Allowed || d.Scope != scope || d.Kind != kind || d.Store != h.store || d.Fallback {
+		t.Fatalf("decision %+v, want refused by %s with scope %s, kind %s", d, h.store, scope, kind)
+	}
+	if d.RetryAfter <= 0 || d.RetryAfter > retry {
+		t.Fatalf("RetryAfter %v, want in (0, %v]", d.RetryAfter, retry)
+	}
+}
+
+func TestMemorySemantics(t *testing.T) {
+	runSemantics(t, memoryHarness())
+}
+
+func TestMemoryExactRetry(t *testing.T) {
+	c := newClock()
+	l := newLimiter(t, Config{Now: c.Now, Rules: Rules{
+		UserMessages: rate(100, 10*time.Second, 5*time.Second),
+		IPMessages:   rate(1000, 10*time.Second, 0),
+	}})
+	ctx := context.Background()
+	for i := range 100 {
+		if d := l.Message(ctx, "u", "a"); !d.Allowed {
+			t.Fatalf("message %d refused: %+v", i+1, d)
+		}
+	}
+	want := Decision{Scope: ScopeUser, Kind: KindMessage, RetryAfter: 5 * time.Second, Store: "memory"}
+	if d := l.Message(ctx, "u", "a"); d != want {
+		t.Fatalf("101st: %+v, want %+v", d, want)
+	}
+	c.Advance(4 * time.Second)
+	want.RetryAfter = time.Second
+	if d := l.Message(ctx, "u", "a"); d != want {
+		t.Fatalf("while blocked: %+v, want %+v", d, want)
+	}
+	c.Advance(time.Second)
+	for i := range 100 {
+		if d := l.Message(ctx, "u", "a"); !d.Allowed {
+			t.Fatalf("after the block, message %d refused: %+v", i+1, d)
+		}
+	}
+	// Without block the refusal waits for the window: 10s from its first event.
+	l2 := newLimiter(t, Config{Now: c.Now, Rules: Rules{IPMessages: rate(2, 10*time.Second, 0)}})
+	l2.Message(ctx, "u", "a")
+	c.Advance(3 * time.Second)
+	l2.Message(ctx, "u", "a")
+	want = Decision{Scope: ScopeIP, Kind: KindMessage, RetryAfter: 7 * time.Second, Store: "memory"}
+	if d := l2.Message(ctx, "u", "a"); d != want {
+		t.Fatalf("over a rule without block: %+v, want %+v", d, want)
+	}
+}
+
+func TestMemorySweeps(t *testing.T) {
+	c := newClock()
+	l := newLimiter(t, Config{Now: c.Now, Rules: Rules{
+		UserMessages: rate(10, time.Second, 0),
+		IPMessages:   rate(10, time.Second, 2*time.Second),
+	}})
+	ctx := context.Background()
+	const keys = 5000
+	for i := range keys {
+		l.Message(ctx, fmt.Sprint("u", i), fmt.Sprint("ip", i))
+	}
+	if n := l.mem.len(); n < keys {
+		t.Fatalf("%d entries after %d identities, want at least %d", n, keys, keys)
+	}
+	// A blocked key outlives its window; it must survive a sweep.
+	for range 11 {
+		l.Message(ctx, "blocked", "blocked-ip")
+	}
+	c.Advance(1500 * ms)
+	for range 2 * keys {
+		l.Message(ctx, "steady", "steady-ip")
+	}
+	if n := l.mem.len(); n > 4 {
+		t.Fatalf("%d entries after the windows ended, want at most 4", n)
+	}
+	if d := l.Message(ctx, "x", "blocked-ip"); d.Allowed || d.Scope != ScopeIP {
+		t.Fatalf("the block was swept: %+v", d)
+	}
+}
+
+func TestMemoryNoRedis(t *testing.T) {
+	l := newLimiter(t, Config{})
+	if l.StoreName() != "memory" || l.RedisUp() {
+		t.Fatalf("StoreName %q RedisUp %v", l.StoreName(), l.RedisUp())
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
