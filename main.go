@@ -148,6 +148,12 @@ func flags(upstreamRequired bool) []cli.Flag {
 		str("max-header-bytes", "16KiB", catProtocol, "largest request line + headers; over it: 431"),
 		dur("handshake-timeout", 10*time.Second, catProtocol, "bound on reading a request's headers and completing a WebSocket handshake"),
 		dur("idle-timeout", 0, catProtocol, "close a connection (1001) after this long without a frame either way; 0 = never"),
+		dur("message-timeout", 60*time.Second, catProtocol, "a client message must arrive whole within this long of its first frame; over it: close 1008; 0 = no bound"),
+		dur("write-timeout", 10*time.Second, catProtocol, "a client that reads nothing for this long while the gate writes to it is dropped (the upstream is not read meanwhile); 0 = no bound"),
+		dur("ping-interval", 30*time.Second, catProtocol, "the gate's own pings to each client; a client silent for two intervals is closed (1001); 0 = none"),
+		str("control-frame-rate", "50/1s", catProtocol, "control frames (ping, pong, close) a client may send per connection: N/window; over it: close 1008; 0 = no bound"),
+		&cli.IntFlag{Name: "max-conns", Category: catListen, EnvVars: env("max-conns"),
+			Usage: "connections open at once; over it: HTTP 503 before the upgrade; 0 = unlimited"},
 		str("user-rate", "100/10s", catLimits, "data messages per identity: N/window (fixed window from the first message); 0 = off"),
 		dur("user-block", 5*time.Second, catLimits, "how long an identity over --user-rate stays blocked"),
 		str("ip-rate", "300/10s", catLimits, "data messages per client IP: N/window; 0 = off"),
@@ -243,7 +249,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		min  time.Duration
 	}{
 		{"upstream-dial-timeout", time.Millisecond}, {"handshake-timeout", time.Millisecond},
-		{"idle-timeout", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0},
+		{"idle-timeout", 0}, {"message-timeout", 0}, {"write-timeout", 0}, {"ping-interval", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0},
 		{"user-block", 0}, {"ip-block", 0}, {"redis-timeout", time.Millisecond},
 	} {
 		if v := c.Duration(d.name); v < d.min {
@@ -267,6 +273,15 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	cfg.proxy.DialTimeout = c.Duration("upstream-dial-timeout")
 	cfg.proxy.IdleTimeout = c.Duration("idle-timeout")
 	cfg.proxy.Shadow = c.Bool("shadow")
+	cfg.proxy.MessageTimeout = c.Duration("message-timeout")
+	cfg.proxy.WriteTimeout = c.Duration("write-timeout")
+	cfg.proxy.PingInterval = c.Duration("ping-interval")
+	if cfg.proxy.ControlFrameRate, err = limit.ParseRule(c.String("control-frame-rate")); err != nil {
+		return bad("control-frame-rate", err)
+	}
+	if cfg.proxy.MaxConns = c.Int("max-conns"); cfg.proxy.MaxConns < 0 {
+		return bad("max-conns", fmt.Errorf("must not be negative, got %d", cfg.proxy.MaxConns))
+	}
 
 	rules := []struct {
 		flag, block string

@@ -225,6 +225,24 @@ func (s *Stream) Forward(w io.Writer, r io.Reader, h ws.Header) (Close, error) {
 	}
 }
 
+// ReadControl reads the payload of h, a control frame Next just returned,
+// into p (which holds at least 125 bytes) and unmasks it, for a caller that
+// answers the frame itself instead of forwarding it.
+func (s *Stream) ReadControl(r io.Reader, h ws.Header, p []byte) ([]byte, error) {
+	if !s.pending || !h.OpCode.IsControl() || int64(len(p)) < h.Length {
+		return nil, errUnexpectedHeader
+	}
+	s.pending = false
+	p = p[:h.Length]
+	if _, err := io.ReadFull(r, p); err != nil {
+		return nil, err
+	}
+	if h.Masked {
+		ws.Cipher(p, h.Mask, 0)
+	}
+	return p, nil
+}
+
 // parseClose checks a close frame's body (RFC 6455 section 5.5.1).
 func parseClose(p []byte) (Close, error) {
 	if len(p) == 0 {

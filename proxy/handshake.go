@@ -130,6 +130,14 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
 		return
 	}
+	if max := p.cfg.MaxConns; max > 0 {
+		n := p.conns.Add(1)
+		defer p.conns.Add(-1)
+		if n > int64(max) {
+			p.refuse(w, http.StatusServiceUnavailable, "over capacity", metrics.ResultOverCapacity)
+			return
+		}
+	}
 	if code, msg := checkHandshake(r); code != 0 {
 		if code == http.StatusUpgradeRequired {
 			w.Header().Set("Sec-WebSocket-Version", "13")

@@ -71,6 +71,24 @@ type Config struct {
 	// IdleTimeout closes a connection pair (1001 "idle timeout" both ways)
 	// when no frame has passed either way for this long. Zero means never.
 	IdleTimeout time.Duration
+	// MessageTimeout bounds how long a client message may take to arrive
+	// once its first frame has started: close 1008 when over (a trickled,
+	// never-ending message). Zero means no bound.
+	MessageTimeout time.Duration
+	// WriteTimeout bounds a write to a client that does not read: the gate
+	// stops reading the upstream meanwhile (backpressure) and drops the
+	// client when over. Zero means no bound.
+	WriteTimeout time.Duration
+	// PingInterval sends the gate's own pings to each client; a client
+	// that sends nothing for two intervals is closed (1001 "ping timeout").
+	// The client's pongs to these pings are consumed. Zero means none.
+	PingInterval time.Duration
+	// ControlFrameRate bounds the control frames a client sends per
+	// connection: close 1008 when over. The zero Rule means no bound.
+	ControlFrameRate limit.Rule
+	// MaxConns refuses handshakes with 503 while this many connections are
+	// open or being opened. Zero means no bound.
+	MaxConns int
 	// CloseTimeout is how long a side gets to answer a forwarded close
 	// frame before both connections are closed. Zero means 5s.
 	CloseTimeout time.Duration
@@ -118,6 +136,7 @@ type Proxy struct {
 	m        *metrics.Metrics
 	pass     http.Handler
 	draining atomic.Bool
+	conns    atomic.Int64 // pairs open or being opened, for MaxConns
 
 	// Counters of the per-frame path, resolved once.
 	msgsIn, msgsOut, bytesIn, bytesOut          prometheus.Counter

@@ -464,3 +464,77 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not met in 5s")
 }
+
+// maskedFrame encodes a small masked client frame (zero mask key).
+func maskedFrame(fin bool, op byte, payload []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	return append([]byte{b0, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+func TestControlFrameRate(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.ControlFrameRate = limit.Rule{Limit: 5, Window: time.Minute} })
+	conn, br := rawClient(t, g, "/echo")
+	for range 6 {
+		if _, err := conn.Write(maskedFrame(true, 0x9, []byte("p"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readClose(t, br); got != 1008 {
+		t.Fatalf("close %d, want 1008", got)
+	}
+}
+
+func TestMessageTimeout(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.MessageTimeout = 200 * time.Millisecond })
+	conn, br := rawClient(t, g, "/echo")
+	// The first fragment of a message that never ends.
+	if _, err := conn.Write(maskedFrame(false, 0x1, []byte("start"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClose(t, br); got != 1008 {
+		t.Fatalf("close %d, want 1008", got)
+	}
+}
+
+func TestMaxConns(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.MaxConns = 1 })
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/echo"), nil)
+	if err == nil || res == nil || res.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("second connection: %v %v, want 503", res, err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+	dial(t, wsURL(g.Server, "/echo"), nil)
+}
+
+func TestPingInterval(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.PingInterval = 100 * time.Millisecond })
+	conn, br := rawClient(t, g, "/echo")
+	// The gate pings; a client that answers nothing is closed after two
+	// intervals of silence.
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil || h[0] != 0x89 {
+		t.Fatalf("first frame %x, %v; want a ping", h, err)
+	}
+	p := make([]byte, h[1])
+	_, _ = io.ReadFull(br, p)
+	if string(p) != string(gatePing) {
+		t.Fatalf("ping payload %q", p)
+	}
+	if got := readClose(t, br); got != 1001 {
+		t.Fatalf("close %d, want 1001", got)
+	}
+	_ = conn
+	// A client that answers pings stays.
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	ctx := ctx5(t)
+	c.CloseRead(ctx) // reads, and so answers pings, in the background
+	time.Sleep(500 * time.Millisecond)
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("connection answering pings was closed: %v", err)
+	}
+}

@@ -29,10 +29,13 @@ type pair struct {
 	fromUpstream direction // upstream → client
 
 	ended     atomic.Bool
-	mu        sync.Mutex // guards initiator
+	mu        sync.Mutex // guards initiator and the timers
 	initiator string
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame either way
+	lastPing  atomic.Int64 // unix nanoseconds of the last frame from the client
+	closing   atomic.Bool  // a close frame has passed
 	idle      *time.Timer
+	keepalive *time.Timer
 
 	start          time.Time
 	clientIP, path string
@@ -86,6 +89,11 @@ type direction struct {
 	messages, bytes int64
 	msgCounter      prometheus.Counter
 	byteCounter     prometheus.Counter
+
+	timed    bool      // a message is open under MessageTimeout's deadline
+	ctlStart time.Time // window of ControlFrameRate
+	ctlCount int
+	ctl      [ws.MaxControlFramePayloadSize]byte
 }
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {
@@ -120,10 +128,16 @@ func newPair(p *Proxy, client, upstream net.Conn) *pair {
 func (pr *pair) run() {
 	p := pr.p
 	p.m.ConnectionsActive.Inc()
-	pr.touch()
+	pr.touch(nil)
+	// The timers' callbacks read these fields under pr.mu.
+	pr.mu.Lock()
 	if p.cfg.IdleTimeout > 0 {
 		pr.idle = time.AfterFunc(p.cfg.IdleTimeout, pr.checkIdle)
 	}
+	if p.cfg.PingInterval > 0 {
+		pr.keepalive = time.AfterFunc(p.cfg.PingInterval, pr.ping)
+	}
+	pr.mu.Unlock()
 	if p.cfg.CloseOnTokenExpiry && !pr.expiry.IsZero() {
 		pr.expire = time.AfterFunc(time.Until(pr.expiry), func() {
 			pr.end(ending{initiator: metrics.InitiatorGate,
@@ -134,12 +148,13 @@ func (pr *pair) run() {
 	go pr.runUpstream()
 	pr.runDirection(&pr.fromClient)
 	<-pr.upstreamDone
-	if pr.idle != nil {
-		pr.idle.Stop()
+	pr.mu.Lock()
+	for _, t := range []*time.Timer{pr.idle, pr.expire, pr.keepalive} {
+		if t != nil {
+			t.Stop()
+		}
 	}
-	if pr.expire != nil {
-		pr.expire.Stop()
-	}
+	pr.mu.Unlock()
 	pr.closeConns()
 	pr.fromClient.r.Release()
 	pr.fromUpstream.r.Release()
@@ -164,6 +179,7 @@ func (pr *pair) runDirection(d *direction) {
 	switch {
 	case err == nil:
 		// A close frame passed: the other side has CloseTimeout to answer.
+		pr.closing.Store(true)
 		_ = d.dst.SetReadDeadline(time.Now().Add(pr.p.cfg.CloseTimeout))
 	case errors.Is(err, errDrained), errors.Is(err, errLimited):
 	case pr.ended.Load():
@@ -187,9 +203,25 @@ func (pr *pair) relay(d *direction) error {
 		if err != nil {
 			return err
 		}
-		pr.touch()
+		pr.touch(d)
 		if pr.ended.Load() {
 			return pr.drainFrame(d, h)
+		}
+		if d.client {
+			if h.OpCode.IsControl() {
+				if consumed, err := pr.clientControl(d, h); consumed || err != nil {
+					if err != nil {
+						return err
+					}
+					continue
+				}
+			} else if t := pr.p.cfg.MessageTimeout; t > 0 && frames.StartsMessage(h) &&
+				!(h.Fin && int64(d.r.Buffered()) >= h.Length) {
+				// The message is still on its way: all of it must arrive
+				// within MessageTimeout.
+				_ = d.src.SetReadDeadline(time.Now().Add(t))
+				d.timed = true
+			}
 		}
 		if frames.StartsMessage(h) {
 			if d.client && pr.p.cfg.Limiter != nil && pr.limited() {
@@ -207,6 +239,12 @@ func (pr *pair) relay(d *direction) error {
 		if err != nil {
 			return err
 		}
+		if d.timed && h.Fin && !h.OpCode.IsControl() {
+			d.timed = false
+			if !pr.closing.Load() {
+				_ = d.src.SetReadDeadline(time.Time{})
+			}
+		}
 		if h.OpCode == ws.OpClose {
 			pr.setInitiator(d)
 			return nil
@@ -222,6 +260,11 @@ func (pr *pair) forward(d *direction, h ws.Header) error {
 		// The gate has closed that side meanwhile: the frame has nowhere
 		// to go.
 		return errDrained
+	}
+	if t := pr.p.cfg.WriteTimeout; t > 0 && !d.client {
+		// A client that stops reading holds this direction (the upstream
+		// is not read meanwhile) for at most WriteTimeout.
+		_ = d.dst.SetWriteDeadline(time.Now().Add(t))
 	}
 	c, err := d.s.Forward(d.dst.Conn, &d.r, h)
 	if d.s.MidFrame() {
@@ -271,6 +314,9 @@ func (pr *pair) classify(d *direction, err error) ending {
 	switch {
 	case d.client && errors.As(err, &ce):
 		return ending{initiator: metrics.InitiatorGate, clientCode: ce.Code, clientReason: ce.Reason,
+			upCode: ws.StatusGoingAway, upReason: "client error"}
+	case d.client && d.timed && isTimeout(err):
+		return ending{initiator: metrics.InitiatorGate, clientCode: ws.StatusPolicyViolation, clientReason: "message timeout",
 			upCode: ws.StatusGoingAway, upReason: "client error"}
 	case d.client && errors.As(err, &we):
 		return ending{initiator: metrics.InitiatorUpstream, clientCode: frames.StatusBadGateway, clientReason: "upstream went away"}
@@ -387,7 +433,83 @@ func (pr *pair) setInitiator(d *direction) {
 	}
 }
 
-func (pr *pair) touch() { pr.lastSeen.Store(time.Now().UnixNano()) }
+func (pr *pair) touch(d *direction) {
+	now := time.Now().UnixNano()
+	pr.lastSeen.Store(now)
+	if d == nil || d.client {
+		pr.lastPing.Store(now)
+	}
+}
+
+// gatePing is the payload of the gate's own pings; a client's pong that
+// carries it answers the gate and is not forwarded.
+var gatePing = []byte("wsgate-keepalive")
+
+// clientControl applies the control-frame rate to a client's control frame
+// and consumes a pong that answers the gate's own ping. It reports whether
+// the frame was consumed.
+func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
+	if rule := pr.p.cfg.ControlFrameRate; rule.Enabled() {
+		now := time.Now()
+		if now.Sub(d.ctlStart) >= rule.Window {
+			d.ctlStart, d.ctlCount = now, 0
+		}
+		d.ctlCount++
+		if d.ctlCount > rule.Limit {
+			pr.end(ending{initiator: metrics.InitiatorGate,
+				clientCode: ws.StatusPolicyViolation, clientReason: "too many control frames",
+				upCode: ws.StatusGoingAway, upReason: "client error"})
+			return false, pr.drainFrame(d, h)
+		}
+	}
+	if h.OpCode != ws.OpPong || h.Length != int64(len(gatePing)) || pr.p.cfg.PingInterval <= 0 {
+		return false, nil
+	}
+	p, err := d.s.ReadControl(&d.r, h, d.ctl[:])
+	if err != nil {
+		return false, err
+	}
+	if string(p) == string(gatePing) {
+		return true, nil
+	}
+	// A pong to an upstream ping that happens to have the same length.
+	d.dst.acquire(time.Time{})
+	defer d.dst.release()
+	if d.dst.closeSent || d.dst.broken {
+		return true, nil
+	}
+	if err := frames.WriteFrame(d.dst.Conn, ws.OpPong, p, true); err != nil {
+		return true, &frames.WriteError{Err: err}
+	}
+	return true, nil
+}
+
+// ping runs every PingInterval: a client silent for two intervals is gone;
+// otherwise it gets the gate's ping.
+func (pr *pair) ping() {
+	interval := pr.p.cfg.PingInterval
+	if time.Since(time.Unix(0, pr.lastPing.Load())) > 2*interval {
+		pr.end(ending{initiator: metrics.InitiatorGate,
+			clientCode: ws.StatusGoingAway, clientReason: "ping timeout",
+			upCode: ws.StatusGoingAway, upReason: "client went away"})
+		return
+	}
+	deadline := time.Now().Add(interval)
+	if pr.client.acquire(deadline) {
+		if !pr.client.closeSent && !pr.client.broken && !pr.ended.Load() {
+			_ = pr.client.SetWriteDeadline(deadline)
+			if err := frames.WriteFrame(pr.client.Conn, ws.OpPing, gatePing, false); err != nil {
+				pr.client.broken = true
+			}
+		}
+		pr.client.release()
+	}
+	pr.mu.Lock()
+	if !pr.ended.Load() {
+		pr.keepalive.Reset(interval)
+	}
+	pr.mu.Unlock()
+}
 
 // checkIdle runs on the idle timer: it ends the pair when no frame has
 // passed for IdleTimeout, or sets the timer for when that can happen.
@@ -395,7 +517,9 @@ func (pr *pair) checkIdle() {
 	idle := pr.p.cfg.IdleTimeout
 	since := time.Since(time.Unix(0, pr.lastSeen.Load()))
 	if since < idle {
+		pr.mu.Lock()
 		pr.idle.Reset(idle - since)
+		pr.mu.Unlock()
 		return
 	}
 	pr.end(ending{initiator: metrics.InitiatorGate,
