@@ -155,6 +155,10 @@ func (s *Stream) check(h ws.Header) error {
 	return nil
 }
 
+// InMessage reports whether a fragmented data message is open: its first
+// frames have passed, its final frame has not.
+func (s *Stream) InMessage() bool { return s.fragmented }
+
 // MidFrame reports whether the last Forward failed after it had written
 // part of a frame: the destination then cannot take a close frame, only the
 // end of the connection.

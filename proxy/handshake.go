@@ -130,13 +130,17 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
 		return
 	}
-	if max := p.cfg.MaxConns; max > 0 {
-		n := p.conns.Add(1)
-		defer p.conns.Add(-1)
-		if n > int64(max) {
-			p.refuse(w, http.StatusServiceUnavailable, "over capacity", metrics.ResultOverCapacity)
-			return
+	// Counted from here until the pair is released (pair.finish).
+	handedOver := false
+	n := p.conns.Add(1)
+	defer func() {
+		if !handedOver {
+			p.conns.Add(-1)
 		}
+	}()
+	if max := p.cfg.MaxConns; max > 0 && n > int64(max) {
+		p.refuse(w, http.StatusServiceUnavailable, "over capacity", metrics.ResultOverCapacity)
+		return
 	}
 	if code, msg := checkHandshake(r); code != 0 {
 		if code == http.StatusUpgradeRequired {
@@ -206,11 +210,13 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 
 	pr := newPair(p, clConn, upConn)
-	pr.clientIP = cl.ip.String()
+	pr.clientIP = cl.ip
 	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
 	pr.path = r.URL.Path
 	pr.protocol = protocol
-	pr.expiry = cl.identity.Expiry
+	if !cl.identity.Expiry.IsZero() {
+		pr.expiry = cl.identity.Expiry.UnixNano()
+	}
 	if n := clBuf.Reader.Buffered(); n > 0 {
 		b, _ := clBuf.Reader.Peek(n)
 		pr.fromClient.r.Prime(b)
@@ -222,11 +228,15 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	if !p.track(pr) {
 		pr.end(ending{initiator: metrics.InitiatorGate, clientCode: 1001, clientReason: "going away", upCode: 1001, upReason: "going away"})
+		pr.closeConns()
+		pr.fromClient.r.Release()
+		pr.fromUpstream.r.Release()
 		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultShuttingDown).Inc()
 		return
 	}
 	p.m.ConnectionsTotal.WithLabelValues(metrics.ResultOK).Inc()
 	p.m.HandshakeDuration.Observe(time.Since(start).Seconds())
+	handedOver = true
 	pr.run()
 }
 

@@ -138,6 +138,11 @@ type Proxy struct {
 	draining atomic.Bool
 	conns    atomic.Int64 // pairs open or being opened, for MaxConns
 
+	pollOnce sync.Once
+	pl       *poller // nil when the platform has none
+
+	keeperStop, keeperDone chan struct{} // nil until the first pair
+
 	// Counters of the per-frame path, resolved once.
 	msgsIn, msgsOut, bytesIn, bytesOut          prometheus.Counter
 	decAllowed, decLimited, decShadow, decError prometheus.Counter
@@ -236,9 +241,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		p.mu.Lock()
 		for pr := range p.pairs {
@@ -246,8 +251,52 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		p.mu.Unlock()
 		<-done
-		return fmt.Errorf("proxy: shutdown: %w", ctx.Err())
+		err = fmt.Errorf("proxy: shutdown: %w", ctx.Err())
 	}
+	// No pair is left and none can start: stop the keeper and the poller.
+	p.mu.Lock()
+	stop, stopped := p.keeperStop, p.keeperDone
+	p.keeperStop = nil
+	p.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-stopped
+	}
+	p.pollOnce.Do(func() {})
+	if p.pl != nil {
+		p.pl.close()
+		p.pl = nil
+	}
+	return err
+}
+
+func (p *Proxy) countMessage(fromClient bool) {
+	if fromClient {
+		p.msgsIn.Inc()
+	} else {
+		p.msgsOut.Inc()
+	}
+}
+
+func (p *Proxy) countBytes(fromClient bool, n int64) {
+	if fromClient {
+		p.bytesIn.Add(float64(n))
+	} else {
+		p.bytesOut.Add(float64(n))
+	}
+}
+
+// poller returns the proxy's poller, started on first use.
+func (p *Proxy) poller() *poller {
+	p.pollOnce.Do(func() {
+		pl, err := newPoller()
+		if err != nil {
+			p.log.Warn("idle connections keep a goroutine each: no poller", "err", err)
+			return
+		}
+		p.pl = pl
+	})
+	return p.pl
 }
 
 func (p *Proxy) track(pr *pair) bool {
@@ -258,6 +307,10 @@ func (p *Proxy) track(pr *pair) bool {
 	}
 	p.pairs[pr] = struct{}{}
 	p.wg.Add(1)
+	if p.keeperDone == nil && (p.cfg.IdleTimeout > 0 || p.cfg.PingInterval > 0 || p.cfg.CloseOnTokenExpiry) {
+		p.keeperStop, p.keeperDone = make(chan struct{}), make(chan struct{})
+		go p.keeper(p.keeperStop, p.keeperDone)
+	}
 	return true
 }
 

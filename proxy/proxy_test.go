@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 // backend is a Go WebSocket server written with another library than the
 // gate's: echo, /close?code=&reason=, /headers, /status, /post.
-func backend(t *testing.T) *httptest.Server {
+func backend(t testing.TB) *httptest.Server {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/post", func(w http.ResponseWriter, r *http.Request) {
@@ -82,7 +82,7 @@ type gate struct {
 	m     *metrics.Metrics
 }
 
-func newGate(t *testing.T, upstream string, mod func(*Config)) *gate {
+func newGate(t testing.TB, upstream string, mod func(*Config)) *gate {
 	t.Helper()
 	u, _ := url.Parse(upstream)
 	reg := prometheus.NewRegistry()
@@ -454,7 +454,7 @@ func TestMessageLimit(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
 	for range 500 {
 		if cond() {

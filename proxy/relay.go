@@ -5,12 +5,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holo/wsgate/frames"
 	"github.com/holo/wsgate/metrics"
@@ -28,159 +28,188 @@ type pair struct {
 	fromClient   direction // client → upstream, run by the handler's goroutine
 	fromUpstream direction // upstream → client
 
+	live      atomic.Int32 // directions not finished yet
 	ended     atomic.Bool
 	mu        sync.Mutex // guards initiator and the timers
 	initiator string
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame either way
 	lastPing  atomic.Int64 // unix nanoseconds of the last frame from the client
 	closing   atomic.Bool  // a close frame has passed
-	idle      *time.Timer
-	keepalive *time.Timer
+	pingSent  atomic.Int64 // unix nanoseconds of the gate's last ping
 
-	start          time.Time
-	clientIP, path string
+	start          int64 // unix nanoseconds
+	clientIP       netip.Addr
+	path           string
 	userKey, ipKey string
 	protocol       string
-	expiry         time.Time // of the client's token; zero without one
-	expire         *time.Timer
-	upstreamDone   chan struct{}
+	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
 }
 
 // peerConn is one side's connection with the lock that orders the frames
 // written to it: forwarded frames and the gate's own close frames.
 type peerConn struct {
 	net.Conn
-	lock      chan struct{} // held while a frame is written
+	mu        sync.Mutex    // held while a frame is written
 	masked    bool          // frames to this peer are masked (it is the upstream)
-	closeSent bool          // guarded by lock: a close frame went out
-	closeCode ws.StatusCode // guarded by lock: the code it carried
-	broken    bool          // guarded by lock: a frame was cut short
+	closeSent bool          // guarded by mu: a close frame went out
+	closeCode ws.StatusCode // guarded by mu: the code it carried
+	broken    bool          // guarded by mu: a frame was cut short
 }
 
+// acquire takes c.mu, giving up at deadline (zero: never). Only the gate's
+// own close and ping frames wait with a deadline, so polling is cheap
+// enough there and keeps the lock a plain mutex on the per-frame path.
 func (c *peerConn) acquire(deadline time.Time) bool {
-	select {
-	case c.lock <- struct{}{}:
-		return true
-	default:
-	}
 	if deadline.IsZero() {
-		c.lock <- struct{}{}
+		c.mu.Lock()
 		return true
 	}
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	select {
-	case c.lock <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
+	for !c.mu.TryLock() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
 	}
+	return true
 }
 
-func (c *peerConn) release() { <-c.lock }
+func (c *peerConn) release() { c.mu.Unlock() }
+
+// States of a direction.
+const (
+	running int32 = iota // a goroutine owns the direction
+	parked               // waiting for readiness in the poller; nobody owns it
+)
 
 // direction is the state of one relay direction.
 type direction struct {
+	pair     *pair
+	state    atomic.Int32
+	fd       int    // of src, for the poller; -1 when it cannot be polled
+	id       uint64 // poller registration, guarded by the poller's lock
 	r        frames.Reader
 	s        frames.Stream
 	src, dst *peerConn
 	client   bool // reads the client
 
 	messages, bytes int64
-	msgCounter      prometheus.Counter
-	byteCounter     prometheus.Counter
-
-	timed    bool      // a message is open under MessageTimeout's deadline
-	ctlStart time.Time // window of ControlFrameRate
-	ctlCount int
-	ctl      [ws.MaxControlFramePayloadSize]byte
+	timed           bool  // a message is open under MessageTimeout's deadline
+	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
+	ctlCount        int
 }
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {
 	pr := &pair{
-		p:            p,
-		client:       peerConn{Conn: client, lock: make(chan struct{}, 1)},
-		upstream:     peerConn{Conn: upstream, lock: make(chan struct{}, 1), masked: true},
-		start:        time.Now(),
-		upstreamDone: make(chan struct{}),
+		p:        p,
+		client:   peerConn{Conn: client},
+		upstream: peerConn{Conn: upstream, masked: true},
+		start:    time.Now().UnixNano(),
 	}
 	pr.fromClient = direction{
-		s:           frames.Stream{From: frames.Client, MaxMessageBytes: p.cfg.MaxMessageBytes},
-		src:         &pr.client,
-		dst:         &pr.upstream,
-		client:      true,
-		msgCounter:  p.msgsIn,
-		byteCounter: p.bytesIn,
+		pair:   pr,
+		fd:     connFd(client),
+		s:      frames.Stream{From: frames.Client, MaxMessageBytes: p.cfg.MaxMessageBytes},
+		src:    &pr.client,
+		dst:    &pr.upstream,
+		client: true,
 	}
 	pr.fromClient.r.Reset(client)
 	pr.fromUpstream = direction{
-		s:           frames.Stream{From: frames.Server, MaxMessageBytes: p.cfg.MaxMessageBytes},
-		src:         &pr.upstream,
-		dst:         &pr.client,
-		msgCounter:  p.msgsOut,
-		byteCounter: p.bytesOut,
+		pair: pr,
+		fd:   connFd(upstream),
+		s:    frames.Stream{From: frames.Server, MaxMessageBytes: p.cfg.MaxMessageBytes},
+		src:  &pr.upstream,
+		dst:  &pr.client,
 	}
 	pr.fromUpstream.r.Reset(upstream)
 	return pr
 }
 
-// run relays until both directions have ended, then releases everything.
+// run starts both directions. It returns as soon as both have parked or
+// ended; the last direction to end releases the pair (finish).
 func (pr *pair) run() {
 	p := pr.p
 	p.m.ConnectionsActive.Inc()
 	pr.touch(nil)
-	// The timers' callbacks read these fields under pr.mu.
-	pr.mu.Lock()
-	if p.cfg.IdleTimeout > 0 {
-		pr.idle = time.AfterFunc(p.cfg.IdleTimeout, pr.checkIdle)
+	pr.live.Store(2)
+	pr.pingSent.Store(time.Now().UnixNano())
+	go pr.serve(&pr.fromUpstream, false)
+	pr.serve(&pr.fromClient, false)
+}
+
+// finish releases a pair whose two directions have ended.
+func (pr *pair) finish() {
+	p := pr.p
+	if pl := p.poller(); pl != nil {
+		pl.forget(&pr.fromClient)
+		pl.forget(&pr.fromUpstream)
 	}
-	if p.cfg.PingInterval > 0 {
-		pr.keepalive = time.AfterFunc(p.cfg.PingInterval, pr.ping)
-	}
-	pr.mu.Unlock()
-	if p.cfg.CloseOnTokenExpiry && !pr.expiry.IsZero() {
-		pr.expire = time.AfterFunc(time.Until(pr.expiry), func() {
-			pr.end(ending{initiator: metrics.InitiatorGate,
-				clientCode: ws.StatusPolicyViolation, clientReason: "token expired",
-				upCode: ws.StatusGoingAway, upReason: "token expired"})
-		})
-	}
-	go pr.runUpstream()
-	pr.runDirection(&pr.fromClient)
-	<-pr.upstreamDone
-	pr.mu.Lock()
-	for _, t := range []*time.Timer{pr.idle, pr.expire, pr.keepalive} {
-		if t != nil {
-			t.Stop()
-		}
-	}
-	pr.mu.Unlock()
 	pr.closeConns()
 	pr.fromClient.r.Release()
 	pr.fromUpstream.r.Release()
 	p.m.ConnectionsActive.Dec()
+	p.conns.Add(-1)
 	pr.report()
 	p.untrack(pr)
-}
-
-func (pr *pair) runUpstream() {
-	defer close(pr.upstreamDone)
-	pr.runDirection(&pr.fromUpstream)
 }
 
 var (
 	errLimited = errors.New("rate limited")
 	errDrained = errors.New("drained")
+	errParked  = errors.New("parked")
 )
 
-// runDirection relays one direction and, when it fails, ends the pair.
-func (pr *pair) runDirection(d *direction) {
-	err := pr.relay(d)
+// serve runs direction d until it parks (nothing left to read: the poller
+// hands it to a new goroutine when bytes arrive) or ends.
+//
+// woke says the poller saw bytes arrive: the first frame is read before the
+// direction may park again.
+func (pr *pair) serve(d *direction, woke bool) {
+	err := pr.relay(d, woke)
+	if errors.Is(err, errParked) {
+		return
+	}
+	pr.stop(d, err)
+	if pr.live.Add(-1) == 0 {
+		pr.finish()
+	}
+}
+
+// wake hands a parked direction to a new goroutine; it does nothing to a
+// direction that runs already.
+func (pr *pair) wake(d *direction) {
+	if d.state.CompareAndSwap(parked, running) {
+		go pr.serve(d, true)
+	}
+}
+
+// park gives d to the poller when it has nothing buffered and nothing
+// pending: no open message (MessageTimeout's deadline needs a reader), no
+// close handshake under way. It reports whether d was handed over, after
+// which the calling goroutine must leave d alone.
+func (pr *pair) park(d *direction) bool {
+	pl := pr.p.poller()
+	if pl == nil || d.fd < 0 || d.r.Buffered() > 0 || d.timed || d.s.InMessage() ||
+		pr.closing.Load() || pr.ended.Load() {
+		return false
+	}
+	d.r.Release()
+	d.state.Store(parked)
+	if pl.park(d) == nil {
+		return true
+	}
+	// Not parked; unless a wake claimed d meanwhile, keep serving it.
+	return !d.state.CompareAndSwap(parked, running)
+}
+
+// stop handles the end of direction d's relay: after a close frame passed,
+// the other side gets CloseTimeout to answer; after a fault, the pair ends.
+func (pr *pair) stop(d *direction, err error) {
 	switch {
 	case err == nil:
-		// A close frame passed: the other side has CloseTimeout to answer.
 		pr.closing.Store(true)
 		_ = d.dst.SetReadDeadline(time.Now().Add(pr.p.cfg.CloseTimeout))
+		pr.wake(pr.other(d))
 	case errors.Is(err, errDrained), errors.Is(err, errLimited):
 	case pr.ended.Load():
 		// The connection was closed or its deadline passed because the
@@ -194,11 +223,22 @@ func (pr *pair) runDirection(d *direction) {
 	}
 }
 
+func (pr *pair) other(d *direction) *direction {
+	if d == &pr.fromClient {
+		return &pr.fromUpstream
+	}
+	return &pr.fromClient
+}
+
 // relay is the loop of one direction: read a header, check it, decide on a
 // new message, forward the frame. It returns nil once it has forwarded a
 // close frame.
-func (pr *pair) relay(d *direction) error {
+func (pr *pair) relay(d *direction, woke bool) error {
 	for {
+		if !woke && pr.park(d) {
+			return errParked
+		}
+		woke = false
 		h, err := d.s.Next(&d.r)
 		if err != nil {
 			return err
@@ -228,11 +268,11 @@ func (pr *pair) relay(d *direction) error {
 				return pr.drainFrame(d, h)
 			}
 			d.messages++
-			d.msgCounter.Inc()
+			pr.p.countMessage(d.client)
 		}
 		if !h.OpCode.IsControl() {
 			d.bytes += h.Length
-			d.byteCounter.Add(float64(h.Length))
+			pr.p.countBytes(d.client, h.Length)
 		}
 		err = pr.forward(d, h)
 		d.r.Release()
@@ -357,6 +397,8 @@ func (pr *pair) end(e ending) {
 	}
 	_ = pr.client.SetReadDeadline(deadline)
 	_ = pr.upstream.SetReadDeadline(deadline)
+	pr.wake(&pr.fromClient)
+	pr.wake(&pr.fromUpstream)
 }
 
 func (c *peerConn) sendClose(text []byte, code ws.StatusCode, reason string, deadline time.Time) {
@@ -450,8 +492,8 @@ var gatePing = []byte("wsgate-keepalive")
 // the frame was consumed.
 func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 	if rule := pr.p.cfg.ControlFrameRate; rule.Enabled() {
-		now := time.Now()
-		if now.Sub(d.ctlStart) >= rule.Window {
+		now := time.Now().UnixNano()
+		if time.Duration(now-d.ctlStart) >= rule.Window {
 			d.ctlStart, d.ctlCount = now, 0
 		}
 		d.ctlCount++
@@ -465,7 +507,8 @@ func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 	if h.OpCode != ws.OpPong || h.Length != int64(len(gatePing)) || pr.p.cfg.PingInterval <= 0 {
 		return false, nil
 	}
-	p, err := d.s.ReadControl(&d.r, h, d.ctl[:])
+	var buf [ws.MaxControlFramePayloadSize]byte
+	p, err := d.s.ReadControl(&d.r, h, buf[:])
 	if err != nil {
 		return false, err
 	}
@@ -484,47 +527,24 @@ func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 	return true, nil
 }
 
-// ping runs every PingInterval: a client silent for two intervals is gone;
-// otherwise it gets the gate's ping.
-func (pr *pair) ping() {
-	interval := pr.p.cfg.PingInterval
-	if time.Since(time.Unix(0, pr.lastPing.Load())) > 2*interval {
-		pr.end(ending{initiator: metrics.InitiatorGate,
-			clientCode: ws.StatusGoingAway, clientReason: "ping timeout",
-			upCode: ws.StatusGoingAway, upReason: "client went away"})
+// sendPing writes the gate's keepalive ping to the client.
+func (pr *pair) sendPing() {
+	deadline := time.Now().Add(pr.p.cfg.PingInterval)
+	if !pr.client.acquire(deadline) {
 		return
 	}
-	deadline := time.Now().Add(interval)
-	if pr.client.acquire(deadline) {
-		if !pr.client.closeSent && !pr.client.broken && !pr.ended.Load() {
-			_ = pr.client.SetWriteDeadline(deadline)
-			if err := frames.WriteFrame(pr.client.Conn, ws.OpPing, gatePing, false); err != nil {
-				pr.client.broken = true
-			}
-		}
-		pr.client.release()
-	}
-	pr.mu.Lock()
-	if !pr.ended.Load() {
-		pr.keepalive.Reset(interval)
-	}
-	pr.mu.Unlock()
-}
-
-// checkIdle runs on the idle timer: it ends the pair when no frame has
-// passed for IdleTimeout, or sets the timer for when that can happen.
-func (pr *pair) checkIdle() {
-	idle := pr.p.cfg.IdleTimeout
-	since := time.Since(time.Unix(0, pr.lastSeen.Load()))
-	if since < idle {
-		pr.mu.Lock()
-		pr.idle.Reset(idle - since)
-		pr.mu.Unlock()
+	defer pr.client.release()
+	if pr.client.closeSent || pr.client.broken || pr.ended.Load() {
 		return
 	}
-	pr.end(ending{initiator: metrics.InitiatorGate,
-		clientCode: ws.StatusGoingAway, clientReason: "idle timeout",
-		upCode: ws.StatusGoingAway, upReason: "idle timeout"})
+	_ = pr.client.SetWriteDeadline(deadline)
+	if err := frames.WriteFrame(pr.client.Conn, ws.OpPing, gatePing, false); err != nil {
+		pr.client.broken = true
+		return
+	}
+	if pr.p.cfg.WriteTimeout <= 0 {
+		_ = pr.client.SetWriteDeadline(time.Time{})
+	}
 }
 
 func (pr *pair) closeConns() {
@@ -546,11 +566,11 @@ func (pr *pair) report() {
 	}
 	pr.p.m.Closes.WithLabelValues(initiator, metrics.CodeLabel(code)).Inc()
 	pr.p.log.Info("connection closed",
-		"client_ip", pr.clientIP,
+		"client_ip", pr.clientIP.String(),
 		"identity", pr.userKey,
 		"path", pr.path,
 		"protocol", pr.protocol,
-		"duration_ms", time.Since(pr.start).Milliseconds(),
+		"duration_ms", time.Since(time.Unix(0, pr.start)).Milliseconds(),
 		"messages_in", pr.fromClient.messages,
 		"messages_out", pr.fromUpstream.messages,
 		"bytes_in", pr.fromClient.bytes,
