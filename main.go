@@ -163,6 +163,8 @@ func flags(upstreamRequired bool) []cli.Flag {
 		dur("message-timeout", 60*time.Second, catProtocol, "a client message must arrive whole within this long of its first frame; over it: close 1008; 0 = no bound"),
 		dur("write-timeout", 10*time.Second, catProtocol, "a client that reads nothing for this long while the gate writes to it is dropped (the upstream is not read meanwhile); 0 = no bound"),
 		dur("ping-interval", 30*time.Second, catProtocol, "the gate's own pings to each client; a client silent for two intervals is closed (1001); 0 = none"),
+		&cli.BoolFlag{Name: "compression", Category: catProtocol, EnvVars: env("compression"),
+			Usage: "negotiate permessage-deflate (no context takeover) with clients; the upstream leg stays uncompressed"},
 		str("control-frame-rate", "50/1s", catProtocol, "control frames (ping, pong, close) a client may send per connection: N/window; over it: close 1008; 0 = no bound"),
 		&cli.IntFlag{Name: "max-conns", Category: catListen, EnvVars: env("max-conns"),
 			Usage: "connections open at once; over it: HTTP 503 before the upgrade; 0 = unlimited"},
@@ -288,6 +290,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	cfg.proxy.MessageTimeout = c.Duration("message-timeout")
 	cfg.proxy.WriteTimeout = c.Duration("write-timeout")
 	cfg.proxy.PingInterval = c.Duration("ping-interval")
+	cfg.proxy.Compression = c.Bool("compression")
 	if cfg.proxy.ControlFrameRate, err = limit.ParseRule(c.String("control-frame-rate")); err != nil {
 		return bad("control-frame-rate", err)
 	}

@@ -36,10 +36,16 @@ func ValidCloseCode(code ws.StatusCode) bool {
 // write call. masked is true toward a server (RFC 6455 section 5.3: every
 // frame from a client is masked with a fresh key). payload is not modified.
 func WriteFrame(w io.Writer, op ws.OpCode, payload []byte, masked bool) error {
+	return WriteHeaderFrame(w, ws.Header{Fin: true, OpCode: op}, payload, masked)
+}
+
+// WriteHeaderFrame writes one frame with h's FIN, RSV and opcode holding
+// payload, with one write call when it fits in BufferSize.
+func WriteHeaderFrame(w io.Writer, h ws.Header, payload []byte, masked bool) error {
 	bp := getBuf()
 	defer putBuf(bp)
 	buf := *bp
-	h := ws.Header{Fin: true, OpCode: op, Length: int64(len(payload)), Masked: masked}
+	h.Length, h.Masked, h.Mask = int64(len(payload)), masked, [4]byte{}
 	if masked {
 		binary.LittleEndian.PutUint32(h.Mask[:], rand.Uint32())
 	}

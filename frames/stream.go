@@ -48,6 +48,7 @@ var (
 	ErrInvalidUTF8      = &CloseError{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text message"}
 	ErrCloseReasonUTF8  = &CloseError{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in close reason"}
 	ErrMessageTooBig    = &CloseError{ws.StatusMessageTooBig, "message too big"}
+	ErrBadDeflate       = &CloseError{ws.StatusInvalidFramePayloadData, "invalid compressed data"}
 	errUnexpectedHeader = errors.New("frames: Forward without a header from Next")
 )
 
@@ -80,11 +81,18 @@ type Stream struct {
 	// limit.
 	MaxMessageBytes int64
 
+	// Compression allows RSV1 on the first frame of a data message
+	// (permessage-deflate negotiated). Such a message is read with Payload,
+	// not Forward.
+	Compression bool
+
 	fragmented bool  // a data message is open (its last frame had FIN=0)
+	compressed bool  // the open (or last) message is compressed
 	text       bool  // the open message is text
 	size       int64 // payload bytes announced so far for the open message
 	utf8       utf8State
 	pending    bool // Next returned a header whose payload Forward has not read
+	pay        payloadReader
 	midFrame   bool // Forward failed after writing part of a frame
 	hdr        [ws.MaxHeaderSize]byte
 }
@@ -117,8 +125,10 @@ func (s *Stream) check(h ws.Header) error {
 	switch {
 	case h.OpCode.IsReserved():
 		return ErrReservedOpcode
-	case h.Rsv != 0:
-		// No extension is negotiated (RFC 6455 section 5.2).
+	case h.Rsv != 0 && !(s.Compression && h.Rsv == rsv1 && StartsMessage(h)):
+		// RSV1 marks a compressed message on its first frame when
+		// permessage-deflate is negotiated (RFC 7692 section 6); any other
+		// reserved bit has no meaning (RFC 6455 section 5.2).
 		return ErrReservedBits
 	case s.From == Client && !h.Masked:
 		return ErrMaskRequired
@@ -144,7 +154,10 @@ func (s *Stream) check(h ws.Header) error {
 	}
 	if h.OpCode != ws.OpContinuation {
 		s.size = 0
-		s.text = h.OpCode == ws.OpText
+		s.compressed = h.Rsv == rsv1
+		// A compressed message's payload is deflate data: its text is
+		// checked after inflation.
+		s.text = h.OpCode == ws.OpText && !s.compressed
 		s.utf8 = utf8State{}
 	}
 	if max := s.MaxMessageBytes; max > 0 && (h.Length > max || s.size > max-h.Length) {
@@ -158,6 +171,58 @@ func (s *Stream) check(h ws.Header) error {
 // InMessage reports whether a fragmented data message is open: its first
 // frames have passed, its final frame has not.
 func (s *Stream) InMessage() bool { return s.fragmented }
+
+// Compressed reports whether the current data message is compressed (its
+// first frame had RSV1).
+func (s *Stream) Compressed() bool { return s.compressed }
+
+// rsv1 is the value of Header.Rsv with only RSV1 set.
+const rsv1 = 4
+
+// Payload returns a reader of the payload of h, the header Next just
+// returned: unmasked and, in an uncompressed text message, checked as UTF-8
+// as it is read. It returns io.EOF at the end of the frame. The reader is
+// part of s and valid until the next call of Next.
+func (s *Stream) Payload(r io.Reader, h ws.Header) io.Reader {
+	s.pending = false
+	s.pay = payloadReader{s: s, r: r, h: h, remaining: h.Length}
+	return &s.pay
+}
+
+type payloadReader struct {
+	s         *Stream
+	r         io.Reader
+	h         ws.Header
+	off       int
+	remaining int64
+}
+
+func (p *payloadReader) Read(b []byte) (int, error) {
+	if p.remaining == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > p.remaining {
+		b = b[:p.remaining]
+	}
+	n, err := p.r.Read(b)
+	if n > 0 {
+		b = b[:n]
+		if p.h.Masked {
+			ws.Cipher(b, p.h.Mask, p.off)
+		}
+		p.off += n
+		p.remaining -= int64(n)
+		if p.s.text && !p.h.OpCode.IsControl() {
+			if !p.s.utf8.valid(b) || p.h.Fin && p.remaining == 0 && !p.s.utf8.complete() {
+				return n, ErrInvalidUTF8
+			}
+		}
+	}
+	if err == io.EOF && p.remaining > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
 
 // MidFrame reports whether the last Forward failed after it had written
 // part of a frame: the destination then cannot take a close frame, only the

@@ -63,3 +63,14 @@ func (s *utf8State) valid(p []byte) bool {
 
 // complete reports whether the bytes seen end on a code point boundary.
 func (s *utf8State) complete() bool { return s.need == 0 }
+
+// UTF8 checks a stream of bytes as UTF-8, chunk by chunk, failing at the
+// first byte that cannot be part of valid UTF-8. The zero value is ready.
+type UTF8 struct{ s utf8State }
+
+// Valid consumes p and reports whether everything seen so far can still be
+// the beginning of valid UTF-8.
+func (u *UTF8) Valid(p []byte) bool { return u.s.valid(p) }
+
+// Complete reports whether the bytes seen end on a code point boundary.
+func (u *UTF8) Complete() bool { return u.s.complete() }

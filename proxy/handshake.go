@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/holo/wsgate/auth"
@@ -195,6 +196,11 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if protocol != "" {
 		up.Protocol = ws.SelectEqual(protocol)
 	}
+	var ext *wsflate.Extension
+	if p.cfg.Compression {
+		ext = &wsflate.Extension{Parameters: deflateParams}
+		up.Negotiate = ext.Negotiate
+	}
 	clConn, clBuf, _, err := up.Upgrade(r, w)
 	if err != nil {
 		p.log.Debug("client upgrade failed", "err", err)
@@ -214,6 +220,12 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
 	pr.path = r.URL.Path
 	pr.protocol = protocol
+	if ext != nil {
+		if _, ok := ext.Accepted(); ok {
+			pr.deflating = true
+			pr.fromClient.s.Compression = true
+		}
+	}
 	if !cl.identity.Expiry.IsZero() {
 		pr.expiry = cl.identity.Expiry.UnixNano()
 	}

@@ -86,6 +86,11 @@ type Config struct {
 	// ControlFrameRate bounds the control frames a client sends per
 	// connection: close 1008 when over. The zero Rule means no bound.
 	ControlFrameRate limit.Rule
+	// Compression negotiates permessage-deflate (RFC 7692, no context
+	// takeover) with clients that offer it; the upstream leg stays
+	// uncompressed. Without it the offer is declined and RSV1 frames get
+	// 1002.
+	Compression bool
 	// MaxConns refuses handshakes with 503 while this many connections are
 	// open or being opened. Zero means no bound.
 	MaxConns int

@@ -538,3 +538,64 @@ func TestPingInterval(t *testing.T) {
 		t.Fatalf("connection answering pings was closed: %v", err)
 	}
 }
+
+func TestCompression(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Compression = true; c.MaxMessageBytes = 1 << 20 })
+	opts := &websocket.DialOptions{CompressionMode: websocket.CompressionNoContextTakeover, CompressionThreshold: 1}
+	ctx := ctx5(t)
+	c, res, err := websocket.Dial(ctx, wsURL(g.Server, "/echo"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(4 << 20)
+	if ext := res.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("extension not negotiated: %q", ext)
+	}
+	for _, m := range []struct {
+		typ websocket.MessageType
+		b   []byte
+	}{
+		{websocket.MessageText, []byte("hello compressed world")},
+		{websocket.MessageBinary, make([]byte, 300<<10)},
+		{websocket.MessageText, []byte(strings.Repeat("é and € ", 20000))},
+		{websocket.MessageText, []byte("x")},
+	} {
+		if err := c.Write(ctx, m.typ, m.b); err != nil {
+			t.Fatal(err)
+		}
+		typ, b, err := c.Read(ctx)
+		if err != nil || typ != m.typ || string(b) != string(m.b) {
+			t.Fatalf("echo of %d bytes: type %v, %d bytes, err %v", len(m.b), typ, len(b), err)
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+
+	// A deflate bomb: 2 MiB of zeros is a few KiB compressed.
+	c = dial(t, wsURL(g.Server, "/echo"), opts)
+	_ = c.Write(ctx, websocket.MessageBinary, make([]byte, 2<<20))
+	_, _, err = c.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusMessageTooBig {
+		t.Fatalf("bomb: close %v (%v), want 1009", got, err)
+	}
+}
+
+func TestCompressionOff(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	opts := &websocket.DialOptions{CompressionMode: websocket.CompressionNoContextTakeover, CompressionThreshold: 1}
+	c := dial(t, wsURL(g.Server, "/echo"), opts)
+	ctx := ctx5(t)
+	// Not negotiated: the client sends plain frames and all works.
+	if err := c.Write(ctx, websocket.MessageText, []byte(strings.Repeat("a", 2000))); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := c.Read(ctx); err != nil || len(b) != 2000 {
+		t.Fatalf("echo: %d bytes, %v", len(b), err)
+	}
+	// An RSV1 frame anyway is a protocol error.
+	conn, br := rawClient(t, g, "/echo")
+	_, _ = conn.Write([]byte{0xC1, 0x80, 0, 0, 0, 0})
+	if got := readClose(t, br); got != 1002 {
+		t.Fatalf("close %d, want 1002", got)
+	}
+}

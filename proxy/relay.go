@@ -36,6 +36,7 @@ type pair struct {
 	lastPing  atomic.Int64 // unix nanoseconds of the last frame from the client
 	closing   atomic.Bool  // a close frame has passed
 	pingSent  atomic.Int64 // unix nanoseconds of the gate's last ping
+	deflating bool         // permessage-deflate negotiated with the client
 
 	start          int64 // unix nanoseconds
 	clientIP       netip.Addr
@@ -274,12 +275,26 @@ func (pr *pair) relay(d *direction, woke bool) error {
 			d.bytes += h.Length
 			pr.p.countBytes(d.client, h.Length)
 		}
-		err = pr.forward(d, h)
+		whole := false // the frame's message has been relayed to its end
+		if frames.StartsMessage(h) && (d.s.Compressed() || !d.client && pr.deflating) {
+			if d.client {
+				err = pr.inflate(d, h)
+			} else {
+				err = pr.deflate(d, h)
+			}
+			whole = true
+		} else {
+			err = pr.forward(d, h)
+		}
 		d.r.Release()
+		if errors.Is(err, errCloseInMessage) {
+			pr.setInitiator(d)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if d.timed && h.Fin && !h.OpCode.IsControl() {
+		if d.timed && (whole || h.Fin && !h.OpCode.IsControl()) {
 			d.timed = false
 			if !pr.closing.Load() {
 				_ = d.src.SetReadDeadline(time.Time{})

@@ -1,0 +1,253 @@
+package proxy
+
+import (
+	"compress/flate"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+
+	"github.com/holo/wsgate/frames"
+)
+
+// permessage-deflate (RFC 7692) on the client leg only: the upstream leg is
+// never compressed, so an unmodified backend sees plain messages. Both
+// directions use no context takeover, so a message's (de)compressor state
+// is borrowed from a pool for that message only; an idle connection holds
+// none.
+
+// deflateParams is what the gate accepts: no context takeover either way.
+var deflateParams = wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}
+
+var (
+	inflaters = sync.Pool{New: func() any {
+		return wsflate.NewReader(nil, func(r io.Reader) wsflate.Decompressor { return flate.NewReader(r) })
+	}}
+	deflaters = sync.Pool{New: func() any {
+		return wsflate.NewWriter(nil, func(w io.Writer) wsflate.Compressor {
+			fw, _ := flate.NewWriter(w, flate.BestSpeed)
+			return fw
+		})
+	}}
+	chunks = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+)
+
+// errCloseInMessage stops a compressed message whose sender closed the
+// connection before its last frame: the close frame has been forwarded.
+var errCloseInMessage = errors.New("close frame inside a message")
+
+// inflate relays a compressed client message that starts with h: its
+// frames' payloads are inflated as they arrive and sent upstream as an
+// uncompressed message. The inflated size counts against MaxMessageBytes
+// chunk by chunk, so a deflate bomb gets 1009 without being inflated whole;
+// a text message's inflated bytes are checked as UTF-8.
+func (pr *pair) inflate(d *direction, h ws.Header) error {
+	mr := &messageReader{pr: pr, d: d, cur: d.s.Payload(&d.r, h), fin: h.Fin}
+	fr := inflaters.Get().(*wsflate.Reader)
+	defer inflaters.Put(fr)
+	fr.Reset(mr)
+	bp := chunks.Get().(*[]byte)
+	defer chunks.Put(bp)
+	buf := *bp
+
+	text := h.OpCode == ws.OpText
+	var utf frames.UTF8
+	var total int64
+	out := ws.Header{OpCode: h.OpCode}
+	for {
+		n, err := io.ReadFull(fr, buf)
+		if mr.err != nil {
+			// The frames failed, not the inflation.
+			return mr.err
+		}
+		end := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if err != nil && !end {
+			return frames.ErrBadDeflate
+		}
+		if end && !mr.done {
+			// The deflate stream ended before the message's last frame.
+			return frames.ErrBadDeflate
+		}
+		total += int64(n)
+		if max := pr.p.cfg.MaxMessageBytes; max > 0 && total > max {
+			return frames.ErrMessageTooBig
+		}
+		if text && (!utf.Valid(buf[:n]) || end && !utf.Complete()) {
+			return frames.ErrInvalidUTF8
+		}
+		out.Fin = end
+		if err := pr.writeTo(d.dst, out, buf[:n]); err != nil {
+			return err
+		}
+		if end {
+			return nil
+		}
+		out.OpCode = ws.OpContinuation
+	}
+}
+
+// writeTo writes one frame to dst under its lock.
+func (pr *pair) writeTo(dst *peerConn, h ws.Header, p []byte) error {
+	dst.acquire(time.Time{})
+	defer dst.release()
+	if dst.closeSent || dst.broken {
+		return errDrained
+	}
+	if err := frames.WriteHeaderFrame(dst.Conn, h, p, dst.masked); err != nil {
+		dst.broken = true
+		return &frames.WriteError{Err: err}
+	}
+	return nil
+}
+
+// messageReader reads the payload of a message across its frames, handling
+// the control frames between them as the relay loop would.
+type messageReader struct {
+	pr   *pair
+	d    *direction
+	cur  io.Reader
+	fin  bool  // cur is the message's last frame
+	done bool  // the last frame's payload has been read
+	err  error // what stopped reading, for cause
+}
+
+func (m *messageReader) Read(p []byte) (int, error) {
+	for {
+		n, err := m.cur.Read(p)
+		if err != nil && err != io.EOF {
+			m.err = err
+			return n, err
+		}
+		if err == nil {
+			return n, nil
+		}
+		if m.fin {
+			m.done = true
+			return n, io.EOF
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if err := m.next(); err != nil {
+			m.err = err
+			return 0, err
+		}
+	}
+}
+
+// next reads headers up to the message's next data frame.
+func (m *messageReader) next() error {
+	pr, d := m.pr, m.d
+	for {
+		h, err := d.s.Next(&d.r)
+		if err != nil {
+			return err
+		}
+		pr.touch(d)
+		if !h.OpCode.IsControl() {
+			d.bytes += h.Length
+			pr.p.countBytes(d.client, h.Length)
+			m.cur, m.fin = d.s.Payload(&d.r, h), h.Fin
+			return nil
+		}
+		if d.client {
+			consumed, err := pr.clientControl(d, h)
+			if err != nil {
+				return err
+			}
+			if consumed {
+				continue
+			}
+		}
+		if err := pr.forward(d, h); err != nil {
+			return err
+		}
+		if h.OpCode == ws.OpClose {
+			return errCloseInMessage
+		}
+	}
+}
+
+// deflate relays an upstream message that starts with h to a client that
+// negotiated permessage-deflate: its payload is compressed as it arrives and
+// sent in frames of up to one chunk, the first with RSV1.
+func (pr *pair) deflate(d *direction, h ws.Header) error {
+	em := &emitter{pr: pr, dst: d.dst, op: h.OpCode}
+	bp := chunks.Get().(*[]byte)
+	defer chunks.Put(bp)
+	em.buf = (*bp)[:0]
+	fw := deflaters.Get().(*wsflate.Writer)
+	defer deflaters.Put(fw)
+	fw.Reset(em)
+	cp := chunks.Get().(*[]byte)
+	defer chunks.Put(cp)
+
+	for {
+		if _, err := io.CopyBuffer(fw, d.s.Payload(&d.r, h), *cp); err != nil {
+			return err
+		}
+		if h.Fin {
+			break
+		}
+		for {
+			var err error
+			if h, err = d.s.Next(&d.r); err != nil {
+				return err
+			}
+			pr.touch(d)
+			if !h.OpCode.IsControl() {
+				d.bytes += h.Length
+				pr.p.countBytes(d.client, h.Length)
+				break
+			}
+			if err := pr.forward(d, h); err != nil {
+				return err
+			}
+			if h.OpCode == ws.OpClose {
+				return errCloseInMessage
+			}
+		}
+	}
+	if err := fw.Flush(); err != nil {
+		return err
+	}
+	return em.flush(true)
+}
+
+// emitter turns compressed bytes into client frames, one per chunk.
+type emitter struct {
+	pr      *pair
+	dst     *peerConn
+	op      ws.OpCode
+	started bool
+	buf     []byte
+}
+
+func (e *emitter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := copy(e.buf[len(e.buf):cap(e.buf)], p)
+		e.buf = e.buf[:len(e.buf)+k]
+		p = p[k:]
+		if len(e.buf) == cap(e.buf) {
+			if err := e.flush(false); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (e *emitter) flush(fin bool) error {
+	h := ws.Header{Fin: fin, OpCode: ws.OpContinuation}
+	if !e.started {
+		h.OpCode, h.Rsv = e.op, ws.Rsv(true, false, false)
+		e.started = true
+	}
+	err := e.pr.writeTo(e.dst, h, e.buf)
+	e.buf = e.buf[:0]
+	return err
+}
