@@ -532,7 +532,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		ErrorLog:          errLog,
 	}
 	admin := &http.Server{
-		Handler:           metrics.AdminHandler(reg, ready.Load),
+		Handler:           metrics.AdminHandler(reg, readiness(&ready, cfg.limits, lim)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errLog,
 	}
@@ -578,6 +578,16 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	_ = admin.Close()
 	log.Info("stopped")
 	return nil
+}
+
+// readiness is /readyz: false while draining, and under --failure-mode
+// closed also while Redis is unreachable (every event would be refused, so
+// traffic is better sent to a replica that reaches Redis).
+func readiness(ready *atomic.Bool, lc limit.Config, lim *limit.Limiter) func() bool {
+	if lc.RedisURL == "" || lc.FailureMode != limit.FailClosed {
+		return ready.Load
+	}
+	return func() bool { return ready.Load() && lim.RedisUp() }
 }
 
 // serveDemo runs the built-in demo backend on a loopback port and the gate

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -72,8 +73,8 @@ func limitBody(d limit.Decision) []byte {
 // JSON as a text frame, close 4008. The upstream is never dialed.
 func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []string, d limit.Decision) {
 	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
-	if len(offered) > 0 {
-		up.Protocol = ws.SelectEqual(offered[0])
+	if proto := answerProtocol(offered); proto != "" {
+		up.Protocol = ws.SelectEqual(proto)
 	}
 	conn, _, _, err := up.Upgrade(r, w)
 	if err != nil {
@@ -96,6 +97,18 @@ func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []
 	(&pair{}).drain(&d0)
 	d0.r.Release()
 	p.m.Closes.WithLabelValues(metrics.InitiatorGate, metrics.CodeLabel(int(frames.StatusRateLimited))).Inc()
+}
+
+// answerProtocol picks what a refused handshake answers: the first
+// subprotocol the client offered, so that browsers accept the 101 and read
+// the refusal, but never a "bearer.<jwt>" entry, which would echo the token.
+func answerProtocol(offered []string) string {
+	for _, p := range offered {
+		if !strings.HasPrefix(p, "bearer.") {
+			return p
+		}
+	}
+	return ""
 }
 
 // limitRequest applies the message rules to a pass-through request and

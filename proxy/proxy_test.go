@@ -599,3 +599,20 @@ func TestCompressionOff(t *testing.T) {
 		t.Fatalf("close %d, want 1002", got)
 	}
 }
+
+func TestAnswerProtocol(t *testing.T) {
+	for _, tt := range []struct {
+		offered []string
+		want    string
+	}{
+		{nil, ""},
+		{[]string{"chat"}, "chat"},
+		{[]string{"wsgate", "bearer.x.y.z"}, "wsgate"},
+		{[]string{"bearer.x.y.z", "chat"}, "chat"},
+		{[]string{"bearer.x.y.z"}, ""},
+	} {
+		if got := answerProtocol(tt.offered); got != tt.want {
+			t.Errorf("answerProtocol(%q) = %q, want %q", tt.offered, got, tt.want)
+		}
+	}
+}
