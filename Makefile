@@ -24,7 +24,7 @@ demo: build
 	./$(BIN) demo --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text
 
 ## test: everything CI runs: vet, unit tests with -race, a few seconds of fuzzing per target, end-to-end tests.
-test: deps e2e-deps lint unit fuzz e2e
+test: deps e2e-deps lint unit fuzz e2e chart-test
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -72,3 +72,6 @@ bench:
 
 clean:
 	rm -rf bin
+
+# chart-test, image
+include charts/Makefile.include
