@@ -91,7 +91,8 @@ type Stream struct {
 	text       bool  // the open message is text
 	size       int64 // payload bytes announced so far for the open message
 	utf8       utf8State
-	pending    bool // Next returned a header whose payload Forward has not read
+	pending    bool  // Next returned a header whose payload Forward has not read
+	unread     int64 // payload bytes of the last header not read yet; -1: unknown
 	pay        payloadReader
 	midFrame   bool // Forward failed after writing part of a frame
 	hdr        [ws.MaxHeaderSize]byte
@@ -109,11 +110,13 @@ func StartsMessage(h ws.Header) bool {
 func (s *Stream) Next(r io.Reader) (ws.Header, error) {
 	h, err := ws.ReadHeaderBuffer(r, s.hdr[:])
 	if err != nil {
+		s.unread = -1
 		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
 			return h, ErrLength
 		}
 		return h, err
 	}
+	s.unread = h.Length
 	if err := s.check(h); err != nil {
 		return h, err
 	}
@@ -172,6 +175,12 @@ func (s *Stream) check(h ws.Header) error {
 // frames have passed, its final frame has not.
 func (s *Stream) InMessage() bool { return s.fragmented }
 
+// Unread reports how many payload bytes of the last frame header have not
+// been read (-1 when a read failed partway): what a caller must skip before
+// it can read the next header, for example to drain a connection after a
+// violation found in a header.
+func (s *Stream) Unread() int64 { return s.unread }
+
 // Compressed reports whether the current data message is compressed (its
 // first frame had RSV1).
 func (s *Stream) Compressed() bool { return s.compressed }
@@ -212,6 +221,7 @@ func (p *payloadReader) Read(b []byte) (int, error) {
 		}
 		p.off += n
 		p.remaining -= int64(n)
+		p.s.unread = p.remaining
 		if p.s.text && !p.h.OpCode.IsControl() {
 			if !p.s.utf8.valid(b) || p.h.Fin && p.remaining == 0 && !p.s.utf8.complete() {
 				return n, ErrInvalidUTF8
@@ -220,6 +230,9 @@ func (p *payloadReader) Read(b []byte) (int, error) {
 	}
 	if err == io.EOF && p.remaining > 0 {
 		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		p.s.unread = -1
 	}
 	return n, err
 }
@@ -261,12 +274,14 @@ func (s *Stream) Forward(w io.Writer, r io.Reader, h ws.Header) (Close, error) {
 		p := buf[n : n+chunk]
 		if _, err := io.ReadFull(r, p); err != nil {
 			s.midFrame = off > 0
+			s.unread = -1
 			return c, err
 		}
 		if h.Masked {
 			ws.Cipher(p, h.Mask, off)
 		}
 		remaining -= int64(chunk)
+		s.unread = remaining
 		switch {
 		case text:
 			if !s.utf8.valid(p) || h.Fin && remaining == 0 && !s.utf8.complete() {
@@ -304,8 +319,10 @@ func (s *Stream) ReadControl(r io.Reader, h ws.Header, p []byte) ([]byte, error)
 	s.pending = false
 	p = p[:h.Length]
 	if _, err := io.ReadFull(r, p); err != nil {
+		s.unread = -1
 		return nil, err
 	}
+	s.unread = 0
 	if h.Masked {
 		ws.Cipher(p, h.Mask, 0)
 	}

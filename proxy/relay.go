@@ -421,7 +421,13 @@ func (c *peerConn) sendClose(text []byte, code ws.StatusCode, reason string, dea
 		return
 	}
 	defer c.release()
-	if c.closeSent || c.broken {
+	if c.broken {
+		// A frame was cut short: no close frame can follow it, and the
+		// peer's answer would never come. End the connection now.
+		_ = c.Conn.Close()
+		return
+	}
+	if c.closeSent {
 		return
 	}
 	if text != nil {
@@ -442,19 +448,12 @@ func (c *peerConn) sendClose(text []byte, code ws.StatusCode, reason string, dea
 // pair ended, while it waits for that side's close frame.
 const maxDrain = 1 << 20
 
-// drainFrame discards the payload of h, whose header was read after the pair
-// ended, then drains the rest.
+// drainFrame drains d after the header h was read while the pair ends:
+// nothing more is relayed.
 func (pr *pair) drainFrame(d *direction, h ws.Header) error {
-	if h.OpCode == ws.OpClose {
-		return errDrained
+	if h.OpCode != ws.OpClose {
+		pr.drain(d)
 	}
-	if h.Length > maxDrain {
-		return errDrained
-	}
-	if _, err := io.CopyN(io.Discard, &d.r, h.Length); err != nil {
-		return errDrained
-	}
-	pr.drain(d)
 	return errDrained
 }
 
@@ -463,8 +462,16 @@ func (pr *pair) drainFrame(d *direction, h ws.Header) error {
 // last frames before closing keeps the kernel from answering them with a
 // reset that would destroy the close frame the gate just sent.
 func (pr *pair) drain(d *direction) {
+	// First the rest of the frame whose header was the last one read
+	// (refused, or found in violation): its payload is not a header.
+	total := d.s.Unread()
+	if total < 0 || total > maxDrain {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, &d.r, total); err != nil {
+		return
+	}
 	var hdr [ws.MaxHeaderSize]byte
-	var total int64
 	for total < maxDrain {
 		h, err := ws.ReadHeaderBuffer(&d.r, hdr[:])
 		if err != nil || h.OpCode == ws.OpClose || h.Length > maxDrain-total {
