@@ -176,7 +176,11 @@ func flags(upstreamRequired bool) []cli.Flag {
 		str("ip-conn-rate", "60/1m", catLimits, "handshakes per client IP: N/window; 0 = off"),
 		&cli.BoolFlag{Name: "shadow", Category: catLimits, EnvVars: env("shadow"),
 			Usage: "evaluate limits and count would-be refusals (holo_ws_limiter_decisions_total{decision=\"shadow_limited\"}) but refuse nothing"},
-		str("limit-mode", "exact", catLimits, "exact: every decision consults the store"),
+		str("limit-mode", "exact", catLimits, "exact: every message consults Redis; lease: each replica takes slices of a key's budget from Redis and decides locally until a slice is spent"),
+		&cli.IntFlag{Name: "lease-size", Category: catLimits, EnvVars: env("lease-size"),
+			Usage: "units of a message rule's window budget one Redis call reserves in lease mode; 0 = a tenth of the rule's N"},
+		&cli.IntFlag{Name: "ip-max-conns", Category: catLimits, EnvVars: env("ip-max-conns"),
+			Usage: "connections one client IP may hold open at once, across replicas (shared through Redis, entries expire so a crashed replica's connections age out); over it: 4008; 0 = off"},
 		str("redis-url", "", catRedis, "redis:// or rediss:// URL (several addr= for a Cluster, master_set= for Sentinel); empty = in-process memory store"),
 		str("key-prefix", "ws-rate", catRedis, "prefix of every Redis key"),
 		str("failure-mode", "local", catRedis, "while Redis is unreachable: local (decide in process), open (allow), closed (refuse)"),
@@ -317,8 +321,14 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 		*r.dst = rule
 	}
-	if m := c.String("limit-mode"); m != "exact" {
-		return bad("limit-mode", fmt.Errorf("unknown mode %q (want exact)", m))
+	if cfg.limits.Mode, err = limit.ParseMode(c.String("limit-mode")); err != nil {
+		return bad("limit-mode", err)
+	}
+	if cfg.limits.LeaseSize = c.Int("lease-size"); cfg.limits.LeaseSize < 0 {
+		return bad("lease-size", fmt.Errorf("must not be negative, got %d", cfg.limits.LeaseSize))
+	}
+	if cfg.limits.IPMaxConns = c.Int("ip-max-conns"); cfg.limits.IPMaxConns < 0 {
+		return bad("ip-max-conns", fmt.Errorf("must not be negative, got %d", cfg.limits.IPMaxConns))
 	}
 	fm, err := limit.ParseFailureMode(c.String("failure-mode"))
 	if err != nil {

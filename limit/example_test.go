@@ -43,3 +43,29 @@ func ExampleParseRule() {
 	// 100 10s <nil>
 	// bad rule "10/x": window "x" is not a duration
 }
+
+func ExampleLimiter_OpenConn() {
+	l, err := limit.New(limit.Config{IPMaxConns: 2})
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+
+	ctx := context.Background()
+	var releases []func()
+	for range 3 {
+		d, release := l.OpenConn(ctx, "10.0.0.7")
+		fmt.Println(d.Allowed, d.Scope, d.Kind, d.RetryAfter)
+		if d.Allowed {
+			releases = append(releases, release)
+		}
+	}
+	releases[0]() // the first connection ends
+	d, _ := l.OpenConn(ctx, "10.0.0.7")
+	fmt.Println(d.Allowed)
+	// Output:
+	// true  connection 0s
+	// true  connection 0s
+	// false ip connection 1s
+	// true
+}

@@ -7,6 +7,56 @@
 // Limit-th one inside the window is refused, and a rule with a block then
 // refuses every event of that key for the block duration, after which the
 // budget is full again. A refused event never counts.
+//
+// # Exact and lease modes
+//
+// In ModeExact (the default) every message is counted in Redis: of N+k
+// concurrent attempts on a key with N left, across any number of replicas,
+// exactly N pass.
+//
+// In ModeLease each Limiter reserves slices of a message rule's window budget
+// (Config.LeaseSize units per Redis call, atomically, out of what is left of
+// the window) and decides locally until its slice is spent. A slice is only
+// ever carved out of the N units of one window, so the bound is:
+//
+//   - at most N messages of a key pass per window, all replicas together: no
+//     overshoot. Unused units are never returned; they lapse with the window
+//     they were taken from. A Limiter stops using a slice at the window's end
+//     as Redis reported it (measured from before the request was sent, less
+//     1ms and 0.1% for clock granularity and rate), and when a block ends the
+//     window early: before a slice is taken the key's block key is read
+//     through the client-side cache, so Redis pushes an invalidation when it
+//     changes; the slice is then put on hold, and kept only if a new read of
+//     the block key within Block/2 of the push finds no block (the push is
+//     also sent when an expired block key is deleted, which is harmless).
+//   - the price is undershoot: a Limiter that finds the window's budget spent
+//     refuses and blocks the key, as in exact mode, while other replicas may
+//     still hold unused units, so a key can be refused after as few as
+//     N - (replicas-1) x LeaseSize messages of a window.
+//
+// Two assumptions stand behind "at most N": the replicas' and Redis's clocks
+// advance at the same rate within 0.1%, and an invalidation reaches a replica
+// within Block/2 of the write it announces. Should a replica's connection
+// stall for longer, it could spend in the window after a block the units it
+// held (at most LeaseSize each), so the general bound is N +
+// (replicas-1) x LeaseSize per window, within "replicas x LeaseSize".
+// Failure-mode fallbacks are outside these bounds, as in exact mode.
+// Lease mode uses one connection per Redis node, so that the invalidations
+// and the lease replies arrive in order. Handshakes, and the memory store,
+// are always exact.
+//
+// Round trips in lease mode: about 1/LeaseSize per message and rule (one
+// script per slice), plus one cached block read per key every 5s; with the
+// default LeaseSize of N/10 a busy key far below its limit costs well under
+// 0.01 round trips per message, a key held at its limit about 10/N.
+//
+// # Concurrent connections per IP
+//
+// Limiter.OpenConn bounds the connections one client IP holds open at once
+// across replicas (Config.IPMaxConns). In Redis each IP has a sorted set of
+// connection ids scored by an expiry from Redis's clock; each Limiter
+// refreshes its live ids every ConnTTL/3, so the ids of a replica that
+// crashed age out within ConnTTL.
 package limit
 
 import (
@@ -74,6 +124,25 @@ type Config struct {
 	// Now is the clock of the memory store (also the FailLocal fallback);
 	// nil means time.Now. The Redis store takes time from Redis only.
 	Now func() time.Time
+	// Mode says how the message rules use Redis: ModeExact (the zero value)
+	// counts every message in Redis; ModeLease takes slices of a key's
+	// window budget and decides locally until a slice is spent (see the
+	// package doc for its bound). Handshakes and the memory store are exact
+	// in both modes.
+	Mode Mode
+	// LeaseSize is how many units of a message rule's window budget one
+	// Redis call reserves in ModeLease; 0 means max(1, Limit/10) per rule.
+	// It is capped at each rule's Limit, and ignored in ModeExact.
+	LeaseSize int
+	// IPMaxConns bounds the connections one client IP holds open at the
+	// same time, across every replica sharing the Redis (see OpenConn);
+	// 0 means no bound.
+	IPMaxConns int
+	// ConnTTL is how long a connection's registration lives in Redis
+	// without a refresh. Each Limiter refreshes its live ones every
+	// ConnTTL/3, so the connections of a replica that died stop counting
+	// within ConnTTL. 0 means 60s; it must be at least 30ms.
+	ConnTTL time.Duration
 }
 
 // Decision is the verdict on one message or handshake.
@@ -107,6 +176,8 @@ type rule struct {
 	prefix string
 	// limit, window and block are the Lua script's arguments.
 	limit, window, block string
+	// lease is the units one lease takes in ModeLease, a script argument.
+	lease string
 }
 
 // counter is one rule applied to one identity or IP.
@@ -171,15 +242,21 @@ type Limiter struct {
 	rs       atomic.Pointer[redisStore] // nil until the first connection
 	up       atomic.Bool
 
+	lease *leases // the local slices in ModeLease with Redis; nil otherwise
+
+	conns *conns // nil without IPMaxConns
+
 	stop      chan struct{}
+	bg        context.Context // canceled by Close; bounds background calls
+	cancelBg  context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
 
 // New validates cfg and returns a Limiter. With a RedisURL it connects at
 // once; when Redis is down it starts degraded (the FailureMode decides) and
-// connects in the background. Errors wrap ErrBadRule, ErrBadFailureMode or
-// ErrBadConfig.
+// connects in the background. Errors wrap ErrBadRule, ErrBadFailureMode,
+// ErrBadMode or ErrBadConfig.
 func New(cfg Config) (*Limiter, error) {
 	l := &Limiter{
 		mode:    cfg.FailureMode,
@@ -189,6 +266,18 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	if l.mode < FailLocal || l.mode > FailClosed {
 		return nil, fmt.Errorf("%w %d", ErrBadFailureMode, int(l.mode))
+	}
+	if cfg.Mode != ModeExact && cfg.Mode != ModeLease {
+		return nil, fmt.Errorf("%w %d", ErrBadMode, int(cfg.Mode))
+	}
+	if cfg.LeaseSize < 0 {
+		return nil, fmt.Errorf("%w: negative lease size %d", ErrBadConfig, cfg.LeaseSize)
+	}
+	if cfg.IPMaxConns < 0 {
+		return nil, fmt.Errorf("%w: negative IP max conns %d", ErrBadConfig, cfg.IPMaxConns)
+	}
+	if cfg.ConnTTL != 0 && cfg.ConnTTL < minConnTTL {
+		return nil, fmt.Errorf("%w: conn TTL %v below %v", ErrBadConfig, cfg.ConnTTL, minConnTTL)
 	}
 	if l.timeout < 0 {
 		return nil, fmt.Errorf("%w: negative timeout %v", ErrBadConfig, l.timeout)
@@ -229,12 +318,21 @@ func New(cfg Config) (*Limiter, error) {
 			window: fmt.Sprint(r.rule.Window.Milliseconds()),
 			block:  fmt.Sprint(r.rule.Block.Milliseconds()),
 		}
+		size := cfg.LeaseSize
+		if size == 0 {
+			size = max(1, r.rule.Limit/10)
+		}
+		l.rules[i].lease = fmt.Sprint(min(size, max(1, r.rule.Limit)))
 	}
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
 	}
 	l.mem = newMemory(now)
+	l.bg, l.cancelBg = context.WithCancel(context.Background())
+	if cfg.IPMaxConns > 0 {
+		l.conns = newConns(cfg.IPMaxConns, cfg.ConnTTL, prefix)
+	}
 	if cfg.RedisURL == "" {
 		return l, nil
 	}
@@ -246,6 +344,15 @@ func New(cfg Config) (*Limiter, error) {
 		// The background reconnect and Close wait for a dial at most this long.
 		opt.Dialer.Timeout = 2 * time.Second
 	}
+	if cfg.Mode == ModeLease {
+		l.lease = newLeases(&l.rules[0], &l.rules[1])
+		opt.OnInvalidations = l.lease.invalidate
+		// A slice is trusted only while the invalidation of its block key
+		// would have reached us: that push must come on the connection that
+		// runs the lease script, and rueidis spreads commands over several
+		// connections to a standalone Redis unless told otherwise.
+		opt.PipelineMultiplex = -1
+	}
 	l.redisOpt = opt
 	l.useRedis = true
 	if err := l.connect(); err != nil {
@@ -254,6 +361,10 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	l.wg.Add(1)
 	go l.watchRedis()
+	if l.conns != nil {
+		l.wg.Add(1)
+		go l.refreshConns()
+	}
 	return l, nil
 }
 
@@ -294,6 +405,7 @@ func (l *Limiter) StoreName() string {
 func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.stop)
+		l.cancelBg()
 		l.wg.Wait()
 		if rs := l.rs.Load(); rs != nil {
 			rs.client.Close()
@@ -314,11 +426,18 @@ func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter) D
 		return l.fallback(ctx, kind, blk, cs, errRedisDown)
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
-	d, err := decide(rctx, rs, kind, blk, cs)
+	var d Decision
+	var err error
+	if l.lease != nil && kind == KindMessage {
+		d, err = l.lease.decide(rctx, rs, cs)
+	} else {
+		d, err = decide(rctx, rs, kind, blk, cs)
+	}
 	cancel()
 	if err != nil {
-		// A caller that gave up is not Redis's fault.
-		if ctx.Err() == nil {
+		// A caller that gave up is not Redis's fault, nor are slices
+		// invalidated again and again.
+		if ctx.Err() == nil && !errors.Is(err, errLeaseLost) {
 			l.markDown(err)
 		}
 		return l.fallback(ctx, kind, blk, cs, err)
@@ -345,6 +464,11 @@ func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter,
 }
 
 func (l *Limiter) markDown(err error) {
+	if l.lease != nil {
+		// Whether the connection survived and still tracks the block keys
+		// is unknown: the slices wait for a fresh read of them.
+		l.lease.flush()
+	}
 	if l.up.CompareAndSwap(true, false) {
 		l.log.Warn("redis unreachable, limiting with the failure mode",
 			"failure_mode", l.mode.String(), "err", err)

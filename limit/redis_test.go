@@ -228,9 +228,13 @@ func TestRedisFailureModes(t *testing.T) {
 	s.start()
 	for m, l := range ls {
 		waitUp(t, l)
-		if d := l.Message(ctx, "w", "c"); !d.Allowed || d.Fallback || d.Store != "redis" {
-			t.Fatalf("%v after the restart: %+v", m, d)
-		}
+		// rueidis keeps more than one connection to a standalone Redis: one
+		// that stayed idle fails its first call after the restart once
+		// (EOF) before it is replaced.
+		waitFor(t, m.String()+": a decision by redis after the restart", func() bool {
+			d := l.Message(ctx, "w", "c")
+			return d.Allowed && !d.Fallback && d.Store == "redis"
+		})
 	}
 }
 

@@ -8,10 +8,12 @@ import (
 	"time"
 )
 
-// Sentinel errors returned (wrapped) by ParseRule, ParseFailureMode and New.
+// Sentinel errors returned (wrapped) by ParseRule, ParseFailureMode,
+// ParseMode and New.
 var (
 	ErrBadRule        = errors.New("bad rule")
 	ErrBadFailureMode = errors.New("bad failure mode")
+	ErrBadMode        = errors.New("bad limit mode")
 	ErrBadConfig      = errors.New("bad limiter config")
 )
 
@@ -143,4 +145,37 @@ func (m FailureMode) String() string {
 		return "closed"
 	}
 	return "FailureMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// Mode says how a Limiter's message rules use Redis.
+type Mode int
+
+const (
+	// ModeExact counts every message in Redis.
+	ModeExact Mode = iota
+	// ModeLease reserves slices of each key's window budget in Redis and
+	// decides locally until a slice is spent.
+	ModeLease
+)
+
+// ParseMode parses "exact" or "lease". Errors wrap ErrBadMode.
+func ParseMode(s string) (Mode, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "exact":
+		return ModeExact, nil
+	case "lease":
+		return ModeLease, nil
+	}
+	return 0, fmt.Errorf("%w %q: want exact or lease", ErrBadMode, s)
+}
+
+// String returns "exact" or "lease".
+func (m Mode) String() string {
+	switch m {
+	case ModeExact:
+		return "exact"
+	case ModeLease:
+		return "lease"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
 }

@@ -157,9 +157,22 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	release := func() {}
+	defer func() {
+		if !handedOver {
+			release()
+		}
+	}()
 	if p.cfg.Limiter != nil {
 		d := p.decide(ctx, true, cl.userKey, cl.ipKey)
-		if p.enforce(d) {
+		refused := p.enforce(d)
+		if !refused {
+			// The concurrent-connection bound (--ip-max-conns): registered
+			// until the pair is released.
+			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
+			refused = !d.Allowed && p.enforce(d)
+		}
+		if refused {
 			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d)
 			p.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited).Inc()
 			return
@@ -220,6 +233,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
 	pr.path = r.URL.Path
 	pr.protocol = protocol
+	pr.release = release
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {
 			pr.deflating = true

@@ -31,6 +31,9 @@ import (
 type Limiter interface {
 	Message(ctx context.Context, user, ip string) limit.Decision
 	Handshake(ctx context.Context, user, ip string) limit.Decision
+	// OpenConn registers an open connection of ip against the concurrent
+	// connection bound; release is called when the connection ends.
+	OpenConn(ctx context.Context, ip string) (d limit.Decision, release func())
 }
 
 // Authenticator verifies the token of a handshake or request and cleans

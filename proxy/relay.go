@@ -37,6 +37,7 @@ type pair struct {
 	closing   atomic.Bool  // a close frame has passed
 	pingSent  atomic.Int64 // unix nanoseconds of the gate's last ping
 	deflating bool         // permessage-deflate negotiated with the client
+	release   func()       // frees the client's slot of the concurrent-connection bound
 
 	start          int64 // unix nanoseconds
 	clientIP       netip.Addr
@@ -146,6 +147,9 @@ func (pr *pair) finish() {
 		pl.forget(&pr.fromUpstream)
 	}
 	pr.closeConns()
+	if pr.release != nil {
+		pr.release()
+	}
 	pr.fromClient.r.Release()
 	pr.fromUpstream.r.Release()
 	p.m.ConnectionsActive.Dec()

@@ -134,6 +134,8 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
   (list "user-conn-rate" $g.limits.userConnRate)
   (list "ip-conn-rate" $g.limits.ipConnRate)
   (list "limit-mode" $g.limits.mode)
+  (list "lease-size" $g.limits.leaseSize)
+  (list "ip-max-conns" $g.limits.ipMaxConns)
   (list "shadow" $g.limits.shadow)
   (list "failure-mode" $g.redis.failureMode)
   (list "key-prefix" $g.redis.keyPrefix)

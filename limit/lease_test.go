@@ -1,0 +1,288 @@
+package limit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func leaseHarness(url string, size int) *harness {
+	return &harness{store: "redis", limiter: func(t *testing.T, r Rules) (*Limiter, func(time.Duration)) {
+		l := newLimiter(t, Config{Rules: r, RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout,
+			Mode: ModeLease, LeaseSize: size})
+		if !l.RedisUp() || l.lease == nil {
+			t.Fatal("redis not up after New, or not in lease mode")
+		}
+		return l, time.Sleep
+	}}
+}
+
+// TestLeaseSemantics runs the exact-mode cases in lease mode: with one
+// replica, leasing changes no decision.
+func TestLeaseSemantics(t *testing.T) {
+	s := startRedis(t)
+	for _, size := range []int{0, 1, 2, 7} {
+		t.Run(fmt.Sprint("size ", size), func(t *testing.T) { runSemantics(t, leaseHarness(s.url(), size)) })
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Mode
+		err  bool
+	}{{"exact", ModeExact, false}, {" Lease ", ModeLease, false}, {"", 0, true}, {"fast", 0, true}} {
+		m, err := ParseMode(c.in)
+		if m != c.want || (err != nil) != c.err || (err != nil && !errors.Is(err, ErrBadMode)) {
+			t.Errorf("ParseMode(%q) = %v, %v", c.in, m, err)
+		}
+		if err == nil && m.String() != strings.ToLower(strings.TrimSpace(c.in)) {
+			t.Errorf("%v.String() = %q", m, m.String())
+		}
+	}
+	for _, cfg := range []Config{{Mode: 2}, {Mode: -1}} {
+		if _, err := New(cfg); !errors.Is(err, ErrBadMode) {
+			t.Errorf("New(%+v): %v, want ErrBadMode", cfg, err)
+		}
+	}
+	for _, cfg := range []Config{{LeaseSize: -1}, {IPMaxConns: -1}, {ConnTTL: time.Millisecond}} {
+		if _, err := New(cfg); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("New(%+v): %v, want ErrBadConfig", cfg, err)
+		}
+	}
+}
+
+// hammer runs workers goroutines on each Limiter, each sending messages of
+// user "u" until stop is closed or n messages were sent in all, and returns
+// the times at which messages were allowed, sorted.
+func hammer(t *testing.T, ls []*Limiter, workers int, n int64, stop <-chan struct{}) []time.Time {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		allowed []time.Time
+		sent    atomic.Int64
+		bad     atomic.Value
+		wg      sync.WaitGroup
+	)
+	for i := range len(ls) * workers {
+		wg.Go(func() {
+			l := ls[i%len(ls)]
+			for sent.Add(1) <= n {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := l.Message(context.Background(), "u", "a")
+				if d.Fallback || d.Store != "redis" {
+					bad.Store(d)
+					return
+				}
+				if d.Allowed {
+					now := time.Now()
+					mu.Lock()
+					allowed = append(allowed, now)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if d := bad.Load(); d != nil {
+		t.Fatalf("decision not by redis: %+v", d)
+	}
+	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
+	return allowed
+}
+
+// testLeaseWindow: two Limiters ("replicas") hammer one key within one
+// window. At most N pass, and at least N - LeaseSize (what the other
+// replica may hold unused when the key is blocked).
+func testLeaseWindow(t *testing.T, url string) {
+	const n, size = 1000, 50
+	cfg := Config{RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: ModeLease, LeaseSize: size,
+		Rules: Rules{
+			UserMessages: rate(n, time.Minute, time.Minute),
+			IPMessages:   rate(10*n, time.Minute, 0),
+		}}
+	ls := []*Limiter{newLimiter(t, cfg), newLimiter(t, cfg)}
+	got := len(hammer(t, ls, 4, 3*n, nil))
+	t.Logf("%d of %d allowed over one window with 2 replicas, LeaseSize %d", got, 3*n, size)
+	if got > n || got < n-size {
+		t.Fatalf("%d allowed, want between %d and %d", got, n-size, n)
+	}
+}
+
+func TestLeaseWindow(t *testing.T) {
+	s := startRedis(t)
+	testLeaseWindow(t, s.url())
+}
+
+// TestLeaseBlockWindows: two replicas hammer one key across several
+// windows that each end with a block. A replica that holds units when
+// another one blocks the key must drop them: units of a window are never
+// spent in the next one. Allowed messages come in bursts separated by the
+// block; each burst is one window and holds at most N.
+func TestLeaseBlockWindows(t *testing.T) {
+	s := startRedis(t)
+	const n, size, block = 200, 40, 500 * ms
+	cfg := Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: ModeLease, LeaseSize: size,
+		Rules: Rules{UserMessages: rate(n, time.Minute, block)}}
+	ls := []*Limiter{newLimiter(t, cfg), newLimiter(t, cfg)}
+	stop := make(chan struct{})
+	timer := time.AfterFunc(1800*ms, func() { close(stop) })
+	defer timer.Stop()
+	allowed := hammer(t, ls, 3, 1<<40, stop)
+	var bursts []int
+	for i, at := range allowed {
+		if i == 0 || at.Sub(allowed[i-1]) > block/2 {
+			bursts = append(bursts, 0)
+		}
+		bursts[len(bursts)-1]++
+	}
+	t.Logf("bursts of allowed messages (N=%d, LeaseSize=%d): %v", n, size, bursts)
+
+	if len(bursts) < 2 {
+		t.Fatalf("%d bursts, want at least 2 windows", len(bursts))
+	}
+	for i, b := range bursts {
+		if b > n {
+			t.Fatalf("burst %d: %d allowed, want at most %d", i, b, n)
+		}
+	}
+}
+
+// TestLeaseDropOnBlock: a replica holding units drops them as soon as
+// another replica blocks the key, without a round trip of its own, and
+// takes a fresh slice of the next window after the block.
+func TestLeaseDropOnBlock(t *testing.T) {
+	s := startRedis(t)
+	p := keyPrefix(t)
+	cfg := Config{RedisURL: s.url(), KeyPrefix: p, Timeout: testTimeout, Mode: ModeLease, LeaseSize: 10,
+		Rules: Rules{UserMessages: rate(30, time.Minute, 300*ms)}}
+	a, b := newLimiter(t, cfg), newLimiter(t, cfg)
+	ctx := context.Background()
+	if d := b.Message(ctx, "u", "x"); !d.Allowed {
+		t.Fatalf("b: %+v", d)
+	}
+	if got := b.lease.held(0, "u"); got != 9 {
+		t.Fatalf("b holds %d units, want 9", got)
+	}
+	for i := range 20 {
+		if d := a.Message(ctx, "u", "y"); !d.Allowed {
+			t.Fatalf("a, message %d: %+v", i+1, d)
+		}
+	}
+	if d := a.Message(ctx, "u", "y"); d.Allowed || d.RetryAfter != 300*ms {
+		t.Fatalf("a, 21st: %+v, want the block", d)
+	}
+	waitFor(t, "b drops its units", func() bool { return b.lease.held(0, "u") == 0 })
+	if d := b.Message(ctx, "u", "x"); d.Allowed {
+		t.Fatalf("b during the block: %+v", d)
+	}
+	time.Sleep(350 * ms)
+	if d := b.Message(ctx, "u", "x"); !d.Allowed {
+		t.Fatalf("b after the block: %+v", d)
+	}
+	if got := s.cli("get", p+":um:{u}"); got != "10" {
+		t.Fatalf("counter %q after the block, want 10 (one fresh slice)", got)
+	}
+}
+
+// waitFor polls cond for up to 5 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestLeaseRoundTrips counts, with MONITOR, the scripts Redis runs per
+// allowed message for one busy key in lease mode. Every EVAL* is at most one
+// round trip (a cache miss of both block keys sends two in one).
+func TestLeaseRoundTrips(t *testing.T) {
+	s := startRedis(t)
+	ctx := context.Background()
+	measure := func(t *testing.T, rules Rules, size, msgs int) float64 {
+		l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout,
+			Mode: ModeLease, LeaseSize: size, Rules: rules})
+		l.Message(ctx, "u", "a") // the first slices and block checks
+		mon := startMonitor(t, s)
+		allowed := 0
+		for range msgs {
+			d := l.Message(ctx, "u", "a")
+			if d.Fallback || d.Store != "redis" {
+				t.Fatalf("%+v", d)
+			}
+			if d.Allowed {
+				allowed++
+			}
+		}
+		evals := 0
+		for _, c := range mon.stop() {
+			if strings.HasPrefix(c, "EVAL") {
+				evals++
+			}
+		}
+		perMsg := float64(evals) / float64(allowed)
+		t.Logf("%d scripts for %d allowed messages (LeaseSize %s/%s): %.4f per allowed message",
+			evals, allowed, l.rules[0].lease, l.rules[1].lease, perMsg)
+		return perMsg
+	}
+	t.Run("busy key", func(t *testing.T) {
+		// Default slices (N/10) of rules far above the load: the gate's
+		// steady state for one busy identity.
+		rules := Rules{
+			UserMessages: rate(50_000, 10*time.Second, 5*time.Second),
+			IPMessages:   rate(150_000, 10*time.Second, 5*time.Second),
+		}
+		if got := measure(t, rules, 0, 20_000); got > 0.05 {
+			t.Fatalf("%.4f round trips per allowed message, want at most 0.05", got)
+		}
+	})
+	t.Run("default rules", func(t *testing.T) {
+		// 100/10s and 300/10s: slices of 10 and 30, so about 1/10 + 1/30
+		// per allowed message plus the refusal that blocks.
+		rules := Rules{
+			UserMessages: rate(100, 10*time.Second, 5*time.Second),
+			IPMessages:   rate(300, 10*time.Second, 5*time.Second),
+		}
+		measure(t, rules, 0, 500)
+	})
+}
+
+// TestLeaseFallback: a slice is put on hold when the connection resets;
+// after Redis is back, decisions are Redis's again and the counter holds
+// whole slices.
+func TestLeaseFallback(t *testing.T) {
+	s := startRedis(t)
+	p := startProxy(t, s.addr())
+	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: 100 * ms, Mode: ModeLease,
+		LeaseSize: 10, FailureMode: FailOpen, Rules: Rules{UserMessages: rate(100, time.Minute, time.Second)}})
+	ctx := context.Background()
+	for range 3 {
+		if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+			t.Fatalf("%+v", d)
+		}
+	}
+	p.reset()
+	waitFor(t, "units on hold after the reset", func() bool { return l.lease.held(0, "u") == 0 })
+	waitUp(t, l)
+	waitFor(t, "a decision by redis", func() bool { return !l.Message(ctx, "u", "a").Fallback })
+	// The slice is kept when the first read of the block key after the
+	// reset came within Block/2 of it, else it lapsed and a second was taken.
+	if got, _ := strconv.Atoi(s.cli("get", keyPrefix(t)+":um:{u}")); got != 10 && got != 20 {
+		t.Fatalf("counter %d, want 10 or 20", got)
+	}
+}
