@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -182,13 +183,33 @@ func tail(s string, n int) string {
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("freePort: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		// Below the kernel's ephemeral range (32768-60999 by default), so
+		// the many client connections of a run never take a port between
+		// here and the server's listen; handed-out ports are not reused
+		// within the run.
+		port := 20000 + rand.IntN(12000)
+		if portsUsed[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		portsUsed[port] = true
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("freePort: no free port in 20000-31999")
+	return 0
 }
+
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
 
 // waitFor polls cond every 20 ms until it holds or waitLimit passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
@@ -432,8 +453,23 @@ func startGate(t testing.TB, args ...string) *Gate {
 	return startGateEnv(t, nil, args...)
 }
 
-// startGateEnv is startGate with extra environment variables (KEY=value) for the gate.
+// startGateEnv is startGate with extra environment variables (KEY=value) for the gate. A free
+// port can be taken by a parallel test between freePort and the gate's listen; then the gate is
+// started again on new ports.
 func startGateEnv(t testing.TB, env []string, args ...string) *Gate {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		g, busy := tryStartGate(t, env, args)
+		if !busy {
+			return g
+		}
+		if attempt == 5 {
+			t.Fatalf("the gate found its ports taken 5 times:\n%s", g.proc.out.String())
+		}
+	}
+}
+
+func tryStartGate(t testing.TB, env, args []string) (g *Gate, portsTaken bool) {
 	t.Helper()
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
@@ -441,10 +477,14 @@ func startGateEnv(t testing.TB, env []string, args ...string) *Gate {
 		"--listen", listen, "--admin-listen", admin, "--log-format", "text",
 	}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
-	g := &Gate{URL: "ws://" + listen, HTTP: "http://" + listen, Admin: "http://" + admin, Cmd: cmd}
+	g = &Gate{URL: "ws://" + listen, HTTP: "http://" + listen, Admin: "http://" + admin, Cmd: cmd}
 	g.proc = startProc(t, "wsgate", cmd)
 	waitFor(t, "the gate's /readyz to answer 200", func() bool {
 		if g.proc.exited() {
+			if strings.Contains(g.proc.out.String(), "address already in use") {
+				portsTaken = true
+				return true
+			}
 			t.Fatalf("the gate exited before it was ready (%v):\n%s", cmd.ProcessState, g.proc.out.String())
 		}
 		resp, err := httpClient.Get(g.Admin + "/readyz")
@@ -455,7 +495,7 @@ func startGateEnv(t testing.TB, env []string, args ...string) *Gate {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	return g
+	return g, portsTaken
 }
 
 // Signal sends sig to the gate process.
