@@ -12,7 +12,7 @@ ROOT      := $(shell id -u 2>/dev/null)
 # Fuzz targets run by `make test` for FUZZTIME each (package:target).
 FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth:FuzzXFF ./auth:FuzzProxyHeader ./auth:FuzzExtractToken
 
-.PHONY: all build demo test unit fuzz e2e deps e2e-deps lint bench clean
+.PHONY: all build demo test unit fuzz e2e deps e2e-deps lint clean
 
 all: build
 
@@ -66,12 +66,10 @@ e2e-deps: deps
 		npm ci --prefix e2e/backend --no-audit --no-fund --loglevel=error && touch e2e/backend/node_modules; \
 	fi
 
-## bench: micro-benchmarks with allocations.
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./frames/ ./limit/ ./auth/
-
 clean:
 	rm -rf bin
 
 # chart-test, image
 include charts/Makefile.include
+# bench: micro-benchmarks, then nginx and HAProxy side by side (e2e/bench), writes BENCHMARKS.md
+include e2e/bench/Makefile.include

@@ -78,6 +78,16 @@ func (o *onceReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Wait blocks until at least one byte is buffered, reading into the
+// Reader's own array when it holds no pooled buffer: a goroutine waiting
+// for a connection's next frame borrows nothing.
+func (r *Reader) Wait() error {
+	if len(r.data) > 0 {
+		return nil
+	}
+	return r.fill(1)
+}
+
 // Buffered reports how many bytes can be read without touching the source.
 func (r *Reader) Buffered() int { return len(r.data) }
 

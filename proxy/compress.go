@@ -45,6 +45,9 @@ var errCloseInMessage = errors.New("close frame inside a message")
 // chunk by chunk, so a deflate bomb gets 1009 without being inflated whole;
 // a text message's inflated bytes are checked as UTF-8.
 func (pr *pair) inflate(d *direction, h ws.Header) error {
+	if err := pr.flush(d); err != nil {
+		return err
+	}
 	mr := &messageReader{pr: pr, d: d, cur: d.s.Payload(&d.r, h), fin: h.Fin}
 	fr := inflaters.Get().(*wsflate.Reader)
 	defer inflaters.Put(fr)
@@ -175,6 +178,9 @@ func (m *messageReader) next() error {
 // negotiated permessage-deflate: its payload is compressed as it arrives and
 // sent in frames of up to one chunk, the first with RSV1.
 func (pr *pair) deflate(d *direction, h ws.Header) error {
+	if err := pr.flush(d); err != nil {
+		return err
+	}
 	em := &emitter{pr: pr, dst: d.dst, op: h.OpCode}
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)

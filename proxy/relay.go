@@ -95,7 +95,9 @@ type direction struct {
 	client   bool // reads the client
 
 	messages, bytes int64
+	out             batch // frames for dst not written yet
 	timed           bool  // a message is open under MessageTimeout's deadline
+	active          bool  // relayed a frame since it last waited idle
 	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
 	ctlCount        int
 }
@@ -152,6 +154,8 @@ func (pr *pair) finish() {
 	}
 	pr.fromClient.r.Release()
 	pr.fromUpstream.r.Release()
+	pr.fromClient.out.release()
+	pr.fromUpstream.out.release()
 	p.m.ConnectionsActive.Dec()
 	p.conns.Add(-1)
 	pr.report()
@@ -188,16 +192,61 @@ func (pr *pair) wake(d *direction) {
 	}
 }
 
+// parkAfter is how long a direction that has just relayed a frame waits
+// for the next one on the runtime's poller before it parks: a busy
+// connection keeps its goroutine and the lowest latency (a wake through
+// the poller costs tens of microseconds), a quiet one gives it up.
+const parkAfter = 2 * time.Second
+
+// idleWait runs when d may wait for its next frame. A direction that has
+// relayed a frame since it last waited blocks in the runtime's poller for
+// up to parkAfter; one that stays quiet, or has never relayed anything,
+// parks. It reports whether d was parked.
+func (pr *pair) idleWait(d *direction) (bool, error) {
+	if !pr.mayPark(d) {
+		return false, nil
+	}
+	if d.active {
+		d.active = false
+		_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+		err := d.r.Wait()
+		// end or a passing close frame may have set a deadline meanwhile;
+		// keep it bounded rather than clear it.
+		if pr.ended.Load() || pr.closing.Load() {
+			_ = d.src.SetReadDeadline(time.Now().Add(pr.p.cfg.CloseTimeout))
+		} else {
+			_ = d.src.SetReadDeadline(time.Time{})
+		}
+		if err == nil {
+			return false, nil
+		}
+		if !isTimeout(err) {
+			return false, err
+		}
+		if !pr.mayPark(d) {
+			// The wait was cut by parkAfter, but the pair is closing now:
+			// Next waits under the deadline restored above.
+			return false, nil
+		}
+	}
+	return pr.park(d), nil
+}
+
+// mayPark reports whether d could be handed to the poller now.
+func (pr *pair) mayPark(d *direction) bool {
+	return pr.p.poller() != nil && d.fd >= 0 && d.r.Buffered() == 0 && !d.timed && !d.s.InMessage() &&
+		!pr.closing.Load() && !pr.ended.Load()
+}
+
 // park gives d to the poller when it has nothing buffered and nothing
 // pending: no open message (MessageTimeout's deadline needs a reader), no
 // close handshake under way. It reports whether d was handed over, after
 // which the calling goroutine must leave d alone.
 func (pr *pair) park(d *direction) bool {
-	pl := pr.p.poller()
-	if pl == nil || d.fd < 0 || d.r.Buffered() > 0 || d.timed || d.s.InMessage() ||
-		pr.closing.Load() || pr.ended.Load() {
+	if !pr.mayPark(d) {
 		return false
 	}
+	pl := pr.p.poller()
 	d.r.Release()
 	d.state.Store(parked)
 	if pl.park(d) == nil {
@@ -240,12 +289,22 @@ func (pr *pair) other(d *direction) *direction {
 // close frame.
 func (pr *pair) relay(d *direction, woke bool) error {
 	for {
-		if !woke && pr.park(d) {
-			return errParked
+		if !woke {
+			parked, err := pr.idleWait(d)
+			if parked {
+				return errParked
+			}
+			if err != nil {
+				return err
+			}
 		}
 		woke = false
 		h, err := d.s.Next(&d.r)
 		if err != nil {
+			// Frames batched before the failure are delivered first.
+			if ferr := pr.flush(d); ferr != nil {
+				return ferr
+			}
 			return err
 		}
 		pr.touch(d)
@@ -298,6 +357,7 @@ func (pr *pair) relay(d *direction, woke bool) error {
 		if err != nil {
 			return err
 		}
+		d.active = true
 		if d.timed && (whole || h.Fin && !h.OpCode.IsControl()) {
 			d.timed = false
 			if !pr.closing.Load() {
@@ -313,6 +373,22 @@ func (pr *pair) relay(d *direction, woke bool) error {
 
 // forward writes one frame under the destination's lock.
 func (pr *pair) forward(d *direction, h ws.Header) error {
+	// A small frame whose payload is already here joins the batch while
+	// more input is buffered: a burst of frames costs one write call.
+	if h.OpCode != ws.OpClose && int64(d.r.Buffered()) >= h.Length && h.Length+ws.MaxHeaderSize <= int64(batchSize-d.out.n) {
+		if _, err := d.s.Forward(&d.out, &d.r, h); err != nil {
+			_ = pr.flush(d)
+			return err
+		}
+		if d.r.Buffered() >= ws.MaxHeaderSize {
+			// The next header is here: reading it cannot block.
+			return nil
+		}
+		return pr.flush(d)
+	}
+	if err := pr.flush(d); err != nil {
+		return err
+	}
 	d.dst.acquire(time.Time{})
 	defer d.dst.release()
 	if d.dst.closeSent || d.dst.broken {
@@ -320,11 +396,7 @@ func (pr *pair) forward(d *direction, h ws.Header) error {
 		// to go.
 		return errDrained
 	}
-	if t := pr.p.cfg.WriteTimeout; t > 0 && !d.client {
-		// A client that stops reading holds this direction (the upstream
-		// is not read meanwhile) for at most WriteTimeout.
-		_ = d.dst.SetWriteDeadline(time.Now().Add(t))
-	}
+	pr.writeDeadline(d)
 	c, err := d.s.Forward(d.dst.Conn, &d.r, h)
 	if d.s.MidFrame() {
 		d.dst.broken = true
@@ -336,6 +408,63 @@ func (pr *pair) forward(d *direction, h ws.Header) error {
 	return err
 }
 
+// writeDeadline bounds a write to a client that does not read: it holds
+// this direction (the upstream is not read meanwhile) for at most
+// WriteTimeout. Called with d.dst's lock held.
+func (pr *pair) writeDeadline(d *direction) {
+	if t := pr.p.cfg.WriteTimeout; t > 0 && !d.client {
+		_ = d.dst.SetWriteDeadline(time.Now().Add(t))
+	}
+}
+
+// batchSize bounds the frames one batch holds.
+const batchSize = frames.BufferSize
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, batchSize); return &b }}
+
+// batch collects whole frames for one side while more input is already
+// buffered. It borrows a pooled buffer only while frames are pending.
+type batch struct {
+	buf *[]byte
+	n   int
+}
+
+// Write appends p, which forward has checked fits.
+func (b *batch) Write(p []byte) (int, error) {
+	if b.buf == nil {
+		b.buf = batchPool.Get().(*[]byte)
+	}
+	b.n += copy((*b.buf)[b.n:], p)
+	return len(p), nil
+}
+
+func (b *batch) release() {
+	if b.buf != nil {
+		batchPool.Put(b.buf)
+		b.buf, b.n = nil, 0
+	}
+}
+
+// flush writes d's pending frames, if any, with one write call. Frames for
+// a side the gate has closed meanwhile are dropped.
+func (pr *pair) flush(d *direction) error {
+	if d.out.n == 0 {
+		return nil
+	}
+	defer d.out.release()
+	d.dst.acquire(time.Time{})
+	defer d.dst.release()
+	if d.dst.closeSent || d.dst.broken {
+		return nil
+	}
+	pr.writeDeadline(d)
+	if _, err := d.dst.Write((*d.out.buf)[:d.out.n]); err != nil {
+		d.dst.broken = true
+		return &frames.WriteError{Err: err}
+	}
+	return nil
+}
+
 // limited asks the limiter about a new client message and, when it is
 // refused, ends the pair with the 429 frame and close 4008.
 func (pr *pair) limited() bool {
@@ -343,6 +472,8 @@ func (pr *pair) limited() bool {
 	if !pr.p.enforce(dec) {
 		return false
 	}
+	// The messages allowed before this one go first.
+	_ = pr.flush(&pr.fromClient)
 	pr.end(ending{
 		initiator:    metrics.InitiatorGate,
 		clientText:   limitBody(dec),
@@ -524,6 +655,7 @@ func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 		}
 		d.ctlCount++
 		if d.ctlCount > rule.Limit {
+			_ = pr.flush(d)
 			pr.end(ending{initiator: metrics.InitiatorGate,
 				clientCode: ws.StatusPolicyViolation, clientReason: "too many control frames",
 				upCode: ws.StatusGoingAway, upReason: "client error"})
@@ -532,6 +664,9 @@ func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 	}
 	if h.OpCode != ws.OpPong || h.Length != int64(len(gatePing)) || pr.p.cfg.PingInterval <= 0 {
 		return false, nil
+	}
+	if err := pr.flush(d); err != nil {
+		return false, err
 	}
 	var buf [ws.MaxControlFramePayloadSize]byte
 	p, err := d.s.ReadControl(&d.r, h, buf[:])

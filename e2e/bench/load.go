@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// dialTimeout bounds every connect plus handshake of the load clients.
+const dialTimeout = 10 * time.Second
+
+// signer makes HS256 tokens (RFC 7519) for the gate's --jwt-hmac-secret-file.
+type signer struct {
+	secret []byte
+	jti    atomic.Int64
+}
+
+// token returns a token for sub, valid for an hour, with a fresh jti so that no two are equal.
+func (s *signer) token(sub string) string {
+	now := time.Now().Unix()
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+	claims := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil,
+		`{"sub":%q,"iat":%d,"exp":%d,"jti":"%d"}`, sub, now, now+3600, s.jti.Add(1)))
+	m := hmac.New(sha256.New, s.secret)
+	m.Write([]byte(hdr + "." + claims))
+	return hdr + "." + claims + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// dialWS opens a WebSocket to addr with token as a Bearer credential. Every target gets the
+// header; nginx and HAProxy pass it on and the backend ignores it.
+func dialWS(ctx context.Context, addr, token string) (net.Conn, *bufio.Reader, error) {
+	d := ws.Dialer{
+		Timeout: dialTimeout,
+		Header:  ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
+	}
+	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/")
+	if err != nil {
+		return nil, nil, err
+	}
+	if br == nil {
+		br = bufio.NewReaderSize(conn, 4096)
+	}
+	return conn, br, nil
+}
+
+// wsConn is one load connection.
+type wsConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// dialMany opens n connections, conc at a time, each with its own subject.
+func dialMany(ctx context.Context, addr string, s *signer, n, conc int) ([]wsConn, error) {
+	conns := make([]wsConn, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, br, err := dialWS(ctx, addr, s.token("bench-"+strconv.Itoa(i)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			conns[i] = wsConn{c, br}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		closeAll(conns)
+		return nil, fmt.Errorf("dial %s: %w (%d of %d failed)", addr, err, len(errs)+1, n)
+	}
+	return conns, nil
+}
+
+func closeAll(conns []wsConn) {
+	for _, c := range conns {
+		if c.conn != nil {
+			c.conn.Close()
+		}
+	}
+}
+
+// s1Result is one repetition of S1 on one target.
+type s1Result struct {
+	rate        float64 // round trips per second
+	cpuPer1k    float64 // ms of proxy CPU per 1,000 round trips
+	redisPerMsg float64 // Redis requests per round trip; NaN without Redis
+	redis       redisCounts
+	fallbacks   float64 // decisions the gate took without Redis (--failure-mode) in the repetition
+}
+
+// runS1 keeps conns×inflight messages of size bytes in flight for d: each echo read is
+// answered by a new message on the same connection. Round trips are counted up to the end of
+// the window; the messages still in flight then are drained but not counted. CPU and Redis
+// counters are read at both ends of the window.
+func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int, d time.Duration) (s1Result, error) {
+	cs, err := dialMany(ctx, t.addr, s, conns, conns)
+	if err != nil {
+		return s1Result{}, err
+	}
+	defer closeAll(cs)
+	one := clientFrame(opText, bytes.Repeat([]byte{'m'}, size))
+
+	var pids []int
+	if t.proc != nil {
+		pids = tree(t.proc.pid())
+	}
+	cpu0 := cpuTicks(pids, false)
+	redis0, err := t.redisCalls()
+	if err != nil {
+		return s1Result{}, err
+	}
+	fb0, err := t.fallbacks()
+	if err != nil {
+		return s1Result{}, err
+	}
+	start := time.Now()
+	end := start.Add(d)
+	var total, echoed atomic.Int64
+	errs := make(chan error, len(cs))
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, all, err := s1Loop(c, one, inflight, end)
+			total.Add(n)
+			echoed.Add(all)
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	time.Sleep(time.Until(end))
+	cpu1 := cpuTicks(pids, false)
+	wg.Wait()
+	// Redis is read once every message sent has come back, so that requests and messages are
+	// counted over the same set: the messages still in flight at the end of the window were
+	// decided too.
+	redis1, rerr := t.redisCalls()
+	fb1, ferr := t.fallbacks()
+	close(errs)
+	if err := <-errs; err != nil {
+		return s1Result{}, fmt.Errorf("S1 on %s: %w", t.name, err)
+	}
+	if err := errors.Join(rerr, ferr); err != nil {
+		return s1Result{}, err
+	}
+	n := float64(total.Load())
+	if n == 0 {
+		return s1Result{}, fmt.Errorf("S1 on %s: no round trip completed", t.name)
+	}
+	r := s1Result{
+		rate:        n / d.Seconds(),
+		cpuPer1k:    float64(cpu1-cpu0) * 1000 / clockTicks / n * 1000,
+		redisPerMsg: nan,
+		fallbacks:   fb1 - fb0,
+	}
+	if t.redis != "" {
+		r.redis = redis1.sub(redis0)
+		r.redis.messages = echoed.Load()
+		r.redisPerMsg = float64(r.redis.total()) / float64(r.redis.messages)
+	}
+	return r, nil
+}
+
+// s1Loop runs one S1 connection and returns the round trips completed before end, and all
+// of them, the drained ones included.
+func s1Loop(c wsConn, one []byte, inflight int, end time.Time) (got, all int64, err error) {
+	// A proxy that stops answering fails the repetition instead of hanging the run.
+	_ = c.conn.SetDeadline(end.Add(10 * time.Second))
+	for range inflight {
+		if _, err := c.conn.Write(one); err != nil {
+			return 0, 0, err
+		}
+	}
+	var buf []byte
+	for pending := inflight; pending > 0; {
+		k, err := readEchoes(c.conn, c.br, &buf)
+		all += int64(k)
+		if err != nil {
+			return got, all, err
+		}
+		pending -= k
+		if time.Now().Before(end) {
+			got += int64(k)
+			// One write per message, as WebSocket clients send them; batching them here would
+			// favour proxies that relay bytes over ones that relay frames.
+			for range k {
+				if _, err := c.conn.Write(one); err != nil {
+					return got, all, err
+				}
+			}
+			pending += k
+		}
+	}
+	return got, all, nil
+}
+
+// s2Result is one repetition of S2 on one target.
+type s2Result struct{ p50, p99 float64 } // microseconds
+
+// runS2 sends one message at a time over one connection and times each round trip.
+func runS2(ctx context.Context, t *target, s *signer, size, rounds int) (s2Result, error) {
+	cs, err := dialMany(ctx, t.addr, s, 1, 1)
+	if err != nil {
+		return s2Result{}, err
+	}
+	defer closeAll(cs)
+	c := cs[0]
+	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+	one := clientFrame(opText, bytes.Repeat([]byte{'m'}, size))
+	const warm = 200
+	lat := make([]float64, 0, rounds)
+	var buf []byte
+	for i := range warm + rounds {
+		t0 := time.Now()
+		if _, err := c.conn.Write(one); err != nil {
+			return s2Result{}, fmt.Errorf("S2 on %s: %w", t.name, err)
+		}
+		for k := 0; k == 0; {
+			if k, err = readEchoes(c.conn, c.br, &buf); err != nil {
+				return s2Result{}, fmt.Errorf("S2 on %s: %w", t.name, err)
+			}
+		}
+		if i >= warm {
+			lat = append(lat, float64(time.Since(t0).Nanoseconds())/1e3)
+		}
+	}
+	return s2Result{p50: percentile(lat, 50), p99: percentile(lat, 99)}, nil
+}
+
+// runUpgrades opens and drops WebSockets from workers goroutines for d and returns handshakes
+// per second. fresh gives every handshake its own token (a full verification); otherwise each
+// worker reuses one token (the verifier's cache).
+func runUpgrades(ctx context.Context, t *target, s *signer, workers int, d time.Duration, fresh bool) (float64, error) {
+	end := time.Now().Add(d)
+	var ok atomic.Int64
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub := "upgrader-" + strconv.Itoa(w)
+			tok := s.token(sub)
+			for time.Now().Before(end) {
+				if fresh {
+					tok = s.token(sub)
+				}
+				c, _, err := dialWS(ctx, t.addr, tok)
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, fmt.Errorf("upgrades on %s: %w", t.name, err)
+	}
+	return float64(ok.Load()) / d.Seconds(), nil
+}
+
+// idleResult is the memory cost of idle connections through one proxy.
+type idleResult struct {
+	perConnKiB float64
+	before     int64 // KiB
+	after      int64 // KiB
+}
+
+// runIdle opens n WebSockets through t, waits until the backend holds all of them and the
+// proxy's RSS has settled, and returns the RSS growth per connection.
+func runIdle(ctx context.Context, t *target, s *signer, backendAddr string, n int) (idleResult, error) {
+	base, err := backendCount(backendAddr)
+	if err != nil {
+		return idleResult{}, err
+	}
+	before := rssKiB(tree(t.proc.pid()))
+	cs, err := dialMany(ctx, t.addr, s, n, 64)
+	if err != nil {
+		return idleResult{}, err
+	}
+	defer func() {
+		closeAll(cs)
+		// The next target starts once the backend has seen these go, bounded.
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if c, err := backendCount(backendAddr); err == nil && c <= base {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := backendCount(backendAddr)
+		if err == nil && c >= base+n {
+			break
+		}
+		if time.Now().After(deadline) {
+			return idleResult{}, fmt.Errorf("idle on %s: backend holds %d of %d connections after 30s", t.name, c-base, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Settled: two readings 1 s apart within 0.5 %, at most 20 s.
+	after := rssKiB(tree(t.proc.pid()))
+	for i := 0; i < 20; i++ {
+		time.Sleep(time.Second)
+		now := rssKiB(tree(t.proc.pid()))
+		settled := now-after < after/200 && after-now < after/200
+		after = now
+		if settled {
+			break
+		}
+	}
+	return idleResult{perConnKiB: float64(after-before) / float64(n), before: before, after: after}, nil
+}
+
+// percentile returns the p-th percentile of v (sorted in place), nearest rank.
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return nan
+	}
+	slices.Sort(v)
+	i := int(p/100*float64(len(v))+0.5) - 1
+	return v[max(0, min(i, len(v)-1))]
+}

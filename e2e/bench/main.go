@@ -1,0 +1,345 @@
+// Command bench is wsgate's load harness (issue 6): it puts the gate side by side with nginx and
+// HAProxy as WebSocket proxies in front of the same Go echo backend, on the same machine, in
+// the same run, and writes BENCHMARKS.md and BENCHMARKS.png at the repository root.
+//
+// Run it from the repository root, as root when nginx and HAProxy should be measured:
+//
+//	go run ./e2e/bench
+//
+// It builds the gate from the working tree, starts a backend (this binary with -backend), nginx,
+// HAProxy, redis-server and three gates (memory store, Redis exact, Redis lease), each on its
+// own loopback port, and measures, interleaved over -reps repetitions and reported as medians:
+//
+//   - S1: 50 connections × 16 messages in flight × 64 B, round trips per second;
+//   - S2: 1 connection × 1 message in flight × 64 B, p50/p99 round trip, and what each proxy
+//     adds over the direct-to-backend figure of the same repetition;
+//   - proxy CPU per 1,000 round trips during S1 (utime+stime of the proxy's processes);
+//   - Redis requests per round trip during S1, for the Redis gates;
+//   - handshakes per second with a JWT, a new token each time and one token reused;
+//
+// and once, before the repetitions, the RSS per idle proxied connection at 9,000 connections.
+// Every process it starts is killed when it ends, on error and on SIGINT/SIGTERM too.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+var nan = math.NaN()
+
+// config holds the harness's flags; the defaults are the issue's shapes.
+type config struct {
+	reps       int
+	s1Dur      time.Duration
+	s1Conns    int
+	s1Inflight int
+	size       int
+	s2Rounds   int
+	idleConns  int
+	upgDur     time.Duration
+	upgWorkers int
+	leaseSize  int
+	gateBin    string
+	out        string
+	chart      string
+	micro      string
+}
+
+func main() {
+	var cfg config
+	backend := flag.String("backend", "", "run only the echo backend on this address (used by the harness itself)")
+	flag.IntVar(&cfg.reps, "reps", 5, "repetitions of each measurement, interleaved across targets; figures are medians")
+	flag.DurationVar(&cfg.s1Dur, "s1-duration", 5*time.Second, "length of one S1 repetition")
+	flag.IntVar(&cfg.s1Conns, "s1-conns", 50, "S1 connections")
+	flag.IntVar(&cfg.s1Inflight, "s1-inflight", 16, "S1 messages in flight per connection")
+	flag.IntVar(&cfg.size, "size", 64, "message payload bytes (text frames)")
+	flag.IntVar(&cfg.s2Rounds, "s2-rounds", 3000, "S2 round trips timed per repetition")
+	flag.IntVar(&cfg.idleConns, "idle-conns", 9000, "idle connections for the RSS measurement; 0 skips it")
+	flag.DurationVar(&cfg.upgDur, "upgrade-duration", time.Second, "length of one handshake-rate repetition per token kind")
+	flag.IntVar(&cfg.upgWorkers, "upgrade-workers", 8, "concurrent handshakes")
+	flag.IntVar(&cfg.leaseSize, "lease-size", 1000, "--lease-size of the lease-mode gate, when the gate has that flag")
+	flag.StringVar(&cfg.gateBin, "gate-bin", "", "gate binary to measure; empty builds the working tree")
+	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "report file")
+	flag.StringVar(&cfg.chart, "chart", "BENCHMARKS.png", "chart image, next to the report")
+	flag.StringVar(&cfg.micro, "micro", "", "file with the micro-benchmark output to include in the report")
+	flag.Parse()
+
+	if *backend != "" {
+		if err := runBackend(*backend); err != nil {
+			fmt.Fprintln(os.Stderr, "backend:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// results holds every repetition's figures, by target key.
+type results struct {
+	s1       map[string][]s1Result
+	s2       map[string][]s2Result
+	added    map[string][]s2Result // proxy minus direct, same repetition
+	upgFresh map[string][]float64
+	upgSame  map[string][]float64
+	idle     map[string]idleResult
+	redisRTT []s2Result
+	errs     map[string][]string
+}
+
+func (r *results) fail(key string, err error) {
+	fmt.Fprintf(os.Stderr, "  %s: %v\n", key, err)
+	r.errs[key] = append(r.errs[key], err.Error())
+}
+
+func run(ctx context.Context, cfg config) (err error) {
+	started := time.Now()
+	if _, err := os.Stat("go.mod"); err != nil {
+		return errors.New("run from the repository root (go run ./e2e/bench)")
+	}
+	// The load generator holds 9,000 sockets; children inherit the raised limit (Go restores the
+	// original soft limit for children unless the program sets it itself).
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		if lim.Cur < uint64(cfg.idleConns)+1000 {
+			fmt.Fprintf(os.Stderr, "bench: open-files limit %d is below %d idle connections; lowering them\n", lim.Cur, cfg.idleConns)
+			cfg.idleConns = max(0, int(lim.Cur)-1000)
+		}
+	}
+	m := describeMachine()
+	others0 := othersTicks()
+
+	tmp, err := os.MkdirTemp("", "wsgate-bench-")
+	if err != nil {
+		return err
+	}
+	e := &env{tmp: tmp, ps: &procs{}}
+	defer func() {
+		e.ps.stopAll()
+		if err == nil {
+			os.RemoveAll(tmp)
+		} else {
+			err = fmt.Errorf("%w (logs kept in %s)", err, tmp)
+		}
+	}()
+
+	e.gateBin = cfg.gateBin
+	if e.gateBin == "" {
+		fmt.Fprintln(os.Stderr, "bench: building the gate (go build .)")
+		if err := e.buildGate(ctx); err != nil {
+			return err
+		}
+	}
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	e.secretFile = filepath.Join(tmp, "jwt-secret")
+	if err := os.WriteFile(e.secretFile, secret, 0o600); err != nil {
+		return err
+	}
+	s := &signer{secret: secret}
+
+	fmt.Fprintln(os.Stderr, "bench: starting backend, nginx, HAProxy, redis-server and the gates")
+	direct, err := e.startBackend()
+	if err != nil {
+		return err
+	}
+	if err := e.startRedis(); err != nil {
+		return err
+	}
+	e.probeLease(cfg.leaseSize)
+	targets := []*target{direct}
+	for _, start := range []func() (*target, error){
+		e.startNginx, e.startHAProxy,
+		func() (*target, error) { return e.startGate("memory") },
+		func() (*target, error) { return e.startGate("exact") },
+		func() (*target, error) { return e.startGate("lease") },
+	} {
+		t, err := start()
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	var live []*target
+	for _, t := range targets {
+		if t.skip == "" {
+			live = append(live, t)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: %s: %s\n", t.name, t.skip)
+		}
+	}
+
+	r := &results{
+		s1: map[string][]s1Result{}, s2: map[string][]s2Result{}, added: map[string][]s2Result{},
+		upgFresh: map[string][]float64{}, upgSame: map[string][]float64{},
+		idle: map[string]idleResult{}, errs: map[string][]string{},
+	}
+
+	fmt.Fprintln(os.Stderr, "bench: warm-up")
+	for _, t := range live {
+		if _, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, time.Second); err != nil {
+			r.fail(t.key, fmt.Errorf("warm-up: %w", err))
+		}
+		if _, err := runS2(ctx, t, s, cfg.size, 200); err != nil {
+			r.fail(t.key, fmt.Errorf("warm-up: %w", err))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	if cfg.idleConns > 0 {
+		for _, t := range live {
+			if !t.proxy {
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "bench: idle %d connections through %s\n", cfg.idleConns, t.name)
+			res, err := runIdle(ctx, t, s, e.backendAddr, cfg.idleConns)
+			if err != nil {
+				r.fail(t.key, err)
+				continue
+			}
+			r.idle[t.key] = res
+			fmt.Fprintf(os.Stderr, "  %s: %d KiB -> %d KiB, %.2f KiB per connection\n", t.name, res.before, res.after, res.perConnKiB)
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+
+	for rep := range cfg.reps {
+		// Each repetition starts at a different target so that none always follows another.
+		order := append(slices.Clone(live[rep%len(live):]), live[:rep%len(live)]...)
+		fmt.Fprintf(os.Stderr, "bench: repetition %d/%d\n", rep+1, cfg.reps)
+		if e.redisAddr != "" {
+			if rtt, err := evalshaRTT(e.redisAddr, 3000); err == nil {
+				r.redisRTT = append(r.redisRTT, rtt)
+			} else {
+				r.fail("redis", err)
+			}
+		}
+		s2 := map[string]s2Result{}
+		for _, t := range order {
+			res, err := runS2(ctx, t, s, cfg.size, cfg.s2Rounds)
+			if err != nil {
+				r.fail(t.key, err)
+				continue
+			}
+			s2[t.key] = res
+			r.s2[t.key] = append(r.s2[t.key], res)
+			fmt.Fprintf(os.Stderr, "  S2 %-16s p50 %6.1f us  p99 %6.1f us\n", t.name, res.p50, res.p99)
+		}
+		if d, ok := s2["direct"]; ok {
+			for k, v := range s2 {
+				if k != "direct" {
+					r.added[k] = append(r.added[k], s2Result{p50: v.p50 - d.p50, p99: v.p99 - d.p99})
+				}
+			}
+		}
+		for _, t := range order {
+			res, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur)
+			if err != nil {
+				r.fail(t.key, err)
+				continue
+			}
+			r.s1[t.key] = append(r.s1[t.key], res)
+			fmt.Fprintf(os.Stderr, "  S1 %-16s %8.0f rt/s  %6.2f ms CPU/1k", t.name, res.rate, res.cpuPer1k)
+			if !math.IsNaN(res.redisPerMsg) {
+				fmt.Fprintf(os.Stderr, "  %.4f Redis req/rt (take %d, block check %d, other %d; %.0f fallback decisions)",
+					res.redisPerMsg, res.redis.take, res.redis.check, res.redis.other, res.fallbacks)
+			}
+			fmt.Fprintln(os.Stderr)
+		}
+		for _, t := range order {
+			if !t.gate {
+				continue
+			}
+			for _, fresh := range []bool{true, false} {
+				rate, err := runUpgrades(ctx, t, s, cfg.upgWorkers, cfg.upgDur, fresh)
+				if err != nil {
+					r.fail(t.key, err)
+					continue
+				}
+				if fresh {
+					r.upgFresh[t.key] = append(r.upgFresh[t.key], rate)
+				} else {
+					r.upgSame[t.key] = append(r.upgSame[t.key], rate)
+				}
+			}
+			fmt.Fprintf(os.Stderr, "  handshakes %-16s new token %6.0f/s  same token %6.0f/s\n", t.name,
+				last(r.upgFresh[t.key]), last(r.upgSame[t.key]))
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+
+	// Whatever else ran on the machine meanwhile: CPU of every process outside this harness's
+	// tree, read before cleanup.
+	elapsed := time.Since(started)
+	m.otherCPU = float64(othersTicks()-others0) / clockTicks / (elapsed.Seconds() * float64(m.ncpu))
+	m.elapsed = elapsed
+
+	rep := buildReport(cfg, m, e, targets, r)
+	fmt.Println(rep.table)
+	if err := os.WriteFile(cfg.out, []byte(rep.markdown), 0o644); err != nil {
+		return err
+	}
+	if err := renderChart(cfg.chart, rep.chartHeading, rep.panels); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote %s and %s in %v\n", cfg.out, cfg.chart, elapsed.Round(time.Second))
+	if len(r.errs) > 0 {
+		var keys []string
+		for k := range r.errs {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		fmt.Fprintf(os.Stderr, "bench: some measurements failed (%s); see the report\n", strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+func last(v []float64) float64 {
+	if len(v) == 0 {
+		return nan
+	}
+	return v[len(v)-1]
+}
+
+// median ignores NaNs; NaN when nothing is left.
+func median(v []float64) float64 {
+	var w []float64
+	for _, x := range v {
+		if !math.IsNaN(x) {
+			w = append(w, x)
+		}
+	}
+	if len(w) == 0 {
+		return nan
+	}
+	slices.Sort(w)
+	if len(w)%2 == 1 {
+		return w[len(w)/2]
+	}
+	return (w[len(w)/2-1] + w[len(w)/2]) / 2
+}

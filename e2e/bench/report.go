@@ -1,0 +1,490 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// machine describes where the run happened.
+type machine struct {
+	date      time.Time
+	ncpu      int
+	cpuModel  string
+	kernel    string
+	goVersion string
+	nginx     string
+	haproxy   string
+	redis     string
+	otherCPU  float64
+	elapsed   time.Duration
+}
+
+func firstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil && len(out) == 0 {
+		return "not installed"
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}
+
+func describeMachine() machine {
+	m := machine{date: time.Now().UTC(), ncpu: runtime.NumCPU()}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpuModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.kernel = strings.TrimSpace(string(b))
+	}
+	m.goVersion = firstLine("go", "version")
+	for _, v := range []struct {
+		dst  *string
+		name string
+		arg  string
+	}{{&m.nginx, "nginx", "-v"}, {&m.haproxy, "haproxy", "-v"}, {&m.redis, "redis-server", "--version"}} {
+		*v.dst = "not installed"
+		if bin, err := lookPath(v.name); err == nil {
+			*v.dst = firstLine(bin, v.arg)
+		}
+	}
+	return m
+}
+
+// report is what buildReport produces.
+type report struct {
+	table        string // also printed
+	markdown     string
+	chartHeading string
+	panels       []panel
+}
+
+// row is one target's medians.
+type row struct {
+	t                  *target
+	s1, cpu, redisCmds float64
+	redisTake          float64 // EVAL/EVALSHA per round trip
+	redisCheck         float64 // EVAL_RO per round trip
+	redisOther         float64
+	fallbacks          []float64 // per S1 repetition
+	p50, p99           float64
+	add50, add99       float64
+	idle               float64
+	upgFresh, upgSame  float64
+}
+
+func medianOf[T any](v []T, f func(T) float64) float64 {
+	w := make([]float64, len(v))
+	for i, x := range v {
+		w[i] = f(x)
+	}
+	return median(w)
+}
+
+func fmtNum(v float64, prec int) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	s := strconv.FormatFloat(v, 'f', prec, 64)
+	// Thousands separators for the integer part of large figures.
+	intPart, frac, _ := strings.Cut(s, ".")
+	neg := strings.HasPrefix(intPart, "-")
+	intPart = strings.TrimPrefix(intPart, "-")
+	for i := len(intPart) - 3; i > 0; i -= 3 {
+		intPart = intPart[:i] + "," + intPart[i:]
+	}
+	if neg {
+		intPart = "-" + intPart
+	}
+	if frac != "" {
+		return intPart + "." + frac
+	}
+	return intPart
+}
+
+func ratio(v, ref float64) string {
+	if math.IsNaN(v) || math.IsNaN(ref) || ref <= 0 {
+		return "—"
+	}
+	return strconv.FormatFloat(v/ref, 'f', 2, 64) + "×"
+}
+
+func buildReport(cfg config, m machine, e *env, targets []*target, r *results) report {
+	rows := make([]row, len(targets))
+	byKey := map[string]*row{}
+	for i, t := range targets {
+		w := row{t: t, s1: nan, cpu: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, p50: nan, p99: nan, add50: nan, add99: nan, idle: nan, upgFresh: nan, upgSame: nan}
+		if t.skip == "" {
+			w.s1 = medianOf(r.s1[t.key], func(x s1Result) float64 { return x.rate })
+			w.p50 = medianOf(r.s2[t.key], func(x s2Result) float64 { return x.p50 })
+			w.p99 = medianOf(r.s2[t.key], func(x s2Result) float64 { return x.p99 })
+			if t.proxy {
+				w.cpu = medianOf(r.s1[t.key], func(x s1Result) float64 { return x.cpuPer1k })
+				w.add50 = medianOf(r.added[t.key], func(x s2Result) float64 { return x.p50 })
+				w.add99 = medianOf(r.added[t.key], func(x s2Result) float64 { return x.p99 })
+				if res, ok := r.idle[t.key]; ok {
+					w.idle = res.perConnKiB
+				}
+			}
+			if t.redis != "" {
+				w.redisCmds = medianOf(r.s1[t.key], func(x s1Result) float64 { return x.redisPerMsg })
+				perRT := func(f func(redisCounts) int64) float64 {
+					return medianOf(r.s1[t.key], func(x s1Result) float64 { return float64(f(x.redis)) / float64(x.redis.messages) })
+				}
+				w.redisTake = perRT(func(c redisCounts) int64 { return c.take })
+				w.redisCheck = perRT(func(c redisCounts) int64 { return c.check })
+				w.redisOther = perRT(func(c redisCounts) int64 { return c.other })
+				for _, x := range r.s1[t.key] {
+					w.fallbacks = append(w.fallbacks, x.fallbacks)
+				}
+			}
+			if t.gate {
+				w.upgFresh = median(r.upgFresh[t.key])
+				w.upgSame = median(r.upgSame[t.key])
+			}
+		}
+		rows[i] = w
+		byKey[t.key] = &rows[i]
+	}
+	ng := byKey["nginx"]
+	if ng == nil {
+		ng = &row{s1: nan, cpu: nan, add50: nan, add99: nan, idle: nan}
+	}
+
+	header := []string{"target", "S1 rt/s", "×nginx", "S2 p50 µs", "S2 p99 µs", "added p50 µs", "×nginx",
+		"added p99 µs", "×nginx", "CPU ms/1k rt", "×nginx", "KiB/idle conn", "×nginx", "Redis req/rt",
+		"JWT upgrades/s new token", "same token"}
+	var cells [][]string
+	for _, w := range rows {
+		name := w.t.name
+		if w.t.skip != "" {
+			cells = append(cells, []string{name, w.t.skip, "", "", "", "", "", "", "", "", "", "", "", "", "", ""})
+			continue
+		}
+		c := []string{name,
+			fmtNum(w.s1, 0), ratio(w.s1, ng.s1),
+			fmtNum(w.p50, 1), fmtNum(w.p99, 1),
+			dash(w.t.proxy, fmtNum(w.add50, 1)), dash(w.t.proxy, ratio(w.add50, ng.add50)),
+			dash(w.t.proxy, fmtNum(w.add99, 1)), dash(w.t.proxy, ratio(w.add99, ng.add99)),
+			dash(w.t.proxy, fmtNum(w.cpu, 2)), dash(w.t.proxy, ratio(w.cpu, ng.cpu)),
+			dash(w.t.proxy && cfg.idleConns > 0, fmtNum(w.idle, 2)), dash(w.t.proxy && cfg.idleConns > 0, ratio(w.idle, ng.idle)),
+			dash(w.t.redis != "", fmtNum(w.redisCmds, 4)),
+			dash(w.t.gate, fmtNum(w.upgFresh, 0)), dash(w.t.gate, fmtNum(w.upgSame, 0)),
+		}
+		cells = append(cells, c)
+	}
+	table := mdTable(header, cells)
+
+	rtt := s2Result{p50: medianOf(r.redisRTT, func(x s2Result) float64 { return x.p50 }),
+		p99: medianOf(r.redisRTT, func(x s2Result) float64 { return x.p99 })}
+	micro := ""
+	if cfg.micro != "" {
+		if b, err := os.ReadFile(cfg.micro); err == nil {
+			micro = string(b)
+		}
+	}
+
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# wsgate benchmarks\n\n")
+	p("Generated by `make bench` (`go run ./e2e/bench`) on %s in %v. Every figure below comes from that one run; ",
+		m.date.Format("2006-01-02 15:04 UTC"), m.elapsed.Round(time.Second))
+	p("ratios compare with nginx from the same run. Numbers from another machine, or another run, are not comparable.\n\n")
+	if m.otherCPU > 0.05 {
+		p("**This run shared the machine.** Processes other than the harness and what it started used about %.0f%% of the "+
+			"machine's CPU while it ran, so the absolute figures are noisy and lower than on an idle machine; the interleaving "+
+			"and the medians are there so that the comparisons still hold, but ratios within ±10%% should not be read as "+
+			"differences.\n\n", 100*m.otherCPU)
+	} else {
+		p("Processes other than the harness and what it started used about %.0f%% of the machine's CPU while it ran.\n\n",
+			100*max(0, m.otherCPU))
+	}
+
+	p("## Machine\n\n")
+	p("| | |\n| --- | --- |\n")
+	p("| CPUs (`nproc`) | %d |\n| CPU | %s |\n| kernel | %s |\n| Go | %s |\n| nginx | %s |\n| HAProxy | %s |\n| Redis | %s |\n\n",
+		m.ncpu, m.cpuModel, m.kernel, m.goVersion, m.nginx, m.haproxy, m.redis)
+	p("The load generator, the backend, the proxy under test and Redis share these %d CPUs, as a sidecar shares a pod.\n\n", m.ncpu)
+
+	p("## Commands\n\n")
+	p("```sh\nmake bench   # as root: apt-get installs nginx and haproxy when missing, then runs:\n")
+	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/\n")
+	p("go run ./e2e/bench -micro <that output>   # the load harness, this report\n```\n\n")
+	p("Harness settings: %d repetitions, interleaved (each repetition starts at the next target); S1 = %d connections × %d "+
+		"messages in flight × %d B for %v per repetition; S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
+		"per repetition after 200 untimed; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, once "+
+		"per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.size, cfg.s2Rounds,
+		cfg.upgWorkers, cfg.upgDur, cfg.idleConns)
+	p("The processes under test, each on its own loopback port (temp paths shortened to `$TMP`):\n\n```sh\n")
+	for _, t := range targets {
+		if len(t.argv) > 0 {
+			p("%s\n", shellJoin(e.tmp, t.argv))
+		}
+	}
+	if e.redisAddr != "" {
+		p("redis-server --port <port> --bind 127.0.0.1 --save '' --appendonly no\n")
+	}
+	p("```\n\n")
+	if e.nginxConf != "" {
+		p("<details><summary>nginx.conf</summary>\n\n```nginx\n%s```\n\n</details>\n\n", strings.ReplaceAll(e.nginxConf, e.tmp, "$TMP"))
+	}
+	if e.haproxyConf != "" {
+		p("<details><summary>haproxy.cfg</summary>\n\n```\n%s```\n\n</details>\n\n", e.haproxyConf)
+	}
+
+	p("## Results (medians of %d)\n\n", cfg.reps)
+	p("%s\n", table)
+	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
+	p("- **S2 p50/p99**: one message in flight on one connection. **added** = the target's figure minus the direct-to-backend figure of the same repetition (median of the per-repetition differences).\n")
+	p("- **CPU ms/1k rt**: user+system CPU of the proxy's processes (nginx: master and workers; the gate alone, not Redis) per 1,000 round trips during S1; a round trip is one message relayed each way. Read from `/proc/<pid>/stat` at both ends of each S1 window (10 ms ticks).\n")
+	p("- **KiB/idle conn**: (VmRSS with %d idle WebSockets open through the proxy − VmRSS before) / %d, summed over the proxy's processes, read once the backend held every connection and RSS had settled.\n", cfg.idleConns, cfg.idleConns)
+	p("- **Redis req/rt**: requests Redis served per round trip over an S1 repetition (from the first message to the last echo, the ones in flight at the end of the window included), counted from `INFO commandstats` as the calls of commands that only a client sends (EVAL/EVALSHA and their `_RO` forms, ZREM, PING), so a script counts once however many commands it runs. The targets below split the figure by kind. Both message rules (user and IP) are on.\n")
+	p("- **JWT upgrades/s**: WebSocket handshakes per second through the gate with an HS256 token in `Authorization: Bearer`, each connection dropped right after the 101 and replaced; *new token* signs a new token for every handshake (a full verification), *same token* reuses one per client (the verifier's cache). nginx and HAProxy verify nothing, so they have no figure.\n")
+	if !math.IsNaN(rtt.p50) {
+		p("- One EVALSHA round trip to this Redis (one-key INCR+PEXPIRE script, timed by the harness): p50 %s µs, p99 %s µs.\n", fmtNum(rtt.p50, 1), fmtNum(rtt.p99, 1))
+	}
+	p("\n![S1 throughput, S2 added latency, CPU and idle memory per target](%s)\n\n", filepath.Base(cfg.chart))
+
+	p("## Targets (issue 6)\n\n")
+	p("| target | figure from this run | |\n| --- | --- | --- |\n")
+	for _, line := range targetLines(byKey, rtt, micro) {
+		p("| %s | %s | %s |\n", line[0], line[1], line[2])
+	}
+	p("\n")
+
+	p("## How the gates were run, and what that costs them\n\n")
+	p("- All three gates verify a JWT at each handshake (`--jwt-hmac-secret-file`) and apply all four rules (`--user-rate 100000000/10s --ip-rate 100000000/10s --user-conn-rate 1000000/1m --ip-conn-rate 1000000/1m`): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n")
+	p("- Every other gate flag is at its default, notably `--ping-interval 30s` (the gate pings clients; the load clients answer, nginx and HAProxy send nothing), `--log-level info` (one log line per closed connection, to a file; nginx has `access_log off`, HAProxy no `log`), `--max-message-bytes 1MiB`, `--control-frame-rate 50/1s`, and text frames are UTF-8-checked (the messages are ASCII text frames).\n")
+	if e.leaseArgs != nil {
+		p("- Lease mode runs with `%s`: with a limit of 10⁸ a slice of N/10 would never go back to Redis during the run, so a smaller slice keeps Redis in the measurement.\n", strings.Join(e.leaseArgs, " "))
+	} else {
+		p("- Lease mode: not measured; %s.\n", e.leaseNote)
+	}
+	p("- nginx runs 2 worker processes and HAProxy 2 threads, as the configs above show; the gate uses both CPUs (GOMAXPROCS defaults to 2 here).\n")
+	if len(r.errs) > 0 {
+		p("\n## Failed measurements\n\n")
+		for _, t := range append(targets, &target{key: "redis", name: "redis"}) {
+			for _, msg := range r.errs[t.key] {
+				p("- %s: %s\n", t.name, strings.ReplaceAll(msg, "\n", " "))
+			}
+		}
+	}
+	if micro != "" {
+		p("\n## Micro-benchmarks\n\n```\n%s```\n", micro)
+	}
+
+	return report{
+		table:        table,
+		markdown:     b.String(),
+		chartHeading: fmt.Sprintf("wsgate vs nginx vs HAProxy - medians of %d - %s - %d CPUs", cfg.reps, m.date.Format("2006-01-02"), m.ncpu),
+		panels:       chartPanels(rows),
+	}
+}
+
+func dash(ok bool, s string) string {
+	if !ok {
+		return "—"
+	}
+	return s
+}
+
+// shellJoin quotes argv for a shell and shortens the temp dir.
+func shellJoin(tmp string, argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		a = strings.ReplaceAll(a, tmp, "$TMP")
+		if a == "" || strings.ContainsAny(a, " ;'\"$*?") && !strings.HasPrefix(a, "$TMP") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+// mdTable renders a Markdown table padded so that it also reads aligned in a terminal.
+func mdTable(header []string, rows [][]string) string {
+	width := make([]int, len(header))
+	for i, h := range header {
+		width[i] = len([]rune(h))
+	}
+	for _, r := range rows {
+		for i, c := range r {
+			if i == 1 && r[2] == "" {
+				continue // a skipped row's reason may run long
+			}
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	line := func(cells []string) string {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range cells {
+			pad := width[i] - len([]rune(c))
+			if i == 0 {
+				b.WriteString(" " + c + strings.Repeat(" ", max(0, pad)) + " |")
+			} else {
+				b.WriteString(" " + strings.Repeat(" ", max(0, pad)) + c + " |")
+			}
+		}
+		return b.String() + "\n"
+	}
+	var b strings.Builder
+	b.WriteString(line(header))
+	b.WriteString("|")
+	for i, w := range width {
+		if i == 0 {
+			b.WriteString(" " + strings.Repeat("-", w) + " |")
+		} else {
+			b.WriteString(" " + strings.Repeat("-", w-1) + ": |")
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range rows {
+		b.WriteString(line(r))
+	}
+	return b.String()
+}
+
+// verdict is "met", "not met" or "not measured".
+func verdict(ok bool, measured bool) string {
+	switch {
+	case !measured:
+		return "not measured"
+	case ok:
+		return "**met**"
+	default:
+		return "**not met**"
+	}
+}
+
+func has(v ...float64) bool {
+	for _, x := range v {
+		if math.IsNaN(x) {
+			return false
+		}
+	}
+	return true
+}
+
+// targetLines checks the issue's targets against this run's medians.
+func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string {
+	get := func(k string) *row {
+		if w := byKey[k]; w != nil && w.t.skip == "" {
+			return w
+		}
+		return &row{s1: nan, add50: nan, add99: nan, idle: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, t: &target{}}
+	}
+	ng, hp := get("nginx"), get("haproxy")
+	var out [][3]string
+	for _, g := range []struct {
+		key, name string
+		s1Min     float64
+	}{{"gate-memory", "memory store", 1.0}, {"gate-lease", "lease mode", 1.0}, {"gate-exact", "exact mode", 0.7}} {
+		w := get(g.key)
+		v := w.s1 / ng.s1
+		out = append(out, [3]string{fmt.Sprintf("S1 throughput, %s ≥ %.1f× nginx", g.name, g.s1Min),
+			fmt.Sprintf("%s rt/s vs %s = %s", fmtNum(w.s1, 0), fmtNum(ng.s1, 0), ratio(w.s1, ng.s1)),
+			verdict(v >= g.s1Min, has(v))})
+	}
+	for _, k := range []string{"gate-memory", "gate-lease"} {
+		w := get(k)
+		name := strings.TrimPrefix(k, "gate-")
+		out = append(out, [3]string{
+			fmt.Sprintf("S2, %s: added p50 ≤ nginx's, added p99 ≤ HAProxy's", name),
+			fmt.Sprintf("p50 +%s vs +%s µs; p99 +%s vs +%s µs", fmtNum(w.add50, 1), fmtNum(ng.add50, 1), fmtNum(w.add99, 1), fmtNum(hp.add99, 1)),
+			verdict(w.add50 <= ng.add50 && w.add99 <= hp.add99, has(w.add50, ng.add50, w.add99, hp.add99))})
+	}
+	ex := get("gate-exact")
+	out = append(out, [3]string{
+		"S2, exact: added ≤ nginx's + one Redis round trip (p50 and p99)",
+		fmt.Sprintf("p50 +%s vs +%s + %s µs; p99 +%s vs +%s + %s µs", fmtNum(ex.add50, 1), fmtNum(ng.add50, 1), fmtNum(rtt.p50, 1),
+			fmtNum(ex.add99, 1), fmtNum(ng.add99, 1), fmtNum(rtt.p99, 1)),
+		verdict(ex.add50 <= ng.add50+rtt.p50 && ex.add99 <= ng.add99+rtt.p99, has(ex.add50, ng.add50, rtt.p50, ex.add99, ng.add99))})
+	split := func(w *row) string {
+		s := fmt.Sprintf("%s requests per round trip: %s EVAL/EVALSHA (decisions), %s EVAL_RO (block checks missing the client-side cache), %s other",
+			fmtNum(w.redisCmds, 4), fmtNum(w.redisTake, 4), fmtNum(w.redisCheck, 4), fmtNum(w.redisOther, 4))
+		if len(w.fallbacks) > 0 {
+			fb := make([]string, len(w.fallbacks))
+			for i, f := range w.fallbacks {
+				fb[i] = fmtNum(f, 0)
+			}
+			s += "; decisions taken without Redis (`holo_ws_limiter_fallback_total`, Redis slower than `--redis-timeout` 50ms) per repetition: " + strings.Join(fb, ", ")
+		}
+		return s
+	}
+	out = append(out, [3]string{"Redis round trips per message, exact ≤ 1 (both rules)",
+		split(ex), verdict(ex.redisCmds <= 1, has(ex.redisCmds))})
+	ls := get("gate-lease")
+	out = append(out, [3]string{"Redis round trips per message, lease ≤ 0.05",
+		split(ls), verdict(ls.redisCmds <= 0.05, has(ls.redisCmds))})
+	blocked := "the load harness sends nothing over a limit"
+	if m := regexp.MustCompile(`BenchmarkRedisMessage/blocked\S*\s+\d+\s+([\d.]+) ns/op`).FindStringSubmatch(micro); m != nil {
+		blocked = fmt.Sprintf("micro-benchmark `BenchmarkRedisMessage/blocked`: %s ns per decision, far under one Redis round trip (%s µs), so it makes none", m[1], fmtNum(rtt.p50, 1))
+	}
+	out = append(out, [3]string{"Redis round trips for a blocked key = 0", blocked, "not measured here"})
+	for _, k := range []string{"gate-memory", "gate-exact", "gate-lease"} {
+		w := get(k)
+		stretch := ""
+		if w.idle <= 2 {
+			stretch = " (stretch ≤ 2 KiB met too)"
+		}
+		out = append(out, [3]string{fmt.Sprintf("Idle memory ≤ 4 KiB per connection at 9,000, %s", strings.TrimPrefix(k, "gate-")),
+			fmt.Sprintf("%s KiB (nginx %s, HAProxy %s)%s", fmtNum(w.idle, 2), fmtNum(ng.idle, 2), fmtNum(hp.idle, 2), stretch),
+			verdict(w.idle <= 4, has(w.idle))})
+	}
+	allocs := "no micro-benchmark output"
+	relayOK, relaySeen := true, false
+	for _, m := range regexp.MustCompile(`(BenchmarkRelay\S*)\s.*?\s(\d+) allocs/op`).FindAllStringSubmatch(micro, -1) {
+		relaySeen = true
+		if m[2] != "0" {
+			relayOK = false
+		}
+	}
+	if relaySeen {
+		allocs = "`BenchmarkRelay*` allocs/op in the micro-benchmarks below; the `testing.AllocsPerRun` test runs in `make test`"
+	}
+	out = append(out, [3]string{"Zero allocations per relayed frame", allocs, verdict(relayOK, relaySeen)})
+	out = append(out, [3]string{"One write call per frame per side", "not observable from outside the process; not measured by the harness", "not measured"})
+	return out
+}
+
+// chartPanels turns the medians into the chart's four panels.
+func chartPanels(rows []row) []panel {
+	label := func(t *target) string {
+		return strings.TrimSuffix(strings.ReplaceAll(t.name, "wsgate ", "gate "), " (backend)")
+	}
+	s1 := panel{title: "S1 round trips/s (higher is better)"}
+	lat := panel{title: "S2 added latency, us (lower is better)", legend: "dark: p50   light: p99"}
+	cpu := panel{title: "CPU ms per 1000 round trips (lower is better)"}
+	mem := panel{title: "KiB RSS per idle connection (lower is better)"}
+	for _, w := range rows {
+		if w.t.skip != "" {
+			continue
+		}
+		l := label(w.t)
+		s1.bars = append(s1.bars, bar{key: w.t.key, label: l, vals: []float64{w.s1}, texts: []string{fmtNum(w.s1, 0)}})
+		if !w.t.proxy {
+			continue
+		}
+		lat.bars = append(lat.bars, bar{key: w.t.key, label: l, vals: []float64{w.add50, w.add99},
+			texts: []string{fmtNum(w.add50, 1), fmtNum(w.add99, 1)}})
+		cpu.bars = append(cpu.bars, bar{key: w.t.key, label: l, vals: []float64{w.cpu}, texts: []string{fmtNum(w.cpu, 2)}})
+		mem.bars = append(mem.bars, bar{key: w.t.key, label: l, vals: []float64{w.idle}, texts: []string{fmtNum(w.idle, 2)}})
+	}
+	return []panel{s1, lat, cpu, mem}
+}

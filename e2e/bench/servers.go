@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// startLimit bounds each server's start.
+const startLimit = 20 * time.Second
+
+// target is one thing the load clients talk to: the backend itself or a proxy in front of it.
+type target struct {
+	key   string // short name used in flags and file names
+	name  string // row label
+	addr  string // host:port the clients dial
+	proc  *proc  // nil when the row is skipped
+	proxy bool   // false for the direct-to-backend row
+	gate  bool
+	redis string   // address of the Redis the gate uses; "" for none
+	admin string   // the gate's admin address (/metrics); "" for others
+	argv  []string // command line, for BENCHMARKS.md
+	skip  string   // why the row has no figures; "" when it runs
+}
+
+// redisCalls returns the requests Redis has served so far, or zeros for a target without Redis.
+func (t *target) redisCalls() (redisCounts, error) {
+	if t.redis == "" {
+		return redisCounts{}, nil
+	}
+	return commandCalls(t.redis)
+}
+
+// env is what startAll sets up: the run's temp dir, the processes and the shared pieces.
+type env struct {
+	tmp         string
+	ps          *procs
+	backendAddr string
+	redisAddr   string
+	secretFile  string
+	gateBin     string
+	leaseArgs   []string // nil when the gate refuses --limit-mode lease
+	leaseNote   string
+	nginxConf   string
+	haproxyConf string
+}
+
+// startBackend re-executes the harness binary in -backend mode.
+func (e *env) startBackend() (*target, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	e.backendAddr = "127.0.0.1:" + strconv.Itoa(port)
+	argv := []string{self, "-backend", e.backendAddr}
+	p, err := e.ps.start("backend", filepath.Join(e.tmp, "backend.log"), argv)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(p, e.backendAddr, startLimit); err != nil {
+		return nil, err
+	}
+	return &target{key: "direct", name: "direct (backend)", addr: e.backendAddr, proc: p,
+		argv: []string{"go", "run", "./e2e/bench", "-backend", e.backendAddr}}, nil
+}
+
+// nginxConfig is a WebSocket reverse proxy as the nginx documentation describes one
+// (https://nginx.org/en/docs/http/websocket.html), 2 workers, access log off.
+const nginxConfig = `worker_processes 2;
+worker_rlimit_nofile 20000;
+error_log {{dir}}/error.log warn;
+pid {{dir}}/nginx.pid;
+
+events {
+    worker_connections 20000;
+}
+
+http {
+    access_log off;
+    client_body_temp_path {{dir}}/client_body;
+    proxy_temp_path {{dir}}/proxy;
+    fastcgi_temp_path {{dir}}/fastcgi;
+    uwsgi_temp_path {{dir}}/uwsgi;
+    scgi_temp_path {{dir}}/scgi;
+
+    server {
+        listen {{listen}};
+        location / {
+            proxy_pass http://{{backend}};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+}
+`
+
+// haproxyConfig is HAProxy in HTTP mode with 2 threads; "timeout tunnel" governs a connection
+// once it has been upgraded. maxconn is the most a 20,000-file limit allows: HAProxy 2.6
+// refuses to start with maxconn 20000 unless it may open 2×maxconn+17 = 40,017 files.
+const haproxyConfig = `global
+    nbthread 2
+    maxconn 9990
+
+defaults
+    mode http
+    maxconn 9990
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 1h
+
+frontend ws
+    bind {{listen}}
+    default_backend echo
+
+backend echo
+    server echo1 {{backend}}
+`
+
+func fill(tmpl string, kv ...string) string {
+	for i := 0; i+1 < len(kv); i += 2 {
+		tmpl = strings.ReplaceAll(tmpl, "{{"+kv[i]+"}}", kv[i+1])
+	}
+	return tmpl
+}
+
+func (e *env) startNginx() (*target, error) {
+	t := &target{key: "nginx", name: "nginx", proxy: true}
+	bin, err := lookPath("nginx")
+	if err != nil {
+		t.skip = "nginx not installed"
+		return t, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	t.addr = "127.0.0.1:" + strconv.Itoa(port)
+	dir := filepath.Join(e.tmp, "nginx")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	e.nginxConf = fill(nginxConfig, "dir", dir, "listen", t.addr, "backend", e.backendAddr)
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(e.nginxConf), 0o644); err != nil {
+		return nil, err
+	}
+	t.argv = []string{bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf, "-g", "daemon off;"}
+	if t.proc, err = e.ps.start("nginx", filepath.Join(dir, "stdout.log"), t.argv); err != nil {
+		return nil, err
+	}
+	return t, waitTCP(t.proc, t.addr, startLimit)
+}
+
+func (e *env) startHAProxy() (*target, error) {
+	t := &target{key: "haproxy", name: "HAProxy", proxy: true}
+	bin, err := lookPath("haproxy")
+	if err != nil {
+		t.skip = "haproxy not installed"
+		return t, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	t.addr = "127.0.0.1:" + strconv.Itoa(port)
+	e.haproxyConf = fill(haproxyConfig, "listen", t.addr, "backend", e.backendAddr)
+	conf := filepath.Join(e.tmp, "haproxy.cfg")
+	if err := os.WriteFile(conf, []byte(e.haproxyConf), 0o644); err != nil {
+		return nil, err
+	}
+	t.argv = []string{bin, "-f", conf, "-db"}
+	if t.proc, err = e.ps.start("haproxy", filepath.Join(e.tmp, "haproxy.log"), t.argv); err != nil {
+		return nil, err
+	}
+	return t, waitTCP(t.proc, t.addr, startLimit)
+}
+
+// lookPath finds a server binary on PATH or in the sbin directories, which a non-root PATH
+// often lacks.
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found", name)
+}
+
+// startRedis starts a redis-server without persistence; it does nothing when redis-server is
+// missing, and the Redis gates are then skipped.
+func (e *env) startRedis() error {
+	bin, err := lookPath("redis-server")
+	if err != nil {
+		return nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	dir := filepath.Join(e.tmp, "redis")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	argv := []string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "no", "--dir", dir}
+	p, err := e.ps.start("redis-server", filepath.Join(e.tmp, "redis.log"), argv)
+	if err != nil {
+		return err
+	}
+	if err := waitTCP(p, addr, startLimit); err != nil {
+		return err
+	}
+	e.redisAddr = addr
+	return nil
+}
+
+// buildGate builds the working tree's gate into the temp dir.
+func (e *env) buildGate(ctx context.Context) error {
+	e.gateBin = filepath.Join(e.tmp, "wsgate")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", e.gateBin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build -o %s . failed (pass -gate-bin to use a built gate): %w\n%s", e.gateBin, err, out)
+	}
+	return nil
+}
+
+// gateLimits are on, and far above anything the harness sends.
+var gateLimits = []string{
+	"--user-rate", "100000000/10s", "--ip-rate", "100000000/10s",
+	"--user-conn-rate", "1000000/1m", "--ip-conn-rate", "1000000/1m",
+}
+
+// probeLease asks the gate whether it knows --limit-mode lease (another change adds it).
+func (e *env) probeLease(leaseSize int) {
+	help, _ := exec.Command(e.gateBin, "--help").CombinedOutput()
+	args := []string{"--limit-mode", "lease"}
+	if strings.Contains(string(help), "--lease-size") {
+		args = append(args, "--lease-size", strconv.Itoa(leaseSize))
+	}
+	redisURL := "redis://127.0.0.1:6379"
+	if e.redisAddr != "" {
+		redisURL = "redis://" + e.redisAddr
+	}
+	check := append([]string{"check-config", "--upstream", "http://127.0.0.1:1", "--redis-url", redisURL}, args...)
+	out, err := exec.Command(e.gateBin, check...).CombinedOutput()
+	if err != nil {
+		e.leaseNote = "the gate refused `" + strings.Join(args, " ") + "`"
+		if s := strings.TrimSpace(string(out)); s != "" {
+			e.leaseNote += ": " + s
+		}
+		return
+	}
+	e.leaseArgs = args
+}
+
+// startGate starts one gate; mode is "memory", "exact" or "lease".
+func (e *env) startGate(mode string) (*target, error) {
+	t := &target{key: "gate-" + mode, name: "wsgate " + mode, proxy: true, gate: true}
+	switch {
+	case mode != "memory" && e.redisAddr == "":
+		t.skip = "n/a (redis-server not installed)"
+		return t, nil
+	case mode == "lease" && e.leaseArgs == nil:
+		t.skip = "n/a (lease mode not built)"
+		return t, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	t.addr = "127.0.0.1:" + strconv.Itoa(port)
+	adminAddr := "127.0.0.1:" + strconv.Itoa(admin)
+	t.admin = adminAddr
+	t.argv = []string{e.gateBin, "--listen", t.addr, "--admin-listen", adminAddr,
+		"--upstream", "http://" + e.backendAddr, "--jwt-hmac-secret-file", e.secretFile}
+	t.argv = append(t.argv, gateLimits...)
+	switch mode {
+	case "exact":
+		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-exact", "--limit-mode", "exact")
+		t.redis = e.redisAddr
+	case "lease":
+		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-lease")
+		t.argv = append(t.argv, e.leaseArgs...)
+		t.redis = e.redisAddr
+	}
+	if t.proc, err = e.ps.start(t.key, filepath.Join(e.tmp, t.key+".log"), t.argv); err != nil {
+		return nil, err
+	}
+	if err := waitTCP(t.proc, t.addr, startLimit); err != nil {
+		return nil, err
+	}
+	return t, waitReady(t.proc, "http://"+adminAddr+"/readyz")
+}
+
+// fallbacks returns the gate's holo_ws_limiter_fallback_total: decisions taken by
+// --failure-mode because Redis failed or answered after --redis-timeout. 0 for other targets.
+func (t *target) fallbacks() (float64, error) {
+	if t.admin == "" {
+		return 0, nil
+	}
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + t.admin + "/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("%s metrics: %w", t.name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("%s metrics: %w", t.name, err)
+	}
+	var sum float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "holo_ws_limiter_fallback_total"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				n, _ := strconv.ParseFloat(f[len(f)-1], 64)
+				sum += n
+			}
+		}
+	}
+	return sum, nil
+}
+
+func waitReady(p *proc, url string) error {
+	c := http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(startLimit)
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if p.exited() || time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready at %s: %s", p.name, url, p.logTail(2000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
