@@ -1,0 +1,58 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// TestDemoBurst runs `wsgate demo` as a newcomer would and does what the
+// page's "Send burst" button does: 150 messages on /ws. The demo runs the
+// defaults (100 per 10 s on the memory store), so the echoes stop at 100
+// and the 101st gets the 429 JSON and close 4008.
+func TestDemoBurst(t *testing.T) {
+	t.Parallel()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	p := startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", "text"))
+	waitFor(t, "the demo page", func() bool {
+		if p.exited() {
+			t.Fatalf("wsgate demo exited:\n%s", p.out.String())
+		}
+		res, err := httpClient.Get("http://" + listen + "/")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		page, _ := io.ReadAll(res.Body)
+		return res.StatusCode == http.StatusOK && strings.Contains(string(page), "Send burst")
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+listen+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	res := burst(c, msgs("burst", 150))
+	if len(res.echoes) > 100 {
+		t.Fatalf("%d echoes, want at most 100", len(res.echoes))
+	}
+	if res.refused == nil {
+		t.Fatalf("no 429 after 150 messages (%d echoes, close %d)", len(res.echoes), res.close.Code)
+	}
+	parseRefusal(t, res.refused, "user")
+	if res.close.Code != 4008 || res.close.Reason != "Rate limit" {
+		t.Fatalf("close %d %q, want 4008 \"Rate limit\"", res.close.Code, res.close.Reason)
+	}
+}
