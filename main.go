@@ -246,6 +246,10 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		shutdownDelay: c.Duration("shutdown-delay"),
 		shutdownGrace: c.Duration("shutdown-grace"),
 	}
+	if demoMode && !c.IsSet("shutdown-delay") {
+		// Nothing routes traffic to the demo: Ctrl-C should stop it now.
+		cfg.shutdownDelay = 0
+	}
 	bad := func(flag string, err error) (*config, error) { return nil, &flagError{flag, err} }
 	for _, name := range []string{"listen", "admin-listen"} {
 		if _, _, err := net.SplitHostPort(c.String(name)); err != nil {
