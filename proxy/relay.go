@@ -17,20 +17,22 @@ import (
 )
 
 // pair is one proxied connection: the client's and the upstream's. Each
-// direction runs one goroutine; whichever finds the first fault decides how
-// the pair ends (end), and both then drain their source until the peer's
-// close frame so that a close frame is never lost to a TCP reset.
+// direction is run by a goroutine while it has bytes to relay and parks in
+// the poller when it has none (park.go); whichever direction finds the
+// first fault decides how the pair ends (end), and both then drain their
+// source until the peer's close frame so that a close frame is never lost
+// to a TCP reset.
 type pair struct {
 	p        *Proxy
 	client   peerConn
 	upstream peerConn
 
-	fromClient   direction // client → upstream, run by the handler's goroutine
+	fromClient   direction // client → upstream
 	fromUpstream direction // upstream → client
 
 	live      atomic.Int32 // directions not finished yet
 	ended     atomic.Bool
-	mu        sync.Mutex // guards initiator and the timers
+	mu        sync.Mutex // guards initiator
 	initiator string
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame either way
 	lastPing  atomic.Int64 // unix nanoseconds of the last frame from the client
@@ -184,78 +186,6 @@ func (pr *pair) serve(d *direction, woke bool) {
 	}
 }
 
-// wake hands a parked direction to a new goroutine; it does nothing to a
-// direction that runs already.
-func (pr *pair) wake(d *direction) {
-	if d.state.CompareAndSwap(parked, running) {
-		go pr.serve(d, true)
-	}
-}
-
-// parkAfter is how long a direction that has just relayed a frame waits
-// for the next one on the runtime's poller before it parks: a busy
-// connection keeps its goroutine and the lowest latency (a wake through
-// the poller costs tens of microseconds), a quiet one gives it up.
-const parkAfter = 2 * time.Second
-
-// idleWait runs when d may wait for its next frame. A direction that has
-// relayed a frame since it last waited blocks in the runtime's poller for
-// up to parkAfter; one that stays quiet, or has never relayed anything,
-// parks. It reports whether d was parked.
-func (pr *pair) idleWait(d *direction) (bool, error) {
-	if !pr.mayPark(d) {
-		return false, nil
-	}
-	if d.active {
-		d.active = false
-		_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
-		err := d.r.Wait()
-		// end or a passing close frame may have set a deadline meanwhile;
-		// keep it bounded rather than clear it.
-		if pr.ended.Load() || pr.closing.Load() {
-			_ = d.src.SetReadDeadline(time.Now().Add(pr.p.cfg.CloseTimeout))
-		} else {
-			_ = d.src.SetReadDeadline(time.Time{})
-		}
-		if err == nil {
-			return false, nil
-		}
-		if !isTimeout(err) {
-			return false, err
-		}
-		if !pr.mayPark(d) {
-			// The wait was cut by parkAfter, but the pair is closing now:
-			// Next waits under the deadline restored above.
-			return false, nil
-		}
-	}
-	return pr.park(d), nil
-}
-
-// mayPark reports whether d could be handed to the poller now.
-func (pr *pair) mayPark(d *direction) bool {
-	return pr.p.poller() != nil && d.fd >= 0 && d.r.Buffered() == 0 && !d.timed && !d.s.InMessage() &&
-		!pr.closing.Load() && !pr.ended.Load()
-}
-
-// park gives d to the poller when it has nothing buffered and nothing
-// pending: no open message (MessageTimeout's deadline needs a reader), no
-// close handshake under way. It reports whether d was handed over, after
-// which the calling goroutine must leave d alone.
-func (pr *pair) park(d *direction) bool {
-	if !pr.mayPark(d) {
-		return false
-	}
-	pl := pr.p.poller()
-	d.r.Release()
-	d.state.Store(parked)
-	if pl.park(d) == nil {
-		return true
-	}
-	// Not parked; unless a wake claimed d meanwhile, keep serving it.
-	return !d.state.CompareAndSwap(parked, running)
-}
-
 // stop handles the end of direction d's relay: after a close frame passed,
 // the other side gets CloseTimeout to answer; after a fault, the pair ends.
 func (pr *pair) stop(d *direction, err error) {
@@ -406,63 +336,6 @@ func (pr *pair) forward(d *direction, h ws.Header) error {
 		d.dst.closeCode = c.Code
 	}
 	return err
-}
-
-// writeDeadline bounds a write to a client that does not read: it holds
-// this direction (the upstream is not read meanwhile) for at most
-// WriteTimeout. Called with d.dst's lock held.
-func (pr *pair) writeDeadline(d *direction) {
-	if t := pr.p.cfg.WriteTimeout; t > 0 && !d.client {
-		_ = d.dst.SetWriteDeadline(time.Now().Add(t))
-	}
-}
-
-// batchSize bounds the frames one batch holds.
-const batchSize = frames.BufferSize
-
-var batchPool = sync.Pool{New: func() any { b := make([]byte, batchSize); return &b }}
-
-// batch collects whole frames for one side while more input is already
-// buffered. It borrows a pooled buffer only while frames are pending.
-type batch struct {
-	buf *[]byte
-	n   int
-}
-
-// Write appends p, which forward has checked fits.
-func (b *batch) Write(p []byte) (int, error) {
-	if b.buf == nil {
-		b.buf = batchPool.Get().(*[]byte)
-	}
-	b.n += copy((*b.buf)[b.n:], p)
-	return len(p), nil
-}
-
-func (b *batch) release() {
-	if b.buf != nil {
-		batchPool.Put(b.buf)
-		b.buf, b.n = nil, 0
-	}
-}
-
-// flush writes d's pending frames, if any, with one write call. Frames for
-// a side the gate has closed meanwhile are dropped.
-func (pr *pair) flush(d *direction) error {
-	if d.out.n == 0 {
-		return nil
-	}
-	defer d.out.release()
-	d.dst.acquire(time.Time{})
-	defer d.dst.release()
-	if d.dst.closeSent || d.dst.broken {
-		return nil
-	}
-	pr.writeDeadline(d)
-	if _, err := d.dst.Write((*d.out.buf)[:d.out.n]); err != nil {
-		d.dst.broken = true
-		return &frames.WriteError{Err: err}
-	}
-	return nil
 }
 
 // limited asks the limiter about a new client message and, when it is
