@@ -34,7 +34,7 @@ fuzz:
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		if grep -qs "func $$name(" $$pkg/*_test.go; then \
 			echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x $$pkg; \
 		fi; \
 	done
 
