@@ -64,7 +64,7 @@ func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h htt
 	protocols, marker = p.prepareUpstream(h, &u, c)
 	for _, f := range h["Connection"] {
 		for _, name := range strings.Split(f, ",") {
-			if name = textproto(name); name != "" {
+			if name = headerName(name); name != "" {
 				h.Del(name)
 			}
 		}
@@ -76,7 +76,8 @@ func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h htt
 	return p.upstreamURL(&u), h, protocols, marker
 }
 
-func textproto(s string) string { return http.CanonicalHeaderKey(strings.TrimSpace(s)) }
+// headerName canonicalizes one entry of a Connection header.
+func headerName(s string) string { return http.CanonicalHeaderKey(strings.TrimSpace(s)) }
 
 // setForwarded sets X-Forwarded-For (appended to when the peer is a trusted
 // proxy, replaced otherwise), X-Forwarded-Proto and X-Forwarded-Host (kept
