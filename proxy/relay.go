@@ -281,7 +281,6 @@ func (pr *pair) relay(d *direction, woke bool) error {
 		}
 		d.r.Release()
 		if errors.Is(err, errCloseInMessage) {
-			pr.setInitiator(d)
 			return nil
 		}
 		if err != nil {
@@ -295,7 +294,6 @@ func (pr *pair) relay(d *direction, woke bool) error {
 			}
 		}
 		if h.OpCode == ws.OpClose {
-			pr.setInitiator(d)
 			return nil
 		}
 	}
@@ -303,6 +301,11 @@ func (pr *pair) relay(d *direction, woke bool) error {
 
 // forward writes one frame under the destination's lock.
 func (pr *pair) forward(d *direction, h ws.Header) error {
+	if h.OpCode == ws.OpClose {
+		// Before the frame leaves: the peer's answer can come back on the
+		// other direction before this one would get to it afterwards.
+		pr.setInitiator(d)
+	}
 	// A small frame whose payload is already here joins the batch while
 	// more input is buffered: a burst of frames costs one write call.
 	if h.OpCode != ws.OpClose && int64(d.r.Buffered()) >= h.Length && h.Length+ws.MaxHeaderSize <= int64(batchSize-d.out.n) {
