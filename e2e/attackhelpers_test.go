@@ -40,12 +40,13 @@ func atkHostPort(g *Gate) string { return strings.TrimPrefix(g.URL, "ws://") }
 // atkBackend is the upstream of the attack tests: a coder/websocket server that counts every
 // request it gets and can misbehave on purpose. Paths:
 //
-//	/stream?size=N     sends binary messages of N bytes as fast as the gate takes them, forever
+//	/stream?size=N     sends binary frames of N bytes as fast as the gate takes them, forever
 //	/hang              takes the upgrade request and never answers it
 //	/reset             answers 101, sends tick-0 … tick-2, waits for one client frame, then resets
 //	                   the TCP connection (RST) between frames
-//	/reset-mid-frame   answers 101, sends tick-0, waits for one client frame, then sends the
-//	                   first 10 bytes of a 1000-byte frame and resets
+//	/reset-mid-frame?len=N&sent=M
+//	                   answers 101, sends tick-0, waits for one client frame, then sends the
+//	                   header and first M payload bytes of an N-byte binary frame and resets
 //	anything else      echoes every message with its type
 //
 // refuse closes its listener, so new connections are refused while established ones live on.
@@ -53,7 +54,10 @@ type atkBackend struct {
 	URL string // http://127.0.0.1:port
 
 	requests atomic.Int64 // every HTTP request that reached the backend
-	streamed atomic.Int64 // payload bytes whose write /stream completed
+	streamed atomic.Int64 // bytes of frames /stream handed to the kernel
+
+	// streamCloseAt is when /stream last received a close frame (unix nanoseconds).
+	streamCloseAt atomic.Int64
 
 	// closes receives, per ended /echo or /stream connection, the close frame the backend got
 	// from the gate, or a CloseError with Code -1 when the connection ended without one.
@@ -127,16 +131,16 @@ func (b *atkBackend) serve(w http.ResponseWriter, r *http.Request) {
 		b.serveReset(w, r)
 		return
 	}
+	if r.URL.Path == "/stream" {
+		b.serveStream(w, r)
+		return
+	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return
 	}
 	defer c.CloseNow()
 	c.SetReadLimit(64 << 20)
-	if r.URL.Path == "/stream" {
-		b.serveStream(c, r)
-		return
-	}
 	for {
 		typ, p, err := c.Read(b.ctx)
 		if err != nil {
@@ -150,30 +154,55 @@ func (b *atkBackend) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveStream writes size-byte binary messages until a write fails; a reader records the close
-// frame the gate sends meanwhile.
-func (b *atkBackend) serveStream(c *websocket.Conn, r *http.Request) {
+// serveStream answers the upgrade by hand and writes size-byte binary frames until a write
+// fails, counting what the kernel took in streamed; a reader records the close frame the gate
+// sends meanwhile, and when, in streamCloseAt. Raw frames, not coder/websocket: its reader would
+// wait for the blocked writer before reporting the close.
+func (b *atkBackend) serveStream(w http.ResponseWriter, r *http.Request) {
 	size, _ := strconv.Atoi(r.URL.Query().Get("size"))
 	if size <= 0 {
 		size = 64 << 10
 	}
-	ctx, cancel := context.WithCancel(b.ctx)
-	defer cancel()
+	accept := atkAcceptKey(r.Header.Get("Sec-WebSocket-Key"))
+	nc := b.hijack(w)
+	if nc == nil {
+		return
+	}
+	defer nc.Close()
+	if _, err := fmt.Fprintf(nc, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept); err != nil {
+		return
+	}
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
-		_, _, err := c.Read(ctx)
-		b.recordClose(err)
-		cancel()
+		rc := &rawConn{Conn: nc, br: bufio.NewReader(nc)}
+		for {
+			f, err := rc.readFrame()
+			if err != nil {
+				b.recordClose(err)
+				_ = nc.Close()
+				return
+			}
+			if f.opcode == 0x8 {
+				b.streamCloseAt.Store(time.Now().UnixNano())
+				ce := websocket.CloseError{Code: websocket.StatusNoStatusRcvd}
+				if len(f.payload) >= 2 {
+					ce = websocket.CloseError{Code: websocket.StatusCode(int(f.payload[0])<<8 | int(f.payload[1])), Reason: string(f.payload[2:])}
+				}
+				b.recordClose(ce)
+				return
+			}
+		}
 	}()
-	msg := bytes.Repeat([]byte{'s'}, size)
-	for ctx.Err() == nil {
-		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+	msg := atkFrame(0x82, false, bytes.Repeat([]byte{'s'}, size))
+	for b.ctx.Err() == nil {
+		n, err := nc.Write(msg)
+		b.streamed.Add(int64(n))
+		if err != nil {
 			break
 		}
-		b.streamed.Add(int64(size))
 	}
-	c.CloseNow()
+	_ = nc.Close()
 	<-read
 }
 
@@ -204,7 +233,10 @@ func (b *atkBackend) serveReset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Path == "/reset-mid-frame" {
-		partial := atkFrame(0x81, false, bytes.Repeat([]byte{'m'}, 1000))[:4+10]
+		length, _ := strconv.Atoi(r.URL.Query().Get("len"))
+		sent, _ := strconv.Atoi(r.URL.Query().Get("sent"))
+		whole := atkFrame(0x82, false, bytes.Repeat([]byte{'m'}, length))
+		partial := whole[:len(whole)-length+sent]
 		if _, err := nc.Write(partial); err != nil {
 			return
 		}
@@ -342,8 +374,9 @@ func atkHealthy(t *testing.T, g *Gate, neighbour *websocket.Conn, what string, f
 }
 
 // atkEchoLoop echoes on c until stop is closed and returns how many echoes succeeded and the
-// first error; it paces itself a little so it competes with the attack without starving it.
-func atkEchoLoop(c *websocket.Conn, stop <-chan struct{}) (ok int, err error) {
+// first error; echoed counts the successes as they happen. It paces itself a little so it
+// competes with the attack without starving it.
+func atkEchoLoop(c *websocket.Conn, stop <-chan struct{}, echoed *atomic.Int64) (ok int, err error) {
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
@@ -354,6 +387,7 @@ func atkEchoLoop(c *websocket.Conn, stop <-chan struct{}) (ok int, err error) {
 			return ok, err
 		}
 		ok++
+		echoed.Add(1)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
