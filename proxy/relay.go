@@ -391,6 +391,9 @@ func (pr *pair) classify(d *direction, err error) ending {
 	case errors.As(err, &ce):
 		return ending{initiator: metrics.InitiatorUpstream, clientCode: frames.StatusBadGateway, clientReason: "upstream protocol error",
 			upCode: ws.StatusProtocolError, upReason: ce.Reason}
+	case errors.As(err, &we) && isTimeout(we.Err):
+		// --write-timeout: the client stopped reading.
+		return ending{initiator: metrics.InitiatorGate, upCode: ws.StatusGoingAway, upReason: "client too slow"}
 	case errors.As(err, &we):
 		return ending{initiator: metrics.InitiatorClient, upCode: ws.StatusGoingAway, upReason: "client went away"}
 	default:
@@ -417,9 +420,15 @@ func (pr *pair) end(e ending) {
 	_ = pr.upstream.SetWriteDeadline(deadline)
 	if e.clientCode != 0 {
 		pr.client.sendClose(e.clientText, e.clientCode, e.clientReason, deadline)
+	} else {
+		// The client is gone (or too slow to take a close frame): nothing
+		// will answer, so there is nothing to wait for.
+		_ = pr.client.Close()
 	}
 	if e.upCode != 0 {
 		pr.upstream.sendClose(nil, e.upCode, e.upReason, deadline)
+	} else {
+		_ = pr.upstream.Close()
 	}
 	_ = pr.client.SetReadDeadline(deadline)
 	_ = pr.upstream.SetReadDeadline(deadline)
