@@ -14,7 +14,10 @@ import (
 
 // BenchmarkIdlePair reports the Go heap held by an idle proxied connection
 // (client and upstream sockets, parked), measured after a GC: the part of
-// the per-connection RSS the gate controls.
+// the per-connection RSS the gate controls. The in-process backend and
+// clients count too; to leave the backend out, run one elsewhere and name
+// it in WSGATE_IDLE_UPSTREAM (http://host:port). WSGATE_IDLE_HEAPPROFILE
+// names a file for a heap profile taken at the measurement.
 func BenchmarkIdlePair(b *testing.B) {
 	const n = 1000
 	up := os.Getenv("WSGATE_IDLE_UPSTREAM")
