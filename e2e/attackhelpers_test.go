@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -61,7 +60,7 @@ type atkBackend struct {
 
 	// closes receives, per ended /echo or /stream connection, the close frame the backend got
 	// from the gate, or a CloseError with Code -1 when the connection ended without one.
-	closes chan websocket.CloseError
+	closes closeLog
 
 	ln       net.Listener
 	srv      *http.Server
@@ -80,7 +79,7 @@ func newAtkBackend(t *testing.T) *atkBackend {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &atkBackend{
 		URL:    "http://" + ln.Addr().String(),
-		closes: make(chan websocket.CloseError, 256),
+		closes: newCloseLog(),
 		ln:     ln,
 		ctx:    ctx,
 	}
@@ -260,27 +259,12 @@ func (b *atkBackend) hijack(w http.ResponseWriter) net.Conn {
 	return nc
 }
 
-func (b *atkBackend) recordClose(err error) {
-	var ce websocket.CloseError
-	if !errors.As(err, &ce) {
-		ce = websocket.CloseError{Code: -1, Reason: err.Error()}
-	}
-	select {
-	case b.closes <- ce:
-	default:
-	}
-}
+func (b *atkBackend) recordClose(err error) { b.closes.record(err) }
 
 // nextClose returns the next close the backend recorded, waiting at most waitLimit.
 func (b *atkBackend) nextClose(t testing.TB) websocket.CloseError {
 	t.Helper()
-	select {
-	case ce := <-b.closes:
-		return ce
-	case <-time.After(waitLimit):
-		t.Fatalf("the attack backend saw no connection end within %v", waitLimit)
-		return websocket.CloseError{}
-	}
+	return b.closes.next(t, "the attack backend")
 }
 
 // atkAcceptKey is Sec-WebSocket-Accept for key (RFC 6455 section 4.2.2).

@@ -286,7 +286,7 @@ type goBackend struct {
 
 	// closes receives, per ended connection, the close frame the backend got from the gate, or
 	// a CloseError with Code -1 when the connection ended without one.
-	closes chan websocket.CloseError
+	closes closeLog
 }
 
 // startGoBackend starts a goBackend and returns its http:// base URL.
@@ -297,13 +297,21 @@ func startGoBackend(t testing.TB) (baseURL string) {
 
 func newGoBackend(t testing.TB) *goBackend {
 	t.Helper()
-	b := &goBackend{closes: make(chan websocket.CloseError, 256)}
+	b := &goBackend{closes: newCloseLog()}
+	b.URL = serveBackend(t, "go backend", b.serve).URL
+	return b
+}
+
+// serveBackend runs a test backend on loopback. Its handlers get a context
+// that is cancelled at cleanup, and cleanup waits for them to return.
+func serveBackend(t testing.TB, name string, serve func(ctx context.Context, w http.ResponseWriter, r *http.Request)) *httptest.Server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var handlers sync.WaitGroup
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		handlers.Add(1)
 		defer handlers.Done()
-		b.serve(ctx, w, r)
+		serve(ctx, w, r)
 	}))
 	t.Cleanup(func() {
 		cancel()
@@ -314,11 +322,39 @@ func newGoBackend(t testing.TB) *goBackend {
 		select {
 		case <-done:
 		case <-time.After(waitLimit):
-			t.Errorf("go backend handlers did not return within %v", waitLimit)
+			t.Errorf("%s handlers did not return within %v", name, waitLimit)
 		}
 	})
-	b.URL = srv.URL
-	return b
+	return srv
+}
+
+// closeLog records, for each connection a test backend saw end, the close
+// frame it got (Code -1 when the connection ended without one).
+type closeLog chan websocket.CloseError
+
+func newCloseLog() closeLog { return make(closeLog, 1024) }
+
+func (l closeLog) record(err error) {
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) {
+		ce = websocket.CloseError{Code: -1, Reason: err.Error()}
+	}
+	select {
+	case l <- ce:
+	default:
+	}
+}
+
+// next returns the next recorded close, waiting at most waitLimit.
+func (l closeLog) next(t testing.TB, who string) websocket.CloseError {
+	t.Helper()
+	select {
+	case ce := <-l:
+		return ce
+	case <-time.After(waitLimit):
+		t.Fatalf("%s saw no connection end within %v", who, waitLimit)
+		return websocket.CloseError{}
+	}
 }
 
 func (b *goBackend) serve(ctx context.Context, w http.ResponseWriter, r *http.Request) {
@@ -413,27 +449,12 @@ func (b *goBackend) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 }
 
-func (b *goBackend) recordClose(err error) {
-	var ce websocket.CloseError
-	if !errors.As(err, &ce) {
-		ce = websocket.CloseError{Code: -1, Reason: err.Error()}
-	}
-	select {
-	case b.closes <- ce:
-	default:
-	}
-}
+func (b *goBackend) recordClose(err error) { b.closes.record(err) }
 
 // nextClose returns the next close the backend recorded, waiting at most waitLimit.
 func (b *goBackend) nextClose(t testing.TB) websocket.CloseError {
 	t.Helper()
-	select {
-	case ce := <-b.closes:
-		return ce
-	case <-time.After(waitLimit):
-		t.Fatalf("the go backend saw no connection end within %v", waitLimit)
-		return websocket.CloseError{}
-	}
+	return b.closes.next(t, "the go backend")
 }
 
 // Gate is one running wsgate process.

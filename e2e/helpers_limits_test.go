@@ -26,13 +26,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -52,32 +50,13 @@ type recordingBackend struct {
 
 	// closes receives, per ended connection, the close frame the backend got from the gate, or a
 	// CloseError with Code -1 when the connection ended without one.
-	closes chan websocket.CloseError
+	closes closeLog
 }
 
 func newRecordingBackend(t testing.TB) *recordingBackend {
 	t.Helper()
-	b := &recordingBackend{closes: make(chan websocket.CloseError, 1024)}
-	ctx, cancel := context.WithCancel(context.Background())
-	var handlers sync.WaitGroup
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		handlers.Add(1)
-		defer handlers.Done()
-		b.serve(ctx, w, r)
-	}))
-	t.Cleanup(func() {
-		cancel()
-		srv.CloseClientConnections()
-		srv.Close()
-		done := make(chan struct{})
-		go func() { handlers.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(waitLimit):
-			t.Errorf("recording backend handlers did not return within %v", waitLimit)
-		}
-	})
-	b.URL = srv.URL
+	b := &recordingBackend{closes: newCloseLog()}
+	b.URL = serveBackend(t, "recording backend", b.serve).URL
 	return b
 }
 
@@ -100,14 +79,7 @@ func (b *recordingBackend) serve(ctx context.Context, w http.ResponseWriter, r *
 	for {
 		typ, p, err := c.Read(ctx)
 		if err != nil {
-			var ce websocket.CloseError
-			if !errors.As(err, &ce) {
-				ce = websocket.CloseError{Code: -1, Reason: err.Error()}
-			}
-			select {
-			case b.closes <- ce:
-			default:
-			}
+			b.closes.record(err)
 			return
 		}
 		b.msgs.Add(1)
@@ -120,13 +92,7 @@ func (b *recordingBackend) serve(ctx context.Context, w http.ResponseWriter, r *
 // nextClose returns the next close the backend recorded, waiting at most waitLimit.
 func (b *recordingBackend) nextClose(t testing.TB) websocket.CloseError {
 	t.Helper()
-	select {
-	case ce := <-b.closes:
-		return ce
-	case <-time.After(waitLimit):
-		t.Fatalf("the recording backend saw no connection end within %v", waitLimit)
-		return websocket.CloseError{}
-	}
+	return b.closes.next(t, "the recording backend")
 }
 
 // loopbackClient returns an HTTP client whose connections leave from the loopback address ip
