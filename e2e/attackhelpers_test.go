@@ -193,7 +193,7 @@ func (b *atkBackend) serveStream(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	msg := atkFrame(0x82, false, bytes.Repeat([]byte{'s'}, size))
+	msg := encodeRawFrame(0x82, false, bytes.Repeat([]byte{'s'}, size))
 	for b.ctx.Err() == nil {
 		n, err := nc.Write(msg)
 		b.streamed.Add(int64(n))
@@ -221,7 +221,7 @@ func (b *atkBackend) serveReset(w http.ResponseWriter, r *http.Request) {
 		ticks = 1
 	}
 	for i := range ticks {
-		out.Write(atkFrame(0x81, false, []byte("tick-"+strconv.Itoa(i))))
+		out.Write(encodeRawFrame(0x81, false, []byte("tick-"+strconv.Itoa(i))))
 	}
 	if _, err := nc.Write(out.Bytes()); err != nil {
 		return
@@ -234,7 +234,7 @@ func (b *atkBackend) serveReset(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/reset-mid-frame" {
 		length, _ := strconv.Atoi(r.URL.Query().Get("len"))
 		sent, _ := strconv.Atoi(r.URL.Query().Get("sent"))
-		whole := atkFrame(0x82, false, bytes.Repeat([]byte{'m'}, length))
+		whole := encodeRawFrame(0x82, false, bytes.Repeat([]byte{'m'}, length))
 		partial := whole[:len(whole)-length+sent]
 		if _, err := nc.Write(partial); err != nil {
 			return
@@ -271,38 +271,6 @@ func (b *atkBackend) nextClose(t testing.TB) websocket.CloseError {
 func atkAcceptKey(key string) string {
 	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return base64.StdEncoding.EncodeToString(h[:])
-}
-
-// atkFrame encodes one frame whose first byte (FIN, RSV, opcode) is first; masked frames use a
-// fixed key, as the harness's writeRawFrame does.
-func atkFrame(first byte, masked bool, payload []byte) []byte {
-	var b bytes.Buffer
-	b.WriteByte(first)
-	var maskBit byte
-	if masked {
-		maskBit = 0x80
-	}
-	switch n := len(payload); {
-	case n < 126:
-		b.WriteByte(maskBit | byte(n))
-	case n <= 0xffff:
-		b.Write([]byte{maskBit | 126, byte(n >> 8), byte(n)})
-	default:
-		b.WriteByte(maskBit | 127)
-		for i := 7; i >= 0; i-- {
-			b.WriteByte(byte(uint64(n) >> (8 * i)))
-		}
-	}
-	if !masked {
-		b.Write(payload)
-		return b.Bytes()
-	}
-	mask := [4]byte{0x9a, 0x0b, 0x3c, 0x4d}
-	b.Write(mask[:])
-	for i, p := range payload {
-		b.WriteByte(p ^ mask[i%4])
-	}
-	return b.Bytes()
 }
 
 // atkEcho sends msg on c and fails unless the same text comes back.

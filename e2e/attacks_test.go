@@ -293,7 +293,7 @@ func TestAttackPingFlood(t *testing.T) {
 	waitFor(t, "the neighbour's first echo", func() bool { return echoed.Load() > 0 })
 	var flood bytes.Buffer
 	for i := range 200 {
-		flood.Write(atkFrame(0x89, true, []byte("flood-"+strconv.Itoa(i))))
+		flood.Write(encodeRawFrame(0x89, true, []byte("flood-"+strconv.Itoa(i))))
 	}
 	if _, err := rc.Write(flood.Bytes()); err != nil {
 		t.Logf("writing the flood: %v (the gate may have closed first)", err)

@@ -686,28 +686,34 @@ func runSIOClient(t testing.TB, url string) []map[string]any {
 
 func runNode(t testing.TB, script string, args ...string) []map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join(backendDir, script)}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.WaitDelay = 2 * time.Second
-	err := cmd.Run()
+	stdout, stderr, err := execNode(script, args, 20*time.Second)
 	var events []map[string]any
-	for _, line := range strings.Split(stdout.String(), "\n") {
+	for _, line := range strings.Split(stdout, "\n") {
 		if strings.TrimSpace(line) == "" {
 			continue
 		}
 		var ev map[string]any
 		if jerr := json.Unmarshal([]byte(line), &ev); jerr != nil {
-			t.Fatalf("%s printed a line that is not JSON: %q\nstderr: %s", script, line, stderr.String())
+			t.Fatalf("%s printed a line that is not JSON: %q\nstderr: %s", script, line, stderr)
 		}
 		events = append(events, ev)
 	}
 	if err != nil {
-		t.Errorf("%s %v: %v\nstdout: %s\nstderr: %s", script, args, err, stdout.String(), stderr.String())
+		t.Errorf("%s %v: %v\nstdout: %s\nstderr: %s", script, args, err, stdout, stderr)
 	}
 	return events
+}
+
+// execNode runs a script of e2e/backend with node, bounded by timeout.
+func execNode(script string, args []string, timeout time.Duration) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join(backendDir, script)}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd.WaitDelay = 2 * time.Second
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
 }
 
 // eventsWith returns the events that have the key.
@@ -862,6 +868,13 @@ func (c *rawConn) writeFrame(fin bool, opcode byte, payload []byte) error {
 // writeRawFrame writes a frame whose first byte (FIN, RSV1-3, opcode) is first, masked or not,
 // so tests can send frames that break the protocol.
 func (c *rawConn) writeRawFrame(first byte, masked bool, payload []byte) error {
+	_, err := c.Write(encodeRawFrame(first, masked, payload))
+	return err
+}
+
+// encodeRawFrame encodes one frame whose first byte (FIN, RSV1-3, opcode) is first, with the
+// shortest length form; a masked frame uses a fixed key.
+func encodeRawFrame(first byte, masked bool, payload []byte) []byte {
 	var b bytes.Buffer
 	b.WriteByte(first)
 	var maskBit byte
@@ -881,15 +894,14 @@ func (c *rawConn) writeRawFrame(first byte, masked bool, payload []byte) error {
 	}
 	if !masked {
 		b.Write(payload)
-	} else {
-		mask := [4]byte{0x12, 0x34, 0x56, 0x78}
-		b.Write(mask[:])
-		for i, p := range payload {
-			b.WriteByte(p ^ mask[i%4])
-		}
+		return b.Bytes()
 	}
-	_, err := c.Write(b.Bytes())
-	return err
+	mask := [4]byte{0x12, 0x34, 0x56, 0x78}
+	b.Write(mask[:])
+	for i, p := range payload {
+		b.WriteByte(p ^ mask[i%4])
+	}
+	return b.Bytes()
 }
 
 // readCloseCode reads frames until a close frame and returns its code (1005 when it has none),

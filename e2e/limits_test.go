@@ -9,15 +9,11 @@ package e2e
 // TestLimitDefaultsRedis.
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -447,16 +443,10 @@ func TestLimitSocketIOClient(t *testing.T) {
 // lines whatever the exit status.
 func runNodeAllowFailure(t testing.TB, script string, args ...string) []map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join(backendDir, script)}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.WaitDelay = 2 * time.Second
-	err := cmd.Run()
-	t.Logf("%s %v: %v\nstdout: %s\nstderr: %s", script, args, err, stdout.String(), tail(stderr.String(), 2000))
+	stdout, stderr, err := execNode(script, args, 30*time.Second)
+	t.Logf("%s %v: %v\nstdout: %s\nstderr: %s", script, args, err, stdout, tail(stderr, 2000))
 	var events []map[string]any
-	for _, line := range strings.Split(stdout.String(), "\n") {
+	for _, line := range strings.Split(stdout, "\n") {
 		var ev map[string]any
 		if json.Unmarshal([]byte(line), &ev) == nil {
 			events = append(events, ev)
