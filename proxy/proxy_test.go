@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
@@ -615,4 +616,65 @@ func TestAnswerProtocol(t *testing.T) {
 			t.Errorf("answerProtocol(%q) = %q, want %q", tt.offered, got, tt.want)
 		}
 	}
+}
+
+// TestReusedDescriptorStaysPolled: a pair whose client vanished lets go of
+// the client's socket while its upstream still owes a close frame; a new
+// connection accepted meanwhile gets the same descriptor number and parks
+// in the poller. When the first pair finishes it must not take the new
+// connection's socket out of the poller, or the new connection's next
+// message is never relayed.
+func TestReusedDescriptorStaysPolled(t *testing.T) {
+	mux := http.NewServeMux()
+	hold := make(chan struct{})
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		// Accepts and never reads: the gate's close frame goes unanswered
+		// until CloseTimeout.
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		<-hold
+	})
+	echo := backend(t)
+	mux.Handle("/", httputil.NewSingleHostReverseProxy(mustURL(t, echo.URL)))
+	up := httptest.NewServer(mux)
+	t.Cleanup(up.Close)
+	t.Cleanup(func() { close(hold) })
+	g := newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 500 * time.Millisecond })
+
+	for round := range 3 {
+		a, _ := rawClient(t, g, "/hold")
+		waitFor(t, func() bool { return testutil.ToFloat64(g.m.ConnectionsActive) == 1 })
+		a.Close() // the client vanishes: the gate lets go of its socket at once
+		time.Sleep(50 * time.Millisecond)
+		b, br := rawClient(t, g, "/echo")
+		// The first pair finishes (its upstream never answers the close).
+		waitFor(t, func() bool { return testutil.ToFloat64(g.m.ConnectionsActive) == 1 })
+		time.Sleep(50 * time.Millisecond)
+		if _, err := b.Write(maskedFrame(true, 1, []byte("still here"))); err != nil {
+			t.Fatal(err)
+		}
+		_ = b.SetReadDeadline(time.Now().Add(3 * time.Second))
+		var h [2]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			t.Fatalf("round %d: no echo after the other pair finished: %v", round, err)
+		}
+		p := make([]byte, h[1]&0x7f)
+		if _, err := io.ReadFull(br, p); err != nil || string(p) != "still here" {
+			t.Fatalf("round %d: echo %q, %v", round, p, err)
+		}
+		b.Close()
+		waitFor(t, func() bool { return testutil.ToFloat64(g.m.ConnectionsActive) == 0 })
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

@@ -423,17 +423,36 @@ func (pr *pair) end(e ending) {
 	} else {
 		// The client is gone (or too slow to take a close frame): nothing
 		// will answer, so there is nothing to wait for.
-		_ = pr.client.Close()
+		pr.client.hangUp()
 	}
 	if e.upCode != 0 {
 		pr.upstream.sendClose(nil, e.upCode, e.upReason, deadline)
 	} else {
-		_ = pr.upstream.Close()
+		pr.upstream.hangUp()
 	}
 	_ = pr.client.SetReadDeadline(deadline)
 	_ = pr.upstream.SetReadDeadline(deadline)
 	pr.wake(&pr.fromClient)
 	pr.wake(&pr.fromUpstream)
+}
+
+// hangUp ends c at once: the peer sees the connection end, and reads and
+// writes on it fail. A socket is shut down rather than closed, so that its
+// descriptor number stays taken until finish has taken it out of the
+// poller: closed earlier, the number could be handed to a new connection
+// whose parked socket finish would then unregister instead.
+func (c *peerConn) hangUp() {
+	if s, ok := c.Conn.(interface {
+		CloseRead() error
+		CloseWrite() error
+	}); ok {
+		_ = s.CloseWrite()
+		_ = s.CloseRead()
+		return
+	}
+	// Not a socket the poller can hold (connFd needs syscall.Conn, which
+	// these wrappers do not have).
+	_ = c.Conn.Close()
 }
 
 func (c *peerConn) sendClose(text []byte, code ws.StatusCode, reason string, deadline time.Time) {
@@ -444,7 +463,7 @@ func (c *peerConn) sendClose(text []byte, code ws.StatusCode, reason string, dea
 	if c.broken {
 		// A frame was cut short: no close frame can follow it, and the
 		// peer's answer would never come. End the connection now.
-		_ = c.Conn.Close()
+		c.hangUp()
 		return
 	}
 	if c.closeSent {
