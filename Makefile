@@ -23,11 +23,12 @@ build:
 demo: build
 	./$(BIN) demo --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text
 
-## test: everything CI runs: vet, unit tests with -race, a few seconds of fuzzing per target, end-to-end tests.
+## test: everything CI runs: vet, unit tests with -race (and the allocation tests without it), a few seconds of fuzzing per target, end-to-end tests.
 test: deps e2e-deps lint unit fuzz e2e chart-test
 
 unit:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -count=1 -run 'Allocate' ./frames/
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -472,6 +475,66 @@ func TestRelayDoesNotAllocate(t *testing.T) {
 	relayOne()
 	if n := testing.AllocsPerRun(1000, relayOne); n != 0 {
 		t.Fatalf("relaying a frame allocates %v times, want 0", n)
+	}
+}
+
+// TestSocketRelayDoesNotAllocate relays frames read from a TCP socket,
+// where the Reader waits for readiness before it takes a buffer.
+func TestSocketRelayDoesNotAllocate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	in := raw{fin: true, op: 1, masked: true, payload: bytes.Repeat([]byte("x"), 128)}.bytes()
+	s := &Stream{MaxMessageBytes: 1 << 20}
+	r := NewReader(c)
+	if r.raw == nil {
+		t.Fatal("a TCP connection is not read directly")
+	}
+	relayOne := func() {
+		if _, err := w.Write(in); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		h, err := s.Next(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Forward(io.Discard, r, h); err != nil {
+			t.Fatal(err)
+		}
+		r.Release()
+		if r.big != nil {
+			t.Fatal("a buffer is held between frames")
+		}
+	}
+	relayOne()
+	if n := testing.AllocsPerRun(1000, relayOne); n != 0 && !raceEnabled {
+		t.Fatalf("relaying a frame from a socket allocates %v times, want 0", n)
+	}
+	// EOF and deadlines come through the direct reads.
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if err := r.Wait(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Wait past the deadline: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	w.Close()
+	if err := r.Wait(); err != io.EOF {
+		t.Fatalf("Wait after the peer closed: %v, want EOF", err)
 	}
 }
 

@@ -1,9 +1,11 @@
 // Package frames reads, validates and forwards WebSocket frames (RFC 6455)
 // between two connections without holding a whole message in memory.
 //
-// A Reader waits for the next frame in a small array that belongs to the
-// connection and borrows a pooled buffer only while bytes are buffered, so an
-// idle connection holds no buffer at all. A Stream keeps the per-direction
+// A Reader waits for the next frame without a buffer (a socket's readiness
+// first, then a read into a pooled buffer), or, when its source is not a
+// socket, in a small array that belongs to the connection; it holds a
+// pooled buffer only while bytes are buffered, so an idle connection holds
+// no buffer at all. A Stream keeps the per-direction
 // protocol state (fragmentation, message size, UTF-8 of text messages) and
 // forwards one frame at a time, writing its header and payload with one write
 // call whenever the frame fits in a pooled buffer.
@@ -12,6 +14,7 @@ package frames
 import (
 	"io"
 	"sync"
+	"syscall"
 )
 
 // BufferSize is the size of the pooled buffers that payloads pass through.
@@ -28,27 +31,45 @@ func putBuf(b *[]byte) { bufPool.Put(b) }
 const smallSize = 16
 
 // Reader is a buffered reader that owns no buffer while it has nothing
-// buffered. When empty it blocks reading into a 16-byte array of its own;
-// once bytes arrive it borrows a pooled buffer and reads greedily, so a burst
-// of small frames costs one read call, and it gives the buffer back as soon
-// as everything buffered has been consumed.
+// buffered. When empty and its source is a socket (a syscall.Conn), it waits
+// for the socket to be readable and only then borrows a pooled buffer for
+// the read, so a small frame, or a burst of them, costs one read call;
+// other sources are read into a 16-byte array of its own until bytes
+// arrive. It gives the buffer back as soon as everything buffered has been
+// consumed.
 //
 // A Reader is used by one goroutine at a time.
 type Reader struct {
-	src   io.Reader
-	small [smallSize]byte
-	big   *[]byte
-	data  []byte // unread bytes, inside small or *big
+	src    io.Reader
+	raw    syscall.RawConn    // src's, when it is a socket read directly
+	rawFn  func(uintptr) bool // r.readFd, made once: a closure per read would allocate
+	rawErr error              // readFd's result
+	small  [smallSize]byte
+	big    *[]byte
+	data   []byte // unread bytes, inside small or *big
 }
 
 // NewReader returns a Reader of src.
-func NewReader(src io.Reader) *Reader { return &Reader{src: src} }
+func NewReader(src io.Reader) *Reader {
+	r := &Reader{}
+	r.Reset(src)
+	return r
+}
 
 // Reset makes r read from src, dropping anything buffered.
 func (r *Reader) Reset(src io.Reader) {
 	r.Release()
 	r.data = nil
 	r.src = src
+	r.raw = nil
+	if sc, ok := src.(syscall.Conn); ok && rawReads {
+		if rc, err := sc.SyscallConn(); err == nil {
+			r.raw = rc
+			if r.rawFn == nil {
+				r.rawFn = r.readFd
+			}
+		}
+	}
 }
 
 // Prime makes p the first bytes r returns, before any read of src. It is for
@@ -62,8 +83,10 @@ func (r *Reader) Prime(p []byte) {
 	r.data = (*r.big)[:n]
 	if n < len(p) {
 		// Only a peer that ignores the handshake sends more than a buffer
-		// before the 101 arrives; keep the rest as the source's prefix.
+		// before the 101 arrives; keep the rest as the source's prefix,
+		// which the socket's own reads would skip.
 		r.src = io.MultiReader(&onceReader{p: p[n:]}, r.src)
+		r.raw = nil
 	}
 }
 
@@ -91,6 +114,10 @@ func (r *Reader) Wait() error {
 // Buffered reports how many bytes can be read without touching the source.
 func (r *Reader) Buffered() int { return len(r.data) }
 
+// Peek returns the buffered bytes without consuming them. They are valid
+// until the next call of another method.
+func (r *Reader) Peek() []byte { return r.data }
+
 // Read implements io.Reader.
 func (r *Reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
@@ -115,6 +142,9 @@ func (r *Reader) Read(p []byte) (int, error) {
 // buffered. Without a pooled buffer it reads into the Reader's own array;
 // with one, it reads as much as the source has ready.
 func (r *Reader) fill(n int) error {
+	if r.raw != nil && r.big == nil && len(r.data) == 0 {
+		return r.readRaw()
+	}
 	if r.big == nil && n <= smallSize {
 		m := copy(r.small[:], r.data)
 		k, err := io.ReadAtLeast(r.src, r.small[m:], n-m)
