@@ -202,12 +202,13 @@ func newLeases(user, ip *rule) *leases {
 // slightly different rates.
 func windowMargin(ttl time.Duration) time.Duration { return time.Millisecond + ttl/1000 }
 
-// decide decides one message from the slices, reserving more when one is
-// spent. Refusals come from Redis: the cached block check, or the script
-// finding the window's budget spent.
-func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter) (Decision, error) {
+// decide decides up to n messages from the slices, reserving more when one
+// is spent: as many as the slices hold, or one when a slice had to be
+// reserved. Refusals come from Redis: the cached block check, or the
+// script finding the window's budget spent.
+func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int) (Decision, error) {
 	for range 3 {
-		d, retry, err := ls.try(ctx, rs, cs)
+		d, retry, err := ls.try(ctx, rs, cs, n)
 		if err != nil || !retry {
 			return d, err
 		}
@@ -288,10 +289,10 @@ func (ls *leases) settle(cs [2]counter, es [2]*leaseEntry, gens [2]uint64, left 
 // try is one attempt of decide. It asks for a retry when a slice it was
 // taking was invalidated meanwhile: the block keys must be read (and so
 // tracked) again before a slice can be kept.
-func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter) (_ Decision, retry bool, _ error) {
+func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter, n int) (_ Decision, retry bool, _ error) {
 	es, gens := ls.entries(cs)
 	if es[0] == nil && es[1] == nil {
-		return Decision{Allowed: true, Kind: KindMessage}, false, nil
+		return Decision{Allowed: true, Kind: KindMessage, Granted: n}, false, nil
 	}
 	left, err := rs.blocked(ctx, cs)
 	if err != nil {
@@ -330,13 +331,19 @@ func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter) (_ Dec
 			}
 		}
 		if !need[0] && !need[1] {
+			g := n
 			for _, e := range es {
 				if e != nil {
-					e.left--
+					g = min(g, e.left)
+				}
+			}
+			for _, e := range es {
+				if e != nil {
+					e.left -= g
 				}
 			}
 			ls.mu.Unlock()
-			return Decision{Allowed: true, Kind: KindMessage}, false, nil
+			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
 		}
 		done := make(chan struct{})
 		for i, e := range es {
@@ -410,7 +417,7 @@ func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter) (_ Dec
 			return d, false, nil
 		}
 		if spend {
-			return Decision{Allowed: true, Kind: KindMessage}, lost, nil
+			return Decision{Allowed: true, Kind: KindMessage, Granted: 1}, lost, nil
 		}
 		if ctx.Err() != nil {
 			return Decision{}, false, ctx.Err()

@@ -166,6 +166,10 @@ type Decision struct {
 	Fallback bool
 	// Err is the Redis error behind a fallback.
 	Err error
+	// Granted is how many of the events asked about pass, in order: at
+	// least 1 and at most the number asked about when Allowed, 0 when the
+	// first is refused. A caller granted fewer asks again for the rest.
+	Granted int
 }
 
 // rule is one of the four rules with what a store needs to apply it.
@@ -223,9 +227,11 @@ type store interface {
 	// blocked returns the remaining block of the counters that can block
 	// (zero when not blocked).
 	blocked(ctx context.Context, cs [2]counter) ([2]time.Duration, error)
-	// take counts one event against both enabled counters, or neither: when
-	// one refuses, the other is left (or refunded) as it was.
-	take(ctx context.Context, cs [2]counter) ([2]outcome, error)
+	// take counts up to n (>= 1) events against both enabled counters, or
+	// none: when one refuses, the other is left (or refunded) as it was.
+	// It counts as many as the counter closest to its limit has left, and
+	// returns that number, which is 0 only when a counter refuses.
+	take(ctx context.Context, cs [2]counter, n int) ([2]outcome, int, error)
 }
 
 // Limiter decides messages and handshakes. It is safe for concurrent use.
@@ -371,9 +377,21 @@ func New(cfg Config) (*Limiter, error) {
 // Message decides one data message of identity user from client IP ip.
 // It never blocks longer than Config.Timeout plus the caller's context.
 func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
+	return l.Messages(ctx, user, ip, 1)
+}
+
+// Messages decides the next n (>= 1) data messages of user from ip that
+// have arrived together, in one store call: the first Decision.Granted of
+// them pass; when fewer than n were granted, the caller asks again for the
+// rest, and a refusal (Granted 0) is the refusal of the first message
+// asked about. The outcome is the one n calls of Message would have had:
+// no message passes that Message would have refused. A relay that reads
+// several buffered messages at once asks about all of them, which saves a
+// Redis round trip per message under load.
+func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
 	user, ip = safeID(user), safeID(ip)
 	cs := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}
-	return l.decide(ctx, KindMessage, cs, cs)
+	return l.decide(ctx, KindMessage, cs, cs, max(n, 1))
 }
 
 // Handshake decides one WebSocket handshake: refused while a message rule
@@ -385,7 +403,7 @@ func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
 		{rule: &l.rules[2], id: user, blockRule: &l.rules[0]},
 		{rule: &l.rules[3], id: ip, blockRule: &l.rules[1]},
 	}
-	return l.decide(ctx, KindConnection, blk, cs)
+	return l.decide(ctx, KindConnection, blk, cs, 1)
 }
 
 // RedisUp reports whether a Redis client is connected and the last Redis
@@ -415,23 +433,23 @@ func (l *Limiter) Close() error {
 	return nil
 }
 
-func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter) Decision {
+func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter, n int) Decision {
 	if !l.useRedis {
-		d, _ := decide(ctx, l.mem, kind, blk, cs)
+		d, _ := decide(ctx, l.mem, kind, blk, cs, n)
 		d.Store = storeMemory
 		return d
 	}
 	rs := l.rs.Load()
 	if rs == nil || !l.up.Load() {
-		return l.fallback(ctx, kind, blk, cs, errRedisDown)
+		return l.fallback(ctx, kind, blk, cs, n, errRedisDown)
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
 	var d Decision
 	var err error
 	if l.lease != nil && kind == KindMessage {
-		d, err = l.lease.decide(rctx, rs, cs)
+		d, err = l.lease.decide(rctx, rs, cs, n)
 	} else {
-		d, err = decide(rctx, rs, kind, blk, cs)
+		d, err = decide(rctx, rs, kind, blk, cs, n)
 	}
 	cancel()
 	if err != nil {
@@ -440,22 +458,22 @@ func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter) D
 		if ctx.Err() == nil && !errors.Is(err, errLeaseLost) {
 			l.markDown(err)
 		}
-		return l.fallback(ctx, kind, blk, cs, err)
+		return l.fallback(ctx, kind, blk, cs, n, err)
 	}
 	l.markUp()
 	d.Store = storeRedis
 	return d
 }
 
-func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter, err error) Decision {
+func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter, n int, err error) Decision {
 	var d Decision
 	switch l.mode {
 	case FailOpen:
-		d = Decision{Allowed: true, Kind: kind, Store: storeRedis}
+		d = Decision{Allowed: true, Kind: kind, Store: storeRedis, Granted: n}
 	case FailClosed:
 		d = Decision{Scope: ScopeUser, Kind: kind, RetryAfter: closedRetry, Store: storeRedis}
 	default:
-		d, _ = decide(ctx, l.mem, kind, blk, cs)
+		d, _ = decide(ctx, l.mem, kind, blk, cs, n)
 		d.Store = storeMemory
 	}
 	d.Fallback = true
@@ -481,8 +499,9 @@ func (l *Limiter) markUp() {
 	}
 }
 
-// decide applies the block checks of blk and then the counters of cs.
-func decide(ctx context.Context, s store, kind string, blk, cs [2]counter) (Decision, error) {
+// decide applies the block checks of blk and then up to n events to the
+// counters of cs.
+func decide(ctx context.Context, s store, kind string, blk, cs [2]counter, n int) (Decision, error) {
 	left, err := s.blocked(ctx, blk)
 	if err != nil {
 		return Decision{}, err
@@ -490,11 +509,14 @@ func decide(ctx context.Context, s store, kind string, blk, cs [2]counter) (Deci
 	if d, refused := verdict(kind, blk, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
 		return d, nil
 	}
-	out, err := s.take(ctx, cs)
+	out, granted, err := s.take(ctx, cs, n)
 	if err != nil {
 		return Decision{}, err
 	}
-	d, _ := verdict(kind, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
+	d, refused := verdict(kind, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
+	if !refused {
+		d.Granted = granted
+	}
 	return d, nil
 }
 
@@ -505,7 +527,7 @@ func verdict(kind string, cs [2]counter, deny0, deny1 bool, retry0, retry1 time.
 	case deny1:
 		return Decision{Scope: cs[1].rule.scope, Kind: kind, RetryAfter: retry1}, true
 	}
-	return Decision{Allowed: true, Kind: kind}, false
+	return Decision{Allowed: true, Kind: kind, Granted: 1}, false
 }
 
 // safeID makes an identity or IP safe inside a key's {hash tag}: one that is

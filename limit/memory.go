@@ -56,7 +56,7 @@ func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duratio
 	return left, nil
 }
 
-func (s *memory) take(_ context.Context, cs [2]counter) (out [2]outcome, _ error) {
+func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, granted int, _ error) {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -78,11 +78,20 @@ func (s *memory) take(_ context.Context, cs [2]counter) (out [2]outcome, _ error
 		}
 	}
 	if denied {
-		return out, nil
+		return out, 0, nil
 	}
+	granted = n
 	for i, c := range cs {
+		if !c.enabled() {
+			continue
+		}
 		e := es[i]
-		if e == nil || !e.windowEnd.After(now) || e.n < c.rule.Limit {
+		if e == nil || !e.windowEnd.After(now) {
+			granted = min(granted, c.rule.Limit)
+			continue
+		}
+		if e.n < c.rule.Limit {
+			granted = min(granted, c.rule.Limit-e.n)
 			continue
 		}
 		denied = true
@@ -96,7 +105,7 @@ func (s *memory) take(_ context.Context, cs [2]counter) (out [2]outcome, _ error
 		}
 	}
 	if denied {
-		return out, nil
+		return out, 0, nil
 	}
 	for i, c := range cs {
 		if !c.enabled() {
@@ -110,9 +119,9 @@ func (s *memory) take(_ context.Context, cs [2]counter) (out [2]outcome, _ error
 		if !e.windowEnd.After(now) {
 			e.n, e.windowEnd = 0, now.Add(c.rule.Window)
 		}
-		e.n++
+		e.n += granted
 	}
-	return out, nil
+	return out, granted, nil
 }
 
 // tick counts a call and sweeps every sweepEvery calls.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -29,13 +30,18 @@ const (
 // rueidis caches that error).
 const blockSrc = `return redis.call('PTTL', KEYS[1])`
 
-// takeSrc counts one event against one or two rules atomically. KEYS holds
-// (counter, block key) pairs and ARGV (limit, window ms, block ms) triples.
-// It returns (allowed, retry ms) pairs. A pair with limit 0 is only checked
-// for its block. Nothing is written unless every rule allows, except that a rule refusing its (limit+1)-th event blocks itself
-// and drops its counter, so the budget is full when the block ends.
+// takeSrc counts up to ARGV[3n+1] events against one or two rules
+// atomically. KEYS holds (counter, block key) pairs and ARGV (limit, window
+// ms, block ms) triples, then the number of events wanted. It returns
+// (allowed, retry ms) pairs, then the number of events counted: as many as
+// the rule closest to its limit has left, and 0 when a rule refuses. A pair
+// with limit 0 is only checked for its block. Nothing is written unless
+// every rule allows, except that a rule refusing its (limit+1)-th event
+// blocks itself and drops its counter, so the budget is full when the
+// block ends.
 const takeSrc = `
 local n = #KEYS / 2
+local want = tonumber(ARGV[3*n+1])
 local res = {}
 local denied = false
 for i = 1, n do
@@ -46,11 +52,17 @@ for i = 1, n do
     res[2*i-1] = 1; res[2*i] = 0
   end
 end
+res[2*n+1] = 0
 if denied then return res end
 for i = 1, n do
   local c = KEYS[2*i-1]
   local limit = tonumber(ARGV[3*i-2])
-  if limit > 0 and tonumber(redis.call('GET', c) or '0') >= limit then
+  local used = 0
+  if limit > 0 then
+    used = tonumber(redis.call('GET', c) or '0')
+    want = math.min(want, limit - used)
+  end
+  if limit > 0 and used >= limit then
     denied = true
     res[2*i-1] = 0
     local block = tonumber(ARGV[3*i])
@@ -71,19 +83,20 @@ end
 if denied then return res end
 for i = 1, n do
   local c = KEYS[2*i-1]
-  if tonumber(ARGV[3*i-2]) > 0 and redis.call('INCR', c) == 1 then
+  if tonumber(ARGV[3*i-2]) > 0 and redis.call('INCRBY', c, want) == want then
     redis.call('PEXPIRE', c, ARGV[3*i-1])
   end
 end
+res[2*n+1] = want
 return res
 `
 
-// refundSrc takes back one event counted by takeSrc on a Cluster when the
-// other rule, in another slot, refused. A counter that expired meanwhile is
-// left alone rather than recreated without a TTL.
+// refundSrc takes back ARGV[1] events counted by takeSrc on a Cluster when
+// the other rule, in another slot, refused or counted fewer. A counter that
+// expired meanwhile is left alone rather than recreated without a TTL.
 const refundSrc = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('DECR', KEYS[1])
+  return redis.call('DECRBY', KEYS[1], ARGV[1])
 end
 return 0
 `
@@ -150,109 +163,106 @@ func remainingBlock(r rueidis.RedisResult) (time.Duration, error) {
 	return time.Duration(pttl) * time.Millisecond, nil
 }
 
-func (s *redisStore) take(ctx context.Context, cs [2]counter) (out [2]outcome, err error) {
+func (s *redisStore) take(ctx context.Context, cs [2]counter, n int) (out [2]outcome, granted int, err error) {
 	e0, e1 := cs[0].checked(), cs[1].checked()
+	want := strconv.Itoa(n)
 	switch {
 	case !e0 && !e1:
-		return out, nil
+		return out, n, nil
 	case e0 != e1:
 		i := 0
 		if e1 {
 			i = 1
 		}
-		out[i], err = takeOne(ctx, s.client, cs[i])
-		return out, err
+		k := cs[i]
+		r := k.rule
+		res := takeScript.Exec(ctx, s.client, []string{k.key(), k.blockKey()}, []string{r.limit, r.window, r.block, want})
+		granted, err = parseTake(res, out[i:i+1])
+		return out, granted, err
 	case !s.cluster:
-		return takeBoth(ctx, s.client, cs)
+		r0, r1 := cs[0].rule, cs[1].rule
+		res := takeScript.Exec(ctx, s.client,
+			[]string{cs[0].key(), cs[0].blockKey(), cs[1].key(), cs[1].blockKey()},
+			[]string{r0.limit, r0.window, r0.block, r1.limit, r1.window, r1.block, want})
+		granted, err = parseTake(res, out[:])
+		return out, granted, err
 	}
-	return takeCluster(ctx, s.client, cs)
-}
-
-func takeOne(ctx context.Context, c rueidis.Client, k counter) (outcome, error) {
-	r := k.rule
-	res := takeScript.Exec(ctx, c, []string{k.key(), k.blockKey()}, []string{r.limit, r.window, r.block})
-	var o [1]outcome
-	return o[0], parseTake(res, o[:])
-}
-
-func takeBoth(ctx context.Context, c rueidis.Client, cs [2]counter) (out [2]outcome, err error) {
-	r0, r1 := cs[0].rule, cs[1].rule
-	res := takeScript.Exec(ctx, c,
-		[]string{cs[0].key(), cs[0].blockKey(), cs[1].key(), cs[1].blockKey()},
-		[]string{r0.limit, r0.window, r0.block, r1.limit, r1.window, r1.block})
-	return out, parseTake(res, out[:])
+	return takeCluster(ctx, s.client, cs, want)
 }
 
 // takeCluster pipelines one script per rule. It does not use
 // Lua.ExecMulti, which sends SCRIPT LOAD to every node on every call: it
 // sends EVALSHA and resends with EVAL only the commands that got NOSCRIPT.
-func takeCluster(ctx context.Context, c rueidis.Client, cs [2]counter) (out [2]outcome, err error) {
+// The two scripts decide on their own, so what one counted beyond the
+// other's count is taken back: all of it when the other refused.
+func takeCluster(ctx context.Context, c rueidis.Client, cs [2]counter, want string) (out [2]outcome, granted int, err error) {
 	var cmds [2]rueidis.Completed
 	for i, k := range cs {
 		r := k.rule
 		cmds[i] = c.B().Evalsha().Sha1(takeSHA).Numkeys(2).Key(k.key(), k.blockKey()).
-			Arg(r.limit, r.window, r.block).Build()
+			Arg(r.limit, r.window, r.block, want).Build()
 	}
 	rs := c.DoMulti(ctx, cmds[:]...)
 	for i, k := range cs {
 		if re, ok := rueidis.IsRedisErr(rs[i].Error()); ok && re.IsNoScript() {
 			r := k.rule
 			rs[i] = c.Do(ctx, c.B().Eval().Script(takeSrc).Numkeys(2).Key(k.key(), k.blockKey()).
-				Arg(r.limit, r.window, r.block).Build())
+				Arg(r.limit, r.window, r.block, want).Build())
 		}
 	}
-	errs := [2]error{parseTake(rs[0], out[0:1]), parseTake(rs[1], out[1:2])}
-	switch {
-	case errs[0] != nil && errs[1] != nil:
-		return out, errors.Join(errs[0], errs[1])
-	case errs[0] != nil || errs[1] != nil:
-		// One side counted and the other is unknown: take back the one that
-		// counted, as for a refusal, then report the failure.
+	var got [2]int
+	var errs [2]error
+	got[0], errs[0] = parseTake(rs[0], out[0:1])
+	got[1], errs[1] = parseTake(rs[1], out[1:2])
+	if errs[0] != nil && errs[1] != nil {
+		return out, 0, errors.Join(errs[0], errs[1])
+	}
+	if errs[0] != nil || errs[1] != nil {
+		// One side counted and the other is unknown: take back what the
+		// one counted, as for a refusal, then report the failure.
 		ok := 0
 		if errs[0] != nil {
 			ok = 1
 		}
-		if !out[ok].denied && cs[ok].enabled() {
-			_ = refund(ctx, c, cs[ok]) // best effort: the error below is reported
+		if got[ok] > 0 && cs[ok].enabled() {
+			_ = refund(ctx, c, cs[ok], got[ok]) // best effort: the error below is reported
 		}
-		return out, errors.Join(errs[0], errs[1])
-	case out[0].denied != out[1].denied:
-		ok := 0
-		if out[0].denied {
-			ok = 1
-		}
-		if !cs[ok].enabled() {
-			break // only checked, nothing counted
-		}
-		if err := refund(ctx, c, cs[ok]); err != nil {
-			return out, err
+		return out, 0, errors.Join(errs[0], errs[1])
+	}
+	granted = min(got[0], got[1])
+	for i, k := range cs {
+		if extra := got[i] - granted; extra > 0 && k.enabled() {
+			if err := refund(ctx, c, k, extra); err != nil {
+				return out, 0, err
+			}
 		}
 	}
-	return out, nil
+	return out, granted, nil
 }
 
-func refund(ctx context.Context, c rueidis.Client, k counter) error {
-	if err := refundScript.Exec(ctx, c, []string{k.key()}, nil).Error(); err != nil {
+func refund(ctx context.Context, c rueidis.Client, k counter, n int) error {
+	if err := refundScript.Exec(ctx, c, []string{k.key()}, []string{strconv.Itoa(n)}).Error(); err != nil {
 		return fmt.Errorf("refund: %w", err)
 	}
 	return nil
 }
 
-// parseTake reads takeSrc's (allowed, retry ms) pairs into out.
-func parseTake(r rueidis.RedisResult, out []outcome) error {
+// parseTake reads takeSrc's (allowed, retry ms) pairs into out and returns
+// the number of events it counted.
+func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
 	vs, err := r.AsIntSlice()
 	if err != nil {
-		return fmt.Errorf("take: %w", err)
+		return 0, fmt.Errorf("take: %w", err)
 	}
-	if len(vs) != 2*len(out) {
-		return fmt.Errorf("take: script returned %d values, want %d", len(vs), 2*len(out))
+	if len(vs) != 2*len(out)+1 {
+		return 0, fmt.Errorf("take: script returned %d values, want %d", len(vs), 2*len(out)+1)
 	}
 	for i := range out {
 		if vs[2*i] == 0 {
 			out[i] = outcome{denied: true, retry: time.Duration(vs[2*i+1]) * time.Millisecond}
 		}
 	}
-	return nil
+	return int(vs[2*len(out)]), nil
 }
 
 // connect creates the Redis client. rueidis.NewClient fails at once when

@@ -161,6 +161,21 @@ var semanticsCases = []struct {
 		h.handshakes(t, l, 1, "u", "a")
 		h.allow(t, l, 1, "u", "a")
 	}},
+	{"batches", func(t *testing.T, h *harness) {
+		l, _ := h.limiter(t, Rules{
+			UserMessages: rate(10, 10*time.Second, 300*ms),
+			IPMessages:   rate(7, 10*time.Second, 0),
+		})
+		h.batch(t, l, 4, 4, "u", "a")
+		// The IP rule has 3 left: the 4th of this batch is refused, and
+		// not counted against the user.
+		h.check(t, h.batch(t, l, 5, 3, "u", "a"), ScopeIP, KindMessage, 10*time.Second)
+		// The user has 3 left: the 4th blocks it.
+		h.check(t, h.batch(t, l, 5, 3, "u", "b"), ScopeUser, KindMessage, 300*ms)
+		h.check(t, h.batch(t, l, 8, 0, "u", "c"), ScopeUser, KindMessage, 300*ms)
+		// The refused batch counted nothing on the IP either.
+		h.check(t, h.batch(t, l, 10, 7, "v", "c"), ScopeIP, KindMessage, 10*time.Second)
+	}},
 }
 
 func runSemantics(t *testing.T, h *harness) {
@@ -177,6 +192,34 @@ func (h *harness) allow(t *testing.T, l *Limiter, n int, user, ip string) {
 			t.Fatalf("message %d of %s/%s: %+v, want allowed by %s", i+1, user, ip, d, h.store)
 		}
 	}
+}
+
+// batch asks Messages about n messages, and again about the rest while
+// fewer were granted, until all passed or one was refused. want is how many
+// must pass; it returns the refusal, if any.
+func (h *harness) batch(t *testing.T, l *Limiter, n, want int, user, ip string) Decision {
+	t.Helper()
+	passed := 0
+	for passed < n {
+		d := l.Messages(context.Background(), user, ip, n-passed)
+		if !d.Allowed {
+			if d.Granted != 0 {
+				t.Fatalf("refusal with Granted %d", d.Granted)
+			}
+			if passed != want {
+				t.Fatalf("%d of %d messages of %s/%s passed, want %d", passed, n, user, ip, want)
+			}
+			return d
+		}
+		if d.Granted < 1 || d.Granted > n-passed || d.Store != h.store || d.Fallback {
+			t.Fatalf("batch of %d: %+v, want 1..%d granted by %s", n-passed, d, n-passed, h.store)
+		}
+		passed += d.Granted
+	}
+	if passed != want {
+		t.Fatalf("all %d messages of %s/%s passed, want %d", n, user, ip, want)
+	}
+	return Decision{Allowed: true}
 }
 
 func (h *harness) handshakes(t *testing.T, l *Limiter, n int, user, ip string) {

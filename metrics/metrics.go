@@ -137,11 +137,11 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}, []string{"scope", "kind"}),
 		LimiterDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "limiter_decisions_total",
-			Help: "Limiter decisions: allowed, limited (enforced), shadow_limited (--shadow), error (store failed).",
+			Help: "Limiter decisions, one per message, handshake or HTTP request (error: one per failed store call): allowed, limited (enforced), shadow_limited (--shadow), error (store failed).",
 		}, []string{"decision"}),
 		LimiterDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "limiter_duration_seconds",
-			Help:    "Time a limiter decision took, by the store that decided.",
+			Help:    "Time a limiter call took, by the store that decided; one call decides every message already buffered on a connection.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 		}, []string{"store"}),
 		LimiterFallback: prometheus.NewCounter(prometheus.CounterOpts{

@@ -165,7 +165,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	if p.cfg.Limiter != nil {
-		d := p.decide(ctx, true, cl.userKey, cl.ipKey)
+		d := p.decide(ctx, true, cl.userKey, cl.ipKey, 1)
 		refused := p.enforce(d)
 		if !refused {
 			// The concurrent-connection bound (--ip-max-conns): registered

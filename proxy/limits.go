@@ -14,15 +14,15 @@ import (
 	"github.com/holo/wsgate/metrics"
 )
 
-// decide asks the limiter about a message (or a handshake) and records the
-// decision in the metrics.
-func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string) limit.Decision {
+// decide asks the limiter about n messages that arrived together (or a
+// handshake, n 1) and records how long it took.
+func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n int) limit.Decision {
 	start := time.Now()
 	var d limit.Decision
 	if handshake {
 		d = p.cfg.Limiter.Handshake(ctx, user, ip)
 	} else {
-		d = p.cfg.Limiter.Message(ctx, user, ip)
+		d = p.cfg.Limiter.Messages(ctx, user, ip, n)
 	}
 	took := time.Since(start).Seconds()
 	if d.Store == "redis" {
@@ -42,7 +42,7 @@ func (p *Proxy) enforce(d limit.Decision) bool {
 	}
 	if d.Allowed {
 		if !d.Fallback {
-			p.decAllowed.Inc()
+			p.decAllowed.Add(float64(d.Granted))
 		}
 		return false
 	}
@@ -117,7 +117,7 @@ func (p *Proxy) limitRequest(w http.ResponseWriter, r *http.Request, userKey, ip
 	if p.cfg.Limiter == nil {
 		return false
 	}
-	d := p.decide(r.Context(), false, userKey, ipKey)
+	d := p.decide(r.Context(), false, userKey, ipKey, 1)
 	if !p.enforce(d) {
 		return false
 	}

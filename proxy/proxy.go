@@ -29,7 +29,9 @@ import (
 // Limiter decides whether a data message or a handshake may pass.
 // *limit.Limiter implements it.
 type Limiter interface {
-	Message(ctx context.Context, user, ip string) limit.Decision
+	// Messages decides the next n messages of user that arrived together;
+	// Decision.Granted of them pass (see limit.Limiter.Messages).
+	Messages(ctx context.Context, user, ip string, n int) limit.Decision
 	Handshake(ctx context.Context, user, ip string) limit.Decision
 	// OpenConn registers an open connection of ip against the concurrent
 	// connection bound; release is called when the connection ends.

@@ -5,14 +5,18 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -677,4 +681,92 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// countingLimiter counts the calls that decide messages.
+type countingLimiter struct {
+	*limit.Limiter
+	calls atomic.Int64
+}
+
+func (c *countingLimiter) Messages(ctx context.Context, user, ip string, n int) limit.Decision {
+	c.calls.Add(1)
+	return c.Limiter.Messages(ctx, user, ip, n)
+}
+
+// TestMessageLimitBurst: messages that arrive together are decided by one
+// limiter call, and the outcome is the same as one by one: of a burst of 8
+// with 5 left, the backend gets 5, the client the 429 and 4008.
+func TestMessageLimitBurst(t *testing.T) {
+	lim, err := limit.New(limit.Config{Rules: limit.Rules{
+		UserMessages: limit.Rule{Limit: 5, Window: time.Minute, Block: time.Minute},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	var mu sync.Mutex
+	var got []string
+	done := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer close(done)
+		defer c.CloseNow()
+		for {
+			_, b, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got = append(got, string(b))
+			mu.Unlock()
+		}
+	}))
+	t.Cleanup(up.Close)
+	cl := &countingLimiter{Limiter: lim}
+	g := newGate(t, up.URL, func(c *Config) { c.Limiter = cl })
+	conn, br := rawClient(t, g, "/")
+	var burst []byte
+	for i := range 8 {
+		burst = append(burst, maskedFrame(true, 1, []byte(fmt.Sprint("m", i)))...)
+	}
+	if _, err := conn.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil || h[0]&0x0f != 1 {
+		t.Fatalf("frame %x, %v; want the 429 text", h, err)
+	}
+	p := make([]byte, h[1]&0x7f)
+	if _, err := io.ReadFull(br, p); err != nil || !strings.Contains(string(p), `"code":429`) {
+		t.Fatalf("429 frame %q, %v", p, err)
+	}
+	if code := readClose(t, br); code != 4008 {
+		t.Fatalf("close %d, want 4008", code)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's connection did not end")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"m0", "m1", "m2", "m3", "m4"}; !slices.Equal(got, want) {
+		t.Fatalf("backend got %q, want %q", got, want)
+	}
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message")); got != 1 {
+		t.Fatalf("rate_limited{user,message} = %v, want 1", got)
+	}
+	// One per event: the handshake and the 5 messages.
+	if got := testutil.ToFloat64(g.m.LimiterDecisions.WithLabelValues("allowed")); got != 6 {
+		t.Fatalf("limiter_decisions_total{allowed} = %v, want 6", got)
+	}
+	// One read takes the whole burst: one call grants 5, one refuses.
+	if calls := cl.calls.Load(); calls != 2 {
+		t.Fatalf("%d limiter calls for a burst of 8, want 2", calls)
+	}
+	t.Logf("%d limiter calls for a burst of 8 messages", cl.calls.Load())
 }

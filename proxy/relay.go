@@ -102,6 +102,7 @@ type direction struct {
 	active          bool  // relayed a frame since it last waited idle
 	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
 	ctlCount        int
+	granted         int // messages the limiter has granted ahead (limited)
 }
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {
@@ -258,7 +259,7 @@ func (pr *pair) relay(d *direction, woke bool) error {
 			}
 		}
 		if frames.StartsMessage(h) {
-			if d.client && pr.p.cfg.Limiter != nil && pr.limited() {
+			if d.client && pr.p.cfg.Limiter != nil && pr.limited(d, h) {
 				return pr.drainFrame(d, h)
 			}
 			d.messages++
@@ -341,11 +342,32 @@ func (pr *pair) forward(d *direction, h ws.Header) error {
 	return err
 }
 
-// limited asks the limiter about a new client message and, when it is
-// refused, ends the pair with the 429 frame and close 4008.
-func (pr *pair) limited() bool {
-	dec := pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey)
+// maxDecide bounds how many buffered messages one limiter call decides.
+const maxDecide = 64
+
+// limited decides the client message whose first header, h, was just read
+// and, when it is refused, ends the pair with the 429 frame and close 4008.
+// Messages are decided ahead: when none is granted yet, one limiter call
+// decides this message and every message whose header is already buffered
+// behind it (they have all arrived, so counting them now is what counting
+// them one by one would do), and the ones granted pass without a call. A
+// burst costs one Redis round trip instead of one per message. Units
+// granted to messages that never get relayed, because the connection ends
+// first, stay spent.
+func (pr *pair) limited(d *direction, h ws.Header) bool {
+	if d.granted > 0 {
+		d.granted--
+		return false
+	}
+	n := 1
+	if buf := d.r.Peek(); h.Length < int64(len(buf)) {
+		n += frames.CountMessages(buf[h.Length:], maxDecide-1)
+	}
+	dec := pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey, n)
 	if !pr.p.enforce(dec) {
+		// Under --shadow a refusal lets this one message pass; the next
+		// one is decided again.
+		d.granted = max(dec.Granted, 1) - 1
 		return false
 	}
 	// The messages allowed before this one go first.
