@@ -114,6 +114,10 @@ func (r *Reader) Wait() error {
 // Buffered reports how many bytes can be read without touching the source.
 func (r *Reader) Buffered() int { return len(r.data) }
 
+// Raw returns the socket r reads directly, or nil: the same connection can
+// be written with a RawWriter.
+func (r *Reader) Raw() syscall.RawConn { return r.raw }
+
 // Peek returns the buffered bytes without consuming them. They are valid
 // until the next call of another method.
 func (r *Reader) Peek() []byte { return r.data }

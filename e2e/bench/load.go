@@ -220,34 +220,85 @@ func s1Loop(c wsConn, one []byte, inflight int, end time.Time) (got, all int64, 
 // s2Result is one repetition of S2 on one target.
 type s2Result struct{ p50, p99 float64 } // microseconds
 
-// runS2 sends one message at a time over one connection and times each round trip.
-func runS2(ctx context.Context, t *target, s *signer, size, rounds int) (s2Result, error) {
-	cs, err := dialMany(ctx, t.addr, s, 1, 1)
-	if err != nil {
-		return s2Result{}, err
+// s2Chunk is how many round trips S2 makes on one target before it moves to
+// the next: the targets take turns all along a repetition, so that a change
+// in the machine's state (which CPU the processes landed on, a neighbour's
+// burst) weighs on every target alike instead of on whichever ran then.
+const s2Chunk = 250
+
+// runS2 measures S2 on every target in ts: one connection each, 1 message in
+// flight, warm round trips untimed, then rounds timed round trips per target
+// taken s2Chunk at a time in turn. A target that fails drops out.
+func runS2(ctx context.Context, ts []*target, s *signer, size, rounds int) (map[string]s2Result, map[string]error) {
+	type probe struct {
+		t   *target
+		c   wsConn
+		lat []float64
 	}
-	defer closeAll(cs)
-	c := cs[0]
-	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+	errs := map[string]error{}
+	var ps []*probe
+	for _, t := range ts {
+		cs, err := dialMany(ctx, t.addr, s, 1, 1)
+		if err != nil {
+			errs[t.key] = err
+			continue
+		}
+		defer closeAll(cs)
+		_ = cs[0].conn.SetDeadline(time.Now().Add(10 * time.Minute))
+		ps = append(ps, &probe{t: t, c: cs[0], lat: make([]float64, 0, rounds)})
+	}
 	one := clientFrame(opText, bytes.Repeat([]byte{'m'}, size))
-	const warm = 200
-	lat := make([]float64, 0, rounds)
 	var buf []byte
-	for i := range warm + rounds {
+	roundTrip := func(p *probe) (float64, error) {
 		t0 := time.Now()
-		if _, err := c.conn.Write(one); err != nil {
-			return s2Result{}, fmt.Errorf("S2 on %s: %w", t.name, err)
+		if _, err := p.c.conn.Write(one); err != nil {
+			return 0, err
 		}
 		for k := 0; k == 0; {
-			if k, err = readEchoes(c.conn, c.br, &buf); err != nil {
-				return s2Result{}, fmt.Errorf("S2 on %s: %w", t.name, err)
+			var err error
+			if k, err = readEchoes(p.c.conn, p.c.br, &buf); err != nil {
+				return 0, err
 			}
 		}
-		if i >= warm {
-			lat = append(lat, float64(time.Since(t0).Nanoseconds())/1e3)
+		return float64(time.Since(t0).Nanoseconds()) / 1e3, nil
+	}
+	const warm = 200
+	live := ps[:0]
+	for _, p := range ps {
+		var err error
+		for range warm {
+			if _, err = roundTrip(p); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			errs[p.t.key] = fmt.Errorf("S2 on %s: %w", p.t.name, err)
+			continue
+		}
+		live = append(live, p)
+	}
+	for done := 0; done < rounds && ctx.Err() == nil; done += s2Chunk {
+		for _, p := range live {
+			if errs[p.t.key] != nil {
+				continue
+			}
+			for range min(s2Chunk, rounds-done) {
+				us, err := roundTrip(p)
+				if err != nil {
+					errs[p.t.key] = fmt.Errorf("S2 on %s: %w", p.t.name, err)
+					break
+				}
+				p.lat = append(p.lat, us)
+			}
 		}
 	}
-	return s2Result{p50: percentile(lat, 50), p99: percentile(lat, 99)}, nil
+	out := map[string]s2Result{}
+	for _, p := range live {
+		if errs[p.t.key] == nil {
+			out[p.t.key] = s2Result{p50: percentile(p.lat, 50), p99: percentile(p.lat, 99)}
+		}
+	}
+	return out, errs
 }
 
 // runUpgrades opens and drops WebSockets from workers goroutines for d and returns handshakes

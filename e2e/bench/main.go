@@ -55,6 +55,8 @@ type config struct {
 	out        string
 	chart      string
 	micro      string
+	skipS1     bool // measure less while trying something out; the report is then partial
+	skipUpg    bool
 }
 
 func main() {
@@ -74,6 +76,8 @@ func main() {
 	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "report file")
 	flag.StringVar(&cfg.chart, "chart", "BENCHMARKS.png", "chart image, next to the report")
 	flag.StringVar(&cfg.micro, "micro", "", "file with the micro-benchmark output to include in the report")
+	flag.BoolVar(&cfg.skipS1, "skip-s1", false, "skip S1 (for quick experiments; the report is partial)")
+	flag.BoolVar(&cfg.skipUpg, "skip-upgrades", false, "skip the handshake rates (for quick experiments; the report is partial)")
 	flag.Parse()
 
 	if *backend != "" {
@@ -199,8 +203,10 @@ func run(ctx context.Context, cfg config) (err error) {
 		if _, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, time.Second); err != nil {
 			r.fail(t.key, fmt.Errorf("warm-up: %w", err))
 		}
-		if _, err := runS2(ctx, t, s, cfg.size, 200); err != nil {
-			r.fail(t.key, fmt.Errorf("warm-up: %w", err))
+	}
+	if _, errs := runS2(ctx, live, s, cfg.size, 200); len(errs) > 0 {
+		for k, err := range errs {
+			r.fail(k, fmt.Errorf("warm-up: %w", err))
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -237,16 +243,15 @@ func run(ctx context.Context, cfg config) (err error) {
 				r.fail("redis", err)
 			}
 		}
-		s2 := map[string]s2Result{}
+		s2, errs := runS2(ctx, order, s, cfg.size, cfg.s2Rounds)
+		for k, err := range errs {
+			r.fail(k, err)
+		}
 		for _, t := range order {
-			res, err := runS2(ctx, t, s, cfg.size, cfg.s2Rounds)
-			if err != nil {
-				r.fail(t.key, err)
-				continue
+			if res, ok := s2[t.key]; ok {
+				r.s2[t.key] = append(r.s2[t.key], res)
+				fmt.Fprintf(os.Stderr, "  S2 %-16s p50 %6.1f us  p99 %6.1f us\n", t.name, res.p50, res.p99)
 			}
-			s2[t.key] = res
-			r.s2[t.key] = append(r.s2[t.key], res)
-			fmt.Fprintf(os.Stderr, "  S2 %-16s p50 %6.1f us  p99 %6.1f us\n", t.name, res.p50, res.p99)
 		}
 		if d, ok := s2["direct"]; ok {
 			for k, v := range s2 {
@@ -256,6 +261,9 @@ func run(ctx context.Context, cfg config) (err error) {
 			}
 		}
 		for _, t := range order {
+			if cfg.skipS1 {
+				break
+			}
 			res, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur)
 			if err != nil {
 				r.fail(t.key, err)
@@ -270,7 +278,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			fmt.Fprintln(os.Stderr)
 		}
 		for _, t := range order {
-			if !t.gate {
+			if !t.gate || cfg.skipUpg {
 				continue
 			}
 			for _, fresh := range []bool{true, false} {

@@ -227,8 +227,8 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("go run ./e2e/bench -micro <that output>   # the load harness, this report\n```\n\n")
 	p("Harness settings: %d repetitions, interleaved (each repetition starts at the next target); S1 = %d connections × %d "+
 		"messages in flight × %d B for %v per repetition; S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
-		"per repetition after 200 untimed; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, once "+
-		"per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.size, cfg.s2Rounds,
+		"per target and repetition after 200 untimed, the targets taking turns every %d round trips; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, once "+
+		"per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.size, cfg.s2Rounds, s2Chunk,
 		cfg.upgWorkers, cfg.upgDur, cfg.idleConns)
 	p("The processes under test, each on its own loopback port (temp paths shortened to `$TMP`):\n\n```sh\n")
 	for _, t := range targets {
