@@ -184,7 +184,7 @@ func flags(upstreamRequired bool) []cli.Flag {
 		str("redis-url", "", catRedis, "redis:// or rediss:// URL (several addr= for a Cluster, master_set= for Sentinel); empty = in-process memory store"),
 		str("key-prefix", "ws-rate", catRedis, "prefix of every Redis key"),
 		str("failure-mode", "local", catRedis, "while Redis is unreachable: local (decide in process), open (allow), closed (refuse)"),
-		dur("redis-timeout", 50*time.Millisecond, catRedis, "deadline of every Redis decision; past it --failure-mode decides"),
+		dur("redis-timeout", 50*time.Millisecond, catRedis, "deadline of every Redis decision (message decisions share deadlines in 5ms steps); past it --failure-mode decides"),
 		str("jwt-hmac-secret-file", "", catAuth, "file holding the raw bytes of an HS256/384/512 secret"),
 		str("jwt-key-file", "", catAuth, "file holding a PEM public key, a JWK or a JWK Set"),
 		str("jwks-url", "", catAuth, "JWK Set URL, refreshed in the background; an unknown kid triggers at most one refresh per 10s"),

@@ -117,7 +117,9 @@ type Config struct {
 	// FailureMode decides while Redis is unreachable or slower than Timeout;
 	// the zero value is FailLocal.
 	FailureMode FailureMode
-	// Timeout is the deadline of every Redis decision; 0 means 50ms.
+	// Timeout is the deadline of every Redis decision; 0 means 50ms. Message
+	// decisions made without a cancelable context share deadlines in steps
+	// of 5ms, so one of them may take up to 5ms longer.
 	Timeout time.Duration
 	// Logger receives Redis state changes; nil means discard.
 	Logger *slog.Logger
@@ -236,10 +238,11 @@ type store interface {
 
 // Limiter decides messages and handshakes. It is safe for concurrent use.
 type Limiter struct {
-	rules   [4]rule // um, im, uc, ic
-	mode    FailureMode
-	timeout time.Duration
-	log     *slog.Logger
+	rules     [4]rule // um, im, uc, ic
+	mode      FailureMode
+	timeout   time.Duration
+	deadlines deadlines // of the Redis calls of decisions
+	log       *slog.Logger
 
 	mem *memory // the store without RedisURL, the FailLocal fallback with it
 
@@ -291,6 +294,7 @@ func New(cfg Config) (*Limiter, error) {
 	if l.timeout == 0 {
 		l.timeout = defaultTimeout
 	}
+	l.deadlines.timeout = l.timeout
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -443,7 +447,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter, n
 	if rs == nil || !l.up.Load() {
 		return l.fallback(ctx, kind, blk, cs, n, errRedisDown)
 	}
-	rctx, cancel := context.WithTimeout(ctx, l.timeout)
+	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var err error
 	if l.lease != nil && kind == KindMessage {

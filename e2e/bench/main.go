@@ -57,6 +57,7 @@ type config struct {
 	micro      string
 	skipS1     bool // measure less while trying something out; the report is then partial
 	skipUpg    bool
+	only       string // comma-separated target keys to measure (direct is always measured)
 }
 
 func main() {
@@ -78,6 +79,7 @@ func main() {
 	flag.StringVar(&cfg.micro, "micro", "", "file with the micro-benchmark output to include in the report")
 	flag.BoolVar(&cfg.skipS1, "skip-s1", false, "skip S1 (for quick experiments; the report is partial)")
 	flag.BoolVar(&cfg.skipUpg, "skip-upgrades", false, "skip the handshake rates (for quick experiments; the report is partial)")
+	flag.StringVar(&cfg.only, "only", "", "measure only these targets, e.g. nginx,gate-exact (for quick experiments; the report is partial)")
 	flag.Parse()
 
 	if *backend != "" {
@@ -185,6 +187,9 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	var live []*target
 	for _, t := range targets {
+		if cfg.only != "" && t.key != "direct" && !slices.Contains(strings.Split(cfg.only, ","), t.key) {
+			continue
+		}
 		if t.skip == "" {
 			live = append(live, t)
 		} else {
