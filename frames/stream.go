@@ -76,26 +76,29 @@ type Close struct {
 type Stream struct {
 	// From is the peer whose frames this Stream reads.
 	From Peer
-	// MaxMessageBytes bounds the sum of a data message's frame lengths,
-	// checked on each header before its payload is read. Zero means no
-	// limit.
-	MaxMessageBytes int64
-
 	// Compression allows RSV1 on the first frame of a data message
 	// (permessage-deflate negotiated). Such a message is read with Payload,
 	// not Forward.
 	Compression bool
 
-	fragmented bool  // a data message is open (its last frame had FIN=0)
-	compressed bool  // the open (or last) message is compressed
-	text       bool  // the open message is text
-	size       int64 // payload bytes announced so far for the open message
-	utf8       utf8State
-	pending    bool  // Next returned a header whose payload Forward has not read
-	unread     int64 // payload bytes of the last header not read yet; -1: unknown
-	pay        payloadReader
+	// The small fields share the first words with From and Compression:
+	// every proxied connection holds two Streams.
+	fragmented bool // a data message is open (its last frame had FIN=0)
+	compressed bool // the open (or last) message is compressed
+	text       bool // the open message is text
+	pending    bool // Next returned a header whose payload Forward has not read
 	midFrame   bool // Forward failed after writing part of a frame
+	utf8       utf8State
 	hdr        [ws.MaxHeaderSize]byte
+
+	// MaxMessageBytes bounds the sum of a data message's frame lengths,
+	// checked on each header before its payload is read. Zero means no
+	// limit.
+	MaxMessageBytes int64
+
+	size   int64          // payload bytes announced so far for the open message
+	unread int64          // payload bytes of the last header not read yet; -1: unknown
+	pay    *payloadReader // made by the first Payload (compressed messages only)
 }
 
 // StartsMessage reports whether h is the first frame of a data message:
@@ -194,8 +197,11 @@ const rsv1 = 4
 // part of s and valid until the next call of Next.
 func (s *Stream) Payload(r io.Reader, h ws.Header) io.Reader {
 	s.pending = false
-	s.pay = payloadReader{s: s, r: r, h: h, remaining: h.Length}
-	return &s.pay
+	if s.pay == nil {
+		s.pay = new(payloadReader)
+	}
+	*s.pay = payloadReader{s: s, r: r, h: h, remaining: h.Length}
+	return s.pay
 }
 
 type payloadReader struct {

@@ -74,7 +74,7 @@ func (pl *poller) park(d *direction) error {
 	pl.mu.Unlock()
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
 	putID(&ev, id)
-	return syscall.EpollCtl(pl.epfd, op, d.fd, &ev)
+	return syscall.EpollCtl(pl.epfd, op, int(d.fd), &ev)
 }
 
 // forget removes d from the set; called before its socket is closed, so
@@ -87,7 +87,7 @@ func (pl *poller) forget(d *direction) {
 	}
 	delete(pl.dirs, d.id)
 	d.id = 0
-	_ = syscall.EpollCtl(pl.epfd, syscall.EPOLL_CTL_DEL, d.fd, nil)
+	_ = syscall.EpollCtl(pl.epfd, syscall.EPOLL_CTL_DEL, int(d.fd), nil)
 }
 
 var errNoFd = errors.New("proxy: connection has no descriptor to poll")

@@ -37,8 +37,8 @@ type pair struct {
 	lastSeen  atomic.Int64 // unix nanoseconds of the last frame either way
 	lastPing  atomic.Int64 // unix nanoseconds of the last frame from the client
 	closing   atomic.Bool  // a close frame has passed
-	pingSent  atomic.Int64 // unix nanoseconds of the gate's last ping
 	deflating bool         // permessage-deflate negotiated with the client
+	pingSent  atomic.Int64 // unix nanoseconds of the gate's last ping
 	release   func()       // frees the client's slot of the concurrent-connection bound
 
 	start          int64 // unix nanoseconds
@@ -85,24 +85,25 @@ const (
 	parked               // waiting for readiness in the poller; nobody owns it
 )
 
-// direction is the state of one relay direction.
+// direction is the state of one relay direction. Its fields are ordered
+// to keep it small: every proxied connection holds two.
 type direction struct {
 	pair     *pair
 	state    atomic.Int32
-	fd       int    // of src, for the poller; -1 when it cannot be polled
+	fd       int32  // of src, for the poller; -1 when it cannot be polled
 	id       uint64 // poller registration, guarded by the poller's lock
 	r        frames.Reader
 	s        frames.Stream
 	src, dst *peerConn
-	client   bool // reads the client
+	client   bool  // reads the client
+	timed    bool  // a message is open under MessageTimeout's deadline
+	active   bool  // relayed a frame since it last waited idle
+	ctlCount int32 // control frames in the window of ControlFrameRate
+	granted  int32 // messages the limiter has granted ahead (limited)
 
 	messages, bytes int64
 	out             batch // frames for dst not written yet
-	timed           bool  // a message is open under MessageTimeout's deadline
-	active          bool  // relayed a frame since it last waited idle
 	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
-	ctlCount        int
-	granted         int // messages the limiter has granted ahead (limited)
 }
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {
@@ -114,7 +115,7 @@ func newPair(p *Proxy, client, upstream net.Conn) *pair {
 	}
 	pr.fromClient = direction{
 		pair:   pr,
-		fd:     connFd(client),
+		fd:     int32(connFd(client)),
 		s:      frames.Stream{From: frames.Client, MaxMessageBytes: p.cfg.MaxMessageBytes},
 		src:    &pr.client,
 		dst:    &pr.upstream,
@@ -123,7 +124,7 @@ func newPair(p *Proxy, client, upstream net.Conn) *pair {
 	pr.fromClient.r.Reset(client)
 	pr.fromUpstream = direction{
 		pair: pr,
-		fd:   connFd(upstream),
+		fd:   int32(connFd(upstream)),
 		s:    frames.Stream{From: frames.Server, MaxMessageBytes: p.cfg.MaxMessageBytes},
 		src:  &pr.upstream,
 		dst:  &pr.client,
@@ -367,7 +368,7 @@ func (pr *pair) limited(d *direction, h ws.Header) bool {
 	if !pr.p.enforce(dec) {
 		// Under --shadow a refusal lets this one message pass; the next
 		// one is decided again.
-		d.granted = max(dec.Granted, 1) - 1
+		d.granted = int32(max(dec.Granted, 1) - 1)
 		return false
 	}
 	// The messages allowed before this one go first.
@@ -580,7 +581,7 @@ func (pr *pair) clientControl(d *direction, h ws.Header) (bool, error) {
 			d.ctlStart, d.ctlCount = now, 0
 		}
 		d.ctlCount++
-		if d.ctlCount > rule.Limit {
+		if int(d.ctlCount) > rule.Limit {
 			_ = pr.flush(d)
 			pr.end(ending{initiator: metrics.InitiatorGate,
 				clientCode: ws.StatusPolicyViolation, clientReason: "too many control frames",
