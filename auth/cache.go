@@ -1,27 +1,37 @@
 package auth
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"sync"
+	"time"
 )
 
-// tokenCache is a bounded LRU of verified tokens keyed by sha256(token), so
-// the cache never holds a token itself.
+// tokenCache is a bounded cache of verified tokens keyed by sha256(token), so
+// the cache never holds a token itself. Its entries are values in one map,
+// with no list and no allocation of their own: every connection of a distinct
+// user keeps one while its token lives, so an entry costs about a hundred
+// bytes. A full cache evicts by second chance over a short random sample (Go
+// starts each map iteration at a random place): the first entry not read
+// since it was stored or last sampled goes, so a token used once goes before
+// the tokens that reconnects keep presenting.
 type tokenCache struct {
 	mu  sync.Mutex
 	max int
-	ll  *list.List // front = most recently used; values are *cacheEntry
-	m   map[[sha256.Size]byte]*list.Element
+	m   map[[sha256.Size]byte]cachedID
 }
 
-type cacheEntry struct {
-	key [sha256.Size]byte
-	id  Identity
+// cachedID is a verified Identity, compacted.
+type cachedID struct {
+	subject, issuer string
+	exp             int64 // unix nanoseconds
+	used            bool  // read since an eviction pass last looked at it
 }
+
+// evictSample bounds the entries one eviction looks at.
+const evictSample = 8
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, ll: list.New(), m: make(map[[sha256.Size]byte]*list.Element)}
+	return &tokenCache{max: max, m: make(map[[sha256.Size]byte]cachedID)}
 }
 
 func (c *tokenCache) get(k [sha256.Size]byte) (Identity, bool) {
@@ -31,37 +41,52 @@ func (c *tokenCache) get(k [sha256.Size]byte) (Identity, bool) {
 	if !ok {
 		return Identity{}, false
 	}
-	c.ll.MoveToFront(e)
-	return e.Value.(*cacheEntry).id, true
+	if !e.used {
+		e.used = true
+		c.m[k] = e
+	}
+	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(0, e.exp).UTC()}, true
 }
 
 func (c *tokenCache) put(k [sha256.Size]byte, id Identity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[k]; ok {
-		e.Value.(*cacheEntry).id = id
-		c.ll.MoveToFront(e)
-		return
+	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
+		c.evict()
 	}
-	c.m[k] = c.ll.PushFront(&cacheEntry{key: k, id: id})
-	for c.ll.Len() > c.max {
-		last := c.ll.Back()
-		c.ll.Remove(last)
-		delete(c.m, last.Value.(*cacheEntry).key)
+	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, exp: id.Expiry.UnixNano()}
+}
+
+// evict drops one entry: the first of a random sample not read since it was
+// last sampled, else the first one sampled.
+func (c *tokenCache) evict() {
+	var first [sha256.Size]byte
+	n := 0
+	for k, e := range c.m {
+		if !e.used {
+			delete(c.m, k)
+			return
+		}
+		if n == 0 {
+			first = k
+		}
+		e.used = false
+		c.m[k] = e
+		if n++; n == evictSample {
+			break
+		}
 	}
+	delete(c.m, first)
 }
 
 func (c *tokenCache) remove(k [sha256.Size]byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[k]; ok {
-		c.ll.Remove(e)
-		delete(c.m, k)
-	}
+	delete(c.m, k)
 }
 
 func (c *tokenCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ll.Len()
+	return len(c.m)
 }

@@ -72,7 +72,7 @@ type Config struct {
 	// AllowAnonymous admits requests without any token as anonymous when
 	// keys are configured. A presented but invalid token is always refused.
 	AllowAnonymous bool
-	// CacheSize bounds the LRU of verified tokens. 0 means 10000; a negative
+	// CacheSize bounds the cache of verified tokens. 0 means 10000; a negative
 	// value disables the cache.
 	CacheSize int
 	// HTTPClient fetches the JWKS. nil means a client with a 10s timeout.

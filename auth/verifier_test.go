@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -372,5 +373,27 @@ func TestReasons(t *testing.T) {
 	e := &Error{Reason: ReasonExpired, Err: jwt.ErrTokenExpired()}
 	if !errors.Is(e, jwt.ErrTokenExpired()) || e.Error() != `auth: expired: "exp" not satisfied` {
 		t.Fatal(e.Error())
+	}
+}
+
+// TestCacheKeepsTokensInUse: a full cache drops tokens seen once before
+// the one that keeps coming back.
+func TestCacheKeepsTokensInUse(t *testing.T) {
+	c := newTokenCache(4)
+	key := func(i int) [sha256.Size]byte { return sha256.Sum256([]byte{byte(i)}) }
+	exp := time.Unix(2_000_000_000, 5).UTC()
+	c.put(key(0), Identity{Subject: "kept", Issuer: "iss", Expiry: exp})
+	for i := 1; i < 200; i++ {
+		id, ok := c.get(key(0))
+		if !ok {
+			t.Fatalf("the token in use was evicted after %d others", i-1)
+		}
+		if id.Subject != "kept" || id.Issuer != "iss" || !id.Expiry.Equal(exp) {
+			t.Fatalf("cached identity %+v", id)
+		}
+		c.put(key(i), Identity{Subject: "once", Expiry: exp})
+		if c.len() > 4 {
+			t.Fatalf("%d entries, want at most 4", c.len())
+		}
 	}
 }
