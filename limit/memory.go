@@ -17,10 +17,12 @@ type memKey struct {
 }
 
 // memEntry is a counter and its block, the two Redis keys of a rule in one.
+// Times are offsets from the store's base time, so that an entry is three
+// words kept in the map itself: every connected identity holds one.
 type memEntry struct {
 	n         int
-	windowEnd time.Time // the counter's expiry
-	blockEnd  time.Time // the block key's expiry; zero when never blocked
+	windowEnd time.Duration // the counter's expiry
+	blockEnd  time.Duration // the block key's expiry; zero when never blocked
 }
 
 // memory is the in-process store, with the semantics of the Redis scripts.
@@ -28,20 +30,26 @@ type memEntry struct {
 // the sweep costs O(1) per call amortised and the map holds at most about
 // twice the keys live since the last sweep.
 type memory struct {
-	now func() time.Time
+	now  func() time.Time
+	base time.Time // entry times are offsets from it
 
 	mu         sync.Mutex
-	m          map[memKey]*memEntry
+	m          map[memKey]memEntry
 	calls      int // since the last sweep
 	sweepEvery int
 }
 
 func newMemory(now func() time.Time) *memory {
-	return &memory{now: now, m: make(map[memKey]*memEntry), sweepEvery: minSweepEvery}
+	// The base is an hour back so that no offset is ever zero, which
+	// blockEnd uses for "never blocked".
+	return &memory{now: now, base: now().Add(-time.Hour), m: make(map[memKey]memEntry), sweepEvery: minSweepEvery}
 }
 
+// clock returns now as an offset from the base (monotonic when now is).
+func (s *memory) clock() time.Duration { return s.now().Sub(s.base) }
+
 func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duration, _ error) {
-	now := s.now()
+	now := s.clock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tick(now)
@@ -49,31 +57,28 @@ func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duratio
 		if !c.blocks() {
 			continue
 		}
-		if e := s.m[memKey{c.rule, c.id}]; e != nil && e.blockEnd.After(now) {
-			left[i] = e.blockEnd.Sub(now)
+		if e, ok := s.m[memKey{c.rule, c.id}]; ok && e.blockEnd > now {
+			left[i] = e.blockEnd - now
 		}
 	}
 	return left, nil
 }
 
 func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, granted int, _ error) {
-	now := s.now()
+	now := s.clock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tick(now)
-	var es [2]*memEntry
+	var es [2]memEntry
+	var found [2]bool
 	denied := false
 	for i, c := range cs {
 		if !c.enabled() {
 			continue
 		}
-		e := s.m[memKey{c.rule, c.id}]
-		if e == nil {
-			continue
-		}
-		es[i] = e
-		if e.blockEnd.After(now) {
-			out[i] = outcome{denied: true, retry: e.blockEnd.Sub(now)}
+		es[i], found[i] = s.m[memKey{c.rule, c.id}]
+		if found[i] && es[i].blockEnd > now {
+			out[i] = outcome{denied: true, retry: es[i].blockEnd - now}
 			denied = true
 		}
 	}
@@ -85,8 +90,8 @@ func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, 
 		if !c.enabled() {
 			continue
 		}
-		e := es[i]
-		if e == nil || !e.windowEnd.After(now) {
+		e := &es[i]
+		if !found[i] || e.windowEnd <= now {
 			granted = min(granted, c.rule.Limit)
 			continue
 		}
@@ -98,10 +103,11 @@ func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, 
 		if c.rule.Block > 0 {
 			// As the script: block, and drop the counter so the budget is
 			// full when the block ends.
-			e.n, e.windowEnd, e.blockEnd = 0, now, now.Add(c.rule.Block)
+			e.n, e.windowEnd, e.blockEnd = 0, now, now+c.rule.Block
+			s.m[memKey{c.rule, c.id}] = *e
 			out[i] = outcome{denied: true, retry: c.rule.Block}
 		} else {
-			out[i] = outcome{denied: true, retry: e.windowEnd.Sub(now)}
+			out[i] = outcome{denied: true, retry: e.windowEnd - now}
 		}
 	}
 	if denied {
@@ -112,29 +118,26 @@ func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, 
 			continue
 		}
 		e := es[i]
-		if e == nil {
-			e = &memEntry{}
-			s.m[memKey{c.rule, c.id}] = e
-		}
-		if !e.windowEnd.After(now) {
-			e.n, e.windowEnd = 0, now.Add(c.rule.Window)
+		if e.windowEnd <= now {
+			e.n, e.windowEnd = 0, now+c.rule.Window
 		}
 		e.n += granted
+		s.m[memKey{c.rule, c.id}] = e
 	}
 	return out, granted, nil
 }
 
 // tick counts a call and sweeps every sweepEvery calls.
-func (s *memory) tick(now time.Time) {
+func (s *memory) tick(now time.Duration) {
 	if s.calls++; s.calls >= s.sweepEvery {
 		s.sweep(now)
 	}
 }
 
 // sweep drops the entries whose window and block have both ended.
-func (s *memory) sweep(now time.Time) {
+func (s *memory) sweep(now time.Duration) {
 	for k, e := range s.m {
-		if !e.windowEnd.After(now) && !e.blockEnd.After(now) {
+		if e.windowEnd <= now && e.blockEnd <= now {
 			delete(s.m, k)
 		}
 	}
