@@ -40,11 +40,12 @@ var (
 
 // gcPercent is the gate's GC target unless GOGC says otherwise. The
 // per-frame path allocates nothing, so the heap that GC paces is the live
-// state of the connections plus handshake garbage; a target of 50 instead
-// of Go's 100 keeps the idle RSS per connection under 4 KiB (measured:
-// 3.7 KiB against 4.2 KiB with 9,000 idle connections) at the cost of more
-// frequent, short collections during handshake storms.
-const gcPercent = 50
+// state of the connections plus handshake garbage, and the RSS an idle
+// connection costs follows the target: with 9,000 idle connections, each
+// its own JWT user, 5.05 KiB at 50 and 4.37 KiB at 25 (Go's sockets alone
+// take about 1.7 KiB of it). The price is more frequent, short collections
+// during handshake storms (BENCHMARKS.md's upgrades/s are measured with it).
+const gcPercent = 25
 
 func main() {
 	if os.Getenv("GOGC") == "" {
