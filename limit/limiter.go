@@ -354,6 +354,9 @@ func New(cfg Config) (*Limiter, error) {
 		// The background reconnect and Close wait for a dial at most this long.
 		opt.Dialer.Timeout = 2 * time.Second
 	}
+	if opt.CacheSizeEachConn == 0 {
+		opt.CacheSizeEachConn = blockCacheBytes
+	}
 	if cfg.Mode == ModeLease {
 		l.lease = newLeases(&l.rules[0], &l.rules[1])
 		opt.OnInvalidations = l.lease.invalidate

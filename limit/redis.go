@@ -18,6 +18,15 @@ const (
 	// writes the block key, and rueidis caps it by the key's own TTL, so this
 	// only bounds how often an idle identity's "not blocked" is re-read.
 	blockCacheTTL = 5 * time.Second
+	// blockCacheBytes bounds rueidis's client-side cache per Redis
+	// connection. Its LRU drops an expired entry only when it is read again
+	// or when the cache is full, so with rueidis's default of 128 MiB a gate
+	// that sees many distinct users would keep the block checks of every
+	// one of them (several hundred bytes each) up to that size per connection: a
+	// sidecar's memory limit is smaller. 8 MiB holds about 12,000 users'
+	// checks per connection; beyond that the least recently used are
+	// re-read from Redis when their user returns.
+	blockCacheBytes = 8 << 20
 	// probeEvery is how often the background loop tries Redis while it is
 	// unreachable (NewClient before the first connection, PING after).
 	probeEvery = 500 * time.Millisecond

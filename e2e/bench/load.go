@@ -347,7 +347,7 @@ type idleResult struct {
 // runIdle opens n WebSockets through t, waits until the backend holds all of them and the
 // proxy's RSS has settled, and returns the RSS growth per connection.
 func runIdle(ctx context.Context, t *target, s *signer, backendAddr string, n int) (idleResult, error) {
-	base, err := backendCount(backendAddr)
+	base, err := settledCount(backendAddr)
 	if err != nil {
 		return idleResult{}, err
 	}
@@ -400,4 +400,27 @@ func percentile(v []float64, p float64) float64 {
 	slices.Sort(v)
 	i := int(p/100*float64(len(v))+0.5) - 1
 	return v[max(0, min(i, len(v)-1))]
+}
+
+// settledCount returns the backend's connection count once the closes of
+// earlier measurements have reached it: the same count 500 ms apart (at most
+// 15 s). A count taken while they still arrive would make the idle
+// measurement wait for connections that already left.
+func settledCount(backendAddr string) (int, error) {
+	last, err := backendCount(backendAddr)
+	if err != nil {
+		return 0, err
+	}
+	for range 30 {
+		time.Sleep(500 * time.Millisecond)
+		c, err := backendCount(backendAddr)
+		if err != nil {
+			return 0, err
+		}
+		if c == last {
+			break
+		}
+		last = c
+	}
+	return last, nil
 }

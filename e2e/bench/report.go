@@ -275,7 +275,8 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	} else {
 		p("- Lease mode: not measured; %s.\n", e.leaseNote)
 	}
-	p("- nginx runs 2 worker processes and HAProxy 2 threads, as the configs above show; the gate uses both CPUs (GOMAXPROCS defaults to 2 here).\n")
+	p("- nginx runs 2 worker processes and HAProxy 2 threads, as the configs above show; the gate uses both CPUs (GOMAXPROCS defaults to 2 here) and its own GC target of 25 (GOGC is not set).\n")
+	p("- Every limiter call decides all the messages already buffered on a connection (at most 64): under S1 load one exact-mode Redis call covers several messages, so its Redis req/rt is well under 1; at one message in flight (S2) each message makes its own call, a Redis round trip on the message's path.\n")
 	if len(r.errs) > 0 {
 		p("\n## Failed measurements\n\n")
 		for _, t := range append(targets, &target{key: "redis", name: "redis"}) {
