@@ -458,20 +458,25 @@ func (l *loopReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// relayFrame relays r's next frame through s to io.Discard, as the relay
+// loop does.
+func relayFrame(t *testing.T, s *Stream, r *Reader) {
+	t.Helper()
+	h, err := s.Next(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forward(io.Discard, r, h); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+}
+
 func TestRelayDoesNotAllocate(t *testing.T) {
 	in := raw{fin: true, op: 1, masked: true, payload: bytes.Repeat([]byte("x"), 128)}.bytes()
 	s := &Stream{MaxMessageBytes: 1 << 20}
 	r := NewReader(&loopReader{b: in})
-	relayOne := func() {
-		h, err := s.Next(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Forward(io.Discard, r, h); err != nil {
-			t.Fatal(err)
-		}
-		r.Release()
-	}
+	relayOne := func() { relayFrame(t, s, r) }
 	relayOne()
 	if n := testing.AllocsPerRun(1000, relayOne); n != 0 {
 		t.Fatalf("relaying a frame allocates %v times, want 0", n)
@@ -510,14 +515,7 @@ func TestSocketRelayDoesNotAllocate(t *testing.T) {
 		if err := r.Wait(); err != nil {
 			t.Fatal(err)
 		}
-		h, err := s.Next(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Forward(io.Discard, r, h); err != nil {
-			t.Fatal(err)
-		}
-		r.Release()
+		relayFrame(t, s, r)
 		if r.big != nil {
 			t.Fatal("a buffer is held between frames")
 		}
