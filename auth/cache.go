@@ -23,7 +23,8 @@ type tokenCache struct {
 // cachedID is a verified Identity, compacted.
 type cachedID struct {
 	subject, issuer string
-	exp             int64 // unix nanoseconds
+	expSec          int64 // exp as Unix seconds and nanoseconds: a year-9999
+	expNsec         int32 // "never expires" token does not fit UnixNano
 	used            bool  // read since an eviction pass last looked at it
 }
 
@@ -45,7 +46,7 @@ func (c *tokenCache) get(k [sha256.Size]byte) (Identity, bool) {
 		e.used = true
 		c.m[k] = e
 	}
-	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(0, e.exp).UTC()}, true
+	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC()}, true
 }
 
 func (c *tokenCache) put(k [sha256.Size]byte, id Identity) {
@@ -54,7 +55,7 @@ func (c *tokenCache) put(k [sha256.Size]byte, id Identity) {
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
 		c.evict()
 	}
-	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, exp: id.Expiry.UnixNano()}
+	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond())}
 }
 
 // evict drops one entry: the first of a random sample not read since it was

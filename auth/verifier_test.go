@@ -397,3 +397,19 @@ func TestCacheKeepsTokensInUse(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheFarExpiry: a "never expires" token (exp in the year 2286, past
+// what UnixNano holds) is accepted again from the cache.
+func TestCacheFarExpiry(t *testing.T) {
+	k := mustKeys(t)
+	v := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Now: newClock(t0).Now})
+	c := validClaims()
+	c["exp"] = int64(9999999999)
+	tok := sign(t, jwa.HS256, k.secret, "", c)
+	for i := range 3 {
+		id, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+		if err != nil || id.Expiry.Unix() != 9999999999 {
+			t.Fatalf("call %d: %+v, %v", i, id, err)
+		}
+	}
+}
