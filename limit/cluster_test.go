@@ -26,6 +26,7 @@ func TestCluster(t *testing.T) {
 		}
 	})
 	t.Run("exact", func(t *testing.T) { testExact(t, url) })
+	t.Run("semantics", func(t *testing.T) { runSemantics(t, redisHarness(url)) })
 	t.Run("refund", func(t *testing.T) { testRefund(t, url, cli) })
 	t.Run("lease semantics", func(t *testing.T) { runSemantics(t, leaseHarness(url, 2)) })
 	t.Run("lease window", func(t *testing.T) { testLeaseWindow(t, url) })

@@ -382,7 +382,8 @@ func New(cfg Config) (*Limiter, error) {
 }
 
 // Message decides one data message of identity user from client IP ip.
-// It never blocks longer than Config.Timeout plus the caller's context.
+// It never blocks longer than Config.Timeout (plus up to 5ms, see
+// Config.Timeout) or the caller's context.
 func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 	return l.Messages(ctx, user, ip, 1)
 }
@@ -391,10 +392,14 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // have arrived together, in one store call: the first Decision.Granted of
 // them pass; when fewer than n were granted, the caller asks again for the
 // rest, and a refusal (Granted 0) is the refusal of the first message
-// asked about. The outcome is the one n calls of Message would have had:
-// no message passes that Message would have refused. A relay that reads
-// several buffered messages at once asks about all of them, which saves a
-// Redis round trip per message under load.
+// asked about. At the moment of the call the outcome is the one n calls
+// of Message would have had: the same messages pass, the same one is
+// refused. Granted messages stay granted: a block that starts afterwards
+// (from another connection or replica) does not reach them, as it does not
+// reach a message already relayed. A relay that reads several buffered
+// messages at once asks about all of them, which saves a Redis round trip
+// per message under load. On a Redis Cluster, where the two rules live on
+// different nodes, n is taken as 1.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
 	user, ip = safeID(user), safeID(ip)
 	cs := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}

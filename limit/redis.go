@@ -101,11 +101,17 @@ return res
 `
 
 // refundSrc takes back ARGV[1] events counted by takeSrc on a Cluster when
-// the other rule, in another slot, refused or counted fewer. A counter that
-// expired meanwhile is left alone rather than recreated without a TTL.
+// the other rule, in another slot, refused. A counter that expired
+// meanwhile is left alone rather than recreated without a TTL, and one
+// recreated meanwhile by a new window is not taken below zero.
 const refundSrc = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('DECRBY', KEYS[1], ARGV[1])
+  local v = redis.call('DECRBY', KEYS[1], ARGV[1])
+  if v < 0 then
+    redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+    return 0
+  end
+  return v
 end
 return 0
 `
@@ -196,15 +202,22 @@ func (s *redisStore) take(ctx context.Context, cs [2]counter, n int) (out [2]out
 		granted, err = parseTake(res, out[:])
 		return out, granted, err
 	}
-	return takeCluster(ctx, s.client, cs, want)
+	// On a Cluster the two rules are counted by two scripts on their own
+	// nodes. Counting several events there would let each count what it
+	// has left and refund the difference a round trip later, and meanwhile
+	// the other clients of that key would see a count that is too high
+	// (even a false block); one event at a time leaves only the refund of a
+	// refusal, as before batching.
+	return takeCluster(ctx, s.client, cs)
 }
 
-// takeCluster pipelines one script per rule. It does not use
-// Lua.ExecMulti, which sends SCRIPT LOAD to every node on every call: it
-// sends EVALSHA and resends with EVAL only the commands that got NOSCRIPT.
-// The two scripts decide on their own, so what one counted beyond the
-// other's count is taken back: all of it when the other refused.
-func takeCluster(ctx context.Context, c rueidis.Client, cs [2]counter, want string) (out [2]outcome, granted int, err error) {
+// takeCluster counts one event with one script per rule, pipelined. It
+// does not use Lua.ExecMulti, which sends SCRIPT LOAD to every node on
+// every call: it sends EVALSHA and resends with EVAL only the commands that
+// got NOSCRIPT. The two scripts decide on their own, so when one refused,
+// the event the other counted is taken back.
+func takeCluster(ctx context.Context, c rueidis.Client, cs [2]counter) (out [2]outcome, granted int, err error) {
+	const want = "1"
 	var cmds [2]rueidis.Completed
 	for i, k := range cs {
 		r := k.rule
