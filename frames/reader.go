@@ -101,9 +101,10 @@ func (o *onceReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Wait blocks until at least one byte is buffered, reading into the
-// Reader's own array when it holds no pooled buffer: a goroutine waiting
-// for a connection's next frame borrows nothing.
+// Wait blocks until at least one byte is buffered. A goroutine waiting for
+// a connection's next frame borrows nothing: a socket is waited for
+// without a buffer and read into a pooled one once readable; other sources
+// are read into the Reader's own array.
 func (r *Reader) Wait() error {
 	if len(r.data) > 0 {
 		return nil
@@ -143,8 +144,10 @@ func (r *Reader) Read(p []byte) (int, error) {
 }
 
 // fill reads until at least n (> Buffered, <= BufferSize) bytes are
-// buffered. Without a pooled buffer it reads into the Reader's own array;
-// with one, it reads as much as the source has ready.
+// buffered. An empty Reader of a socket waits for readiness, then reads
+// into a pooled buffer (readRaw); otherwise, without a pooled buffer it
+// reads into the Reader's own array, and with one as much as the source
+// has ready.
 func (r *Reader) fill(n int) error {
 	if r.raw != nil && r.big == nil && len(r.data) == 0 {
 		return r.readRaw()

@@ -350,11 +350,12 @@ const maxDecide = 64
 // and, when it is refused, ends the pair with the 429 frame and close 4008.
 // Messages are decided ahead: when none is granted yet, one limiter call
 // decides this message and every message whose header is already buffered
-// behind it (they have all arrived, so counting them now is what counting
-// them one by one would do), and the ones granted pass without a call. A
-// burst costs one Redis round trip instead of one per message. Units
-// granted to messages that never get relayed, because the connection ends
-// first, stay spent.
+// behind it (they have all arrived; the call counts and refuses them as
+// one call per message would at this moment), and the ones granted pass
+// without a call, even if a block starts before they are relayed. A burst
+// costs one Redis round trip instead of one per message. Units granted to
+// messages that never get relayed, because the connection ends first,
+// stay spent.
 func (pr *pair) limited(d *direction, h ws.Header) bool {
 	if d.granted > 0 {
 		d.granted--
@@ -459,8 +460,9 @@ func (pr *pair) end(e ending) {
 	pr.wake(&pr.fromUpstream)
 }
 
-// hangUp ends c at once: the peer sees the connection end, and reads and
-// writes on it fail. A socket is shut down rather than closed, so that its
+// hangUp ends c at once: the peer sees the connection end (FIN), writes
+// fail, and reads return what was already received, then EOF (drain reads
+// at most maxDrain of it). A socket is shut down rather than closed, so that its
 // descriptor number stays taken until finish has taken it out of the
 // poller: closed earlier, the number could be handed to a new connection
 // whose parked socket finish would then unregister instead.
