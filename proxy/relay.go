@@ -221,6 +221,10 @@ func (pr *pair) other(d *direction) *direction {
 // close frame.
 func (pr *pair) relay(d *direction, woke bool) error {
 	for {
+		// A frame read from a new read of the connection refreshes the
+		// pair's clock; the frames that came with it in the same read do not
+		// need to (a clock read per frame was 2% of the relay's CPU).
+		fresh := d.r.Buffered() == 0
 		if !woke {
 			parked, err := pr.idleWait(d)
 			if parked {
@@ -239,7 +243,9 @@ func (pr *pair) relay(d *direction, woke bool) error {
 			}
 			return err
 		}
-		pr.touch(d)
+		if fresh {
+			pr.touch(d)
+		}
 		if pr.ended.Load() {
 			return pr.drainFrame(d, h)
 		}
