@@ -193,8 +193,8 @@ type counter struct {
 	// blockRule, when set, names the rule whose block key the counting
 	// script checks instead of this rule's own: a handshake's connection
 	// counter checks the message rule's block of the same identity (same
-	// hash tag, so same slot). The cached block check before it may still
-	// hold a "not blocked" that Redis is invalidating; this closes that gap.
+	// hash tag, so same slot). With Redis that is a handshake's block check
+	// (blocks it has seen refuse without a round trip, see blockMemo).
 	blockRule *rule
 }
 
@@ -220,8 +220,9 @@ func (c counter) blockKey() string {
 
 // outcome is one counter's verdict.
 type outcome struct {
-	denied bool
-	retry  time.Duration
+	denied  bool
+	blocked bool // refused by a block (the Redis store says so; the memory store does not)
+	retry   time.Duration
 }
 
 // store is what a Limiter asks of the memory and the Redis stores.
@@ -252,6 +253,8 @@ type Limiter struct {
 	up       atomic.Bool
 
 	lease *leases // the local slices in ModeLease with Redis; nil otherwise
+
+	blocks blockMemo // blocks seen in Redis's answers, for handshakes
 
 	conns *conns // nil without IPMaxConns
 
@@ -458,12 +461,18 @@ func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter, n
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var err error
-	if l.lease != nil && kind == KindMessage {
+	switch {
+	case kind == KindConnection:
+		d, err = l.handshake(rctx, rs, blk, cs)
+	case l.lease != nil:
 		d, err = l.lease.decide(rctx, rs, cs, n)
-	} else {
+	default:
 		d, err = decide(rctx, rs, kind, blk, cs, n)
 	}
 	cancel()
+	if err == nil && kind == KindMessage {
+		l.noteMessage(cs, d)
+	}
 	if err != nil {
 		// A caller that gave up is not Redis's fault, nor are slices
 		// invalidated again and again.

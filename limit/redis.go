@@ -42,7 +42,9 @@ const blockSrc = `return redis.call('PTTL', KEYS[1])`
 // takeSrc counts up to ARGV[3n+1] events against one or two rules
 // atomically. KEYS holds (counter, block key) pairs and ARGV (limit, window
 // ms, block ms) triples, then the number of events wanted. It returns
-// (allowed, retry ms) pairs, then the number of events counted: as many as
+// (verdict, retry ms) pairs, the verdict 1 for allowed, 0 for refused by the
+// window's limit, 2 for refused by a block (one on already, or set now),
+// then the number of events counted: as many as
 // the rule closest to its limit has left, and 0 when a rule refuses. A pair
 // with limit 0 is only checked for its block. Nothing is written unless
 // every rule allows, except that a rule refusing its (limit+1)-th event
@@ -56,7 +58,7 @@ local denied = false
 for i = 1, n do
   local b = redis.call('PTTL', KEYS[2*i])
   if b > 0 then
-    res[2*i-1] = 0; res[2*i] = b; denied = true
+    res[2*i-1] = 2; res[2*i] = b; denied = true
   else
     res[2*i-1] = 1; res[2*i] = 0
   end
@@ -78,7 +80,7 @@ for i = 1, n do
     if block > 0 then
       redis.call('SET', KEYS[2*i], '1', 'PX', block)
       redis.call('DEL', c)
-      res[2*i] = block
+      res[2*i-1] = 2; res[2*i] = block
     else
       local t = redis.call('PTTL', c)
       if t < 0 then
@@ -269,7 +271,7 @@ func refund(ctx context.Context, c rueidis.Client, k counter, n int) error {
 	return nil
 }
 
-// parseTake reads takeSrc's (allowed, retry ms) pairs into out and returns
+// parseTake reads takeSrc's (verdict, retry ms) pairs into out and returns
 // the number of events it counted.
 func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
 	vs, err := r.AsIntSlice()
@@ -280,8 +282,8 @@ func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
 		return 0, fmt.Errorf("take: script returned %d values, want %d", len(vs), 2*len(out)+1)
 	}
 	for i := range out {
-		if vs[2*i] == 0 {
-			out[i] = outcome{denied: true, retry: time.Duration(vs[2*i+1]) * time.Millisecond}
+		if vs[2*i] != 1 {
+			out[i] = outcome{denied: true, blocked: vs[2*i] == 2, retry: time.Duration(vs[2*i+1]) * time.Millisecond}
 		}
 	}
 	return int(vs[2*len(out)]), nil

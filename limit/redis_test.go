@@ -315,3 +315,56 @@ func TestRedisCallerCancel(t *testing.T) {
 		t.Fatal("a canceled caller marked Redis down")
 	}
 }
+
+// TestRedisHandshakeLearnsBlocks: a handshake reads no block key through
+// the client-side cache (that would keep a cache entry per connected
+// user); a block set by another replica is found by the counting script,
+// after which this Limiter refuses the identity's handshakes without a
+// round trip until the block ends.
+func TestRedisHandshakeLearnsBlocks(t *testing.T) {
+	s := startRedis(t)
+	cfg := Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Rules: Rules{
+		UserMessages: rate(2, 10*time.Second, 400*ms),
+		UserConns:    rate(1000, 10*time.Second, 0),
+	}}
+	a, b := newLimiter(t, cfg), newLimiter(t, cfg)
+	ctx := context.Background()
+	h := &harness{store: "redis"}
+	h.handshakes(t, b, 1, "u", "x") // b has seen "u" unblocked
+	h.allow(t, a, 2, "u", "x")
+	h.deny(t, a, "u", "x", ScopeUser, KindMessage, 400*ms) // a blocks "u"
+	// Commands of the decisions, without those of a connection rueidis
+	// may open meanwhile (HELLO, CLIENT TRACKING).
+	count := func(f func()) int {
+		t.Helper()
+		mon := startMonitor(t, s)
+		f()
+		n := 0
+		for _, c := range mon.stop() {
+			if c != "HELLO" && c != "CLIENT" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(func() {
+		h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, 400*ms)
+	}); n != 1 {
+		t.Fatalf("first handshake on the other replica: %d commands, want 1 (the counting script)", n)
+	}
+	if n := count(func() {
+		for range 10 {
+			h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, 400*ms)
+		}
+	}); n != 0 {
+		t.Fatalf("handshakes of a known block: %d commands, want 0", n)
+	}
+	b.blocks.mu.Lock()
+	remembered := len(b.blocks.m)
+	b.blocks.mu.Unlock()
+	if remembered != 1 {
+		t.Fatalf("%d remembered blocks, want 1", remembered)
+	}
+	time.Sleep(450 * ms)
+	h.handshakes(t, b, 1, "u", "y") // the block ended: served again
+}
