@@ -18,9 +18,11 @@ const maxBlockMemo = 1 << 16
 // and rueidis keeps an entry (several hundred bytes) per key read, so every
 // connected user would cost that much memory for as long as the entry
 // lives, to spare a round trip only to the few that are blocked. A block
-// lives exactly its TTL (nothing deletes a block key), so a remembered one
-// is never stale; one set by another replica is learnt from the first
-// refusal the counting script gives here, which checks blocks itself.
+// lives exactly its TTL (the gate never deletes a block key), so a
+// remembered one is stale only if Redis loses it (a flush, a restart
+// without persistence), and then for the rest of that block at most; one
+// set by another replica is learnt from the first refusal the counting
+// script gives here, which checks blocks itself.
 type blockMemo struct {
 	mu sync.Mutex
 	m  map[memKey]time.Time // the block's end, on this process's monotonic clock
