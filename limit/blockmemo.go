@@ -93,11 +93,7 @@ func (l *Limiter) handshake(ctx context.Context, rs *redisStore, blk, cs [2]coun
 			l.blocks.note(blk[i], o.retry)
 		}
 	}
-	d, refused := verdict(KindConnection, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
-	if !refused {
-		d.Granted = granted
-	}
-	return d, nil
+	return counted(KindConnection, cs, out, granted), nil
 }
 
 // noteMessage remembers the block behind a refused message decision: a

@@ -238,7 +238,6 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	var es [2]*leaseEntry
-	g := n
 	for i, c := range cs {
 		if !c.enabled() {
 			continue
@@ -247,7 +246,7 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 		if e == nil || e.refill != nil || !e.usable(now) {
 			return 0
 		}
-		es[i], g = e, min(g, e.left)
+		es[i] = e
 	}
 	if es[0] == nil && es[1] == nil {
 		return 0
@@ -255,8 +254,25 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 	ls.tick(now)
 	for _, e := range es {
 		if e != nil {
-			e.left -= g
 			e.touched = now
+		}
+	}
+	return spendFrom(es, n)
+}
+
+// spendFrom takes up to n units from every slice of es (nil: a rule not in
+// use) and returns how many: as many as the smallest one holds. ls.mu is
+// held.
+func spendFrom(es [2]*leaseEntry, n int) int {
+	g := n
+	for _, e := range es {
+		if e != nil {
+			g = min(g, e.left)
+		}
+	}
+	for _, e := range es {
+		if e != nil {
+			e.left -= g
 		}
 	}
 	return g
@@ -371,17 +387,7 @@ func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter, n int)
 			}
 		}
 		if !need[0] && !need[1] {
-			g := n
-			for _, e := range es {
-				if e != nil {
-					g = min(g, e.left)
-				}
-			}
-			for _, e := range es {
-				if e != nil {
-					e.left -= g
-				}
-			}
+			g := spendFrom(es, n)
 			ls.mu.Unlock()
 			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
 		}

@@ -534,11 +534,17 @@ func decide(ctx context.Context, s store, kind string, blk, cs [2]counter, n int
 	if err != nil {
 		return Decision{}, err
 	}
+	return counted(kind, cs, out, granted), nil
+}
+
+// counted is the Decision of a store's take: refused by the first counter
+// that refused, else granted events allowed.
+func counted(kind string, cs [2]counter, out [2]outcome, granted int) Decision {
 	d, refused := verdict(kind, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
 	if !refused {
 		d.Granted = granted
 	}
-	return d, nil
+	return d
 }
 
 func verdict(kind string, cs [2]counter, deny0, deny1 bool, retry0, retry1 time.Duration) (Decision, bool) {
