@@ -1,0 +1,276 @@
+// Package netpoll runs a callback when a socket has bytes to read, on a
+// bounded pool of worker goroutines, so that an idle connection holds no
+// goroutine (and no goroutine stack) of its own. It is the "readiness, then
+// read" design of gobwas' "A Million WebSockets and Go", cut down to what
+// the gate needs: one-shot waits for readability, wakes from other
+// goroutines, and a pool that a callback can leave before it blocks.
+//
+// # Descriptors and their owner
+//
+// A Desc is one socket's registration. It is embedded in the struct of the
+// goroutine-less task that reads the socket (its owner), and it is in one of
+// these states:
+//
+//   - running: some goroutine runs the owner's code. Only that goroutine may
+//     call Wait, Detach or Remove.
+//   - running, kicked: as running, and a Wake (or a stray readiness event)
+//     came meanwhile: the owner's next Wait returns at once instead of
+//     parking, so a wake is never lost.
+//   - armed: the owner parked it with Wait and no goroutine runs its code.
+//     The first readiness event or Wake moves it back to running and runs
+//     its callback on a worker; everything else leaves it alone.
+//   - removed: Remove was called; nothing runs its callback again.
+//
+// The owner publishes what it will look at before it parks, and a goroutine
+// that wants the owner to look again publishes first and then calls Wake:
+// either the owner's Wait sees the kick and returns false, or Wake finds the
+// Desc armed and runs the callback. No interleaving loses the wake.
+//
+// # Workers
+//
+// Callbacks run on at most Workers goroutines at a time, which stay for the
+// next callback when they finish one: a storm of wakes (every connection's
+// keepalive answer in the same second) costs Workers stacks, not one per
+// connection. A callback that is about to block (a write to a slow peer, the
+// rest of a frame that has not arrived) calls Detach first: its worker is
+// replaced, so blocked connections never starve the pool, and the detached
+// goroutine ends when the callback returns.
+package netpoll
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+)
+
+// States of a Desc.
+const (
+	running int32 = iota
+	kicked
+	arming // inside Wait: the state is set, the registration not yet
+	armed
+	removed
+)
+
+// testHookArmed, when set by a test, runs in Wait between the re-arm and
+// the state change that publishes it: where a Wake must not be lost.
+var testHookArmed func(*Desc)
+
+// ErrUnsupported is returned by New where there is no poller (anything but
+// Linux): the caller keeps a goroutine blocked on each connection instead.
+var ErrUnsupported = errors.New("netpoll: not supported on this platform")
+
+// ErrRemoved is returned by Wait on a removed Desc.
+var ErrRemoved = errors.New("netpoll: descriptor removed")
+
+// ErrClosed is returned by Wait after Close.
+var ErrClosed = errors.New("netpoll: poller closed")
+
+// Desc is one socket's registration with a Poller. Its zero value is
+// unregistered; it must not be copied after the first Wait.
+type Desc struct {
+	state atomic.Int32
+	fd    int32
+	id    uint64 // in the epoll set under this id; 0 when not added. Owner only
+	fn    func()
+	w     *worker // the worker running fn, until Detach; owner only
+}
+
+// worker is one goroutine of the pool.
+type worker struct {
+	detached bool
+}
+
+// Poller waits for readability of registered sockets and runs their
+// callbacks on a bounded pool of workers. Create it with New.
+type Poller struct {
+	impl // the platform's event loop
+
+	mu       sync.Mutex
+	cond     sync.Cond
+	queue    []*Desc // callbacks waiting for a worker, oldest first
+	head     int
+	attached int // workers that have not detached: idle plus running
+	idle     int
+	max      int
+	closed   bool
+	workers  sync.WaitGroup
+}
+
+// DefaultWorkers is the size of the pool when New is given 0.
+const DefaultWorkers = 256
+
+// New starts a Poller whose callbacks run on at most workers goroutines at
+// a time (0 means DefaultWorkers).
+func New(workers int) (*Poller, error) {
+	if workers <= 0 {
+		workers = DefaultWorkers
+	}
+	p := &Poller{max: workers}
+	p.cond.L = &p.mu
+	if err := p.start(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Init sets the socket d waits for and the callback that runs when it is
+// ready. Call it once, before d is used.
+func (d *Desc) Init(fd int, fn func()) {
+	d.fd, d.fn = int32(fd), fn
+}
+
+// Wait parks d until its socket is readable (or hung up, or in error), or
+// until Wake: then d's callback runs once on a worker and owns d. It
+// reports false when a Wake (or an event) came since the owner's last
+// Wait; the owner then keeps d and must look at its state again before it
+// waits. d must not be registered with another Poller.
+func (p *Poller) Wait(d *Desc) (parked bool, err error) {
+	if !d.state.CompareAndSwap(running, arming) {
+		if d.state.CompareAndSwap(kicked, running) {
+			return false, nil
+		}
+		return false, ErrRemoved
+	}
+	if err := p.arm(d); err != nil {
+		// Whatever came meanwhile, the owner keeps d.
+		d.state.Store(running)
+		return false, err
+	}
+	if testHookArmed != nil {
+		testHookArmed(d)
+	}
+	if d.state.CompareAndSwap(arming, armed) {
+		return true, nil
+	}
+	// Kicked while arming. The registration stays armed; should it fire
+	// later, it only kicks d again, which costs its owner one more look.
+	d.state.Store(running)
+	return false, nil
+}
+
+// Wake runs d's callback on a worker if d is parked, and otherwise makes
+// the owner's next Wait return at once. It reports whether it ran the
+// callback. Any goroutine may call it, any number of times.
+func (p *Poller) Wake(d *Desc) bool {
+	for {
+		switch s := d.state.Load(); s {
+		case armed:
+			if d.state.CompareAndSwap(armed, running) {
+				p.dispatch(d)
+				return true
+			}
+		case running, arming:
+			if d.state.CompareAndSwap(s, kicked) {
+				return false
+			}
+		default: // kicked already, or removed
+			return false
+		}
+	}
+}
+
+// Remove takes d out of the poller for good: its callback never runs
+// again, and its socket may be closed once Remove has returned. Only d's
+// owner calls it.
+func (p *Poller) Remove(d *Desc) {
+	d.state.Store(removed)
+	if d.id != 0 {
+		p.forget(d)
+		d.id = 0
+	}
+}
+
+// Detach is called by d's callback, on the goroutine that runs it, before
+// it blocks: the worker leaves the pool (another takes its place) and the
+// goroutine ends when the callback returns. It does nothing when the
+// callback does not run on a worker, or has detached already.
+func (p *Poller) Detach(d *Desc) {
+	w := d.w
+	if w == nil {
+		return
+	}
+	d.w = nil
+	w.detached = true
+	p.mu.Lock()
+	p.attached--
+	p.spawnIfNeeded()
+	p.mu.Unlock()
+}
+
+// Go runs d's callback on a worker now, as a Wake of a parked Desc would.
+// d's owner hands it over: after Go, the callback owns d. It is how a new
+// connection's first run is started.
+func (p *Poller) Go(d *Desc) {
+	p.dispatch(d)
+}
+
+// dispatch queues d's callback for a worker.
+func (p *Poller) dispatch(d *Desc) {
+	p.mu.Lock()
+	p.queue = append(p.queue, d)
+	if p.idle > 0 {
+		p.cond.Signal()
+	} else {
+		p.spawnIfNeeded()
+	}
+	p.mu.Unlock()
+}
+
+// spawnIfNeeded starts a worker when callbacks wait, no worker is idle and
+// the pool has room. Called with p.mu held.
+func (p *Poller) spawnIfNeeded() {
+	if p.closed || p.idle > 0 || len(p.queue) == p.head || p.attached >= p.max {
+		return
+	}
+	p.attached++
+	p.workers.Add(1)
+	go p.work()
+}
+
+// work is one worker: it runs queued callbacks until Close, or until a
+// callback detaches it.
+func (p *Poller) work() {
+	defer p.workers.Done()
+	w := &worker{}
+	p.mu.Lock()
+	for {
+		for len(p.queue) == p.head && !p.closed {
+			p.idle++
+			p.cond.Wait()
+			p.idle--
+		}
+		if len(p.queue) == p.head {
+			p.attached--
+			p.mu.Unlock()
+			return
+		}
+		d := p.queue[p.head]
+		p.queue[p.head] = nil
+		p.head++
+		if p.head == len(p.queue) {
+			p.queue, p.head = p.queue[:0], 0
+		}
+		p.mu.Unlock()
+
+		d.w = w
+		d.fn()
+		if w.detached {
+			return
+		}
+		p.mu.Lock()
+	}
+}
+
+// Close stops the event loop and the workers once they have run every
+// queued callback, and waits for them (detached goroutines included). Call
+// it when no Desc is armed or running any more.
+func (p *Poller) Close() error {
+	err := p.stop()
+	p.mu.Lock()
+	p.closed = true
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	p.workers.Wait()
+	return err
+}

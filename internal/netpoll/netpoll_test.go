@@ -1,0 +1,266 @@
+//go:build linux
+
+package netpoll
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// socketPair returns two connected non-blocking stream sockets.
+func socketPair(t *testing.T) (a, b int) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Close(fds[0])
+		syscall.Close(fds[1])
+	})
+	return fds[0], fds[1]
+}
+
+func newPoller(t *testing.T, workers int) *Poller {
+	t.Helper()
+	p, err := New(workers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// within fails the test when ch does not deliver within 5 s.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not happen within 5s", what)
+		panic("unreachable")
+	}
+}
+
+func TestReadinessRunsCallbackOnce(t *testing.T) {
+	p := newPoller(t, 4)
+	a, b := socketPair(t)
+	var d Desc
+	ran := make(chan struct{}, 4)
+	fn := func() { ran <- struct{}{} }
+	d.Init(a, fn)
+	parked, err := p.Wait(&d)
+	if err != nil || !parked {
+		t.Fatalf("Wait: parked %v, %v", parked, err)
+	}
+	if _, err := syscall.Write(b, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	within(t, ran, "the callback after a write")
+	// One-shot: more bytes and a Wake of a running Desc do not run it again.
+	if _, err := syscall.Write(b, []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if p.Wake(&d) {
+		t.Fatal("Wake ran the callback of a running Desc")
+	}
+	select {
+	case <-ran:
+		t.Fatal("the callback ran twice for one Wait")
+	case <-time.After(50 * time.Millisecond):
+	}
+	// The kick is remembered: the next Wait returns at once.
+	if parked, err := p.Wait(&d); parked || err != nil {
+		t.Fatalf("Wait after a kick: parked %v, %v; want false, nil", parked, err)
+	}
+	p.Remove(&d)
+}
+
+func TestWakeRunsParkedCallback(t *testing.T) {
+	p := newPoller(t, 4)
+	a, _ := socketPair(t)
+	var d Desc
+	ran := make(chan struct{}, 1)
+	d.Init(a, func() { ran <- struct{}{} })
+	if parked, err := p.Wait(&d); !parked || err != nil {
+		t.Fatalf("Wait: %v, %v", parked, err)
+	}
+	if !p.Wake(&d) {
+		t.Fatal("Wake of a parked Desc did not run its callback")
+	}
+	within(t, ran, "the callback after Wake")
+	if p.Wake(&d) {
+		t.Fatal("a second Wake ran the callback again")
+	}
+	p.Remove(&d)
+}
+
+// TestWakeWhileArming forces a Wake between the re-arm and the state change
+// that publishes it: Wait must not park, or the wake is lost.
+func TestWakeWhileArming(t *testing.T) {
+	p := newPoller(t, 4)
+	a, _ := socketPair(t)
+	var d Desc
+	ran := make(chan struct{}, 1)
+	testHookArmed = func(d *Desc) { p.Wake(d) }
+	defer func() { testHookArmed = nil }()
+	d.Init(a, func() { ran <- struct{}{} })
+	parked, err := p.Wait(&d)
+	if err != nil || parked {
+		t.Fatalf("Wait with a Wake while arming: parked %v, %v; want false", parked, err)
+	}
+	select {
+	case <-ran:
+		t.Fatal("the callback ran while its owner kept the Desc")
+	case <-time.After(20 * time.Millisecond):
+	}
+	p.Remove(&d)
+}
+
+// TestNoLostWake races one Wake against the owner's Wait, many times:
+// every round must end with the owner running again, either because Wait
+// saw the kick and returned false or because the Wake ran the callback.
+func TestNoLostWake(t *testing.T) {
+	p := newPoller(t, 4)
+	a, _ := socketPair(t)
+	var d Desc
+	back := make(chan struct{}, 1)
+	fn := func() { back <- struct{}{} }
+	d.Init(a, fn)
+	for range 5000 {
+		woke := make(chan struct{})
+		go func() { p.Wake(&d); close(woke) }()
+		parked, err := p.Wait(&d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if parked {
+			within(t, back, "the callback of a parked Desc after its Wake")
+		}
+		<-woke
+	}
+	p.Remove(&d)
+}
+
+func TestRemovedNeverRuns(t *testing.T) {
+	p := newPoller(t, 4)
+	a, b := socketPair(t)
+	var d Desc
+	ran := make(chan struct{}, 1)
+	fn := func() { ran <- struct{}{} }
+	d.Init(a, fn)
+	if parked, err := p.Wait(&d); !parked || err != nil {
+		t.Fatalf("Wait: %v, %v", parked, err)
+	}
+	// Take it back as its owner would after a Wake, then remove it.
+	if !p.Wake(&d) {
+		t.Fatal("Wake")
+	}
+	within(t, ran, "the callback")
+	p.Remove(&d)
+	if _, err := syscall.Write(b, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if p.Wake(&d) {
+		t.Fatal("Wake ran a removed Desc")
+	}
+	if _, err := p.Wait(&d); err != ErrRemoved {
+		t.Fatalf("Wait on a removed Desc: %v, want ErrRemoved", err)
+	}
+	select {
+	case <-ran:
+		t.Fatal("a removed Desc's callback ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// TestPoolIsBounded wakes many parked Descs at once whose callbacks wait on
+// a barrier: no more than the pool's size run at the same time.
+func TestPoolIsBounded(t *testing.T) {
+	const workers, n = 3, 40
+	p := newPoller(t, workers)
+	var running, peak atomic.Int32
+	release := make(chan struct{})
+	var done sync.WaitGroup
+	descs := make([]Desc, n)
+	for i := range descs {
+		a, _ := socketPair(t)
+		fn := func() {
+			defer done.Done()
+			cur := running.Add(1)
+			for {
+				old := peak.Load()
+				if cur <= old || peak.CompareAndSwap(old, cur) {
+					break
+				}
+			}
+			<-release
+			running.Add(-1)
+		}
+		descs[i].Init(a, fn)
+		if parked, err := p.Wait(&descs[i]); !parked || err != nil {
+			t.Fatalf("Wait: %v, %v", parked, err)
+		}
+	}
+	done.Add(n)
+	for i := range descs {
+		p.Wake(&descs[i])
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for running.Load() < workers && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	done.Wait()
+	if got := peak.Load(); got != workers {
+		t.Fatalf("%d callbacks ran at once, want the pool's %d", got, workers)
+	}
+	for i := range descs {
+		p.Remove(&descs[i])
+	}
+}
+
+// TestDetachFreesWorker blocks the only worker's callback after Detach:
+// another Desc's callback still runs.
+func TestDetachFreesWorker(t *testing.T) {
+	p := newPoller(t, 1)
+	a1, _ := socketPair(t)
+	a2, _ := socketPair(t)
+	var d1, d2 Desc
+	block := make(chan struct{})
+	blocked := make(chan struct{})
+	ran2 := make(chan struct{}, 1)
+	d1.Init(a1, func() {
+		p.Detach(&d1)
+		close(blocked)
+		<-block
+	})
+	if _, err := p.Wait(&d1); err != nil {
+		t.Fatal(err)
+	}
+	d2.Init(a2, func() { ran2 <- struct{}{} })
+	if _, err := p.Wait(&d2); err != nil {
+		t.Fatal(err)
+	}
+	p.Wake(&d1)
+	within(t, blocked, "the first callback to block")
+	p.Wake(&d2)
+	within(t, ran2, "the second callback while the first blocks detached")
+	close(block)
+	p.Remove(&d1)
+	p.Remove(&d2)
+}
