@@ -275,6 +275,7 @@ func startNodeBackend(t testing.TB) (baseURL string) {
 //	/close?code=C&reason=R  closes with C, R right after the handshake
 //	/headers                sends {"url":..., "headers":{...}} (lower-case names) and then echoes
 //	/send-on-open?n=K       sends K text messages hello-0 … hello-(K-1) and then echoes
+//	/slow-echo?delay=D      echoes every message D after it arrived, one at a time
 //	/die                    drops the TCP connection after the first message, without a close frame
 //	/forbidden              answers the upgrade with 403 and the body "forbidden by backend"
 //	anything else           echoes every message with its type
@@ -415,6 +416,20 @@ func (b *goBackend) serve(ctx context.Context, w http.ResponseWriter, r *http.Re
 		n, _ := strconv.Atoi(q.Get("n"))
 		for i := range n {
 			if c.Write(ctx, websocket.MessageText, []byte("hello-"+strconv.Itoa(i))) != nil {
+				return
+			}
+		}
+	case "/slow-echo":
+		delay, _ := time.ParseDuration(q.Get("delay"))
+		for {
+			typ, p, err := c.Read(ctx)
+			if err != nil {
+				b.recordClose(err)
+				return
+			}
+			time.Sleep(delay)
+			if err := c.Write(ctx, typ, p); err != nil {
+				b.recordClose(err)
 				return
 			}
 		}

@@ -6,6 +6,28 @@ import (
 	"github.com/gobwas/ws"
 )
 
+// headerLen returns the length of the frame header at the start of p, or
+// 0 when p holds less than a whole header.
+func headerLen(p []byte) int {
+	if len(p) < 2 {
+		return 0
+	}
+	hl := 2
+	switch p[1] & 0x7f {
+	case 126:
+		hl = 4
+	case 127:
+		hl = 10
+	}
+	if p[1]&0x80 != 0 {
+		hl += 4 // mask key
+	}
+	if len(p) < hl {
+		return 0
+	}
+	return hl
+}
+
 // CountMessages counts, up to limit, the frames in p that start a data
 // message (text or binary), reading their headers only: a frame counts once
 // its header is in p, whether or not its payload is. p must start at a
@@ -17,25 +39,16 @@ import (
 // the limiter about every message already buffered in one decision.
 func CountMessages(p []byte, limit int) int {
 	n := 0
-	for n < limit && len(p) >= 2 {
+	for n < limit {
+		hl := headerLen(p)
+		if hl == 0 {
+			break
+		}
 		op := ws.OpCode(p[0] & 0x0f)
 		if op == ws.OpClose {
 			break
 		}
 		size := int(p[1] & 0x7f)
-		hl := 2
-		switch size {
-		case 126:
-			hl = 4
-		case 127:
-			hl = 10
-		}
-		if p[1]&0x80 != 0 {
-			hl += 4 // mask key
-		}
-		if len(p) < hl {
-			break
-		}
 		if op == ws.OpText || op == ws.OpBinary {
 			n++
 		}

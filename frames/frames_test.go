@@ -667,3 +667,106 @@ func BenchmarkRelayText(b *testing.B) {
 }
 
 func byteSize(n int) string { return fmt.Sprintf("%dB", n) }
+
+// TestReaderPrimeOverflow primes more than a buffer: every primed byte is
+// Buffered, so a caller that parks only when nothing is buffered never
+// parks with bytes pending.
+func TestReaderPrimeOverflow(t *testing.T) {
+	t.Parallel()
+	p := bytes.Repeat([]byte("x"), BufferSize+100)
+	r := NewReader(bytes.NewReader(nil))
+	r.Prime(p)
+	if got := r.Buffered(); got != len(p) {
+		t.Fatalf("Buffered() = %d after priming %d bytes", got, len(p))
+	}
+	got, err := io.ReadAll(io.LimitReader(r, int64(len(p))))
+	if err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("read back %d bytes, %v", len(got), err)
+	}
+	if r.Buffered() != 0 {
+		t.Fatalf("Buffered() = %d after reading everything", r.Buffered())
+	}
+}
+
+// TestReadReady reads a socket without waiting: ErrWouldBlock with nothing
+// there (and no buffer held), the bytes once they arrived, EOF after the
+// peer closed; Received counts what was read.
+func TestReadReady(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := NewReader(c)
+	if err := r.ReadReady(); err != ErrWouldBlock {
+		t.Fatalf("ReadReady on a quiet socket: %v, want ErrWouldBlock", err)
+	}
+	if r.big != nil {
+		t.Fatal("a buffer is held after nothing was read")
+	}
+	frame := raw{fin: true, op: 1, masked: true, payload: []byte("hello")}.bytes()
+	// The header in two pieces: HeaderReady only once it is whole.
+	if _, err := w.Write(frame[:1]); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, r)
+	if r.HeaderReady() {
+		t.Fatal("HeaderReady with one byte of the header")
+	}
+	if _, err := w.Write(frame[1:]); err != nil {
+		t.Fatal(err)
+	}
+	for r.Buffered() < len(frame) {
+		waitReady(t, r)
+	}
+	if !r.HeaderReady() || !bytes.Equal(r.Peek(), frame) {
+		t.Fatalf("buffered %x, want %x", r.Peek(), frame)
+	}
+	if got := r.Received(); got != int64(len(frame)) {
+		t.Fatalf("Received() = %d, want %d", got, len(frame))
+	}
+	w.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := r.ReadReady()
+		if err == io.EOF {
+			break
+		}
+		if err != ErrWouldBlock || time.Now().After(deadline) {
+			t.Fatalf("ReadReady after the peer closed: %v, want EOF", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if r.ReadReady() != io.EOF || r.Buffered() != len(frame) {
+		t.Fatal("EOF dropped the buffered frame")
+	}
+	if err := NewReader(bytes.NewReader(frame)).ReadReady(); err != ErrNotSocket {
+		t.Fatalf("ReadReady of a bytes.Reader: %v, want ErrNotSocket", err)
+	}
+}
+
+// waitReady calls ReadReady until it reads something.
+func waitReady(t *testing.T, r *Reader) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := r.ReadReady()
+		if err == nil {
+			return
+		}
+		if err != ErrWouldBlock || time.Now().After(deadline) {
+			t.Fatalf("ReadReady: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -4,15 +4,15 @@ package frames
 
 import "syscall"
 
-const rawReads = false
+// rawIO is false here: a Reader only reads its source with blocking reads.
+const rawIO = false
 
-func (r *Reader) readRaw() error { panic("unreachable") }
+func (r *Reader) readReady() error { return ErrNotSocket }
 
-func (r *Reader) readFd(uintptr) bool { panic("unreachable") }
-
-// RawWriter is not available here: Reader.Raw is always nil.
+// RawWriter is not available here; callers check for a raw connection
+// first, which they never have.
 type RawWriter struct{}
 
 func NewRawWriter() *RawWriter { return &RawWriter{} }
 
-func (w *RawWriter) Write(syscall.RawConn, []byte) error { panic("unreachable") }
+func (w *RawWriter) WriteReady(syscall.RawConn, []byte) (int, error) { return 0, nil }

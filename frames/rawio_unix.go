@@ -9,41 +9,57 @@ import (
 	"unsafe"
 )
 
-// rawReads says whether readRaw and RawWriter work here.
-const rawReads = true
+// rawIO says whether sockets are read and written directly here.
+const rawIO = true
 
-// readRaw waits, holding no buffer, until the socket is readable (in the
-// runtime's poller, under the connection's read deadline), then reads what
-// it has into a pooled buffer. It is what the socket's own Read does, with
-// the buffer taken after the wait instead of before it.
-func (r *Reader) readRaw() error {
-	r.rawErr = nil
+// readReady is ReadReady for a socket.
+func (r *Reader) readReady() error {
+	r.compact()
+	r.rawRes = 0
 	if err := r.raw.Read(r.rawFn); err != nil {
+		r.Release()
 		return err
 	}
-	return r.rawErr
+	var err error
+	switch r.rawRes {
+	case 0:
+		return nil
+	case rawAgain:
+		err = ErrWouldBlock
+	case rawEOF:
+		err = io.EOF
+	default:
+		err = os.NewSyscallError("read", syscall.Errno(r.rawRes))
+	}
+	r.Release()
+	return err
 }
 
-// readFd is readRaw's attempt at a read; false means "wait for readiness".
+// Results of readFd besides bytes read and errno values.
+const (
+	rawAgain = -1
+	rawEOF   = -2
+)
+
+// readFd reads once into the free part of the pooled buffer, which compact
+// put after the buffered bytes. It never asks the runtime to wait.
 func (r *Reader) readFd(fd uintptr) bool {
-	buf := getBuf()
+	buf := *r.big
+	m := len(r.data)
 	for {
-		n, err := readNonblock(fd, *buf)
+		n, err := readNonblock(fd, buf[m:])
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			putBuf(buf)
-			return false
+			r.rawRes = rawAgain
 		case err != nil:
-			putBuf(buf)
-			r.rawErr = os.NewSyscallError("read", err)
+			r.rawRes = int32(err.(syscall.Errno))
 		case n == 0:
-			putBuf(buf)
-			r.rawErr = io.EOF
+			r.rawRes = rawEOF
 		default:
-			r.big = buf
-			r.data = (*buf)[:n]
+			r.data = buf[:m+n]
+			r.got.Add(int64(n))
 		}
 		return true
 	}
@@ -62,13 +78,12 @@ func readNonblock(fd uintptr, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// RawWriter writes whole buffers to a socket the way a Reader reads one:
-// non-blocking writes without telling the scheduler about a system call
-// (see readNonblock), waiting for writability in the runtime's poller, under
-// the connection's write deadline, when the socket's buffer is full. Make it
-// with NewRawWriter; it is used by one goroutine at a time.
+// RawWriter writes to a socket without waiting and without telling the
+// scheduler about a system call (see readNonblock). Make it with
+// NewRawWriter; it is used by one goroutine at a time.
 type RawWriter struct {
 	p   []byte
+	n   int
 	err error
 	fn  func(uintptr) bool // w.writeFd, made once: a closure per write would allocate
 }
@@ -80,26 +95,29 @@ func NewRawWriter() *RawWriter {
 	return w
 }
 
-// Write writes all of p to the socket of rc.
-func (w *RawWriter) Write(rc syscall.RawConn, p []byte) error {
-	w.p, w.err = p, nil
+// WriteReady writes as much of p to the socket of rc as its buffer takes
+// now and returns how much that was: less than len(p) means the socket's
+// buffer is full, and the caller waits (with a blocking write) for the rest.
+func (w *RawWriter) WriteReady(rc syscall.RawConn, p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
 	err := rc.Write(w.fn)
 	w.p = nil
 	if err != nil {
-		return err
+		return w.n, err
 	}
-	return w.err
+	return w.n, w.err
 }
 
 func (w *RawWriter) writeFd(fd uintptr) bool {
-	for len(w.p) > 0 {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.p))), uintptr(len(w.p)))
+	for w.n < len(w.p) {
+		rest := w.p[w.n:]
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
 		switch e {
 		case 0:
-			w.p = w.p[n:]
+			w.n += int(n)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return false // wait until the socket takes more
+			return true
 		default:
 			w.err = os.NewSyscallError("write", e)
 			return true

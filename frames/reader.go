@@ -1,19 +1,21 @@
 // Package frames reads, validates and forwards WebSocket frames (RFC 6455)
 // between two connections without holding a whole message in memory.
 //
-// A Reader waits for the next frame without a buffer (a socket's readiness
-// first, then a read into a pooled buffer), or, when its source is not a
-// socket, in a small array that belongs to the connection; it holds a
-// pooled buffer only while bytes are buffered, so an idle connection holds
-// no buffer at all. A Stream keeps the per-direction
-// protocol state (fragmentation, message size, UTF-8 of text messages) and
-// forwards one frame at a time, writing its header and payload with one write
-// call whenever the frame fits in a pooled buffer.
+// A Reader holds a pooled buffer only while bytes are buffered, so an idle
+// connection holds no buffer at all; when its source is a socket it can
+// read without waiting (ReadReady), so that its caller can give the
+// connection to a poller instead of blocking a goroutine on it. A Stream
+// keeps the per-direction protocol state (fragmentation, message size,
+// UTF-8 of text messages) and forwards one frame at a time, writing its
+// header and payload with one write call whenever the frame fits in a
+// pooled buffer.
 package frames
 
 import (
+	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -31,23 +33,29 @@ func putBuf(b *[]byte) { bufPool.Put(b) }
 const smallSize = 16
 
 // Reader is a buffered reader that owns no buffer while it has nothing
-// buffered. When empty and its source is a socket (a syscall.Conn), it waits
-// for the socket to be readable and only then borrows a pooled buffer for
-// the read, so a small frame, or a burst of them, costs one read call;
-// other sources are read into a 16-byte array of its own until bytes
-// arrive. It gives the buffer back as soon as everything buffered has been
-// consumed.
+// buffered. Its source is read in two ways: ReadReady takes what a socket
+// has ready without waiting (a non-blocking read into a pooled buffer, so a
+// burst of frames costs one read call), and every other read blocks on the
+// source, which is where a caller that cannot park its connection waits.
 //
-// A Reader is used by one goroutine at a time.
+// A Reader is used by one goroutine at a time, except Received.
 type Reader struct {
-	src    io.Reader
-	raw    syscall.RawConn    // src's, when it is a socket read directly
+	src    io.Reader          // blocking reads
+	raw    syscall.RawConn    // the same socket read without waiting; nil when src is not one
 	rawFn  func(uintptr) bool // r.readFd, made once: a closure per read would allocate
-	rawErr error              // readFd's result
+	rawRes int32              // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
 	small  [smallSize]byte
 	big    *[]byte
-	data   []byte // unread bytes, inside small or *big
+	data   []byte       // unread bytes, inside small, *big or a primed slice
+	got    atomic.Int64 // bytes read from the source
 }
+
+// ErrWouldBlock is ReadReady's answer when the socket has nothing ready.
+var ErrWouldBlock = errors.New("frames: nothing to read yet")
+
+// ErrNotSocket is ReadReady's answer for a source that is not a socket
+// read directly: only a blocking read can tell when it has bytes.
+var ErrNotSocket = errors.New("frames: source is not a socket")
 
 // NewReader returns a Reader of src.
 func NewReader(src io.Reader) *Reader {
@@ -56,18 +64,32 @@ func NewReader(src io.Reader) *Reader {
 	return r
 }
 
-// Reset makes r read from src, dropping anything buffered.
+// Reset makes r read from src, dropping anything buffered. When src is a
+// socket (a syscall.Conn), ReadReady reads it without waiting.
 func (r *Reader) Reset(src io.Reader) {
-	r.Release()
+	var raw syscall.RawConn
+	if sc, ok := src.(syscall.Conn); ok {
+		raw, _ = sc.SyscallConn()
+	}
+	r.ResetSocket(src, raw)
+}
+
+// ResetSocket makes r read from src, dropping anything buffered: blocking
+// reads go to src, ReadReady to raw, which must be the same socket (nil:
+// no reads without waiting). It lets a caller put its own step in front
+// of every blocking read.
+func (r *Reader) ResetSocket(src io.Reader, raw syscall.RawConn) {
+	if r.big != nil {
+		putBuf(r.big)
+		r.big = nil
+	}
 	r.data = nil
 	r.src = src
 	r.raw = nil
-	if sc, ok := src.(syscall.Conn); ok && rawReads {
-		if rc, err := sc.SyscallConn(); err == nil {
-			r.raw = rc
-			if r.rawFn == nil {
-				r.rawFn = r.readFd
-			}
+	if raw != nil && rawIO {
+		r.raw = raw
+		if r.rawFn == nil {
+			r.rawFn = r.readFd
 		}
 	}
 }
@@ -78,33 +100,19 @@ func (r *Reader) Prime(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	r.borrow()
-	n := copy(*r.big, p)
-	r.data = (*r.big)[:n]
-	if n < len(p) {
+	if len(p) > BufferSize {
 		// Only a peer that ignores the handshake sends more than a buffer
-		// before the 101 arrives; keep the rest as the source's prefix,
-		// which the socket's own reads would skip.
-		r.src = io.MultiReader(&onceReader{p: p[n:]}, r.src)
-		r.raw = nil
+		// before the 101 arrives. Keep every byte buffered (Buffered counts
+		// them all), in a slice of their own.
+		r.Release()
+		r.data = append([]byte(nil), p...)
+		return
 	}
+	r.borrow()
+	r.data = (*r.big)[:copy(*r.big, p)]
 }
 
-type onceReader struct{ p []byte }
-
-func (o *onceReader) Read(p []byte) (int, error) {
-	if len(o.p) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, o.p)
-	o.p = o.p[n:]
-	return n, nil
-}
-
-// Wait blocks until at least one byte is buffered. A goroutine waiting for
-// a connection's next frame borrows nothing: a socket is waited for
-// without a buffer and read into a pooled one once readable; other sources
-// are read into the Reader's own array.
+// Wait blocks until at least one byte is buffered.
 func (r *Reader) Wait() error {
 	if len(r.data) > 0 {
 		return nil
@@ -112,16 +120,41 @@ func (r *Reader) Wait() error {
 	return r.fill(1)
 }
 
+// ReadMore blocks until at least one more byte is buffered.
+func (r *Reader) ReadMore() error {
+	if len(r.data) >= BufferSize {
+		return errors.New("frames: buffer full")
+	}
+	return r.fill(len(r.data) + 1)
+}
+
+// ReadReady reads what the socket has ready, after the bytes buffered,
+// without waiting. It returns nil when bytes arrived, ErrWouldBlock when
+// none were ready, ErrNotSocket when the source is not a socket, and the
+// read's error (io.EOF when the peer closed) otherwise. At most BufferSize
+// bytes are buffered, so a caller reads only when what is buffered is less
+// than a frame header.
+func (r *Reader) ReadReady() error {
+	if r.raw == nil {
+		return ErrNotSocket
+	}
+	return r.readReady()
+}
+
 // Buffered reports how many bytes can be read without touching the source.
 func (r *Reader) Buffered() int { return len(r.data) }
 
-// Raw returns the socket r reads directly, or nil: the same connection can
-// be written with a RawWriter.
-func (r *Reader) Raw() syscall.RawConn { return r.raw }
+// HeaderReady reports whether the next frame's header is buffered whole.
+func (r *Reader) HeaderReady() bool { return headerLen(r.data) > 0 }
 
 // Peek returns the buffered bytes without consuming them. They are valid
 // until the next call of another method.
 func (r *Reader) Peek() []byte { return r.data }
+
+// Received reports how many bytes have been read from the source so far.
+// Any goroutine may call it: a watcher learns from it that a connection is
+// alive while one long frame streams in.
+func (r *Reader) Received() int64 { return r.got.Load() }
 
 // Read implements io.Reader.
 func (r *Reader) Read(p []byte) (int, error) {
@@ -144,38 +177,57 @@ func (r *Reader) Read(p []byte) (int, error) {
 }
 
 // fill reads until at least n (> Buffered, <= BufferSize) bytes are
-// buffered. An empty Reader of a socket waits for readiness, then reads
-// into a pooled buffer (readRaw); otherwise, without a pooled buffer it
-// reads into the Reader's own array, and with one as much as the source
-// has ready.
+// buffered: what a socket has ready first, then, when that is not enough,
+// a blocking read of src. Without a pooled buffer and for at most a header
+// it reads into the Reader's own array.
 func (r *Reader) fill(n int) error {
-	if r.raw != nil && r.big == nil && len(r.data) == 0 {
-		return r.readRaw()
+	if r.raw != nil && len(r.data) < n {
+		if err := r.readReady(); err != nil && err != ErrWouldBlock {
+			return err
+		}
+		if len(r.data) >= n {
+			return nil
+		}
 	}
 	if r.big == nil && n <= smallSize {
 		m := copy(r.small[:], r.data)
 		k, err := io.ReadAtLeast(r.src, r.small[m:], n-m)
 		r.data = r.small[:m+k]
+		r.got.Add(int64(k))
 		return err
 	}
-	r.borrow()
+	r.compact()
 	buf := *r.big
-	m := copy(buf, r.data)
+	m := len(r.data)
 	k, err := io.ReadAtLeast(r.src, buf[m:], n-m)
 	r.data = buf[:m+k]
+	r.got.Add(int64(k))
 	return err
+}
+
+// compact moves the buffered bytes to the start of a pooled buffer.
+func (r *Reader) compact() {
+	if r.big == nil {
+		r.big = getBuf()
+	}
+	buf := *r.big
+	if len(r.data) > 0 && &r.data[0] == &buf[0] {
+		return
+	}
+	r.data = buf[:copy(buf, r.data)]
 }
 
 func (r *Reader) borrow() {
 	if r.big == nil {
 		r.big = getBuf()
+		r.data = (*r.big)[:copy(*r.big, r.data)]
 	}
 }
 
-// Release gives the pooled buffer back when nothing is buffered in it, and
-// moves a short remainder (at most a frame header) into the Reader's own
-// array so that an idle connection holds no pooled buffer. Callers release
-// between frames.
+// Release gives the pooled buffer back when at most a frame header is
+// buffered in it, moving that remainder into the Reader's own array, so
+// that an idle connection holds no pooled buffer. Callers release between
+// frames.
 func (r *Reader) Release() {
 	if r.big == nil {
 		return

@@ -93,6 +93,7 @@ type Metrics struct {
 	LimiterDuration   *prometheus.HistogramVec
 	LimiterFallback   prometheus.Counter
 	AuthFailures      *prometheus.CounterVec // reason
+	CloseBackstop     prometheus.Counter
 	buildInfo         *prometheus.GaugeVec
 	registerer        prometheus.Registerer
 }
@@ -152,6 +153,10 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 			Namespace: Namespace, Name: "auth_failures_total",
 			Help: "Refused tokens by reason.",
 		}, []string{"reason"}),
+		CloseBackstop: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "close_backstop_total",
+			Help: "Connections the gate had to force closed because they outlived their close deadline by a close timeout; should stay 0.",
+		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "build_info",
 			Help: "Always 1; labels say which build runs.",
@@ -159,7 +164,7 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 	}
 	reg.MustRegister(m.ConnectionsActive, m.ConnectionsTotal, m.Messages, m.MessageBytes, m.Closes,
 		m.HandshakeDuration, m.HTTPRequests, m.RateLimited, m.LimiterDecisions, m.LimiterDuration,
-		m.LimiterFallback, m.AuthFailures, m.buildInfo)
+		m.LimiterFallback, m.AuthFailures, m.CloseBackstop, m.buildInfo)
 	m.buildInfo.WithLabelValues(version, commit).Set(1)
 
 	// Series that exist before their first event, so rate() and alerts see

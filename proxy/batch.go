@@ -2,84 +2,53 @@ package proxy
 
 import (
 	"sync"
-	"time"
+
+	"github.com/gobwas/ws"
 
 	"github.com/holo/wsgate/frames"
 )
 
-// writeDeadline bounds a write to a client that does not read: it holds
-// this direction (the upstream is not read meanwhile) for at most
-// WriteTimeout. Called with d.dst's lock held.
-func (pr *pair) writeDeadline(d *direction) {
-	if t := pr.p.cfg.WriteTimeout; t > 0 && !d.client {
-		_ = d.dst.SetWriteDeadline(time.Now().Add(t))
-	}
-}
-
 // batchSize bounds the frames one batch holds.
 const batchSize = frames.BufferSize
 
-// batchBuf is a pooled batch buffer with the writer that sends it.
-type batchBuf struct {
-	b []byte
-	w *frames.RawWriter
-}
-
-var batchPool = sync.Pool{New: func() any {
-	return &batchBuf{b: make([]byte, batchSize), w: frames.NewRawWriter()}
-}}
+var batchPool = sync.Pool{New: func() any { b := make([]byte, batchSize); return &b }}
 
 // batch collects whole frames for one side while more input is already
-// buffered. It borrows a pooled buffer only while frames are pending.
+// buffered, so that a burst of small frames read with one read is written
+// with one write. It borrows a pooled buffer only while frames are pending,
+// and counts what it holds: messages are counted as relayed when the batch
+// is written, never when it is dropped.
 type batch struct {
-	buf *batchBuf
-	n   int
+	buf  *[]byte
+	n    int32
+	msgs int32 // messages started in the pending frames
+	size int64 // their payload bytes
 }
 
 // Write appends p, which forward has checked fits.
 func (b *batch) Write(p []byte) (int, error) {
 	if b.buf == nil {
-		b.buf = batchPool.Get().(*batchBuf)
+		b.buf = batchPool.Get().(*[]byte)
 	}
-	b.n += copy(b.buf.b[b.n:], p)
+	b.n += int32(copy((*b.buf)[b.n:], p))
 	return len(p), nil
 }
+
+// add counts the frame with header h, just appended.
+func (b *batch) add(h ws.Header) {
+	if frames.StartsMessage(h) {
+		b.msgs++
+	}
+	if !h.OpCode.IsControl() {
+		b.size += h.Length
+	}
+}
+
+func (b *batch) bytes() []byte { return (*b.buf)[:b.n] }
 
 func (b *batch) release() {
 	if b.buf != nil {
 		batchPool.Put(b.buf)
-		b.buf, b.n = nil, 0
 	}
-}
-
-// flush writes d's pending frames, if any, with one write call. Frames for
-// a side the gate has closed meanwhile are dropped.
-//
-// A socket is written directly (frames.RawWriter), as the Reader reads
-// one: a write through net.Conn enters a scheduled system call, which
-// wakes the runtime's monitor thread whenever the gate was idle, a
-// context switch or more per message at low load.
-func (pr *pair) flush(d *direction) error {
-	if d.out.n == 0 {
-		return nil
-	}
-	defer d.out.release()
-	d.dst.acquire(time.Time{})
-	defer d.dst.release()
-	if d.dst.closeSent || d.dst.broken {
-		return nil
-	}
-	pr.writeDeadline(d)
-	p := d.out.buf.b[:d.out.n]
-	var err error
-	if raw := pr.other(d).r.Raw(); raw != nil {
-		err = d.out.buf.w.Write(raw, p)
-	} else {
-		_, err = d.dst.Write(p)
-	}
-	if err != nil {
-		d.dst.broken = true
-		return &frames.WriteError{Err: err}
-	}
-	return nil
+	*b = batch{}
 }

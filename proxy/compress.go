@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
@@ -44,11 +43,11 @@ var errCloseInMessage = errors.New("close frame inside a message")
 // uncompressed message. The inflated size counts against MaxMessageBytes
 // chunk by chunk, so a deflate bomb gets 1009 without being inflated whole;
 // a text message's inflated bytes are checked as UTF-8.
-func (pr *pair) inflate(d *direction, h ws.Header) error {
-	if err := pr.flush(d); err != nil {
+func (d *direction) inflate(h ws.Header) error {
+	if err := d.flush(); err != nil {
 		return err
 	}
-	mr := &messageReader{pr: pr, d: d, cur: d.s.Payload(&d.r, h), fin: h.Fin}
+	mr := &messageReader{d: d, cur: d.s.Payload(&d.r, h), fin: h.Fin}
 	fr := inflaters.Get().(*wsflate.Reader)
 	defer inflaters.Put(fr)
 	fr.Reset(mr)
@@ -75,41 +74,42 @@ func (pr *pair) inflate(d *direction, h ws.Header) error {
 			return frames.ErrBadDeflate
 		}
 		total += int64(n)
-		if max := pr.p.cfg.MaxMessageBytes; max > 0 && total > max {
+		if max := d.pr.p.cfg.MaxMessageBytes; max > 0 && total > max {
 			return frames.ErrMessageTooBig
 		}
 		if text && (!utf.Valid(buf[:n]) || end && !utf.Complete()) {
 			return frames.ErrInvalidUTF8
 		}
 		out.Fin = end
-		if err := pr.writeTo(d.dst, out, buf[:n]); err != nil {
+		if err := d.writeFrame(out, buf[:n]); err != nil {
 			return err
 		}
 		if end {
+			d.count(true, ws.Header{Length: total})
 			return nil
 		}
 		out.OpCode = ws.OpContinuation
 	}
 }
 
-// writeTo writes one frame to dst under its lock.
-func (pr *pair) writeTo(dst *peerConn, h ws.Header, p []byte) error {
-	dst.acquire(time.Time{})
-	defer dst.release()
-	if dst.closeSent || dst.broken {
-		return errDrained
+// writeFrame writes one frame the gate made to d's destination.
+func (d *direction) writeFrame(h ws.Header, p []byte) error {
+	if d.dst.closeSent || d.dst.broken {
+		return errDropped
 	}
-	if err := frames.WriteHeaderFrame(dst.Conn, h, p, dst.masked); err != nil {
-		dst.broken = true
+	if err := frames.WriteHeaderFrame((*sink)(d), h, p, d.dst.masked); err != nil {
+		d.broke()
 		return &frames.WriteError{Err: err}
 	}
 	return nil
 }
 
+// errDropped stops a message whose destination was closed meanwhile.
+var errDropped = errors.New("destination closed")
+
 // messageReader reads the payload of a message across its frames, handling
 // the control frames between them as the relay loop would.
 type messageReader struct {
-	pr   *pair
 	d    *direction
 	cur  io.Reader
 	fin  bool  // cur is the message's last frame
@@ -143,33 +143,35 @@ func (m *messageReader) Read(p []byte) (int, error) {
 
 // next reads headers up to the message's next data frame.
 func (m *messageReader) next() error {
-	pr, d := m.pr, m.d
+	return m.d.nextInMessage(func(h ws.Header) { m.cur, m.fin = m.d.s.Payload(&m.d.r, h), h.Fin })
+}
+
+// nextInMessage reads the frames of an open message up to its next data
+// frame, which it hands to data; control frames between them are handled
+// as the relay loop would, and a close frame stops the message
+// (errCloseInMessage).
+func (d *direction) nextInMessage(data func(ws.Header)) error {
 	for {
 		h, err := d.s.Next(&d.r)
 		if err != nil {
+			if h.OpCode == ws.OpClose {
+				d.closeRead()
+			}
 			return err
 		}
-		pr.touch(d)
-		if !h.OpCode.IsControl() {
-			d.bytes += h.Length
-			pr.p.countBytes(d.client, h.Length)
-			m.cur, m.fin = d.s.Payload(&d.r, h), h.Fin
+		switch {
+		case !h.OpCode.IsControl():
+			data(h)
 			return nil
-		}
-		if d.client {
-			consumed, err := pr.clientControl(d, h)
-			if err != nil {
+		case h.OpCode == ws.OpClose:
+			if err := d.onClose(h); err != nil {
 				return err
 			}
-			if consumed {
-				continue
-			}
-		}
-		if err := pr.forward(d, h); err != nil {
-			return err
-		}
-		if h.OpCode == ws.OpClose {
 			return errCloseInMessage
+		default:
+			if err := d.onControl(h); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -177,11 +179,11 @@ func (m *messageReader) next() error {
 // deflate relays an upstream message that starts with h to a client that
 // negotiated permessage-deflate: its payload is compressed as it arrives and
 // sent in frames of up to one chunk, the first with RSV1.
-func (pr *pair) deflate(d *direction, h ws.Header) error {
-	if err := pr.flush(d); err != nil {
+func (d *direction) deflate(h ws.Header) error {
+	if err := d.flush(); err != nil {
 		return err
 	}
-	em := &emitter{pr: pr, dst: d.dst, op: h.OpCode}
+	em := &emitter{d: d, op: h.OpCode}
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)
 	em.buf = (*bp)[:0]
@@ -191,42 +193,32 @@ func (pr *pair) deflate(d *direction, h ws.Header) error {
 	cp := chunks.Get().(*[]byte)
 	defer chunks.Put(cp)
 
+	var total int64
 	for {
+		total += h.Length
 		if _, err := io.CopyBuffer(fw, d.s.Payload(&d.r, h), *cp); err != nil {
 			return err
 		}
 		if h.Fin {
 			break
 		}
-		for {
-			var err error
-			if h, err = d.s.Next(&d.r); err != nil {
-				return err
-			}
-			pr.touch(d)
-			if !h.OpCode.IsControl() {
-				d.bytes += h.Length
-				pr.p.countBytes(d.client, h.Length)
-				break
-			}
-			if err := pr.forward(d, h); err != nil {
-				return err
-			}
-			if h.OpCode == ws.OpClose {
-				return errCloseInMessage
-			}
+		if err := d.nextInMessage(func(next ws.Header) { h = next }); err != nil {
+			return err
 		}
 	}
 	if err := fw.Flush(); err != nil {
 		return err
 	}
-	return em.flush(true)
+	if err := em.flush(true); err != nil {
+		return err
+	}
+	d.count(true, ws.Header{Length: total})
+	return nil
 }
 
 // emitter turns compressed bytes into client frames, one per chunk.
 type emitter struct {
-	pr      *pair
-	dst     *peerConn
+	d       *direction
 	op      ws.OpCode
 	started bool
 	buf     []byte
@@ -253,7 +245,7 @@ func (e *emitter) flush(fin bool) error {
 		h.OpCode, h.Rsv = e.op, ws.Rsv(true, false, false)
 		e.started = true
 	}
-	err := e.pr.writeTo(e.dst, h, e.buf)
+	err := e.d.writeFrame(h, e.buf)
 	e.buf = e.buf[:0]
 	return err
 }

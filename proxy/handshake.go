@@ -244,20 +244,20 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if !cl.identity.Expiry.IsZero() {
 		pr.expiry = cl.identity.Expiry.UnixNano()
 	}
+	var early []byte
 	if n := clBuf.Reader.Buffered(); n > 0 {
-		b, _ := clBuf.Reader.Peek(n)
-		pr.fromClient.r.Prime(b)
+		early, _ = clBuf.Reader.Peek(n)
 	}
+	var upEarly []byte
 	if upBuf != nil {
-		b, _ := upBuf.Peek(upBuf.Buffered())
-		pr.fromUpstream.r.Prime(b)
+		upEarly, _ = upBuf.Peek(upBuf.Buffered())
+	}
+	pr.prime(early, upEarly)
+	if upBuf != nil {
 		ws.PutReader(upBuf)
 	}
 	if !p.track(pr) {
-		pr.end(ending{initiator: metrics.InitiatorGate, clientCode: 1001, clientReason: "going away", upCode: 1001, upReason: "going away"})
-		pr.closeConns()
-		pr.fromClient.r.Release()
-		pr.fromUpstream.r.Release()
+		pr.discard()
 		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultShuttingDown).Inc()
 		return
 	}

@@ -2,19 +2,36 @@ package proxy
 
 import (
 	"time"
-
-	"github.com/gobwas/ws"
-
-	"github.com/holo/wsgate/metrics"
 )
 
+// keeperState is the keeper's bookkeeping of one pair. Only the keeper
+// goroutine reads or writes it.
+//
+// Times are milliseconds since the pair started, modulo 2^32 and compared
+// by their difference (since), which is right while the two are less than
+// 24 days apart: the keeper refreshes them far more often. Counts keep
+// their low 32 bits, since only a change matters. A pair holds this for its
+// whole life.
+type keeperState struct {
+	in, out, heard       uint32 // bytes from the client (less the answers to pings), from the upstream, and from the client in all, at the last sweep
+	inAt, outAt, heardAt uint32 // when those counts last moved
+	nextPing             uint32 // when the next keepalive ping is due
+	forced               bool   // the backstop ran
+}
+
+// since is how many milliseconds a is after b.
+func since(a, b uint32) int32 { return int32(a - b) }
+
 // keeper is the one goroutine that watches every pair's clock: idle
-// timeout, the gate's keepalive pings (and clients that stopped answering
-// them), token expiry. One sweep over all pairs per tick costs far less
-// than a timer per pair, and a parked pair then holds nothing but its state.
+// timeout, the keepalive pings (spread over the interval) and clients that
+// stopped answering them, token expiry, a message that takes too long while
+// its direction is parked, and the close deadline. One sweep over all pairs
+// per tick costs far less than a timer per pair, and a parked pair then
+// holds nothing but its state. The keeper never touches a socket: it
+// publishes and kicks (pair.end, pair.abort, direction.pingDue).
 func (p *Proxy) keeper(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	t := time.NewTicker(p.keeperTick())
+	t := time.NewTicker(p.tick)
 	defer t.Stop()
 	for {
 		select {
@@ -28,9 +45,9 @@ func (p *Proxy) keeper(stop <-chan struct{}, done chan<- struct{}) {
 
 // keeperTick is a quarter of the shortest period the keeper enforces, at
 // most a second and at least 10ms.
-func (p *Proxy) keeperTick() time.Duration {
+func keeperTick(cfg *Config) time.Duration {
 	tick := time.Second
-	for _, d := range []time.Duration{p.cfg.IdleTimeout, p.cfg.PingInterval} {
+	for _, d := range []time.Duration{cfg.IdleTimeout, cfg.PingInterval, cfg.MessageTimeout, cfg.CloseTimeout} {
 		if d > 0 {
 			tick = min(tick, d/4)
 		}
@@ -39,31 +56,77 @@ func (p *Proxy) keeperTick() time.Duration {
 }
 
 func (p *Proxy) sweep(now int64) {
-	idle := int64(p.cfg.IdleTimeout)
-	ping := int64(p.cfg.PingInterval)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for pr := range p.pairs {
-		if pr.ended.Load() {
-			continue
-		}
-		switch {
-		case idle > 0 && now-pr.lastSeen.Load() >= idle:
-			go pr.end(ending{initiator: metrics.InitiatorGate,
-				clientCode: ws.StatusGoingAway, clientReason: "idle timeout",
-				upCode: ws.StatusGoingAway, upReason: "idle timeout"})
-		case p.cfg.CloseOnTokenExpiry && pr.expiry != 0 && now >= pr.expiry:
-			go pr.end(ending{initiator: metrics.InitiatorGate,
-				clientCode: ws.StatusPolicyViolation, clientReason: "token expired",
-				upCode: ws.StatusGoingAway, upReason: "token expired"})
-		case ping > 0 && now-pr.lastPing.Load() > 2*ping:
-			// Two intervals without a frame, not even a pong.
-			go pr.end(ending{initiator: metrics.InitiatorGate,
-				clientCode: ws.StatusGoingAway, clientReason: "ping timeout",
-				upCode: ws.StatusGoingAway, upReason: "client went away"})
-		case ping > 0 && now-pr.pingSent.Load() >= ping:
-			pr.pingSent.Store(now)
-			go pr.sendPing()
-		}
+		p.watch(pr, now)
 	}
+}
+
+// watch checks one pair's clock.
+func (p *Proxy) watch(pr *pair, now int64) {
+	k := &pr.keep
+	// Activity is bytes read, not frames: a single frame that streams for
+	// minutes keeps its connection alive. The client's answers to the
+	// gate's pings show that it is there (heard), not that the connection
+	// is in use (in).
+	at := uint32((now - pr.start) / int64(time.Millisecond))
+	heard := pr.fromClient.r.Received()
+	if h := uint32(heard); h != k.heard {
+		k.heard, k.heardAt = h, at
+	}
+	if in := uint32(heard - pr.fromClient.consumed.Load()); in != k.in {
+		k.in, k.inAt = in, at
+	}
+	if out := uint32(pr.fromUpstream.r.Received()); out != k.out {
+		k.out, k.outAt = out, at
+	}
+	closeTimeout := int64(p.cfg.CloseTimeout)
+	if by := pr.life.closeBy.Load(); by != 0 {
+		// Closing: only the deadline and the backstop matter now.
+		switch {
+		case now-by > closeTimeout+int64(p.tick):
+			p.backstop(pr)
+		case now >= by:
+			pr.abort()
+		}
+		return
+	}
+	idle, ping := int32(p.cfg.IdleTimeout/time.Millisecond), int32(p.cfg.PingInterval/time.Millisecond)
+	switch {
+	case idle > 0 && min(since(at, k.inAt), since(at, k.outAt)) >= idle:
+		pr.end(&idleEnding)
+	case p.cfg.CloseOnTokenExpiry && pr.expiry != 0 && now >= pr.expiry:
+		pr.end(&expiredEnding)
+	case pr.fromClient.msgDeadline.Load() != 0 && now >= pr.fromClient.msgDeadline.Load():
+		pr.end(&messageTimeoutEnding)
+	case ping > 0 && since(at, k.heardAt) > 2*ping:
+		// Two intervals without a byte from the client, not even a pong.
+		pr.end(&pingTimeoutEnding)
+	case ping > 0 && since(at, k.nextPing) >= 0:
+		k.nextPing += uint32(ping)
+		if since(at, k.nextPing) >= 0 {
+			k.nextPing = at + uint32(ping)
+		}
+		pr.fromUpstream.pingDue.Store(true)
+		p.wake(&pr.fromUpstream)
+	}
+}
+
+// backstop forces a pair that is still open a close timeout after its close
+// deadline, two close timeouts or more after its close began: once aborted
+// its directions finish at once, so this means one missed a kick. It
+// should never run; the metric says if it does.
+func (p *Proxy) backstop(pr *pair) {
+	if pr.keep.forced {
+		return // the directions are on their way out
+	}
+	pr.keep.forced = true
+	p.m.CloseBackstop.Inc()
+	p.log.Error("relay: a pair outlived its close deadline; forcing it closed",
+		"client_ip", pr.clientIP.String(), "path", pr.path)
+	pr.abort()
+	pr.client.hangUp()
+	pr.upstream.hangUp()
+	pr.kick()
 }

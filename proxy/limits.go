@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -92,11 +94,26 @@ func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []
 	}
 	// Wait for the client's close frame (or its leaving) so that closing
 	// the socket does not reset what was just sent.
-	d0 := direction{src: &peerConn{Conn: conn}}
-	d0.r.Reset(conn)
-	(&pair{}).drain(&d0)
-	d0.r.Release()
+	drainUntilClose(conn)
 	p.m.Closes.WithLabelValues(metrics.InitiatorGate, metrics.CodeLabel(int(frames.StatusRateLimited))).Inc()
+}
+
+// drainUntilClose reads and drops frames from c until its close frame, an
+// error (the deadline included) or maxDrain bytes.
+func drainUntilClose(c net.Conn) {
+	r := frames.NewReader(c)
+	defer r.ResetSocket(nil, nil)
+	var hdr [ws.MaxHeaderSize]byte
+	for total := int64(0); total < maxDrain; {
+		h, err := ws.ReadHeaderBuffer(r, hdr[:])
+		if err != nil || h.OpCode == ws.OpClose || h.Length > maxDrain-total {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, r, h.Length); err != nil {
+			return
+		}
+		total += h.Length
+	}
 }
 
 // answerProtocol picks what a refused handshake answers: the first

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/internal/netpoll"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
 )
@@ -148,10 +149,12 @@ type Proxy struct {
 	draining atomic.Bool
 	conns    atomic.Int64 // pairs open or being opened, for MaxConns
 
-	pollOnce sync.Once
-	pl       *poller // nil when the platform has none
+	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
+	tick time.Duration   // the keeper's period
 
 	keeperStop, keeperDone chan struct{} // nil until the first pair
+
+	hooks testHooks
 
 	// Counters of the per-frame path, resolved once.
 	msgsIn, msgsOut, bytesIn, bytesOut          prometheus.Counter
@@ -209,6 +212,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
 	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
 	p.pass = p.newPassThrough()
+	p.tick = keeperTick(&p.cfg)
 	return p, nil
 }
 
@@ -233,20 +237,16 @@ func (p *Proxy) Active() int {
 	return len(p.pairs)
 }
 
-// Shutdown refuses new WebSocket handshakes with 503, sends close 1001
-// "going away" to every client and upstream at once, and waits until every
-// pair has ended or ctx is done; then it closes what is left.
+// Shutdown refuses new WebSocket handshakes with 503 and drains every
+// pair: the upstream is sent close 1001 "going away", the replies it still
+// sends reach the client, then the client gets its 1001. It waits until
+// every pair has ended or ctx is done; then it aborts what is left and
+// waits for it to go.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
 	p.mu.Lock()
 	for pr := range p.pairs {
-		go pr.end(ending{
-			initiator:    metrics.InitiatorGate,
-			clientCode:   1001,
-			clientReason: "going away",
-			upCode:       1001,
-			upReason:     "going away",
-		})
+		pr.end(&shutdownEnding)
 	}
 	p.mu.Unlock()
 	done := make(chan struct{})
@@ -257,7 +257,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		p.mu.Lock()
 		for pr := range p.pairs {
-			pr.closeConns()
+			pr.abort()
+			pr.client.hangUp()
+			pr.upstream.hangUp()
 		}
 		p.mu.Unlock()
 		<-done
@@ -272,41 +274,50 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		close(stop)
 		<-stopped
 	}
-	p.pollOnce.Do(func() {})
-	if p.pl != nil {
-		p.pl.close()
-		p.pl = nil
+	if stop != nil && p.pl != nil {
+		if cerr := p.pl.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("proxy: shutdown: %w", cerr)
+		}
 	}
 	return err
 }
 
-func (p *Proxy) countMessage(fromClient bool) {
+// countRelayed counts messages and payload bytes written to a side.
+func (p *Proxy) countRelayed(fromClient bool, msgs, bytes int64) {
 	if fromClient {
-		p.msgsIn.Inc()
-	} else {
-		p.msgsOut.Inc()
-	}
-}
-
-func (p *Proxy) countBytes(fromClient bool, n int64) {
-	if fromClient {
-		p.bytesIn.Add(float64(n))
-	} else {
-		p.bytesOut.Add(float64(n))
-	}
-}
-
-// poller returns the proxy's poller, started on first use.
-func (p *Proxy) poller() *poller {
-	p.pollOnce.Do(func() {
-		pl, err := newPoller()
-		if err != nil {
-			p.log.Warn("idle connections keep a goroutine each: no poller", "err", err)
-			return
+		if msgs > 0 {
+			p.msgsIn.Add(float64(msgs))
 		}
-		p.pl = pl
-	})
-	return p.pl
+		if bytes > 0 {
+			p.bytesIn.Add(float64(bytes))
+		}
+		return
+	}
+	if msgs > 0 {
+		p.msgsOut.Add(float64(msgs))
+	}
+	if bytes > 0 {
+		p.bytesOut.Add(float64(bytes))
+	}
+}
+
+// spawn starts a direction's first run: on a worker of the poller's pool,
+// or, for a source the poller cannot hold, on a goroutine of its own.
+func (p *Proxy) spawn(d *direction) {
+	if p.pl != nil && d.src.fd >= 0 {
+		p.pl.Go(&d.desc)
+		return
+	}
+	go d.run()
+}
+
+// wake kicks a direction: a parked one runs, a running one looks at its
+// pair's state before it parks again. A direction the poller cannot hold
+// looks at it once per keeper tick on its own.
+func (p *Proxy) wake(d *direction) {
+	if p.pl != nil && d.src.fd >= 0 {
+		p.pl.Wake(&d.desc)
+	}
 }
 
 func (p *Proxy) track(pr *pair) bool {
@@ -317,9 +328,16 @@ func (p *Proxy) track(pr *pair) bool {
 	}
 	p.pairs[pr] = struct{}{}
 	p.wg.Add(1)
-	if p.keeperDone == nil && (p.cfg.IdleTimeout > 0 || p.cfg.PingInterval > 0 || p.cfg.CloseOnTokenExpiry) {
+	if p.keeperDone == nil {
+		// The first pair starts the keeper and the poller; Shutdown stops
+		// them.
 		p.keeperStop, p.keeperDone = make(chan struct{}), make(chan struct{})
 		go p.keeper(p.keeperStop, p.keeperDone)
+		pl, err := netpoll.New(0)
+		if err != nil {
+			p.log.Warn("idle connections keep a goroutine each: no poller", "err", err)
+		}
+		p.pl = pl
 	}
 	return true
 }
@@ -329,6 +347,14 @@ func (p *Proxy) untrack(pr *pair) {
 	delete(p.pairs, pr)
 	p.mu.Unlock()
 	p.wg.Done()
+}
+
+// testHooks let a test force an interleaving: each runs, when set, on the
+// goroutine of the direction at the named moment. Set them before the
+// first connection.
+type testHooks struct {
+	beforePark func(*direction) // right before the direction parks in the poller
+	afterBatch func(*direction) // right after a frame joined the direction's batch
 }
 
 // peerOnly is the ClientIPResolver without trusted proxies.

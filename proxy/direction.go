@@ -1,0 +1,473 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/holo/wsgate/frames"
+	"github.com/holo/wsgate/internal/netpoll"
+)
+
+// direction is one half of a pair: it reads frames from src and writes
+// them to dst. It is run by one goroutine at a time (pair's doc comment);
+// its fields are that goroutine's, except the two atomics, which the keeper
+// reads or sets.
+type direction struct {
+	pr        *pair
+	desc      netpoll.Desc // its source's registration with the poller
+	src, dst  *side
+	r         frames.Reader
+	s         frames.Stream
+	out       batch // frames for dst not written yet
+	client    bool  // reads the client
+	idle      bool  // blocked between frames on a source the poller cannot hold
+	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
+	ctlCount  int32 // control frames in the window of ControlFrameRate
+	granted   int32 // messages the limiter has granted ahead
+	discarded int32 // bytes read and dropped since the pair began to end (at most maxDrain)
+
+	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
+	messages, bytes int64 // relayed to dst
+
+	// msgDeadline is when the client message being read must be whole
+	// (MessageTimeout), in unix nanoseconds; 0 while none is open. The
+	// keeper enforces it while the direction is parked between fragments.
+	msgDeadline atomic.Int64
+	// pingDue is set by the keeper: the direction to the client writes a
+	// keepalive ping at its next frame boundary.
+	pingDue atomic.Bool
+	// consumed counts the bytes of frames the gate answered itself (pongs
+	// to its keepalive pings): read by the keeper, they are not activity.
+	consumed atomic.Int64
+}
+
+func (d *direction) init(pr *pair, src, dst *side, client bool) {
+	d.pr, d.src, d.dst, d.client = pr, src, dst, client
+	from := frames.Server
+	if client {
+		from = frames.Client
+	}
+	d.s = frames.Stream{From: from, MaxMessageBytes: pr.p.cfg.MaxMessageBytes}
+	d.r.ResetSocket((*source)(d), src.raw)
+	d.desc.Init(int(src.fd), d.run)
+}
+
+// run relays frames until d parks or finishes. It is the only way into a
+// direction: its first run and every wake of the poller call it.
+func (d *direction) run() {
+	for {
+		if d.look() {
+			d.finish()
+			return
+		}
+		var err error
+		if d.r.HeaderReady() {
+			err = d.next()
+		} else {
+			var parked bool
+			if parked, err = d.readMore(); parked {
+				return
+			}
+		}
+		if err != nil {
+			d.stop(err)
+		}
+	}
+}
+
+// look acts on what others published: a keepalive ping asked for, the pair
+// ending (the close frame d owes its destination) or aborted. It reports
+// whether d is finished: nothing more will be read from its source and it
+// owes nothing.
+func (d *direction) look() bool {
+	pr := d.pr
+	if d.pingDue.Load() {
+		d.pingDue.Store(false)
+		if pr.life.load() == phaseOpen {
+			d.ping()
+		}
+	}
+	switch pr.life.load() {
+	case phaseOpen:
+		return d.srcDone
+	case phaseAborted:
+		// abort's past deadline would fail even a write that cannot
+		// block; no kick follows an abort, and sink never blocks once the
+		// pair is aborted (beforeBlock).
+		_ = d.dst.SetWriteDeadline(time.Time{})
+		d.owe(true)
+		return true
+	}
+	d.owe(false)
+	return d.srcDone
+}
+
+// owe writes the close frame the pair's ending gives d's destination, if it
+// is due: the upstream's at once, the client's at once or, for a refusal or
+// a drain, once the upstream has answered. Once aborted nothing waits: a
+// write the socket cannot take at once fails.
+func (d *direction) owe(aborting bool) {
+	e := d.pr.life.ending()
+	if d.client {
+		if e.upCode != 0 {
+			d.writeClose(nil, e.upCode, e.upReason)
+		}
+		return
+	}
+	if e.clientCode == 0 || (e.afterUpstream && !d.srcDone && !aborting) || d.dst.closeSent {
+		return
+	}
+	d.writeClose(e.clientText, e.clientCode, e.clientReason)
+	if d.dst.closeSent {
+		// The client gets a close timeout of its own to answer.
+		d.pr.life.closing(time.Now(), d.pr.p.cfg.CloseTimeout)
+	}
+}
+
+// relaying reports whether frames read from d's source still go to its
+// destination: while the pair is open, and for the upstream's frames until
+// the client is told, when it is told after the upstream has answered.
+func (d *direction) relaying() bool {
+	switch d.pr.life.load() {
+	case phaseOpen:
+		return true
+	case phaseAborted:
+		return false
+	}
+	e := d.pr.life.ending()
+	return !d.client && e.afterUpstream && e.clientCode != 0 && !d.dst.closeSent && !d.dst.broken
+}
+
+// readMore reads more of the source when the next header is not buffered
+// whole: what the socket has ready, else it parks (nothing buffered, and
+// the poller can hold the socket) or blocks. It reports parked when d was
+// handed to the poller: the caller must then leave d alone.
+func (d *direction) readMore() (parked bool, err error) {
+	err = d.r.ReadReady()
+	if err == nil || (err != frames.ErrWouldBlock && err != frames.ErrNotSocket) {
+		return false, err
+	}
+	// Nothing more for now: what was batched goes out before any wait.
+	if err := d.flush(); err != nil {
+		return false, err
+	}
+	if pl := d.pr.p.pl; pl != nil && err == frames.ErrWouldBlock && d.r.Buffered() == 0 {
+		if hook := d.pr.p.hooks.beforePark; hook != nil {
+			hook(d)
+		}
+		parked, err := pl.Wait(&d.desc)
+		if err == nil {
+			return parked, nil
+		}
+		// The socket cannot be registered: keep it on this goroutine.
+		d.pr.p.log.Warn("relay: poller refused a socket", "err", err)
+	}
+	// Part of a header, or a source the poller cannot hold.
+	d.idle = d.r.Buffered() == 0
+	err = d.r.ReadMore()
+	idle := d.idle
+	d.idle = false
+	if idle && isTimeout(err) && d.pr.life.load() != phaseAborted {
+		return false, nil // the tick passed: look at the pair's state again
+	}
+	return false, err
+}
+
+// next reads and handles one frame, whose header is buffered.
+func (d *direction) next() error {
+	if !d.relaying() {
+		return d.discard()
+	}
+	h, err := d.s.Next(&d.r)
+	if err != nil {
+		if h.OpCode == ws.OpClose {
+			// A close frame is the peer's Close even when it is invalid.
+			d.closeRead()
+		}
+		return err
+	}
+	switch {
+	case h.OpCode == ws.OpClose:
+		err = d.onClose(h)
+	case h.OpCode.IsControl():
+		err = d.onControl(h)
+	case d.client:
+		err = d.onClientData(h)
+	default:
+		err = d.onUpstreamData(h)
+	}
+	d.r.Release()
+	if errors.Is(err, errCloseInMessage) {
+		return nil
+	}
+	return err
+}
+
+// onClose handles a close frame from d's source.
+func (d *direction) onClose(h ws.Header) error {
+	pr := d.pr
+	if pr.life.load() != phaseOpen {
+		// The upstream answers the gate's close while its frames still go
+		// to the client: the client is told by the gate (owe), not by this
+		// frame.
+		var buf [ws.MaxControlFramePayloadSize]byte
+		_, err := d.s.ReadControl(&d.r, h, buf[:])
+		d.closeRead()
+		return err
+	}
+	// A peer closes: its close frame is relayed and the closing handshake
+	// has a close timeout to complete.
+	if d.client {
+		pr.life.setInitiator(byClient)
+	} else {
+		pr.life.setInitiator(byUpstream)
+	}
+	pr.life.closing(time.Now(), pr.p.cfg.CloseTimeout)
+	if err := d.flush(); err != nil {
+		return err
+	}
+	c, err := d.s.Forward((*sink)(d), &d.r, h)
+	d.closeRead()
+	if err != nil {
+		return d.writeFailed(err)
+	}
+	d.dst.closeSent, d.dst.closeCode = true, c.Code
+	d.dst.step()
+	return nil
+}
+
+// closeRead records that d's source sent its close frame.
+func (d *direction) closeRead() {
+	d.srcDone = true
+	d.src.step()
+}
+
+// onControl handles a ping or a pong.
+func (d *direction) onControl(h ws.Header) error {
+	if d.client {
+		if consumed, err := d.clientControl(h); consumed || err != nil {
+			return err
+		}
+	}
+	return d.forward(h)
+}
+
+// onClientData handles a data frame from the client: a new message is
+// decided by the limiter and timed, then the frame is relayed.
+func (d *direction) onClientData(h ws.Header) error {
+	starts := frames.StartsMessage(h)
+	if starts {
+		if d.pr.p.cfg.Limiter != nil && d.limited(h) {
+			return d.skip()
+		}
+		d.timeMessage(h)
+	}
+	var err error
+	if starts && d.s.Compressed() {
+		err = d.inflate(h)
+	} else {
+		err = d.forward(h)
+	}
+	if err == nil && (h.Fin || starts && d.s.Compressed()) {
+		d.messageDone()
+	}
+	return err
+}
+
+// onUpstreamData handles a data frame from the upstream.
+func (d *direction) onUpstreamData(h ws.Header) error {
+	if frames.StartsMessage(h) && d.pr.deflating {
+		return d.deflate(h)
+	}
+	return d.forward(h)
+}
+
+// forward relays the frame h. A frame whose payload is buffered joins the
+// batch while the next header is buffered too: a burst of frames costs one
+// write. Any other frame is written at once, after the batch.
+func (d *direction) forward(h ws.Header) error {
+	if int64(d.r.Buffered()) >= h.Length && h.Length+ws.MaxHeaderSize <= int64(batchSize-int(d.out.n)) {
+		if _, err := d.s.Forward(&d.out, &d.r, h); err != nil {
+			return err
+		}
+		d.out.add(h)
+		if hook := d.pr.p.hooks.afterBatch; hook != nil {
+			hook(d)
+		}
+		if d.r.HeaderReady() {
+			return nil
+		}
+		return d.flush()
+	}
+	if err := d.flush(); err != nil {
+		return err
+	}
+	if _, err := d.s.Forward((*sink)(d), &d.r, h); err != nil {
+		return d.writeFailed(err)
+	}
+	d.count(frames.StartsMessage(h), h)
+	return nil
+}
+
+// writeFailed marks the destination broken when err cut a frame short or
+// came from the destination, and returns err.
+func (d *direction) writeFailed(err error) error {
+	var we *frames.WriteError
+	if d.s.MidFrame() || errors.As(err, &we) {
+		d.broke()
+	}
+	return err
+}
+
+// flush writes the batched frames with one write.
+func (d *direction) flush() error {
+	if d.out.n == 0 {
+		return nil
+	}
+	defer d.out.release()
+	if d.dst.closeSent || d.dst.broken {
+		return nil
+	}
+	if _, err := (*sink)(d).Write(d.out.bytes()); err != nil {
+		d.broke()
+		return &frames.WriteError{Err: err}
+	}
+	d.messages += int64(d.out.msgs)
+	d.bytes += d.out.size
+	d.pr.p.countRelayed(d.client, int64(d.out.msgs), d.out.size)
+	return nil
+}
+
+// count records a frame written to dst.
+func (d *direction) count(starts bool, h ws.Header) {
+	var msgs int64
+	if starts {
+		msgs = 1
+	}
+	if h.OpCode.IsControl() {
+		h.Length = 0
+	}
+	d.messages += msgs
+	d.bytes += h.Length
+	d.pr.p.countRelayed(d.client, msgs, h.Length)
+}
+
+// maxDrain bounds what the gate reads and drops from a source once the
+// pair ends, while it waits for that source's close frame.
+const maxDrain = 1 << 20
+
+// discard reads and drops the next frame of a source whose frames go
+// nowhere any more, up to its close frame. Reading a peer's last frames
+// before closing keeps the kernel from answering them with a reset that
+// could destroy the close frame the gate sent.
+func (d *direction) discard() error {
+	var hdr [ws.MaxHeaderSize]byte
+	h, err := ws.ReadHeaderBuffer(&d.r, hdr[:])
+	if err != nil {
+		return err
+	}
+	if h.Length > maxDrain-int64(d.discarded) {
+		// A peer that keeps sending after the pair ended is not read further.
+		d.srcDone = true
+		return nil
+	}
+	d.discarded += int32(h.Length)
+	if _, err := io.CopyN(io.Discard, &d.r, h.Length); err != nil {
+		return err
+	}
+	d.r.Release()
+	if h.OpCode == ws.OpClose {
+		d.closeRead()
+	}
+	return nil
+}
+
+// skip drops the rest of the frame whose header was the last one read
+// (refused, or found in violation), so that the next header can be read;
+// a frame too long to skip ends the reading of the source.
+func (d *direction) skip() error {
+	n := d.s.Unread()
+	if n < 0 || n > maxDrain-int64(d.discarded) {
+		d.srcDone = true
+		return nil
+	}
+	d.discarded += int32(n)
+	_, err := io.CopyN(io.Discard, &d.r, n)
+	return err
+}
+
+// stop handles the error that stopped d: reading its source, or writing to
+// its destination. It begins the pair's ending the error stands for; the
+// next look acts on it.
+func (d *direction) stop(err error) {
+	pr := d.pr
+	if errors.Is(err, errAborted) || pr.life.load() == phaseAborted {
+		d.srcDone = true
+		return
+	}
+	e, readOn := d.classify(err)
+	pr.end(&e)
+	if !readOn {
+		d.srcDone = true
+		return
+	}
+	var ce *frames.CloseError
+	if errors.As(err, &ce) && !d.srcDone {
+		// A violation found in a header: skip that frame's payload and
+		// read on up to the peer's close frame.
+		if d.skip() != nil {
+			d.srcDone = true
+		}
+	}
+}
+
+// classify maps the error that stopped d to how the pair ends, and says
+// whether d's source can still be read (to find its close frame).
+func (d *direction) classify(err error) (e ending, readOn bool) {
+	var ce *frames.CloseError
+	var we *frames.WriteError
+	switch {
+	case d.client && errors.As(err, &we):
+		return upstreamGoneEnding, true
+	case d.client && errors.As(err, &ce):
+		e = ending{initiator: byGate, clientCode: ce.Code, clientReason: ce.Reason,
+			upCode: ws.StatusGoingAway, upReason: "client error"}
+		// A message over the size limit is refused like one over a rate
+		// limit: the replies already owed still reach the client.
+		e.afterUpstream = ce == frames.ErrMessageTooBig
+		return e, true
+	case d.client && isTimeout(err) && d.msgDeadline.Load() != 0:
+		return messageTimeoutEnding, false
+	case d.client:
+		return clientGoneEnding, false
+	case errors.As(err, &we) && isTimeout(we.Err):
+		// WriteTimeout: the client stopped reading.
+		return clientSlowEnding, true
+	case errors.As(err, &we):
+		return clientGoneEnding, true
+	case errors.As(err, &ce):
+		return ending{initiator: byUpstream, clientCode: frames.StatusBadGateway, clientReason: "upstream protocol error",
+			upCode: ws.StatusProtocolError, upReason: ce.Reason}, false
+	default:
+		return upstreamGoneEnding, false
+	}
+}
+
+// finish ends d: it leaves the poller for good, and the last direction to
+// finish releases the pair.
+func (d *direction) finish() {
+	_ = d.flush()
+	if pl := d.pr.p.pl; pl != nil {
+		pl.Remove(&d.desc)
+	}
+	d.r.ResetSocket(nil, nil)
+	d.out.release()
+	d.msgDeadline.Store(0)
+	if d.pr.live.Add(-1) == 0 {
+		d.pr.finish()
+	}
+}

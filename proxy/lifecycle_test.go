@@ -1,0 +1,477 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+)
+
+// Regression tests of the pair's lifecycle: endings that land at the
+// moments that used to lose them, and a churn soak after which nothing of
+// any pair remains.
+
+// readUntilClose reads frames until a close frame and returns its code and
+// the number of data frames before it.
+func readUntilClose(t *testing.T, br *bufio.Reader) (code, data int) {
+	t.Helper()
+	for {
+		h, err := ws.ReadHeader(br)
+		if err != nil {
+			t.Fatalf("no close frame after %d data frames: %v", data, err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case h.OpCode == ws.OpClose:
+			if len(p) < 2 {
+				return 1005, data
+			}
+			return int(p[0])<<8 | int(p[1]), data
+		case !h.OpCode.IsControl():
+			data++
+		}
+	}
+}
+
+// TestEndWhileParking publishes the pair's ending at the last moment
+// before a direction parks: the direction must still see it, or the pair
+// (a client that never answers the close) stays forever.
+func TestEndWhileParking(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.CloseTimeout = 300 * time.Millisecond })
+	var once sync.Once
+	g.proxy.hooks.beforePark = func(d *direction) {
+		if d.client && d.messages == 1 {
+			once.Do(func() { d.pr.end(&idleEnding) })
+		}
+	}
+	conn, br := rawClient(t, g, "/echo")
+	if _, err := conn.Write(maskedFrame(true, 1, []byte("one"))); err != nil {
+		t.Fatal(err)
+	}
+	code, data := readUntilClose(t, br)
+	if code != 1001 || data != 1 {
+		t.Fatalf("close %d after %d data frames, want 1001 after the echo", code, data)
+	}
+	// The client never answers: the close timeout ends the pair.
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+}
+
+// TestEndWhileMessageTimed ends the pair while a client message runs under
+// MessageTimeout; the message then completes, and neither the upstream nor
+// the client ever answers a close: the close timeout must still bound the
+// pair.
+func TestEndWhileMessageTimed(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) { _, _ = io.Copy(io.Discard, c) })
+	g := newGate(t, up.URL, func(c *Config) {
+		c.CloseTimeout = 300 * time.Millisecond
+		c.MessageTimeout = 30 * time.Second
+	})
+	conn, br := rawClient(t, g, "/")
+	frame := maskedFrame(true, 2, []byte("a message in two pieces"))
+	if _, err := conn.Write(frame[:10]); err != nil {
+		t.Fatal(err)
+	}
+	// The gate has read the header: the message is under way.
+	waitFor(t, func() bool {
+		pr := onlyPair(g.proxy)
+		return pr != nil && pr.fromClient.msgDeadline.Load() != 0
+	})
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- g.proxy.Shutdown(ctx)
+	}()
+	waitFor(t, func() bool { return g.proxy.draining.Load() })
+	if _, err := conn.Write(frame[10:]); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := readUntilClose(t, br); code != 1001 {
+		t.Fatalf("close %d, want 1001", code)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v (a pair outlived its close timeout)", err)
+	}
+}
+
+// onlyPair returns the proxy's one pair, or nil.
+func onlyPair(p *Proxy) *pair {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pr := range p.pairs {
+		return pr
+	}
+	return nil
+}
+
+// rawUpstream is a hand-written WebSocket backend: it completes the
+// handshake and then runs serve on the connection.
+func rawUpstream(t *testing.T, serve func(net.Conn, *bufio.Reader)) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:])+"\r\n\r\n")
+		serve(conn, rw.Reader)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// serverFrame encodes an unmasked frame.
+func serverFrame(op ws.OpCode, payload []byte) []byte {
+	var b strings.Builder
+	_ = ws.WriteHeader(&b, ws.Header{Fin: true, OpCode: op, Length: int64(len(payload))})
+	b.Write(payload)
+	return []byte(b.String())
+}
+
+// TestEndWhileBatching ends the pair while frames for the client wait in a
+// batch: they are written before the close frame, and exactly what the
+// client received is counted.
+func TestEndWhileBatching(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		var burst []byte
+		for i := range 40 {
+			burst = append(burst, serverFrame(ws.OpText, []byte("m"+strconv.Itoa(i)))...)
+		}
+		_, _ = c.Write(burst)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	g := newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 300 * time.Millisecond })
+	var once sync.Once
+	g.proxy.hooks.afterBatch = func(d *direction) {
+		if !d.client && d.out.msgs == 3 {
+			once.Do(func() {
+				d.pr.end(&ending{initiator: byGate, clientCode: ws.StatusProtocolError, clientReason: "test",
+					upCode: ws.StatusGoingAway, upReason: "test"})
+			})
+		}
+	}
+	_, br := rawClient(t, g, "/")
+	code, data := readUntilClose(t, br)
+	if code != 1002 || data < 3 {
+		t.Fatalf("close %d after %d data frames, want 1002 after at least the 3 batched", code, data)
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+	if got := testutil.ToFloat64(g.m.Messages.WithLabelValues(metrics.UpstreamToClient)); int(got) != data {
+		t.Fatalf("messages_total{upstream_to_client} = %v, the client received %d", got, data)
+	}
+}
+
+// TestEndWhileWriteBlocked: with WriteTimeout 0, a client that reads
+// nothing while the upstream floods it, keepalive pings due, and the pair
+// ending: the close deadline still ends the blocked write and the pair.
+func TestEndWhileWriteBlocked(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		big := serverFrame(ws.OpBinary, make([]byte, 64<<10))
+		for {
+			if _, err := c.Write(big); err != nil {
+				return
+			}
+		}
+	})
+	g := newGate(t, up.URL, func(c *Config) {
+		c.CloseTimeout = 300 * time.Millisecond
+		c.WriteTimeout = 0
+		c.PingInterval = 50 * time.Millisecond
+		c.MaxMessageBytes = 1 << 20
+	})
+	_, _ = rawClient(t, g, "/")
+	waitFor(t, func() bool { return g.proxy.Active() == 1 })
+	time.Sleep(200 * time.Millisecond) // the client's socket fills up; pings fall due
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.proxy.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v (a write blocked past the close deadline)", err)
+	}
+}
+
+// TestChurn opens and ends a few thousand connections in every way a pair
+// ends (client close, upstream close, a limit, idle timeout, ping timeout,
+// a client that vanishes, a protocol error, a message timeout, shutdown)
+// while directions park and wake; afterwards no pair, descriptor,
+// goroutine, connections_active or --ip-max-conns registration remains.
+func TestChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak")
+	}
+	const clients, parallel, maxConns = 2000, 48, 64
+	lim, err := limit.New(limit.Config{
+		Rules:      limit.Rules{IPMessages: limit.Rule{Limit: 40, Window: time.Second, Block: 300 * time.Millisecond}},
+		IPMaxConns: maxConns,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	be := backend(t)
+	fdsBefore := openFDs(t)
+	goroutinesBefore := runtime.NumGoroutine()
+	g := newGate(t, be.URL, func(c *Config) {
+		c.Limiter = lim
+		c.IdleTimeout = 600 * time.Millisecond
+		c.PingInterval = 150 * time.Millisecond
+		c.MessageTimeout = 400 * time.Millisecond
+		c.CloseTimeout = 300 * time.Millisecond
+	})
+	host := strings.TrimPrefix(g.URL, "http://")
+
+	var failures atomic.Int32
+	fail := func(format string, args ...any) {
+		if failures.Add(1) <= 10 {
+			t.Errorf(format, args...)
+		}
+	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := churnOne(host, i); err != nil {
+					fail("client %d (kind %d): %v", i, i%8, err)
+				}
+			}
+		}()
+	}
+	for i := range clients {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+	if got := testutil.ToFloat64(g.m.ConnectionsActive); got != 0 {
+		t.Fatalf("connections_active = %v after every connection ended", got)
+	}
+	if got := testutil.ToFloat64(g.m.CloseBackstop); got != 0 {
+		t.Fatalf("close_backstop_total = %v, want 0", got)
+	}
+
+	// Every --ip-max-conns slot is free again: maxConns connections from one
+	// address are all accepted.
+	refusedBefore := testutil.ToFloat64(g.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited))
+	conns := make([]*websocket.Conn, 0, maxConns)
+	for range maxConns {
+		c, _, err := websocket.Dial(ctx5(t), "ws://"+host+"/echo", nil)
+		if err != nil {
+			t.Fatalf("connection %d of %d: %v", len(conns)+1, maxConns, err)
+		}
+		conns = append(conns, c)
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == maxConns })
+	if got := testutil.ToFloat64(g.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited)); got != refusedBefore {
+		t.Fatalf("%v of %d connections refused after the churn: --ip-max-conns registrations leaked", got-refusedBefore, maxConns)
+	}
+	// Shutdown ends them all with 1001.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	codes := make(chan websocket.StatusCode, len(conns))
+	for _, c := range conns {
+		go func() {
+			_, _, err := c.Read(ctx)
+			codes <- websocket.CloseStatus(err)
+			c.CloseNow()
+		}()
+	}
+	if err := g.proxy.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range conns {
+		if code := <-codes; code != websocket.StatusGoingAway {
+			t.Fatalf("shutdown sent %v, want 1001", code)
+		}
+	}
+	if g.proxy.Active() != 0 {
+		t.Fatal("pairs left after shutdown")
+	}
+	// Nothing of any pair is left: descriptors and goroutines are back where
+	// they were (the backend's own may take a moment to go).
+	waitFor(t, func() bool { return openFDs(t) <= fdsBefore+4 })
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= goroutinesBefore+4 })
+}
+
+// churnOne runs client i of TestChurn to the end of its connection.
+func churnOne(host string, i int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Clients come from many loopback addresses, so that the IP limit
+	// refuses some and leaves others alone.
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%100))}
+	dialer := &net.Dialer{LocalAddr: local}
+	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	defer client.CloseIdleConnections()
+	switch i % 8 {
+	case 0: // echo, then a normal close
+		c, _, err := websocket.Dial(ctx, "ws://"+host+"/echo", &websocket.DialOptions{HTTPClient: client})
+		if err != nil {
+			return err
+		}
+		defer c.CloseNow()
+		for range 3 {
+			if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+				return nil // refused by the IP limit: also an ending
+			}
+			if _, _, err := c.Read(ctx); err != nil {
+				return nil
+			}
+		}
+		return c.Close(websocket.StatusNormalClosure, "")
+	case 1: // the upstream closes
+		c, _, err := websocket.Dial(ctx, "ws://"+host+"/close?code=4000&reason=bye", &websocket.DialOptions{HTTPClient: client})
+		if err != nil {
+			return err
+		}
+		defer c.CloseNow()
+		_, _, err = c.Read(ctx)
+		if code := websocket.CloseStatus(err); code != 4000 && code != 4008 {
+			return fmt.Errorf("close %v, want 4000", err)
+		}
+		return nil
+	case 2: // a burst over the IP limit
+		conn, br, err := rawDial(ctx, dialer, host)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var burst []byte
+		for range 60 {
+			burst = append(burst, maskedFrame(true, 1, []byte("spam"))...)
+		}
+		_, _ = conn.Write(burst)
+		return readToEnd(conn, br, true)
+	case 3: // idle until the idle timeout (pings answered)
+		c, _, err := websocket.Dial(ctx, "ws://"+host+"/echo", &websocket.DialOptions{HTTPClient: client})
+		if err != nil {
+			return err
+		}
+		defer c.CloseNow()
+		_, _, err = c.Read(ctx)
+		if code := websocket.CloseStatus(err); code != websocket.StatusGoingAway && code != 4008 {
+			return fmt.Errorf("idle close %v, want 1001", err)
+		}
+		return nil
+	case 4: // reads but never answers a ping: ping timeout
+		conn, br, err := rawDial(ctx, dialer, host)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return readToEnd(conn, br, false)
+	case 5: // vanishes after a message
+		conn, _, err := rawDial(ctx, dialer, host)
+		if err != nil {
+			return err
+		}
+		_, _ = conn.Write(maskedFrame(true, 1, []byte("bye")))
+		return conn.Close()
+	case 6: // a protocol error
+		conn, br, err := rawDial(ctx, dialer, host)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, _ = conn.Write([]byte{0x81, 0x02, 'h', 'i'})
+		return readToEnd(conn, br, true)
+	default: // a message that never completes: message timeout
+		conn, br, err := rawDial(ctx, dialer, host)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, _ = conn.Write(maskedFrame(false, 1, []byte("start")))
+		return readToEnd(conn, br, true)
+	}
+}
+
+// rawDial opens a WebSocket connection to host by hand.
+func rawDial(ctx context.Context, d *net.Dialer, host string) (net.Conn, *bufio.Reader, error) {
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return nil, nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	_, _ = io.WriteString(conn, "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		conn.Close()
+		return nil, nil, fmt.Errorf("handshake: %s", res.Status)
+	}
+	return conn, br, nil
+}
+
+// readToEnd reads frames until the gate ends the connection (EOF), within
+// the connection's deadline; it answers the gate's close frame when answer
+// is set.
+func readToEnd(conn net.Conn, br *bufio.Reader, answer bool) error {
+	for {
+		h, err := ws.ReadHeader(br)
+		if errors.Is(err, io.EOF) || isReset(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("the gate did not end the connection: %w", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || isReset(err) {
+				return nil
+			}
+			return err
+		}
+		if h.OpCode == ws.OpClose && answer {
+			_, _ = conn.Write(maskedFrame(true, 8, p))
+		}
+	}
+}
+
+func isReset(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "connection reset")
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(ents)
+}

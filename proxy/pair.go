@@ -1,0 +1,192 @@
+package proxy
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/holo/wsgate/metrics"
+)
+
+// pair is one proxied connection: the client's socket and the upstream's,
+// relayed by two directions (client → upstream, upstream → client).
+//
+// # One owner per socket operation
+//
+// Each direction reads one side and writes the other, and it is the only
+// code that does either: it alone sets its source's read deadline and its
+// destination's write deadline, right before it blocks on them
+// (direction.beforeBlock). The frames the gate makes itself (keepalive
+// pings, the 429 frame, close frames) are written by the direction that
+// writes to that side, so no two goroutines ever write to one socket and no
+// write needs a lock.
+//
+// A direction is run by at most one goroutine at a time. When its source
+// has nothing to read it parks in the poller (internal/netpoll) and no
+// goroutine holds it; a worker of the poller's bounded pool runs it again
+// when bytes arrive or when it is kicked. A direction whose source the
+// poller cannot hold (TLS, a wrapped connection, no poller on this
+// platform) keeps a goroutine and looks at the pair's state at least once
+// per keeper tick instead.
+//
+// # Everyone else publishes and kicks
+//
+// The other direction, the keeper and Shutdown never touch a direction's
+// sockets beyond what a kick is: they publish into the pair's lifecycle
+// (the phase, how it ends, the close deadline) and then kick the direction
+// that must act (pair.kick): a poller wake, past deadlines when the pair is
+// aborted, a shutdown of a side that is gone. A direction looks at the
+// lifecycle at every frame boundary and after it re-armed its poller
+// registration, so a kick is never lost: either the direction sees the
+// state, or the wake finds it parked and runs it.
+//
+// # Closing
+//
+// A close frame from a peer is relayed and starts the close deadline. When
+// the gate ends the pair (lifecycle.ending), the direction to the upstream
+// sends the upstream its close at the next frame boundary, after the frames
+// already allowed; the direction to the client relays the upstream's
+// frames until the upstream answers (for a refusal or a drain) and then
+// sends the client its close, or sends it at once (for a fault). Each side
+// is hung up as soon as its close frames have crossed; the keeper aborts a
+// pair whose close deadline passed, and, as a backstop that should never
+// fire, forces one still open two close timeouts after it ended. The last
+// direction to finish releases the pair (finish).
+type pair struct {
+	p        *Proxy
+	client   side
+	upstream side
+
+	fromClient   direction // client → upstream
+	fromUpstream direction // upstream → client
+
+	life      lifecycle
+	live      atomic.Int32 // directions not finished yet
+	deflating bool         // permessage-deflate negotiated with the client
+	release   func()       // frees the client's slot of the concurrent-connection bound
+
+	keep keeperState // the keeper's own bookkeeping; only the keeper touches it
+
+	start          int64 // unix nanoseconds
+	clientIP       netip.Addr
+	path           string
+	userKey, ipKey string
+	protocol       string
+	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
+}
+
+func newPair(p *Proxy, client, upstream net.Conn) *pair {
+	now := time.Now().UnixNano()
+	pr := &pair{p: p, start: now}
+	pr.client.init(client, false)
+	pr.upstream.init(upstream, true)
+	// The keeper's state is set before track shows the pair to the keeper.
+	if ping := int32(p.cfg.PingInterval / time.Millisecond); ping > 0 {
+		// Spread over the interval: connections opened together do not
+		// all wake for their pings in the same tick.
+		pr.keep.nextPing = 1 + uint32(rand.Int32N(ping))
+	}
+	pr.fromClient.init(pr, &pr.client, &pr.upstream, true)
+	pr.fromUpstream.init(pr, &pr.upstream, &pr.client, false)
+	return pr
+}
+
+// run starts both directions and returns as soon as the client's direction
+// has parked or finished; the last direction to finish releases the pair.
+func (pr *pair) run() {
+	p := pr.p
+	p.m.ConnectionsActive.Inc()
+	pr.live.Store(2)
+	p.spawn(&pr.fromUpstream)
+	pr.fromClient.run()
+}
+
+// end publishes e as the way the pair ends, unless it ends already, and
+// kicks both directions. A side that is gone (code 0) is hung up, so that a
+// direction blocked on it returns.
+func (pr *pair) end(e *ending) {
+	if !pr.life.begin(e, time.Now(), pr.p.cfg.CloseTimeout) {
+		return
+	}
+	if e.clientCode == 0 {
+		pr.client.hangUp()
+	}
+	if e.upCode == 0 {
+		pr.upstream.hangUp()
+	}
+	pr.kick()
+}
+
+// abort stops every wait of the pair: the directions write what they owe
+// without blocking and finish.
+func (pr *pair) abort() {
+	if !pr.life.abort() {
+		return
+	}
+	past := time.Unix(1, 0)
+	_ = pr.client.SetDeadline(past)
+	_ = pr.upstream.SetDeadline(past)
+	pr.kick()
+}
+
+// kick makes both directions look at the pair's state: a parked one runs,
+// a running one looks before it parks again.
+func (pr *pair) kick() {
+	pr.p.wake(&pr.fromClient)
+	pr.p.wake(&pr.fromUpstream)
+}
+
+// finish releases a pair whose two directions have finished: they have
+// left the poller, so the sockets can be closed.
+func (pr *pair) finish() {
+	p := pr.p
+	_ = pr.client.Close()
+	_ = pr.upstream.Close()
+	if pr.release != nil {
+		pr.release()
+	}
+	p.m.ConnectionsActive.Dec()
+	p.conns.Add(-1)
+	pr.report()
+	p.untrack(pr)
+}
+
+// report counts the finished pair and writes its access log line.
+func (pr *pair) report() {
+	code := 1006
+	if pr.client.closeSent {
+		code = int(pr.client.closeCode)
+	}
+	initiator := pr.life.who()
+	pr.p.m.Closes.WithLabelValues(initiator, metrics.CodeLabel(code)).Inc()
+	pr.p.log.Info("connection closed",
+		"client_ip", pr.clientIP.String(),
+		"identity", pr.userKey,
+		"path", pr.path,
+		"protocol", pr.protocol,
+		"duration_ms", time.Since(time.Unix(0, pr.start)).Milliseconds(),
+		"messages_in", pr.fromClient.messages,
+		"messages_out", pr.fromUpstream.messages,
+		"bytes_in", pr.fromClient.bytes,
+		"bytes_out", pr.fromUpstream.bytes,
+		"close_code", code,
+		"initiator", initiator,
+	)
+}
+
+// prime hands the bytes that the handshake readers buffered past the
+// handshakes to the directions.
+func (pr *pair) prime(client, upstream []byte) {
+	pr.fromClient.r.Prime(client)
+	pr.fromUpstream.r.Prime(upstream)
+}
+
+// discard releases a pair that never ran.
+func (pr *pair) discard() {
+	_ = pr.client.Close()
+	_ = pr.upstream.Close()
+	pr.fromClient.r.Release()
+	pr.fromUpstream.r.Release()
+}

@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/holo/wsgate/frames"
+)
+
+// side is one of a pair's two connections. It is read by one direction
+// and written by the other (pair's doc comment); the fields below say which
+// owner writes them.
+type side struct {
+	net.Conn
+	// raw is the socket read and written without the runtime's help, and fd
+	// its descriptor for the poller; nil and -1 when Conn is not a plain
+	// socket (TLS, a wrapper). The same check decides both, and whether the
+	// side can be shut down without closing its descriptor (hangUp).
+	raw    syscall.RawConn
+	fd     int32
+	masked bool // frames to this side are masked: it is the upstream
+
+	// Written by the direction that writes to this side.
+	closeSent bool          // a close frame went out
+	closeCode ws.StatusCode // the code it carried
+	broken    bool          // a write failed or cut a frame short: nothing more can be written
+
+	// steps counts the two halves of this side's closing handshake, its
+	// close frame read and one written to it; the direction that completes
+	// both hangs the side up (RFC 6455 section 7.1.1: the TCP connection
+	// ends once the Close frames have crossed).
+	steps atomic.Int32
+}
+
+// halfCloser is a connection that can stop reading and writing without
+// releasing its descriptor.
+type halfCloser interface {
+	CloseRead() error
+	CloseWrite() error
+}
+
+func (s *side) init(c net.Conn, masked bool) {
+	s.Conn, s.fd, s.masked = c, -1, masked
+	sc, ok := c.(syscall.Conn)
+	if _, half := c.(halfCloser); !ok || !half {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	fd := -1
+	if rc.Control(func(f uintptr) { fd = int(f) }) != nil {
+		return
+	}
+	s.raw, s.fd = rc, int32(fd)
+}
+
+// hangUp ends the connection at once: the peer sees it end (FIN), writes
+// fail, and reads return what was already received, then EOF. A socket is
+// shut down rather than closed, so that its descriptor number stays taken
+// until the pair is finished and the poller has let go of it: closed
+// earlier, the number could be handed to a new connection that the old
+// pair's poller registration would then reach. Any goroutine may call it.
+func (s *side) hangUp() {
+	if s.raw != nil {
+		hc := s.Conn.(halfCloser)
+		_ = hc.CloseWrite()
+		_ = hc.CloseRead()
+		return
+	}
+	// Not a socket the poller holds: closing it is safe.
+	_ = s.Conn.Close()
+}
+
+// step records one half of the closing handshake and hangs the side up
+// once both are done.
+func (s *side) step() {
+	if s.steps.Add(1) == 2 {
+		s.hangUp()
+	}
+}
+
+// errAborted is what a direction's blocking read or write returns once the
+// pair was aborted: it must not wait for anything any more.
+var errAborted = errors.New("pair aborted")
+
+// source is the blocking reader of a direction's source: the Reader calls
+// it only when it must wait, after the direction's beforeBlock.
+type source direction
+
+func (s *source) Read(p []byte) (int, error) {
+	d := (*direction)(s)
+	if err := d.beforeBlock(false); err != nil {
+		return 0, err
+	}
+	return d.src.Conn.Read(p)
+}
+
+// sink writes a direction's frames to its destination: at once what the
+// socket's buffer takes, and, when it is full, the rest with a blocking
+// write after the direction's beforeBlock.
+type sink direction
+
+var rawWriters = sync.Pool{New: func() any { return frames.NewRawWriter() }}
+
+func (s *sink) Write(p []byte) (int, error) {
+	d := (*direction)(s)
+	n := 0
+	if rc := d.dst.raw; rc != nil {
+		w := rawWriters.Get().(*frames.RawWriter)
+		k, err := w.WriteReady(rc, p)
+		rawWriters.Put(w)
+		n = k
+		if err != nil || n == len(p) {
+			return n, err
+		}
+	}
+	if err := d.beforeBlock(true); err != nil {
+		return n, err
+	}
+	k, err := d.dst.Conn.Write(p[n:])
+	return n + k, err
+}
+
+// beforeBlock runs right before d blocks on one of its sockets: a read of
+// its source (the rest of a frame, or, for a source the poller cannot
+// hold, the next frame) or a write to its destination whose buffer is
+// full. It lets d's pool worker go (the wait may be long), and sets that
+// socket's deadline from the pair's state: only here, by d, so no other
+// goroutine's deadline is ever overwritten. A kick that lands after it
+// (pair.abort sets past deadlines after publishing the phase) still ends
+// the wait; one published before it is seen by the check that follows.
+func (d *direction) beforeBlock(write bool) error {
+	pr := d.pr
+	p := pr.p
+	if p.pl != nil {
+		p.pl.Detach(&d.desc)
+	}
+	var t time.Time
+	if write {
+		if wt := p.cfg.WriteTimeout; wt > 0 && d.dst == &pr.client {
+			t = time.Now().Add(wt)
+		}
+		_ = d.dst.SetWriteDeadline(t)
+	} else {
+		switch {
+		case d.idle:
+			// A source the poller cannot hold: look at the pair's state
+			// once per keeper tick.
+			t = time.Now().Add(p.tick)
+		case d.msgDeadline.Load() != 0:
+			t = time.Unix(0, d.msgDeadline.Load())
+		}
+		_ = d.src.SetReadDeadline(t)
+	}
+	if pr.life.load() == phaseAborted {
+		return errAborted
+	}
+	return nil
+}
+
+// writeClose writes the gate's own close frame to d's destination, after
+// text as a text frame when text is set and no message to that side is
+// open (a data frame cannot go inside another message). Frames batched
+// for that side go first.
+func (d *direction) writeClose(text []byte, code ws.StatusCode, reason string) {
+	dst := d.dst
+	if dst.closeSent || dst.broken {
+		return
+	}
+	if d.flush() != nil {
+		return
+	}
+	w := (*sink)(d)
+	if text != nil && !d.s.InMessage() {
+		if err := frames.WriteFrame(w, ws.OpText, text, dst.masked); err != nil {
+			d.broke()
+			return
+		}
+	}
+	if err := frames.WriteClose(w, code, reason, dst.masked); err != nil {
+		d.broke()
+		return
+	}
+	dst.closeSent, dst.closeCode = true, code
+	dst.step()
+}
+
+// broke marks d's destination unusable after a failed write and hangs it
+// up: its reader then sees the end instead of waiting for a close frame.
+func (d *direction) broke() {
+	d.dst.broken = true
+	d.dst.hangUp()
+}
