@@ -94,10 +94,10 @@ func (d *direction) inflate(h ws.Header) error {
 
 // writeFrame writes one frame the gate made to d's destination.
 func (d *direction) writeFrame(h ws.Header, p []byte) error {
-	if d.dst.closeSent || d.dst.broken {
+	if d.dst().closeSent || d.dst().broken {
 		return errDropped
 	}
-	if err := frames.WriteHeaderFrame((*sink)(d), h, p, d.dst.masked); err != nil {
+	if err := frames.WriteHeaderFrame((*sink)(d), h, p, d.dst().masked); err != nil {
 		d.broke()
 		return &frames.WriteError{Err: err}
 	}

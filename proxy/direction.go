@@ -19,7 +19,6 @@ import (
 type direction struct {
 	pr        *pair
 	desc      netpoll.Desc // its source's registration with the poller
-	src, dst  *side
 	r         frames.Reader
 	s         frames.Stream
 	out       batch // frames for dst not written yet
@@ -45,8 +44,8 @@ type direction struct {
 	consumed atomic.Int64
 }
 
-func (d *direction) init(pr *pair, src, dst *side, client bool) {
-	d.pr, d.src, d.dst, d.client = pr, src, dst, client
+func (d *direction) init(pr *pair, src *side, client bool) {
+	d.pr, d.client = pr, client
 	from := frames.Server
 	if client {
 		from = frames.Client
@@ -54,6 +53,21 @@ func (d *direction) init(pr *pair, src, dst *side, client bool) {
 	d.s = frames.Stream{From: from, MaxMessageBytes: pr.p.cfg.MaxMessageBytes}
 	d.r.ResetSocket((*source)(d), src.raw)
 	d.desc.Init(int(src.fd), d.run)
+}
+
+// src is the side d reads, dst the side it writes.
+func (d *direction) src() *side {
+	if d.client {
+		return &d.pr.client
+	}
+	return &d.pr.upstream
+}
+
+func (d *direction) dst() *side {
+	if d.client {
+		return &d.pr.upstream
+	}
+	return &d.pr.client
 }
 
 // run relays frames until d parks or finishes. It is the only way into a
@@ -98,7 +112,7 @@ func (d *direction) look() bool {
 		// abort's past deadline would fail even a write that cannot
 		// block; no kick follows an abort, and sink never blocks once the
 		// pair is aborted (beforeBlock).
-		_ = d.dst.SetWriteDeadline(time.Time{})
+		_ = d.dst().SetWriteDeadline(time.Time{})
 		d.owe(true)
 		return true
 	}
@@ -118,11 +132,11 @@ func (d *direction) owe(aborting bool) {
 		}
 		return
 	}
-	if e.clientCode == 0 || (e.afterUpstream && !d.srcDone && !aborting) || d.dst.closeSent {
+	if e.clientCode == 0 || (e.afterUpstream && !d.srcDone && !aborting) || d.dst().closeSent {
 		return
 	}
 	d.writeClose(e.clientText, e.clientCode, e.clientReason)
-	if d.dst.closeSent {
+	if d.dst().closeSent {
 		// The client gets a close timeout of its own to answer.
 		d.pr.life.closing(time.Now(), d.pr.p.cfg.CloseTimeout)
 	}
@@ -139,7 +153,7 @@ func (d *direction) relaying() bool {
 		return false
 	}
 	e := d.pr.life.ending()
-	return !d.client && e.afterUpstream && e.clientCode != 0 && !d.dst.closeSent && !d.dst.broken
+	return !d.client && e.afterUpstream && e.clientCode != 0 && !d.dst().closeSent && !d.dst().broken
 }
 
 // readMore reads more of the source when the next header is not buffered
@@ -235,15 +249,15 @@ func (d *direction) onClose(h ws.Header) error {
 	if err != nil {
 		return d.writeFailed(err)
 	}
-	d.dst.closeSent, d.dst.closeCode = true, c.Code
-	d.dst.step()
+	d.dst().closeSent, d.dst().closeCode = true, c.Code
+	d.dst().step()
 	return nil
 }
 
 // closeRead records that d's source sent its close frame.
 func (d *direction) closeRead() {
 	d.srcDone = true
-	d.src.step()
+	d.src().step()
 }
 
 // onControl handles a ping or a pong.
@@ -329,7 +343,7 @@ func (d *direction) flush() error {
 		return nil
 	}
 	defer d.out.release()
-	if d.dst.closeSent || d.dst.broken {
+	if d.dst().closeSent || d.dst().broken {
 		return nil
 	}
 	if _, err := (*sink)(d).Write(d.out.bytes()); err != nil {

@@ -88,8 +88,8 @@ func newPair(p *Proxy, client, upstream net.Conn) *pair {
 		// all wake for their pings in the same tick.
 		pr.keep.nextPing = 1 + uint32(rand.Int32N(ping))
 	}
-	pr.fromClient.init(pr, &pr.client, &pr.upstream, true)
-	pr.fromUpstream.init(pr, &pr.upstream, &pr.client, false)
+	pr.fromClient.init(pr, &pr.client, true)
+	pr.fromUpstream.init(pr, &pr.upstream, false)
 	return pr
 }
 

@@ -77,7 +77,7 @@ var gatePing = []byte("wsgate-keepalive")
 
 // ping writes the gate's keepalive ping to the client.
 func (d *direction) ping() {
-	if d.dst.closeSent || d.dst.broken || d.flush() != nil {
+	if d.dst().closeSent || d.dst().broken || d.flush() != nil {
 		return
 	}
 	if err := frames.WriteFrame((*sink)(d), ws.OpPing, gatePing, false); err != nil {

@@ -304,7 +304,7 @@ func (p *Proxy) countRelayed(fromClient bool, msgs, bytes int64) {
 // spawn starts a direction's first run: on a worker of the poller's pool,
 // or, for a source the poller cannot hold, on a goroutine of its own.
 func (p *Proxy) spawn(d *direction) {
-	if p.pl != nil && d.src.fd >= 0 {
+	if p.pl != nil && d.src().fd >= 0 {
 		p.pl.Go(&d.desc)
 		return
 	}
@@ -315,7 +315,7 @@ func (p *Proxy) spawn(d *direction) {
 // pair's state before it parks again. A direction the poller cannot hold
 // looks at it once per keeper tick on its own.
 func (p *Proxy) wake(d *direction) {
-	if p.pl != nil && d.src.fd >= 0 {
+	if p.pl != nil && d.src().fd >= 0 {
 		p.pl.Wake(&d.desc)
 	}
 }

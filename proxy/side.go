@@ -100,7 +100,7 @@ func (s *source) Read(p []byte) (int, error) {
 	if err := d.beforeBlock(false); err != nil {
 		return 0, err
 	}
-	return d.src.Conn.Read(p)
+	return d.src().Conn.Read(p)
 }
 
 // sink writes a direction's frames to its destination: at once what the
@@ -113,7 +113,7 @@ var rawWriters = sync.Pool{New: func() any { return frames.NewRawWriter() }}
 func (s *sink) Write(p []byte) (int, error) {
 	d := (*direction)(s)
 	n := 0
-	if rc := d.dst.raw; rc != nil {
+	if rc := d.dst().raw; rc != nil {
 		w := rawWriters.Get().(*frames.RawWriter)
 		k, err := w.WriteReady(rc, p)
 		rawWriters.Put(w)
@@ -125,7 +125,7 @@ func (s *sink) Write(p []byte) (int, error) {
 	if err := d.beforeBlock(true); err != nil {
 		return n, err
 	}
-	k, err := d.dst.Conn.Write(p[n:])
+	k, err := d.dst().Conn.Write(p[n:])
 	return n + k, err
 }
 
@@ -145,10 +145,10 @@ func (d *direction) beforeBlock(write bool) error {
 	}
 	var t time.Time
 	if write {
-		if wt := p.cfg.WriteTimeout; wt > 0 && d.dst == &pr.client {
+		if wt := p.cfg.WriteTimeout; wt > 0 && d.dst() == &pr.client {
 			t = time.Now().Add(wt)
 		}
-		_ = d.dst.SetWriteDeadline(t)
+		_ = d.dst().SetWriteDeadline(t)
 	} else {
 		switch {
 		case d.idle:
@@ -158,7 +158,7 @@ func (d *direction) beforeBlock(write bool) error {
 		case d.msgDeadline.Load() != 0:
 			t = time.Unix(0, d.msgDeadline.Load())
 		}
-		_ = d.src.SetReadDeadline(t)
+		_ = d.src().SetReadDeadline(t)
 	}
 	if pr.life.load() == phaseAborted {
 		return errAborted
@@ -171,7 +171,7 @@ func (d *direction) beforeBlock(write bool) error {
 // open (a data frame cannot go inside another message). Frames batched
 // for that side go first.
 func (d *direction) writeClose(text []byte, code ws.StatusCode, reason string) {
-	dst := d.dst
+	dst := d.dst()
 	if dst.closeSent || dst.broken {
 		return
 	}
@@ -196,6 +196,6 @@ func (d *direction) writeClose(text []byte, code ws.StatusCode, reason string) {
 // broke marks d's destination unusable after a failed write and hangs it
 // up: its reader then sees the end instead of waiting for a close frame.
 func (d *direction) broke() {
-	d.dst.broken = true
-	d.dst.hangUp()
+	d.dst().broken = true
+	d.dst().hangUp()
 }

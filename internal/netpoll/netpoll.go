@@ -31,7 +31,8 @@
 // Callbacks run on at most Workers goroutines at a time, which stay for the
 // next callback when they finish one: a storm of wakes (every connection's
 // keepalive answer in the same second) costs Workers stacks, not one per
-// connection. A callback that is about to block (a write to a slow peer, the
+// connection. Once a storm is over, workers beyond a few per processor end
+// rather than keep their stacks idle. A callback that is about to block (a write to a slow peer, the
 // rest of a frame that has not arrived) calls Detach first: its worker is
 // replaced, so blocked connections never starve the pool, and the detached
 // goroutine ends when the callback returns.
@@ -39,6 +40,7 @@ package netpoll
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -93,6 +95,7 @@ type Poller struct {
 	attached int // workers that have not detached: idle plus running
 	idle     int
 	max      int
+	keepIdle int // idle workers kept; a worker that would be one more ends
 	closed   bool
 	workers  sync.WaitGroup
 }
@@ -106,7 +109,7 @@ func New(workers int) (*Poller, error) {
 	if workers <= 0 {
 		workers = DefaultWorkers
 	}
-	p := &Poller{max: workers}
+	p := &Poller{max: workers, keepIdle: min(workers, 4*runtime.GOMAXPROCS(0))}
 	p.cond.L = &p.mu
 	if err := p.start(); err != nil {
 		return nil, err
@@ -235,7 +238,7 @@ func (p *Poller) work() {
 	w := &worker{}
 	p.mu.Lock()
 	for {
-		for len(p.queue) == p.head && !p.closed {
+		for len(p.queue) == p.head && !p.closed && p.idle < p.keepIdle {
 			p.idle++
 			p.cond.Wait()
 			p.idle--

@@ -193,6 +193,7 @@ func TestRemovedNeverRuns(t *testing.T) {
 func TestPoolIsBounded(t *testing.T) {
 	const workers, n = 3, 40
 	p := newPoller(t, workers)
+	p.keepIdle = 1
 	var running, peak atomic.Int32
 	release := make(chan struct{})
 	var done sync.WaitGroup
@@ -228,6 +229,18 @@ func TestPoolIsBounded(t *testing.T) {
 	done.Wait()
 	if got := peak.Load(); got != workers {
 		t.Fatalf("%d callbacks ran at once, want the pool's %d", got, workers)
+	}
+	// The storm is over: no more idle workers than the pool keeps.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		attached, keep := p.attached, p.keepIdle
+		p.mu.Unlock()
+		if attached <= keep {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d workers stay after the storm, want at most %d", attached, keep)
+		}
 	}
 	for i := range descs {
 		p.Remove(&descs[i])
