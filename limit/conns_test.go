@@ -152,10 +152,10 @@ func TestOpenConnRefreshAtScale(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// Each chunk of replies now comes 10ms late, and a pipelined batch of
-	// the refresh gets its replies in many chunks: the four batches take
-	// longer than the ConnTTL/3 between two refreshes.
-	p.setLatency(10 * ms)
+	// Each reply now comes 150ms late: the four pipelined batches of the
+	// refresh, one after the other, take longer than the ConnTTL/3 between
+	// two refreshes, and less than the ConnTTL.
+	p.setLatency(150 * ms)
 	time.Sleep(2 * ttl)
 	if d := l.Message(ctx, "u", "a"); d.Fallback {
 		t.Fatalf("a decision during a slow refresh: %+v", d)
