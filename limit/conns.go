@@ -310,15 +310,3 @@ func (cn *conns) refreshBatch(ctx context.Context, c rueidis.Client, batch []cal
 	}
 	return err
 }
-
-// open returns the connections this Limiter holds registered in Redis, for
-// tests.
-func (cn *conns) open() int {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	n := 0
-	for _, ids := range cn.live {
-		n += len(ids)
-	}
-	return n
-}

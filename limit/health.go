@@ -48,7 +48,10 @@ func (e *nodeError) Unwrap() error { return e.err }
 
 // health tracks the nodes of one Redis client. Decisions report each call's
 // outcome to the nodes its keys live on (ok, failed); watchRedis probes the
-// nodes marked down and, on a Cluster, refreshes the map of slots to nodes.
+// suspect nodes and, on a Cluster, refreshes the map of slots to nodes. A
+// node's state is its count of failures in a row and its down flag, both
+// atomic: any decision or the probe may record an outcome, and the flag
+// changes (and is logged) once per transition, by CompareAndSwap.
 type health struct {
 	log  *slog.Logger
 	mode FailureMode
@@ -130,10 +133,12 @@ func (h *health) anyUp() bool {
 	return len(h.nodes) == 0 && !h.unserved.down.Load()
 }
 
-// downNodes returns the nodes marked down.
-func (h *health) downNodes() []*node {
+// suspects returns the nodes marked down or with a failure since their
+// last success.
+func (h *health) suspects() []*node {
+	suspect := func(n *node) bool { return n.down.Load() || n.fails.Load() > 0 }
 	if h.single != nil {
-		if h.single.down.Load() {
+		if suspect(h.single) {
 			return []*node{h.single}
 		}
 		return nil
@@ -142,36 +147,41 @@ func (h *health) downNodes() []*node {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, n := range h.nodes {
-		if n.down.Load() {
+		if suspect(n) {
 			out = append(out, n)
 		}
 	}
-	if h.unserved.down.Load() {
+	if suspect(h.unserved) {
 		out = append(out, h.unserved)
 	}
 	return out
 }
 
-// probe PINGs each node marked down and marks the ones that answer up. On
-// a Cluster it first reloads the slot map; unserved is up again once every
+// probe PINGs each suspect node: one that answers is up, with no failure
+// counted; one that does not counts a failure, as a decision would, so
+// that a node that died is marked down without waiting for traffic. On a
+// Cluster it first reloads the slot map; unserved is up again once every
 // slot has a master.
 func (h *health) probe(ctx context.Context, c rueidis.Client) {
-	if h.single != nil {
-		if h.single.down.Load() && c.Do(ctx, c.B().Ping().Build()).Error() == nil {
-			h.up(h.single)
+	clients := map[string]rueidis.Client{"": c}
+	if h.single == nil {
+		if err := h.refresh(ctx, c); err != nil {
+			h.log.Debug("redis cluster slots unknown", "err", err)
+			return
 		}
-		return
+		clients = c.Nodes()
 	}
-	if err := h.refresh(ctx, c); err != nil {
-		h.log.Debug("redis cluster slots unknown", "err", err)
-		return
-	}
-	clients := c.Nodes()
-	for _, n := range h.downNodes() {
+	for _, n := range h.suspects() {
 		if n == h.unserved {
 			continue
 		}
-		if nc := clients[n.addr]; nc != nil && nc.Do(ctx, nc.B().Ping().Build()).Error() == nil {
+		nc := clients[n.addr]
+		if nc == nil {
+			continue
+		}
+		if err := nc.Do(ctx, nc.B().Ping().Build()).Error(); err != nil {
+			h.failed(n, err)
+		} else {
 			h.up(n)
 		}
 	}

@@ -25,6 +25,7 @@ func TestRedisOneSlowReply(t *testing.T) {
 		t.Fatalf("the slow decision: %+v, want a fallback after trying Redis", d)
 	}
 	p.setLatency(0)
+	waitFor(t, "the late reply to pass the proxy", func() bool { return p.inFlight() == 0 })
 	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
 		t.Fatalf("the decision after one slow reply: %+v, want Redis's", d)
 	}

@@ -391,14 +391,3 @@ func (ls *leases) tick(now time.Time) {
 	ls.calls = 0
 	ls.sweepEvery = max(minSweepEvery, len(ls.m))
 }
-
-// held returns the units this Limiter holds for the message rule i (0 user,
-// 1 IP) of id, for tests.
-func (ls *leases) held(i int, id string) int {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	if e := ls.m[memKey{ls.rules[i], id}]; e != nil && e.usable(time.Now()) {
-		return e.left
-	}
-	return 0
-}

@@ -297,3 +297,14 @@ func TestLeaseFallback(t *testing.T) {
 		t.Fatalf("counter %d, want 10 or 20", got)
 	}
 }
+
+// held returns the units this Limiter holds for the message rule i (0 user,
+// 1 IP) of id, for tests.
+func (ls *leases) held(i int, id string) int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if e := ls.m[memKey{ls.rules[i], id}]; e != nil && e.usable(time.Now()) {
+		return e.left
+	}
+	return 0
+}

@@ -144,10 +144,3 @@ func (s *memory) sweep(now time.Duration) {
 	s.calls = 0
 	s.sweepEvery = max(minSweepEvery, len(s.m))
 }
-
-// len returns the number of entries, for tests.
-func (s *memory) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
-}

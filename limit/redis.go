@@ -35,7 +35,7 @@ const (
 	// recently used are read from Redis again when their identity returns.
 	blockCacheBytes = 8 << 20
 	// probeEvery is how often the background loop tries Redis while a node
-	// is down (NewClient before the first connection, PING after).
+	// is suspect (NewClient before the first connection, PING after).
 	probeEvery = 500 * time.Millisecond
 	// topologyEvery is how many probe ticks pass between two reloads of a
 	// Cluster's slot map while every node is up.
@@ -280,9 +280,10 @@ func parseVersion(info string) (v [2]int, ok bool) {
 	return v, false
 }
 
-// watchRedis brings Redis back after a failure: it connects when no client
-// exists yet, and probes the nodes marked down. Decisions do not try a node
-// marked down, so an outage costs no Timeout per decision.
+// watchRedis connects when no client exists yet, and probes the nodes that
+// failed since their last success: it marks down a node that died and up a
+// node that came back. Decisions do not try a node marked down, so an
+// outage costs no Timeout per decision.
 func (l *Limiter) watchRedis() {
 	defer l.wg.Done()
 	t := time.NewTicker(probeEvery)
@@ -303,7 +304,7 @@ func (l *Limiter) watchRedis() {
 			}
 			continue
 		}
-		if rs.health.downNodes() == nil && (!rs.cluster || tick%topologyEvery != 0) {
+		if rs.health.suspects() == nil && (!rs.cluster || tick%topologyEvery != 0) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(l.bg, max(l.timeout, time.Second))
