@@ -232,8 +232,12 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 			return d, nil
 		}
 		// The units granted now are Redis's for the window that is
-		// current: this decision may spend them whatever came since.
-		granted := spendFrom(es, n)
+		// current: this decision may spend them whatever came since. A
+		// slice not renewed here may have been spent or expired meanwhile.
+		granted := 0
+		if now := time.Now(); (es[0] == nil || es[0].usable(now)) && (es[1] == nil || es[1].usable(now)) {
+			granted = spendFrom(es, n)
+		}
 		for i, e := range es {
 			if e != nil && e.gen != gens[i] && cs[i].rule.Block > 0 {
 				e.left = 0 // not tracked all along: the next message leases again
@@ -243,7 +247,6 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 		if granted > 0 {
 			return Decision{Allowed: true, Kind: KindMessage, Granted: granted}, nil
 		}
-		// Another decision spent the last unit of a slice not renewed here.
 		if ctx.Err() != nil {
 			return Decision{}, ctx.Err()
 		}
