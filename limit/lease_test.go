@@ -273,9 +273,9 @@ func TestLeaseRoundTrips(t *testing.T) {
 	})
 }
 
-// TestLeaseFallback: a slice is put on hold when the connection resets;
-// after Redis is back, decisions are Redis's again and the counter holds
-// whole slices.
+// TestLeaseFallback: a slice is dropped when the connection resets; after
+// Redis is back, decisions are Redis's again and the counter holds whole
+// slices.
 func TestLeaseFallback(t *testing.T) {
 	s := startRedis(t)
 	p := startProxy(t, s.addr())
@@ -291,10 +291,11 @@ func TestLeaseFallback(t *testing.T) {
 	waitFor(t, "units on hold after the reset", func() bool { return l.lease.held(0, "u") == 0 })
 	waitUp(t, l)
 	waitFor(t, "a decision by redis", func() bool { return !l.Message(ctx, "u", "a").Fallback })
-	// The slice is kept when the first read of the block key after the
-	// reset came within Block/2 of it, else it lapsed and a second was taken.
-	if got, _ := strconv.Atoi(s.cli("get", keyPrefix(t)+":um:{u}")); got != 10 && got != 20 {
-		t.Fatalf("counter %d, want 10 or 20", got)
+	// The reset dropped the slice (rueidis reports a closed connection as
+	// a flush): the first decision by Redis took a second one, and a call
+	// that failed after it reached Redis may have taken a third.
+	if got, _ := strconv.Atoi(s.cli("get", keyPrefix(t)+":um:{u}")); got%10 != 0 || got < 20 || got > 30 {
+		t.Fatalf("counter %d, want 20 or 30", got)
 	}
 }
 
