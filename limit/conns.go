@@ -269,7 +269,7 @@ func (cn *conns) refresh(ctx context.Context, c rueidis.Client, period, timeout 
 		}
 		batch := calls[b*refreshBatch : min(len(calls), (b+1)*refreshBatch)]
 		bctx, cancel := context.WithTimeout(ctx, timeout)
-		berr := cn.refreshBatch(bctx, c, batch)
+		berr := cn.refreshKeys(bctx, c, batch)
 		cancel()
 		if berr != nil {
 			failed += len(batch)
@@ -281,10 +281,10 @@ func (cn *conns) refresh(ctx context.Context, c rueidis.Client, period, timeout 
 	return failed, err
 }
 
-// refreshBatch refreshes one batch of IP keys, then removes again the ids
+// refreshKeys refreshes one batch of IP keys, then removes again the ids
 // released meanwhile: a release between the snapshot and now may have had
 // its ZREM run before the refresh added the id back.
-func (cn *conns) refreshBatch(ctx context.Context, c rueidis.Client, batch []call) error {
+func (cn *conns) refreshKeys(ctx context.Context, c rueidis.Client, batch []call) error {
 	var err error
 	for _, r := range connRefreshScript.exec(ctx, c, batch...) {
 		if e := r.Error(); e != nil && err == nil {
