@@ -317,6 +317,7 @@ const (
 	mDecisions   = "holo_ws_limiter_decisions_total"
 	mFallback    = "holo_ws_limiter_fallback_total"
 	mRedisUp     = "holo_ws_redis_up"
+	mDuration    = "holo_ws_limiter_duration_seconds"
 	mAuthFail    = "holo_ws_auth_failures_total"
 )
 

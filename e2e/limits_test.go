@@ -2,11 +2,10 @@
 
 package e2e
 
-// Issue 3 through the built binary: message and connection limits per identity and per IP, on the
-// memory store and on a real redis-server, shared by two gate processes, with Redis going away and
-// coming back, and in shadow mode. DESIGN.md's "Limiting semantics" and "Client-facing behaviour"
-// are the contract; the window and block flags are small so the suite stays fast, except in
-// TestLimitDefaultsRedis.
+// The limits through the built binary: message and connection limits per identity and per IP, on
+// the memory store and on a real redis-server, shared by two gate processes, with Redis going away
+// and coming back, and in shadow mode. README's "Limits" and "What clients see" are the contract;
+// the window and block flags are small so the suite stays fast, except in TestLimitDefaultsRedis.
 
 import (
 	"encoding/json"
@@ -50,7 +49,7 @@ func msgs(prefix string, n int) []string {
 	return out
 }
 
-// TestLimitDefaultsRedis runs the gate with the seed's default rules (100/10s per identity, 5 s
+// TestLimitDefaultsRedis runs the gate with the default rules (100/10s per identity, 5 s
 // block) against Redis: 100 messages are relayed, the 101st is refused and never reaches the
 // backend.
 func TestLimitDefaultsRedis(t *testing.T) {
@@ -602,11 +601,14 @@ func TestRedisDownFailureClosed(t *testing.T) {
 		}
 	}
 
-	// Issue 3 lets /readyz leave 200 while Redis is down under closed; DESIGN.md does not say
-	// it must, so this is recorded, not asserted.
-	if resp, err := httpClient.Get(g.Admin + "/readyz"); err == nil {
+	// Every event would be refused: /readyz sends traffic to replicas that reach Redis.
+	if resp, err := httpClient.Get(g.Admin + "/readyz"); err != nil {
+		t.Fatal(err)
+	} else {
 		resp.Body.Close()
-		t.Logf("/readyz = %d while Redis is down under --failure-mode closed", resp.StatusCode)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("/readyz = %d while Redis is down under --failure-mode closed, want 503", resp.StatusCode)
+		}
 	}
 
 	rs.start()

@@ -13,7 +13,7 @@ func benchRules() Rules {
 	}
 }
 
-// benchBlocked returns rules under which "blocked" is blocked after 2 messages.
+// blockedRules returns rules under which the benchmark's user is blocked after 2 messages.
 func blockedRules() Rules {
 	return Rules{
 		UserMessages: rate(1, time.Hour, time.Hour),

@@ -56,8 +56,8 @@ return #ARGV - 1
 `
 
 var (
-	connOpenScript = rueidis.NewLuaScript(connOpenSrc)
-	connRefreshSHA = sha1Hex(connRefreshSrc)
+	connOpenScript    = newScript(connOpenSrc)
+	connRefreshScript = newScript(connRefreshSrc)
 )
 
 // conns is the state of the concurrent-connection bound.
@@ -118,23 +118,27 @@ func (l *Limiter) OpenConn(ctx context.Context, ip string) (d Decision, release 
 		return d, release
 	}
 	rs := l.rs.Load()
-	if rs == nil || !l.up.Load() {
+	if rs == nil {
+		return l.connFallback(ip, errRedisDown)
+	}
+	nd := rs.health.of(ip)
+	if nd.isDown() {
 		return l.connFallback(ip, errRedisDown)
 	}
 	key := cn.prefix + ip + "}"
 	id := cn.idBase + strconv.FormatUint(cn.seq.Add(1), 36)
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
-	ok, err := connOpenScript.Exec(rctx, rs.client, []string{key}, []string{cn.args[0], cn.args[1], id}).AsInt64()
+	ok, err := connOpenScript.exec1(rctx, rs.client, []string{key}, []string{cn.args[0], cn.args[1], id}).AsInt64()
 	cancel()
 	if err != nil {
 		// An admission that timed out here may still have registered the
 		// id in Redis: nothing refreshes it, so it ages out.
-		if ctx.Err() == nil {
-			l.markDown(err)
+		if ctx.Err() == nil && rs.health.failed(nd, err) && l.lease != nil {
+			l.lease.flush()
 		}
 		return l.connFallback(ip, fmt.Errorf("open conn: %w", err))
 	}
-	l.markUp()
+	rs.health.ok(nd)
 	if ok == 0 {
 		return Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: connRetry, Store: storeRedis}, noRelease
 	}
@@ -172,9 +176,9 @@ func (l *Limiter) connFallback(ip string, err error) (d Decision, release func()
 	release = noRelease
 	switch l.mode {
 	case FailOpen:
-		d = Decision{Allowed: true, Kind: KindConnection, Store: storeRedis}
+		d = Decision{Allowed: true, Kind: KindConnection}
 	case FailClosed:
-		d = Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: closedRetry, Store: storeRedis}
+		d = Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: closedRetry}
 	default:
 		d, release = l.conns.openMem(ip)
 		d.Store = storeMemory
@@ -208,7 +212,8 @@ func (cn *conns) openMem(ip string) (Decision, func()) {
 }
 
 // refreshConns pushes back the expiry of this Limiter's live connections
-// every ConnTTL/3 until Close.
+// every ConnTTL/3 until Close (see conns.refresh). Its failures are logged
+// and never change a node's health: the decisions find out for themselves.
 func (l *Limiter) refreshConns() {
 	defer l.wg.Done()
 	every := l.conns.ttl / 3
@@ -224,49 +229,74 @@ func (l *Limiter) refreshConns() {
 		if rs == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(l.bg, min(max(l.timeout, time.Second), every))
-		err := l.conns.refresh(ctx, rs.client)
-		cancel()
-		if err != nil && l.bg.Err() == nil {
-			l.log.Debug("refresh of open connections failed", "err", err)
-			l.markDown(err)
+		failed, err := l.conns.refresh(l.bg, rs.client, every, max(l.timeout, time.Second))
+		if failed > 0 && l.bg.Err() == nil {
+			l.log.Warn("refresh of open connections failed, their registrations may age out",
+				"ips", failed, "err", err)
 		}
 	}
 }
 
-// refresh runs connRefreshSrc once per IP key, refreshBatch keys per
-// pipelined call.
-func (cn *conns) refresh(ctx context.Context, c rueidis.Client) error {
+// refresh runs connRefreshScript once per IP key, refreshBatch keys per
+// pipelined call. The batches are spread over period, each with its own
+// deadline of timeout, so a slow batch delays the next ones rather than
+// failing them, and refresh returns within about period (plus a timeout
+// when batches are slow). It returns how many IP keys failed, and the
+// first error.
+func (cn *conns) refresh(ctx context.Context, c rueidis.Client, period, timeout time.Duration) (failed int, err error) {
 	cn.mu.Lock()
-	keys := make([][]string, 0, len(cn.live))
-	args := make([][]string, 0, len(cn.live))
+	calls := make([]call, 0, len(cn.live))
 	for k, ids := range cn.live {
 		a := make([]string, 0, len(ids)+1)
 		a = append(a, cn.args[1])
 		for id := range ids {
 			a = append(a, id)
 		}
-		keys = append(keys, []string{k})
-		args = append(args, a)
+		calls = append(calls, call{[]string{k}, a})
 	}
 	cn.mu.Unlock()
-	var err error
-	for i := 0; i < len(keys) && err == nil; i += refreshBatch {
-		j := min(len(keys), i+refreshBatch)
-		for _, r := range evalshaMulti(ctx, c, connRefreshSrc, connRefreshSHA, keys[i:j], args[i:j]) {
-			if e := r.Error(); e != nil && err == nil {
-				err = fmt.Errorf("refresh conns: %w", e)
+	start := time.Now()
+	batches := (len(calls) + refreshBatch - 1) / refreshBatch
+	for b := range batches {
+		if b > 0 {
+			if wait := time.Until(start.Add(period * time.Duration(b) / time.Duration(batches))); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return failed, ctx.Err()
+				case <-time.After(wait):
+				}
+			}
+		}
+		batch := calls[b*refreshBatch : min(len(calls), (b+1)*refreshBatch)]
+		bctx, cancel := context.WithTimeout(ctx, timeout)
+		berr := cn.refreshKeys(bctx, c, batch)
+		cancel()
+		if berr != nil {
+			failed += len(batch)
+			if err == nil {
+				err = berr
 			}
 		}
 	}
-	// A release between the snapshot and now may have had its ZREM run
-	// before the refresh added the id back: remove those ids again.
+	return failed, err
+}
+
+// refreshKeys refreshes one batch of IP keys, then removes again the ids
+// released meanwhile: a release between the snapshot and now may have had
+// its ZREM run before the refresh added the id back.
+func (cn *conns) refreshKeys(ctx context.Context, c rueidis.Client, batch []call) error {
+	var err error
+	for _, r := range connRefreshScript.exec(ctx, c, batch...) {
+		if e := r.Error(); e != nil && err == nil {
+			err = fmt.Errorf("refresh conns: %w", e)
+		}
+	}
 	var zrem rueidis.Commands
 	cn.mu.Lock()
-	for i, k := range keys {
-		for _, id := range args[i][1:] {
-			if _, ok := cn.live[k[0]][id]; !ok {
-				zrem = append(zrem, c.B().Zrem().Key(k[0]).Member(id).Build())
+	for _, k := range batch {
+		for _, id := range k.args[1:] {
+			if _, ok := cn.live[k.keys[0]][id]; !ok {
+				zrem = append(zrem, c.B().Zrem().Key(k.keys[0]).Member(id).Build())
 			}
 		}
 	}
@@ -279,16 +309,4 @@ func (cn *conns) refresh(ctx context.Context, c rueidis.Client) error {
 		}
 	}
 	return err
-}
-
-// open returns the connections this Limiter holds registered in Redis, for
-// tests.
-func (cn *conns) open() int {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	n := 0
-	for _, ids := range cn.live {
-		n += len(ids)
-	}
-	return n
 }

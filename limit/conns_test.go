@@ -2,6 +2,8 @@ package limit
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,5 +126,45 @@ func testOpenConn(t *testing.T, url string, cli func(...string) string) {
 	})
 	if got := cli("zcard", key); got != "1" {
 		t.Fatalf("zcard %s after a's ids aged out, want 1 (b's)", got)
+	}
+}
+
+// TestOpenConnRefreshAtScale: the refresh of many IPs' connections over a
+// slow Redis keeps every one alive, and never sends decisions to the failure
+// mode.
+func TestOpenConnRefreshAtScale(t *testing.T) {
+	s := startRedis(t)
+	p := startProxy(t, s.addr())
+	prefix := keyPrefix(t)
+	const ips, ttl = 4 * refreshBatch, 1200 * ms
+	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: prefix, Timeout: testTimeout, FailureMode: FailClosed,
+		IPMaxConns: 1, ConnTTL: ttl, Rules: Rules{UserMessages: rate(1000, time.Minute, 0)}})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < ips; i += 8 {
+				if d, _ := l.OpenConn(ctx, fmt.Sprint("10.0.", i/256, ".", i%256)); !d.Allowed || d.Fallback {
+					t.Errorf("OpenConn %d: %+v", i, d)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Each reply now comes 150ms late: the four pipelined batches of the
+	// refresh, one after the other, take longer than the ConnTTL/3 between
+	// two refreshes, and less than the ConnTTL.
+	p.setLatency(150 * ms)
+	time.Sleep(2 * ttl)
+	if d := l.Message(ctx, "u", "a"); d.Fallback {
+		t.Fatalf("a decision during a slow refresh: %+v", d)
+	}
+	if !l.RedisUp() {
+		t.Fatal("a slow refresh marked Redis down")
+	}
+	p.setLatency(0)
+	if n := len(strings.Fields(s.cli("--scan", "--pattern", prefix+":cc:*"))); n != ips {
+		t.Fatalf("%d of %d IPs' connections still registered after %v", n, ips, 2*ttl)
 	}
 }

@@ -19,6 +19,7 @@ type faultProxy struct {
 	ln        net.Listener          // nil while down
 	pairs     map[net.Conn]net.Conn // client conn -> its redis conn
 	latency   time.Duration
+	held      int // reply chunks waiting for their latency
 	blackhole bool
 	resume    chan struct{} // closed when the blackhole ends
 	wg        sync.WaitGroup
@@ -71,25 +72,59 @@ func (p *faultProxy) serve(ln net.Listener) {
 	})
 }
 
-// pipe copies src to dst until either fails, then closes both.
+// pipe copies src to dst until either fails, then closes both. Replies
+// are held for the latency from when they were read, in order: latency, not
+// a bandwidth cap.
 func (p *faultProxy) pipe(src, dst net.Conn, reply bool) {
 	defer p.drop(src, dst)
+	type chunk struct {
+		b   []byte
+		due time.Time
+	}
+	out := make(chan chunk, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for c := range out {
+			time.Sleep(time.Until(c.due))
+			_, err := dst.Write(c.b)
+			if reply {
+				p.mu.Lock()
+				p.held--
+				p.mu.Unlock()
+			}
+			if err != nil {
+				src.Close()
+				for range out {
+					if reply {
+						p.mu.Lock()
+						p.held--
+						p.mu.Unlock()
+					}
+				}
+				return
+			}
+		}
+	}()
+	defer func() { close(out); <-done }()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
 			lat, hole, resume := p.latency, p.blackhole, p.resume
+			if reply {
+				p.held++
+			}
 			p.mu.Unlock()
 			if hole {
 				<-resume
 			}
-			if reply && lat > 0 {
-				time.Sleep(lat)
+			c := chunk{b: append([]byte(nil), buf[:n]...), due: time.Now()}
+			if reply {
+				c.due = c.due.Add(lat)
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
+			out <- c
 		}
 		if err != nil {
 			return
@@ -111,6 +146,13 @@ func (p *faultProxy) open() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.pairs)
+}
+
+// inFlight returns the reply chunks the proxy holds for their latency.
+func (p *faultProxy) inFlight() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // setLatency delays every reply chunk by d.

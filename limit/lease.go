@@ -2,8 +2,8 @@ package limit
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -11,89 +11,37 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// leaseSrc reserves units of one or two rules' window budgets. KEYS holds
-// (counter, block key) pairs and ARGV (limit, window ms, block ms, lease)
-// quadruples. It returns (granted, ms) pairs: granted > 0 units with the
-// window's remaining life, or 0 with the retry of a refusal. A rule whose
-// window has no unit left refuses as takeSrc does: it blocks itself and
-// drops its counter, or, without block, answers the window's remaining life.
-// Each rule is decided on its own: a grant is this replica's to spend later,
-// so one rule refusing leaves nothing to refund on the other.
-const leaseSrc = `
-local res = {}
-for i = 1, #KEYS / 2 do
-  local c, bk = KEYS[2*i-1], KEYS[2*i]
-  local limit, window = tonumber(ARGV[4*i-3]), ARGV[4*i-2]
-  local block, want = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
-  local b = redis.call('PTTL', bk)
-  if b > 0 then
-    res[2*i-1] = 0; res[2*i] = b
-  else
-    local used = tonumber(redis.call('GET', c) or '0')
-    if used >= limit then
-      res[2*i-1] = 0
-      if block > 0 then
-        redis.call('SET', bk, '1', 'PX', block)
-        redis.call('DEL', c)
-        res[2*i] = block
-      else
-        local t = redis.call('PTTL', c)
-        if t < 0 then
-          redis.call('PEXPIRE', c, window)
-          t = tonumber(window)
-        end
-        res[2*i] = t
-      end
-    else
-      local n = math.min(want, limit - used)
-      redis.call('INCRBY', c, n)
-      local t = redis.call('PTTL', c)
-      if t < 0 then
-        redis.call('PEXPIRE', c, window)
-        t = tonumber(window)
-      end
-      res[2*i-1] = n; res[2*i] = t
-    end
-  end
-end
-return res
-`
-
-var (
-	leaseScript = rueidis.NewLuaScript(leaseSrc)
-	leaseSHA    = sha1Hex(leaseSrc)
-)
-
-// errLeaseLost is the error of a decision whose slices were invalidated
-// again and again while it tried to take one.
-var errLeaseLost = errors.New("lease invalidated while taking it")
-
-// grant is leaseSrc's answer for one rule.
+// grant is leaseScript's answer for one rule.
 type grant struct {
 	n   int           // units reserved; 0 means refused
 	ttl time.Duration // the window's remaining life, or the refusal's retry
 }
 
-// lease reserves units for the counters of cs marked in need, in one round
-// trip: one script over both keys on a standalone Redis, two pipelined on a
-// Cluster, where the keys live in different slots.
-func (s *redisStore) lease(ctx context.Context, cs [2]counter, need [2]bool) (g [2]grant, err error) {
+// lease reserves units for the counters of cs with size[i] > 0 (how many
+// to ask for), in one round trip: one script over both keys on a standalone
+// Redis, two pipelined on a Cluster, where the keys live in different
+// slots. A grant whose sibling failed on a Cluster stays reserved and
+// unused: it lapses with its window, which errs on the side of refusing.
+func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [2]grant, err error) {
 	var idx []int
-	var keys, args []string
+	var calls []call
 	for i, k := range cs {
-		if need[i] {
+		if size[i] > 0 {
 			r := k.rule
 			idx = append(idx, i)
-			keys = append(keys, k.key(), k.blockKey())
-			args = append(args, r.limit, r.window, r.block, r.lease)
+			calls = append(calls, call{[]string{k.key(), k.blockKey()}, []string{r.limit, r.window, r.block, strconv.Itoa(size[i])}})
 		}
 	}
 	switch {
 	case len(idx) == 0:
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
+		var keys, args []string
+		for _, c := range calls {
+			keys, args = append(keys, c.keys...), append(args, c.args...)
+		}
 		var out [2]grant
-		if err := parseLease(leaseScript.Exec(ctx, s.client, keys, args), out[:len(idx)]); err != nil {
+		if err := parseLease(leaseScript.exec1(ctx, s.client, keys, args), out[:len(idx)]); err != nil {
 			return g, err
 		}
 		for j, i := range idx {
@@ -101,35 +49,15 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, need [2]bool) (g 
 		}
 		return g, nil
 	}
-	rs := evalshaMulti(ctx, s.client, leaseSrc, leaseSHA, [][]string{keys[:2], keys[2:]}, [][]string{args[:4], args[4:]})
-	// A grant whose sibling failed stays reserved and unused: it lapses
-	// with its window, which errs on the side of refusing.
+	rs := leaseScript.exec(ctx, s.client, calls...)
+	var errs [2]error
 	for j, i := range idx {
-		if err := parseLease(rs[j], g[i:i+1]); err != nil {
-			return g, err
-		}
+		errs[i] = parseLease(rs[j], g[i:i+1])
 	}
-	return g, nil
+	return g, failure(errs)
 }
 
-// evalshaMulti pipelines one EVALSHA of src per (keys, args) and resends
-// with EVAL only the commands that got NOSCRIPT. (rueidis's Lua.ExecMulti
-// would send SCRIPT LOAD to every node on every call.)
-func evalshaMulti(ctx context.Context, c rueidis.Client, src, sha string, keys, args [][]string) []rueidis.RedisResult {
-	cmds := make(rueidis.Commands, len(keys))
-	for i := range keys {
-		cmds[i] = c.B().Evalsha().Sha1(sha).Numkeys(int64(len(keys[i]))).Key(keys[i]...).Arg(args[i]...).Build()
-	}
-	rs := c.DoMulti(ctx, cmds...)
-	for i, r := range rs {
-		if re, ok := rueidis.IsRedisErr(r.Error()); ok && re.IsNoScript() {
-			rs[i] = c.Do(ctx, c.B().Eval().Script(src).Numkeys(int64(len(keys[i]))).Key(keys[i]...).Arg(args[i]...).Build())
-		}
-	}
-	return rs
-}
-
-// parseLease reads leaseSrc's (granted, ms) pairs into out.
+// parseLease reads leaseScript's (granted, ms) pairs into out.
 func parseLease(r rueidis.RedisResult, out []grant) error {
 	vs, err := r.AsIntSlice()
 	if err != nil {
@@ -150,20 +78,11 @@ type leaseEntry struct {
 	// expires is when the window the units came from ends at the latest,
 	// on this process's monotonic clock.
 	expires time.Time
-	// gen counts the invalidations of the key's block key (and flushes).
+	// gen counts the invalidations of the key's block key and the flushes.
 	gen uint64
-	// pending marks units that Redis stopped vouching for at pendingSince:
-	// the key's block key was invalidated after the grant, or during the
-	// call that reserved them. An invalidation only says the block key
-	// changed: a block started (the units must go), or a block that had
-	// ended was deleted (they are good). The second is common: a lease
-	// script touching an expired block key deletes it, and Redis 7 sends
-	// that push to the caller right after the script's reply. Either way
-	// Redis no longer tracks the key for us. A read of the block key sent
-	// after pendingSince and answered within Block/2 of it settles it: a
-	// block that started before pendingSince is then still on.
-	pending      bool
-	pendingSince time.Time
+	// seenBlock is set when this Limiter read the key's block key while it
+	// existed: the next lease takes a single unit (see leases).
+	seenBlock bool
 	// refill is non-nil while a call reserves units for the key, and
 	// closed when it returns: one call at a time, the others wait.
 	refill chan struct{}
@@ -172,18 +91,31 @@ type leaseEntry struct {
 }
 
 func (e *leaseEntry) usable(now time.Time) bool {
-	return e.left > 0 && !e.pending && now.Before(e.expires)
+	return e.left > 0 && now.Before(e.expires)
 }
 
 // leases holds a Limiter's slices in ModeLease.
 //
-// Why the slices are safe to keep: a block ends a window early (the script
-// drops the counter), so a slice must not outlive a block it has not seen.
-// Before reserving, a decision reads the block key through the client-side
-// cache, so Redis tracks that key for this client, and from then on any
-// write to it (the block) reaches invalidate, on the same connection as the
-// lease reply, before any later reply. A changed gen therefore means "a
-// block may have happened since": the slice is dropped.
+// A block ends a window early (the script drops the counter), so a slice
+// must not outlive a block it has not seen. The invariant that ensures it:
+// a slice is kept only if its key's block key was tracked by Redis for this
+// client from a check that found no block until the lease script ran, so
+// that any block set after the script reaches invalidate, on the same
+// connection as the lease reply, and drops the slice. A decision therefore
+// notes the key's gen before it checks the block key (through the cache,
+// which makes Redis track it, or from a cached entry, which Redis still
+// tracks), and keeps the units of the grant beyond its own messages only if
+// gen has not moved by the time the grant is stored; otherwise it spends
+// what it needs and drops the rest, and the next message checks and leases
+// again.
+//
+// A block key that Redis deletes because it expired is announced too, and
+// when the deletion happens inside this client's own read (a check that
+// comes after the block ended but before Redis's expiry cycle removed the
+// key), Redis sends it right after the reply: that would drop the first
+// slice after every block. So after this Limiter read a key's block key
+// while it existed (seenBlock), its next lease takes one unit, whose loss
+// costs nothing, and the lease after that a full slice.
 type leases struct {
 	rules [2]*rule // the message rules, to read the keys in invalidations
 
@@ -203,36 +135,129 @@ func newLeases(user, ip *rule) *leases {
 func windowMargin(ttl time.Duration) time.Duration { return time.Millisecond + ttl/1000 }
 
 // decide decides up to n messages from the slices, reserving more when one
-// is spent: as many as the slices hold, or one when a slice had to be
-// reserved. Refusals come from Redis: the cached block check, or the
-// script finding the window's budget spent.
+// is spent: as many as the slices hold, or as the new grant allows.
+// Refusals come from Redis: the cached block check, or the script finding
+// the window's budget spent.
 func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int) (Decision, error) {
 	if g := ls.spend(cs, n); g > 0 {
 		return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
 	}
-	for range 3 {
-		d, retry, err := ls.try(ctx, rs, cs, n)
-		if err != nil || !retry {
-			return d, err
-		}
-		if d.Allowed {
-			// Spent from a grant now pending: verify the rest at once,
-			// while a block could not yet have come and gone.
-			ls.verify(ctx, rs, cs)
-			return d, nil
+	es, gens := ls.entries(cs)
+	if es[0] == nil && es[1] == nil {
+		return Decision{Allowed: true, Kind: KindMessage, Granted: n}, nil
+	}
+	left, seen, err := rs.blocks(ctx, cs)
+	if err != nil {
+		return Decision{}, err
+	}
+	ls.mu.Lock()
+	for i, e := range es {
+		if e != nil && seen[i] {
+			e.seenBlock = true
 		}
 	}
-	return Decision{}, errLeaseLost
+	ls.mu.Unlock()
+	if d, refused := verdict(KindMessage, ScopeUser, ScopeIP, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
+		return d, nil
+	}
+	for {
+		ls.mu.Lock()
+		now := time.Now()
+		var size [2]int
+		var wait chan struct{}
+		for i, e := range es {
+			switch {
+			case e == nil || e.usable(now):
+			case e.refill != nil:
+				wait = e.refill
+			case e.seenBlock:
+				size[i] = 1
+			default:
+				size[i] = cs[i].rule.lease
+			}
+		}
+		if wait != nil {
+			ls.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return Decision{}, ctx.Err()
+			}
+		}
+		if size == [2]int{} {
+			g := spendFrom(es, n)
+			ls.mu.Unlock()
+			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
+		}
+		done := make(chan struct{})
+		for i, e := range es {
+			if size[i] > 0 {
+				e.left, e.refill = 0, done
+			}
+		}
+		ls.mu.Unlock()
+
+		sent := time.Now()
+		g, err := rs.lease(ctx, cs, size)
+
+		ls.mu.Lock()
+		for i, e := range es {
+			if size[i] > 0 {
+				e.refill = nil
+			}
+		}
+		close(done)
+		if err != nil {
+			ls.mu.Unlock()
+			return Decision{}, err
+		}
+		var deny [2]bool
+		var retry [2]time.Duration
+		for i, e := range es {
+			if size[i] == 0 {
+				continue
+			}
+			if g[i].n == 0 {
+				deny[i], retry[i] = true, g[i].ttl
+				if cs[i].rule.Block > 0 {
+					e.seenBlock = true
+				}
+				continue
+			}
+			e.left, e.expires, e.seenBlock = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl)), false
+		}
+		if d, refused := verdict(KindMessage, ScopeUser, ScopeIP, deny[0], deny[1], retry[0], retry[1]); refused {
+			ls.mu.Unlock()
+			return d, nil
+		}
+		// The units granted now are Redis's for the window that is
+		// current: this decision may spend them whatever came since. A
+		// slice not renewed here may have been spent or expired meanwhile.
+		granted := 0
+		if now := time.Now(); (es[0] == nil || es[0].usable(now)) && (es[1] == nil || es[1].usable(now)) {
+			granted = spendFrom(es, n)
+		}
+		for i, e := range es {
+			if e != nil && e.gen != gens[i] && cs[i].rule.Block > 0 {
+				e.left = 0 // not tracked all along: the next message leases again
+			}
+		}
+		ls.mu.Unlock()
+		if granted > 0 {
+			return Decision{Allowed: true, Kind: KindMessage, Granted: granted}, nil
+		}
+		if ctx.Err() != nil {
+			return Decision{}, ctx.Err()
+		}
+	}
 }
 
 // spend is decide's fast path: when every enabled counter of cs has a
 // usable slice, it spends up to n units from them, without a block check,
-// and returns how many (0: take the full path). That is safe because a
-// usable slice implies Redis tracks its block key for this client: the
-// key was read through the cache before the slice was reserved, and the
-// first write to it since (a block) comes as an invalidation that puts the
-// slice on hold, or as a flush when the connection is lost. The block
-// check is then made by the full path, before anything else is spent.
+// and returns how many (0: take the full path). That is safe by the
+// invariant of leases: a usable slice is dropped by the first write to its
+// block key since it was granted.
 func (ls *leases) spend(cs [2]counter, n int) int {
 	now := time.Now()
 	ls.mu.Lock()
@@ -270,6 +295,7 @@ func spendFrom(es [2]*leaseEntry, n int) int {
 			g = min(g, e.left)
 		}
 	}
+	g = max(g, 0)
 	for _, e := range es {
 		if e != nil {
 			e.left -= g
@@ -278,29 +304,10 @@ func spendFrom(es [2]*leaseEntry, n int) int {
 	return g
 }
 
-// verify reads the block keys again (through the cache, so Redis tracks
-// them) and makes the pending units usable when no block is found and no
-// invalidation came meanwhile. A failure leaves them pending; they lapse.
-func (ls *leases) verify(ctx context.Context, rs *redisStore, cs [2]counter) {
-	es, gens := ls.entries(cs)
-	left, err := rs.blocked(ctx, cs)
-	if err != nil {
-		return
-	}
-	ls.settle(cs, es, gens, left)
-}
-
-// pend puts e's units on hold since now, or since the earlier time they
-// already were: a read that settles them must come after the latest
-// invalidation (gens) and within Block/2 of the first.
-func (e *leaseEntry) pend(now time.Time) {
-	if e.left > 0 && !e.pending {
-		e.pending, e.pendingSince = true, now
-	}
-}
-
 // entries returns the entries of the enabled counters of cs, created when
-// missing, and their generations.
+// missing, and their generations. An entry is swept only after leaseIdle
+// without a decision, far longer than a decision may take, so the entries
+// outlive the decision that looked them up.
 func (ls *leases) entries(cs [2]counter) (es [2]*leaseEntry, gens [2]uint64) {
 	now := time.Now()
 	ls.mu.Lock()
@@ -321,168 +328,9 @@ func (ls *leases) entries(cs [2]counter) (es [2]*leaseEntry, gens [2]uint64) {
 	return es, gens
 }
 
-// settle applies a block check read after gens were taken: a blocked key
-// loses its units; pending units of a key seen unblocked, with no
-// invalidation since gens, become usable.
-func (ls *leases) settle(cs [2]counter, es [2]*leaseEntry, gens [2]uint64, left [2]time.Duration) {
-	now := time.Now()
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	for i, e := range es {
-		switch {
-		case e == nil:
-		case left[i] > 0:
-			e.left, e.pending = 0, false
-		case !e.pending || e.gen != gens[i]:
-		case now.Sub(e.pendingSince) < cs[i].rule.Block/2:
-			e.pending = false
-		default:
-			e.left, e.pending = 0, false
-		}
-	}
-}
-
-// try is one attempt of decide. It asks for a retry when a slice it was
-// taking was invalidated meanwhile: the block keys must be read (and so
-// tracked) again before a slice can be kept.
-func (ls *leases) try(ctx context.Context, rs *redisStore, cs [2]counter, n int) (_ Decision, retry bool, _ error) {
-	es, gens := ls.entries(cs)
-	if es[0] == nil && es[1] == nil {
-		return Decision{Allowed: true, Kind: KindMessage, Granted: n}, false, nil
-	}
-	left, err := rs.blocked(ctx, cs)
-	if err != nil {
-		return Decision{}, false, err
-	}
-	ls.settle(cs, es, gens, left)
-	if d, refused := verdict(KindMessage, cs, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
-		return d, false, nil
-	}
-
-	for {
-		ls.mu.Lock()
-		now := time.Now()
-		var need [2]bool
-		var wait chan struct{}
-		for i, e := range es {
-			switch {
-			case e == nil || e.usable(now):
-			case e.refill != nil:
-				wait = e.refill
-			case e.pending && e.left > 0 && now.Before(e.expires):
-				// Verified by the next attempt's block check.
-				ls.mu.Unlock()
-				return Decision{}, true, nil
-			default:
-				need[i] = true
-			}
-		}
-		if wait != nil {
-			ls.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return Decision{}, false, ctx.Err()
-			}
-		}
-		if !need[0] && !need[1] {
-			g := spendFrom(es, n)
-			ls.mu.Unlock()
-			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
-		}
-		done := make(chan struct{})
-		for i, e := range es {
-			if need[i] {
-				e.left, e.pending, e.refill = 0, false, done
-			}
-		}
-		ls.mu.Unlock()
-
-		sent := time.Now()
-		g, err := rs.lease(ctx, cs, need)
-
-		ls.mu.Lock()
-		for i, e := range es {
-			if need[i] {
-				e.refill = nil
-			}
-		}
-		close(done)
-		if err != nil {
-			ls.mu.Unlock()
-			return Decision{}, false, err
-		}
-		// Spending one unit on this message is always right: Redis
-		// reserved it in the window that is current now. The others are
-		// kept for later messages only if the key's block key was tracked
-		// all along (else pending), and not on an entry swept meanwhile.
-		orphan := func(i int) bool {
-			c := cs[i]
-			return ls.m[memKey{c.rule, c.id}] != es[i]
-		}
-		lost := false
-		var deny [2]bool
-		var retry [2]time.Duration
-		for i := range need {
-			if need[i] && g[i].n == 0 {
-				deny[i], retry[i] = true, g[i].ttl
-			}
-		}
-		now = time.Now()
-		spend := !deny[0] && !deny[1]
-		for i, e := range es {
-			if e != nil && !need[i] && !e.usable(now) {
-				spend = false // another message took the last unit meanwhile
-			}
-		}
-		for i, e := range es {
-			if !need[i] || deny[i] {
-				continue
-			}
-			e.left, e.expires = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl))
-			if spend {
-				e.left--
-			}
-			if e.gen != gens[i] && cs[i].rule.Block > 0 {
-				e.pending, e.pendingSince, lost = true, sent, true
-			}
-			if orphan(i) {
-				e.left = 0
-			}
-		}
-		if spend {
-			for i, e := range es {
-				if e != nil && !need[i] {
-					e.left--
-				}
-			}
-		}
-		ls.mu.Unlock()
-		if d, refused := verdict(KindMessage, cs, deny[0], deny[1], retry[0], retry[1]); refused {
-			return d, false, nil
-		}
-		if spend {
-			return Decision{Allowed: true, Kind: KindMessage, Granted: 1}, lost, nil
-		}
-		if ctx.Err() != nil {
-			return Decision{}, false, ctx.Err()
-		}
-		if lost || gens != [2]uint64{genOf(es[0]), genOf(es[1])} {
-			return Decision{}, true, nil
-		}
-	}
-}
-
-func genOf(e *leaseEntry) uint64 {
-	if e == nil {
-		return 0
-	}
-	return e.gen
-}
-
-// invalidate is the rueidis OnInvalidations callback: the slices of the
-// keys whose block key changed are put on hold, and on a flush (nil), which
+// invalidate is the rueidis OnInvalidations callback, called in order with
+// the replies of the connection that carried the push: the slices of the
+// keys whose block key changed are dropped, and on a flush (nil), which
 // rueidis also reports when a connection closes, every slice that needs
 // tracking.
 func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
@@ -490,7 +338,6 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 		ls.flush()
 		return
 	}
-	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	for _, m := range keys {
@@ -505,7 +352,7 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 		for _, r := range ls.rules {
 			if id, ok := strings.CutPrefix(k, r.prefix); ok {
 				if e := ls.m[memKey{r, id}]; e != nil {
-					e.pend(now)
+					e.left = 0
 					e.gen++
 				}
 			}
@@ -513,25 +360,23 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 	}
 }
 
-// flush puts on hold every slice of a rule that blocks: Redis may have
-// stopped tracking their block keys (a connection closed, a call failed).
-// The slices of a rule without block need no tracking: its windows end only
+// flush drops every slice of a rule that blocks: Redis may have stopped
+// tracking their block keys (a connection closed, a node failed). The
+// slices of a rule without block need no tracking: its windows end only
 // with their TTL.
 func (ls *leases) flush() {
-	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	for k, e := range ls.m {
 		if k.rule.Block > 0 {
-			e.pend(now)
+			e.left = 0
 			e.gen++
 		}
 	}
 }
 
 // leaseIdle is how long an entry with nothing usable stays after its last
-// decision: far longer than a decision can take, so no decision in flight
-// loses the entry it reserves units for.
+// decision.
 const leaseIdle = time.Minute
 
 // tick counts a decision and every sweepEvery decisions drops the entries
@@ -548,15 +393,4 @@ func (ls *leases) tick(now time.Time) {
 	}
 	ls.calls = 0
 	ls.sweepEvery = max(minSweepEvery, len(ls.m))
-}
-
-// held returns the units this Limiter holds for the message rule i (0 user,
-// 1 IP) of id, for tests.
-func (ls *leases) held(i int, id string) int {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	if e := ls.m[memKey{ls.rules[i], id}]; e != nil && e.usable(time.Now()) {
-		return e.left
-	}
-	return 0
 }

@@ -8,6 +8,24 @@
 // refuses every event of that key for the block duration, after which the
 // budget is full again. A refused event never counts.
 //
+// # Keys and scripts
+//
+// Each rule of each identity or IP has a counter key "<prefix>:<rule>:{id}"
+// and, for the message rules, a block key "<prefix>:<rule>:{id}:blk"; the
+// hash tag keeps the two in one Cluster slot. Two operations use them:
+//
+//   - check blocks: a PTTL of the message rules' block keys, read through
+//     rueidis's client-side cache, so Redis tracks the keys for this client
+//     and pushes an invalidation when one is written or deleted. A blocked
+//     identity is refused without a round trip, on every replica, until its
+//     block ends or an operator deletes the block key.
+//   - take n: one Lua script counts up to n events against the counters,
+//     atomically, refusing when a guarding block key exists or a window's
+//     budget is spent; the refusal of a rule with a block sets its block
+//     key and drops its counter. A message's counters are guarded by their
+//     own rules' block keys, a handshake's connection counters by the
+//     message rules' block keys of the same identity and IP.
+//
 // # Exact and lease modes
 //
 // In ModeExact (the default) every message is counted in Redis: of N+k
@@ -24,11 +42,9 @@
 //     they were taken from. A Limiter stops using a slice at the window's end
 //     as Redis reported it (measured from before the request was sent, less
 //     1ms and 0.1% for clock granularity and rate), and when a block ends the
-//     window early: before a slice is taken the key's block key is read
-//     through the client-side cache, so Redis pushes an invalidation when it
-//     changes; the slice is then put on hold, and kept only if a new read of
-//     the block key within Block/2 of the push finds no block (the push is
-//     also sent when an expired block key is deleted, which is harmless).
+//     window early: a slice is taken only after the key's block key was
+//     checked through the cache, so Redis tracks it, and the invalidation of
+//     that key drops the slice; the next message checks and leases again.
 //   - the price is undershoot: a Limiter that finds the window's budget spent
 //     refuses and blocks the key, as in exact mode, while other replicas may
 //     still hold unused units, so a key can be refused after as few as
@@ -36,19 +52,23 @@
 //
 // Two assumptions stand behind "at most N": the replicas' and Redis's clocks
 // advance at the same rate within 0.1%, and an invalidation reaches a replica
-// within Block/2 of the write it announces. Should a replica's connection
-// stall for longer, it could spend in the window after a block the units it
-// held (at most LeaseSize each), so the general bound is N +
-// (replicas-1) x LeaseSize per window, within "replicas x LeaseSize".
-// Failure-mode fallbacks are outside these bounds, as in exact mode.
-// Lease mode uses one connection per Redis node, so that the invalidations
-// and the lease replies arrive in order. Handshakes, and the memory store,
-// are always exact.
+// before the block it announces ends. Should a replica's connection stall
+// for longer, it could spend in the window after a block the units it held
+// (at most LeaseSize each), so the general bound is N + (replicas-1) x
+// LeaseSize per window. Failure-mode fallbacks are outside these bounds, as
+// in exact mode. Lease mode uses one connection per Redis node, so that the
+// invalidations and the lease replies arrive in order. Handshakes, and the
+// memory store, are always exact.
 //
-// Round trips in lease mode: about 1/LeaseSize per message and rule (one
-// script per slice), plus one cached block read per key every 5s; with the
-// default LeaseSize of N/10 a busy key far below its limit costs well under
-// 0.01 round trips per message, a key held at its limit about 10/N.
+// # Failures
+//
+// Health is kept per Redis node (on a Cluster, the master serving a key's
+// slot). A call that fails or outlasts Config.Timeout is decided by the
+// FailureMode, that call only; failAfter failures in a row mark its node
+// down, and then the decisions whose keys live on that node fall back
+// without trying it until a background probe sees the node answer. The
+// decisions whose keys live on healthy nodes go on with Redis. Background
+// work (the refresh of open connections) never changes a node's health.
 //
 // # Concurrent connections per IP
 //
@@ -66,6 +86,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,8 +119,8 @@ const (
 )
 
 // errRedisDown is the Err of a fallback decision taken without trying Redis,
-// because the last call failed and the background probe has not seen Redis
-// answer since.
+// because the node holding its keys is marked down (or no client is
+// connected yet) and the background probe has not seen it answer since.
 var errRedisDown = errors.New("redis unreachable")
 
 // Config configures a Limiter. The zero Config is a Limiter with every rule
@@ -112,7 +133,8 @@ type Config struct {
 	KeyPrefix string
 	// RedisURL selects Redis, parsed by rueidis.ParseURL (redis://, rediss://,
 	// several addr= for a Cluster, master_set= for Sentinel). "" means the
-	// in-process memory store, right for a single replica.
+	// in-process memory store, right for a single replica. Redis must be 6.2
+	// or newer.
 	RedisURL string
 	// FailureMode decides while Redis is unreachable or slower than Timeout;
 	// the zero value is FailLocal.
@@ -153,18 +175,19 @@ type Decision struct {
 	// Scope is the refusing rule's scope, ScopeUser or ScopeIP; ScopeUser
 	// when both refuse. Empty when allowed.
 	Scope string
-	// Kind is KindMessage for Limiter.Message, KindConnection for
-	// Limiter.Handshake.
+	// Kind is KindMessage for Limiter.Messages, KindConnection for
+	// Limiter.Handshake and Limiter.OpenConn.
 	Kind string
 	// RetryAfter is how long until the client may try again: the remaining
 	// block, or the remaining window of a rule without block. When both
 	// scopes refuse it is the longer of the two.
 	RetryAfter time.Duration
-	// Store is the store that decided: "memory" or "redis". A FailLocal
-	// fallback reports "memory"; FailOpen and FailClosed report "redis".
+	// Store is the store that decided: "redis", or "memory" (the memory
+	// store, or a FailLocal fallback). It is "" when no store decided: a
+	// FailOpen or FailClosed fallback.
 	Store string
-	// Fallback is true when Redis failed or timed out and the FailureMode
-	// decided.
+	// Fallback is true when the FailureMode decided because Redis failed,
+	// timed out, or holds the keys on a node marked down.
 	Fallback bool
 	// Err is the Redis error behind a fallback.
 	Err error
@@ -178,51 +201,54 @@ type Decision struct {
 type rule struct {
 	Rule
 	scope string
-	// prefix is "<p>:um:{" and so on; a key is prefix + id + "}".
+	// prefix is "<p>:um:{" and so on.
 	prefix string
-	// limit, window and block are the Lua script's arguments.
+	// limit, window and block are the Lua scripts' arguments.
 	limit, window, block string
-	// lease is the units one lease takes in ModeLease, a script argument.
-	lease string
+	// lease is the units one lease takes in ModeLease.
+	lease int
 }
 
-// counter is one rule applied to one identity or IP.
+// key returns the counter key of id.
+func (r *rule) key(id string) string { return r.prefix + id + "}" }
+
+// blockKey returns the key whose existence blocks id under this rule.
+func (r *rule) blockKey(id string) string { return r.prefix + id + "}:blk" }
+
+// counter is one rule applied to one identity or IP (safe inside a hash
+// tag, see safeID).
 type counter struct {
 	rule *rule
-	id   string // safe inside a hash tag, see safeID
-	// blockRule, when set, names the rule whose block key the counting
-	// script checks instead of this rule's own: a handshake's connection
-	// counter checks the message rule's block of the same identity (same
-	// hash tag, so same slot). With Redis that is a handshake's block check
-	// (blocks it has seen refuse without a round trip, see blockMemo).
-	blockRule *rule
+	id   string
 }
 
-func (c counter) enabled() bool { return c.rule != nil && c.rule.Enabled() }
-
-// checked reports whether the counting script must see the counter: to
-// count it, or only to check its blockRule's block (a disabled connection
-// rule under a blocking message rule; the script counts nothing at limit 0).
-func (c counter) checked() bool {
-	return c.enabled() || (c.blockRule != nil && c.blockRule.Enabled() && c.blockRule.Block > 0)
-}
+func (c counter) enabled() bool { return c.rule.Enabled() }
 
 // blocks reports whether the rule can block, so its block key is worth a look.
 func (c counter) blocks() bool { return c.enabled() && c.rule.Block > 0 }
 
-func (c counter) key() string { return c.rule.prefix + c.id + "}" }
-func (c counter) blockKey() string {
-	if c.blockRule != nil {
-		return c.blockRule.prefix + c.id + "}:blk"
-	}
-	return c.rule.prefix + c.id + "}:blk"
+func (c counter) key() string      { return c.rule.key(c.id) }
+func (c counter) blockKey() string { return c.rule.blockKey(c.id) }
+
+// count is a counter as a take counts it: refused while its guard, a rule
+// that blocks the same id, blocks it. A message's counter is its own guard;
+// a handshake's connection counter is guarded by the message rule of its
+// scope. A refusal blocks the guard when the counter's rule has a block.
+type count struct {
+	counter
+	guard *rule
 }
 
-// outcome is one counter's verdict.
+func (c count) guardKey() string { return c.guard.blockKey(c.id) }
+
+// guarded reports whether the guard can block, so a take must check it
+// even when the count's own rule is disabled.
+func (c count) guarded() bool { return c.guard.Enabled() && c.guard.Block > 0 }
+
+// outcome is one count's verdict.
 type outcome struct {
-	denied  bool
-	blocked bool // refused by a block (the Redis store says so; the memory store does not)
-	retry   time.Duration
+	denied bool
+	retry  time.Duration
 }
 
 // store is what a Limiter asks of the memory and the Redis stores.
@@ -230,16 +256,18 @@ type store interface {
 	// blocked returns the remaining block of the counters that can block
 	// (zero when not blocked).
 	blocked(ctx context.Context, cs [2]counter) ([2]time.Duration, error)
-	// take counts up to n (>= 1) events against both enabled counters, or
+	// take counts up to n (>= 1) events against both enabled counts, or
 	// none: when one refuses, the other is left (or refunded) as it was.
-	// It counts as many as the counter closest to its limit has left, and
-	// returns that number, which is 0 only when a counter refuses.
-	take(ctx context.Context, cs [2]counter, n int) ([2]outcome, int, error)
+	// A count is refused while its guard blocks, even when its own rule
+	// is disabled. It counts as many as the count closest to its limit has
+	// left, and returns that number, which is 0 only when a count refuses.
+	take(ctx context.Context, cs [2]count, n int) ([2]outcome, int, error)
 }
 
 // Limiter decides messages and handshakes. It is safe for concurrent use.
 type Limiter struct {
-	rules     [4]rule // um, im, uc, ic
+	userMsg, ipMsg, userConn, ipConn rule
+
 	mode      FailureMode
 	timeout   time.Duration
 	deadlines deadlines // of the Redis calls of decisions
@@ -250,11 +278,8 @@ type Limiter struct {
 	redisOpt rueidis.ClientOption
 	useRedis bool
 	rs       atomic.Pointer[redisStore] // nil until the first connection
-	up       atomic.Bool
 
 	lease *leases // the local slices in ModeLease with Redis; nil otherwise
-
-	blocks blockMemo // blocks seen in Redis's answers, for handshakes
 
 	conns *conns // nil without IPMaxConns
 
@@ -263,12 +288,14 @@ type Limiter struct {
 	cancelBg  context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+	oldLogged bool // a too old Redis was logged; owned by watchRedis
 }
 
 // New validates cfg and returns a Limiter. With a RedisURL it connects at
 // once; when Redis is down it starts degraded (the FailureMode decides) and
-// connects in the background. Errors wrap ErrBadRule, ErrBadFailureMode,
-// ErrBadMode or ErrBadConfig.
+// connects in the background. A Redis older than 6.2 is refused (ErrOldRedis).
+// Errors wrap ErrBadRule, ErrBadFailureMode, ErrBadMode, ErrBadConfig or
+// ErrOldRedis.
 func New(cfg Config) (*Limiter, error) {
 	l := &Limiter{
 		mode:    cfg.FailureMode,
@@ -308,34 +335,36 @@ func New(cfg Config) (*Limiter, error) {
 	if strings.ContainsAny(prefix, "{}") {
 		return nil, fmt.Errorf("%w: key prefix %q contains '{' or '}'", ErrBadConfig, prefix)
 	}
-	for i, r := range []struct {
+	for _, r := range []struct {
+		dst              *rule
 		name, scope, tag string
 		rule             Rule
+		blocks           bool
 	}{
-		{"user message", ScopeUser, "um", cfg.Rules.UserMessages},
-		{"IP message", ScopeIP, "im", cfg.Rules.IPMessages},
-		{"user connection", ScopeUser, "uc", cfg.Rules.UserConns},
-		{"IP connection", ScopeIP, "ic", cfg.Rules.IPConns},
+		{&l.userMsg, "user message", ScopeUser, "um", cfg.Rules.UserMessages, true},
+		{&l.ipMsg, "IP message", ScopeIP, "im", cfg.Rules.IPMessages, true},
+		{&l.userConn, "user connection", ScopeUser, "uc", cfg.Rules.UserConns, false},
+		{&l.ipConn, "IP connection", ScopeIP, "ic", cfg.Rules.IPConns, false},
 	} {
 		if err := r.rule.validate(); err != nil {
 			return nil, fmt.Errorf("%w: %s rule %q: %v", ErrBadRule, r.name, r.rule.String(), err)
 		}
-		if i >= 2 {
-			r.rule.Block = 0 // connection rules never block
-		}
-		l.rules[i] = rule{
-			Rule:   r.rule,
-			scope:  r.scope,
-			prefix: prefix + ":" + r.tag + ":{",
-			limit:  fmt.Sprint(r.rule.Limit),
-			window: fmt.Sprint(r.rule.Window.Milliseconds()),
-			block:  fmt.Sprint(r.rule.Block.Milliseconds()),
+		if !r.blocks {
+			r.rule.Block = 0
 		}
 		size := cfg.LeaseSize
 		if size == 0 {
 			size = max(1, r.rule.Limit/10)
 		}
-		l.rules[i].lease = fmt.Sprint(min(size, max(1, r.rule.Limit)))
+		*r.dst = rule{
+			Rule:   r.rule,
+			scope:  r.scope,
+			prefix: prefix + ":" + r.tag + ":{",
+			limit:  strconv.Itoa(r.rule.Limit),
+			window: strconv.FormatInt(r.rule.Window.Milliseconds(), 10),
+			block:  strconv.FormatInt(r.rule.Block.Milliseconds(), 10),
+			lease:  min(size, max(1, r.rule.Limit)),
+		}
 	}
 	now := cfg.Now
 	if now == nil {
@@ -361,17 +390,20 @@ func New(cfg Config) (*Limiter, error) {
 		opt.CacheSizeEachConn = blockCacheBytes
 	}
 	if cfg.Mode == ModeLease {
-		l.lease = newLeases(&l.rules[0], &l.rules[1])
+		l.lease = newLeases(&l.userMsg, &l.ipMsg)
 		opt.OnInvalidations = l.lease.invalidate
 		// A slice is trusted only while the invalidation of its block key
-		// would have reached us: that push must come on the connection that
-		// runs the lease script, and rueidis spreads commands over several
-		// connections to a standalone Redis unless told otherwise.
+		// would reach us: that push must come on the connection that runs
+		// the lease script, and rueidis spreads commands over several
+		// connections to a node unless told otherwise.
 		opt.PipelineMultiplex = -1
 	}
 	l.redisOpt = opt
 	l.useRedis = true
 	if err := l.connect(); err != nil {
+		if errors.Is(err, ErrOldRedis) {
+			return nil, err
+		}
 		l.log.Warn("redis unreachable at start, limiting with the failure mode until it answers",
 			"failure_mode", l.mode.String(), "err", err)
 	}
@@ -399,31 +431,36 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // of Message would have had: the same messages pass, the same one is
 // refused. Granted messages stay granted: a block that starts afterwards
 // (from another connection or replica) does not reach them, as it does not
-// reach a message already relayed. A relay that reads several buffered
-// messages at once asks about all of them, which saves a Redis round trip
-// per message under load. On a Redis Cluster, where the two rules live on
-// different nodes, n is taken as 1.
+// reach a message already relayed. On a Redis Cluster, where the two rules
+// live on different nodes, n is taken as 1.
+//
+// When the Redis call fails or times out, the FailureMode decides the
+// first message only (Granted at most 1): the call may still have run in
+// Redis, counting up to n messages or blocking the key, and the caller's
+// next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
 	user, ip = safeID(user), safeID(ip)
-	cs := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}
-	return l.decide(ctx, KindMessage, cs, cs, max(n, 1))
+	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
+	ts := [2]count{{cs[0], &l.userMsg}, {cs[1], &l.ipMsg}}
+	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }
 
 // Handshake decides one WebSocket handshake: refused while a message rule
 // blocks user or ip, or over a connection rule.
 func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
 	user, ip = safeID(user), safeID(ip)
-	blk := [2]counter{{rule: &l.rules[0], id: user}, {rule: &l.rules[1], id: ip}}
-	cs := [2]counter{
-		{rule: &l.rules[2], id: user, blockRule: &l.rules[0]},
-		{rule: &l.rules[3], id: ip, blockRule: &l.rules[1]},
-	}
-	return l.decide(ctx, KindConnection, blk, cs, 1)
+	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
+	ts := [2]count{{counter{&l.userConn, user}, &l.userMsg}, {counter{&l.ipConn, ip}, &l.ipMsg}}
+	return l.decide(ctx, KindConnection, cs, ts, 1)
 }
 
-// RedisUp reports whether a Redis client is connected and the last Redis
-// call succeeded. It is false on the memory store.
-func (l *Limiter) RedisUp() bool { return l.up.Load() }
+// RedisUp reports whether a Redis client is connected and at least one of
+// its nodes is not marked down (see the package doc's "Failures"). It is
+// false on the memory store.
+func (l *Limiter) RedisUp() bool {
+	rs := l.rs.Load()
+	return rs != nil && rs.health.anyUp()
+}
 
 // StoreName returns "redis" when Config.RedisURL is set, else "memory".
 func (l *Limiter) StoreName() string {
@@ -433,8 +470,8 @@ func (l *Limiter) StoreName() string {
 	return storeMemory
 }
 
-// Close stops the background reconnect loop, waits for it and closes the
-// Redis client. It is safe to call more than once.
+// Close stops the background work, waits for it and closes the Redis
+// client. It is safe to call more than once.
 func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.stop)
@@ -443,58 +480,74 @@ func (l *Limiter) Close() error {
 		if rs := l.rs.Load(); rs != nil {
 			rs.client.Close()
 		}
-		l.up.Store(false)
 	})
 	return nil
 }
 
-func (l *Limiter) decide(ctx context.Context, kind string, blk, cs [2]counter, n int) Decision {
+func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]count, n int) Decision {
 	if !l.useRedis {
-		d, _ := decide(ctx, l.mem, kind, blk, cs, n)
+		d, _ := decide(ctx, l.mem, kind, cs, ts, n)
 		d.Store = storeMemory
 		return d
 	}
 	rs := l.rs.Load()
-	if rs == nil || !l.up.Load() {
-		return l.fallback(ctx, kind, blk, cs, n, errRedisDown)
+	if rs == nil {
+		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
+	}
+	var nodes [2]*node
+	for i := range ts {
+		if ts[i].enabled() || ts[i].guarded() || cs[i].blocks() {
+			nodes[i] = rs.health.of(ts[i].id)
+		}
+	}
+	if nodes[0].isDown() || nodes[1].isDown() {
+		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var err error
-	switch {
-	case kind == KindConnection:
-		d, err = l.handshake(rctx, rs, blk, cs)
-	case l.lease != nil:
+	if kind == KindMessage && l.lease != nil {
 		d, err = l.lease.decide(rctx, rs, cs, n)
-	default:
-		d, err = decide(rctx, rs, kind, blk, cs, n)
+	} else {
+		d, err = decide(rctx, rs, kind, cs, ts, n)
 	}
 	cancel()
-	if err == nil && kind == KindMessage {
-		l.noteMessage(cs, d)
-	}
 	if err != nil {
-		// A caller that gave up is not Redis's fault, nor are slices
-		// invalidated again and again.
-		if ctx.Err() == nil && !errors.Is(err, errLeaseLost) {
-			l.markDown(err)
+		if ctx.Err() == nil { // a caller that gave up is not Redis's fault
+			failed := [2]bool{true, true}
+			var ne *nodeError
+			if errors.As(err, &ne) {
+				failed = ne.failed
+			}
+			for i, nd := range nodes {
+				if failed[i] && rs.health.failed(nd, err) && l.lease != nil {
+					// Whether that node's connection still tracks the
+					// block keys is unknown: no slice outlives this.
+					l.lease.flush()
+				}
+			}
 		}
-		return l.fallback(ctx, kind, blk, cs, n, err)
+		// The call may have run in Redis: the failure mode decides the
+		// first event only, and Redis the rest when asked again.
+		return l.fallback(ctx, kind, cs, ts, 1, err)
 	}
-	l.markUp()
+	for _, nd := range nodes {
+		rs.health.ok(nd)
+	}
 	d.Store = storeRedis
 	return d
 }
 
-func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter, n int, err error) Decision {
+// fallback decides n events by the FailureMode.
+func (l *Limiter) fallback(ctx context.Context, kind string, cs [2]counter, ts [2]count, n int, err error) Decision {
 	var d Decision
 	switch l.mode {
 	case FailOpen:
-		d = Decision{Allowed: true, Kind: kind, Store: storeRedis, Granted: n}
+		d = Decision{Allowed: true, Kind: kind, Granted: n}
 	case FailClosed:
-		d = Decision{Scope: ScopeUser, Kind: kind, RetryAfter: closedRetry, Store: storeRedis}
+		d = Decision{Scope: ScopeUser, Kind: kind, RetryAfter: closedRetry}
 	default:
-		d, _ = decide(ctx, l.mem, kind, blk, cs, n)
+		d, _ = decide(ctx, l.mem, kind, cs, ts, n)
 		d.Store = storeMemory
 	}
 	d.Fallback = true
@@ -502,57 +555,36 @@ func (l *Limiter) fallback(ctx context.Context, kind string, blk, cs [2]counter,
 	return d
 }
 
-func (l *Limiter) markDown(err error) {
-	if l.lease != nil {
-		// Whether the connection survived and still tracks the block keys
-		// is unknown: the slices wait for a fresh read of them.
-		l.lease.flush()
-	}
-	if l.up.CompareAndSwap(true, false) {
-		l.log.Warn("redis unreachable, limiting with the failure mode",
-			"failure_mode", l.mode.String(), "err", err)
-	}
-}
-
-func (l *Limiter) markUp() {
-	if l.up.CompareAndSwap(false, true) {
-		l.log.Info("redis reachable, limiting with redis")
-	}
-}
-
-// decide applies the block checks of blk and then up to n events to the
-// counters of cs.
-func decide(ctx context.Context, s store, kind string, blk, cs [2]counter, n int) (Decision, error) {
-	left, err := s.blocked(ctx, blk)
+// decide checks the blocks of cs and then takes up to n events from ts.
+func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]count, n int) (Decision, error) {
+	left, err := s.blocked(ctx, cs)
 	if err != nil {
 		return Decision{}, err
 	}
-	if d, refused := verdict(kind, blk, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
+	if d, refused := verdict(kind, cs[0].rule.scope, cs[1].rule.scope, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
 		return d, nil
 	}
-	out, granted, err := s.take(ctx, cs, n)
+	out, granted, err := s.take(ctx, ts, n)
 	if err != nil {
 		return Decision{}, err
 	}
-	return counted(kind, cs, out, granted), nil
-}
-
-// counted is the Decision of a store's take: refused by the first counter
-// that refused, else granted events allowed.
-func counted(kind string, cs [2]counter, out [2]outcome, granted int) Decision {
-	d, refused := verdict(kind, cs, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
+	d, refused := verdict(kind, ts[0].rule.scope, ts[1].rule.scope, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
 	if !refused {
 		d.Granted = granted
 	}
-	return d
+	return d, nil
 }
 
-func verdict(kind string, cs [2]counter, deny0, deny1 bool, retry0, retry1 time.Duration) (Decision, bool) {
+// verdict is the Decision of two scopes' refusals: refused by the first
+// that refused (with the longer retry when both did), else one allowed.
+func verdict(kind, scope0, scope1 string, deny0, deny1 bool, retry0, retry1 time.Duration) (Decision, bool) {
 	switch {
+	case deny0 && deny1:
+		return Decision{Scope: scope0, Kind: kind, RetryAfter: max(retry0, retry1)}, true
 	case deny0:
-		return Decision{Scope: cs[0].rule.scope, Kind: kind, RetryAfter: max(retry0, retry1)}, true
+		return Decision{Scope: scope0, Kind: kind, RetryAfter: retry0}, true
 	case deny1:
-		return Decision{Scope: cs[1].rule.scope, Kind: kind, RetryAfter: retry1}, true
+		return Decision{Scope: scope1, Kind: kind, RetryAfter: retry1}, true
 	}
 	return Decision{Allowed: true, Kind: kind, Granted: 1}, false
 }

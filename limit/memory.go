@@ -26,6 +26,7 @@ type memEntry struct {
 }
 
 // memory is the in-process store, with the semantics of the Redis scripts.
+// A connection rule's entry never has a blockEnd: only message rules block.
 // Expired entries are swept lazily: every max(minSweepEvery, len) calls, so
 // the sweep costs O(1) per call amortised and the map holds at most about
 // twice the keys live since the last sweep.
@@ -64,36 +65,34 @@ func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duratio
 	return left, nil
 }
 
-func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, granted int, _ error) {
+func (s *memory) take(_ context.Context, cs [2]count, n int) (out [2]outcome, granted int, _ error) {
 	now := s.clock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tick(now)
-	var es [2]memEntry
-	var found [2]bool
 	denied := false
 	for i, c := range cs {
-		if !c.enabled() {
+		if !c.enabled() && !c.guarded() {
 			continue
 		}
-		es[i], found[i] = s.m[memKey{c.rule, c.id}]
-		if found[i] && es[i].blockEnd > now {
-			out[i] = outcome{denied: true, retry: es[i].blockEnd - now}
+		if g, ok := s.m[memKey{c.guard, c.id}]; ok && g.blockEnd > now {
+			out[i] = outcome{denied: true, retry: g.blockEnd - now}
 			denied = true
 		}
 	}
 	if denied {
 		return out, 0, nil
 	}
+	var es [2]memEntry
 	granted = n
 	for i, c := range cs {
 		if !c.enabled() {
 			continue
 		}
 		e := &es[i]
-		if !found[i] || e.windowEnd <= now {
-			granted = min(granted, c.rule.Limit)
-			continue
+		*e = s.m[memKey{c.rule, c.id}]
+		if e.windowEnd <= now {
+			e.n, e.windowEnd = 0, now+c.rule.Window
 		}
 		if e.n < c.rule.Limit {
 			granted = min(granted, c.rule.Limit-e.n)
@@ -101,10 +100,15 @@ func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, 
 		}
 		denied = true
 		if c.rule.Block > 0 {
-			// As the script: block, and drop the counter so the budget is
-			// full when the block ends.
-			e.n, e.windowEnd, e.blockEnd = 0, now, now+c.rule.Block
+			// As luaLib's refuse: block the guard, and drop the counter so
+			// the budget is full when the block ends. (The counter is
+			// written first: a message rule is its own guard.)
+			e.n, e.windowEnd = 0, now
 			s.m[memKey{c.rule, c.id}] = *e
+			gk := memKey{c.guard, c.id}
+			g := s.m[gk]
+			g.blockEnd = now + c.rule.Block
+			s.m[gk] = g
 			out[i] = outcome{denied: true, retry: c.rule.Block}
 		} else {
 			out[i] = outcome{denied: true, retry: e.windowEnd - now}
@@ -114,15 +118,11 @@ func (s *memory) take(_ context.Context, cs [2]counter, n int) (out [2]outcome, 
 		return out, 0, nil
 	}
 	for i, c := range cs {
-		if !c.enabled() {
-			continue
+		if c.enabled() {
+			e := es[i]
+			e.n += granted
+			s.m[memKey{c.rule, c.id}] = e
 		}
-		e := es[i]
-		if e.windowEnd <= now {
-			e.n, e.windowEnd = 0, now+c.rule.Window
-		}
-		e.n += granted
-		s.m[memKey{c.rule, c.id}] = e
 	}
 	return out, granted, nil
 }
@@ -143,11 +143,4 @@ func (s *memory) sweep(now time.Duration) {
 	}
 	s.calls = 0
 	s.sweepEvery = max(minSweepEvery, len(s.m))
-}
-
-// len returns the number of entries, for tests.
-func (s *memory) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
 }

@@ -201,17 +201,17 @@ func ping(addr string) bool {
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
-// startCluster starts a 3-master Redis Cluster and returns its servers and
-// a rueidis URL naming all three.
-func startCluster(tb testing.TB) ([]*redisServer, string) {
+// startCluster starts a 3-master Redis Cluster, each node with the extra
+// arguments, and returns its servers and a rueidis URL naming all three.
+func startCluster(tb testing.TB, extra ...string) ([]*redisServer, string) {
 	tb.Helper()
 	dir := tb.TempDir()
 	var nodes []*redisServer
 	var addrs []string
 	for i := range 3 {
-		s := startRedis(tb, "--cluster-enabled", "yes",
+		s := startRedis(tb, append([]string{"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", i)),
-			"--cluster-node-timeout", "2000")
+			"--cluster-node-timeout", "2000"}, extra...)...)
 		nodes = append(nodes, s)
 		addrs = append(addrs, s.addr())
 	}
@@ -230,4 +230,34 @@ func startCluster(tb testing.TB) ([]*redisServer, string) {
 		}
 	}
 	return nodes, "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+}
+
+// slotOwner returns the index in nodes of the master that serves key.
+func slotOwner(tb testing.TB, nodes []*redisServer, key string) int {
+	tb.Helper()
+	slot, err := strconv.Atoi(nodes[0].cli("cluster", "keyslot", key))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i, n := range nodes {
+		for _, line := range strings.Split(n.cli("cluster", "nodes"), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "myself") {
+				continue
+			}
+			for _, r := range f[8:] {
+				lo, hi, ok := strings.Cut(r, "-")
+				if !ok {
+					hi = lo
+				}
+				a, _ := strconv.Atoi(lo)
+				b, _ := strconv.Atoi(hi)
+				if a <= slot && slot <= b {
+					return i
+				}
+			}
+		}
+	}
+	tb.Fatalf("no master serves slot %d of %s", slot, key)
+	return -1
 }

@@ -333,3 +333,10 @@ func TestMemoryNoRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// len returns the number of entries, for tests.
+func (s *memory) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}

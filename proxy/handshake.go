@@ -171,7 +171,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			// The concurrent-connection bound (--ip-max-conns): registered
 			// until the pair is released.
 			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
-			refused = !d.Allowed && p.enforce(d)
+			refused = p.enforce(d)
 		}
 		if refused {
 			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d)

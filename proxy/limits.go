@@ -17,7 +17,9 @@ import (
 )
 
 // decide asks the limiter about n messages that arrived together (or a
-// handshake, n 1) and records how long it took.
+// handshake, n 1) and records how long it took, by the store that decided
+// (store="fallback" for every fallback: its time is that of the failed or
+// skipped Redis call).
 func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n int) limit.Decision {
 	start := time.Now()
 	var d limit.Decision
@@ -27,15 +29,20 @@ func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n i
 		d = p.cfg.Limiter.Messages(ctx, user, ip, n)
 	}
 	took := time.Since(start).Seconds()
-	if d.Store == "redis" {
+	switch {
+	case d.Fallback:
+		// The time of a failed or skipped Redis call, whatever decided.
+		p.m.LimiterDuration.WithLabelValues("fallback").Observe(took)
+	case d.Store == "redis":
 		p.durRedis.Observe(took)
-	} else {
+	default:
 		p.durMemory.Observe(took)
 	}
 	return d
 }
 
-// enforce records a limiter decision in the metrics and reports whether
+// enforce records a limiter decision in the metrics, allowed or not
+// (every fallback counts in limiter_fallback_total), and reports whether
 // the gate refuses the event: never under Config.Shadow.
 func (p *Proxy) enforce(d limit.Decision) bool {
 	if d.Fallback {

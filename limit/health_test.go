@@ -1,0 +1,102 @@
+package limit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestRedisOneSlowReply: one reply slower than the Timeout sends that
+// decision to the failure mode and no other; failAfter consecutive failures
+// mark Redis down, and then decisions fall back without trying it.
+func TestRedisOneSlowReply(t *testing.T) {
+	s := startRedis(t)
+	p := startProxy(t, s.addr())
+	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: faultTimeout, FailureMode: FailClosed,
+		Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	ctx := context.Background()
+	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+		t.Fatalf("before the slow reply: %+v", d)
+	}
+	p.setLatency(3 * faultTimeout)
+	if d := l.Message(ctx, "u", "a"); !d.Fallback || errors.Is(d.Err, errRedisDown) {
+		t.Fatalf("the slow decision: %+v, want a fallback after trying Redis", d)
+	}
+	p.setLatency(0)
+	waitFor(t, "the late reply to pass the proxy", func() bool { return p.inFlight() == 0 })
+	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+		t.Fatalf("the decision after one slow reply: %+v, want Redis's", d)
+	}
+	if !l.RedisUp() {
+		t.Fatal("one slow reply marked Redis down")
+	}
+
+	p.setLatency(3 * faultTimeout)
+	for i := range failAfter {
+		if d := l.Message(ctx, "u", "a"); !d.Fallback || errors.Is(d.Err, errRedisDown) {
+			t.Fatalf("slow decision %d: %+v, want a fallback after trying Redis", i+1, d)
+		}
+	}
+	if l.RedisUp() {
+		t.Fatalf("RedisUp after %d slow replies in a row", failAfter)
+	}
+	if d := l.Message(ctx, "u", "a"); !d.Fallback || !errors.Is(d.Err, errRedisDown) {
+		t.Fatalf("a decision while marked down: %+v, want errRedisDown", d)
+	}
+	p.setLatency(0)
+	waitUp(t, l)
+	waitFor(t, "a decision by redis", func() bool { return !l.Message(ctx, "u", "a").Fallback })
+}
+
+// TestClusterNodeDown kills one master of a 3-master Cluster that serves
+// the slots it still has (cluster-require-full-coverage no): a user whose
+// keys live on a live master is decided by Redis, one whose keys lived on
+// the dead master by the failure mode, and the Limiter still reports Redis
+// up.
+func TestClusterNodeDown(t *testing.T) {
+	nodes, url := startCluster(t, "--cluster-require-full-coverage", "no")
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: faultTimeout, FailureMode: FailClosed,
+		Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second), UserConns: rate(1000, time.Minute, 0)}})
+	// A user on the master to be killed (node 2), one on another.
+	var live, dead string
+	for i := 0; live == "" || dead == ""; i++ {
+		u := fmt.Sprint("user", i)
+		switch slotOwner(t, nodes, p+":um:{"+u+"}") {
+		case 2:
+			dead = u
+		case 0:
+			live = u
+		}
+	}
+	ctx := context.Background()
+	for _, u := range []string{live, dead} {
+		if d := l.Message(ctx, u, "a"); !d.Allowed || d.Fallback {
+			t.Fatalf("%s before the kill: %+v", u, d)
+		}
+	}
+	nodes[2].stop()
+	deadline := time.Now().Add(1500 * ms)
+	byRedis, fallbacks := 0, 0
+	for time.Now().Before(deadline) {
+		if d := l.Message(ctx, live, "a"); !d.Allowed || d.Fallback {
+			t.Fatalf("%s (live master) after the kill: %+v, want Redis's decision", live, d)
+		}
+		if d := l.Handshake(ctx, live, "b"); !d.Allowed || d.Fallback {
+			t.Fatalf("%s's handshake after the kill: %+v, want Redis's decision", live, d)
+		}
+		byRedis++
+		if d := l.Message(ctx, dead, "a"); d.Fallback {
+			fallbacks++
+		} else {
+			t.Fatalf("%s (dead master) after the kill: %+v, want a fallback", dead, d)
+		}
+		if !l.RedisUp() {
+			t.Fatal("RedisUp false with two of three masters alive")
+		}
+		time.Sleep(20 * ms)
+	}
+	t.Logf("%d decisions of the live user by redis, %d of the dead one by the failure mode", byRedis, fallbacks)
+}

@@ -1,0 +1,190 @@
+package limit
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
+
+// luaLib is the Lua shared by the counting scripts.
+//
+// life returns the remaining ms of counter c's window, opening it (window
+// ms) when the counter has no expiry yet. refuse applies a refusal of
+// counter c whose guard block key is g: with a block (ms) it sets g for
+// the block and drops c, so the budget is full when the block ends, and
+// returns the block; without, it returns the window's remaining life.
+const luaLib = `
+local function life(c, window)
+  local t = redis.call('PTTL', c)
+  if t < 0 then
+    redis.call('PEXPIRE', c, window)
+    t = tonumber(window)
+  end
+  return t
+end
+local function refuse(c, g, window, block)
+  if block > 0 then
+    redis.call('SET', g, '1', 'PX', block)
+    redis.call('DEL', c)
+    return block
+  end
+  return life(c, window)
+end
+`
+
+// takeScript counts up to n events against up to two rules atomically.
+// KEYS holds (counter, guard block key) pairs, one per counted rule, then
+// the guard block keys of rules checked for blocks only (a handshake's
+// disabled connection rule under a message rule that blocks); ARGV holds a
+// (limit, window ms, block ms) triple per counted rule, then n. It returns
+// a (refused, retry ms) pair per key group (refused 1 or 0), in the order
+// of KEYS, then the number of events counted: as many as the rule closest
+// to its limit has left (n with no counted rule), and 0 when one refuses.
+// A guard that exists refuses its rule without counting; otherwise nothing
+// is written unless every rule allows, except that a rule refusing its
+// (limit+1)-th event refuses as luaLib's refuse does.
+var takeScript = newScript(luaLib + `
+local k = (#ARGV - 1) / 3
+local m = #KEYS - k
+local want = tonumber(ARGV[3*k+1])
+local res = {}
+local denied = false
+for i = 1, m do
+  local g = KEYS[2*i]
+  if i > k then g = KEYS[k+i] end
+  local b = redis.call('PTTL', g)
+  res[2*i-1] = 0; res[2*i] = 0
+  if b > 0 then
+    res[2*i-1] = 1; res[2*i] = b; denied = true
+  end
+end
+res[2*m+1] = 0
+if denied then return res end
+for i = 1, k do
+  local c, limit = KEYS[2*i-1], tonumber(ARGV[3*i-2])
+  local used = tonumber(redis.call('GET', c) or '0')
+  if used >= limit then
+    denied = true
+    res[2*i-1] = 1
+    res[2*i] = refuse(c, KEYS[2*i], ARGV[3*i-1], tonumber(ARGV[3*i]))
+  else
+    want = math.min(want, limit - used)
+  end
+end
+if denied then return res end
+for i = 1, k do
+  local c = KEYS[2*i-1]
+  if redis.call('INCRBY', c, want) == want then
+    redis.call('PEXPIRE', c, ARGV[3*i-1])
+  end
+end
+res[2*m+1] = want
+return res
+`)
+
+// leaseScript reserves units of one or two rules' window budgets. KEYS
+// holds (counter, block key) pairs and ARGV (limit, window ms, block ms,
+// units) quadruples. It returns a (granted, ms) pair per rule: granted > 0
+// units with the window's remaining life, or 0 with the retry of a refusal.
+// A rule whose window has no unit left refuses as luaLib's refuse does.
+// Each rule is decided on its own: a grant is this replica's to spend
+// later, so one rule refusing leaves nothing to refund on the other.
+var leaseScript = newScript(luaLib + `
+local res = {}
+for i = 1, #KEYS / 2 do
+  local c, g = KEYS[2*i-1], KEYS[2*i]
+  local limit, window = tonumber(ARGV[4*i-3]), ARGV[4*i-2]
+  local block, want = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
+  local b = redis.call('PTTL', g)
+  res[2*i-1] = 0
+  if b > 0 then
+    res[2*i] = b
+  else
+    local used = tonumber(redis.call('GET', c) or '0')
+    if used >= limit then
+      res[2*i] = refuse(c, g, window, block)
+    else
+      local n = math.min(want, limit - used)
+      redis.call('INCRBY', c, n)
+      res[2*i-1] = n; res[2*i] = life(c, window)
+    end
+  end
+end
+return res
+`)
+
+// refundScript takes back ARGV[1] events counted by takeScript on a
+// Cluster when the other rule, in another slot, refused. A counter that
+// expired meanwhile is left alone rather than recreated without a TTL, and
+// one recreated meanwhile by a new window is not taken below zero.
+var refundScript = newScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local v = redis.call('DECRBY', KEYS[1], ARGV[1])
+  if v < 0 then
+    redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+    return 0
+  end
+  return v
+end
+return 0
+`)
+
+// script is a Lua script run by its SHA-1.
+type script struct {
+	src, sha string
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src))
+	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// call is one run of a script: its keys and arguments.
+type call struct {
+	keys, args []string
+}
+
+// exec runs the script once per call, pipelined, with EVALSHA, and resends
+// with EVAL, pipelined too, only the calls that got NOSCRIPT. (rueidis's Lua.ExecMulti
+// would send SCRIPT LOAD to every node of a Cluster on every call; EVALSHA
+// on its own reaches the node of the call's keys.)
+func (s *script) exec(ctx context.Context, c rueidis.Client, calls ...call) []rueidis.RedisResult {
+	evalsha := func(k call) rueidis.Completed {
+		return c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
+	}
+	var rs []rueidis.RedisResult
+	if len(calls) == 1 {
+		rs = []rueidis.RedisResult{c.Do(ctx, evalsha(calls[0]))}
+	} else {
+		cmds := make(rueidis.Commands, len(calls))
+		for i, k := range calls {
+			cmds[i] = evalsha(k)
+		}
+		rs = c.DoMulti(ctx, cmds...)
+	}
+	var again []int
+	for i, r := range rs {
+		if re, ok := rueidis.IsRedisErr(r.Error()); ok && re.IsNoScript() {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return rs
+	}
+	eval := make(rueidis.Commands, len(again))
+	for j, i := range again {
+		k := calls[i]
+		eval[j] = c.B().Eval().Script(s.src).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
+	}
+	for j, r := range c.DoMulti(ctx, eval...) {
+		rs[again[j]] = r
+	}
+	return rs
+}
+
+// exec1 runs the script once.
+func (s *script) exec1(ctx context.Context, c rueidis.Client, keys, args []string) rueidis.RedisResult {
+	return s.exec(ctx, c, call{keys, args})[0]
+}
