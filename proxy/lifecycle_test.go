@@ -475,3 +475,31 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestBackstop holds a direction away from its socket past the close
+// deadline, as a direction that missed its kicks would be: the keeper
+// forces the pair closed a close timeout after the deadline and counts it.
+func TestBackstop(t *testing.T) {
+	const closeTimeout = 200 * time.Millisecond
+	g := newGate(t, backend(t).URL, func(c *Config) { c.CloseTimeout = closeTimeout })
+	release := make(chan struct{})
+	var once sync.Once
+	g.proxy.hooks.beforePark = func(d *direction) {
+		if d.client && d.messages == 1 {
+			once.Do(func() {
+				d.pr.end(&idleEnding)
+				<-release // stuck: neither the abort nor its past deadlines reach it
+			})
+		}
+	}
+	conn, br := rawClient(t, g, "/echo")
+	if _, err := conn.Write(maskedFrame(true, 1, []byte("one"))); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := readUntilClose(t, br); code != 1001 {
+		t.Fatalf("close %d, want 1001", code)
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(g.m.CloseBackstop) == 1 })
+	close(release)
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+}
