@@ -1,19 +1,37 @@
 package netpoll
 
 import (
-	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
-// impl is the epoll event loop. Registrations are one-shot
-// (EPOLLONESHOT): an armed socket reports one event and is then disabled
-// until its owner waits again, so a running owner gets no events.
+// impl is the epoll event loop. A socket is registered once, at its first
+// Wait, edge-triggered (EPOLLET): it reports an event each time bytes
+// arrive, whatever its owner is doing, and parking it costs no system call.
+// An event for a running Desc only kicks it (its owner's next Wait returns
+// at once and the owner reads again), so no edge is lost between the
+// owner's last read and its Wait.
+//
+// The loop does not block in epoll_wait: the epoll descriptor is itself
+// readable while events are pending, so the loop waits for it in Go's own
+// poller, as a socket read would. A readiness event then wakes the loop
+// goroutine the way it wakes any goroutine blocked on a socket, on a
+// processor that runs the callback it hands over right after, instead of
+// waking a thread parked in a system call and handing over from there.
 type impl struct {
-	epfd   int
-	stopFd [2]int // a pipe whose read end in the set stops the loop (id 0)
-	done   chan struct{}
+	epfd int
+	file *os.File        // epfd, for Go's poller; closing it ends the lead
+	rc   syscall.RawConn // file's
+
+	// The leading worker's: the batch of events, its size, the claimed
+	// Descs for other workers, and take (p.take, made once).
+	events []syscall.EpollEvent
+	n      int
+	later  []*Desc
+	takeFn func(uintptr) bool
 
 	regMu  sync.Mutex
 	descs  map[uint64]*Desc // by id: an event of a removed Desc finds nothing
@@ -25,59 +43,47 @@ func (p *Poller) start() error {
 	if err != nil {
 		return fmt.Errorf("netpoll: epoll_create1: %w", err)
 	}
-	p.epfd = epfd
-	if err := syscall.Pipe2(p.stopFd[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+	if err := syscall.SetNonblock(epfd, true); err != nil {
 		syscall.Close(epfd)
-		return fmt.Errorf("netpoll: pipe2: %w", err)
+		return fmt.Errorf("netpoll: %w", err)
 	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p.stopFd[0], &ev); err != nil {
-		p.closeFds()
-		return fmt.Errorf("netpoll: epoll_ctl: %w", err)
+	p.epfd = epfd
+	p.file = os.NewFile(uintptr(epfd), "netpoll")
+	if p.rc, err = p.file.SyscallConn(); err != nil {
+		p.file.Close()
+		return fmt.Errorf("netpoll: %w", err)
 	}
 	p.descs = make(map[uint64]*Desc)
-	p.done = make(chan struct{})
-	go p.loop()
+	p.events = make([]syscall.EpollEvent, 256)
+	p.takeFn = p.take
 	return nil
 }
 
-func (p *Poller) closeFds() {
-	syscall.Close(p.epfd)
-	syscall.Close(p.stopFd[0])
-	syscall.Close(p.stopFd[1])
-}
-
-// stop ends the loop and waits for it.
+// stop ends the lead: the leading worker's wait returns an error.
 func (p *Poller) stop() error {
-	if _, err := syscall.Write(p.stopFd[1], []byte{0}); err != nil {
+	if err := p.file.Close(); err != nil {
 		return fmt.Errorf("netpoll: stop: %w", err)
 	}
-	<-p.done
-	p.closeFds()
 	return nil
 }
 
-// arm registers d's socket for one readiness event.
+// arm registers d's socket at its first Wait; later Waits need nothing.
 func (p *Poller) arm(d *Desc) error {
-	op := syscall.EPOLL_CTL_MOD
-	added := d.id != 0
-	if !added {
-		p.regMu.Lock()
-		p.nextID++
-		d.id = p.nextID
-		p.descs[d.id] = d
-		p.regMu.Unlock()
-		op = syscall.EPOLL_CTL_ADD
+	if d.id != 0 {
+		return nil
 	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
+	p.regMu.Lock()
+	p.nextID++
+	d.id = p.nextID
+	p.descs[d.id] = d
+	p.regMu.Unlock()
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | edgeTriggered}
 	putID(&ev, d.id)
-	if err := syscall.EpollCtl(p.epfd, op, int(d.fd), &ev); err != nil {
-		if !added {
-			p.regMu.Lock()
-			delete(p.descs, d.id)
-			p.regMu.Unlock()
-			d.id = 0
-		}
+	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(d.fd), &ev); err != nil {
+		p.regMu.Lock()
+		delete(p.descs, d.id)
+		p.regMu.Unlock()
+		d.id = 0
 		return fmt.Errorf("netpoll: epoll_ctl: %w", err)
 	}
 	return nil
@@ -92,38 +98,68 @@ func (p *Poller) forget(d *Desc) {
 	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(d.fd), nil)
 }
 
-// loop turns readiness events into wakes.
-func (p *Poller) loop() {
-	defer close(p.done)
-	events := make([]syscall.EpollEvent, 256)
-	ready := make([]*Desc, 0, len(events))
+// ready waits for readiness and claims the Descs it finds: every one but
+// the first goes to the queue, and the first is returned for the caller to
+// run (nil when none could be claimed: each was running, and is kicked).
+// It returns an error once the poller is closed. Only the leading worker
+// calls it.
+func (p *Poller) ready() (*Desc, error) {
+	if err := p.rc.Read(p.takeFn); err != nil {
+		return nil, err
+	}
+	var first *Desc
+	p.regMu.Lock()
+	for i := range p.events[:p.n] {
+		d := p.descs[getID(&p.events[i])]
+		if d == nil || !claim(d) {
+			continue
+		}
+		if first == nil {
+			first = d
+			continue
+		}
+		p.later = append(p.later, d)
+	}
+	p.regMu.Unlock()
+	if len(p.later) > 0 {
+		p.mu.Lock()
+		for i, d := range p.later {
+			p.queue = append(p.queue, d)
+			p.wakeOne()
+			p.later[i] = nil
+		}
+		p.mu.Unlock()
+		p.later = p.later[:0]
+	}
+	return first, nil
+}
+
+// take is ready's attempt to collect events. It must look every time
+// before the wait: RawConn.Read forgets a readiness that came while nobody
+// waited, and the set only signals again when an event is added to it.
+func (p *Poller) take(fd uintptr) bool {
+	p.n = epollWaitNow(fd, p.events)
+	return p.n > 0
+}
+
+// epollWaitNow collects the pending events without waiting. It returns at
+// once, so it is made without telling the scheduler about a system call.
+func epollWaitNow(epfd uintptr, events []syscall.EpollEvent) int {
 	for {
-		n, err := syscall.EpollWait(p.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
-				continue
-			}
-			return
+		n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, epfd,
+			uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		if e == syscall.EINTR {
+			continue
 		}
-		ready = ready[:0]
-		p.regMu.Lock()
-		for i := range events[:n] {
-			id := getID(&events[i])
-			if id == 0 {
-				p.regMu.Unlock()
-				return
-			}
-			if d := p.descs[id]; d != nil {
-				ready = append(ready, d)
-			}
+		if e != 0 {
+			return 0
 		}
-		p.regMu.Unlock()
-		for i, d := range ready {
-			p.Wake(d)
-			ready[i] = nil
-		}
+		return int(n)
 	}
 }
+
+// edgeTriggered is EPOLLET as the unsigned event mask holds it.
+const edgeTriggered = 1 << 31
 
 // putID and getID keep a 64-bit id in the event's data (Fd and Pad).
 func putID(ev *syscall.EpollEvent, id uint64) {

@@ -80,19 +80,21 @@ type Desc struct {
 
 // worker is one goroutine of the pool.
 type worker struct {
-	detached bool
+	leading  bool // it waits for readiness for the pool
+	detached bool // its callback is blocking; it no longer counts in the pool
 }
 
 // Poller waits for readability of registered sockets and runs their
 // callbacks on a bounded pool of workers. Create it with New.
 type Poller struct {
-	impl // the platform's event loop
+	impl // the platform's readiness source
 
 	mu       sync.Mutex
 	cond     sync.Cond
 	queue    []*Desc // callbacks waiting for a worker, oldest first
 	head     int
-	attached int // workers that have not detached: idle plus running
+	leading  bool // a worker leads (waits for readiness, or runs what it found)
+	attached int  // workers in the pool: leading, running, idle; not detached
 	idle     int
 	max      int
 	keepIdle int // idle workers kept; a worker that would be one more ends
@@ -103,8 +105,9 @@ type Poller struct {
 // DefaultWorkers is the size of the pool when New is given 0.
 const DefaultWorkers = 256
 
-// New starts a Poller whose callbacks run on at most workers goroutines at
-// a time (0 means DefaultWorkers).
+// New starts a Poller whose queued callbacks run on at most workers
+// goroutines at a time (0 means DefaultWorkers), besides the one that leads
+// and runs at most one callback itself.
 func New(workers int) (*Poller, error) {
 	if workers <= 0 {
 		workers = DefaultWorkers
@@ -114,6 +117,11 @@ func New(workers int) (*Poller, error) {
 	if err := p.start(); err != nil {
 		return nil, err
 	}
+	p.mu.Lock()
+	p.attached++
+	p.workers.Add(1)
+	go p.work()
+	p.mu.Unlock()
 	return p, nil
 }
 
@@ -156,11 +164,20 @@ func (p *Poller) Wait(d *Desc) (parked bool, err error) {
 // the owner's next Wait return at once. It reports whether it ran the
 // callback. Any goroutine may call it, any number of times.
 func (p *Poller) Wake(d *Desc) bool {
+	if !claim(d) {
+		return false
+	}
+	p.dispatch(d)
+	return true
+}
+
+// claim takes a parked d for a run of its callback, which the caller then
+// owes, and otherwise kicks it. It reports whether it took d.
+func claim(d *Desc) bool {
 	for {
 		switch s := d.state.Load(); s {
 		case armed:
 			if d.state.CompareAndSwap(armed, running) {
-				p.dispatch(d)
 				return true
 			}
 		case running, arming:
@@ -185,9 +202,10 @@ func (p *Poller) Remove(d *Desc) {
 }
 
 // Detach is called by d's callback, on the goroutine that runs it, before
-// it blocks: the worker leaves the pool (another takes its place) and the
-// goroutine ends when the callback returns. It does nothing when the
-// callback does not run on a worker, or has detached already.
+// it blocks: the goroutine stops counting in the pool (another worker takes
+// its place, and the lead if it led) until the callback returns. It does
+// nothing when the callback does not run on a worker, or has detached
+// already.
 func (p *Poller) Detach(d *Desc) {
 	w := d.w
 	if w == nil {
@@ -197,6 +215,11 @@ func (p *Poller) Detach(d *Desc) {
 	w.detached = true
 	p.mu.Lock()
 	p.attached--
+	if w.leading {
+		w.leading = false
+		p.leading = false
+		p.wakeOne()
+	}
 	p.spawnIfNeeded()
 	p.mu.Unlock()
 }
@@ -212,18 +235,30 @@ func (p *Poller) Go(d *Desc) {
 func (p *Poller) dispatch(d *Desc) {
 	p.mu.Lock()
 	p.queue = append(p.queue, d)
-	if p.idle > 0 {
-		p.cond.Signal()
-	} else {
-		p.spawnIfNeeded()
-	}
+	p.wakeOne()
 	p.mu.Unlock()
 }
 
-// spawnIfNeeded starts a worker when callbacks wait, no worker is idle and
-// the pool has room. Called with p.mu held.
+// wakeOne gets a worker going for queued callbacks or the lead: an idle
+// one, or a new one while the pool has room. Called with p.mu held.
+func (p *Poller) wakeOne() {
+	if p.idle > 0 {
+		p.cond.Signal()
+		return
+	}
+	p.spawnIfNeeded()
+}
+
+// spawnIfNeeded starts a worker when there is work nobody takes (queued
+// callbacks, or nobody leads), no worker is idle and the pool has room: the
+// leading worker does not count, since it waits for readiness rather than
+// for queued callbacks. Called with p.mu held.
 func (p *Poller) spawnIfNeeded() {
-	if p.closed || p.idle > 0 || len(p.queue) == p.head || p.attached >= p.max {
+	busy := p.attached
+	if p.leading {
+		busy--
+	}
+	if p.closed || p.idle > 0 || (len(p.queue) == p.head && p.leading) || busy >= p.max {
 		return
 	}
 	p.attached++
@@ -231,41 +266,89 @@ func (p *Poller) spawnIfNeeded() {
 	go p.work()
 }
 
-// work is one worker: it runs queued callbacks until Close, or until a
-// callback detaches it.
+// work is one worker: it runs queued callbacks, leads when nobody does,
+// and waits idle otherwise, until Close or until it is one idle worker too
+// many.
 func (p *Poller) work() {
 	defer p.workers.Done()
 	w := &worker{}
 	p.mu.Lock()
 	for {
-		for len(p.queue) == p.head && !p.closed && p.idle < p.keepIdle {
+		switch {
+		case p.head < len(p.queue):
+			d := p.queue[p.head]
+			p.queue[p.head] = nil
+			p.head++
+			if p.head == len(p.queue) {
+				p.queue, p.head = p.queue[:0], 0
+			}
+			p.mu.Unlock()
+			if !p.run(w, d) {
+				return
+			}
+			p.mu.Lock()
+		case p.closed:
+			p.attached--
+			p.mu.Unlock()
+			return
+		case !p.leading:
+			p.leading, w.leading = true, true
+			p.mu.Unlock()
+			if !p.lead(w) {
+				return
+			}
+			p.mu.Lock()
+		case p.idle >= p.keepIdle:
+			// One idle worker too many after a storm: it ends.
+			p.attached--
+			p.mu.Unlock()
+			return
+		default:
 			p.idle++
 			p.cond.Wait()
 			p.idle--
 		}
-		if len(p.queue) == p.head {
-			p.attached--
-			p.mu.Unlock()
-			return
-		}
-		d := p.queue[p.head]
-		p.queue[p.head] = nil
-		p.head++
-		if p.head == len(p.queue) {
-			p.queue, p.head = p.queue[:0], 0
-		}
-		p.mu.Unlock()
-
-		d.w = w
-		d.fn()
-		if w.detached {
-			return
-		}
-		p.mu.Lock()
 	}
 }
 
-// Close stops the event loop and the workers once they have run every
+// lead waits for readiness and runs what it finds until the poller closes
+// or w's callback detaches it. It reports whether w stays in the pool.
+func (p *Poller) lead(w *worker) bool {
+	for w.leading {
+		d, err := p.ready()
+		if err != nil {
+			p.mu.Lock()
+			w.leading, p.leading, p.closed = false, false, true
+			p.cond.Broadcast()
+			p.mu.Unlock()
+			return true
+		}
+		if d != nil && !p.run(w, d) {
+			return false
+		}
+	}
+	return true
+}
+
+// run runs d's callback on w. It reports whether w stays in the pool: a
+// worker that detached rejoins when the pool has room, and ends otherwise.
+func (p *Poller) run(w *worker, d *Desc) bool {
+	d.w = w
+	d.fn()
+	if !w.detached {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.attached >= p.keepIdle+1 {
+		return false
+	}
+	w.detached = false
+	p.attached++
+	return true
+}
+
+// Close stops the readiness loop and the workers once they have run every
 // queued callback, and waits for them (detached goroutines included). Call
 // it when no Desc is armed or running any more.
 func (p *Poller) Close() error {
