@@ -59,6 +59,7 @@ func (r *Reader) readFd(fd uintptr) bool {
 			r.rawRes = rawEOF
 		default:
 			r.data = buf[:m+n]
+			r.short = n < len(buf)-m
 			r.got.Add(int64(n))
 		}
 		return true

@@ -44,6 +44,7 @@ type Reader struct {
 	raw    syscall.RawConn    // the same socket read without waiting; nil when src is not one
 	rawFn  func(uintptr) bool // r.readFd, made once: a closure per read would allocate
 	rawRes int32              // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
+	short  bool               // the last read without waiting took less than there was room for
 	small  [smallSize]byte
 	big    *[]byte
 	data   []byte       // unread bytes, inside small, *big or a primed slice
@@ -140,6 +141,12 @@ func (r *Reader) ReadReady() error {
 	}
 	return r.readReady()
 }
+
+// Emptied reports whether the last ReadReady that read bytes took less than
+// there was room for: the socket had nothing more at that moment, so an
+// edge-triggered poller reports any byte that arrives after it, and the
+// caller may wait without another read that would find nothing.
+func (r *Reader) Emptied() bool { return r.short }
 
 // Buffered reports how many bytes can be read without touching the source.
 func (r *Reader) Buffered() int { return len(r.data) }

@@ -24,6 +24,7 @@ type direction struct {
 	out       batch // frames for dst not written yet
 	client    bool  // reads the client
 	idle      bool  // blocked between frames on a source the poller cannot hold
+	quiet     bool  // the last read emptied the socket and nothing woke d since
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
 	ctlCount  int32 // control frames in the window of ControlFrameRate
 	granted   int32 // messages the limiter has granted ahead
@@ -73,6 +74,7 @@ func (d *direction) dst() *side {
 // run relays frames until d parks or finishes. It is the only way into a
 // direction: its first run and every wake of the poller call it.
 func (d *direction) run() {
+	d.quiet = false // woken: there may be bytes
 	for {
 		if d.look() {
 			d.finish()
@@ -161,7 +163,15 @@ func (d *direction) relaying() bool {
 // the poller can hold the socket) or blocks. It reports parked when d was
 // handed to the poller: the caller must then leave d alone.
 func (d *direction) readMore() (parked bool, err error) {
-	err = d.r.ReadReady()
+	if d.quiet && d.r.Buffered() == 0 {
+		// The last read emptied the socket: the poller's edge-triggered
+		// registration reports whatever arrived since, so a read now
+		// would most likely find nothing.
+		err = frames.ErrWouldBlock
+	} else {
+		err = d.r.ReadReady()
+		d.quiet = err == nil && d.r.Emptied() && d.pr.p.pl != nil
+	}
 	if err == nil || (err != frames.ErrWouldBlock && err != frames.ErrNotSocket) {
 		return false, err
 	}
@@ -175,6 +185,9 @@ func (d *direction) readMore() (parked bool, err error) {
 		}
 		parked, err := pl.Wait(&d.desc)
 		if err == nil {
+			if !parked {
+				d.quiet = false // kicked: read again
+			}
 			return parked, nil
 		}
 		// The socket cannot be registered: keep it on this goroutine.
