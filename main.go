@@ -26,6 +26,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/auth/clientip"
 	"github.com/holo/wsgate/internal/demo"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
@@ -223,7 +224,7 @@ type config struct {
 	proxy               proxy.Config
 	limits              limit.Config
 	auth                auth.Config
-	ip                  auth.IPResolver
+	ip                  clientip.Resolver
 	proxyProtocol       bool
 	shutdownDelay       time.Duration
 	shutdownGrace       time.Duration
@@ -404,7 +405,7 @@ func authConfig(c *cli.Context, cfg *config) error {
 	if cfg.auth.QueryParam == "" {
 		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}
 	}
-	trusted, err := auth.ParsePrefixes(splitList(c.StringSlice("trusted-proxies")))
+	trusted, err := clientip.ParsePrefixes(splitList(c.StringSlice("trusted-proxies")))
 	if err != nil {
 		return &flagError{"trusted-proxies", err}
 	}
@@ -412,7 +413,7 @@ func authConfig(c *cli.Context, cfg *config) error {
 	if bits < 1 || bits > 128 {
 		return &flagError{"ipv6-prefix", fmt.Errorf("must be between 1 and 128, got %d", bits)}
 	}
-	cfg.ip = auth.IPResolver{Trusted: trusted, IPv6Prefix: bits}
+	cfg.ip = clientip.Resolver{Trusted: trusted, IPv6Prefix: bits}
 	cfg.proxyProtocol = c.Bool("proxy-protocol")
 	if cfg.proxyProtocol && len(trusted) == 0 {
 		return &flagError{"proxy-protocol", fmt.Errorf("needs --trusted-proxies: a PROXY header is only believed from them")}
@@ -529,7 +530,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		return fmt.Errorf("--listen: %w", err)
 	}
 	if cfg.proxyProtocol {
-		ln = auth.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
+		ln = clientip.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
 	}
 	adminLn, err := net.Listen("tcp", cfg.adminListen)
 	if err != nil {

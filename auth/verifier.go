@@ -1,12 +1,9 @@
-// Package auth authenticates WebSocket handshakes and resolves client
-// addresses for wsgate.
+// Package auth authenticates WebSocket handshakes for wsgate.
 //
 // A Verifier finds a JWT in a request (Authorization header, query parameter,
 // the "bearer.<jwt>" subprotocol, or a cookie), verifies it against HMAC
 // secrets, PEM/JWK key files and a JWKS URL, and returns an Identity whose Key
-// is the per-user rate-limit key. An IPResolver turns the socket peer and
-// X-Forwarded-For into the client address and its per-IP key, and
-// NewProxyListener accepts PROXY protocol v1/v2 headers from trusted peers.
+// is the per-user rate-limit key. Client addresses are package clientip's.
 package auth
 
 import (
@@ -109,7 +106,7 @@ type Identity struct {
 // sha256(issuer "\x00" subject) for a subject, so that a subject spelled like
 // an IP address never shares a budget with that anonymous client, and
 // "anon:" + clientIP for an anonymous identity. clientIP is the caller's
-// per-IP key (IPResolver.Key).
+// per-IP key (clientip.Resolver.Key).
 func (id Identity) Key(clientIP string) string {
 	if id.Anonymous || id.Subject == "" {
 		return "anon:" + clientIP

@@ -47,7 +47,7 @@ type Authenticator interface {
 }
 
 // ClientIPResolver finds the client behind a connection's peer address.
-// auth.IPResolver implements it.
+// clientip.Resolver implements it.
 type ClientIPResolver interface {
 	ClientIP(peer netip.Addr, xff []string) netip.Addr
 	IsTrusted(a netip.Addr) bool

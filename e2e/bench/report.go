@@ -223,7 +223,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 
 	p("## Commands\n\n")
 	p("```sh\nmake bench   # as root: apt-get installs nginx and haproxy when missing, then runs:\n")
-	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/\n")
+	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/ ./auth/clientip/\n")
 	p("go run ./e2e/bench -micro <that output>   # the load harness, this report\n```\n\n")
 	p("Harness settings: %d repetitions, interleaved (each repetition starts at the next target); S1 = %d connections × %d "+
 		"messages in flight × %d B for %v per repetition; S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
