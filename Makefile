@@ -46,6 +46,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt: run gofmt -w on: $$(gofmt -l $$(git ls-files '*.go'))"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	$(GO) -C e2e/bench vet ./...
 
 ## deps: redis-server, node and npm (installed with apt-get when run as root).
 deps:
