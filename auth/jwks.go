@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
@@ -190,6 +191,12 @@ func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 	keys := make([]verifyKey, 0, set.Len())
 	for i := range set.Len() {
 		k, _ := set.Key(i)
+		if k.KeyType() == jwa.OctetSeq {
+			// The set is published: its secret is anybody's, and a token
+			// signed with it would verify.
+			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.url, "kid", k.KeyID())
+			continue
+		}
 		vk, err := keyFromJWK(k)
 		if err != nil {
 			if !errors.Is(err, errSkipKey) {

@@ -190,3 +190,30 @@ func TestJWKSCloseAbortsFetch(t *testing.T) {
 		t.Fatal("Authenticate still blocked on the JWKS fetch after Close")
 	}
 }
+
+// TestJWKSRefusesSymmetricKeys: a JWK Set is published, so an "oct" key in
+// it is a secret anyone can read; it never verifies a token.
+func TestJWKSRefusesSymmetricKeys(t *testing.T) {
+	k := mustKeys(t)
+	oct, err := jwk.FromRaw(k.secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oct.Set(jwk.KeyIDKey, "h1")
+	hs := sign(t, jwa.HS256, k.secret, "h1", validClaims())
+
+	srv := newJWKSServer(t, oct, pubJWK(t, k.rsa, "k1", jwa.RS256))
+	v := newTestVerifier(t, Config{JWKSURL: srv.URL, CacheSize: -1})
+	if _, err := v.Authenticate(context.Background(), reqWith(hs, "header")); reasonOf(err) != ReasonAlgorithm {
+		t.Fatalf("hs256 token signed with the set's oct key: %v, want reason %q", err, ReasonAlgorithm)
+	}
+	if _, err := v.Authenticate(context.Background(), reqWith(sign(t, jwa.RS256, k.rsa, "k1", validClaims()), "header")); err != nil {
+		t.Fatalf("the set's rsa key: %v", err)
+	}
+
+	only := newJWKSServer(t, oct)
+	v = newTestVerifier(t, Config{JWKSURL: only.URL, CacheSize: -1})
+	if _, err := v.Authenticate(context.Background(), reqWith(hs, "header")); reasonOf(err) != ReasonJWKSUnavailable {
+		t.Fatalf("a set of nothing but an oct key: %v, want reason %q", err, ReasonJWKSUnavailable)
+	}
+}
