@@ -44,7 +44,8 @@ type Config struct {
 	KeyFile string
 	// JWKSURL is fetched at start and refreshed in the background; the last
 	// good set is kept while the server is down, and a token with an unknown
-	// kid triggers at most one refresh per 10s. "" means no JWKS.
+	// kid triggers at most one refresh per 10s. Its symmetric (oct) keys are
+	// refused: the set is public. "" means no JWKS.
 	JWKSURL string
 	// Algorithms is the allow-list of signature algorithms. Empty means every
 	// algorithm that fits a configured key. "none" is never allowed.
@@ -167,9 +168,10 @@ var (
 )
 
 // NewVerifier validates cfg, loads the key files and, when a JWKS URL is
-// set, makes a first fetch bounded by ctx (a failure is logged, not fatal:
-// the refresher keeps trying) and starts the background refresher that Close
-// stops.
+// set, starts a first fetch and waits for it until ctx is done (a failure is
+// logged, not fatal: the refresher keeps trying), and starts the background
+// refresher that Close stops. Every JWKS fetch runs under the Verifier, never
+// under the context of whoever waits for it.
 func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now}
 	v.cfg.Algorithms = slices.Clone(cfg.Algorithms)
@@ -303,17 +305,23 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 	var sum [sha256.Size]byte
 	if v.cache != nil {
 		sum = sha256.Sum256([]byte(tok))
-		if id, ok := v.cache.get(sum); ok {
-			if v.expired(id.Expiry) {
+		if id, key, ok := v.cache.get(sum); ok {
+			switch {
+			case key != 0 && !v.jwks.holds(key):
+				// The JWKS key that verified it left the set: verify anew.
+				v.cache.remove(sum)
+			case v.expired(id.Expiry):
 				v.cache.remove(sum)
 				return Identity{}, &Error{Reason: ReasonExpired, Err: jwt.ErrTokenExpired()}
+			default:
+				return id, nil
 			}
-			return id, nil
 		}
 	}
+	kp := newKeyProvider(v, ctx)
 	opts := make([]jwt.ParseOption, 0, len(v.validate)+1)
 	opts = append(opts, v.validate...)
-	opts = append(opts, jwt.WithKeyProvider(keyProvider{v: v, ctx: ctx}))
+	opts = append(opts, jwt.WithKeyProvider(kp))
 	t, err := jwt.ParseString(tok, opts...)
 	if err != nil {
 		return Identity{}, classify(err, tok)
@@ -336,7 +344,9 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 		return Identity{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("%w: %q", errNoSubject, v.cfg.SubjectClaim)}
 	}
 	if v.cache != nil {
-		v.cache.put(sum, id)
+		if k := kp.verifiedBy(tok); k != nil {
+			v.cache.put(sum, id, k.id)
+		}
 	}
 	return id, nil
 }

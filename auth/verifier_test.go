@@ -382,16 +382,16 @@ func TestCacheKeepsTokensInUse(t *testing.T) {
 	c := newTokenCache(4)
 	key := func(i int) [sha256.Size]byte { return sha256.Sum256([]byte{byte(i)}) }
 	exp := time.Unix(2_000_000_000, 5).UTC()
-	c.put(key(0), Identity{Subject: "kept", Issuer: "iss", Expiry: exp})
+	c.put(key(0), Identity{Subject: "kept", Issuer: "iss", Expiry: exp}, 7)
 	for i := 1; i < 200; i++ {
-		id, ok := c.get(key(0))
+		id, kid, ok := c.get(key(0))
 		if !ok {
 			t.Fatalf("the token in use was evicted after %d others", i-1)
 		}
-		if id.Subject != "kept" || id.Issuer != "iss" || !id.Expiry.Equal(exp) {
-			t.Fatalf("cached identity %+v", id)
+		if id.Subject != "kept" || id.Issuer != "iss" || !id.Expiry.Equal(exp) || kid != 7 {
+			t.Fatalf("cached identity %+v, key %d", id, kid)
 		}
-		c.put(key(i), Identity{Subject: "once", Expiry: exp})
+		c.put(key(i), Identity{Subject: "once", Expiry: exp}, 0)
 		if c.len() > 4 {
 			t.Fatalf("%d entries, want at most 4", c.len())
 		}
