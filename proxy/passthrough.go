@@ -10,9 +10,13 @@ import (
 	"time"
 )
 
+// passClient carries a pass-through request's admitted client from
+// servePassThrough to the reverse proxy's Rewrite, in the request's context.
+type passClient struct{}
+
 // newPassThrough returns the handler for requests that are not WebSocket
 // handshakes (socket.io's long-polling, REST calls): a reverse proxy to the
-// upstream that keeps the client's Host and sets X-Forwarded-*.
+// upstream that keeps the client's Host and sends what rewriteUpstream says.
 func (p *Proxy) newPassThrough() http.Handler {
 	target := p.cfg.Upstream
 	transport := &http.Transport{
@@ -30,7 +34,8 @@ func (p *Proxy) newPassThrough() http.Handler {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
-			p.setForwarded(pr.Out.Header, pr.In, peerAddr(pr.In))
+			cl, _ := pr.In.Context().Value(passClient{}).(client)
+			p.rewriteUpstream(pr.Out.Header, pr.Out.URL, pr.In, cl, false)
 		},
 		Transport: transport,
 		ErrorLog:  slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
@@ -65,9 +70,7 @@ func (p *Proxy) servePassThrough(w http.ResponseWriter, r *http.Request) {
 		p.m.HTTPRequests.WithLabelValues("4xx").Inc()
 		return
 	}
-	r2 := r.Clone(r.Context())
-	p.prepareUpstream(r2.Header, r2.URL, cl)
-	p.pass.ServeHTTP(w, r2)
+	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passClient{}, cl)))
 }
 
 func statusClass(code int) string {
