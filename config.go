@@ -75,6 +75,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		min  time.Duration
 	}{
 		{"upstream-dial-timeout", time.Millisecond}, {"handshake-timeout", time.Millisecond},
+		{"pass-body-timeout", 0}, {"pass-response-timeout", 0},
 		{"idle-timeout", 0}, {"message-timeout", 0}, {"write-timeout", 0}, {"ping-interval", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0},
 		{"user-block", 0}, {"ip-block", 0}, {"redis-timeout", time.Millisecond},
 	} {
@@ -108,6 +109,11 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	}
 	if cfg.proxy.MaxConns = c.Int("max-conns"); cfg.proxy.MaxConns < 0 {
 		return bad("max-conns", fmt.Errorf("must not be negative, got %d", cfg.proxy.MaxConns))
+	}
+	cfg.proxy.PassBodyTimeout = c.Duration("pass-body-timeout")
+	cfg.proxy.PassResponseTimeout = c.Duration("pass-response-timeout")
+	if cfg.proxy.MaxPassRequests = c.Int("max-pass-requests"); cfg.proxy.MaxPassRequests < 0 {
+		return bad("max-pass-requests", fmt.Errorf("must not be negative, got %d", cfg.proxy.MaxPassRequests))
 	}
 
 	rules := []struct {
