@@ -6,12 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/urfave/cli/v2"
 
 	"github.com/holo/wsgate/auth"
@@ -42,6 +40,63 @@ type flagError struct {
 
 func (e *flagError) Error() string { return "--" + e.flag + ": " + e.err.Error() }
 func (e *flagError) Unwrap() error { return e.err }
+
+// limitFlags and authFlags name the flag behind each field of limit.Config
+// and auth.Config that a *ConfigError may name. A rule's sub-fields fall
+// back to the rule's entry.
+var (
+	limitFlags = map[string]string{
+		"Rules.UserMessages":       "user-rate",
+		"Rules.UserMessages.Block": "user-block",
+		"Rules.IPMessages":         "ip-rate",
+		"Rules.IPMessages.Block":   "ip-block",
+		"Rules.UserConns":          "user-conn-rate",
+		"Rules.IPConns":            "ip-conn-rate",
+		"FailureMode":              "failure-mode",
+		"Mode":                     "limit-mode",
+		"LeaseSize":                "lease-size",
+		"IPMaxConns":               "ip-max-conns",
+		"Timeout":                  "redis-timeout",
+		"KeyPrefix":                "key-prefix",
+		"RedisURL":                 "redis-url",
+	}
+	authFlags = map[string]string{
+		"HMACSecretFile": "jwt-hmac-secret-file",
+		"KeyFile":        "jwt-key-file",
+		"JWKSURL":        "jwks-url",
+		"Algorithms":     "jwt-algorithms",
+		"Leeway":         "jwt-leeway",
+	}
+)
+
+// namedFlag turns a package's *ConfigError into a *flagError naming the
+// flag that set the field, for check-config and start alike; a Redis too old
+// for the limiter is --redis-url's. Other errors are returned as they are.
+func namedFlag(err error) error {
+	var lce *limit.ConfigError
+	if errors.As(err, &lce) {
+		for field := lce.Field; field != ""; {
+			if flag, ok := limitFlags[field]; ok {
+				return &flagError{flag, lce.Err}
+			}
+			i := strings.LastIndexByte(field, '.')
+			if i < 0 {
+				break
+			}
+			field = field[:i]
+		}
+	}
+	var ace *auth.ConfigError
+	if errors.As(err, &ace) {
+		if flag, ok := authFlags[ace.Field]; ok {
+			return &flagError{flag, ace.Err}
+		}
+	}
+	if errors.Is(err, limit.ErrOldRedis) {
+		return &flagError{"redis-url", err}
+	}
+	return err
+}
 
 func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	cfg := &config{
@@ -77,7 +132,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		{"upstream-dial-timeout", time.Millisecond}, {"handshake-timeout", time.Millisecond},
 		{"pass-body-timeout", 0}, {"pass-response-timeout", 0},
 		{"idle-timeout", 0}, {"message-timeout", 0}, {"write-timeout", 0}, {"ping-interval", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0},
-		{"user-block", 0}, {"ip-block", 0}, {"redis-timeout", time.Millisecond},
+		{"redis-timeout", time.Millisecond},
 	} {
 		if v := c.Duration(d.name); v < d.min {
 			return bad(d.name, fmt.Errorf("must be at least %v, got %v", d.min, v))
@@ -138,31 +193,29 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	if cfg.limits.Mode, err = limit.ParseMode(c.String("limit-mode")); err != nil {
 		return bad("limit-mode", err)
 	}
-	if cfg.limits.LeaseSize = c.Int("lease-size"); cfg.limits.LeaseSize < 0 {
-		return bad("lease-size", fmt.Errorf("must not be negative, got %d", cfg.limits.LeaseSize))
-	}
-	if cfg.limits.IPMaxConns = c.Int("ip-max-conns"); cfg.limits.IPMaxConns < 0 {
-		return bad("ip-max-conns", fmt.Errorf("must not be negative, got %d", cfg.limits.IPMaxConns))
-	}
+	cfg.limits.LeaseSize = c.Int("lease-size")
+	cfg.limits.IPMaxConns = c.Int("ip-max-conns")
 	fm, err := limit.ParseFailureMode(c.String("failure-mode"))
 	if err != nil {
 		return bad("failure-mode", err)
 	}
 	cfg.limits.FailureMode = fm
 	cfg.limits.RedisURL = c.String("redis-url")
-	cfg.limits.KeyPrefix = c.String("key-prefix")
-	if cfg.limits.KeyPrefix == "" || strings.ContainsAny(cfg.limits.KeyPrefix, "{} \t\r\n") {
-		return bad("key-prefix", fmt.Errorf("must be non-empty without braces or spaces, got %q", cfg.limits.KeyPrefix))
+	// The package reads "" as its default prefix; a flag set to "" is a
+	// mistake.
+	if cfg.limits.KeyPrefix = c.String("key-prefix"); cfg.limits.KeyPrefix == "" {
+		return bad("key-prefix", errors.New("must not be empty"))
 	}
 	cfg.limits.Timeout = c.Duration("redis-timeout")
-	if u := cfg.limits.RedisURL; u != "" {
-		if _, err := rueidis.ParseURL(u); err != nil {
-			return bad("redis-url", err)
-		}
+	if err := cfg.limits.Validate(); err != nil {
+		return nil, namedFlag(err)
 	}
 
 	if err := authConfig(c, cfg); err != nil {
 		return nil, err
+	}
+	if err := cfg.auth.Validate(); err != nil {
+		return nil, namedFlag(err)
 	}
 
 	if err := cfg.logLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -193,22 +246,6 @@ func authConfig(c *cli.Context, cfg *config) error {
 		Cookie:         c.String("token-cookie"),
 		ForwardToken:   c.Bool("forward-token"),
 		AllowAnonymous: c.Bool("allow-anonymous"),
-	}
-	for _, f := range []string{"jwt-hmac-secret-file", "jwt-key-file"} {
-		if name := c.String(f); name != "" {
-			if _, err := os.Stat(name); err != nil {
-				return &flagError{f, err}
-			}
-		}
-	}
-	if u := cfg.auth.JWKSURL; u != "" {
-		pu, err := url.Parse(u)
-		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			return &flagError{"jwks-url", fmt.Errorf("want an http(s) URL, got %q", u)}
-		}
-	}
-	if cfg.auth.Leeway < 0 {
-		return &flagError{"jwt-leeway", fmt.Errorf("must not be negative")}
 	}
 	if cfg.auth.QueryParam == "" {
 		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}

@@ -46,7 +46,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	cfg.limits.Logger = log
 	lim, err := limit.New(cfg.limits)
 	if err != nil {
-		return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
+		return cli.Exit("wsgate: "+namedFlag(err).Error(), exitBadConfig)
 	}
 	defer lim.Close()
 	if cfg.limits.RedisURL != "" {
@@ -55,7 +55,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	cfg.auth.Logger = log
 	verifier, err := auth.NewVerifier(ctx, cfg.auth)
 	if err != nil {
-		return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
+		return cli.Exit("wsgate: "+namedFlag(err).Error(), exitBadConfig)
 	}
 	defer verifier.Close()
 	if !verifier.Enabled() {
