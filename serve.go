@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -31,6 +32,11 @@ func newLogger(cfg *config) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
+
+// singlePeerSample is how many connections in a row from one private
+// address, with no trusted proxy, make the gate warn that the peer is
+// probably a proxy.
+const singlePeerSample = 50
 
 // serve runs the gate until SIGTERM or SIGINT, then drains: /readyz turns
 // 503 at once, clients are served for the shutdown delay while endpoints
@@ -81,6 +87,13 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	}
 	if cfg.proxyProtocol {
 		ln = clientip.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
+	}
+	if len(cfg.ip.Trusted) == 0 {
+		ln = clientip.WatchSinglePeer(ln, singlePeerSample, func(peer netip.Addr) {
+			log.Warn("every connection so far came from one private address and --trusted-proxies is empty: "+
+				"if it is a proxy (an ingress, a load balancer), every per-IP rule applies to all of its clients at once; "+
+				"name it in --trusted-proxies", "peer", peer.String(), "connections", singlePeerSample)
+		})
 	}
 	adminLn, err := net.Listen("tcp", cfg.adminListen)
 	if err != nil {
