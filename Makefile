@@ -10,7 +10,7 @@ FUZZTIME  ?= 3s
 ROOT      := $(shell id -u 2>/dev/null)
 
 # Fuzz targets run by `make test` for FUZZTIME each (package:target).
-FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth:FuzzXFF ./auth:FuzzProxyHeader ./auth:FuzzExtractToken
+FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth/clientip:FuzzXFF ./auth/clientip:FuzzProxyHeader ./auth:FuzzExtractToken
 
 .PHONY: all build demo test unit fuzz e2e deps e2e-deps lint clean
 
@@ -46,6 +46,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt: run gofmt -w on: $$(gofmt -l $$(git ls-files '*.go'))"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	$(GO) -C e2e/bench vet ./...
 
 ## deps: redis-server, node and npm (installed with apt-get when run as root).
 deps:

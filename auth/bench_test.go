@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"net/netip"
 	"testing"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
@@ -36,13 +35,3 @@ func BenchmarkAuthenticateHS256(b *testing.B)       { benchAuth(b, jwa.HS256, -1
 func BenchmarkAuthenticateRS256(b *testing.B)       { benchAuth(b, jwa.RS256, -1) }
 func BenchmarkAuthenticateHS256Cached(b *testing.B) { benchAuth(b, jwa.HS256, 0) }
 func BenchmarkAuthenticateRS256Cached(b *testing.B) { benchAuth(b, jwa.RS256, 0) }
-
-func BenchmarkClientIP(b *testing.B) {
-	r := IPResolver{Trusted: mustPrefixes(b, "10.0.0.0/8")}
-	peer := netip.MustParseAddr("10.0.0.2")
-	xff := []string{"6.6.6.6, 198.51.100.7, 10.1.1.1"}
-	b.ReportAllocs()
-	for b.Loop() {
-		_ = r.Key(r.ClientIP(peer, xff))
-	}
-}

@@ -7,7 +7,9 @@ import (
 )
 
 // tokenCache is a bounded cache of verified tokens keyed by sha256(token), so
-// the cache never holds a token itself. Its entries are values in one map,
+// the cache never holds a token itself. Each entry names the key that
+// verified the token, so that a JWKS key leaving the set takes its tokens'
+// entries with it. Its entries are values in one map,
 // with no list and no allocation of their own: every connection of a distinct
 // user keeps one while its token lives, so an entry costs about a hundred
 // bytes. A full cache evicts by second chance over a short random sample (Go
@@ -23,9 +25,10 @@ type tokenCache struct {
 // cachedID is a verified Identity, compacted.
 type cachedID struct {
 	subject, issuer string
-	expSec          int64 // exp as Unix seconds and nanoseconds: a year-9999
-	expNsec         int32 // "never expires" token does not fit UnixNano
-	used            bool  // read since an eviction pass last looked at it
+	expSec          int64  // exp as Unix seconds and nanoseconds: a year-9999
+	expNsec         int32  // "never expires" token does not fit UnixNano
+	used            bool   // read since an eviction pass last looked at it
+	key             uint64 // verifyKey.id of the key that verified the token
 }
 
 // evictSample bounds the entries one eviction looks at.
@@ -35,27 +38,30 @@ func newTokenCache(max int) *tokenCache {
 	return &tokenCache{max: max, m: make(map[[sha256.Size]byte]cachedID)}
 }
 
-func (c *tokenCache) get(k [sha256.Size]byte) (Identity, bool) {
+// get returns the identity of a cached token and the id of the key that
+// verified it.
+func (c *tokenCache) get(k [sha256.Size]byte) (id Identity, key uint64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[k]
 	if !ok {
-		return Identity{}, false
+		return Identity{}, 0, false
 	}
 	if !e.used {
 		e.used = true
 		c.m[k] = e
 	}
-	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC()}, true
+	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC()}, e.key, true
 }
 
-func (c *tokenCache) put(k [sha256.Size]byte, id Identity) {
+// put caches the identity of a token that the key with id key verified.
+func (c *tokenCache) put(k [sha256.Size]byte, id Identity, key uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
 		c.evict()
 	}
-	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond())}
+	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond()), key: key}
 }
 
 // evict drops one entry: the first of a random sample not read since it was

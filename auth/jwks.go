@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
@@ -27,9 +28,14 @@ var errJWKSNotFetched = errors.New("jwks not fetched yet")
 // It does not use jwk.Cache (httprc v1.0.6): that cache starts goroutines
 // nobody can wait for, fetches with client.Get and no context (so shutdown
 // cannot abort a hanging fetch), never closes the body of a non-200 answer,
-// and reads the body without a size limit. Here the only goroutine is the
-// refresh loop, which stop waits for, and on-demand fetches run on the
-// caller's goroutine under its context.
+// and reads the body without a size limit.
+//
+// Every fetch belongs to the source: it runs on a goroutine of its own
+// under the source's context, which only stop cancels, and at most one runs
+// at a time. Whoever needs the result (the refresh loop, NewVerifier, a
+// request with an unknown kid) waits for it under its own context, so a
+// client that hangs up stops waiting but never aborts the fetch that the
+// next token needs.
 type jwksSource struct {
 	url      string
 	client   *http.Client
@@ -44,10 +50,15 @@ type jwksSource struct {
 	inflight    chan struct{} // closed when the fetch under way ends
 	lastAttempt time.Time
 	lastErr     error
+	stopped     bool   // set by stop; no fetch starts after it
+	lastID      uint64 // the last verifyKey.id handed out
 
 	ctx    context.Context // cancelled by stop; aborts fetches
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the refresh loop and the fetch under way
+
+	// waiting, when set (by tests), is called as refresh starts to wait.
+	waiting func()
 }
 
 func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time) *jwksSource {
@@ -57,15 +68,20 @@ func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.T
 	return s
 }
 
-// start fetches once under ctx and starts the refresh loop.
+// start waits for a first fetch until ctx is done and starts the refresh
+// loop.
 func (s *jwksSource) start(ctx context.Context) {
 	s.refresh(ctx, false)
 	s.wg.Add(1)
 	go s.refreshLoop()
 }
 
+// stop aborts the fetch under way and waits for the source's goroutines.
 func (s *jwksSource) stop() {
+	s.mu.Lock()
+	s.stopped = true
 	s.cancel()
+	s.mu.Unlock()
 	s.wg.Wait()
 }
 
@@ -75,6 +91,16 @@ func (s *jwksSource) current() []verifyKey {
 		return *p
 	}
 	return nil
+}
+
+// holds reports whether the key with id is in the last good set.
+func (s *jwksSource) holds(id uint64) bool {
+	for _, k := range s.current() {
+		if k.id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // failing reports whether the latest fetch attempt failed.
@@ -119,37 +145,61 @@ func (s *jwksSource) refreshLoop() {
 	}
 }
 
-// refresh fetches the set unless a fetch is under way (then it waits for
-// that one) or, when limited, unless the last attempt is younger than minGap.
-func (s *jwksSource) refresh(ctx context.Context, limited bool) {
+// refresh starts a fetch unless one is under way or, when limited, unless
+// the last attempt is younger than minGap; then it waits for the fetch under
+// way, if any, until ctx is done. It reports whether it returned because ctx
+// was done first.
+func (s *jwksSource) refresh(ctx context.Context, limited bool) (abandoned bool) {
+	done := s.startFetch(limited)
+	if done == nil {
+		return false
+	}
+	if s.waiting != nil {
+		s.waiting()
+	}
+	select {
+	case <-done:
+		return false
+	case <-ctx.Done():
+		return true
+	}
+}
+
+// startFetch returns the channel that closes when the fetch under way ends,
+// starting that fetch when none is under way and the rate limit allows it;
+// nil when nothing is under way.
+func (s *jwksSource) startFetch(limited bool) <-chan struct{} {
 	s.mu.Lock()
-	if ch := s.inflight; ch != nil {
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-		}
-		return
+	defer s.mu.Unlock()
+	if s.inflight != nil {
+		return s.inflight
 	}
 	now := s.now()
-	if limited && !s.lastAttempt.IsZero() && now.Sub(s.lastAttempt) < s.minGap {
-		s.mu.Unlock()
-		return
+	if s.stopped || limited && !s.lastAttempt.IsZero() && now.Sub(s.lastAttempt) < s.minGap {
+		return nil
 	}
 	s.lastAttempt = now
 	ch := make(chan struct{})
 	s.inflight = ch
-	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.fetchAndKeep(ch)
+	return ch
+}
 
-	keys, err := s.fetch(ctx)
+// fetchAndKeep runs one fetch under the source's context, keeps its keys
+// when it succeeds, and closes done.
+func (s *jwksSource) fetchAndKeep(done chan struct{}) {
+	defer s.wg.Done()
+	keys, err := s.fetch(s.ctx)
 
 	s.mu.Lock()
 	if err == nil {
+		s.identify(keys)
 		s.keys.Store(&keys)
 	}
 	s.lastErr = err
 	s.inflight = nil
-	close(ch)
+	close(done)
 	s.mu.Unlock()
 	if err != nil {
 		s.log.Warn("auth: jwks refresh failed; keeping the last good set", "url", s.url, "err", err)
@@ -158,10 +208,26 @@ func (s *jwksSource) refresh(ctx context.Context, limited bool) {
 	}
 }
 
+// identify gives each key of a new set its id: the id of the same key in
+// the last good set (same kid, alg and public key), a new one otherwise. A
+// cached token names the id of the key that verified it, so it is admitted
+// exactly while that key stays in the set. s.mu must be held.
+func (s *jwksSource) identify(keys []verifyKey) {
+	old := s.current()
+next:
+	for i := range keys {
+		for j := range old {
+			if keys[i].same(&old[j]) {
+				keys[i].id = old[j].id
+				continue next
+			}
+		}
+		s.lastID++
+		keys[i].id = s.lastID
+	}
+}
+
 func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(s.ctx, cancel)()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("jwks: %w", err)
@@ -190,6 +256,12 @@ func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 	keys := make([]verifyKey, 0, set.Len())
 	for i := range set.Len() {
 		k, _ := set.Key(i)
+		if k.KeyType() == jwa.OctetSeq {
+			// The set is published: its secret is anybody's, and a token
+			// signed with it would verify.
+			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.url, "kid", k.KeyID())
+			continue
+		}
 		vk, err := keyFromJWK(k)
 		if err != nil {
 			if !errors.Is(err, errSkipKey) {

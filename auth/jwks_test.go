@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -154,7 +155,10 @@ func TestJWKSDownAtStart(t *testing.T) {
 }
 
 // TestJWKSCloseAbortsFetch checks that Close does not wait for a hanging
-// JWKS server and leaves no goroutine behind (goleak in TestMain).
+// JWKS server and leaves no goroutine behind (goleak in TestMain). The
+// start-up fetch that NewVerifier stopped waiting for at its context's
+// deadline goes on under the verifier; a token waits for it, and Close
+// aborts it.
 func TestJWKSCloseAbortsFetch(t *testing.T) {
 	release := make(chan struct{})
 	arrived := make(chan struct{}, 4)
@@ -174,19 +178,164 @@ func TestJWKSCloseAbortsFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(11 * time.Second) // past the rate limit of on-demand fetches
-	done := make(chan struct{})
+	<-arrived // the start-up fetch, still under way
+	clk.Add(11 * time.Second)
+	waiting := make(chan struct{}, 1)
+	v.jwks.waiting = func() { waiting <- struct{}{} }
+	done := make(chan string)
 	go func() {
-		defer close(done)
 		tok := sign(t, jwa.RS256, mustKeys(t).rsa, "k1", validClaims())
-		v.Authenticate(context.Background(), reqWith(tok, "header"))
+		_, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+		done <- reasonOf(err)
 	}()
-	<-arrived // the start-up fetch, abandoned at ctx's deadline
-	<-arrived // the on-demand fetch of Authenticate
+	<-waiting
 	v.Close()
 	select {
-	case <-done:
+	case r := <-done:
+		if r != ReasonJWKSUnavailable {
+			t.Fatalf("reason %q, want %q", r, ReasonJWKSUnavailable)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Authenticate still blocked on the JWKS fetch after Close")
+	}
+	if n := len(arrived); n != 0 {
+		t.Fatalf("%d more fetches, want none: the token waits for the one under way", n)
+	}
+}
+
+// TestJWKSRefreshOutlivesCaller: the refresh that a token with an unknown
+// kid starts belongs to the verifier, not to the request that needed it. A
+// client that hangs up while it waits does not abort it, so the rotated-in
+// key is there for the next token instead of a 10s jwks_unavailable.
+func TestJWKSRefreshOutlivesCaller(t *testing.T) {
+	k := mustKeys(t)
+	set := func(keys ...jwk.Key) []byte {
+		s := jwk.NewSet()
+		for _, key := range keys {
+			s.AddKey(key)
+		}
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	before := set(pubJWK(t, k.rsa, "k1", jwa.RS256))
+	after := set(pubJWK(t, k.rsa, "k1", jwa.RS256), pubJWK(t, k.rsa2, "k2", jwa.RS256))
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.Write(before)
+			return
+		}
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(after)
+	}))
+	defer srv.Close()
+	clk := newClock(t0)
+	v := newTestVerifier(t, Config{JWKSURL: srv.URL, Now: clk.Now, CacheSize: -1})
+	tok2 := sign(t, jwa.RS256, k.rsa2, "k2", validClaims())
+	clk.Add(11 * time.Second) // past the rate limit of on-demand refreshes
+
+	ctx, hangUp := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := v.Authenticate(ctx, reqWith(tok2, "header"))
+		first <- err
+	}()
+	<-arrived // the refresh for k2 reached the JWKS server
+	hangUp()
+	if err := <-first; err == nil {
+		t.Fatal("a client that hung up before the refresh answered was admitted")
+	}
+	close(release)
+	if _, err := v.Authenticate(context.Background(), reqWith(tok2, "header")); err != nil {
+		t.Fatalf("the next token with the rotated-in kid: %v (reason %q)", err, reasonOf(err))
+	}
+	if h := hits.Load(); h != 2 {
+		t.Fatalf("%d fetches, want 2 (the start and one refresh)", h)
+	}
+}
+
+// TestCacheForgetsRevokedKey: a token verified by a JWKS key is admitted
+// from the cache only while that key is in the set; once a refresh drops
+// the key, the token is verified again and refused. Without a kid every key
+// of the alg is a candidate, and the cache remembers the one that verified.
+func TestCacheForgetsRevokedKey(t *testing.T) {
+	for _, withKid := range []bool{true, false} {
+		t.Run(fmt.Sprintf("kid %v", withKid), func(t *testing.T) {
+			k := mustKeys(t)
+			srv := newJWKSServer(t, pubJWK(t, k.rsa, "k1", jwa.RS256), pubJWK(t, k.rsa2, "k2", jwa.RS256))
+			clk := newClock(t0)
+			v := newTestVerifier(t, Config{JWKSURL: srv.URL, Now: clk.Now})
+			auth := func(tok string) string {
+				_, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+				return reasonOf(err)
+			}
+			kid1, kid2 := "", ""
+			if withKid {
+				kid1, kid2 = "k1", "k2"
+			}
+			tok1 := sign(t, jwa.RS256, k.rsa, kid1, validClaims())
+			tok2 := sign(t, jwa.RS256, k.rsa2, kid2, validClaims())
+			for _, tok := range []string{tok1, tok2, tok1, tok2} {
+				if r := auth(tok); r != "" {
+					t.Fatalf("before the rotation: reason %q", r)
+				}
+			}
+			if n := v.cache.len(); n != 2 {
+				t.Fatalf("%d cached tokens, want 2", n)
+			}
+
+			// The issuer revokes k1. An unknown kid makes the verifier refresh.
+			srv.set(t, pubJWK(t, k.rsa2, "k2", jwa.RS256))
+			clk.Add(11 * time.Second)
+			if r := auth(sign(t, jwa.RS256, k.rsa, "k9", validClaims())); r != ReasonSignature {
+				t.Fatalf("unknown kid: reason %q, want %q", r, ReasonSignature)
+			}
+			if h := srv.hits.Load(); h != 2 {
+				t.Fatalf("%d fetches, want 2", h)
+			}
+			if r := auth(tok1); r != ReasonSignature {
+				t.Fatalf("a cached token of the revoked key: reason %q, want %q", r, ReasonSignature)
+			}
+			if r := auth(tok2); r != "" {
+				t.Fatalf("a cached token of a key still in the set: reason %q", r)
+			}
+		})
+	}
+}
+
+// TestJWKSRefusesSymmetricKeys: a JWK Set is published, so an "oct" key in
+// it is a secret anyone can read; it never verifies a token.
+func TestJWKSRefusesSymmetricKeys(t *testing.T) {
+	k := mustKeys(t)
+	oct, err := jwk.FromRaw(k.secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oct.Set(jwk.KeyIDKey, "h1")
+	hs := sign(t, jwa.HS256, k.secret, "h1", validClaims())
+
+	srv := newJWKSServer(t, oct, pubJWK(t, k.rsa, "k1", jwa.RS256))
+	v := newTestVerifier(t, Config{JWKSURL: srv.URL, CacheSize: -1})
+	if _, err := v.Authenticate(context.Background(), reqWith(hs, "header")); reasonOf(err) != ReasonAlgorithm {
+		t.Fatalf("hs256 token signed with the set's oct key: %v, want reason %q", err, ReasonAlgorithm)
+	}
+	if _, err := v.Authenticate(context.Background(), reqWith(sign(t, jwa.RS256, k.rsa, "k1", validClaims()), "header")); err != nil {
+		t.Fatalf("the set's rsa key: %v", err)
+	}
+
+	only := newJWKSServer(t, oct)
+	v = newTestVerifier(t, Config{JWKSURL: only.URL, CacheSize: -1})
+	if _, err := v.Authenticate(context.Background(), reqWith(hs, "header")); reasonOf(err) != ReasonJWKSUnavailable {
+		t.Fatalf("a set of nothing but an oct key: %v, want reason %q", err, ReasonJWKSUnavailable)
 	}
 }

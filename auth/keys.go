@@ -1,7 +1,9 @@
 package auth
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -56,6 +58,24 @@ type verifyKey struct {
 	alg jwa.SignatureAlgorithm // "" = any algorithm of fam
 	fam family
 	raw any // []byte, *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
+	// id names a JWKS key for as long as it stays in the set (see
+	// jwksSource.identify); 0 for a configured key, which never leaves.
+	id uint64
+}
+
+// same reports whether k and o are the same key: same kid, alg and key.
+func (k *verifyKey) same(o *verifyKey) bool {
+	if k.kid != o.kid || k.alg != o.alg || k.fam != o.fam {
+		return false
+	}
+	switch a := k.raw.(type) {
+	case []byte:
+		b, ok := o.raw.([]byte)
+		return ok && bytes.Equal(a, b)
+	case interface{ Equal(crypto.PublicKey) bool }:
+		return a.Equal(o.raw)
+	}
+	return false
 }
 
 // fits reports whether k may verify a signature made with alg. The
@@ -172,13 +192,23 @@ func firstNonSpace(b []byte) int {
 // keyProvider selects the keys for one signature. It never lets the token
 // choose the algorithm alone: the header's alg must be allowed, and every key
 // handed to jws must be of the family that algorithm needs (and carry that
-// alg when the key names one).
+// alg when the key names one). It remembers the keys it handed over, in
+// order, for verifiedBy.
 type keyProvider struct {
-	v   *Verifier
-	ctx context.Context
+	v     *Verifier
+	ctx   context.Context
+	alg   jwa.SignatureAlgorithm
+	cands []*verifyKey // the keys handed to jws, in its order
+	buf   [2]*verifyKey
 }
 
-func (p keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
+func newKeyProvider(v *Verifier, ctx context.Context) *keyProvider {
+	p := &keyProvider{v: v, ctx: ctx}
+	p.cands = p.buf[:0]
+	return p
+}
+
+func (p *keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
 	v := p.v
 	h := sig.ProtectedHeaders()
 	if len(h.Critical()) > 0 {
@@ -194,14 +224,14 @@ func (p keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Sig
 	if v.allowed != nil && !v.allowed[alg] {
 		return &Error{Reason: ReasonAlgorithm, Err: fmt.Errorf("alg %s not in the allow-list", alg)}
 	}
+	p.alg = alg
 	kid := h.KeyID()
-	n := 0
 	for i := range v.static {
 		k := &v.static[i]
 		// A PEM key has no kid; a kid on both sides must agree.
 		if k.fits(alg) && (kid == "" || k.kid == "" || k.kid == kid) {
 			sink.Key(alg, k.raw)
-			n++
+			p.cands = append(p.cands, k)
 		}
 	}
 	var jwksKeys []verifyKey
@@ -211,28 +241,49 @@ func (p keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Sig
 		if m == 0 && (jwksKeys == nil || (kid != "" && !hasKid(jwksKeys, kid))) {
 			// Unknown kid (a rotation we have not seen) or nothing fetched
 			// yet: one refresh, rate-limited across all requests.
-			v.jwks.refresh(p.ctx, true)
+			if v.jwks.refresh(p.ctx, true) && len(p.cands) == 0 {
+				return &Error{Reason: ReasonJWKSUnavailable, Err: p.ctx.Err()}
+			}
 			jwksKeys = v.jwks.current()
 			m = matchJWKS(jwksKeys, alg, kid)
 		}
-		if m == 0 && n == 0 && (jwksKeys == nil || v.jwks.failing()) {
+		if m == 0 && len(p.cands) == 0 && (jwksKeys == nil || v.jwks.failing()) {
 			return &Error{Reason: ReasonJWKSUnavailable, Err: v.jwks.lastError()}
 		}
 		for i := range jwksKeys {
 			k := &jwksKeys[i]
 			if k.fits(alg) && (kid == "" || k.kid == kid) {
 				sink.Key(alg, k.raw)
-				n++
+				p.cands = append(p.cands, k)
 			}
 		}
 	}
-	if n > 0 {
+	if len(p.cands) > 0 {
 		return nil
 	}
 	if !fitsAny(v.static, alg) && !fitsAny(jwksKeys, alg) {
 		return &Error{Reason: ReasonAlgorithm, Err: fmt.Errorf("alg %s fits no configured key", alg)}
 	}
 	return &Error{Reason: ReasonSignature, Err: fmt.Errorf("no key with kid %.64q for alg %s", kid, alg)}
+}
+
+// verifiedBy returns the key that verified tok, which jws accepted: jws
+// tries the keys in the order they were handed over and stops at the first
+// that verifies, so with several candidates that is the first one that
+// verifies tok again. nil when FetchKeys handed over none.
+func (p *keyProvider) verifiedBy(tok string) *verifyKey {
+	if len(p.cands) <= 1 {
+		if len(p.cands) == 0 {
+			return nil
+		}
+		return p.cands[0]
+	}
+	for _, k := range p.cands {
+		if _, err := jws.Verify([]byte(tok), jws.WithKey(p.alg, k.raw)); err == nil {
+			return k
+		}
+	}
+	return nil
 }
 
 func matchJWKS(keys []verifyKey, alg jwa.SignatureAlgorithm, kid string) int {

@@ -1,12 +1,9 @@
-// Package auth authenticates WebSocket handshakes and resolves client
-// addresses for wsgate.
+// Package auth authenticates WebSocket handshakes for wsgate.
 //
 // A Verifier finds a JWT in a request (Authorization header, query parameter,
 // the "bearer.<jwt>" subprotocol, or a cookie), verifies it against HMAC
 // secrets, PEM/JWK key files and a JWKS URL, and returns an Identity whose Key
-// is the per-user rate-limit key. An IPResolver turns the socket peer and
-// X-Forwarded-For into the client address and its per-IP key, and
-// NewProxyListener accepts PROXY protocol v1/v2 headers from trusted peers.
+// is the per-user rate-limit key. Client addresses are package clientip's.
 package auth
 
 import (
@@ -32,8 +29,8 @@ import (
 // refused as malformed before any decoding.
 const MaxTokenBytes = 8 << 10
 
-// ErrInvalidConfig is wrapped by every error NewVerifier returns for a bad
-// Config.
+// ErrInvalidConfig matches every error Validate and NewVerifier return for a
+// bad Config.
 var ErrInvalidConfig = errors.New("invalid auth config")
 
 // Config configures a Verifier. The zero value disables authentication.
@@ -47,7 +44,8 @@ type Config struct {
 	KeyFile string
 	// JWKSURL is fetched at start and refreshed in the background; the last
 	// good set is kept while the server is down, and a token with an unknown
-	// kid triggers at most one refresh per 10s. "" means no JWKS.
+	// kid triggers at most one refresh per 10s. Its symmetric (oct) keys are
+	// refused: the set is public. "" means no JWKS.
 	JWKSURL string
 	// Algorithms is the allow-list of signature algorithms. Empty means every
 	// algorithm that fits a configured key. "none" is never allowed.
@@ -109,7 +107,7 @@ type Identity struct {
 // sha256(issuer "\x00" subject) for a subject, so that a subject spelled like
 // an IP address never shares a budget with that anonymous client, and
 // "anon:" + clientIP for an anonymous identity. clientIP is the caller's
-// per-IP key (IPResolver.Key).
+// per-IP key (clientip.Resolver.Key).
 func (id Identity) Key(clientIP string) string {
 	if id.Anonymous || id.Subject == "" {
 		return "anon:" + clientIP
@@ -169,12 +167,105 @@ var (
 	errNoSubject = errors.New("subject claim missing or not a string")
 )
 
-// NewVerifier validates cfg, loads the key files and, when a JWKS URL is
-// set, makes a first fetch bounded by ctx (a failure is logged, not fatal:
-// the refresher keeps trying) and starts the background refresher that Close
-// stops.
+// ConfigError is a Config field that Validate and NewVerifier refuse. It
+// matches ErrInvalidConfig under errors.Is.
+type ConfigError struct {
+	// Field is the refused field: "HMACSecretFile", "KeyFile", "JWKSURL",
+	// "Algorithms" or "Leeway".
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	return ErrInvalidConfig.Error() + ": " + e.Field + ": " + e.Err.Error()
+}
+func (e *ConfigError) Unwrap() error        { return e.Err }
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// Validate reports, as a *ConfigError, the first field of c that
+// NewVerifier refuses; nil when it accepts c. Like NewVerifier it reads the
+// secret and key files (an empty secret, an unreadable or unparsable key
+// file, an algorithm that fits none of the keys are refused), but it
+// fetches no JWKS and starts nothing.
+func (c Config) Validate() error {
+	_, err := c.load()
+	return err
+}
+
+// loaded is what NewVerifier takes from a valid Config's files.
+type loaded struct {
+	allowed     map[jwa.SignatureAlgorithm]bool // nil: any algorithm that fits a key
+	static      []verifyKey
+	shortSecret int // the HMAC secret's length when below 32 bytes, else 0
+}
+
+// load checks c and reads its key files.
+func (c Config) load() (loaded, error) {
+	var l loaded
+	bad := func(field string, err error) (loaded, error) {
+		return loaded{}, &ConfigError{Field: field, Err: err}
+	}
+	if c.Leeway < 0 {
+		return bad("Leeway", fmt.Errorf("leeway %s is negative", c.Leeway))
+	}
+	if len(c.Algorithms) > 0 {
+		l.allowed = make(map[jwa.SignatureAlgorithm]bool, len(c.Algorithms))
+		for _, a := range c.Algorithms {
+			alg := jwa.SignatureAlgorithm(a)
+			if _, ok := algFamily(alg); !ok {
+				return bad("Algorithms", fmt.Errorf("algorithm %q not supported (want HS256/384/512, RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA)", a))
+			}
+			l.allowed[alg] = true
+		}
+	}
+	if c.HMACSecretFile != "" {
+		secret, err := os.ReadFile(c.HMACSecretFile)
+		if err != nil {
+			return bad("HMACSecretFile", fmt.Errorf("hmac secret: %w", err))
+		}
+		if len(secret) == 0 {
+			return bad("HMACSecretFile", fmt.Errorf("hmac secret file %q is empty", c.HMACSecretFile))
+		}
+		if len(secret) < 32 {
+			l.shortSecret = len(secret)
+		}
+		l.static = append(l.static, verifyKey{fam: famHMAC, raw: secret})
+	}
+	if c.KeyFile != "" {
+		keys, err := loadKeyFile(c.KeyFile)
+		if err != nil {
+			return bad("KeyFile", fmt.Errorf("key file %q: %w", c.KeyFile, err))
+		}
+		l.static = append(l.static, keys...)
+	}
+	if c.JWKSURL != "" {
+		u, err := url.Parse(c.JWKSURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", c.JWKSURL))
+		}
+	}
+	if l.allowed != nil && c.JWKSURL == "" && len(l.static) > 0 {
+		for _, a := range c.Algorithms {
+			if !fitsAny(l.static, jwa.SignatureAlgorithm(a)) {
+				return bad("Algorithms", fmt.Errorf("algorithm %s fits none of the configured keys", a))
+			}
+		}
+	}
+	return l, nil
+}
+
+// NewVerifier validates cfg (see Validate), loads the key files and, when a
+// JWKS URL is set, starts a first fetch and waits for it until ctx is done
+// (a failure is logged, not fatal: the refresher keeps trying), and starts
+// the background refresher that Close stops. Every JWKS fetch runs under the
+// Verifier, never under the context of whoever waits for it. Errors are
+// *ConfigError.
 func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
-	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	l, err := cfg.load()
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now, allowed: l.allowed, static: l.static}
 	v.cfg.Algorithms = slices.Clone(cfg.Algorithms)
 	v.cfg.Audiences = slices.Clone(cfg.Audiences)
 	if v.log == nil {
@@ -189,51 +280,8 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	if v.cfg.QueryParam == "" {
 		v.cfg.QueryParam = "access_token"
 	}
-	if cfg.Leeway < 0 {
-		return nil, fmt.Errorf("%w: leeway %s is negative", ErrInvalidConfig, cfg.Leeway)
-	}
-	if len(cfg.Algorithms) > 0 {
-		v.allowed = make(map[jwa.SignatureAlgorithm]bool, len(cfg.Algorithms))
-		for _, a := range cfg.Algorithms {
-			alg := jwa.SignatureAlgorithm(a)
-			if _, ok := algFamily(alg); !ok {
-				return nil, fmt.Errorf("%w: algorithm %q not supported (want HS256/384/512, RS256/384/512, PS256/384/512, ES256/384/512 or EdDSA)", ErrInvalidConfig, a)
-			}
-			v.allowed[alg] = true
-		}
-	}
-	if cfg.HMACSecretFile != "" {
-		secret, err := os.ReadFile(cfg.HMACSecretFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: hmac secret: %w", ErrInvalidConfig, err)
-		}
-		if len(secret) == 0 {
-			return nil, fmt.Errorf("%w: hmac secret file %q is empty", ErrInvalidConfig, cfg.HMACSecretFile)
-		}
-		if len(secret) < 32 {
-			v.log.Warn("auth: hmac secret is shorter than 32 bytes", "file", cfg.HMACSecretFile, "bytes", len(secret))
-		}
-		v.static = append(v.static, verifyKey{fam: famHMAC, raw: secret})
-	}
-	if cfg.KeyFile != "" {
-		keys, err := loadKeyFile(cfg.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: key file %q: %w", ErrInvalidConfig, cfg.KeyFile, err)
-		}
-		v.static = append(v.static, keys...)
-	}
-	if cfg.JWKSURL != "" {
-		u, err := url.Parse(cfg.JWKSURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("%w: jwks url %q: want an http or https URL", ErrInvalidConfig, cfg.JWKSURL)
-		}
-	}
-	if v.allowed != nil && cfg.JWKSURL == "" && len(v.static) > 0 {
-		for _, a := range cfg.Algorithms {
-			if !fitsAny(v.static, jwa.SignatureAlgorithm(a)) {
-				return nil, fmt.Errorf("%w: algorithm %s fits none of the configured keys", ErrInvalidConfig, a)
-			}
-		}
+	if l.shortSecret > 0 {
+		v.log.Warn("auth: hmac secret is shorter than 32 bytes", "file", cfg.HMACSecretFile, "bytes", l.shortSecret)
 	}
 	switch {
 	case cfg.CacheSize == 0:
@@ -306,17 +354,23 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 	var sum [sha256.Size]byte
 	if v.cache != nil {
 		sum = sha256.Sum256([]byte(tok))
-		if id, ok := v.cache.get(sum); ok {
-			if v.expired(id.Expiry) {
+		if id, key, ok := v.cache.get(sum); ok {
+			switch {
+			case key != 0 && !v.jwks.holds(key):
+				// The JWKS key that verified it left the set: verify anew.
+				v.cache.remove(sum)
+			case v.expired(id.Expiry):
 				v.cache.remove(sum)
 				return Identity{}, &Error{Reason: ReasonExpired, Err: jwt.ErrTokenExpired()}
+			default:
+				return id, nil
 			}
-			return id, nil
 		}
 	}
+	kp := newKeyProvider(v, ctx)
 	opts := make([]jwt.ParseOption, 0, len(v.validate)+1)
 	opts = append(opts, v.validate...)
-	opts = append(opts, jwt.WithKeyProvider(keyProvider{v: v, ctx: ctx}))
+	opts = append(opts, jwt.WithKeyProvider(kp))
 	t, err := jwt.ParseString(tok, opts...)
 	if err != nil {
 		return Identity{}, classify(err, tok)
@@ -339,7 +393,9 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 		return Identity{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("%w: %q", errNoSubject, v.cfg.SubjectClaim)}
 	}
 	if v.cache != nil {
-		v.cache.put(sum, id)
+		if k := kp.verifiedBy(tok); k != nil {
+			v.cache.put(sum, id, k.id)
+		}
 	}
 	return id, nil
 }

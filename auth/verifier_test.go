@@ -280,6 +280,8 @@ func critToken(t testing.TB, secret []byte) string {
 	return string(out)
 }
 
+// TestNewVerifierErrors: Validate refuses each bad Config with the field
+// at fault, and NewVerifier refuses it the same way.
 func TestNewVerifierErrors(t *testing.T) {
 	k := mustKeys(t)
 	hsFile := writeFile(t, "secret", k.secret)
@@ -287,26 +289,35 @@ func TestNewVerifierErrors(t *testing.T) {
 	der, _ := x509.MarshalPKIXPublicKey(&small.PublicKey)
 	smallFile := writeFile(t, "small.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
 	tests := []struct {
-		name string
-		cfg  Config
-		want string
+		name  string
+		cfg   Config
+		field string
+		want  string
 	}{
-		{"missing secret file", Config{HMACSecretFile: "/nonexistent/secret"}, "hmac secret"},
-		{"empty secret", Config{HMACSecretFile: writeFile(t, "empty", nil)}, "is empty"},
-		{"garbage key file", Config{KeyFile: writeFile(t, "bad.pem", []byte("hello"))}, "neither PEM nor JWK"},
-		{"small rsa", Config{KeyFile: smallFile}, "1024 bits"},
-		{"bad jwks url", Config{JWKSURL: "ftp://x"}, "jwks url"},
-		{"alg none", Config{HMACSecretFile: hsFile, Algorithms: []string{"none"}}, `"none" not supported`},
-		{"alg fits no key", Config{HMACSecretFile: hsFile, Algorithms: []string{"RS256"}}, "fits none"},
-		{"negative leeway", Config{Leeway: -time.Second}, "negative"},
+		{"missing secret file", Config{HMACSecretFile: "/nonexistent/secret"}, "HMACSecretFile", "hmac secret"},
+		{"empty secret", Config{HMACSecretFile: writeFile(t, "empty", nil)}, "HMACSecretFile", "is empty"},
+		{"garbage key file", Config{KeyFile: writeFile(t, "bad.pem", []byte("hello"))}, "KeyFile", "neither PEM nor JWK"},
+		{"small rsa", Config{KeyFile: smallFile}, "KeyFile", "1024 bits"},
+		{"bad jwks url", Config{JWKSURL: "ftp://x"}, "JWKSURL", "jwks url"},
+		{"alg none", Config{HMACSecretFile: hsFile, Algorithms: []string{"none"}}, "Algorithms", `"none" not supported`},
+		{"alg fits no key", Config{HMACSecretFile: hsFile, Algorithms: []string{"RS256"}}, "Algorithms", "fits none"},
+		{"negative leeway", Config{Leeway: -time.Second}, "Leeway", "negative"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := NewVerifier(context.Background(), tc.cfg)
-			if err == nil || !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
-				t.Fatalf("err = %v, want one line containing %q", err, tc.want)
+			verr := tc.cfg.Validate()
+			_, nerr := NewVerifier(context.Background(), tc.cfg)
+			for _, err := range []error{verr, nerr} {
+				var ce *ConfigError
+				if !errors.As(err, &ce) || ce.Field != tc.field || !errors.Is(err, ErrInvalidConfig) ||
+					!strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("err = %v, want one line on %s containing %q", err, tc.field, tc.want)
+				}
 			}
 		})
+	}
+	if err := (Config{HMACSecretFile: hsFile, Algorithms: []string{"HS256"}}).Validate(); err != nil {
+		t.Fatalf("a valid config: %v", err)
 	}
 }
 
@@ -382,16 +393,16 @@ func TestCacheKeepsTokensInUse(t *testing.T) {
 	c := newTokenCache(4)
 	key := func(i int) [sha256.Size]byte { return sha256.Sum256([]byte{byte(i)}) }
 	exp := time.Unix(2_000_000_000, 5).UTC()
-	c.put(key(0), Identity{Subject: "kept", Issuer: "iss", Expiry: exp})
+	c.put(key(0), Identity{Subject: "kept", Issuer: "iss", Expiry: exp}, 7)
 	for i := 1; i < 200; i++ {
-		id, ok := c.get(key(0))
+		id, kid, ok := c.get(key(0))
 		if !ok {
 			t.Fatalf("the token in use was evicted after %d others", i-1)
 		}
-		if id.Subject != "kept" || id.Issuer != "iss" || !id.Expiry.Equal(exp) {
-			t.Fatalf("cached identity %+v", id)
+		if id.Subject != "kept" || id.Issuer != "iss" || !id.Expiry.Equal(exp) || kid != 7 {
+			t.Fatalf("cached identity %+v, key %d", id, kid)
 		}
-		c.put(key(i), Identity{Subject: "once", Expiry: exp})
+		c.put(key(i), Identity{Subject: "once", Expiry: exp}, 0)
 		if c.len() > 4 {
 			t.Fatalf("%d entries, want at most 4", c.len())
 		}

@@ -2,10 +2,10 @@
 
 package e2e
 
-// Issue 4 through the built binary: JWT verification at the handshake and on pass-through
-// requests (every token source, every refusal reason), identity and token handling toward the
-// Node backend, Origin checks, client-IP resolution (X-Forwarded-For, trusted chains, IPv6
-// grouping, PROXY protocol) and per-user limits keyed on the verified subject.
+// Authentication and client IPs through the built binary: JWT verification at the handshake and
+// on pass-through requests (every token source, every refusal reason), identity and token
+// handling toward the Node backend, Origin checks, client-IP resolution (X-Forwarded-For, trusted
+// chains, IPv6 grouping, PROXY protocol) and per-user limits keyed on the verified subject.
 
 import (
 	"bufio"

@@ -2,7 +2,7 @@
 
 // Package e2e runs the real wsgate binary between real clients (coder/websocket, the Node `ws`
 // client, socket.io-client) and real, unmodified backends (a Node `ws` + socket.io server and a Go
-// coder/websocket server), and asserts what DESIGN.md's "Client-facing behaviour" table promises.
+// coder/websocket server), and asserts what the README's "What clients see" table promises.
 //
 // Run it with `go test -tags e2e -race -count=1 ./e2e/` after `npm ci --prefix e2e/backend`.
 // Under -race the gate binary is built with -race too, and a test fails when the gate reports a

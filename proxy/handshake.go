@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -43,85 +41,6 @@ func checkHandshake(r *http.Request) (int, string) {
 		return http.StatusBadRequest, "missing or malformed Sec-WebSocket-Key"
 	}
 	return 0, ""
-}
-
-// hopHeaders are removed from what goes upstream (RFC 9110 section 7.6.1),
-// with the handshake headers the gate writes itself.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
-	"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Accept", "Sec-Websocket-Extensions",
-	"Sec-Websocket-Protocol", "Host",
-}
-
-// upstreamRequest returns the URL and headers of the handshake that goes
-// upstream for r: every end-to-end header (hop-by-hop and handshake headers
-// removed, the token and identity handled by prepareUpstream), then
-// X-Forwarded-*; and the subprotocols to offer.
-func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h http.Header, protocols []string, marker bool) {
-	h = r.Header.Clone()
-	u := *r.URL
-	protocols, marker = p.prepareUpstream(h, &u, c)
-	for _, f := range h["Connection"] {
-		for _, name := range strings.Split(f, ",") {
-			if name = headerName(name); name != "" {
-				h.Del(name)
-			}
-		}
-	}
-	for _, name := range hopHeaders {
-		h.Del(name)
-	}
-	p.setForwarded(h, r, peerAddr(r))
-	return p.upstreamURL(&u), h, protocols, marker
-}
-
-// headerName canonicalizes one entry of a Connection header.
-func headerName(s string) string { return http.CanonicalHeaderKey(strings.TrimSpace(s)) }
-
-// setForwarded sets X-Forwarded-For (appended to when the peer is a trusted
-// proxy, replaced otherwise), X-Forwarded-Proto and X-Forwarded-Host (kept
-// from a trusted proxy, set from the request otherwise).
-func (p *Proxy) setForwarded(h http.Header, r *http.Request, peer netip.Addr) {
-	trusted := peer.IsValid() && p.cfg.ClientIP.IsTrusted(peer)
-	if peer.IsValid() {
-		h.Set("X-Forwarded-For", p.cfg.ClientIP.ForwardedFor(peer, r.Header.Values("X-Forwarded-For")))
-	} else {
-		h.Del("X-Forwarded-For")
-	}
-	if !trusted || h.Get("X-Forwarded-Proto") == "" {
-		proto := "http"
-		if r.TLS != nil {
-			proto = "https"
-		}
-		h.Set("X-Forwarded-Proto", proto)
-	}
-	if !trusted || h.Get("X-Forwarded-Host") == "" {
-		h.Set("X-Forwarded-Host", r.Host)
-	}
-}
-
-// upstreamURL is the ws:// URL of the upstream for r: the upstream's path
-// joined with r's path, r's raw query kept.
-func (p *Proxy) upstreamURL(in *url.URL) string {
-	u := p.wsBase
-	u.Path, u.RawPath = joinPath(p.wsBase, in)
-	u.RawQuery = in.RawQuery
-	u.Fragment = ""
-	return u.String()
-}
-
-func joinPath(base url.URL, in *url.URL) (path, rawPath string) {
-	bp := base.EscapedPath()
-	if bp == "" || bp == "/" {
-		return in.Path, in.RawPath
-	}
-	joined := strings.TrimSuffix(bp, "/") + "/" + strings.TrimPrefix(in.EscapedPath(), "/")
-	u, err := url.Parse(joined)
-	if err != nil {
-		return joined, ""
-	}
-	return u.Path, u.RawPath
 }
 
 // serveWebSocket handles one handshake: check, limits, dial the upstream,

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"strings"
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/metrics"
@@ -49,44 +47,4 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (client, bool) {
 	}
 	c.userKey = c.identity.Key(c.ipKey)
 	return c, true
-}
-
-// prepareUpstream edits h and the query of a request going upstream: the
-// token and the marker protocol removed (Auth), spoofable and stripped
-// headers removed, the identity header set. It returns the subprotocols to
-// offer upstream and whether the client offered the marker "wsgate".
-func (p *Proxy) prepareUpstream(h http.Header, u *url.URL, c client) (protocols []string, marker bool) {
-	if p.cfg.Auth != nil {
-		q := u.Query()
-		before := len(q)
-		protocols, marker = p.cfg.Auth.PrepareUpstream(h, q)
-		if len(q) != before {
-			u.RawQuery = q.Encode()
-		}
-	} else {
-		protocols = splitProtocols(h.Values("Sec-WebSocket-Protocol"))
-	}
-	for _, name := range p.cfg.StripHeaders {
-		h.Del(name)
-	}
-	if name := p.cfg.IdentityHeader; name != "" {
-		h.Del(name)
-		if !c.identity.Anonymous {
-			h.Set(name, c.identity.Subject)
-		}
-	}
-	return protocols, marker
-}
-
-// splitProtocols lists subprotocols in the client's order.
-func splitProtocols(values []string) []string {
-	var ps []string
-	for _, v := range values {
-		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				ps = append(ps, s)
-			}
-		}
-	}
-	return ps
 }

@@ -3,16 +3,40 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync/atomic"
 	"time"
 )
 
-// newPassThrough returns the handler for requests that are not WebSocket
-// handshakes (socket.io's long-polling, REST calls): a reverse proxy to the
-// upstream that keeps the client's Host and sets X-Forwarded-*.
+// passThrough is the handler of every request that is not a WebSocket
+// handshake (socket.io's long-polling, REST calls): it bounds how many are
+// in flight, admits and limits each like a handshake, and passes it to the
+// upstream through a reverse proxy that keeps the client's Host and sends
+// what rewriteUpstream says.
+type passThrough struct {
+	p        *Proxy
+	rp       *httputil.ReverseProxy
+	inFlight atomic.Int64 // requests between the cap check and their end
+}
+
+// passRequest is what servePassThrough hands the reverse proxy's hooks
+// about one request, in the request's context.
+type passRequest struct {
+	client client
+	body   *timedBody // nil without PassBodyTimeout or without a body
+}
+
+type passRequestKey struct{}
+
+func passRequestOf(r *http.Request) *passRequest {
+	pr, _ := r.Context().Value(passRequestKey{}).(*passRequest)
+	return pr
+}
+
 func (p *Proxy) newPassThrough() http.Handler {
 	target := p.cfg.Upstream
 	transport := &http.Transport{
@@ -25,36 +49,60 @@ func (p *Proxy) newPassThrough() http.Handler {
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: p.cfg.PassResponseTimeout,
 	}
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-			p.setForwarded(pr.Out.Header, pr.In, peerAddr(pr.In))
+	pt := &passThrough{p: p}
+	pt.rp = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.Out.Host = r.In.Host
+			p.rewriteUpstream(r.Out.Header, r.Out.URL, r.In, passRequestOf(r.In).client, false)
 		},
 		Transport: transport,
 		ErrorLog:  slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			switch {
+			code, msg := 0, ""
+			switch body := passRequestOf(r).body; {
+			case body != nil && body.timedOut.Load():
+				code, msg = http.StatusRequestTimeout, "request body timed out"
+				w.Header().Set("Connection", "close")
 			case errors.Is(err, context.Canceled):
 				// The client left; nobody reads an answer.
+				return
 			case isTimeout(err):
-				writeError(w, http.StatusGatewayTimeout, "upstream timed out")
+				code, msg = http.StatusGatewayTimeout, "upstream timed out"
 			default:
 				p.log.Warn("pass-through failed", "err", err, "path", r.URL.Path)
-				writeError(w, http.StatusBadGateway, "upstream unavailable")
+				code, msg = http.StatusBadGateway, "upstream unavailable"
 			}
+			writeError(w, code, msg)
+			p.m.HTTPRequests.WithLabelValues(statusClass(code)).Inc()
 		},
 		ModifyResponse: func(res *http.Response) error {
 			p.m.HTTPRequests.WithLabelValues(statusClass(res.StatusCode)).Inc()
 			return nil
 		},
 	}
+	return pt
 }
 
-// servePassThrough applies the limits to a plain HTTP request and passes
-// it to the upstream.
+// servePassThrough serves a request that is not a WebSocket handshake.
 func (p *Proxy) servePassThrough(w http.ResponseWriter, r *http.Request) {
+	p.pass.ServeHTTP(w, r)
+}
+
+// ServeHTTP refuses a request over MaxPassRequests with 503, applies the
+// origin, token and message limits, and passes it to the upstream.
+func (pt *passThrough) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := pt.p
+	n := pt.inFlight.Add(1)
+	defer pt.inFlight.Add(-1)
+	if max := p.cfg.MaxPassRequests; max > 0 && n > int64(max) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "over capacity")
+		p.m.HTTPRequests.WithLabelValues("5xx").Inc()
+		return
+	}
 	// A non-WebSocket upgrade (h2c, ...) would become an unlimited tunnel.
 	r.Header.Del("Upgrade")
 	cl, ok := p.admit(w, r)
@@ -65,9 +113,51 @@ func (p *Proxy) servePassThrough(w http.ResponseWriter, r *http.Request) {
 		p.m.HTTPRequests.WithLabelValues("4xx").Inc()
 		return
 	}
-	r2 := r.Clone(r.Context())
-	p.prepareUpstream(r2.Header, r2.URL, cl)
-	p.pass.ServeHTTP(w, r2)
+	pr := &passRequest{client: cl}
+	if d := p.cfg.PassBodyTimeout; d > 0 && r.Body != nil && r.Body != http.NoBody {
+		pr.body = newTimedBody(w, r.Body, d)
+		if pr.body != nil {
+			r.Body = pr.body
+		}
+	}
+	pt.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passRequestKey{}, pr)))
+}
+
+// timedBody bounds receiving a request body with the connection's read
+// deadline, and lifts the deadline once the body has been read to its end.
+// The lifting matters: after the body, net/http keeps a read pending on the
+// connection to notice a client that hangs up, and a deadline that fires
+// there cancels the request, which would cut a long poll whose response
+// the backend is still holding. Read may run on the reverse proxy's
+// transport goroutine while the handler's goroutine looks at timedOut.
+type timedBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	timedOut atomic.Bool
+	ended    atomic.Bool
+}
+
+// newTimedBody sets the read deadline d from now on w's connection and
+// returns body wrapped to lift it; nil when w cannot set deadlines.
+func newTimedBody(w http.ResponseWriter, body io.ReadCloser, d time.Duration) *timedBody {
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(d)) != nil {
+		return nil
+	}
+	return &timedBody{ReadCloser: body, rc: rc}
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		if b.ended.CompareAndSwap(false, true) {
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	case err != nil && isTimeout(err):
+		b.timedOut.Store(true)
+	}
+	return n, err
 }
 
 func statusClass(code int) string {

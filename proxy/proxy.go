@@ -47,7 +47,7 @@ type Authenticator interface {
 }
 
 // ClientIPResolver finds the client behind a connection's peer address.
-// auth.IPResolver implements it.
+// clientip.Resolver implements it.
 type ClientIPResolver interface {
 	ClientIP(peer netip.Addr, xff []string) netip.Addr
 	IsTrusted(a netip.Addr) bool
@@ -117,6 +117,25 @@ type Config struct {
 	IdentityHeader string
 	// StripHeaders are removed from every request before it goes upstream.
 	StripHeaders []string
+
+	// Bounds of the pass-through path (requests that are not WebSocket
+	// handshakes). A long poll is a request whose response the backend
+	// holds, so PassResponseTimeout must exceed the longest hold (a
+	// socket.io server answers a poll within its ping interval, 25s by
+	// default); its body, if any, is short.
+	//
+	// PassBodyTimeout bounds receiving a request's body, from when the
+	// gate starts passing the request on: 408 when over. It never cuts a
+	// request whose body has arrived. Zero means no bound.
+	PassBodyTimeout time.Duration
+	// PassResponseTimeout bounds the wait for the upstream's response
+	// headers once the request has been sent: 504 when over. Zero means no
+	// bound.
+	PassResponseTimeout time.Duration
+	// MaxPassRequests refuses a request with 503 while this many are in
+	// flight, so that clients cannot hold every upstream connection and
+	// goroutine. Zero means no bound.
+	MaxPassRequests int
 	// AllowedOrigins refuses a browser whose Origin matches none of these
 	// patterns (auth.OriginAllowed) with 403. Empty means any origin.
 	AllowedOrigins []string

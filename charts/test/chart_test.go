@@ -684,7 +684,7 @@ func TestNotes(t *testing.T) {
 		t.Errorf("NOTES without the trustedProxies warning:\n%s", def.Notes)
 	}
 	ing := render(t, filepath.Join(chartDir, "ci", "ingress-redis-values.yaml"), renderOpts{})
-	if !strings.Contains(ing.Notes, "10.42.0.0/16, fd00:42::/48") || strings.Contains(ing.Notes, "WARNING trustedProxies") {
+	if !strings.Contains(ing.Notes, "10.42.255.0/28, fd00:42:ff::/120") || strings.Contains(ing.Notes, "WARNING trustedProxies") {
 		t.Errorf("NOTES does not list the trusted proxies:\n%s", ing.Notes)
 	}
 	dev := render(t, filepath.Join(chartDir, "ci", "dev-redis-values.yaml"), renderOpts{})

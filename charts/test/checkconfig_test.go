@@ -59,11 +59,17 @@ var fakeSecrets = map[string]string{
 	"WSGATE_REDIS_URL": "redis://:s3cret@redis-master.chat.svc:6379/0",
 }
 
+// fakeKeyFile is the content of every mounted Secret and ConfigMap item:
+// check-config reads them as start does, and a JWK Set with one public key
+// is both a valid key file and a non-empty HMAC secret.
+const fakeKeyFile = `{"keys":[{"kty":"EC","crv":"P-256","kid":"chart-test",` +
+	`"x":"fIxSR3FKFOmcRguTfDwiM45pti8eCIgNzf-Ora2mb-M","y":"fk5al5n_UPg4g0eiq3T_H4QeBbYXdHeLxkPqUvnuigk"}]}`
+
 // checkConfig runs `wsgate check-config` with the gate container's rendered
 // arguments and environment, the way the pod would start it. Mounted Secret
-// and ConfigMap items become files under a temporary folder (the paths in
-// arguments and environment are rewritten to them); env taken from Secrets gets
-// a fake value of the right shape. It returns the exit code and output.
+// and ConfigMap items become files under a temporary folder holding
+// fakeKeyFile (the paths in arguments and environment are rewritten to
+// them); env taken from Secrets gets a fake value of the right shape. It returns the exit code and output.
 func checkConfig(t *testing.T, spec *corev1.PodSpec, c *corev1.Container, extraEnv ...string) (int, string) {
 	t.Helper()
 	tmp := t.TempDir()
@@ -85,7 +91,7 @@ func checkConfig(t *testing.T, spec *corev1.PodSpec, c *corev1.Container, extraE
 				items = v.ConfigMap.Items
 			}
 			for _, it := range items {
-				if err := os.WriteFile(filepath.Join(local, it.Path), []byte("placeholder of "+it.Key), 0o600); err != nil {
+				if err := os.WriteFile(filepath.Join(local, it.Path), []byte(fakeKeyFile), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -1,10 +1,11 @@
-// Command bench is wsgate's load harness (issue 6): it puts the gate side by side with nginx and
+// Command bench is wsgate's load harness: it puts the gate side by side with nginx and
 // HAProxy as WebSocket proxies in front of the same Go echo backend, on the same machine, in
 // the same run, and writes BENCHMARKS.md and BENCHMARKS.png at the repository root.
 //
-// Run it from the repository root, as root when nginx and HAProxy should be measured:
+// It is its own module, so that the product module carries none of it. `make bench` builds it
+// and runs it from the repository root, as root when nginx and HAProxy should be measured:
 //
-//	go run ./e2e/bench
+//	go -C e2e/bench build -o /tmp/bench . && /tmp/bench
 //
 // It builds the gate from the working tree, starts a backend (this binary with -backend), nginx,
 // HAProxy, redis-server and three gates (memory store, Redis exact, Redis lease), each on its
@@ -39,7 +40,7 @@ import (
 
 var nan = math.NaN()
 
-// config holds the harness's flags; the defaults are the issue's shapes.
+// config holds the harness's flags; the defaults are the load shapes the report describes.
 type config struct {
 	reps       int
 	s1Dur      time.Duration
@@ -117,8 +118,8 @@ func (r *results) fail(key string, err error) {
 
 func run(ctx context.Context, cfg config) (err error) {
 	started := time.Now()
-	if _, err := os.Stat("go.mod"); err != nil {
-		return errors.New("run from the repository root (go run ./e2e/bench)")
+	if _, err := os.Stat(filepath.Join("e2e", "bench", "go.mod")); err != nil {
+		return errors.New("run from the repository root (make bench)")
 	}
 	// The load generator holds 9,000 sockets; children inherit the raised limit (Go restores the
 	// original soft limit for children unless the program sets it itself).

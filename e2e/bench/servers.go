@@ -72,7 +72,7 @@ func (e *env) startBackend() (*target, error) {
 		return nil, err
 	}
 	return &target{key: "direct", name: "direct (backend)", addr: e.backendAddr, proc: p,
-		argv: []string{"go", "run", "./e2e/bench", "-backend", e.backendAddr}}, nil
+		argv: []string{"bench", "-backend", e.backendAddr}}, nil
 }
 
 // nginxConfig is a WebSocket reverse proxy as the nginx documentation describes one

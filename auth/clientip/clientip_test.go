@@ -1,4 +1,4 @@
-package auth
+package clientip
 
 import (
 	"net/netip"
@@ -40,7 +40,7 @@ var xffCases = []struct {
 func TestClientIP(t *testing.T) {
 	for _, tc := range xffCases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := IPResolver{Trusted: mustPrefixes(t, tc.trusted...)}
+			r := Resolver{Trusted: mustPrefixes(t, tc.trusted...)}
 			peer := netip.MustParseAddr(tc.peer)
 			if got := r.ClientIP(peer, tc.xff); got.String() != tc.want {
 				t.Fatalf("ClientIP = %s, want %s", got, tc.want)
@@ -67,11 +67,11 @@ func TestIPKey(t *testing.T) {
 		{0, "fe80::1%eth0", "fe80::/64"},
 	}
 	for _, tc := range tests {
-		if got := (IPResolver{IPv6Prefix: tc.bits}).Key(netip.MustParseAddr(tc.ip)); got != tc.want {
+		if got := (Resolver{IPv6Prefix: tc.bits}).Key(netip.MustParseAddr(tc.ip)); got != tc.want {
 			t.Errorf("Key(%s)/%d = %q, want %q", tc.ip, tc.bits, got, tc.want)
 		}
 	}
-	if got := (IPResolver{}).Key(netip.Addr{}); got != "invalid" {
+	if got := (Resolver{}).Key(netip.Addr{}); got != "invalid" {
 		t.Errorf("invalid addr key %q", got)
 	}
 }
@@ -99,7 +99,7 @@ func FuzzXFF(f *testing.F) {
 	for _, tc := range xffCases {
 		f.Add(tc.peer, strings.Join(tc.xff, "\n"))
 	}
-	r := IPResolver{Trusted: mustPrefixes(f, "10.0.0.0/8", "fd00::/8")}
+	r := Resolver{Trusted: mustPrefixes(f, "10.0.0.0/8", "fd00::/8")}
 	f.Fuzz(func(t *testing.T, peerS, xffS string) {
 		peer, err := netip.ParseAddr(peerS)
 		if err != nil {

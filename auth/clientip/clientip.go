@@ -1,4 +1,8 @@
-package auth
+// Package clientip finds the client behind a connection: a Resolver turns
+// the socket peer and X-Forwarded-For into the client address and its per-IP
+// limit key, believing only proxies named as trusted, and NewProxyListener
+// accepts PROXY protocol v1/v2 headers from those proxies alone.
+package clientip
 
 import (
 	"errors"
@@ -38,15 +42,15 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// IPResolver finds the client address of a request. The zero value trusts
+// Resolver finds the client address of a request. The zero value trusts
 // no proxy and groups IPv6 clients by /64.
-type IPResolver struct {
+type Resolver struct {
 	Trusted    []netip.Prefix // proxies whose X-Forwarded-For is believed; nil = none
 	IPv6Prefix int            // group IPv6 clients by this prefix length; 0 = 64
 }
 
 // IsTrusted reports whether a (unmapped) is inside a Trusted prefix.
-func (r IPResolver) IsTrusted(a netip.Addr) bool {
+func (r Resolver) IsTrusted(a netip.Addr) bool {
 	a = a.Unmap().WithZone("")
 	for _, p := range r.Trusted {
 		if p.Contains(a) {
@@ -62,7 +66,7 @@ func (r IPResolver) IsTrusted(a netip.Addr) bool {
 // hop when all are trusted. Entries left of the first untrusted hop are
 // whatever the client wrote and are never consulted. An unparsable entry
 // ends the walk and the last trusted hop is the answer.
-func (r IPResolver) ClientIP(peer netip.Addr, xff []string) netip.Addr {
+func (r Resolver) ClientIP(peer netip.Addr, xff []string) netip.Addr {
 	cur := peer.Unmap().WithZone("")
 	if !r.IsTrusted(cur) {
 		return cur
@@ -109,7 +113,7 @@ func parseHop(s string) (netip.Addr, bool) {
 // Key returns the per-IP limit key of a: the IPv4 address, or the IPv6
 // network of IPv6Prefix bits ("2001:db8:1:2::/64"), since one IPv6 client
 // usually holds a whole /64. An invalid address yields "invalid".
-func (r IPResolver) Key(a netip.Addr) string {
+func (r Resolver) Key(a netip.Addr) string {
 	a = a.Unmap().WithZone("")
 	if !a.IsValid() {
 		return "invalid"
@@ -129,7 +133,7 @@ func (r IPResolver) Key(a netip.Addr) string {
 // ForwardedFor returns the X-Forwarded-For to send upstream: the received
 // list with the peer appended when the peer is a trusted proxy, just the
 // peer otherwise (an untrusted client's list is a forgery).
-func (r IPResolver) ForwardedFor(peer netip.Addr, xff []string) string {
+func (r Resolver) ForwardedFor(peer netip.Addr, xff []string) string {
 	p := peer.Unmap().WithZone("").String()
 	if !r.IsTrusted(peer) {
 		return p

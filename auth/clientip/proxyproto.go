@@ -1,4 +1,4 @@
-package auth
+package clientip
 
 import (
 	"bufio"
@@ -40,12 +40,12 @@ func NewProxyListener(inner net.Listener, trusted []netip.Prefix, headerTimeout 
 	if headerTimeout <= 0 {
 		headerTimeout = DefaultProxyHeaderTimeout
 	}
-	return &proxyListener{Listener: inner, r: IPResolver{Trusted: trusted}, timeout: headerTimeout}
+	return &proxyListener{Listener: inner, r: Resolver{Trusted: trusted}, timeout: headerTimeout}
 }
 
 type proxyListener struct {
 	net.Listener
-	r       IPResolver
+	r       Resolver
 	timeout time.Duration
 }
 

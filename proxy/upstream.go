@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1): they
+// describe the client's connection to the gate and never go upstream.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// handshakeHeaders are the WebSocket handshake's own headers, which the
+// dialer of the upstream handshake writes itself.
+var handshakeHeaders = []string{
+	"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Accept", "Sec-Websocket-Extensions",
+	"Sec-Websocket-Protocol", "Host",
+}
+
+// upstreamRequest returns what the upstream handshake for r, admitted as c,
+// carries: the ws:// URL, the header (rewriteUpstream's) and the
+// subprotocols to offer, and whether the client offered the marker
+// protocol.
+func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h http.Header, protocols []string, marker bool) {
+	h = r.Header.Clone()
+	u := *r.URL
+	protocols, marker = p.rewriteUpstream(h, &u, r, c, true)
+	return p.upstreamURL(&u), h, protocols, marker
+}
+
+// rewriteUpstream turns h and u, copies of in's header and URL, into what
+// goes upstream for in, a request admitted as c. It alone decides what the
+// backend sees of a client's request, on the WebSocket path
+// (upstreamRequest) and on the pass-through path (the reverse proxy's
+// Rewrite), and works in httputil.ReverseProxy's order:
+//
+//  1. What the client addressed to the gate goes: the hop-by-hop headers
+//     and every header that in's Connection names. This comes first, so a
+//     client cannot remove a header that the gate sets by naming it there.
+//  2. What the client must not tell the backend goes: the token (unless
+//     Config.Auth forwards it) and the marker subprotocol, StripHeaders, an
+//     inbound identity header, and Forwarded (whose entries nobody vouches
+//     for); on the WebSocket path also the handshake headers that the
+//     upstream dialer writes itself.
+//  3. The gate's own headers are set: IdentityHeader for a verified
+//     subject; X-Forwarded-For (a trusted proxy's list with the peer
+//     appended, the peer alone otherwise); X-Forwarded-Proto and
+//     X-Forwarded-Host as a trusted proxy sent them, or else as the gate
+//     received the request.
+//
+// It returns the subprotocols to offer upstream, in the client's order,
+// and whether the client offered the marker protocol.
+func (p *Proxy) rewriteUpstream(h http.Header, u *url.URL, in *http.Request, c client, handshake bool) (protocols []string, marker bool) {
+	// 1.
+	for _, line := range in.Header["Connection"] {
+		for name := range strings.SplitSeq(line, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+	if !handshake && httpguts.HeaderValuesContainsToken(in.Header["Te"], "trailers") {
+		// As ReverseProxy does: tell the backend that trailers reach the
+		// client (golang/go#21096).
+		h.Set("Te", "trailers")
+	}
+
+	// 2.
+	if p.cfg.Auth != nil {
+		q := u.Query()
+		before := len(q)
+		protocols, marker = p.cfg.Auth.PrepareUpstream(h, q)
+		if len(q) != before {
+			u.RawQuery = q.Encode()
+		}
+	} else {
+		protocols = splitProtocols(h.Values("Sec-WebSocket-Protocol"))
+	}
+	for _, name := range p.cfg.StripHeaders {
+		h.Del(name)
+	}
+	if name := p.cfg.IdentityHeader; name != "" {
+		h.Del(name)
+	}
+	h.Del("Forwarded")
+	if handshake {
+		for _, name := range handshakeHeaders {
+			h.Del(name)
+		}
+	}
+
+	// 3.
+	if name := p.cfg.IdentityHeader; name != "" && !c.identity.Anonymous {
+		h.Set(name, c.identity.Subject)
+	}
+	p.setForwarded(h, in)
+	return protocols, marker
+}
+
+// setForwarded sets the X-Forwarded-* headers of rewriteUpstream's step 3.
+// It reads the values a trusted proxy sent from in, not from h: the reverse
+// proxy has removed them from its copy, and a value that in's Connection
+// names was meant for the gate alone.
+func (p *Proxy) setForwarded(h http.Header, in *http.Request) {
+	peer := peerAddr(in)
+	trusted := peer.IsValid() && p.cfg.ClientIP.IsTrusted(peer)
+	received := func(name string) []string {
+		if !trusted || httpguts.HeaderValuesContainsToken(in.Header["Connection"], name) {
+			return nil
+		}
+		return in.Header.Values(name)
+	}
+	if peer.IsValid() {
+		h.Set("X-Forwarded-For", p.cfg.ClientIP.ForwardedFor(peer, received("X-Forwarded-For")))
+	} else {
+		h.Del("X-Forwarded-For")
+	}
+	if v := received("X-Forwarded-Proto"); len(v) > 0 && v[0] != "" {
+		h.Set("X-Forwarded-Proto", v[0])
+	} else if in.TLS != nil {
+		h.Set("X-Forwarded-Proto", "https")
+	} else {
+		h.Set("X-Forwarded-Proto", "http")
+	}
+	if v := received("X-Forwarded-Host"); len(v) > 0 && v[0] != "" {
+		h.Set("X-Forwarded-Host", v[0])
+	} else {
+		h.Set("X-Forwarded-Host", in.Host)
+	}
+}
+
+// upstreamURL is the ws:// URL of the upstream for r: the upstream's path
+// joined with r's path, r's raw query kept.
+func (p *Proxy) upstreamURL(in *url.URL) string {
+	u := p.wsBase
+	u.Path, u.RawPath = joinPath(p.wsBase, in)
+	u.RawQuery = in.RawQuery
+	u.Fragment = ""
+	return u.String()
+}
+
+func joinPath(base url.URL, in *url.URL) (path, rawPath string) {
+	bp := base.EscapedPath()
+	if bp == "" || bp == "/" {
+		return in.Path, in.RawPath
+	}
+	joined := strings.TrimSuffix(bp, "/") + "/" + strings.TrimPrefix(in.EscapedPath(), "/")
+	u, err := url.Parse(joined)
+	if err != nil {
+		return joined, ""
+	}
+	return u.Path, u.RawPath
+}
+
+// splitProtocols lists subprotocols in the client's order.
+func splitProtocols(values []string) []string {
+	var ps []string
+	for _, v := range values {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				ps = append(ps, s)
+			}
+		}
+	}
+	return ps
+}

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/auth/clientip"
+)
+
+// seen is what a backend saw of one request.
+type seen struct {
+	header http.Header
+	host   string
+	uri    string
+}
+
+// recordingBackend answers WebSocket handshakes (coder/websocket, then a
+// normal close) and plain requests (200 "ok"), and reports every request's
+// header, Host and URI on the returned channel.
+func recordingBackend(t *testing.T) (*httptest.Server, <-chan seen) {
+	t.Helper()
+	reqs := make(chan seen, 16)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs <- seen{header: r.Header.Clone(), host: r.Host, uri: r.RequestURI}
+		if !isWebSocket(r) {
+			_, _ = w.Write([]byte("ok"))
+			return
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		_ = c.Close(websocket.StatusNormalClosure, "")
+	}))
+	t.Cleanup(s.Close)
+	return s, reqs
+}
+
+// hmacAuth returns a Verifier of HS256 tokens and a function that signs one
+// for a subject.
+func hmacAuth(t *testing.T) (*auth.Verifier, func(sub string) string) {
+	t.Helper()
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v, func(sub string) string {
+		tok, err := jwt.NewBuilder().Subject(sub).Expiration(time.Now().Add(time.Hour)).Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(signed)
+	}
+}
+
+// rawRequest writes one request by hand, so that a test controls every
+// header (Connection included), and returns the gate's answer.
+func rawRequest(t *testing.T, g *gate, req string) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the gate's answer: %v", err)
+	}
+	return res
+}
+
+// upstreamPaths are the two ways a request reaches the backend. Each
+// writes a request to path with the given Connection value and extra header
+// lines.
+var upstreamPaths = []struct {
+	name       string
+	status     int
+	request    func(path, connection, extra string) string
+	connection string // the Connection tokens a client of this path sends
+}{
+	{
+		name: "websocket", status: http.StatusSwitchingProtocols, connection: "Upgrade",
+		request: func(path, connection, extra string) string {
+			return "GET " + path + " HTTP/1.1\r\nHost: gate.test\r\nUpgrade: websocket\r\nConnection: " + connection + "\r\n" +
+				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra + "\r\n"
+		},
+	},
+	{
+		name: "pass-through", status: http.StatusOK, connection: "keep-alive",
+		request: func(path, connection, extra string) string {
+			return "GET " + path + " HTTP/1.1\r\nHost: gate.test\r\nConnection: " + connection + "\r\n" + extra + "\r\n"
+		},
+	},
+}
+
+func nextSeen(t *testing.T, reqs <-chan seen) seen {
+	t.Helper()
+	select {
+	case s := <-reqs:
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend saw no request")
+		return seen{}
+	}
+}
+
+// TestConnectionCannotStripIdentity: a client that names the identity
+// header in Connection, as if it were hop-by-hop, does not keep the backend
+// from seeing the verified subject: hop-by-hop headers go first, then the
+// gate sets its own.
+func TestConnectionCannotStripIdentity(t *testing.T) {
+	for _, path := range upstreamPaths {
+		t.Run(path.name, func(t *testing.T) {
+			be, reqs := recordingBackend(t)
+			v, token := hmacAuth(t)
+			g := newGate(t, be.URL, func(c *Config) { c.Auth = v; c.IdentityHeader = "X-Auth-Subject" })
+			extra := "Authorization: Bearer " + token("alice") + "\r\nX-Auth-Subject: mallory\r\nX-Keep: 1\r\n"
+			res := rawRequest(t, g, path.request("/x?a=1", path.connection+", X-Auth-Subject, X-Drop", extra+"X-Drop: 1\r\n"))
+			res.Body.Close()
+			if res.StatusCode != path.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, path.status)
+			}
+			got := nextSeen(t, reqs)
+			if sub := got.header.Values("X-Auth-Subject"); len(sub) != 1 || sub[0] != "alice" {
+				t.Errorf("the backend saw X-Auth-Subject %q, want the verified subject alone", sub)
+			}
+			if got.header.Get("X-Drop") != "" || got.header.Get("X-Keep") != "1" {
+				t.Errorf("Connection-listed X-Drop %q (want removed), X-Keep %q (want kept)", got.header.Get("X-Drop"), got.header.Get("X-Keep"))
+			}
+			if a := got.header.Get("Authorization"); a != "" {
+				t.Errorf("the backend saw Authorization %q", a)
+			}
+		})
+	}
+}
+
+// TestForwardedHeaders: both paths send the backend the same
+// X-Forwarded-For, -Proto and -Host: a trusted proxy's are kept (its For
+// list with the peer appended), an untrusted client's are replaced by what
+// the gate sees.
+func TestForwardedHeaders(t *testing.T) {
+	const fwd = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: app.example.com\r\n"
+	for _, path := range upstreamPaths {
+		for _, tc := range []struct {
+			trusted           string
+			for_, proto, host string
+		}{
+			{trusted: "127.0.0.0/8", for_: "203.0.113.9, 127.0.0.1", proto: "https", host: "app.example.com"},
+			{trusted: "", for_: "127.0.0.1", proto: "http", host: "gate.test"},
+		} {
+			t.Run(fmt.Sprintf("%s trusted %q", path.name, tc.trusted), func(t *testing.T) {
+				be, reqs := recordingBackend(t)
+				var r clientip.Resolver
+				if tc.trusted != "" {
+					p, err := clientip.ParsePrefixes([]string{tc.trusted})
+					if err != nil {
+						t.Fatal(err)
+					}
+					r.Trusted = p
+				}
+				g := newGate(t, be.URL, func(c *Config) { c.ClientIP = r })
+				res := rawRequest(t, g, path.request("/x", path.connection, fwd))
+				res.Body.Close()
+				if res.StatusCode != path.status {
+					t.Fatalf("status %d, want %d", res.StatusCode, path.status)
+				}
+				got := nextSeen(t, reqs)
+				for _, h := range []struct{ name, want string }{
+					{"X-Forwarded-For", tc.for_}, {"X-Forwarded-Proto", tc.proto}, {"X-Forwarded-Host", tc.host},
+				} {
+					if v := got.header.Values(h.name); len(v) != 1 || v[0] != h.want {
+						t.Errorf("the backend saw %s %q, want %q", h.name, v, h.want)
+					}
+				}
+				if got.host != "gate.test" {
+					t.Errorf("the backend saw Host %q, want the client's", got.host)
+				}
+			})
+		}
+	}
+}

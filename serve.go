@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/auth/clientip"
+	"github.com/holo/wsgate/internal/demo"
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+	"github.com/holo/wsgate/proxy"
+)
+
+func newLogger(cfg *config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.logJSON {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// singlePeerSample is how many connections in a row from one private
+// address, with no trusted proxy, make the gate warn that the peer is
+// probably a proxy.
+const singlePeerSample = 50
+
+// serve runs the gate until SIGTERM or SIGINT, then drains: /readyz turns
+// 503 at once, clients are served for the shutdown delay while endpoints
+// update, then every connection gets close 1001 and the process exits 0
+// within the grace period. started, when not nil, receives the client
+// listener's address.
+func serve(ctx context.Context, cfg *config, started func(addr string)) error {
+	log := newLogger(cfg)
+	reg := prometheus.NewRegistry()
+	metrics.RegisterRuntime(reg)
+	m := metrics.New(reg, version, commit)
+
+	cfg.limits.Logger = log
+	lim, err := limit.New(cfg.limits)
+	if err != nil {
+		return cli.Exit("wsgate: "+namedFlag(err).Error(), exitBadConfig)
+	}
+	defer lim.Close()
+	if cfg.limits.RedisURL != "" {
+		m.WatchRedis(lim.RedisUp)
+	}
+	cfg.auth.Logger = log
+	verifier, err := auth.NewVerifier(ctx, cfg.auth)
+	if err != nil {
+		return cli.Exit("wsgate: "+namedFlag(err).Error(), exitBadConfig)
+	}
+	defer verifier.Close()
+	if !verifier.Enabled() {
+		log.Info("no --jwt-hmac-secret-file, --jwt-key-file or --jwks-url: every client is anonymous, identified by IP")
+	}
+	for _, reason := range auth.Reasons() {
+		m.AuthFailures.WithLabelValues(reason)
+	}
+
+	cfg.proxy.Limiter = lim
+	cfg.proxy.Auth = verifier
+	cfg.proxy.ClientIP = cfg.ip
+	cfg.proxy.Metrics = m
+	cfg.proxy.Logger = log
+	px, err := proxy.New(cfg.proxy)
+	if err != nil {
+		return cli.Exit("wsgate: --upstream: "+err.Error(), exitBadConfig)
+	}
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	if cfg.proxyProtocol {
+		ln = clientip.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
+	}
+	if len(cfg.ip.Trusted) == 0 {
+		ln = clientip.WatchSinglePeer(ln, singlePeerSample, func(peer netip.Addr) {
+			log.Warn("every connection so far came from one private address and --trusted-proxies is empty: "+
+				"if it is a proxy (an ingress, a load balancer), every per-IP rule applies to all of its clients at once; "+
+				"name it in --trusted-proxies", "peer", peer.String(), "connections", singlePeerSample)
+		})
+	}
+	adminLn, err := net.Listen("tcp", cfg.adminListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("--admin-listen: %w", err)
+	}
+	var ready atomic.Bool
+	ready.Store(true)
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	srv := &http.Server{
+		Handler:           px,
+		ReadHeaderTimeout: cfg.proxy.HandshakeTimeout,
+		MaxHeaderBytes:    cfg.proxy.MaxHeaderBytes,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          errLog,
+	}
+	admin := &http.Server{
+		Handler:           metrics.AdminHandler(reg, readiness(&ready, cfg.limits, lim)),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          errLog,
+	}
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- admin.Serve(adminLn) }()
+	log.Info("wsgate started", "version", version, "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
+		"upstream", cfg.proxy.Upstream.Redacted(), "store", lim.StoreName())
+	if started != nil {
+		started(ln.Addr().String())
+	}
+
+	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	select {
+	case <-sigCtx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+	stop()
+	ready.Store(false)
+	log.Info("draining", "delay", cfg.shutdownDelay, "grace", cfg.shutdownGrace, "connections", px.Active())
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(again)
+	select {
+	case <-time.After(cfg.shutdownDelay):
+	case <-again:
+		log.Info("second signal: skipping the shutdown delay")
+	}
+
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	defer cancel()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Shutdown(graceCtx) }()
+	if err := px.Shutdown(graceCtx); err != nil {
+		log.Warn("connections left at the end of the grace period were closed", "err", err)
+	}
+	if err := <-httpDone; err != nil {
+		log.Warn("pass-through requests left at the end of the grace period were cut", "err", err)
+		_ = srv.Close()
+	}
+	_ = admin.Close()
+	log.Info("stopped")
+	return nil
+}
+
+// readiness is /readyz: false while draining, and under --failure-mode
+// closed also while Redis is unreachable (every event would be refused, so
+// traffic is better sent to a replica that reaches Redis).
+func readiness(ready *atomic.Bool, lc limit.Config, lim *limit.Limiter) func() bool {
+	if lc.RedisURL == "" || lc.FailureMode != limit.FailClosed {
+		return ready.Load
+	}
+	return func() bool { return ready.Load() && lim.RedisUp() }
+}
+
+// serveDemo runs the built-in demo backend on a loopback port and the gate
+// in front of it, on the memory store unless --redis-url says otherwise.
+func serveDemo(ctx context.Context, cfg *config) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo backend: %w", err)
+	}
+	backend := &http.Server{Handler: demo.Handler(newLogger(cfg)), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = backend.Serve(ln) }()
+	defer backend.Close()
+	cfg.proxy.Upstream = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	return serve(ctx, cfg, func(addr string) {
+		host, port, _ := net.SplitHostPort(addr)
+		if host == "" || host == "::" || host == "0.0.0.0" {
+			host = "localhost"
+		}
+		fmt.Fprintf(os.Stderr, "\n  wsgate demo: open http://%s/ in a browser (metrics on %s/metrics)\n\n",
+			net.JoinHostPort(host, port), cfg.adminListen)
+	})
+}
