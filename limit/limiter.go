@@ -297,29 +297,14 @@ type Limiter struct {
 // Errors wrap ErrBadRule, ErrBadFailureMode, ErrBadMode, ErrBadConfig or
 // ErrOldRedis.
 func New(cfg Config) (*Limiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	l := &Limiter{
 		mode:    cfg.FailureMode,
 		timeout: cfg.Timeout,
 		log:     cfg.Logger,
 		stop:    make(chan struct{}),
-	}
-	if l.mode < FailLocal || l.mode > FailClosed {
-		return nil, fmt.Errorf("%w %d", ErrBadFailureMode, int(l.mode))
-	}
-	if cfg.Mode != ModeExact && cfg.Mode != ModeLease {
-		return nil, fmt.Errorf("%w %d", ErrBadMode, int(cfg.Mode))
-	}
-	if cfg.LeaseSize < 0 {
-		return nil, fmt.Errorf("%w: negative lease size %d", ErrBadConfig, cfg.LeaseSize)
-	}
-	if cfg.IPMaxConns < 0 {
-		return nil, fmt.Errorf("%w: negative IP max conns %d", ErrBadConfig, cfg.IPMaxConns)
-	}
-	if cfg.ConnTTL != 0 && cfg.ConnTTL < minConnTTL {
-		return nil, fmt.Errorf("%w: conn TTL %v below %v", ErrBadConfig, cfg.ConnTTL, minConnTTL)
-	}
-	if l.timeout < 0 {
-		return nil, fmt.Errorf("%w: negative timeout %v", ErrBadConfig, l.timeout)
 	}
 	if l.timeout == 0 {
 		l.timeout = defaultTimeout
@@ -332,9 +317,6 @@ func New(cfg Config) (*Limiter, error) {
 	if prefix == "" {
 		prefix = defaultPrefix
 	}
-	if strings.ContainsAny(prefix, "{}") {
-		return nil, fmt.Errorf("%w: key prefix %q contains '{' or '}'", ErrBadConfig, prefix)
-	}
 	for _, r := range []struct {
 		dst              *rule
 		name, scope, tag string
@@ -346,9 +328,6 @@ func New(cfg Config) (*Limiter, error) {
 		{&l.userConn, "user connection", ScopeUser, "uc", cfg.Rules.UserConns, false},
 		{&l.ipConn, "IP connection", ScopeIP, "ic", cfg.Rules.IPConns, false},
 	} {
-		if err := r.rule.validate(); err != nil {
-			return nil, fmt.Errorf("%w: %s rule %q: %v", ErrBadRule, r.name, r.rule.String(), err)
-		}
 		if !r.blocks {
 			r.rule.Block = 0
 		}
