@@ -2,14 +2,15 @@
 
 package e2e
 
-// Issue 7, "Attacks and faults", through the built binary: slow and oversized handshakes, a
+// Attacks and faults through the built binary (README, "What the gate guarantees under
+// attack"): slow and oversized handshakes, a
 // message that never ends, a ping flood, a client that stops reading, a peer that goes silent,
 // --max-conns, and backends that refuse, hang or reset. Every case asserts what the client gets,
 // what reached the backend, and that the gate and its other connections are unharmed; time only
 // ever bounds a wait (a decision arrives with a margin of seconds), it is never a budget.
 //
 // Not covered here: the conformance table (conformance_test.go), Redis faults (limit/),
-// --ip-max-conns and --compression (not built yet).
+// --ip-max-conns (limits tests) and --compression (proxy tests).
 
 import (
 	"bytes"

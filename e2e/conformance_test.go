@@ -2,7 +2,7 @@
 
 package e2e
 
-// The RFC 6455 conformance suite (issue 7, "Conformance suite"): an Autobahn|Testsuite
+// The RFC 6455 conformance suite: an Autobahn|Testsuite
 // equivalent in Go, run against the built gate in front of frameRecorder. Frames are crafted by
 // the test-only encoder of rawframe_test.go and written whole or in chops of 1 and 997 bytes.
 // Every case asserts the close code the client receives, that the backend received nothing
@@ -10,7 +10,7 @@ package e2e
 // reached it are listed exactly), and that the gate is still running and serving a neighbour
 // connection and a fresh one afterwards. Client faults also assert that a ping sent after the
 // fatal frame gets no pong and never reaches the backend, and that the backend is told 1001;
-// upstream faults assert client 1014 and backend 1002 (DESIGN.md, "Client-facing behaviour").
+// upstream faults assert client 1014 and backend 1002 (README, "What clients see").
 
 import (
 	"bytes"

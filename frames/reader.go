@@ -9,6 +9,8 @@
 // UTF-8 of text messages) and forwards one frame at a time, writing its
 // header and payload with one write call whenever the frame fits in a
 // pooled buffer.
+//
+// docs/ARCHITECTURE.md places this package in the gate.
 package frames
 
 import (

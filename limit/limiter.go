@@ -77,6 +77,8 @@
 // connection ids scored by an expiry from Redis's clock; each Limiter
 // refreshes its live ids every ConnTTL/3, so the ids of a replica that
 // crashed age out within ConnTTL.
+//
+// docs/ARCHITECTURE.md places this package in the gate.
 package limit
 
 import (

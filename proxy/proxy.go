@@ -5,6 +5,8 @@
 //
 // The limiter and the authenticator are consumed through the small
 // interfaces declared here; metrics are recorded into a *metrics.Metrics.
+// A connection pair's owners and lifecycle are stated in pair.go;
+// docs/ARCHITECTURE.md is the map of the whole gate.
 package proxy
 
 import (

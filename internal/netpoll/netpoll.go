@@ -36,6 +36,8 @@
 // rest of a frame that has not arrived) calls Detach first: its worker is
 // replaced, so blocked connections never starve the pool, and the detached
 // goroutine ends when the callback returns.
+//
+// docs/ARCHITECTURE.md places this package in the gate.
 package netpoll
 
 import (
