@@ -392,6 +392,82 @@ func runIdle(ctx context.Context, t *target, s *signer, backendAddr string, n in
 	return idleResult{perConnKiB: float64(after-before) / float64(n), before: before, after: after}, nil
 }
 
+// runIdleActive measures the memory of connections in the state a chat's connections spend
+// most of their life in: n connections that each sent one message and got its echo, then sit
+// idle while the proxy pings them (the gate's default --ping-interval 30s; the clients answer)
+// and its /metrics is scraped every 10 s. From settle after the last echo, RSS is read every
+// second for watch; the result is the highest reading less RSS before the connections, per
+// connection.
+func runIdleActive(ctx context.Context, t *target, s *signer, backendAddr string, n int, settle, watch time.Duration) (idleResult, error) {
+	if _, err := settledCount(backendAddr); err != nil {
+		return idleResult{}, err
+	}
+	pids := tree(t.proc.pid())
+	before := rssKiB(pids)
+	cs, err := dialMany(ctx, t.addr, s, n, 64)
+	if err != nil {
+		return idleResult{}, err
+	}
+	defer closeAll(cs)
+	one := clientFrame(opText, []byte("hello"))
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			if _, err := c.conn.Write(one); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := readEchoes(c.conn, c.br, &buf); err != nil {
+				errs <- err
+				return
+			}
+			// Answer the proxy's pings until the connection is closed.
+			for {
+				if _, err := readEchoes(c.conn, c.br, &buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer closeAll(cs)
+	// Every echo has come back once the proxy has counted n messages each way; the harness
+	// cannot see that for nginx and HAProxy, so it waits for the last write's echo by time.
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-errs:
+		return idleResult{}, fmt.Errorf("active idle on %s: %w", t.name, err)
+	default:
+	}
+	if err := sleepCtx(ctx, settle); err != nil {
+		return idleResult{}, err
+	}
+	var high int64
+	for i := 0; time.Duration(i)*time.Second < watch; i++ {
+		if i%10 == 0 {
+			_, _ = t.fallbacks() // a /metrics scrape, as Prometheus makes
+		}
+		high = max(high, rssKiB(pids))
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return idleResult{}, err
+		}
+	}
+	return idleResult{perConnKiB: float64(high-before) / float64(n), before: before, after: high}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
 // percentile returns the p-th percentile of v (sorted in place), nearest rank.
 func percentile(v []float64, p float64) float64 {
 	if len(v) == 0 {

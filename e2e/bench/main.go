@@ -42,23 +42,25 @@ var nan = math.NaN()
 
 // config holds the harness's flags; the defaults are the load shapes the report describes.
 type config struct {
-	reps       int
-	s1Dur      time.Duration
-	s1Conns    int
-	s1Inflight int
-	size       int
-	s2Rounds   int
-	idleConns  int
-	upgDur     time.Duration
-	upgWorkers int
-	leaseSize  int
-	gateBin    string
-	out        string
-	chart      string
-	micro      string
-	skipS1     bool // measure less while trying something out; the report is then partial
-	skipUpg    bool
-	only       string // comma-separated target keys to measure (direct is always measured)
+	reps                      int
+	s1Dur                     time.Duration
+	s1Conns                   int
+	s1Inflight                int
+	size                      int
+	s2Rounds                  int
+	idleConns                 int
+	activeConns               int
+	activeSettle, activeWatch time.Duration
+	upgDur                    time.Duration
+	upgWorkers                int
+	leaseSize                 int
+	gateBin                   string
+	out                       string
+	chart                     string
+	micro                     string
+	skipS1                    bool // measure less while trying something out; the report is then partial
+	skipUpg                   bool
+	only                      string // comma-separated target keys to measure (direct is always measured)
 }
 
 func main() {
@@ -71,6 +73,9 @@ func main() {
 	flag.IntVar(&cfg.size, "size", 64, "message payload bytes (text frames)")
 	flag.IntVar(&cfg.s2Rounds, "s2-rounds", 3000, "S2 round trips timed per repetition")
 	flag.IntVar(&cfg.idleConns, "idle-conns", 9000, "idle connections for the RSS measurement; 0 skips it")
+	flag.IntVar(&cfg.activeConns, "active-conns", 9000, "connections for the realistic idle measurement (one message each, then idle with pings and scrapes); 0 skips it")
+	flag.DurationVar(&cfg.activeSettle, "active-settle", 10*time.Second, "wait after the last message before the realistic idle measurement")
+	flag.DurationVar(&cfg.activeWatch, "active-watch", 90*time.Second, "how long the realistic idle measurement watches RSS")
 	flag.DurationVar(&cfg.upgDur, "upgrade-duration", time.Second, "length of one handshake-rate repetition per token kind")
 	flag.IntVar(&cfg.upgWorkers, "upgrade-workers", 8, "concurrent handshakes")
 	flag.IntVar(&cfg.leaseSize, "lease-size", 1000, "--lease-size of the lease-mode gate, when the gate has that flag")
@@ -107,6 +112,7 @@ type results struct {
 	upgFresh map[string][]float64
 	upgSame  map[string][]float64
 	idle     map[string]idleResult
+	active   map[string]idleResult
 	redisRTT []s2Result
 	errs     map[string][]string
 }
@@ -127,9 +133,12 @@ func run(ctx context.Context, cfg config) (err error) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
 		lim.Cur = lim.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-		if lim.Cur < uint64(cfg.idleConns)+1000 {
-			fmt.Fprintf(os.Stderr, "bench: open-files limit %d is below %d idle connections; lowering them\n", lim.Cur, cfg.idleConns)
-			cfg.idleConns = max(0, int(lim.Cur)-1000)
+		// The proxies hold two sockets per connection.
+		for _, n := range []*int{&cfg.idleConns, &cfg.activeConns} {
+			if lim.Cur < 2*uint64(*n)+1000 {
+				fmt.Fprintf(os.Stderr, "bench: open-files limit %d is below twice %d connections; lowering them\n", lim.Cur, *n)
+				*n = max(0, (int(lim.Cur)-1000)/2)
+			}
 		}
 	}
 	m := describeMachine()
@@ -201,7 +210,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	r := &results{
 		s1: map[string][]s1Result{}, s2: map[string][]s2Result{}, added: map[string][]s2Result{},
 		upgFresh: map[string][]float64{}, upgSame: map[string][]float64{},
-		idle: map[string]idleResult{}, errs: map[string][]string{},
+		idle: map[string]idleResult{}, active: map[string]idleResult{}, errs: map[string][]string{},
 	}
 
 	fmt.Fprintln(os.Stderr, "bench: warm-up")
@@ -232,6 +241,25 @@ func run(ctx context.Context, cfg config) (err error) {
 			}
 			r.idle[t.key] = res
 			fmt.Fprintf(os.Stderr, "  %s: %d KiB -> %d KiB, %.2f KiB per connection\n", t.name, res.before, res.after, res.perConnKiB)
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+
+	if cfg.activeConns > 0 {
+		for _, t := range live {
+			if !t.proxy {
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "bench: %d connections, one message each, then idle for %v through %s\n", cfg.activeConns, cfg.activeSettle+cfg.activeWatch, t.name)
+			res, err := runIdleActive(ctx, t, s, e.backendAddr, cfg.activeConns, cfg.activeSettle, cfg.activeWatch)
+			if err != nil {
+				r.fail(t.key, err)
+				continue
+			}
+			r.active[t.key] = res
+			fmt.Fprintf(os.Stderr, "  %s: %d KiB -> highest %d KiB, %.2f KiB per connection\n", t.name, res.before, res.after, res.perConnKiB)
 			if err := ctx.Err(); err != nil {
 				return err
 			}
