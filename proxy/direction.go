@@ -14,7 +14,7 @@ import (
 
 // direction is one half of a pair: it reads frames from src and writes
 // them to dst. It is run by one goroutine at a time (pair's doc comment);
-// its fields are that goroutine's, except the two atomics, which the keeper
+// its fields are that goroutine's, except its atomics, which the keeper
 // reads or sets.
 type direction struct {
 	pr        *pair
@@ -25,6 +25,7 @@ type direction struct {
 	client    bool  // reads the client
 	idle      bool  // blocked between frames on a source the poller cannot hold
 	quiet     bool  // the last read emptied the socket and nothing woke d since
+	noPoll    bool  // the poller refused the socket: d blocks on it instead
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
 	ctlCount  int32 // control frames in the window of ControlFrameRate
 	granted   int32 // messages the limiter has granted ahead
@@ -101,11 +102,8 @@ func (d *direction) run() {
 // owes nothing.
 func (d *direction) look() bool {
 	pr := d.pr
-	if d.pingDue.Load() {
-		d.pingDue.Store(false)
-		if pr.life.load() == phaseOpen {
-			d.ping()
-		}
+	if d.pingDue.Load() && d.pingDue.Swap(false) && pr.life.load() == phaseOpen {
+		d.ping()
 	}
 	switch pr.life.load() {
 	case phaseOpen:
@@ -179,7 +177,7 @@ func (d *direction) readMore() (parked bool, err error) {
 	if err := d.flush(); err != nil {
 		return false, err
 	}
-	if pl := d.pr.p.pl; pl != nil && err == frames.ErrWouldBlock && d.r.Buffered() == 0 {
+	if pl := d.pr.p.pl; pl != nil && !d.noPoll && err == frames.ErrWouldBlock && d.r.Buffered() == 0 {
 		if hook := d.pr.p.hooks.beforePark; hook != nil {
 			hook(d)
 		}
@@ -192,6 +190,7 @@ func (d *direction) readMore() (parked bool, err error) {
 		}
 		// The socket cannot be registered: keep it on this goroutine.
 		d.pr.p.log.Warn("relay: poller refused a socket", "err", err)
+		d.noPoll = true
 	}
 	// Part of a header, or a source the poller cannot hold.
 	d.idle = d.r.Buffered() == 0
