@@ -34,8 +34,12 @@ type impl struct {
 	takeFn func(uintptr) bool
 
 	regMu  sync.Mutex
-	descs  map[uint64]*Desc // by id: an event of a removed Desc finds nothing
-	nextID uint64
+	// byFD holds the registered Descs by descriptor number (numbers are
+	// small and dense). An event carries the number and the Desc's
+	// generation, so an event of a removed Desc whose number was reused
+	// finds nothing.
+	byFD    []*Desc
+	nextGen uint32
 }
 
 func (p *Poller) start() error {
@@ -53,7 +57,6 @@ func (p *Poller) start() error {
 		p.file.Close()
 		return fmt.Errorf("netpoll: %w", err)
 	}
-	p.descs = make(map[uint64]*Desc)
 	p.events = make([]syscall.EpollEvent, 256)
 	p.takeFn = p.take
 	return nil
@@ -73,15 +76,21 @@ func (p *Poller) arm(d *Desc) error {
 		return nil
 	}
 	p.regMu.Lock()
-	p.nextID++
-	d.id = p.nextID
-	p.descs[d.id] = d
+	p.nextGen++
+	if p.nextGen == 0 {
+		p.nextGen++ // an id of 0 means "not registered"
+	}
+	d.id = uint64(p.nextGen)<<32 | uint64(uint32(d.fd))
+	for int(d.fd) >= len(p.byFD) {
+		p.byFD = append(p.byFD, nil)
+	}
+	p.byFD[d.fd] = d
 	p.regMu.Unlock()
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | edgeTriggered}
 	putID(&ev, d.id)
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(d.fd), &ev); err != nil {
 		p.regMu.Lock()
-		delete(p.descs, d.id)
+		p.byFD[d.fd] = nil
 		p.regMu.Unlock()
 		d.id = 0
 		return fmt.Errorf("netpoll: epoll_ctl: %w", err)
@@ -93,7 +102,9 @@ func (p *Poller) arm(d *Desc) error {
 // (so that a reused descriptor number never reaches d).
 func (p *Poller) forget(d *Desc) {
 	p.regMu.Lock()
-	delete(p.descs, d.id)
+	if p.byFD[d.fd] == d {
+		p.byFD[d.fd] = nil
+	}
 	p.regMu.Unlock()
 	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(d.fd), nil)
 }
@@ -110,8 +121,13 @@ func (p *Poller) ready() (*Desc, error) {
 	var first *Desc
 	p.regMu.Lock()
 	for i := range p.events[:p.n] {
-		d := p.descs[getID(&p.events[i])]
-		if d == nil || !claim(d) {
+		id := getID(&p.events[i])
+		fd := int(uint32(id))
+		if fd >= len(p.byFD) {
+			continue
+		}
+		d := p.byFD[fd]
+		if d == nil || d.id != id || !claim(d) {
 			continue
 		}
 		if first == nil {
