@@ -503,3 +503,69 @@ func TestBackstop(t *testing.T) {
 	close(release)
 	waitFor(t, func() bool { return g.proxy.Active() == 0 })
 }
+
+// wrappedListener hands out connections that hide their socket, as a
+// PROXY-protocol listener's do: the gate cannot park them and keeps a
+// goroutine on each, looking at the pair's state once per keeper tick.
+type wrappedListener struct{ net.Listener }
+
+type wrappedConn struct{ net.Conn }
+
+func (l wrappedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return wrappedConn{c}, nil
+}
+
+// TestUnpollableClient relays through a client connection the poller
+// cannot hold: echoes, a refusal that still delivers every reply owed, and
+// an idle timeout all work, and nothing remains afterwards.
+func TestUnpollableClient(t *testing.T) {
+	lim, err := limit.New(limit.Config{Rules: limit.Rules{
+		UserMessages: limit.Rule{Limit: 20, Window: time.Minute},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	u := mustURL(t, backend(t).URL)
+	p, err := New(Config{Upstream: u, Limiter: lim, CloseTimeout: time.Second, IdleTimeout: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewUnstartedServer(p)
+	s.Listener = wrappedListener{s.Listener}
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+		s.Close()
+	})
+	g := &gate{Server: s, proxy: p}
+
+	// 25 messages at 20/min: 20 echoes, the 429 frame, 4008.
+	conn, br := rawClient(t, g, "/echo")
+	var burst []byte
+	for i := range 25 {
+		burst = append(burst, maskedFrame(true, 1, []byte("m"+strconv.Itoa(i)))...)
+	}
+	if _, err := conn.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	code, data := readUntilClose(t, br)
+	if code != 4008 || data != 21 {
+		t.Fatalf("close %d after %d data frames, want 4008 after 20 echoes and the 429 frame", code, data)
+	}
+	_, _ = conn.Write(maskedFrame(true, 8, []byte{0x0f, 0xa8}))
+	waitFor(t, func() bool { return p.Active() == 0 })
+
+	// A silent connection meets the idle timeout.
+	_, br = rawClient(t, g, "/echo")
+	if code, _ := readUntilClose(t, br); code != 1001 {
+		t.Fatalf("idle close %d, want 1001", code)
+	}
+	waitFor(t, func() bool { return p.Active() == 0 })
+}
