@@ -114,7 +114,7 @@ type s1Result struct {
 // the window; the messages still in flight then are drained but not counted. CPU and Redis
 // counters are read at both ends of the window.
 func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int, d time.Duration) (s1Result, error) {
-	cs, err := dialMany(ctx, t.addr, s, conns, conns)
+	cs, err := dialMany(ctx, t.addr, s, conns, min(conns, 256))
 	if err != nil {
 		return s1Result{}, err
 	}

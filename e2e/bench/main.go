@@ -33,6 +33,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +52,8 @@ type config struct {
 	idleConns                 int
 	activeConns               int
 	activeSettle, activeWatch time.Duration
+	scale                     []scaleShape // S1 at scale
+	scaleReps                 int
 	upgDur                    time.Duration
 	upgWorkers                int
 	leaseSize                 int
@@ -79,6 +82,8 @@ func main() {
 	flag.DurationVar(&cfg.upgDur, "upgrade-duration", time.Second, "length of one handshake-rate repetition per token kind")
 	flag.IntVar(&cfg.upgWorkers, "upgrade-workers", 8, "concurrent handshakes")
 	flag.IntVar(&cfg.leaseSize, "lease-size", 1000, "--lease-size of the lease-mode gate, when the gate has that flag")
+	scale := flag.String("scale", "50x16,500x16,2000x16,8000x4", "S1 at scale: comma-separated CONNSxINFLIGHT shapes; empty skips it")
+	flag.IntVar(&cfg.scaleReps, "scale-reps", 3, "repetitions of each S1-at-scale shape, interleaved across targets")
 	flag.StringVar(&cfg.gateBin, "gate-bin", "", "gate binary to measure; empty builds the working tree")
 	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "report file")
 	flag.StringVar(&cfg.chart, "chart", "BENCHMARKS.png", "chart image, next to the report")
@@ -87,6 +92,11 @@ func main() {
 	flag.BoolVar(&cfg.skipUpg, "skip-upgrades", false, "skip the handshake rates (for quick experiments; the report is partial)")
 	flag.StringVar(&cfg.only, "only", "", "measure only these targets, e.g. nginx,gate-exact (for quick experiments; the report is partial)")
 	flag.Parse()
+	var err error
+	if cfg.scale, err = parseShapes(*scale); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 
 	if *backend != "" {
 		if err := runBackend(*backend); err != nil {
@@ -96,7 +106,7 @@ func main() {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, cfg)
+	err = run(ctx, cfg)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -113,6 +123,7 @@ type results struct {
 	upgSame  map[string][]float64
 	idle     map[string]idleResult
 	active   map[string]idleResult
+	scale    map[scaleShape]map[string][]s1Result
 	redisRTT []s2Result
 	errs     map[string][]string
 }
@@ -211,6 +222,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		s1: map[string][]s1Result{}, s2: map[string][]s2Result{}, added: map[string][]s2Result{},
 		upgFresh: map[string][]float64{}, upgSame: map[string][]float64{},
 		idle: map[string]idleResult{}, active: map[string]idleResult{}, errs: map[string][]string{},
+		scale: map[scaleShape]map[string][]s1Result{},
 	}
 
 	fmt.Fprintln(os.Stderr, "bench: warm-up")
@@ -335,6 +347,28 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 	}
 
+	for rep := range cfg.scaleReps {
+		order := append(slices.Clone(live[rep%len(live):]), live[:rep%len(live)]...)
+		for _, sh := range cfg.scale {
+			fmt.Fprintf(os.Stderr, "bench: S1 at %d connections x %d in flight, repetition %d/%d\n", sh.conns, sh.inflight, rep+1, cfg.scaleReps)
+			if r.scale[sh] == nil {
+				r.scale[sh] = map[string][]s1Result{}
+			}
+			for _, t := range order {
+				res, err := runS1(ctx, t, s, sh.conns, sh.inflight, cfg.size, cfg.s1Dur)
+				if err != nil {
+					r.fail(t.key, fmt.Errorf("S1 at %d x %d: %w", sh.conns, sh.inflight, err))
+					continue
+				}
+				r.scale[sh][t.key] = append(r.scale[sh][t.key], res)
+				fmt.Fprintf(os.Stderr, "  S1 %-16s %8.0f rt/s  %6.2f ms CPU/1k\n", t.name, res.rate, res.cpuPer1k)
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+
 	// Whatever else ran on the machine meanwhile: CPU of every process outside this harness's
 	// tree, read before cleanup.
 	elapsed := time.Since(started)
@@ -384,4 +418,25 @@ func median(v []float64) float64 {
 		return w[len(w)/2]
 	}
 	return (w[len(w)/2-1] + w[len(w)/2]) / 2
+}
+
+// scaleShape is one row of S1 at scale: connections, and messages in flight on each.
+type scaleShape struct{ conns, inflight int }
+
+// parseShapes parses "500x16,8000x4".
+func parseShapes(v string) ([]scaleShape, error) {
+	var out []scaleShape
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		c, i, ok := strings.Cut(f, "x")
+		conns, err1 := strconv.Atoi(c)
+		inflight, err2 := strconv.Atoi(i)
+		if !ok || err1 != nil || err2 != nil || conns < 1 || inflight < 1 {
+			return nil, fmt.Errorf("-scale: %q is not CONNSxINFLIGHT (e.g. 2000x16)", f)
+		}
+		out = append(out, scaleShape{conns, inflight})
+	}
+	return out, nil
 }

@@ -254,6 +254,11 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 
 	p("## Results (medians of %d)\n\n", cfg.reps)
 	p("%s\n", table)
+	if len(cfg.scale) > 0 {
+		p("### S1 at scale (medians of %d)\n\n", cfg.scaleReps)
+		p("The S1 shape at more connections: round trips per second and proxy CPU per 1,000 round trips, with nginx's ratio.\n\n")
+		p("%s\n", scaleTable(cfg, targets, r))
+	}
 	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
 	p("- **S2 p50/p99**: one message in flight on one connection. **added** = the target's figure minus the direct-to-backend figure of the same repetition (median of the per-repetition differences).\n")
 	p("- **CPU ms/1k rt**: user+system CPU of the proxy's processes (nginx: master and workers; the gate alone, not Redis) per 1,000 round trips during S1; a round trip is one message relayed each way. Read from `/proc/<pid>/stat` at both ends of each S1 window (10 ms ticks).\n")
@@ -268,7 +273,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 
 	p("## Targets\n\n")
 	p("| target | figure from this run | |\n| --- | --- | --- |\n")
-	for _, line := range targetLines(byKey, rtt, micro) {
+	for _, line := range append(targetLines(byKey, rtt, micro), scaleTargetLines(cfg, r)...) {
 		p("| %s | %s | %s |\n", line[0], line[1], line[2])
 	}
 	p("\n")
@@ -498,4 +503,63 @@ func chartPanels(rows []row) []panel {
 			texts: []string{fmtNum(w.idle, 2), fmtNum(w.active, 2)}})
 	}
 	return []panel{s1, lat, cpu, mem}
+}
+
+// scaleTable is the S1-at-scale table: one row per target, two column pairs per shape.
+func scaleTable(cfg config, targets []*target, r *results) string {
+	header := []string{"target"}
+	for _, sh := range cfg.scale {
+		h := fmt.Sprintf("%d×%d", sh.conns, sh.inflight)
+		header = append(header, h+" rt/s", "×nginx", h+" CPU ms/1k", "×nginx")
+	}
+	med := func(sh scaleShape, key string, f func(s1Result) float64) float64 {
+		return medianOf(r.scale[sh][key], f)
+	}
+	rate := func(x s1Result) float64 { return x.rate }
+	cpu := func(x s1Result) float64 { return x.cpuPer1k }
+	var cells [][]string
+	for _, t := range targets {
+		if t.skip != "" {
+			continue
+		}
+		row := []string{t.name}
+		for _, sh := range cfg.scale {
+			v, ng := med(sh, t.key, rate), med(sh, "nginx", rate)
+			c, ngc := med(sh, t.key, cpu), med(sh, "nginx", cpu)
+			row = append(row, fmtNum(v, 0), ratio(v, ng), dash(t.proxy, fmtNum(c, 2)), dash(t.proxy, ratio(c, ngc)))
+		}
+		cells = append(cells, row)
+	}
+	return mdTable(header, cells)
+}
+
+// scaleTargetLines checks S1 at scale: throughput (memory and lease ≥ 1.0× nginx, exact ≥
+// 0.8×) and CPU per round trip (≤ 1.1× nginx's) at every shape.
+func scaleTargetLines(cfg config, r *results) [][3]string {
+	var out [][3]string
+	for _, g := range []struct {
+		key, name string
+		min       float64
+	}{{"gate-memory", "memory store", 1.0}, {"gate-lease", "lease mode", 1.0}, {"gate-exact", "exact mode", 0.8}} {
+		var figs []string
+		okRate, okCPU, seen := true, true, false
+		for _, sh := range cfg.scale {
+			v := medianOf(r.scale[sh][g.key], func(x s1Result) float64 { return x.rate })
+			ng := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.rate })
+			c := medianOf(r.scale[sh][g.key], func(x s1Result) float64 { return x.cpuPer1k })
+			ngc := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.cpuPer1k })
+			if !has(v, ng, c, ngc) {
+				okRate, okCPU = false, false
+				continue
+			}
+			seen = true
+			okRate = okRate && v/ng >= g.min
+			okCPU = okCPU && c/ngc <= 1.1
+			figs = append(figs, fmt.Sprintf("%d×%d: %s, CPU %s", sh.conns, sh.inflight, ratio(v, ng), ratio(c, ngc)))
+		}
+		out = append(out, [3]string{
+			fmt.Sprintf("S1 at scale, %s: ≥ %.1f× nginx at every row, CPU per round trip ≤ 1.1× nginx's", g.name, g.min),
+			strings.Join(figs, "; "), verdict(okRate && okCPU, seen)})
+	}
+	return out
 }
