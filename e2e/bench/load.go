@@ -396,14 +396,15 @@ func runIdle(ctx context.Context, t *target, s *signer, backendAddr string, n in
 // most of their life in: n connections that each sent one message and got its echo, then sit
 // idle while the proxy pings them (the gate's default --ping-interval 30s; the clients answer)
 // and its /metrics is scraped every 10 s. From settle after the last echo, RSS is read every
-// second for watch; the result is the highest reading less RSS before the connections, per
-// connection.
-func runIdleActive(ctx context.Context, t *target, s *signer, backendAddr string, n int, settle, watch time.Duration) (idleResult, error) {
+// second for watch; the result is the highest reading less base, per connection. base is the
+// proxy's RSS before any bulk of connections (it does not give back all the memory an earlier
+// measurement made it take, so RSS right before this one would under-count).
+func runIdleActive(ctx context.Context, t *target, s *signer, backendAddr string, n int, base int64, settle, watch time.Duration) (idleResult, error) {
 	if _, err := settledCount(backendAddr); err != nil {
 		return idleResult{}, err
 	}
 	pids := tree(t.proc.pid())
-	before := rssKiB(pids)
+	before := base
 	cs, err := dialMany(ctx, t.addr, s, n, 64)
 	if err != nil {
 		return idleResult{}, err

@@ -240,6 +240,13 @@ func run(ctx context.Context, cfg config) (err error) {
 		return err
 	}
 
+	// Each proxy's RSS before the first bulk of connections: the base of both memory figures.
+	base := map[string]int64{}
+	for _, t := range live {
+		if t.proxy {
+			base[t.key] = rssKiB(tree(t.proc.pid()))
+		}
+	}
 	if cfg.idleConns > 0 {
 		for _, t := range live {
 			if !t.proxy {
@@ -265,7 +272,7 @@ func run(ctx context.Context, cfg config) (err error) {
 				continue
 			}
 			fmt.Fprintf(os.Stderr, "bench: %d connections, one message each, then idle for %v through %s\n", cfg.activeConns, cfg.activeSettle+cfg.activeWatch, t.name)
-			res, err := runIdleActive(ctx, t, s, e.backendAddr, cfg.activeConns, cfg.activeSettle, cfg.activeWatch)
+			res, err := runIdleActive(ctx, t, s, e.backendAddr, cfg.activeConns, base[t.key], cfg.activeSettle, cfg.activeWatch)
 			if err != nil {
 				r.fail(t.key, err)
 				continue
