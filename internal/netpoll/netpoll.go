@@ -105,7 +105,7 @@ type Poller struct {
 }
 
 // DefaultWorkers is the size of the pool when New is given 0.
-const DefaultWorkers = 256
+const DefaultWorkers = 64
 
 // New starts a Poller whose queued callbacks run on at most workers
 // goroutines at a time (0 means DefaultWorkers), besides the one that leads
