@@ -378,6 +378,16 @@ func New(cfg Config) (*Limiter, error) {
 		// the lease script, and rueidis spreads commands over several
 		// connections to a node unless told otherwise.
 		opt.PipelineMultiplex = -1
+	} else {
+		// An auto-pipelined call is handed to rueidis's writer goroutine
+		// and its reply back from its reader goroutine: on a quiet gate
+		// each hand-off is a thread wake, and a decision waits on those
+		// more than on Redis. A call on a connection of
+		// the blocking pool writes and reads on the calling goroutine.
+		// Cached block reads keep the pipelined connection, which receives
+		// the invalidations; lease mode cannot do this (its scripts and
+		// the invalidations must share a connection, see above).
+		opt.DisableAutoPipelining = true
 	}
 	l.redisOpt = opt
 	l.useRedis = true
