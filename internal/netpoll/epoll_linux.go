@@ -33,7 +33,7 @@ type impl struct {
 	later  []*Desc
 	takeFn func(uintptr) bool
 
-	regMu  sync.Mutex
+	regMu sync.Mutex
 	// byFD holds the registered Descs by descriptor number (numbers are
 	// small and dense). An event carries the number and the Desc's
 	// generation, so an event of a removed Desc whose number was reused
