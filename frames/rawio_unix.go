@@ -12,14 +12,14 @@ import (
 // rawIO says whether sockets are read and written directly here.
 const rawIO = true
 
-// readReady is ReadReady for a socket.
+// readReady is ReadReady for a socket: one read(2) on its descriptor, not
+// through the runtime's poller (its lock and state reset cost more than
+// the call itself on a busy relay). ResetSocket's caller keeps the
+// descriptor open while r may read it.
 func (r *Reader) readReady() error {
 	r.compact()
 	r.rawRes = 0
-	if err := r.raw.Read(r.rawFn); err != nil {
-		r.Release()
-		return err
-	}
+	r.readFd(uintptr(r.fd))
 	var err error
 	switch r.rawRes {
 	case 0:
@@ -79,50 +79,25 @@ func readNonblock(fd uintptr, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// RawWriter writes to a socket without waiting and without telling the
-// scheduler about a system call (see readNonblock). Make it with
-// NewRawWriter; it is used by one goroutine at a time.
-type RawWriter struct {
-	p   []byte
-	n   int
-	err error
-	fn  func(uintptr) bool // w.writeFd, made once: a closure per write would allocate
-}
-
-// NewRawWriter returns a RawWriter.
-func NewRawWriter() *RawWriter {
-	w := &RawWriter{}
-	w.fn = w.writeFd
-	return w
-}
-
-// WriteReady writes as much of p to the socket of rc as its buffer takes
-// now and returns how much that was: less than len(p) means the socket's
-// buffer is full, and the caller waits (with a blocking write) for the rest.
-func (w *RawWriter) WriteReady(rc syscall.RawConn, p []byte) (int, error) {
-	w.p, w.n, w.err = p, 0, nil
-	err := rc.Write(w.fn)
-	w.p = nil
-	if err != nil {
-		return w.n, err
-	}
-	return w.n, w.err
-}
-
-func (w *RawWriter) writeFd(fd uintptr) bool {
-	for w.n < len(w.p) {
-		rest := w.p[w.n:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
+// WriteReady writes as much of p to the socket fd as its buffer takes now,
+// without waiting and without telling the scheduler about a system call
+// (see readNonblock), and returns how much that was: less than len(p) with
+// a nil error means the buffer is full, and the caller waits (with a
+// blocking write) for the rest. The caller keeps fd open during the call.
+func WriteReady(fd int, p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		rest := p[n:]
+		k, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
 		switch e {
 		case 0:
-			w.n += int(n)
+			n += int(k)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return true
+			return n, nil
 		default:
-			w.err = os.NewSyscallError("write", e)
-			return true
+			return n, os.NewSyscallError("write", e)
 		}
 	}
-	return true
+	return n, nil
 }

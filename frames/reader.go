@@ -42,10 +42,9 @@ const smallSize = 16
 //
 // A Reader is used by one goroutine at a time, except Received.
 type Reader struct {
-	src    io.Reader          // blocking reads
-	raw    syscall.RawConn    // the same socket read without waiting; nil when src is not one
-	rawFn  func(uintptr) bool // r.readFd, made once: a closure per read would allocate
-	rawRes int32              // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
+	src    io.Reader // blocking reads
+	fd     int       // the same socket's descriptor, read without waiting; -1 when src is not one
+	rawRes int32     // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
 	short  bool               // the last read without waiting took less than there was room for
 	small  [smallSize]byte
 	big    *[]byte
@@ -62,38 +61,39 @@ var ErrNotSocket = errors.New("frames: source is not a socket")
 
 // NewReader returns a Reader of src.
 func NewReader(src io.Reader) *Reader {
-	r := &Reader{}
+	r := &Reader{fd: -1}
 	r.Reset(src)
 	return r
 }
 
 // Reset makes r read from src, dropping anything buffered. When src is a
-// socket (a syscall.Conn), ReadReady reads it without waiting.
+// socket (a syscall.Conn), ReadReady reads its descriptor without waiting,
+// so src must stay open until r is reset again.
 func (r *Reader) Reset(src io.Reader) {
-	var raw syscall.RawConn
+	fd := -1
 	if sc, ok := src.(syscall.Conn); ok {
-		raw, _ = sc.SyscallConn()
+		if rc, err := sc.SyscallConn(); err == nil {
+			_ = rc.Control(func(f uintptr) { fd = int(f) })
+		}
 	}
-	r.ResetSocket(src, raw)
+	r.ResetSocket(src, fd)
 }
 
 // ResetSocket makes r read from src, dropping anything buffered: blocking
-// reads go to src, ReadReady to raw, which must be the same socket (nil:
-// no reads without waiting). It lets a caller put its own step in front
-// of every blocking read.
-func (r *Reader) ResetSocket(src io.Reader, raw syscall.RawConn) {
+// reads go to src, ReadReady to the descriptor fd, which must be the same
+// socket's and stay open until r is reset again (-1: no reads without
+// waiting). It lets a caller put its own step in front of every blocking
+// read.
+func (r *Reader) ResetSocket(src io.Reader, fd int) {
 	if r.big != nil {
 		putBuf(r.big)
 		r.big = nil
 	}
 	r.data = nil
 	r.src = src
-	r.raw = nil
-	if raw != nil && rawIO {
-		r.raw = raw
-		if r.rawFn == nil {
-			r.rawFn = r.readFd
-		}
+	r.fd = -1
+	if rawIO {
+		r.fd = fd
 	}
 }
 
@@ -138,7 +138,7 @@ func (r *Reader) ReadMore() error {
 // bytes are buffered, so a caller reads only when what is buffered is less
 // than a frame header.
 func (r *Reader) ReadReady() error {
-	if r.raw == nil {
+	if r.fd < 0 {
 		return ErrNotSocket
 	}
 	return r.readReady()
@@ -190,7 +190,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 // a blocking read of src. Without a pooled buffer and for at most a header
 // it reads into the Reader's own array.
 func (r *Reader) fill(n int) error {
-	if r.raw != nil && len(r.data) < n {
+	if r.fd >= 0 && len(r.data) < n {
 		if err := r.readReady(); err != nil && err != ErrWouldBlock {
 			return err
 		}

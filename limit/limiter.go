@@ -586,7 +586,7 @@ func verdict(kind, scope0, scope1 string, deny0, deny1 bool, retry0, retry1 time
 // would make Redis Cluster hash the whole key, putting a counter and its
 // block key in different slots.)
 func safeID(id string) string {
-	if id != "" && len(id) <= maxIDLen && !strings.ContainsAny(id, "{}") && !strings.HasPrefix(id, "sha256:") {
+	if id != "" && len(id) <= maxIDLen && strings.IndexByte(id, '{') < 0 && strings.IndexByte(id, '}') < 0 && !strings.HasPrefix(id, "sha256:") {
 		return id
 	}
 	sum := sha256.Sum256([]byte(id))

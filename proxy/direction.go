@@ -53,7 +53,11 @@ func (d *direction) init(pr *pair, src *side, client bool) {
 		from = frames.Client
 	}
 	d.s = frames.Stream{From: from, MaxMessageBytes: pr.p.cfg.MaxMessageBytes}
-	d.r.ResetSocket((*source)(d), src.raw)
+	fd := -1
+	if src.raw != nil {
+		fd = int(src.fd) // open until finish, after both directions left
+	}
+	d.r.ResetSocket((*source)(d), fd)
 	d.desc.Init(int(src.fd), d.run)
 }
 
@@ -490,7 +494,7 @@ func (d *direction) finish() {
 	if pl := d.pr.p.pl; pl != nil {
 		pl.Remove(&d.desc)
 	}
-	d.r.ResetSocket(nil, nil)
+	d.r.ResetSocket(nil, -1)
 	d.out.release()
 	d.msgDeadline.Store(0)
 	if d.pr.live.Add(-1) == 0 {

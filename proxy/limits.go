@@ -109,7 +109,7 @@ func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []
 // error (the deadline included) or maxDrain bytes.
 func drainUntilClose(c net.Conn) {
 	r := frames.NewReader(c)
-	defer r.ResetSocket(nil, nil)
+	defer r.ResetSocket(nil, -1)
 	var hdr [ws.MaxHeaderSize]byte
 	for total := int64(0); total < maxDrain; {
 		h, err := ws.ReadHeaderBuffer(r, hdr[:])

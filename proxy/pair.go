@@ -54,6 +54,15 @@ import (
 // pair whose close deadline passed, and, as a backstop that should never
 // fire, forces one still open two close timeouts after it ended. The last
 // direction to finish releases the pair (finish).
+//
+// # Descriptors
+//
+// Hanging a side up shuts its socket down (shutdown(2)) and keeps its
+// descriptor; only finish closes the descriptors, after both directions
+// have left. So a direction reads and writes its sockets' descriptors
+// with plain system calls (frames.Reader.ReadReady, frames.WriteReady),
+// without the runtime poller's reference count: on a busy relay that
+// count and the poller's state reset cost about 5% of the gate's CPU.
 type pair struct {
 	p        *Proxy
 	client   side

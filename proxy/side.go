@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"net"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -108,15 +107,13 @@ func (s *source) Read(p []byte) (int, error) {
 // write after the direction's beforeBlock.
 type sink direction
 
-var rawWriters = sync.Pool{New: func() any { return frames.NewRawWriter() }}
-
 func (s *sink) Write(p []byte) (int, error) {
 	d := (*direction)(s)
 	n := 0
-	if rc := d.dst().raw; rc != nil {
-		w := rawWriters.Get().(*frames.RawWriter)
-		k, err := w.WriteReady(rc, p)
-		rawWriters.Put(w)
+	if dst := d.dst(); dst.raw != nil {
+		// The descriptor stays open while a direction runs: only
+		// finish closes it, after both have left (pair's doc comment).
+		k, err := frames.WriteReady(int(dst.fd), p)
 		n = k
 		if err != nil || n == len(p) {
 			return n, err
