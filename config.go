@@ -14,6 +14,7 @@ import (
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
+	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/proxy"
 )
@@ -121,7 +122,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 		u, err := url.Parse(c.String("upstream"))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("upstream", fmt.Errorf("want http://host:port, got %q", c.String("upstream")))
+			return bad("upstream", fmt.Errorf("want http://host:port, got %q", redact.URL(c.String("upstream"))))
 		}
 		cfg.proxy.Upstream = u
 	}

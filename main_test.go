@@ -93,6 +93,10 @@ func TestCheckConfig(t *testing.T) {
 		{name: "bad jwks url", args: append(up, "--jwks-url", "ftp://x"), flag: "--jwks-url"},
 		{name: "negative leeway", args: append(up, "--jwt-leeway", "-1s"), flag: "--jwt-leeway"},
 		{name: "negative pass cap", args: append(up, "--max-pass-requests", "-1"), flag: "--max-pass-requests"},
+		{name: "upstream with a password and a bad port", args: []string{"--upstream", "http://u:s3cret@x:port"}, flag: "--upstream"},
+		{name: "upstream with a key and a bad scheme", args: []string{"--upstream", "ftp://x/?key=s3cret"}, flag: "--upstream"},
+		{name: "jwks url with a password and a bad scheme", args: append(up, "--jwks-url", "ftp://u:s3cret@x/jwks?api_key=s3cret"), flag: "--jwks-url"},
+		{name: "redis url with a password and a bad port", args: append(up, "--redis-url", "redis://:s3cret@x:port/0"), flag: "--redis-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
 	"github.com/holo/wsgate/internal/demo"
+	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
 	"github.com/holo/wsgate/proxy"
@@ -119,7 +120,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	go func() { serveErr <- admin.Serve(adminLn) }()
 	log.Info("wsgate started", "version", version, "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
-		"upstream", cfg.proxy.Upstream.Redacted(), "store", lim.StoreName())
+		"upstream", redact.URL(cfg.proxy.Upstream.String()), "store", lim.StoreName())
 	if started != nil {
 		started(ln.Addr().String())
 	}

@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/holo/wsgate/internal/redact"
 )
 
 const (
@@ -38,6 +41,7 @@ var errJWKSNotFetched = errors.New("jwks not fetched yet")
 // next token needs.
 type jwksSource struct {
 	url      string
+	shown    string // url as logs and errors may print it (redact.URL)
 	client   *http.Client
 	log      *slog.Logger
 	now      func() time.Time
@@ -62,8 +66,8 @@ type jwksSource struct {
 }
 
 func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time) *jwksSource {
-	s := &jwksSource{url: u, client: c, log: log, now: now, interval: jwksInterval, minGap: jwksMinRefresh,
-		lastErr: errJWKSNotFetched}
+	s := &jwksSource{url: u, shown: redact.URL(u), client: c, log: log, now: now, interval: jwksInterval,
+		minGap: jwksMinRefresh, lastErr: errJWKSNotFetched}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -202,9 +206,9 @@ func (s *jwksSource) fetchAndKeep(done chan struct{}) {
 	close(done)
 	s.mu.Unlock()
 	if err != nil {
-		s.log.Warn("auth: jwks refresh failed; keeping the last good set", "url", s.url, "err", err)
+		s.log.Warn("auth: jwks refresh failed; keeping the last good set", "url", s.shown, "err", err)
 	} else {
-		s.log.Debug("auth: jwks refreshed", "url", s.url, "keys", len(keys))
+		s.log.Debug("auth: jwks refreshed", "url", s.shown, "keys", len(keys))
 	}
 }
 
@@ -227,15 +231,24 @@ next:
 	}
 }
 
+// hideURL puts the redacted URL into err's *url.Error, whose message quotes
+// the URL it was given, query string included.
+func (s *jwksSource) hideURL(err error) error {
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		ue.URL = s.shown
+	}
+	return err
+}
+
 func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
+		return nil, fmt.Errorf("jwks: %w", s.hideURL(err))
 	}
 	req.Header.Set("Accept", "application/json")
 	res, err := s.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
+		return nil, fmt.Errorf("jwks: %w", s.hideURL(err))
 	}
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
@@ -259,13 +272,13 @@ func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 		if k.KeyType() == jwa.OctetSeq {
 			// The set is published: its secret is anybody's, and a token
 			// signed with it would verify.
-			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.url, "kid", k.KeyID())
+			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.shown, "kid", k.KeyID())
 			continue
 		}
 		vk, err := keyFromJWK(k)
 		if err != nil {
 			if !errors.Is(err, errSkipKey) {
-				s.log.Warn("auth: jwks key skipped", "url", s.url, "kid", k.KeyID(), "err", err)
+				s.log.Warn("auth: jwks key skipped", "url", s.shown, "kid", k.KeyID(), "err", err)
 			}
 			continue
 		}

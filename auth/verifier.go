@@ -23,6 +23,8 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/holo/wsgate/internal/redact"
 )
 
 // MaxTokenBytes is the longest token Authenticate parses; longer ones are
@@ -241,7 +243,7 @@ func (c Config) load() (loaded, error) {
 	if c.JWKSURL != "" {
 		u, err := url.Parse(c.JWKSURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", c.JWKSURL))
+			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", redact.URL(c.JWKSURL)))
 		}
 	}
 	if l.allowed != nil && c.JWKSURL == "" && len(l.static) > 0 {
