@@ -370,6 +370,7 @@ func TestJWKSLogsNoSecret(t *testing.T) {
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("error quotes the secret: %v", err)
 			}
+			v.Close() // waits for the fetch, which logs after its waiters were released
 			out := buf.String()
 			if !strings.Contains(out, "jwks refresh failed") {
 				t.Fatalf("no refresh failure logged:\n%s", out)
