@@ -45,6 +45,7 @@ type jwksSource struct {
 	client   *http.Client
 	log      *slog.Logger
 	now      func() time.Time
+	nextID   func() uint64 // hands out verifyKey.id, shared with the key files
 	interval time.Duration
 	minGap   time.Duration
 
@@ -54,8 +55,7 @@ type jwksSource struct {
 	inflight    chan struct{} // closed when the fetch under way ends
 	lastAttempt time.Time
 	lastErr     error
-	stopped     bool   // set by stop; no fetch starts after it
-	lastID      uint64 // the last verifyKey.id handed out
+	stopped     bool // set by stop; no fetch starts after it
 
 	ctx    context.Context // cancelled by stop; aborts fetches
 	cancel context.CancelFunc
@@ -65,8 +65,8 @@ type jwksSource struct {
 	waiting func()
 }
 
-func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time) *jwksSource {
-	s := &jwksSource{url: u, shown: redact.URL(u), client: c, log: log, now: now, interval: jwksInterval,
+func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time, nextID func() uint64) *jwksSource {
+	s := &jwksSource{url: u, shown: redact.URL(u), client: c, log: log, now: now, nextID: nextID, interval: jwksInterval,
 		minGap: jwksMinRefresh, lastErr: errJWKSNotFetched}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -226,8 +226,7 @@ next:
 				continue next
 			}
 		}
-		s.lastID++
-		keys[i].id = s.lastID
+		keys[i].id = s.nextID()
 	}
 }
 
