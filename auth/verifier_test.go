@@ -49,7 +49,6 @@ type testKeys struct {
 	ec      *ecdsa.PrivateKey
 	rsaPEM  []byte // public key PEM
 	rsa2PEM []byte
-	dir     string
 }
 
 var (

@@ -14,7 +14,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -453,7 +452,6 @@ func hmacSigner(h func() hash.Hash, secret []byte) signer {
 }
 
 func hs256(secret []byte) signer { return hmacSigner(sha256.New, secret) }
-func hs384(secret []byte) signer { return hmacSigner(sha512.New384, secret) }
 
 func rs256(t testing.TB, key *rsa.PrivateKey) signer {
 	return func(input []byte) []byte {

@@ -487,7 +487,7 @@ func TestRedisKilledFailureLocal(t *testing.T) {
 	c2 := dialAs(t, g.URL+"/echo", peer{})
 	echoOK(t, c2, "new connection while Redis is down")
 	waitMetric(t, g, mRedisUp, nil, 0)
-	fallback := waitMetricAbove(t, g, mFallback, nil, 0)
+	waitMetricAbove(t, g, mFallback, nil, 0)
 	waitMetricAbove(t, g, mDecisions, decError, 0)
 	if got := g.Metric(t, mRateLimited, nil); got != 0 {
 		t.Errorf("%s = %v, want 0: nothing was over the rule", mRateLimited, got)
@@ -506,7 +506,7 @@ func TestRedisKilledFailureLocal(t *testing.T) {
 	waitLong(t, "holo_ws_redis_up to return to 1 after Redis restarted", 30*time.Second, func() bool {
 		return g.Metric(t, mRedisUp, nil) == 1
 	})
-	fallback = g.Metric(t, mFallback, nil)
+	fallback := g.Metric(t, mFallback, nil)
 	for _, m := range msgs("after", 3) {
 		echoOK(t, c, m)
 	}
