@@ -304,7 +304,7 @@ var (
 	decAllowed  = map[string]string{"decision": "allowed"}
 	decLimited  = map[string]string{"decision": "limited"}
 	decShadow   = map[string]string{"decision": "shadow_limited"}
-	decError    = map[string]string{"decision": "error"}
+	decFallback = map[string]string{"cause": "fallback"}
 	userMessage = map[string]string{"scope": "user", "kind": "message"}
 	userConn    = map[string]string{"scope": "user", "kind": "connection"}
 	ipMessage   = map[string]string{"scope": "ip", "kind": "message"}

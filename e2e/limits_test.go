@@ -105,7 +105,7 @@ func TestLimitDefaultsRedis(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{mDecisions, decError, 0},
+		{mDecisions, decFallback, 0},
 		{mDecisions, decShadow, 0},
 		{mFallback, nil, 0},
 		{mRedisUp, nil, 1},
@@ -488,7 +488,7 @@ func TestRedisKilledFailureLocal(t *testing.T) {
 	echoOK(t, c2, "new connection while Redis is down")
 	waitMetric(t, g, mRedisUp, nil, 0)
 	waitMetricAbove(t, g, mFallback, nil, 0)
-	waitMetricAbove(t, g, mDecisions, decError, 0)
+	waitMetricAbove(t, g, mDecisions, decFallback, 0)
 	if got := g.Metric(t, mRateLimited, nil); got != 0 {
 		t.Errorf("%s = %v, want 0: nothing was over the rule", mRateLimited, got)
 	}
@@ -583,8 +583,8 @@ func TestRedisDownFailureClosed(t *testing.T) {
 	waitMetric(t, g, mRateLimited, userMessage, 1)
 	waitMetric(t, g, mRateLimited, userConn, 1)
 	waitMetric(t, g, mRedisUp, nil, 0)
-	if got := g.Metric(t, mDecisions, decError); got < 2 {
-		t.Errorf("%s{decision=error} = %v, want at least 2", mDecisions, got)
+	if got := g.Metric(t, mDecisions, decFallback); got < 2 {
+		t.Errorf("%s{cause=fallback} = %v, want at least 2", mDecisions, got)
 	}
 	if got := g.Metric(t, mFallback, nil); got < 2 {
 		t.Errorf("%s = %v, want at least 2", mFallback, got)
