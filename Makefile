@@ -7,6 +7,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME  ?= 40000x
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ROOT      := $(shell id -u 2>/dev/null)
 
 # Fuzz targets run by `make test` for FUZZTIME each (package:target). A count, not a
@@ -49,6 +50,10 @@ lint:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
 	$(GO) -C e2e/bench vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags e2e ./e2e/
+	$(GO) -C e2e/bench run $(STATICCHECK) ./...
+	$(GO) -C charts/test run $(STATICCHECK) ./...
 
 ## deps: redis-server, node and npm (installed with apt-get when run as root).
 deps:

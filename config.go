@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
+	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/proxy"
 )
@@ -30,6 +34,11 @@ type config struct {
 	shutdownGrace       time.Duration
 	logLevel            slog.Level
 	logJSON             bool
+	// redisRequired keeps /readyz at 503 while Redis is not reachable.
+	redisRequired bool
+	// serviceLinks are the Kubernetes service-link variables found in the
+	// environment, logged as ignored at start.
+	serviceLinks []string
 }
 
 // flagError names the flag a bad value came from.
@@ -61,11 +70,11 @@ var (
 		"RedisURL":                 "redis-url",
 	}
 	authFlags = map[string]string{
-		"HMACSecretFile": "jwt-hmac-secret-file",
-		"KeyFile":        "jwt-key-file",
-		"JWKSURL":        "jwks-url",
-		"Algorithms":     "jwt-algorithms",
-		"Leeway":         "jwt-leeway",
+		"HMACSecretFiles": "jwt-hmac-secret-file",
+		"KeyFiles":        "jwt-key-file",
+		"JWKSURL":         "jwks-url",
+		"Algorithms":      "jwt-algorithms",
+		"Leeway":          "jwt-leeway",
 	}
 )
 
@@ -99,7 +108,12 @@ func namedFlag(err error) error {
 }
 
 func configFrom(c *cli.Context, demoMode bool) (*config, error) {
+	links, err := checkEnv(os.Environ(), c.Command.Flags)
+	if err != nil {
+		return nil, err
+	}
 	cfg := &config{
+		serviceLinks:  links,
 		listen:        c.String("listen"),
 		adminListen:   c.String("admin-listen"),
 		shutdownDelay: c.Duration("shutdown-delay"),
@@ -121,7 +135,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 		u, err := url.Parse(c.String("upstream"))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("upstream", fmt.Errorf("want http://host:port, got %q", c.String("upstream")))
+			return bad("upstream", fmt.Errorf("want http://host:port, got %q", redact.URL(c.String("upstream"))))
 		}
 		cfg.proxy.Upstream = u
 	}
@@ -201,6 +215,12 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	}
 	cfg.limits.FailureMode = fm
 	cfg.limits.RedisURL = c.String("redis-url")
+	if u := cfg.limits.RedisURL; u != "" && !strings.Contains(u, "://") {
+		return bad("redis-url", fmt.Errorf("want redis://host:port (rediss:// for TLS), got %q", redact.URL(u)))
+	}
+	if cfg.redisRequired = c.Bool("redis-required"); cfg.redisRequired && cfg.limits.RedisURL == "" {
+		return bad("redis-required", errors.New("needs --redis-url"))
+	}
 	// The package reads "" as its default prefix; a flag set to "" is a
 	// mistake.
 	if cfg.limits.KeyPrefix = c.String("key-prefix"); cfg.limits.KeyPrefix == "" {
@@ -216,6 +236,9 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	}
 	if err := cfg.auth.Validate(); err != nil {
 		return nil, namedFlag(err)
+	}
+	if c.Bool("require-auth") && !cfg.auth.HasKeys() {
+		return bad("require-auth", errors.New("no key configured: set --jwt-hmac-secret-file, --jwt-key-file or --jwks-url (or their WSGATE_* variables)"))
 	}
 
 	if err := cfg.logLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
@@ -234,18 +257,18 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 // authConfig reads the authentication and client-IP flags.
 func authConfig(c *cli.Context, cfg *config) error {
 	cfg.auth = auth.Config{
-		HMACSecretFile: c.String("jwt-hmac-secret-file"),
-		KeyFile:        c.String("jwt-key-file"),
-		JWKSURL:        c.String("jwks-url"),
-		Algorithms:     splitList(c.StringSlice("jwt-algorithms")),
-		Issuer:         c.String("jwt-issuer"),
-		Audiences:      splitList(c.StringSlice("jwt-audience")),
-		SubjectClaim:   c.String("jwt-subject-claim"),
-		Leeway:         c.Duration("jwt-leeway"),
-		QueryParam:     c.String("token-query-param"),
-		Cookie:         c.String("token-cookie"),
-		ForwardToken:   c.Bool("forward-token"),
-		AllowAnonymous: c.Bool("allow-anonymous"),
+		HMACSecretFiles: splitList(c.StringSlice("jwt-hmac-secret-file")),
+		KeyFiles:        splitList(c.StringSlice("jwt-key-file")),
+		JWKSURL:         c.String("jwks-url"),
+		Algorithms:      splitList(c.StringSlice("jwt-algorithms")),
+		Issuer:          c.String("jwt-issuer"),
+		Audiences:       splitList(c.StringSlice("jwt-audience")),
+		SubjectClaim:    c.String("jwt-subject-claim"),
+		Leeway:          c.Duration("jwt-leeway"),
+		QueryParam:      c.String("token-query-param"),
+		Cookie:          c.String("token-cookie"),
+		ForwardToken:    c.Bool("forward-token"),
+		AllowAnonymous:  c.Bool("allow-anonymous"),
 	}
 	if cfg.auth.QueryParam == "" {
 		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}
@@ -299,16 +322,40 @@ func validHeaderName(h string) bool {
 }
 
 // parseBytes reads a size: a plain number of bytes or one with a KiB, MiB
-// or GiB suffix (KB, MB, GB are accepted as the same powers of two).
+// or GiB suffix (or B). KB, MB and GB (and K, M, G) are refused: people
+// mean 1000 by them as often as 1024, and a limit should not depend on
+// which.
 func parseBytes(s string) (int64, error) {
 	t := strings.TrimSpace(s)
+	upper := strings.ToUpper(t)
+	for _, u := range []struct {
+		suffixes []string
+		binary   string
+		decimal  int64
+	}{
+		{[]string{"KB", "K"}, "KiB", 1e3},
+		{[]string{"MB", "M"}, "MiB", 1e6},
+		{[]string{"GB", "G"}, "GiB", 1e9},
+	} {
+		for _, suffix := range u.suffixes {
+			num, ok := strings.CutSuffix(upper, suffix)
+			if !ok {
+				continue
+			}
+			num = strings.TrimSpace(num)
+			if n, err := strconv.ParseInt(num, 10, 64); err == nil && n >= 0 && n <= (1<<62)/u.decimal {
+				return 0, fmt.Errorf("%q is ambiguous (powers of 1000 or of 1024?): write %d%s or %d", s, n, u.binary, n*u.decimal)
+			}
+			return 0, fmt.Errorf("%q is ambiguous: write a number of bytes or one with KiB, MiB or GiB, like 1MiB", s)
+		}
+	}
 	mult := int64(1)
 	for _, u := range []struct {
 		suffix string
 		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
-		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) {
-			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
+	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"B", 1}} {
+		if num, ok := strings.CutSuffix(upper, u.suffix); ok {
+			t, mult = strings.TrimSpace(num), u.mult
 			break
 		}
 	}
@@ -317,4 +364,172 @@ func parseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("want a size like 1048576 or 1MiB, got %q", s)
 	}
 	return n * mult, nil
+}
+
+// inheritFlags is the Before of check-config and demo: flags written before
+// the subcommand (`wsgate --upstream ... check-config`) count as if written
+// after it, where urfave/cli alone would drop them; written on both sides,
+// the later one wins.
+func inheritFlags(c *cli.Context) error {
+	lineage := c.Lineage()
+	if len(lineage) < 2 {
+		return nil
+	}
+	parent := lineage[1]
+	for _, f := range c.Command.Flags {
+		name := f.Names()[0]
+		if c.IsSet(name) || !parent.IsSet(name) {
+			continue
+		}
+		values := []string{fmt.Sprint(parent.Value(name))}
+		if _, ok := f.(*cli.StringSliceFlag); ok {
+			values = parent.StringSlice(name)
+		}
+		for _, v := range values {
+			if err := c.Set(name, v); err != nil {
+				return cli.Exit(fmt.Sprintf("wsgate: --%s: %v", name, err), exitBadConfig)
+			}
+		}
+	}
+	return nil
+}
+
+// serviceLink matches the variables the kubelet derives from a Service named
+// wsgate or wsgate-<something> when the pod's enableServiceLinks is true:
+// they share the flags' WSGATE_ prefix but are no flag's.
+var serviceLink = regexp.MustCompile(`^WSGATE(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$`)
+
+// checkEnv refuses a WSGATE_* variable in environ that is no flag's: a
+// typo (WSGATE_JWT_HMAC_SECRET for ..._FILE) would otherwise leave the
+// gate running without what it was meant to set. Service links are
+// returned, to be logged as ignored.
+func checkEnv(environ []string, fs []cli.Flag) (serviceLinks []string, err error) {
+	known := map[string]bool{}
+	var names []string
+	for _, f := range fs {
+		if ev, ok := f.(interface{ GetEnvVars() []string }); ok {
+			for _, e := range ev.GetEnvVars() {
+				known[e] = true
+				names = append(names, e)
+			}
+		}
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case !strings.HasPrefix(name, "WSGATE_") || known[name]:
+		case serviceLink.MatchString(name):
+			serviceLinks = append(serviceLinks, name)
+		default:
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return serviceLinks, nil
+	}
+	slices.Sort(unknown)
+	msg := unknown[0] + " is no flag's variable"
+	if s := closest(unknown[0], names); s != "" {
+		msg += " (did you mean " + s + "?)"
+	} else {
+		msg += "; wsgate --help lists each flag's"
+	}
+	if len(unknown) > 1 {
+		msg += fmt.Sprintf("; %d more: %s", len(unknown)-1, strings.Join(unknown[1:], ", "))
+	}
+	return nil, errors.New(msg)
+}
+
+// closest returns the candidate that name most likely misspells: one that
+// extends it (a forgotten suffix such as _FILE) or is at most two edits
+// away; "" when none is.
+func closest(name string, candidates []string) string {
+	best, bestDist := "", 3
+	for _, c := range candidates {
+		if len(name) >= 6 && strings.HasPrefix(c, name) {
+			return c
+		}
+		if d := editDistance(name, c); d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+var (
+	badFlagValue = regexp.MustCompile(`^invalid (?:boolean )?value ("(?:[^"\\]|\\.)*") for (?:flag )?-+([a-z0-9-]+): `)
+	badEnvValue  = regexp.MustCompile(`^could not parse ("(?:[^"\\]|\\.)*") as .* from environment variable "([A-Z0-9_]+)" for flag ([a-z0-9-]+): `)
+	unknownFlag  = regexp.MustCompile(`^flag provided but not defined: -+(.+)$`)
+)
+
+// explainUsage turns what urfave/cli and package flag say about a value they
+// cannot parse into one line that names the flag (and the variable it came
+// from) and says what to write; other errors are returned as they are.
+func explainUsage(err error, fs []cli.Flag) string {
+	msg := err.Error()
+	var name, value, from string
+	if m := badFlagValue.FindStringSubmatch(msg); m != nil {
+		value, name = m[1], m[2]
+	} else if m := badEnvValue.FindStringSubmatch(msg); m != nil {
+		value, from, name = m[1], m[2], m[3]
+	} else if m := unknownFlag.FindStringSubmatch(msg); m != nil {
+		var names []string
+		for _, f := range fs {
+			names = append(names, f.Names()[0])
+		}
+		line := "--" + m[1] + ": no such flag"
+		if s := closest(m[1], names); s != "" {
+			line += "; did you mean --" + s + "?"
+		}
+		return line
+	} else {
+		return msg
+	}
+	if v, err := strconv.Unquote(value); err == nil {
+		value = v
+	}
+	i := slices.IndexFunc(fs, func(f cli.Flag) bool { return f.Names()[0] == name })
+	if i < 0 {
+		return msg
+	}
+	line := "--" + name
+	if from != "" {
+		line += " (from " + from + ")"
+	}
+	switch fs[i].(type) {
+	case *cli.DurationFlag:
+		line += fmt.Sprintf(": want a duration like 5s, 250ms or 1m30s, got %q", value)
+		if _, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			line += fmt.Sprintf("; did you mean %ss?", strings.TrimSpace(value))
+		}
+	case *cli.IntFlag:
+		line += fmt.Sprintf(": want a whole number, got %q", value)
+	case *cli.BoolFlag:
+		line += fmt.Sprintf(": want true or false, got %q", value)
+	default:
+		return msg
+	}
+	return line
 }

@@ -78,8 +78,8 @@ func flags(upstreamRequired bool) []cli.Flag {
 		str("key-prefix", "ws-rate", catRedis, "prefix of every Redis key"),
 		str("failure-mode", "local", catRedis, "while Redis is unreachable: local (decide in process), open (allow), closed (refuse)"),
 		dur("redis-timeout", 50*time.Millisecond, catRedis, "deadline of every Redis decision (message decisions share deadlines in 5ms steps); past it --failure-mode decides"),
-		str("jwt-hmac-secret-file", "", catAuth, "file holding the raw bytes of an HS256/384/512 secret"),
-		str("jwt-key-file", "", catAuth, "file holding a PEM public key, a JWK or a JWK Set"),
+		strs("jwt-hmac-secret-file", catAuth, "file holding the raw bytes of an HS256/384/512 secret (repeatable: a token verifies with any; files are re-read when they change and on SIGHUP)"),
+		strs("jwt-key-file", catAuth, "file holding PEM public keys, a JWK or a JWK Set (repeatable; re-read when it changes and on SIGHUP)"),
 		str("jwks-url", "", catAuth, "JWK Set URL, refreshed in the background; an unknown kid triggers at most one refresh per 10s"),
 		strs("jwt-algorithms", catAuth, "allowed signature algorithms (default: those that fit the configured keys)"),
 		str("jwt-issuer", "", catAuth, "required iss claim"),
@@ -106,5 +106,11 @@ func flags(upstreamRequired bool) []cli.Flag {
 		dur("shutdown-grace", 25*time.Second, catShutdown, "after the delay, time for connections to close (1001) before the process exits"),
 		str("log-level", "info", catLog, "debug, info, warn or error"),
 		str("log-format", "json", catLog, "json or text"),
+
+		// Guards against a configuration that starts but is not the one meant.
+		&cli.BoolFlag{Name: "require-auth", Category: catAuth, EnvVars: env("require-auth"),
+			Usage: "refuse to start without --jwt-hmac-secret-file, --jwt-key-file or --jwks-url (the chart sets it when keys are configured)"},
+		&cli.BoolFlag{Name: "redis-required", Category: catRedis, EnvVars: env("redis-required"),
+			Usage: "keep /readyz at 503 while Redis is not reachable, whatever --failure-mode says (needs --redis-url)"},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
@@ -48,10 +49,10 @@ const exitBadConfig = 2
 
 func newApp() *cli.App {
 	cli.VersionPrinter = func(c *cli.Context) {
-		fmt.Fprintf(c.App.Writer, "wsgate %s (commit %s)\n", version, commit)
+		fmt.Fprintf(c.App.Writer, "wsgate %s (commit %s, %s)\n", version, commit, runtime.Version())
 	}
 	usageError := func(_ *cli.Context, err error, _ bool) error {
-		return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
+		return cli.Exit("wsgate: "+explainUsage(err, flags(true)), exitBadConfig)
 	}
 	return &cli.App{
 		Name:            "wsgate",
@@ -74,6 +75,7 @@ func newApp() *cli.App {
 				Usage:        "validate the flags and environment, print nothing and exit 0, or one line and exit 2",
 				Flags:        flags(true),
 				OnUsageError: usageError,
+				Before:       inheritFlags,
 				Action: func(c *cli.Context) error {
 					if _, err := configFrom(c, false); err != nil {
 						return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
@@ -86,6 +88,7 @@ func newApp() *cli.App {
 				Usage:        "run the gate on the memory store in front of a built-in echo backend and page",
 				Flags:        flags(false),
 				OnUsageError: usageError,
+				Before:       inheritFlags,
 				Action: func(c *cli.Context) error {
 					cfg, err := configFrom(c, true)
 					if err != nil {

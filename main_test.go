@@ -1,14 +1,18 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/holo/wsgate/limit"
 )
 
 // TestREADMEFlagTable checks the README's flag table against the flags the
@@ -93,6 +97,10 @@ func TestCheckConfig(t *testing.T) {
 		{name: "bad jwks url", args: append(up, "--jwks-url", "ftp://x"), flag: "--jwks-url"},
 		{name: "negative leeway", args: append(up, "--jwt-leeway", "-1s"), flag: "--jwt-leeway"},
 		{name: "negative pass cap", args: append(up, "--max-pass-requests", "-1"), flag: "--max-pass-requests"},
+		{name: "upstream with a password and a bad port", args: []string{"--upstream", "http://u:s3cret@x:port"}, flag: "--upstream"},
+		{name: "upstream with a key and a bad scheme", args: []string{"--upstream", "ftp://x/?key=s3cret"}, flag: "--upstream"},
+		{name: "jwks url with a password and a bad scheme", args: append(up, "--jwks-url", "ftp://u:s3cret@x/jwks?api_key=s3cret"), flag: "--jwks-url"},
+		{name: "redis url with a password and a bad port", args: append(up, "--redis-url", "redis://:s3cret@x:port/0"), flag: "--redis-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,14 +159,164 @@ func TestStartNamesFlag(t *testing.T) {
 }
 
 func TestParseBytes(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "1024": 1024, "1KiB": 1024, "16KiB": 16 << 10, "1MiB": 1 << 20, "2 MB": 2 << 20, "1GiB": 1 << 30} {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "1KiB": 1024, "16KiB": 16 << 10, "1MiB": 1 << 20, "2 MiB": 2 << 20, "1GiB": 1 << 30, "1gib": 1 << 30, "512B": 512} {
 		if got, err := parseBytes(in); err != nil || got != want {
 			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "x", "-1", "1XB", "1.5MiB"} {
+	for _, in := range []string{"", "x", "-1", "1XB", "1.5MiB", "2 MB", "1kb", "1M", "1G"} {
 		if _, err := parseBytes(in); err == nil {
 			t.Errorf("parseBytes(%q) succeeded", in)
 		}
+	}
+}
+
+// runLine runs the app with args and env and returns its exit code and the
+// one line it printed (its error), as main would.
+func runLine(t *testing.T, env map[string]string, args ...string) (int, string) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	err := newApp().Run(append([]string{"wsgate"}, args...))
+	switch ec, ok := err.(cli.ExitCoder); {
+	case err == nil:
+		return 0, ""
+	case ok:
+		return ec.ExitCode(), err.Error()
+	default:
+		return 1, err.Error()
+	}
+}
+
+// TestConfigErrorsSuggest: a value in a shape people often write gets a
+// line that says what to write instead.
+func TestConfigErrorsSuggest(t *testing.T) {
+	up := []string{"--upstream", "http://x:1"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string // substrings of the one line
+	}{
+		{"duration without a unit", append(up, "--idle-timeout", "5"), nil, []string{"--idle-timeout", `"5"`, "5s"}},
+		{"duration without a unit from env", up, map[string]string{"WSGATE_USER_BLOCK": "30"}, []string{"--user-block", "WSGATE_USER_BLOCK", "30s"}},
+		{"duration with a bad unit", append(up, "--ping-interval", "5sec"), nil, []string{"--ping-interval", "like 5s, 250ms or 1m30s"}},
+		{"integer", append(up, "--max-conns", "lots"), nil, []string{"--max-conns", "whole number"}},
+		{"ambiguous size", append(up, "--max-message-bytes", "1MB"), nil, []string{"--max-message-bytes", "ambiguous", "1MiB", "1000000"}},
+		{"ambiguous size from env", up, map[string]string{"WSGATE_MAX_HEADER_BYTES": "8kb"}, []string{"--max-header-bytes", "ambiguous", "8KiB"}},
+		{"redis url without a scheme", append(up, "--redis-url", "redis-master:6379"), nil, []string{"--redis-url", "want redis://host:port", `"redis-master:6379"`}},
+		{"redis url without a scheme, with a password", append(up, "--redis-url", ":s3cret@redis-master:6379"), nil, []string{"--redis-url", "want redis://host:port"}},
+		{"unknown flag", append(up, "--user-rates", "5/1s"), nil, []string{"--user-rates", "--user-rate"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, line := runLine(t, tc.env, append([]string{"check-config"}, tc.args...)...)
+			if code != exitBadConfig || strings.Contains(line, "\n") || strings.Contains(line, "s3cret") {
+				t.Fatalf("exit %d %q: want exit 2 and one line without the secret", code, line)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("%q lacks %q", line, w)
+				}
+			}
+		})
+	}
+}
+
+// TestUnknownEnv: a WSGATE_* variable that is no flag's is a typo (the
+// gate would otherwise run without what it says, e.g. with auth off): it is
+// refused, naming the variable and the flag it was probably meant for. The
+// variables Kubernetes derives from Services named wsgate... are not flags
+// and are left alone.
+func TestUnknownEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string // empty: accepted
+	}{
+		{"typo of a _FILE flag", map[string]string{"WSGATE_JWT_HMAC_SECRET": "hunter2"}, []string{"WSGATE_JWT_HMAC_SECRET", "WSGATE_JWT_HMAC_SECRET_FILE"}},
+		{"misspelt", map[string]string{"WSGATE_USER_RATES": "5/1s"}, []string{"WSGATE_USER_RATES", "WSGATE_USER_RATE"}},
+		{"nothing close", map[string]string{"WSGATE_FROBNICATE": "1"}, []string{"WSGATE_FROBNICATE", "--help"}},
+		{"service links", map[string]string{"WSGATE_SERVICE_HOST": "10.0.0.1", "WSGATE_PORT_80_TCP_ADDR": "10.0.0.1", "WSGATE_REDIS_PORT": "tcp://10.0.0.2:6379"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, line := runLine(t, tc.env, "check-config", "--upstream", "http://x:1")
+			if tc.want == nil {
+				if code != 0 {
+					t.Fatalf("exit %d %q, want 0", code, line)
+				}
+				return
+			}
+			if code != exitBadConfig || strings.Contains(line, "\n") || strings.Contains(line, "hunter2") {
+				t.Fatalf("exit %d %q: want exit 2 and one line without the value", code, line)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("%q lacks %q", line, w)
+				}
+			}
+		})
+	}
+}
+
+// TestFlagsBeforeSubcommand: flags written before check-config or demo
+// count, as if written after it; after it they win.
+func TestFlagsBeforeSubcommand(t *testing.T) {
+	if code, line := runLine(t, nil, "--upstream", "http://x:1", "check-config"); code != 0 {
+		t.Errorf("--upstream before check-config: exit %d %q, want 0", code, line)
+	}
+	if code, line := runLine(t, nil, "--upstream", "http://x:1", "--user-rate", "fast", "check-config"); code != exitBadConfig || !strings.Contains(line, "--user-rate") {
+		t.Errorf("a bad --user-rate before check-config: exit %d %q, want 2 naming --user-rate", code, line)
+	}
+	if code, line := runLine(t, nil, "--user-rate", "fast", "check-config", "--upstream", "http://x:1", "--user-rate", "5/1s"); code != 0 {
+		t.Errorf("--user-rate after check-config should win: exit %d %q", code, line)
+	}
+	if code, line := runLine(t, nil, "--trusted-proxies", "10.0.0.0/8", "--trusted-proxies", "10.0.0.0/99", "check-config", "--upstream", "http://x:1"); code != exitBadConfig || !strings.Contains(line, "--trusted-proxies") {
+		t.Errorf("repeated flag before check-config: exit %d %q, want 2 naming --trusted-proxies", code, line)
+	}
+}
+
+// TestRequireAuth: --require-auth refuses a configuration without keys, so
+// that a key source lost on the way (a renamed variable, a dropped flag)
+// stops the gate instead of running it with every client anonymous.
+func TestRequireAuth(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := []string{"check-config", "--upstream", "http://x:1", "--require-auth"}
+	if code, line := runLine(t, nil, up...); code != exitBadConfig || !strings.Contains(line, "--require-auth") || !strings.Contains(line, "--jwt-hmac-secret-file") {
+		t.Errorf("no keys: exit %d %q, want 2 naming --require-auth and the key flags", code, line)
+	}
+	if code, line := runLine(t, nil, append(up, "--jwt-hmac-secret-file", secret)...); code != 0 {
+		t.Errorf("with a secret: exit %d %q, want 0", code, line)
+	}
+}
+
+// TestRedisRequired: --redis-required needs --redis-url, and keeps /readyz
+// at 503 while Redis is not reachable, whatever --failure-mode says.
+func TestRedisRequired(t *testing.T) {
+	if code, line := runLine(t, nil, "check-config", "--upstream", "http://x:1", "--redis-required"); code != exitBadConfig || !strings.Contains(line, "--redis-required") {
+		t.Errorf("without --redis-url: exit %d %q, want 2 naming --redis-required", code, line)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "redis://" + ln.Addr().String()
+	ln.Close()
+	lc := limit.Config{RedisURL: closed, FailureMode: limit.FailLocal}
+	lim, err := limit.New(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lim.Close()
+	var ready atomic.Bool
+	ready.Store(true)
+	if !readiness(&ready, lc, false, lim)() {
+		t.Error("failure mode local, Redis not required: want ready while Redis is down")
+	}
+	if readiness(&ready, lc, true, lim)() {
+		t.Error("--redis-required: want not ready while Redis is down")
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
 	"github.com/holo/wsgate/internal/demo"
+	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
 	"github.com/holo/wsgate/proxy"
@@ -45,6 +46,11 @@ const singlePeerSample = 50
 // listener's address.
 func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	log := newLogger(cfg)
+	// SIGHUP, whose default action ends the process, re-reads the key
+	// files; registered first so that no moment of the start is exposed.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	reg := prometheus.NewRegistry()
 	metrics.RegisterRuntime(reg)
 	m := metrics.New(reg, version, commit)
@@ -65,7 +71,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	}
 	defer verifier.Close()
 	if !verifier.Enabled() {
-		log.Info("no --jwt-hmac-secret-file, --jwt-key-file or --jwks-url: every client is anonymous, identified by IP")
+		log.Warn("authentication is off: no --jwt-hmac-secret-file, --jwt-key-file or --jwks-url, so every client is anonymous and limited by IP alone (--require-auth refuses to start like this)")
 	}
 	for _, reason := range auth.Reasons() {
 		m.AuthFailures.WithLabelValues(reason)
@@ -111,29 +117,46 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		ErrorLog:          errLog,
 	}
 	admin := &http.Server{
-		Handler:           metrics.AdminHandler(reg, readiness(&ready, cfg.limits, lim)),
+		Handler:           metrics.AdminHandler(reg, readiness(&ready, cfg.limits, cfg.redisRequired, lim)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
 	go func() { serveErr <- admin.Serve(adminLn) }()
+	if len(cfg.serviceLinks) > 0 {
+		log.Debug("ignoring the Kubernetes service-link variables that share the WSGATE_ prefix", "variables", cfg.serviceLinks)
+	}
+	r := cfg.limits.Rules
 	log.Info("wsgate started", "version", version, "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
-		"upstream", cfg.proxy.Upstream.Redacted(), "store", lim.StoreName())
+		"upstream", redact.URL(cfg.proxy.Upstream.String()), "store", lim.StoreName(), "mode", cfg.limits.Mode.String(),
+		"failure_mode", cfg.limits.FailureMode.String(), "auth", verifier.Enabled(),
+		"user_rate", r.UserMessages.String(), "ip_rate", r.IPMessages.String(),
+		"user_conn_rate", r.UserConns.String(), "ip_conn_rate", r.IPConns.String(), "ip_max_conns", cfg.limits.IPMaxConns)
 	if started != nil {
 		started(ln.Addr().String())
 	}
 
 	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	select {
-	case <-sigCtx.Done():
-	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
+wait:
+	for {
+		select {
+		case <-sigCtx.Done():
+			break wait
+		case <-hup:
+			if err := verifier.Reload(); err != nil {
+				log.Warn("SIGHUP: the key files cannot be read; keeping the keys in use", "err", err)
+			} else {
+				log.Info("SIGHUP: key files re-read (flags and other settings take a restart)")
+			}
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		}
 	}
 	stop()
 	ready.Store(false)
-	log.Info("draining", "delay", cfg.shutdownDelay, "grace", cfg.shutdownGrace, "connections", px.Active())
+	log.Info("draining", "delay_ms", cfg.shutdownDelay.Milliseconds(), "grace_ms", cfg.shutdownGrace.Milliseconds(), "connections", px.Active())
 	again := make(chan os.Signal, 1)
 	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(again)
@@ -160,10 +183,11 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 }
 
 // readiness is /readyz: false while draining, and under --failure-mode
-// closed also while Redis is unreachable (every event would be refused, so
-// traffic is better sent to a replica that reaches Redis).
-func readiness(ready *atomic.Bool, lc limit.Config, lim *limit.Limiter) func() bool {
-	if lc.RedisURL == "" || lc.FailureMode != limit.FailClosed {
+// closed or --redis-required also while Redis is unreachable (under closed
+// every event would be refused, so traffic is better sent to a replica that
+// reaches Redis; --redis-required wants no replica to limit on its own).
+func readiness(ready *atomic.Bool, lc limit.Config, redisRequired bool, lim *limit.Limiter) func() bool {
+	if lc.RedisURL == "" || lc.FailureMode != limit.FailClosed && !redisRequired {
 		return ready.Load
 	}
 	return func() bool { return ready.Load() && lim.RedisUp() }
@@ -176,7 +200,8 @@ func serveDemo(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return fmt.Errorf("demo backend: %w", err)
 	}
-	backend := &http.Server{Handler: demo.Handler(newLogger(cfg)), ReadHeaderTimeout: 10 * time.Second}
+	log := newLogger(cfg)
+	backend := &http.Server{Handler: demo.Handler(log), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = backend.Serve(ln) }()
 	defer backend.Close()
 	cfg.proxy.Upstream = &url.URL{Scheme: "http", Host: ln.Addr().String()}
@@ -185,7 +210,12 @@ func serveDemo(ctx context.Context, cfg *config) error {
 		if host == "" || host == "::" || host == "0.0.0.0" {
 			host = "localhost"
 		}
-		fmt.Fprintf(os.Stderr, "\n  wsgate demo: open http://%s/ in a browser (metrics on %s/metrics)\n\n",
-			net.JoinHostPort(host, port), cfg.adminListen)
+		page, metricsURL := "http://"+net.JoinHostPort(host, port)+"/", "http://"+cfg.adminListen+"/metrics"
+		if cfg.logJSON {
+			// stderr stays one JSON object per line for log shippers.
+			log.Info("demo: open the page in a browser", "page", page, "metrics", metricsURL)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "\n  wsgate demo: open %s in a browser (metrics on %s)\n\n", page, metricsURL)
 	})
 }

@@ -13,9 +13,9 @@ func benchAuth(b *testing.B, alg jwa.SignatureAlgorithm, cacheSize int) {
 	var key any
 	switch alg {
 	case jwa.HS256:
-		cfg.HMACSecretFile, key = writeFile(b, "s", k.secret), k.secret
+		cfg.HMACSecretFiles, key = []string{writeFile(b, "s", k.secret)}, k.secret
 	default:
-		cfg.KeyFile, key = writeFile(b, "k.pem", k.rsaPEM), k.rsa
+		cfg.KeyFiles, key = []string{writeFile(b, "k.pem", k.rsaPEM)}, k.rsa
 	}
 	cfg.CacheSize = cacheSize
 	v := newTestVerifier(b, cfg)

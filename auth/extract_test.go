@@ -9,8 +9,8 @@ import (
 
 func TestPrepareUpstream(t *testing.T) {
 	k := mustKeys(t)
-	on := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Cookie: "session"})
-	fwd := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Cookie: "session", ForwardToken: true})
+	on := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Cookie: "session"})
+	fwd := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Cookie: "session", ForwardToken: true})
 	off := newTestVerifier(t, Config{})
 	tests := []struct {
 		name       string
@@ -70,7 +70,7 @@ func TestPrepareUpstream(t *testing.T) {
 
 func TestExtractOrder(t *testing.T) {
 	k := mustKeys(t)
-	v := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Cookie: "c", QueryParam: "t"})
+	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Cookie: "c", QueryParam: "t"})
 	r := reqWith("", "none")
 	r.AddCookie(&http.Cookie{Name: "c", Value: "fromcookie"})
 	step := func(want string) {
@@ -93,7 +93,7 @@ func FuzzExtractToken(f *testing.F) {
 	f.Add("Bearer a.b.c", "access_token=x", "wsgate, bearer.a.b.c", "session=y")
 	f.Add("", "", "bearer.", "")
 	f.Add("bearer ", "access_token=&access_token=z", ",,", "session")
-	v, err := NewVerifier(f.Context(), Config{HMACSecretFile: writeFile(f, "s", []byte("0123456789abcdef0123456789abcdef")), Cookie: "session"})
+	v, err := NewVerifier(f.Context(), Config{HMACSecretFiles: []string{writeFile(f, "s", []byte("0123456789abcdef0123456789abcdef"))}, Cookie: "session"})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/holo/wsgate/internal/redact"
 )
 
 const (
@@ -38,9 +41,11 @@ var errJWKSNotFetched = errors.New("jwks not fetched yet")
 // next token needs.
 type jwksSource struct {
 	url      string
+	shown    string // url as logs and errors may print it (redact.URL)
 	client   *http.Client
 	log      *slog.Logger
 	now      func() time.Time
+	nextID   func() uint64 // hands out verifyKey.id, shared with the key files
 	interval time.Duration
 	minGap   time.Duration
 
@@ -50,8 +55,7 @@ type jwksSource struct {
 	inflight    chan struct{} // closed when the fetch under way ends
 	lastAttempt time.Time
 	lastErr     error
-	stopped     bool   // set by stop; no fetch starts after it
-	lastID      uint64 // the last verifyKey.id handed out
+	stopped     bool // set by stop; no fetch starts after it
 
 	ctx    context.Context // cancelled by stop; aborts fetches
 	cancel context.CancelFunc
@@ -61,9 +65,9 @@ type jwksSource struct {
 	waiting func()
 }
 
-func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time) *jwksSource {
-	s := &jwksSource{url: u, client: c, log: log, now: now, interval: jwksInterval, minGap: jwksMinRefresh,
-		lastErr: errJWKSNotFetched}
+func newJWKSSource(u string, c *http.Client, log *slog.Logger, now func() time.Time, nextID func() uint64) *jwksSource {
+	s := &jwksSource{url: u, shown: redact.URL(u), client: c, log: log, now: now, nextID: nextID, interval: jwksInterval,
+		minGap: jwksMinRefresh, lastErr: errJWKSNotFetched}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -202,9 +206,9 @@ func (s *jwksSource) fetchAndKeep(done chan struct{}) {
 	close(done)
 	s.mu.Unlock()
 	if err != nil {
-		s.log.Warn("auth: jwks refresh failed; keeping the last good set", "url", s.url, "err", err)
+		s.log.Warn("auth: jwks refresh failed; keeping the last good set", "url", s.shown, "err", err)
 	} else {
-		s.log.Debug("auth: jwks refreshed", "url", s.url, "keys", len(keys))
+		s.log.Debug("auth: jwks refreshed", "url", s.shown, "keys", len(keys))
 	}
 }
 
@@ -222,20 +226,28 @@ next:
 				continue next
 			}
 		}
-		s.lastID++
-		keys[i].id = s.lastID
+		keys[i].id = s.nextID()
 	}
+}
+
+// hideURL puts the redacted URL into err's *url.Error, whose message quotes
+// the URL it was given, query string included.
+func (s *jwksSource) hideURL(err error) error {
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		ue.URL = s.shown
+	}
+	return err
 }
 
 func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
+		return nil, fmt.Errorf("jwks: %w", s.hideURL(err))
 	}
 	req.Header.Set("Accept", "application/json")
 	res, err := s.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
+		return nil, fmt.Errorf("jwks: %w", s.hideURL(err))
 	}
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
@@ -259,13 +271,13 @@ func (s *jwksSource) fetch(ctx context.Context) ([]verifyKey, error) {
 		if k.KeyType() == jwa.OctetSeq {
 			// The set is published: its secret is anybody's, and a token
 			// signed with it would verify.
-			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.url, "kid", k.KeyID())
+			s.log.Warn("auth: jwks symmetric (oct) key refused", "url", s.shown, "kid", k.KeyID())
 			continue
 		}
 		vk, err := keyFromJWK(k)
 		if err != nil {
 			if !errors.Is(err, errSkipKey) {
-				s.log.Warn("auth: jwks key skipped", "url", s.url, "kid", k.KeyID(), "err", err)
+				s.log.Warn("auth: jwks key skipped", "url", s.shown, "kid", k.KeyID(), "err", err)
 			}
 			continue
 		}

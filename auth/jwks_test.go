@@ -1,11 +1,15 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -338,4 +342,64 @@ func TestJWKSRefusesSymmetricKeys(t *testing.T) {
 	if _, err := v.Authenticate(context.Background(), reqWith(hs, "header")); reasonOf(err) != ReasonJWKSUnavailable {
 		t.Fatalf("a set of nothing but an oct key: %v, want reason %q", err, ReasonJWKSUnavailable)
 	}
+}
+
+// TestJWKSLogsNoSecret: a JWKS URL may carry credentials (user:password, an
+// API key in the query); no log line, JWKS error or config error quotes them,
+// whether the server answers with an error status or cannot be reached (the
+// HTTP client's error quotes the URL it was given).
+func TestJWKSLogsNoSecret(t *testing.T) {
+	const secret = "s3cret-pa55"
+	srv := newJWKSServer(t)
+	srv.down.Store(true)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for _, tc := range []struct{ name, base string }{
+		{"error status", srv.URL},
+		{"unreachable", closed.URL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf lockedBuffer
+			u := strings.Replace(tc.base, "http://", "http://jwks:"+secret+"@", 1) + "/keys?api_key=" + secret + "&kid=" + secret
+			v := newTestVerifier(t, Config{JWKSURL: u, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+			tok := sign(t, jwa.RS256, mustKeys(t).rsa, "k1", validClaims())
+			_, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+			if err == nil {
+				t.Fatal("verified with no JWKS")
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("error quotes the secret: %v", err)
+			}
+			v.Close() // waits for the fetch, which logs after its waiters were released
+			out := buf.String()
+			if !strings.Contains(out, "jwks refresh failed") {
+				t.Fatalf("no refresh failure logged:\n%s", out)
+			}
+			if strings.Contains(out, secret) {
+				t.Errorf("log quotes the secret:\n%s", out)
+			}
+		})
+	}
+	err := Config{JWKSURL: "ftp://jwks:" + secret + "@issuer.test/keys?api_key=" + secret}.Validate()
+	if err == nil || strings.Contains(err.Error(), secret) {
+		t.Errorf("Validate: %v: want an error without the secret", err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

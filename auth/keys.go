@@ -58,8 +58,8 @@ type verifyKey struct {
 	alg jwa.SignatureAlgorithm // "" = any algorithm of fam
 	fam family
 	raw any // []byte, *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
-	// id names a JWKS key for as long as it stays in the set (see
-	// jwksSource.identify); 0 for a configured key, which never leaves.
+	// id names the key for as long as it stays in its key file or JWK
+	// Set (see jwksSource.identify and keyFiles.reload); never 0.
 	id uint64
 }
 
@@ -226,8 +226,9 @@ func (p *keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Si
 	}
 	p.alg = alg
 	kid := h.KeyID()
-	for i := range v.static {
-		k := &v.static[i]
+	static := v.files.current()
+	for i := range static {
+		k := &static[i]
 		// A PEM key has no kid; a kid on both sides must agree.
 		if k.fits(alg) && (kid == "" || k.kid == "" || k.kid == kid) {
 			sink.Key(alg, k.raw)
@@ -261,7 +262,7 @@ func (p *keyProvider) FetchKeys(_ context.Context, sink jws.KeySink, sig *jws.Si
 	if len(p.cands) > 0 {
 		return nil
 	}
-	if !fitsAny(v.static, alg) && !fitsAny(jwksKeys, alg) {
+	if !fitsAny(static, alg) && !fitsAny(jwksKeys, alg) {
 		return &Error{Reason: ReasonAlgorithm, Err: fmt.Errorf("alg %s fits no configured key", alg)}
 	}
 	return &Error{Reason: ReasonSignature, Err: fmt.Errorf("no key with kid %.64q for alg %s", kid, alg)}

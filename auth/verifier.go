@@ -18,11 +18,14 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/holo/wsgate/internal/redact"
 )
 
 // MaxTokenBytes is the longest token Authenticate parses; longer ones are
@@ -35,13 +38,23 @@ var ErrInvalidConfig = errors.New("invalid auth config")
 
 // Config configures a Verifier. The zero value disables authentication.
 type Config struct {
-	// HMACSecretFile holds the raw bytes (no trimming) of an HS256/384/512
-	// secret. "" means no secret.
-	HMACSecretFile string
-	// KeyFile holds a PEM public key or certificate (RSA, EC, Ed25519), a
-	// JWK, or a JWK Set. Private keys are accepted and only their public half
-	// is used. "" means no key file.
-	KeyFile string
+	// HMACSecretFiles each hold the raw bytes (no trimming: a trailing
+	// newline is part of the secret, and logged) of an HS256/384/512 secret.
+	// A token verifies with any of them, so a secret is rotated without a
+	// cut-over: add the new one, move the issuer to it, remove the old one
+	// once the last token it signed has expired. Empty means no secret.
+	HMACSecretFiles []string
+	// KeyFiles each hold PEM public keys or certificates (RSA, EC,
+	// Ed25519), a JWK, or a JWK Set (which may hold HMAC secrets as oct
+	// keys). Private keys are accepted and only their public half is used.
+	// Empty means no key file.
+	KeyFiles []string
+	// KeyFileCheck is how often the secret and key files are looked at
+	// (os.Stat) and re-read when one changed: a new file behind the name
+	// (the kubelet swaps a Secret volume's files by a symlink), a new size
+	// or modification time. A read that fails keeps the keys in use. Reload
+	// re-reads them at once. 0 means 10s; negative means never.
+	KeyFileCheck time.Duration
 	// JWKSURL is fetched at start and refreshed in the background; the last
 	// good set is kept while the server is down, and a token with an unknown
 	// kid triggers at most one refresh per 10s. Its symmetric (oct) keys are
@@ -86,7 +99,8 @@ type Config struct {
 type Verifier struct {
 	cfg       Config
 	allowed   map[jwa.SignatureAlgorithm]bool // nil: any algorithm that fits a key
-	static    []verifyKey
+	files     *keyFiles                       // nil without secret or key files
+	ids       atomic.Uint64                   // the last verifyKey.id handed out
 	jwks      *jwksSource
 	cache     *tokenCache
 	log       *slog.Logger
@@ -170,8 +184,8 @@ var (
 // ConfigError is a Config field that Validate and NewVerifier refuse. It
 // matches ErrInvalidConfig under errors.Is.
 type ConfigError struct {
-	// Field is the refused field: "HMACSecretFile", "KeyFile", "JWKSURL",
-	// "Algorithms" or "Leeway".
+	// Field is the refused field: "HMACSecretFiles", "KeyFiles",
+	// "JWKSURL", "Algorithms" or "Leeway".
 	Field string
 	Err   error
 }
@@ -181,6 +195,12 @@ func (e *ConfigError) Error() string {
 }
 func (e *ConfigError) Unwrap() error        { return e.Err }
 func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// HasKeys reports whether c names a key source; without one a Verifier
+// admits every request as anonymous.
+func (c Config) HasKeys() bool {
+	return len(c.keyFiles()) > 0 || c.JWKSURL != ""
+}
 
 // Validate reports, as a *ConfigError, the first field of c that
 // NewVerifier refuses; nil when it accepts c. Like NewVerifier it reads the
@@ -194,9 +214,11 @@ func (c Config) Validate() error {
 
 // loaded is what NewVerifier takes from a valid Config's files.
 type loaded struct {
-	allowed     map[jwa.SignatureAlgorithm]bool // nil: any algorithm that fits a key
-	static      []verifyKey
-	shortSecret int // the HMAC secret's length when below 32 bytes, else 0
+	allowed map[jwa.SignatureAlgorithm]bool // nil: any algorithm that fits a key
+	files   []keyFile
+	static  []verifyKey
+	notes   []fileNote
+	stamps  []os.FileInfo
 }
 
 // load checks c and reads its key files.
@@ -218,30 +240,15 @@ func (c Config) load() (loaded, error) {
 			l.allowed[alg] = true
 		}
 	}
-	if c.HMACSecretFile != "" {
-		secret, err := os.ReadFile(c.HMACSecretFile)
-		if err != nil {
-			return bad("HMACSecretFile", fmt.Errorf("hmac secret: %w", err))
-		}
-		if len(secret) == 0 {
-			return bad("HMACSecretFile", fmt.Errorf("hmac secret file %q is empty", c.HMACSecretFile))
-		}
-		if len(secret) < 32 {
-			l.shortSecret = len(secret)
-		}
-		l.static = append(l.static, verifyKey{fam: famHMAC, raw: secret})
-	}
-	if c.KeyFile != "" {
-		keys, err := loadKeyFile(c.KeyFile)
-		if err != nil {
-			return bad("KeyFile", fmt.Errorf("key file %q: %w", c.KeyFile, err))
-		}
-		l.static = append(l.static, keys...)
+	l.files = c.keyFiles()
+	var err error
+	if l.static, l.notes, l.stamps, err = readKeyFiles(l.files); err != nil {
+		return loaded{}, err
 	}
 	if c.JWKSURL != "" {
 		u, err := url.Parse(c.JWKSURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", c.JWKSURL))
+			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", redact.URL(c.JWKSURL)))
 		}
 	}
 	if l.allowed != nil && c.JWKSURL == "" && len(l.static) > 0 {
@@ -265,7 +272,7 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now, allowed: l.allowed, static: l.static}
+	v := &Verifier{cfg: cfg, log: cfg.Logger, now: cfg.Now, allowed: l.allowed}
 	v.cfg.Algorithms = slices.Clone(cfg.Algorithms)
 	v.cfg.Audiences = slices.Clone(cfg.Audiences)
 	if v.log == nil {
@@ -280,8 +287,9 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	if v.cfg.QueryParam == "" {
 		v.cfg.QueryParam = "access_token"
 	}
-	if l.shortSecret > 0 {
-		v.log.Warn("auth: hmac secret is shorter than 32 bytes", "file", cfg.HMACSecretFile, "bytes", l.shortSecret)
+	if len(l.files) > 0 {
+		v.files = newKeyFiles(v, l.files, l.static, l.stamps)
+		logNotes(v.log, l.notes)
 	}
 	switch {
 	case cfg.CacheSize == 0:
@@ -304,21 +312,32 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 			client = &http.Client{Timeout: 10 * time.Second}
 			v.ownClient = client
 		}
-		v.jwks = newJWKSSource(cfg.JWKSURL, client, v.log, v.now)
+		v.jwks = newJWKSSource(cfg.JWKSURL, client, v.log, v.now, v.nextID)
 		v.jwks.start(ctx)
+	}
+	if v.files != nil {
+		v.files.watch(cfg.KeyFileCheck)
 	}
 	return v, nil
 }
 
+// nextID hands out the id of a key that joins the static keys or the JWK
+// Set.
+func (v *Verifier) nextID() uint64 { return v.ids.Add(1) }
+
 // Enabled reports whether any key source is configured; when false,
 // Authenticate admits every request as anonymous.
-func (v *Verifier) Enabled() bool { return len(v.static) > 0 || v.jwks != nil }
+func (v *Verifier) Enabled() bool { return v.files != nil || v.jwks != nil }
 
-// Close stops the JWKS refresher, aborts a fetch in flight and waits for the
-// refresher's goroutine. Authenticate keeps working with the keys it has.
+// Close stops the JWKS refresher and the key files' watcher, aborts a
+// fetch in flight and waits for their goroutines. Authenticate keeps
+// working with the keys it has.
 func (v *Verifier) Close() {
 	if v.jwks != nil {
 		v.jwks.stop()
+	}
+	if v.files != nil {
+		v.files.stop()
 	}
 	if v.ownClient != nil {
 		v.ownClient.CloseIdleConnections()
@@ -356,8 +375,9 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 		sum = sha256.Sum256([]byte(tok))
 		if id, key, ok := v.cache.get(sum); ok {
 			switch {
-			case key != 0 && !v.jwks.holds(key):
-				// The JWKS key that verified it left the set: verify anew.
+			case !v.holds(key):
+				// The key that verified it left the JWK Set or a key
+				// file: verify anew.
 				v.cache.remove(sum)
 			case v.expired(id.Expiry):
 				v.cache.remove(sum)

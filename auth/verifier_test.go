@@ -12,10 +12,12 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,12 +43,12 @@ func (c *clock) Now() time.Time      { return time.Unix(0, c.ns.Load()).UTC() }
 func (c *clock) Add(d time.Duration) { c.ns.Add(int64(d)) }
 
 type testKeys struct {
-	secret []byte
-	rsa    *rsa.PrivateKey
-	rsa2   *rsa.PrivateKey
-	ec     *ecdsa.PrivateKey
-	rsaPEM []byte // public key PEM
-	dir    string
+	secret  []byte
+	rsa     *rsa.PrivateKey
+	rsa2    *rsa.PrivateKey
+	ec      *ecdsa.PrivateKey
+	rsaPEM  []byte // public key PEM
+	rsa2PEM []byte
 }
 
 var (
@@ -70,6 +72,8 @@ func mustKeys(t testing.TB) *testKeys {
 		}
 		der, _ := x509.MarshalPKIXPublicKey(&keys.rsa.PublicKey)
 		keys.rsaPEM = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+		der, _ = x509.MarshalPKIXPublicKey(&keys.rsa2.PublicKey)
+		keys.rsa2PEM = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 	})
 	return &keys
 }
@@ -171,7 +175,7 @@ func TestAuthenticate(t *testing.T) {
 	ecJSON, _ := json.Marshal(ecJWK)
 	ecFile := writeFile(t, "ec.jwk", ecJSON)
 
-	base := Config{HMACSecretFile: hsFile, KeyFile: pemFile, Issuer: "https://issuer.test",
+	base := Config{HMACSecretFiles: []string{hsFile}, KeyFiles: []string{pemFile}, Issuer: "https://issuer.test",
 		Audiences: []string{"other", "wsgate"}, Cookie: "session", Leeway: 30 * time.Second, CacheSize: -1}
 	with := func(f func(*claims)) claims { c := validClaims(); f(&c); return c }
 	hs := func(c claims) string { return sign(t, jwa.HS256, k.secret, "", c) }
@@ -191,8 +195,8 @@ func TestAuthenticate(t *testing.T) {
 		{name: "rs256 pem", tok: rs(validClaims()), where: "header"},
 		{name: "ps256 pem", tok: sign(t, jwa.PS256, k.rsa, "", validClaims()), where: "header"},
 		{name: "hs512", tok: sign(t, jwa.HS512, k.secret, "", validClaims()), where: "header"},
-		{name: "es256 jwk file", cfg: &Config{KeyFile: ecFile}, tok: sign(t, jwa.ES256, k.ec, "ec1", validClaims()), where: "header"},
-		{name: "es256 wrong kid", cfg: &Config{KeyFile: ecFile}, tok: sign(t, jwa.ES256, k.ec, "ec9", validClaims()), where: "header", reason: ReasonSignature},
+		{name: "es256 jwk file", cfg: &Config{KeyFiles: []string{ecFile}}, tok: sign(t, jwa.ES256, k.ec, "ec1", validClaims()), where: "header"},
+		{name: "es256 wrong kid", cfg: &Config{KeyFiles: []string{ecFile}}, tok: sign(t, jwa.ES256, k.ec, "ec9", validClaims()), where: "header", reason: ReasonSignature},
 		{name: "missing", where: "none", reason: ReasonMissing},
 		{name: "malformed garbage", tok: "not-a-jwt", where: "header", reason: ReasonMalformed},
 		{name: "malformed base64", tok: "e30.e30.!!!", where: "header", reason: ReasonMalformed},
@@ -215,15 +219,15 @@ func TestAuthenticate(t *testing.T) {
 		{name: "aud list", tok: hs(with(func(c *claims) { (*c)["aud"] = []string{"x", "other"} })), where: "header"},
 		{name: "alg none", tok: rawToken(t, map[string]string{"alg": "none", "typ": "JWT"}, validClaims(), ""), where: "header", reason: ReasonAlgorithm},
 		{name: "alg none with sig", tok: rawToken(t, map[string]string{"alg": "none"}, validClaims(), "c2ln"), where: "header", reason: ReasonAlgorithm},
-		{name: "hs256 with rsa pem as secret", cfg: &Config{KeyFile: pemFile}, tok: sign(t, jwa.HS256, k.rsaPEM, "", validClaims()), where: "header", reason: ReasonAlgorithm},
-		{name: "hs256 with rsa pem, HS256 allowed", cfg: &Config{KeyFile: pemFile, HMACSecretFile: hsFile, Algorithms: []string{"HS256", "RS256"}}, tok: sign(t, jwa.HS256, k.rsaPEM, "", validClaims()), where: "header", reason: ReasonSignature},
-		{name: "outside allow-list", cfg: &Config{HMACSecretFile: hsFile, KeyFile: pemFile, Algorithms: []string{"RS256"}}, tok: hs(validClaims()), where: "header", reason: ReasonAlgorithm},
-		{name: "inside allow-list", cfg: &Config{HMACSecretFile: hsFile, KeyFile: pemFile, Algorithms: []string{"RS256"}}, tok: rs(validClaims()), where: "header"},
-		{name: "rs256 but only hmac", cfg: &Config{HMACSecretFile: hsFile}, tok: rs(validClaims()), where: "header", reason: ReasonAlgorithm},
+		{name: "hs256 with rsa pem as secret", cfg: &Config{KeyFiles: []string{pemFile}}, tok: sign(t, jwa.HS256, k.rsaPEM, "", validClaims()), where: "header", reason: ReasonAlgorithm},
+		{name: "hs256 with rsa pem, HS256 allowed", cfg: &Config{KeyFiles: []string{pemFile}, HMACSecretFiles: []string{hsFile}, Algorithms: []string{"HS256", "RS256"}}, tok: sign(t, jwa.HS256, k.rsaPEM, "", validClaims()), where: "header", reason: ReasonSignature},
+		{name: "outside allow-list", cfg: &Config{HMACSecretFiles: []string{hsFile}, KeyFiles: []string{pemFile}, Algorithms: []string{"RS256"}}, tok: hs(validClaims()), where: "header", reason: ReasonAlgorithm},
+		{name: "inside allow-list", cfg: &Config{HMACSecretFiles: []string{hsFile}, KeyFiles: []string{pemFile}, Algorithms: []string{"RS256"}}, tok: rs(validClaims()), where: "header"},
+		{name: "rs256 but only hmac", cfg: &Config{HMACSecretFiles: []string{hsFile}}, tok: rs(validClaims()), where: "header", reason: ReasonAlgorithm},
 		{name: "crit header", tok: critToken(t, k.secret), where: "header", reason: ReasonMalformed},
-		{name: "custom subject claim", cfg: &Config{HMACSecretFile: hsFile, SubjectClaim: "email"}, tok: hs(with(func(c *claims) { (*c)["email"] = "a@b.test" })), where: "header"},
-		{name: "anonymous allowed", cfg: &Config{HMACSecretFile: hsFile, AllowAnonymous: true}, where: "none"},
-		{name: "anonymous allowed, bad token", cfg: &Config{HMACSecretFile: hsFile, AllowAnonymous: true}, tok: tamper(hs(validClaims())), where: "header", reason: ReasonSignature},
+		{name: "custom subject claim", cfg: &Config{HMACSecretFiles: []string{hsFile}, SubjectClaim: "email"}, tok: hs(with(func(c *claims) { (*c)["email"] = "a@b.test" })), where: "header"},
+		{name: "anonymous allowed", cfg: &Config{HMACSecretFiles: []string{hsFile}, AllowAnonymous: true}, where: "none"},
+		{name: "anonymous allowed, bad token", cfg: &Config{HMACSecretFiles: []string{hsFile}, AllowAnonymous: true}, tok: tamper(hs(validClaims())), where: "header", reason: ReasonSignature},
 		{name: "disabled", cfg: &Config{}, tok: "garbage", where: "header"},
 	}
 	for _, tc := range tests {
@@ -294,13 +298,13 @@ func TestNewVerifierErrors(t *testing.T) {
 		field string
 		want  string
 	}{
-		{"missing secret file", Config{HMACSecretFile: "/nonexistent/secret"}, "HMACSecretFile", "hmac secret"},
-		{"empty secret", Config{HMACSecretFile: writeFile(t, "empty", nil)}, "HMACSecretFile", "is empty"},
-		{"garbage key file", Config{KeyFile: writeFile(t, "bad.pem", []byte("hello"))}, "KeyFile", "neither PEM nor JWK"},
-		{"small rsa", Config{KeyFile: smallFile}, "KeyFile", "1024 bits"},
+		{"missing secret file", Config{HMACSecretFiles: []string{"/nonexistent/secret"}}, "HMACSecretFiles", "hmac secret"},
+		{"empty secret", Config{HMACSecretFiles: []string{writeFile(t, "empty", nil)}}, "HMACSecretFiles", "is empty"},
+		{"garbage key file", Config{KeyFiles: []string{writeFile(t, "bad.pem", []byte("hello"))}}, "KeyFiles", "neither PEM nor JWK"},
+		{"small rsa", Config{KeyFiles: []string{smallFile}}, "KeyFiles", "1024 bits"},
 		{"bad jwks url", Config{JWKSURL: "ftp://x"}, "JWKSURL", "jwks url"},
-		{"alg none", Config{HMACSecretFile: hsFile, Algorithms: []string{"none"}}, "Algorithms", `"none" not supported`},
-		{"alg fits no key", Config{HMACSecretFile: hsFile, Algorithms: []string{"RS256"}}, "Algorithms", "fits none"},
+		{"alg none", Config{HMACSecretFiles: []string{hsFile}, Algorithms: []string{"none"}}, "Algorithms", `"none" not supported`},
+		{"alg fits no key", Config{HMACSecretFiles: []string{hsFile}, Algorithms: []string{"RS256"}}, "Algorithms", "fits none"},
 		{"negative leeway", Config{Leeway: -time.Second}, "Leeway", "negative"},
 	}
 	for _, tc := range tests {
@@ -316,7 +320,7 @@ func TestNewVerifierErrors(t *testing.T) {
 			}
 		})
 	}
-	if err := (Config{HMACSecretFile: hsFile, Algorithms: []string{"HS256"}}).Validate(); err != nil {
+	if err := (Config{HMACSecretFiles: []string{hsFile}, Algorithms: []string{"HS256"}}).Validate(); err != nil {
 		t.Fatalf("a valid config: %v", err)
 	}
 }
@@ -324,7 +328,7 @@ func TestNewVerifierErrors(t *testing.T) {
 func TestCache(t *testing.T) {
 	k := mustKeys(t)
 	clk := newClock(t0)
-	v := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Now: clk.Now, CacheSize: 2})
+	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: clk.Now, CacheSize: 2})
 	tok := sign(t, jwa.HS256, k.secret, "", validClaims())
 	for i := range 3 {
 		id, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
@@ -413,7 +417,7 @@ func TestCacheKeepsTokensInUse(t *testing.T) {
 // what UnixNano holds) is accepted again from the cache.
 func TestCacheFarExpiry(t *testing.T) {
 	k := mustKeys(t)
-	v := newTestVerifier(t, Config{HMACSecretFile: writeFile(t, "s", k.secret), Now: newClock(t0).Now})
+	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: newClock(t0).Now})
 	c := validClaims()
 	c["exp"] = int64(9999999999)
 	tok := sign(t, jwa.HS256, k.secret, "", c)
@@ -422,5 +426,40 @@ func TestCacheFarExpiry(t *testing.T) {
 		if err != nil || id.Expiry.Unix() != 9999999999 {
 			t.Fatalf("call %d: %+v, %v", i, id, err)
 		}
+	}
+}
+
+// TestSecretEndingInNewline: `echo secret > file` and most editors end a
+// secret file with a newline, which is part of the secret (it is used raw:
+// a binary secret may end in 0x0a), so every token signed with the secret
+// alone fails. The verifier keeps the bytes and says so at start, with the
+// byte counts.
+func TestSecretEndingInNewline(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	for _, tc := range []struct {
+		name, content string
+		warn          bool
+	}{
+		{"newline", string(secret) + "\n", true},
+		{"crlf", string(secret) + "\r\n", true},
+		{"none", string(secret), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf lockedBuffer
+			file := writeFile(t, "secret", []byte(tc.content))
+			v := newTestVerifier(t, Config{HMACSecretFiles: []string{file}, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+			out := buf.String()
+			if got := strings.Contains(out, "level=WARN") && strings.Contains(out, "newline"); got != tc.warn {
+				t.Fatalf("warned %v, want %v:\n%s", got, tc.warn, out)
+			}
+			if tc.warn && !strings.Contains(out, "bytes="+strconv.Itoa(len(tc.content))) {
+				t.Errorf("the warning does not give the file's byte count:\n%s", out)
+			}
+			// The bytes are the secret, newline included.
+			tok := sign(t, jwa.HS256, []byte(tc.content), "", validClaims())
+			if _, err := v.Authenticate(context.Background(), reqWith(tok, "header")); err != nil {
+				t.Errorf("a token signed with the file's bytes: %v", err)
+			}
+		})
 	}
 }

@@ -223,32 +223,6 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// startRedis runs redis-server on a free port without persistence and returns its host:port.
-func startRedis(t testing.TB) (addr string) {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server is not on PATH")
-	}
-	port := freePort(t)
-	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	startProc(t, "redis-server", exec.Command("redis-server",
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"))
-	waitFor(t, "redis-server to accept connections", func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		if _, err := io.WriteString(c, "PING\r\n"); err != nil {
-			return false
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		return err == nil && strings.HasPrefix(line, "+PONG")
-	})
-	return addr
-}
-
 // startNodeBackend runs e2e/backend/server.js on a free port and returns its http:// base URL.
 func startNodeBackend(t testing.TB) (baseURL string) {
 	t.Helper()

@@ -14,7 +14,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -305,7 +304,7 @@ var (
 	decAllowed  = map[string]string{"decision": "allowed"}
 	decLimited  = map[string]string{"decision": "limited"}
 	decShadow   = map[string]string{"decision": "shadow_limited"}
-	decError    = map[string]string{"decision": "error"}
+	decFallback = map[string]string{"cause": "fallback"}
 	userMessage = map[string]string{"scope": "user", "kind": "message"}
 	userConn    = map[string]string{"scope": "user", "kind": "connection"}
 	ipMessage   = map[string]string{"scope": "ip", "kind": "message"}
@@ -453,7 +452,6 @@ func hmacSigner(h func() hash.Hash, secret []byte) signer {
 }
 
 func hs256(secret []byte) signer { return hmacSigner(sha256.New, secret) }
-func hs384(secret []byte) signer { return hmacSigner(sha512.New384, secret) }
 
 func rs256(t testing.TB, key *rsa.PrivateKey) signer {
 	return func(input []byte) []byte {

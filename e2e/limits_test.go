@@ -105,7 +105,7 @@ func TestLimitDefaultsRedis(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{mDecisions, decError, 0},
+		{mDecisions, decFallback, 0},
 		{mDecisions, decShadow, 0},
 		{mFallback, nil, 0},
 		{mRedisUp, nil, 1},
@@ -487,8 +487,8 @@ func TestRedisKilledFailureLocal(t *testing.T) {
 	c2 := dialAs(t, g.URL+"/echo", peer{})
 	echoOK(t, c2, "new connection while Redis is down")
 	waitMetric(t, g, mRedisUp, nil, 0)
-	fallback := waitMetricAbove(t, g, mFallback, nil, 0)
-	waitMetricAbove(t, g, mDecisions, decError, 0)
+	waitMetricAbove(t, g, mFallback, nil, 0)
+	waitMetricAbove(t, g, mDecisions, decFallback, 0)
 	if got := g.Metric(t, mRateLimited, nil); got != 0 {
 		t.Errorf("%s = %v, want 0: nothing was over the rule", mRateLimited, got)
 	}
@@ -506,7 +506,7 @@ func TestRedisKilledFailureLocal(t *testing.T) {
 	waitLong(t, "holo_ws_redis_up to return to 1 after Redis restarted", 30*time.Second, func() bool {
 		return g.Metric(t, mRedisUp, nil) == 1
 	})
-	fallback = g.Metric(t, mFallback, nil)
+	fallback := g.Metric(t, mFallback, nil)
 	for _, m := range msgs("after", 3) {
 		echoOK(t, c, m)
 	}
@@ -583,8 +583,8 @@ func TestRedisDownFailureClosed(t *testing.T) {
 	waitMetric(t, g, mRateLimited, userMessage, 1)
 	waitMetric(t, g, mRateLimited, userConn, 1)
 	waitMetric(t, g, mRedisUp, nil, 0)
-	if got := g.Metric(t, mDecisions, decError); got < 2 {
-		t.Errorf("%s{decision=error} = %v, want at least 2", mDecisions, got)
+	if got := g.Metric(t, mDecisions, decFallback); got < 2 {
+		t.Errorf("%s{cause=fallback} = %v, want at least 2", mDecisions, got)
 	}
 	if got := g.Metric(t, mFallback, nil); got < 2 {
 		t.Errorf("%s = %v, want at least 2", mFallback, got)

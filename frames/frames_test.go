@@ -92,6 +92,7 @@ func decode(t *testing.T, b []byte, wantMasked bool) []ws.Frame {
 	var fs []ws.Frame
 	r := bytes.NewReader(b)
 	for r.Len() > 0 {
+		//lint:ignore SA1019 the test's input is bounded; a whole-frame reader is the reference
 		f, err := ws.ReadFrame(r)
 		if err != nil {
 			t.Fatalf("decode forwarded frames: %v", err)
@@ -618,6 +619,7 @@ func reframe(t *testing.T, b []byte, from Peer) []byte {
 	var out []byte
 	r := bytes.NewReader(b)
 	for r.Len() > 0 {
+		//lint:ignore SA1019 the test's input is bounded; a whole-frame reader is the reference
 		f, err := ws.ReadFrame(r)
 		if err != nil {
 			return out

@@ -267,7 +267,7 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 		if !c.enabled() {
 			continue
 		}
-		e := ls.m[memKey{c.rule, c.id}]
+		e := ls.m[memKey(c)]
 		if e == nil || e.refill != nil || !e.usable(now) {
 			return 0
 		}
@@ -315,7 +315,7 @@ func (ls *leases) entries(cs [2]counter) (es [2]*leaseEntry, gens [2]uint64) {
 	ls.tick(now)
 	for i, c := range cs {
 		if c.enabled() {
-			k := memKey{c.rule, c.id}
+			k := memKey(c)
 			e := ls.m[k]
 			if e == nil {
 				e = &leaseEntry{}

@@ -395,8 +395,7 @@ func New(cfg Config) (*Limiter, error) {
 		if errors.Is(err, ErrOldRedis) {
 			return nil, err
 		}
-		l.log.Warn("redis unreachable at start, limiting with the failure mode until it answers",
-			"failure_mode", l.mode.String(), "err", err)
+		l.logConnectError(err, "")
 	}
 	l.wg.Add(1)
 	go l.watchRedis()

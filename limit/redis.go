@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ const (
 	// topologyEvery is how many probe ticks pass between two reloads of a
 	// Cluster's slot map while every node is up.
 	topologyEvery = 10
+	// repeatEvery is how many probes pass between two warnings that Redis
+	// has still not been reached since the start (30s).
+	repeatEvery = 60
 )
 
 // redisStore is the shared store. On a standalone or Sentinel Redis both
@@ -296,10 +300,17 @@ func (l *Limiter) watchRedis() {
 		}
 		rs := l.rs.Load()
 		if rs == nil {
-			if err := l.connect(); errors.Is(err, ErrOldRedis) && !l.oldLogged {
+			err := l.connect()
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrOldRedis) && !l.oldLogged:
 				l.oldLogged = true
 				l.log.Error("redis refused, limiting with the failure mode", "err", err)
-			} else if err != nil {
+			case tick%repeatEvery == 0:
+				// Said again, so that a gate limiting per replica for
+				// hours does not rest on one line at its start.
+				l.logConnectError(err, "still")
+			default:
 				l.log.Debug("redis still unreachable", "err", err)
 			}
 			continue
@@ -311,4 +322,43 @@ func (l *Limiter) watchRedis() {
 		rs.health.probe(ctx, rs.client)
 		cancel()
 	}
+}
+
+// logConnectError says why connect failed: a configuration error (a wrong
+// password or user, a database index Redis does not have, a host name that
+// does not resolve) as such, at error level, since waiting will not fix it;
+// anything else as unreachable. when is "" at the start, "still" later.
+func (l *Limiter) logConnectError(err error, when string) {
+	args := []any{"failure_mode", l.mode.String(), "err", err}
+	if problem := redisConfigProblem(err); problem != "" {
+		l.log.Error("redis configuration error ("+problem+"): fix --redis-url; limiting with the failure mode meanwhile", args...)
+		return
+	}
+	msg := "redis unreachable at start, limiting with the failure mode until it answers"
+	if when != "" {
+		msg = "redis still unreachable since the start, limiting with the failure mode until it answers"
+	}
+	l.log.Warn(msg, args...)
+}
+
+// redisConfigProblem names what err shows to be wrong in the Redis URL,
+// "" when err may pass by itself.
+func redisConfigProblem(err error) string {
+	if dns := (*net.DNSError)(nil); errors.As(err, &dns) && dns.IsNotFound {
+		return "unknown host " + dns.Name
+	}
+	msg := err.Error()
+	for _, c := range []struct{ marker, problem string }{
+		{"WRONGPASS", "wrong password or user"},
+		{"invalid password", "wrong password"},
+		{"NOAUTH", "Redis needs a password"},
+		{"NOPERM", "the user lacks a permission"},
+		{"DB index is out of range", "no such database index"},
+		{"invalid DB index", "no such database index"},
+	} {
+		if strings.Contains(msg, c.marker) {
+			return c.problem
+		}
+	}
+	return ""
 }

@@ -34,10 +34,7 @@ type harness struct {
 	// limiter returns a new Limiter with rules and keys of its own, and the
 	// function that lets time pass for it.
 	limiter func(t *testing.T, r Rules) (*Limiter, func(time.Duration))
-	// tol is how far a RetryAfter may be below the ideal one (Redis time
-	// passes while the test runs).
-	tol   time.Duration
-	store string
+	store   string
 }
 
 func memoryHarness() *harness {

@@ -41,6 +41,19 @@ const (
 var results = []string{ResultOK, ResultBadRequest, ResultUpstreamError, ResultUpstreamTimeout,
 	ResultUpstreamStatus, ResultUnauthorized, ResultForbidden, ResultRateLimited, ResultOverCapacity, ResultShuttingDown}
 
+// Outcomes of a limiter decision, the values of limiter_decisions_total{decision}.
+const (
+	DecisionAllowed = "allowed"
+	DecisionLimited = "limited"        // refused
+	DecisionShadow  = "shadow_limited" // would have been refused, under --shadow
+)
+
+// What took a limiter decision, the values of limiter_decisions_total{cause}.
+const (
+	CauseRules    = "rules"    // the store (Redis or memory) applied the rules
+	CauseFallback = "fallback" // --failure-mode decided: Redis failed or was too slow
+)
+
 // Who ended a connection, the values of closes_total{initiator}.
 const (
 	InitiatorClient   = "client"
@@ -89,7 +102,7 @@ type Metrics struct {
 	HandshakeDuration prometheus.Histogram
 	HTTPRequests      *prometheus.CounterVec // code class of pass-through requests
 	RateLimited       *prometheus.CounterVec // scope, kind
-	LimiterDecisions  *prometheus.CounterVec // decision
+	LimiterDecisions  *prometheus.CounterVec // decision, cause
 	LimiterDuration   *prometheus.HistogramVec
 	LimiterFallback   prometheus.Counter
 	AuthFailures      *prometheus.CounterVec // reason
@@ -138,8 +151,8 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}, []string{"scope", "kind"}),
 		LimiterDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "limiter_decisions_total",
-			Help: "Limiter decisions, one per message, handshake or HTTP request (error: one per failed store call): allowed, limited (enforced), shadow_limited (--shadow), error (store failed).",
-		}, []string{"decision"}),
+			Help: "Limiter decisions, one per message, handshake or HTTP request: decision allowed, limited (enforced) or shadow_limited (--shadow); cause rules (the store decided) or fallback (--failure-mode decided because Redis failed or was too slow).",
+		}, []string{"decision", "cause"}),
 		LimiterDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "limiter_duration_seconds",
 			Help:    "Time a limiter call took, by the store that decided; one call decides every message already buffered on a connection.",
@@ -181,8 +194,10 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 			m.RateLimited.WithLabelValues(s, k)
 		}
 	}
-	for _, d := range []string{"allowed", "limited", "shadow_limited", "error"} {
-		m.LimiterDecisions.WithLabelValues(d)
+	for _, d := range []string{DecisionAllowed, DecisionLimited, DecisionShadow} {
+		for _, c := range []string{CauseRules, CauseFallback} {
+			m.LimiterDecisions.WithLabelValues(d, c)
+		}
 	}
 	return m
 }

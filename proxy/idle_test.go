@@ -54,7 +54,7 @@ func benchIdlePair(b *testing.B, full bool) {
 		if err := os.WriteFile(file, secret, 0o600); err != nil {
 			b.Fatal(err)
 		}
-		v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFile: file})
+		v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}})
 		if err != nil {
 			b.Fatal(err)
 		}

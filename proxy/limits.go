@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holo/wsgate/frames"
 	"github.com/holo/wsgate/limit"
@@ -41,27 +42,28 @@ func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n i
 	return d
 }
 
-// enforce records a limiter decision in the metrics, allowed or not
-// (every fallback counts in limiter_fallback_total), and reports whether
-// the gate refuses the event: never under Config.Shadow.
+// decisionCounters are limiter_decisions_total's series of one cause.
+type decisionCounters struct{ allowed, limited, shadow prometheus.Counter }
+
+// enforce records a limiter decision in the metrics, allowed or not, under
+// the cause that took it (the rules, or the failure mode when Redis failed;
+// every fallback also counts in limiter_fallback_total), and reports
+// whether the gate refuses the event: never under Config.Shadow.
 func (p *Proxy) enforce(d limit.Decision) bool {
+	c := &p.decisions[0]
 	if d.Fallback {
+		c = &p.decisions[1]
 		p.m.LimiterFallback.Inc()
-		p.decError.Inc()
 	}
 	if d.Allowed {
-		if !d.Fallback {
-			p.decAllowed.Add(float64(d.Granted))
-		}
+		c.allowed.Add(float64(d.Granted))
 		return false
 	}
 	if p.cfg.Shadow {
-		p.decShadow.Inc()
+		c.shadow.Inc()
 		return false
 	}
-	if !d.Fallback {
-		p.decLimited.Inc()
-	}
+	c.limited.Inc()
 	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind).Inc()
 	return true
 }

@@ -178,9 +178,9 @@ type Proxy struct {
 	hooks testHooks
 
 	// Counters of the per-frame path, resolved once.
-	msgsIn, msgsOut, bytesIn, bytesOut          prometheus.Counter
-	decAllowed, decLimited, decShadow, decError prometheus.Counter
-	durMemory, durRedis                         prometheus.Observer
+	msgsIn, msgsOut, bytesIn, bytesOut prometheus.Counter
+	decisions                          [2]decisionCounters // by cause: rules, fallback
+	durMemory, durRedis                prometheus.Observer
 
 	mu    sync.Mutex
 	pairs map[*pair]struct{}
@@ -226,10 +226,13 @@ func New(cfg Config) (*Proxy, error) {
 	p.msgsOut = p.m.Messages.WithLabelValues(metrics.UpstreamToClient)
 	p.bytesIn = p.m.MessageBytes.WithLabelValues(metrics.ClientToUpstream)
 	p.bytesOut = p.m.MessageBytes.WithLabelValues(metrics.UpstreamToClient)
-	p.decAllowed = p.m.LimiterDecisions.WithLabelValues("allowed")
-	p.decLimited = p.m.LimiterDecisions.WithLabelValues("limited")
-	p.decShadow = p.m.LimiterDecisions.WithLabelValues("shadow_limited")
-	p.decError = p.m.LimiterDecisions.WithLabelValues("error")
+	for i, cause := range []string{metrics.CauseRules, metrics.CauseFallback} {
+		p.decisions[i] = decisionCounters{
+			allowed: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionAllowed, cause),
+			limited: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionLimited, cause),
+			shadow:  p.m.LimiterDecisions.WithLabelValues(metrics.DecisionShadow, cause),
+		}
+	}
 	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
 	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
 	p.pass = p.newPassThrough()

@@ -59,7 +59,7 @@ func hmacAuth(t *testing.T) (*auth.Verifier, func(sub string) string) {
 	if err := os.WriteFile(file, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFile: file})
+	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}})
 	if err != nil {
 		t.Fatal(err)
 	}

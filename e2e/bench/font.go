@@ -59,11 +59,6 @@ var glyphs = map[rune][7]string{
 	'>': {".#...", "..#..", "...#.", "....#", "...#.", "..#..", ".#..."},
 }
 
-// textWidth is the width in pixels of s drawn at scale.
-func textWidth(s string, scale int) int {
-	return len([]rune(s)) * 6 * scale
-}
-
 // drawText draws s with its top-left corner at (x, y); each font pixel is scale×scale.
 func drawText(img *image.RGBA, x, y int, s string, scale int, c color.Color) {
 	for _, r := range strings.ToUpper(s) {

@@ -295,3 +295,18 @@ func TestEchoEndsWithServerContext(t *testing.T) {
 			err)
 	}
 }
+
+// TestFavicon: the icon every browser asks for is served, not answered as a
+// failed upgrade.
+func TestFavicon(t *testing.T) {
+	srv := newServer(t)
+	resp, err := srv.Client().Get(srv.URL + "/favicon.ico")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "image/svg+xml" || !bytes.HasPrefix(body, []byte("<svg")) {
+		t.Errorf("favicon: %d %q %.40q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+}

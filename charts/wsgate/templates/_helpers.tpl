@@ -237,6 +237,10 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{/*
 wsgate.volumes are the pod volumes the gate's mounts need, as YAML list items (possibly none).
 A chart that includes wsgate.sidecar includes this under its pod's volumes.
+The files are 0444: without a pod fsGroup (the sidecar recipe leaves the including pod's
+securityContext alone) the kubelet leaves them owned by root:root, and the gate runs as
+65532:65532, so owner or group bits alone would make them unreadable and the gate would not
+start. Only the gate's container mounts these volumes, so "other" reaches no one else.
 */}}
 {{- define "wsgate.volumes" -}}
 {{- $a := .Values.gate.auth }}
@@ -244,7 +248,7 @@ A chart that includes wsgate.sidecar includes this under its pod's volumes.
 - name: wsgate-jwt-hmac
   secret:
     secretName: {{ $a.jwtHmacSecret.existingSecret | quote }}
-    defaultMode: 0440
+    defaultMode: 0444
     items:
       - key: {{ $a.jwtHmacSecret.key | quote }}
         path: {{ $a.jwtHmacSecret.key | quote }}
@@ -254,7 +258,7 @@ A chart that includes wsgate.sidecar includes this under its pod's volumes.
 - name: wsgate-jwt-key
   secret:
     secretName: {{ $a.jwtKey.existingSecret | quote }}
-    defaultMode: 0440
+    defaultMode: 0444
     items:
       - key: {{ $a.jwtKey.key | quote }}
         path: {{ $a.jwtKey.key | quote }}
