@@ -176,7 +176,8 @@ func TestLimitBlockAndReconnect(t *testing.T) {
 				t.Errorf("refused handshake answered subprotocol %q, want the first offered, chat", got)
 			}
 			r = wantRefusal(t, again, "user")
-			waitMetric(t, g, mRateLimited, userConn, 1)
+			// Refused by the message rule's block: counted under that rule.
+			waitMetric(t, g, mRateLimited, userMessage, 3)
 			if got := b.conns.Load(); got != conns {
 				t.Errorf("the backend accepted %d connections during the block, want none", got-conns)
 			}
@@ -194,8 +195,8 @@ func TestLimitBlockAndReconnect(t *testing.T) {
 			if got := b.msgs.Load(); got != 6 {
 				t.Errorf("the backend received %d messages, want 6", got)
 			}
-			waitMetric(t, g, mRateLimited, userMessage, 3)
-			waitMetric(t, g, mRateLimited, userConn, 1)
+			waitMetric(t, g, mRateLimited, userMessage, 4)
+			waitMetric(t, g, mRateLimited, userConn, 0)
 			waitMetric(t, g, mDecisions, decLimited, 4)
 		})
 	}
@@ -271,9 +272,10 @@ func TestLimitTwoGatesShareRedis(t *testing.T) {
 	}
 	// One more message through either gate is refused: the identity is blocked on both.
 	for i, g := range gates {
+		before := g.Metric(t, mRateLimited, userMessage)
 		c := dialAs(t, g.URL+"/echo", peer{})
 		wantRefusal(t, c, "user")
-		waitMetric(t, g, mRateLimited, userConn, 1)
+		waitMetric(t, g, mRateLimited, userMessage, before+1)
 		if got := b.msgs.Load(); got != 10 {
 			t.Errorf("after gate %d's refused handshake the backend has %d messages, want 10", i, got)
 		}
@@ -307,7 +309,7 @@ func TestLimitIPRuleManyIdentities(t *testing.T) {
 	conns := b.conns.Load()
 	fresh := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "user-6")))
 	wantRefusal(t, fresh, "ip")
-	waitMetric(t, g, mRateLimited, ipConn, 1)
+	waitMetric(t, g, mRateLimited, ipMessage, 2)
 	if got := b.conns.Load(); got != conns {
 		t.Errorf("the backend accepted %d connections from the blocked IP", got-conns)
 	}
@@ -316,7 +318,7 @@ func TestLimitIPRuleManyIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRefusal(t, open[0], "ip")
-	waitMetric(t, g, mRateLimited, ipMessage, 2)
+	waitMetric(t, g, mRateLimited, ipMessage, 3)
 	if got := b.msgs.Load(); got != 5 {
 		t.Errorf("the backend received %d messages, want 5", got)
 	}
@@ -346,8 +348,8 @@ func TestLimitAnonymousIdentityIsIP(t *testing.T) {
 	c = dialAs(t, g.URL+"/echo", three)
 	echoOK(t, c, "three-0")
 	echoOK(t, c, "three-1")
-	waitMetric(t, g, mRateLimited, userMessage, 1)
-	waitMetric(t, g, mRateLimited, userConn, 1)
+	waitMetric(t, g, mRateLimited, userMessage, 2)
+	waitMetric(t, g, mRateLimited, userConn, 0)
 }
 
 // TestLimitPassThroughHTTP: each pass-through HTTP request (socket.io long-polling, REST) counts
