@@ -234,6 +234,9 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	if err := authConfig(c, cfg); err != nil {
 		return nil, err
 	}
+	if err := webConfig(c, cfg); err != nil {
+		return nil, err
+	}
 	if err := cfg.auth.Validate(); err != nil {
 		return nil, namedFlag(err)
 	}
@@ -295,6 +298,36 @@ func authConfig(c *cli.Context, cfg *config) error {
 			return &flagError{"identity-header/strip-header", fmt.Errorf("invalid header name %q", h)}
 		}
 	}
+	return nil
+}
+
+// webConfig reads the flags of web apps: socket.io, routes without a
+// token, refusal logs.
+func webConfig(c *cli.Context, cfg *config) error {
+	cfg.proxy.SocketIOPath = c.String("socketio-path")
+	if p := cfg.proxy.SocketIOPath; p != "" && !strings.HasPrefix(p, "/") {
+		return &flagError{"socketio-path", fmt.Errorf("must start with /, got %q", p)}
+	}
+	if cfg.proxy.SocketIOEvent = c.String("socketio-event"); cfg.proxy.SocketIOEvent == "" {
+		return &flagError{"socketio-event", errors.New("must not be empty")}
+	}
+	// Commas separate routes, as in the environment variable: a pattern
+	// that needs one writes it \x2c.
+	for _, s := range splitList(c.StringSlice("skip-auth-route")) {
+		rt, err := proxy.ParseRoute(s)
+		if err != nil {
+			return &flagError{"skip-auth-route", err}
+		}
+		cfg.proxy.SkipAuth = append(cfg.proxy.SkipAuth, rt)
+	}
+	cfg.proxy.SkipAuthPreflight = c.Bool("skip-auth-preflight")
+	for _, h := range splitList(c.StringSlice("health-passthrough")) {
+		if !strings.HasPrefix(h, "/") {
+			return &flagError{"health-passthrough", fmt.Errorf("want a path starting with /, got %q", h)}
+		}
+		cfg.proxy.HealthPaths = append(cfg.proxy.HealthPaths, h)
+	}
+	cfg.proxy.LogSubject = c.Bool("log-subject")
 	return nil
 }
 

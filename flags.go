@@ -18,6 +18,7 @@ const (
 	catAuth     = "Authentication"
 	catClientIP = "Client IP"
 	catLog      = "Logging"
+	catWeb      = "Web apps"
 )
 
 // env names a flag's environment variable: WSGATE_<UPPER_SNAKE>.
@@ -112,5 +113,15 @@ func flags(upstreamRequired bool) []cli.Flag {
 			Usage: "refuse to start without --jwt-hmac-secret-file, --jwt-key-file or --jwks-url (the chart sets it when keys are configured)"},
 		&cli.BoolFlag{Name: "redis-required", Category: catRedis, EnvVars: env("redis-required"),
 			Usage: "keep /readyz at 503 while Redis is not reachable, whatever --failure-mode says (needs --redis-url)"},
+
+		// Web apps: socket.io, routes without a token, refusal logs.
+		str("socketio-path", "/socket.io/", catWeb, "where socket.io lives: requests under it with EIO=4 get refusals as socket.io packets and are counted by engine.io packet on polling; empty = off"),
+		str("socketio-event", "wsgate:limited", catWeb, "socket.io event that carries a refusal to the app"),
+		strs("skip-auth-route", catWeb, "route admitted without a token, as METHOD=path-regex or path-regex (repeatable); still counted by the rules, keyed by client IP"),
+		&cli.BoolFlag{Name: "skip-auth-preflight", Category: catWeb, EnvVars: env("skip-auth-preflight"),
+			Usage: "admit CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) without a token"},
+		strs("health-passthrough", catWeb, "path whose GET and HEAD go to the backend without a token, an Origin check or any limit (repeatable)"),
+		&cli.BoolFlag{Name: "log-subject", Category: catLog, EnvVars: env("log-subject"),
+			Usage: "add the plain token subject to each refusal log line, next to the hashed identity key"},
 	}
 }

@@ -94,6 +94,12 @@ func newApp() *cli.App {
 					if err != nil {
 						return cli.Exit("wsgate: "+err.Error(), exitBadConfig)
 					}
+					if !c.IsSet("health-passthrough") {
+						// The page and its icon are static assets, passed
+						// the way an operator would pass them: loading the
+						// page must not spend the budget its burst shows.
+						cfg.proxy.HealthPaths = []string{"/", "/favicon.ico"}
+					}
 					return serveDemo(c.Context, cfg)
 				},
 			},

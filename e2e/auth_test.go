@@ -700,8 +700,9 @@ func TestAuthPerUserLimits(t *testing.T) {
 		if got := b.msgs.Load(); got != 5 {
 			t.Errorf("the backend received %d messages, want 5", got)
 		}
-		waitMetric(t, g, mRateLimited, userMessage, 2)
-		waitMetric(t, g, mRateLimited, userConn, 2)
+		// The two refused handshakes were refused by the message rule's block.
+		waitMetric(t, g, mRateLimited, userMessage, 4)
+		waitMetric(t, g, mRateLimited, userConn, 0)
 	})
 
 	t.Run("two users behind one IP", func(t *testing.T) {

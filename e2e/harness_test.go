@@ -223,10 +223,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// startNodeBackend runs e2e/backend/server.js on a free port and returns its http:// base URL.
-func startNodeBackend(t testing.TB) (baseURL string) {
+// startNodeBackend runs e2e/backend/server.js on a free port with args and returns its http://
+// base URL.
+func startNodeBackend(t testing.TB, args ...string) (baseURL string) {
 	t.Helper()
-	p := startProc(t, "node backend", exec.Command("node", filepath.Join(backendDir, "server.js"), "--port", "0"))
+	argv := append([]string{filepath.Join(backendDir, "server.js"), "--port", "0"}, args...)
+	p := startProc(t, "node backend", exec.Command("node", argv...))
 	var port string
 	waitFor(t, "the node backend to print LISTENING", func() bool {
 		for _, line := range strings.Split(p.out.String(), "\n") {

@@ -176,7 +176,8 @@ func TestLimitBlockAndReconnect(t *testing.T) {
 				t.Errorf("refused handshake answered subprotocol %q, want the first offered, chat", got)
 			}
 			r = wantRefusal(t, again, "user")
-			waitMetric(t, g, mRateLimited, userConn, 1)
+			// Refused by the message rule's block: counted under that rule.
+			waitMetric(t, g, mRateLimited, userMessage, 3)
 			if got := b.conns.Load(); got != conns {
 				t.Errorf("the backend accepted %d connections during the block, want none", got-conns)
 			}
@@ -194,8 +195,8 @@ func TestLimitBlockAndReconnect(t *testing.T) {
 			if got := b.msgs.Load(); got != 6 {
 				t.Errorf("the backend received %d messages, want 6", got)
 			}
-			waitMetric(t, g, mRateLimited, userMessage, 3)
-			waitMetric(t, g, mRateLimited, userConn, 1)
+			waitMetric(t, g, mRateLimited, userMessage, 4)
+			waitMetric(t, g, mRateLimited, userConn, 0)
 			waitMetric(t, g, mDecisions, decLimited, 4)
 		})
 	}
@@ -271,9 +272,10 @@ func TestLimitTwoGatesShareRedis(t *testing.T) {
 	}
 	// One more message through either gate is refused: the identity is blocked on both.
 	for i, g := range gates {
+		before := g.Metric(t, mRateLimited, userMessage)
 		c := dialAs(t, g.URL+"/echo", peer{})
 		wantRefusal(t, c, "user")
-		waitMetric(t, g, mRateLimited, userConn, 1)
+		waitMetric(t, g, mRateLimited, userMessage, before+1)
 		if got := b.msgs.Load(); got != 10 {
 			t.Errorf("after gate %d's refused handshake the backend has %d messages, want 10", i, got)
 		}
@@ -307,7 +309,7 @@ func TestLimitIPRuleManyIdentities(t *testing.T) {
 	conns := b.conns.Load()
 	fresh := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "user-6")))
 	wantRefusal(t, fresh, "ip")
-	waitMetric(t, g, mRateLimited, ipConn, 1)
+	waitMetric(t, g, mRateLimited, ipMessage, 2)
 	if got := b.conns.Load(); got != conns {
 		t.Errorf("the backend accepted %d connections from the blocked IP", got-conns)
 	}
@@ -316,7 +318,7 @@ func TestLimitIPRuleManyIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRefusal(t, open[0], "ip")
-	waitMetric(t, g, mRateLimited, ipMessage, 2)
+	waitMetric(t, g, mRateLimited, ipMessage, 3)
 	if got := b.msgs.Load(); got != 5 {
 		t.Errorf("the backend received %d messages, want 5", got)
 	}
@@ -346,16 +348,16 @@ func TestLimitAnonymousIdentityIsIP(t *testing.T) {
 	c = dialAs(t, g.URL+"/echo", three)
 	echoOK(t, c, "three-0")
 	echoOK(t, c, "three-1")
-	waitMetric(t, g, mRateLimited, userMessage, 1)
-	waitMetric(t, g, mRateLimited, userConn, 1)
+	waitMetric(t, g, mRateLimited, userMessage, 2)
+	waitMetric(t, g, mRateLimited, userConn, 0)
 }
 
-// TestLimitPassThroughHTTP: each pass-through HTTP request (socket.io long-polling, REST) counts
-// as one message, in the same budget as WebSocket messages; over the rule the request gets 429
-// with Retry-After and the JSON body, and never reaches the backend.
+// TestLimitPassThroughHTTP: each pass-through HTTP request (REST) counts as one message, in the
+// same budget as WebSocket messages, while socket.io's long-polling GETs count nothing; over the
+// rule the request gets 429 with Retry-After and the JSON body, and never reaches the backend.
 func TestLimitPassThroughHTTP(t *testing.T) {
 	t.Parallel()
-	g := limitGate(t, startNodeBackend(t), "--user-rate", "6/30s", "--user-block", "30s", "--ip-rate", "0")
+	g := limitGate(t, startNodeBackend(t), "--user-rate", "4/30s", "--user-block", "30s", "--ip-rate", "0")
 
 	get := func(path string) (*http.Response, []byte) {
 		t.Helper()
@@ -375,7 +377,8 @@ func TestLimitPassThroughHTTP(t *testing.T) {
 	c := dialAs(t, g.URL+"/echo", peer{})
 	echoOK(t, c, "ws-1")
 	echoOK(t, c, "ws-2")
-	// socket.io's long-polling handshake, as a browser starts it: each answers the open packet.
+	// socket.io's long-polling handshake, as a browser starts it: each answers the open packet,
+	// and neither counts.
 	for i := range 2 {
 		resp, body := get(polling + "&t=" + strconv.Itoa(i))
 		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), `0{"sid":`) {
@@ -388,7 +391,7 @@ func TestLimitPassThroughHTTP(t *testing.T) {
 		}
 	}
 
-	for _, path := range []string{"/hello", polling + "&t=late"} {
+	for _, path := range []string{"/hello"} {
 		resp, body := get(path)
 		if resp.StatusCode != http.StatusTooManyRequests {
 			t.Fatalf("GET %s over the budget: %d %q, want 429", path, resp.StatusCode, body)
@@ -405,7 +408,22 @@ func TestLimitPassThroughHTTP(t *testing.T) {
 		}
 		parseRefusal(t, body, "user")
 	}
+	// A new polling session during the block gets the gate's own engine.io session, whose
+	// CONNECT the gate refuses (socket.io-client shows it in connect_error): it never reaches
+	// the backend either.
+	if resp, body := get(polling + "&t=late"); resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), `0{"sid":`) ||
+		resp.Header.Get("X-Backend") != "" {
+		t.Fatalf("a polling open during the block: %d %q (X-Backend %q), want the gate's own open packet",
+			resp.StatusCode, body, resp.Header.Get("X-Backend"))
+	}
 	waitMetric(t, g, mRateLimited, userMessage, 2)
+	// http_requests_total carries the exact status, not its class.
+	if got := g.Metric(t, "holo_ws_http_requests_total", map[string]string{"code": "429"}); got != 1 {
+		t.Errorf("http_requests_total{code=429} = %v, want 1", got)
+	}
+	if got := g.Metric(t, "holo_ws_http_requests_total", map[string]string{"code": "200"}); got < 4 {
+		t.Errorf("http_requests_total{code=200} = %v, want at least 4", got)
+	}
 
 	// The open WebSocket shares the budget: its next message is refused too.
 	if err := c.Write(testCtx(t), websocket.MessageText, []byte("ws-3")); err != nil {

@@ -45,7 +45,7 @@ type Reader struct {
 	src    io.Reader // blocking reads
 	fd     int       // the same socket's descriptor, read without waiting; -1 when src is not one
 	rawRes int32     // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
-	short  bool               // the last read without waiting took less than there was room for
+	short  bool      // the last read without waiting took less than there was room for
 	small  [smallSize]byte
 	big    *[]byte
 	data   []byte       // unread bytes, inside small, *big or a primed slice

@@ -22,7 +22,7 @@ func TestRedisBlocksKeepTheirScope(t *testing.T) {
 	h.deny(t, l, "u", "a", ScopeUser, KindMessage, 3*time.Second) // both refuse: the longer retry
 	time.Sleep(350 * ms)
 	h.handshakes(t, l, 1, "u", "b") // the user's block is over
-	h.check(t, l.Handshake(ctx, "v", "a"), ScopeIP, KindConnection, 3*time.Second)
+	h.check(t, l.Handshake(ctx, "v", "a"), ScopeIP, KindMessage, 3*time.Second)
 }
 
 // TestRedisUnblockReachesHandshakes: an operator's DEL of a block key lifts
@@ -40,8 +40,8 @@ func TestRedisUnblockReachesHandshakes(t *testing.T) {
 	h := &harness{store: "redis"}
 	h.allow(t, a, 1, "u", "x")
 	h.deny(t, a, "u", "x", ScopeUser, KindMessage, time.Minute)
-	h.check(t, a.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, time.Minute)
-	h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, time.Minute)
+	h.check(t, a.Handshake(ctx, "u", "y"), ScopeUser, KindMessage, time.Minute)
+	h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindMessage, time.Minute)
 	if got := s.cli("del", p+":um:{u}:blk"); got != "1" {
 		t.Fatalf("DEL of the block key: %s", got)
 	}

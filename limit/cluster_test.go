@@ -40,7 +40,7 @@ func TestCluster(t *testing.T) {
 		h := &harness{store: "redis"}
 		h.allow(t, l, 2, "u", "a")
 		h.deny(t, l, "u", "a", ScopeUser, KindMessage, 300*ms)
-		h.check(t, l.Handshake(ctx, "u", "b"), ScopeUser, KindConnection, 300*ms)
+		h.check(t, l.Handshake(ctx, "u", "b"), ScopeUser, KindMessage, 300*ms)
 		time.Sleep(350 * ms)
 		h.allow(t, l, 2, "u", "a")
 	})

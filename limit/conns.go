@@ -140,7 +140,7 @@ func (l *Limiter) OpenConn(ctx context.Context, ip string) (d Decision, release 
 	}
 	rs.health.ok(nd)
 	if ok == 0 {
-		return Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: connRetry, Store: storeRedis}, noRelease
+		return Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: connRetry, Store: storeRedis, Limit: cn.max}, noRelease
 	}
 	cn.mu.Lock()
 	ids := cn.live[key]
@@ -193,7 +193,7 @@ func (cn *conns) openMem(ip string) (Decision, func()) {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
 	if cn.mem[ip] >= cn.max {
-		return Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: connRetry}, noRelease
+		return Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: connRetry, Limit: cn.max}, noRelease
 	}
 	cn.mem[ip]++
 	var once atomic.Bool

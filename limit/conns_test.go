@@ -18,7 +18,7 @@ func TestOpenConnMemory(t *testing.T) {
 	if !d.Allowed || d.Kind != KindConnection || d.Store != "memory" {
 		t.Fatalf("2nd: %+v", d)
 	}
-	want := Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: time.Second, Store: "memory"}
+	want := Decision{Scope: ScopeIP, Kind: KindConnection, RetryAfter: time.Second, Store: "memory", Limit: 2}
 	if d, _ := l.OpenConn(ctx, "a"); d != want {
 		t.Fatalf("3rd: %+v, want %+v", d, want)
 	}

@@ -31,7 +31,7 @@ func Example() {
 	// true  0s
 	// true  0s
 	// false user 5s
-	// false user connection memory
+	// false user message memory
 }
 
 func ExampleParseRule() {

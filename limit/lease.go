@@ -157,7 +157,7 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 		}
 	}
 	ls.mu.Unlock()
-	if d, refused := verdict(KindMessage, ScopeUser, ScopeIP, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
+	if d, refused := verdict(KindMessage, blockCounts(cs), blockOutcomes(left)); refused {
 		return d, nil
 	}
 	for {
@@ -212,14 +212,15 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 			ls.mu.Unlock()
 			return Decision{}, err
 		}
-		var deny [2]bool
-		var retry [2]time.Duration
+		// A refused lease is reported as over the limit: the script does
+		// not say whether a block set meanwhile refused it instead.
+		var out [2]outcome
 		for i, e := range es {
 			if size[i] == 0 {
 				continue
 			}
 			if g[i].n == 0 {
-				deny[i], retry[i] = true, g[i].ttl
+				out[i] = outcome{denied: true, retry: g[i].ttl}
 				if cs[i].rule.Block > 0 {
 					e.seenBlock = true
 				}
@@ -227,7 +228,7 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 			}
 			e.left, e.expires, e.seenBlock = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl)), false
 		}
-		if d, refused := verdict(KindMessage, ScopeUser, ScopeIP, deny[0], deny[1], retry[0], retry[1]); refused {
+		if d, refused := verdict(KindMessage, blockCounts(cs), out); refused {
 			ls.mu.Unlock()
 			return d, nil
 		}

@@ -177,8 +177,11 @@ type Decision struct {
 	// Scope is the refusing rule's scope, ScopeUser or ScopeIP; ScopeUser
 	// when both refuse. Empty when allowed.
 	Scope string
-	// Kind is KindMessage for Limiter.Messages, KindConnection for
-	// Limiter.Handshake and Limiter.OpenConn.
+	// Kind is the kind of the rule that refused: KindMessage for a message
+	// rule, also when its block refuses a handshake; KindConnection for a
+	// connection rule and for OpenConn. When allowed, the kind of the call:
+	// KindMessage for Limiter.Messages, KindConnection for Limiter.Handshake
+	// and Limiter.OpenConn.
 	Kind string
 	// RetryAfter is how long until the client may try again: the remaining
 	// block, or the remaining window of a rule without block. When both
@@ -197,12 +200,21 @@ type Decision struct {
 	// least 1 and at most the number asked about when Allowed, 0 when the
 	// first is refused. A caller granted fewer asks again for the rest.
 	Granted int
+	// Blocked is true when a block in force refused the event (a message
+	// rule's block, set by an earlier refusal), false when this event went
+	// over its rule's limit. A handshake refused by a block has the
+	// blocking message rule's Kind, KindMessage.
+	Blocked bool
+	// Limit is the refusing rule's N (Config.IPMaxConns for OpenConn);
+	// zero when allowed, and for a FailClosed refusal.
+	Limit int
 }
 
 // rule is one of the four rules with what a store needs to apply it.
 type rule struct {
 	Rule
 	scope string
+	kind  string // KindMessage or KindConnection
 	// prefix is "<p>:um:{" and so on.
 	prefix string
 	// limit, window and block are the Lua scripts' arguments.
@@ -250,7 +262,10 @@ func (c count) guarded() bool { return c.guard.Enabled() && c.guard.Block > 0 }
 // outcome is one count's verdict.
 type outcome struct {
 	denied bool
-	retry  time.Duration
+	// blocked: the count's guard refused it (a block in force), rather
+	// than its own rule's limit.
+	blocked bool
+	retry   time.Duration
 }
 
 // store is what a Limiter asks of the memory and the Redis stores.
@@ -320,15 +335,15 @@ func New(cfg Config) (*Limiter, error) {
 		prefix = defaultPrefix
 	}
 	for _, r := range []struct {
-		dst              *rule
-		name, scope, tag string
-		rule             Rule
-		blocks           bool
+		dst                    *rule
+		name, scope, kind, tag string
+		rule                   Rule
+		blocks                 bool
 	}{
-		{&l.userMsg, "user message", ScopeUser, "um", cfg.Rules.UserMessages, true},
-		{&l.ipMsg, "IP message", ScopeIP, "im", cfg.Rules.IPMessages, true},
-		{&l.userConn, "user connection", ScopeUser, "uc", cfg.Rules.UserConns, false},
-		{&l.ipConn, "IP connection", ScopeIP, "ic", cfg.Rules.IPConns, false},
+		{&l.userMsg, "user message", ScopeUser, KindMessage, "um", cfg.Rules.UserMessages, true},
+		{&l.ipMsg, "IP message", ScopeIP, KindMessage, "im", cfg.Rules.IPMessages, true},
+		{&l.userConn, "user connection", ScopeUser, KindConnection, "uc", cfg.Rules.UserConns, false},
+		{&l.ipConn, "IP connection", ScopeIP, KindConnection, "ic", cfg.Rules.IPConns, false},
 	} {
 		if !r.blocks {
 			r.rule.Block = 0
@@ -340,6 +355,7 @@ func New(cfg Config) (*Limiter, error) {
 		*r.dst = rule{
 			Rule:   r.rule,
 			scope:  r.scope,
+			kind:   r.kind,
 			prefix: prefix + ":" + r.tag + ":{",
 			limit:  strconv.Itoa(r.rule.Limit),
 			window: strconv.FormatInt(r.rule.Window.Milliseconds(), 10),
@@ -436,7 +452,8 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 }
 
 // Handshake decides one WebSocket handshake: refused while a message rule
-// blocks user or ip, or over a connection rule.
+// blocks user or ip (a refusal of that message rule: Kind KindMessage,
+// Blocked), or over a connection rule (Kind KindConnection).
 func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
 	user, ip = safeID(user), safeID(ip)
 	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
@@ -551,30 +568,58 @@ func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]coun
 	if err != nil {
 		return Decision{}, err
 	}
-	if d, refused := verdict(kind, cs[0].rule.scope, cs[1].rule.scope, left[0] > 0, left[1] > 0, left[0], left[1]); refused {
+	if d, refused := verdict(kind, blockCounts(cs), blockOutcomes(left)); refused {
 		return d, nil
 	}
 	out, granted, err := s.take(ctx, ts, n)
 	if err != nil {
 		return Decision{}, err
 	}
-	d, refused := verdict(kind, ts[0].rule.scope, ts[1].rule.scope, out[0].denied, out[1].denied, out[0].retry, out[1].retry)
+	d, refused := verdict(kind, ts, out)
 	if !refused {
 		d.Granted = granted
 	}
 	return d, nil
 }
 
-// verdict is the Decision of two scopes' refusals: refused by the first
-// that refused (with the longer retry when both did), else one allowed.
-func verdict(kind, scope0, scope1 string, deny0, deny1 bool, retry0, retry1 time.Duration) (Decision, bool) {
+// blockCounts are the counts whose refusals a block check of cs reports:
+// each message counter guarded by its own block.
+func blockCounts(cs [2]counter) [2]count {
+	return [2]count{{cs[0], cs[0].rule}, {cs[1], cs[1].rule}}
+}
+
+// blockOutcomes are the refusals of a block check that found the blocks
+// left (zero: not blocked).
+func blockOutcomes(left [2]time.Duration) (out [2]outcome) {
+	for i, l := range left {
+		if l > 0 {
+			out[i] = outcome{denied: true, blocked: true, retry: l}
+		}
+	}
+	return out
+}
+
+// verdict is the Decision of two counts' outcomes: refused by the first
+// that refused (with the longer retry when both did), under the rule that
+// refused it: the guard's for a block, the count's own otherwise. Allowed,
+// it is one event of kind.
+func verdict(kind string, ts [2]count, out [2]outcome) (Decision, bool) {
+	refusal := func(i int) Decision {
+		r := ts[i].rule
+		if out[i].blocked {
+			r = ts[i].guard
+		}
+		return Decision{Scope: r.scope, Kind: r.kind, RetryAfter: out[i].retry, Blocked: out[i].blocked, Limit: r.Limit}
+	}
 	switch {
-	case deny0 && deny1:
-		return Decision{Scope: scope0, Kind: kind, RetryAfter: max(retry0, retry1)}, true
-	case deny0:
-		return Decision{Scope: scope0, Kind: kind, RetryAfter: retry0}, true
-	case deny1:
-		return Decision{Scope: scope1, Kind: kind, RetryAfter: retry1}, true
+	case out[0].denied && out[1].denied:
+		d := refusal(0)
+		d.RetryAfter = max(out[0].retry, out[1].retry)
+		return d, true
+	case out[0].denied:
+		return refusal(0), true
+	case out[1].denied:
+		return refusal(1), true
 	}
 	return Decision{Allowed: true, Kind: kind, Granted: 1}, false
 }

@@ -76,7 +76,7 @@ func (s *memory) take(_ context.Context, cs [2]count, n int) (out [2]outcome, gr
 			continue
 		}
 		if g, ok := s.m[memKey{c.guard, c.id}]; ok && g.blockEnd > now {
-			out[i] = outcome{denied: true, retry: g.blockEnd - now}
+			out[i] = outcome{denied: true, blocked: true, retry: g.blockEnd - now}
 			denied = true
 		}
 	}

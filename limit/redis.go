@@ -202,7 +202,8 @@ func (s *redisStore) refund(ctx context.Context, k count, n int) error {
 	return nil
 }
 
-// parseTake reads takeScript's (refused, retry ms) pairs into out, one per
+// parseTake reads takeScript's (refused, retry ms) pairs (refused 2: by a
+// block) into out, one per
 // key group, and returns the number of events it counted.
 func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
 	vs, err := r.AsIntSlice()
@@ -214,7 +215,7 @@ func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
 	}
 	for i := range out {
 		if vs[2*i] != 0 {
-			out[i] = outcome{denied: true, retry: time.Duration(vs[2*i+1]) * time.Millisecond}
+			out[i] = outcome{denied: true, blocked: vs[2*i] == 2, retry: time.Duration(vs[2*i+1]) * time.Millisecond}
 		}
 	}
 	return int(vs[2*len(out)]), nil

@@ -355,12 +355,12 @@ func TestRedisHandshakeBlockCheck(t *testing.T) {
 	// The counting script refuses until the invalidation of b's cached
 	// "not blocked" arrives; then one read caches the block.
 	waitFor(t, "b refuses the handshake from the cache", func() bool {
-		n, _ := count(func() { h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, 400*ms) })
+		n, _ := count(func() { h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindMessage, 400*ms) })
 		return n == 0
 	})
 	if n, _ := count(func() {
 		for range 10 {
-			h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindConnection, 400*ms)
+			h.check(t, b.Handshake(ctx, "u", "y"), ScopeUser, KindMessage, 400*ms)
 		}
 	}); n != 0 {
 		t.Fatalf("handshakes of a known block: %d commands, want 0", n)

@@ -39,8 +39,8 @@ end
 // the guard block keys of rules checked for blocks only (a handshake's
 // disabled connection rule under a message rule that blocks); ARGV holds a
 // (limit, window ms, block ms) triple per counted rule, then n. It returns
-// a (refused, retry ms) pair per key group (refused 1 or 0), in the order
-// of KEYS, then the number of events counted: as many as the rule closest
+// a (refused, retry ms) pair per key group (refused 0; 1 over its limit; 2
+// by its guard, a block in force), in the order of KEYS, then the number of events counted: as many as the rule closest
 // to its limit has left (n with no counted rule), and 0 when one refuses.
 // A guard that exists refuses its rule without counting; otherwise nothing
 // is written unless every rule allows, except that a rule refusing its
@@ -57,7 +57,7 @@ for i = 1, m do
   local b = redis.call('PTTL', g)
   res[2*i-1] = 0; res[2*i] = 0
   if b > 0 then
-    res[2*i-1] = 1; res[2*i] = b; denied = true
+    res[2*i-1] = 2; res[2*i] = b; denied = true
   end
 end
 res[2*m+1] = 0

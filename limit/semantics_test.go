@@ -135,6 +135,9 @@ var semanticsCases = []struct {
 		h.handshakes(t, l, 2, "u", "a")
 		d := l.Handshake(context.Background(), "u", "a")
 		h.check(t, d, ScopeUser, KindConnection, 10*time.Second)
+		if d.Blocked || d.Limit != 2 {
+			t.Fatalf("handshake over the connection rule: %+v, want not Blocked, Limit 2", d)
+		}
 		h.handshakes(t, l, 1, "v", "a") // the refusal did not count on the IP
 		d = l.Handshake(context.Background(), "w", "a")
 		h.check(t, d, ScopeIP, KindConnection, 10*time.Second)
@@ -148,12 +151,18 @@ var semanticsCases = []struct {
 		})
 		h.allow(t, l, 1, "u", "a")
 		h.deny(t, l, "u", "a", ScopeUser, KindMessage, 300*ms)
-		h.check(t, l.Handshake(context.Background(), "u", "b"), ScopeUser, KindConnection, 300*ms)
+		// A handshake refused by a block is the blocking message rule's
+		// refusal, not a connection rule's.
+		d := l.Handshake(context.Background(), "u", "b")
+		h.check(t, d, ScopeUser, KindMessage, 300*ms)
+		if !d.Blocked || d.Limit != 1 {
+			t.Fatalf("handshake refused by the block: %+v, want Blocked with the message rule's Limit 1", d)
+		}
 		h.handshakes(t, l, 1, "v", "a")
 		h.allow(t, l, 1, "v", "a")
 		h.allow(t, l, 1, "w", "a")
 		h.deny(t, l, "x", "a", ScopeIP, KindMessage, 300*ms)
-		h.check(t, l.Handshake(context.Background(), "y", "a"), ScopeIP, KindConnection, 300*ms)
+		h.check(t, l.Handshake(context.Background(), "y", "a"), ScopeIP, KindMessage, 300*ms)
 		advance(350 * ms)
 		h.handshakes(t, l, 1, "u", "a")
 		h.allow(t, l, 1, "u", "a")
@@ -265,12 +274,12 @@ func TestMemoryExactRetry(t *testing.T) {
 			t.Fatalf("message %d refused: %+v", i+1, d)
 		}
 	}
-	want := Decision{Scope: ScopeUser, Kind: KindMessage, RetryAfter: 5 * time.Second, Store: "memory"}
+	want := Decision{Scope: ScopeUser, Kind: KindMessage, RetryAfter: 5 * time.Second, Store: "memory", Limit: 100}
 	if d := l.Message(ctx, "u", "a"); d != want {
 		t.Fatalf("101st: %+v, want %+v", d, want)
 	}
 	c.Advance(4 * time.Second)
-	want.RetryAfter = time.Second
+	want.RetryAfter, want.Blocked = time.Second, true
 	if d := l.Message(ctx, "u", "a"); d != want {
 		t.Fatalf("while blocked: %+v, want %+v", d, want)
 	}
@@ -285,7 +294,7 @@ func TestMemoryExactRetry(t *testing.T) {
 	l2.Message(ctx, "u", "a")
 	c.Advance(3 * time.Second)
 	l2.Message(ctx, "u", "a")
-	want = Decision{Scope: ScopeIP, Kind: KindMessage, RetryAfter: 7 * time.Second, Store: "memory"}
+	want = Decision{Scope: ScopeIP, Kind: KindMessage, RetryAfter: 7 * time.Second, Store: "memory", Limit: 2}
 	if d := l2.Message(ctx, "u", "a"); d != want {
 		t.Fatalf("over a rule without block: %+v, want %+v", d, want)
 	}

@@ -20,7 +20,7 @@ func TestRedisWithoutEvalRO(t *testing.T) {
 	h.handshakes(t, l, 1, "u", "a")
 	h.allow(t, l, 3, "u", "a")
 	h.deny(t, l, "u", "a", ScopeUser, KindMessage, time.Second)
-	h.check(t, l.Handshake(context.Background(), "u", "b"), ScopeUser, KindConnection, time.Second)
+	h.check(t, l.Handshake(context.Background(), "u", "b"), ScopeUser, KindMessage, time.Second)
 }
 
 func TestParseVersion(t *testing.T) {

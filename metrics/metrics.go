@@ -41,6 +41,25 @@ const (
 var results = []string{ResultOK, ResultBadRequest, ResultUpstreamError, ResultUpstreamTimeout,
 	ResultUpstreamStatus, ResultUnauthorized, ResultForbidden, ResultRateLimited, ResultOverCapacity, ResultShuttingDown}
 
+// statusLabels are the label values of the HTTP statuses 100-599, made
+// once: a label per answer would otherwise allocate its string.
+var statusLabels = func() (l [600]string) {
+	for c := 100; c < len(l); c++ {
+		l[c] = strconv.Itoa(c)
+	}
+	return l
+}()
+
+// StatusLabel returns http_requests_total's code label for an HTTP status:
+// the status itself ("429"), or "other" outside 100-599, which keeps the
+// label's values bounded whatever a backend answers.
+func StatusLabel(code int) string {
+	if code < 100 || code >= len(statusLabels) {
+		return "other"
+	}
+	return statusLabels[code]
+}
+
 // Outcomes of a limiter decision, the values of limiter_decisions_total{decision}.
 const (
 	DecisionAllowed = "allowed"
@@ -100,7 +119,7 @@ type Metrics struct {
 	MessageBytes      *prometheus.CounterVec // direction
 	Closes            *prometheus.CounterVec // initiator, code
 	HandshakeDuration prometheus.Histogram
-	HTTPRequests      *prometheus.CounterVec // code class of pass-through requests
+	HTTPRequests      *prometheus.CounterVec // code: the exact status of a pass-through request
 	RateLimited       *prometheus.CounterVec // scope, kind
 	LimiterDecisions  *prometheus.CounterVec // decision, cause
 	LimiterDuration   *prometheus.HistogramVec
@@ -143,7 +162,7 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}),
 		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "http_requests_total",
-			Help: "Plain HTTP requests passed through, by status class.",
+			Help: "Plain HTTP requests passed through, by the exact status the client got (\"other\" outside 100-599).",
 		}, []string{"code"}),
 		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "rate_limited_total",

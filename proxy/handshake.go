@@ -83,17 +83,30 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			release()
 		}
 	}()
+	eio, isEIO := p.engineIO(r)
+	connID := eio.sid
+	if connID == "" {
+		connID = newConnID()
+	}
 	if p.cfg.Limiter != nil {
 		d := p.decide(ctx, true, cl.userKey, cl.ipKey, 1)
-		refused := p.enforce(d)
+		refused, openConn := p.enforce(d), false
+		if !d.Allowed {
+			p.logRefusal(d, p.refusalOf(r, cl, "handshake", "websocket", connID))
+		}
 		if !refused {
 			// The concurrent-connection bound (--ip-max-conns): registered
 			// until the pair is released.
 			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
-			refused = p.enforce(d)
+			refused, openConn = p.enforce(d), true
+			if !d.Allowed {
+				rf := p.refusalOf(r, cl, "handshake", "websocket", connID)
+				rf.openConn = openConn
+				p.logRefusal(d, rf)
+			}
 		}
 		if refused {
-			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d)
+			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d, eio, isEIO)
 			p.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited).Inc()
 			return
 		}
@@ -154,6 +167,10 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr.path = r.URL.Path
 	pr.protocol = protocol
 	pr.release = release
+	pr.info = &connInfo{id: connID, sio: isEIO}
+	if p.cfg.LogSubject {
+		pr.info.subject = cl.identity.Subject
+	}
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {
 			pr.deflating = true

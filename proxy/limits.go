@@ -80,9 +80,15 @@ func limitBody(d limit.Decision) []byte {
 }
 
 // refuseUpgrade answers a handshake refused by a limit the way browsers
-// can read: 101 with the first subprotocol the client offered, the 429
-// JSON as a text frame, close 4008. The upstream is never dialed.
-func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []string, d limit.Decision) {
+// can read: 101 with the first subprotocol the client offered, then the
+// refusal in the client's protocol, then close 4008. The upstream is never
+// dialed. A plain WebSocket client gets the 429 JSON as a text frame; an
+// engine.io client opening a session gets a session of the gate's own
+// that refuses each socket.io CONNECT (refuseSocketIO); an engine.io
+// client upgrading a polling session only gets the close (during the
+// upgrade's probe any other packet would be a probe error), and stays on
+// polling, where its next message is refused.
+func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []string, d limit.Decision, eio eioRequest, isEIO bool) {
 	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
 	if proto := answerProtocol(offered); proto != "" {
 		up.Protocol = ws.SelectEqual(proto)
@@ -97,14 +103,73 @@ func (p *Proxy) refuseUpgrade(w http.ResponseWriter, r *http.Request, offered []
 	defer conn.Close()
 	deadline := time.Now().Add(p.cfg.CloseTimeout)
 	_ = conn.SetDeadline(deadline)
-	if frames.WriteFrame(conn, ws.OpText, limitBody(d), false) != nil ||
-		frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false) != nil {
-		return
+	switch {
+	case isEIO && eio.sid == "":
+		if !p.refuseSocketIO(conn, d) {
+			return
+		}
+	case isEIO:
+		if frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false) != nil {
+			return
+		}
+	default:
+		if frames.WriteFrame(conn, ws.OpText, limitBody(d), false) != nil ||
+			frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false) != nil {
+			return
+		}
 	}
 	// Wait for the client's close frame (or its leaving) so that closing
 	// the socket does not reset what was just sent.
 	drainUntilClose(conn)
 	p.m.Closes.WithLabelValues(metrics.InitiatorGate, metrics.CodeLabel(int(frames.StatusRateLimited))).Inc()
+}
+
+// refuseSocketIO plays an engine.io session of the gate's own on conn: the
+// open packet, then a CONNECT_ERROR for each socket.io CONNECT the client
+// sends, until the client closes (socket.io-client does once every
+// namespace it asked for is refused) or the deadline set on conn passes.
+// Then it sends close 4008. It reports whether conn can still take the
+// client's close frame.
+func (p *Proxy) refuseSocketIO(conn net.Conn, d limit.Decision) bool {
+	if frames.WriteFrame(conn, ws.OpText, sioOpen(newConnID()), false) != nil {
+		return false
+	}
+	r := frames.NewReader(conn)
+	defer r.ResetSocket(nil, -1)
+	var hdr [ws.MaxHeaderSize]byte
+	var head [maxNamespace + 8]byte
+	for total := int64(0); total < maxDrain; {
+		h, err := ws.ReadHeaderBuffer(r, hdr[:])
+		if err != nil || h.Length > maxDrain-total {
+			break
+		}
+		total += h.Length
+		n := min(h.Length, int64(len(head)))
+		if _, err := io.ReadFull(r, head[:n]); err != nil {
+			break
+		}
+		if _, err := io.CopyN(io.Discard, r, h.Length-n); err != nil {
+			break
+		}
+		if h.OpCode == ws.OpClose {
+			// The client ends the session: answer its close with ours.
+			_ = frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false)
+			return false
+		}
+		pkt := head[:n]
+		if h.Masked {
+			ws.Cipher(pkt, h.Mask, 0)
+		}
+		if h.OpCode == ws.OpText && len(pkt) >= 2 && pkt[0] == eioMessage && pkt[1] == sioTypeConnect {
+			if frames.WriteFrame(conn, ws.OpText, sioConnectError(namespace(pkt), d), false) != nil {
+				return false
+			}
+		}
+	}
+	// The deadline passed (or the client broke the protocol): close, with
+	// a moment for the client's answer.
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	return frames.WriteClose(conn, frames.StatusRateLimited, "Rate limit", false) == nil
 }
 
 // drainUntilClose reads and drops frames from c until its close frame, an
@@ -137,22 +202,19 @@ func answerProtocol(offered []string) string {
 	return ""
 }
 
-// limitRequest applies the message rules to a pass-through request and
-// answers 429 when it is refused.
-func (p *Proxy) limitRequest(w http.ResponseWriter, r *http.Request, userKey, ipKey string) bool {
+// limitRequest applies the message rules to a pass-through request, one
+// message, and answers 429 when it is refused.
+func (p *Proxy) limitRequest(w http.ResponseWriter, r *http.Request, cl client) bool {
 	if p.cfg.Limiter == nil {
 		return false
 	}
-	d := p.decide(r.Context(), false, userKey, ipKey, 1)
-	if !p.enforce(d) {
-		return false
+	d := p.decide(r.Context(), false, cl.userKey, cl.ipKey, 1)
+	refused := p.enforce(d)
+	if !d.Allowed {
+		p.logRefusal(d, p.refusalOf(r, cl, "request", "http", ""))
 	}
-	secs := int64((d.RetryAfter + time.Second - 1) / time.Second)
-	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
-	w.Header().Set("Content-Type", "application/json")
-	body := limitBody(d)
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, _ = w.Write(body)
-	return true
+	if refused {
+		p.writeLimited(w, r, d)
+	}
+	return refused
 }

@@ -83,7 +83,8 @@ type pair struct {
 	path           string
 	userKey, ipKey string
 	protocol       string
-	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
+	expiry         int64     // unix nanoseconds: the client's token's exp; zero without one
+	info           *connInfo // set at the handshake; the client direction's (web.go)
 }
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {

@@ -10,6 +10,8 @@ import (
 	"net/http/httputil"
 	"sync/atomic"
 	"time"
+
+	"github.com/holo/wsgate/metrics"
 )
 
 // passThrough is the handler of every request that is not a WebSocket
@@ -28,6 +30,9 @@ type passThrough struct {
 type passRequest struct {
 	client client
 	body   *timedBody // nil without PassBodyTimeout or without a body
+	// pollSid is the engine.io session of a polling GET: its answer may
+	// have to carry the refusal of the session (refusePollAnswer).
+	pollSid string
 }
 
 type passRequestKey struct{}
@@ -75,11 +80,17 @@ func (p *Proxy) newPassThrough() http.Handler {
 				p.log.Warn("pass-through failed", "err", err, "path", r.URL.Path)
 				code, msg = http.StatusBadGateway, "upstream unavailable"
 			}
+			p.allowCORS(w, r)
 			writeError(w, code, msg)
-			p.m.HTTPRequests.WithLabelValues(statusClass(code)).Inc()
+			p.countHTTP(code)
 		},
 		ModifyResponse: func(res *http.Response) error {
-			p.m.HTTPRequests.WithLabelValues(statusClass(res.StatusCode)).Inc()
+			if sid := passRequestOf(res.Request).pollSid; sid != "" {
+				if err := p.refusePollAnswer(res, sid); err != nil {
+					return err
+				}
+			}
+			p.countHTTP(res.StatusCode)
 			return nil
 		},
 	}
@@ -92,15 +103,18 @@ func (p *Proxy) servePassThrough(w http.ResponseWriter, r *http.Request) {
 }
 
 // ServeHTTP refuses a request over MaxPassRequests with 503, applies the
-// origin, token and message limits, and passes it to the upstream.
+// origin, token and message limits (engine.io polling requests by their
+// packets, see polling.go), and passes it to the upstream. The backend's
+// health check passes without any of them.
 func (pt *passThrough) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := pt.p
 	n := pt.inFlight.Add(1)
 	defer pt.inFlight.Add(-1)
 	if max := p.cfg.MaxPassRequests; max > 0 && n > int64(max) {
 		w.Header().Set("Retry-After", "1")
+		p.allowCORS(w, r)
 		writeError(w, http.StatusServiceUnavailable, "over capacity")
-		p.m.HTTPRequests.WithLabelValues("5xx").Inc()
+		p.countHTTP(http.StatusServiceUnavailable)
 		return
 	}
 	// A non-WebSocket upgrade (h2c, ...) would become an unlimited tunnel.
@@ -109,16 +123,30 @@ func (pt *passThrough) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if p.limitRequest(w, r, cl.userKey, cl.ipKey) {
-		p.m.HTTPRequests.WithLabelValues("4xx").Inc()
+	pr := &passRequest{client: cl}
+	timeBody := func() {
+		if d := p.cfg.PassBodyTimeout; d > 0 && r.Body != nil && r.Body != http.NoBody {
+			if pr.body = newTimedBody(w, r.Body, d); pr.body != nil {
+				r.Body = pr.body
+			}
+		}
+	}
+	switch eio, isEIO := p.engineIO(r); {
+	case cl.health:
+	case isEIO && eio.transport == "polling":
+		// A POST's body is read before it is decided.
+		timeBody()
+		if pt.servePolling(w, r, cl, eio) {
+			return
+		}
+		if r.Method == http.MethodGet {
+			pr.pollSid = eio.sid
+		}
+	case p.limitRequest(w, r, cl):
 		return
 	}
-	pr := &passRequest{client: cl}
-	if d := p.cfg.PassBodyTimeout; d > 0 && r.Body != nil && r.Body != http.NoBody {
-		pr.body = newTimedBody(w, r.Body, d)
-		if pr.body != nil {
-			r.Body = pr.body
-		}
+	if pr.body == nil {
+		timeBody()
 	}
 	pt.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passRequestKey{}, pr)))
 }
@@ -160,16 +188,8 @@ func (b *timedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func statusClass(code int) string {
-	switch {
-	case code < 200:
-		return "1xx"
-	case code < 300:
-		return "2xx"
-	case code < 400:
-		return "3xx"
-	case code < 500:
-		return "4xx"
-	}
-	return "5xx"
+// countHTTP counts a pass-through answer in http_requests_total under
+// its exact status.
+func (p *Proxy) countHTTP(code int) {
+	p.m.HTTPRequests.WithLabelValues(metrics.StatusLabel(code)).Inc()
 }

@@ -25,27 +25,48 @@ const maxDecide = 64
 // moment), and the ones granted pass without a call, even if a block starts
 // before they are relayed. Units granted to messages that never get
 // relayed, because the connection ends first, stay spent.
+//
+// On an engine.io connection the refusal is the socket.io event of
+// Config.SocketIOEvent in the refused message's namespace, and engine.io's
+// control packets (pings, pongs, noops) are not messages: they pass
+// without a decision, within the connection's allowance (freeControl).
 func (d *direction) limited(h ws.Header) bool {
+	pr := d.pr
+	sio := pr.info != nil && pr.info.sio
+	if sio && pr.info.freeControl(h, d.r.Peek()) {
+		return false
+	}
 	if d.granted > 0 {
 		d.granted--
 		return false
 	}
-	pr := d.pr
 	n := 1
 	if buf := d.r.Peek(); h.Length < int64(len(buf)) {
-		n += frames.CountMessages(buf[h.Length:], maxDecide-1)
+		if sio {
+			n += countSocketIOMessages(buf[h.Length:], maxDecide-1)
+		} else {
+			n += frames.CountMessages(buf[h.Length:], maxDecide-1)
+		}
 	}
 	dec := pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey, n)
-	if !pr.p.enforce(dec) {
+	refused := pr.p.enforce(dec)
+	if !dec.Allowed {
+		pr.refused(dec)
+	}
+	if !refused {
 		// Under --shadow a refusal lets this one message pass; the next
 		// one is decided again.
 		d.granted = int32(max(dec.Granted, 1) - 1)
 		return false
 	}
+	text := limitBody(dec)
+	if sio {
+		text = pr.p.sioEvent(frameNamespace(h, d.r.Peek()), dec)
+	}
 	pr.end(&ending{
 		initiator:     byGate,
 		afterUpstream: true,
-		clientText:    limitBody(dec),
+		clientText:    text,
 		clientCode:    frames.StatusRateLimited,
 		clientReason:  "Rate limit",
 		upCode:        frames.StatusRateLimited,

@@ -148,6 +148,33 @@ type Config struct {
 	// means the socket peer, no proxy trusted, IPv6 grouped by /64.
 	ClientIP ClientIPResolver
 
+	// Web apps (web.go): socket.io spoken in its own protocol, routes that
+	// need no token, the refusal log lines.
+	//
+	// SocketIOPath is where socket.io lives (socket.io's "path", e.g.
+	// "/socket.io/"): a request under it with EIO=4 in its query is
+	// engine.io 4 (socket.io 3 and 4), whose refusals the gate sends as
+	// socket.io packets and whose polling requests it counts by packet.
+	// Empty means none: every connection is plain WebSocket.
+	SocketIOPath string
+	// SocketIOEvent names the socket.io event that carries a refusal to
+	// the app. Empty means "wsgate:limited".
+	SocketIOEvent string
+	// SkipAuth lists the routes admitted without a token, as anonymous
+	// clients (still counted by the rules, keyed by their IP). Nil means
+	// none.
+	SkipAuth []Route
+	// SkipAuthPreflight admits CORS preflights (OPTIONS with Origin and
+	// Access-Control-Request-Method) without a token, as SkipAuth does.
+	SkipAuthPreflight bool
+	// HealthPaths are passed to the upstream for GET and HEAD without a
+	// token, an Origin check or any limit: the backend's health checks.
+	// Nil means none.
+	HealthPaths []string
+	// LogSubject adds the verified subject to the refusal log lines, next
+	// to the identity key. False means only the key (a hash) is logged.
+	LogSubject bool
+
 	// Metrics receives the gate's metrics. Nil means metrics are kept in a
 	// registry nobody reads.
 	Metrics *metrics.Metrics
@@ -176,6 +203,8 @@ type Proxy struct {
 	keeperStop, keeperDone chan struct{} // nil until the first pair
 
 	hooks testHooks
+
+	web web // the state of the web-app features (web.go)
 
 	// Counters of the per-frame path, resolved once.
 	msgsIn, msgsOut, bytesIn, bytesOut prometheus.Counter
@@ -211,12 +240,17 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ClientIP == nil {
 		cfg.ClientIP = peerOnly{}
 	}
+	w, err := newWeb(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		cfg:    cfg,
 		wsBase: *u,
 		log:    cfg.Logger,
 		m:      cfg.Metrics,
 		pairs:  make(map[*pair]struct{}),
+		web:    w,
 	}
 	p.wsBase.Scheme = "ws"
 	if u.Scheme == "https" {

@@ -5,7 +5,9 @@
 //
 //   node server.js --port N     (0 picks a free port; prints "LISTENING <port>" when ready)
 
+const fs = require('node:fs');
 const http = require('node:http');
+const path = require('node:path');
 const { WebSocketServer } = require('ws');
 const { Server: SocketIOServer } = require('socket.io');
 
@@ -14,11 +16,14 @@ const { Server: SocketIOServer } = require('socket.io');
 const PROTOCOLS = ['chat', 'superchat', 'echo'];
 
 function parseArgs(argv) {
-  const args = { port: 0, host: '127.0.0.1' };
+  const args = { port: 0, host: '127.0.0.1', pingInterval: 25000 };
   for (let i = 0; i < argv.length; i++) {
     switch (argv[i]) {
       case '--port':
         args.port = Number(argv[++i]);
+        break;
+      case '--sio-ping-interval':
+        args.pingInterval = Number(argv[++i]);
         break;
       case '--host':
         args.host = argv[++i];
@@ -42,8 +47,58 @@ function intParam(url, name, def) {
   return Number.isInteger(n) ? n : def;
 }
 
+// APP_FILES are the files of the small web app the browser test loads through the gate.
+const APP_FILES = {
+  '/app/index.html': [path.join(__dirname, 'app', 'index.html'), 'text/html; charset=utf-8'],
+  '/app/socket.io.min.js': [path.join(__dirname, 'node_modules', 'socket.io-client', 'dist', 'socket.io.min.js'), 'text/javascript'],
+};
+
+// cors answers a cross-origin request for the app's own routes the way a typical app does:
+// the requesting origin, with credentials. It reports whether it answered a preflight.
+function cors(req, res) {
+  const origin = req.headers.origin;
+  if (origin) {
+    res.setHeader('Access-Control-Allow-Origin', origin);
+    res.setHeader('Access-Control-Allow-Credentials', 'true');
+    res.setHeader('Vary', 'Origin');
+  }
+  if (req.method === 'OPTIONS' && req.headers['access-control-request-method']) {
+    res.writeHead(204, {
+      'Access-Control-Allow-Methods': 'GET, POST',
+      'Access-Control-Allow-Headers': 'Authorization, Content-Type',
+      'X-Backend': 'node',
+    });
+    res.end();
+    return true;
+  }
+  return false;
+}
+
 function handleHTTP(req, res) {
   const url = new URL(req.url, 'http://backend');
+  if (cors(req, res)) return;
+  if (req.method === 'GET' && url.pathname === '/health') {
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'X-Backend': 'node' });
+    res.end('ok');
+    return;
+  }
+  if (req.method === 'POST' && url.pathname === '/login') {
+    res.writeHead(200, { 'Content-Type': 'application/json', 'X-Backend': 'node' });
+    res.end(JSON.stringify({ login: 'ok' }));
+    return;
+  }
+  if (req.method === 'GET' && url.pathname === '/api/me') {
+    res.writeHead(200, { 'Content-Type': 'application/json', 'X-Backend': 'node' });
+    res.end(JSON.stringify({ subject: req.headers['x-auth-subject'] || null }));
+    return;
+  }
+  if (req.method === 'GET' && APP_FILES[url.pathname]) {
+    const [file, type] = APP_FILES[url.pathname];
+    const body = fs.readFileSync(file);
+    res.writeHead(200, { 'Content-Type': type, 'Content-Length': body.length, 'X-Backend': 'node' });
+    res.end(body);
+    return;
+  }
   if (req.method === 'POST' && url.pathname === '/post') {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
@@ -152,12 +207,39 @@ function main() {
     transports: ['polling', 'websocket'],
     // Leave other paths' upgrades to the listener above instead of closing them after 1 s.
     destroyUpgrade: false,
+    pingInterval: args.pingInterval,
+    // Browsers load the app from another origin in the CORS test.
+    cors: { origin: true, credentials: true },
   });
-  io.on('connection', (socket) => {
+  // A chat app, on the main namespace and on /chat: "chat" and "typing" go to everyone in the
+  // room, "whoami" answers the identity the gate sent, "subscribe" makes the room busy (the
+  // server sends "chat" to this socket at rate per second for ms), "echo" acks its argument.
+  const chat = (socket) => {
+    socket.join('lobby');
     socket.on('echo', (arg, ack) => {
       if (typeof ack === 'function') ack(arg);
     });
-  });
+    socket.on('chat', (msg, ack) => {
+      socket.to('lobby').emit('chat', msg);
+      if (typeof ack === 'function') ack('ok');
+    });
+    socket.on('typing', () => socket.to('lobby').emit('typing', socket.id));
+    socket.on('whoami', (ack) => {
+      if (typeof ack === 'function') ack({ subject: socket.handshake.headers['x-auth-subject'] || null });
+    });
+    socket.on('subscribe', ({ rate, ms }, ack) => {
+      let n = 0;
+      const timer = setInterval(() => socket.emit('chat', `busy-${n++}`), Math.max(1, Math.floor(1000 / rate)));
+      setTimeout(() => {
+        clearInterval(timer);
+        socket.emit('done', n);
+      }, ms);
+      socket.on('disconnect', () => clearInterval(timer));
+      if (typeof ack === 'function') ack('subscribed');
+    });
+  };
+  io.on('connection', chat);
+  io.of('/chat').on('connection', chat);
 
   server.listen(args.port, args.host, () => {
     process.stdout.write(`LISTENING ${server.address().port}\n`);

@@ -1,0 +1,147 @@
+'use strict';
+// sio-app.js is a socket.io-client app the way a developer writes one against the gate. It runs
+// one scenario and prints one JSON line per event it saw, then exits 0 (1 on a crash or after
+// its time limit, with {"error":...}).
+//
+//   node sio-app.js '<json options>'
+//
+// Options:
+//   url         the gate's http:// base URL (required)
+//   nsp         namespace ("/" by default)
+//   transports  socket.io-client's transports option (default: polling, then the upgrade)
+//   token       a JWT, sent as tokenForm says
+//   tokenForm   "query" (query: {access_token}), "header" (extraHeaders Authorization),
+//               "cookie" (extraHeaders Cookie: <cookie>=<jwt>), "auth" (auth: {token})
+//   cookie      the cookie's name for tokenForm "cookie"
+//   scenario    what to do once connected:
+//     "whoami"   ask the backend who it thinks we are; print {whoami}
+//     "flood"    emit "chat" until the gate refuses; print what the app's listeners see:
+//                {limited} from the "wsgate:limited" event, {disconnect}, then the reconnect's
+//                {connect_error:{message,data,active}}
+//     "read"     ask the backend for a busy room (rate per second for ms); print {received}
+//     "idle"     stay connected for ms, then emit one "echo"; print {echo, transport}
+//   rate, ms, count  scenario parameters
+//   limit       the time limit in ms (default 20000)
+
+const { io } = require('socket.io-client');
+
+function print(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function clientOptions(o) {
+  const opts = { reconnection: false, timeout: 5000 };
+  if (o.transports) opts.transports = o.transports;
+  switch (o.tokenForm) {
+    case undefined:
+      break;
+    case 'query':
+      opts.query = { access_token: o.token };
+      break;
+    case 'header':
+      opts.extraHeaders = { Authorization: `Bearer ${o.token}` };
+      break;
+    case 'cookie':
+      opts.extraHeaders = { Cookie: `${o.cookie}=${o.token}` };
+      break;
+    case 'auth':
+      opts.auth = { token: o.token };
+      break;
+    default:
+      throw new Error(`unknown tokenForm ${o.tokenForm}`);
+  }
+  return opts;
+}
+
+function connected(socket) {
+  return new Promise((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('connect_error', (err) => reject(err));
+  });
+}
+
+function transportOf(socket) {
+  return socket.io.engine ? socket.io.engine.transport.name : '';
+}
+
+const scenarios = {
+  async whoami(socket) {
+    const who = await socket.timeout(5000).emitWithAck('whoami');
+    print({ whoami: who, transport: transportOf(socket) });
+  },
+
+  async flood(socket, o) {
+    if (!o.transports && transportOf(socket) !== 'websocket') {
+      // The default transports: flood once the upgrade is done, so that the refusal meets
+      // one transport.
+      await new Promise((resolve) => socket.io.engine.once('upgrade', resolve));
+    }
+    const seen = new Promise((resolve) => {
+      socket.on('wsgate:limited', (data) => print({ limited: data, transport: transportOf(socket) }));
+      socket.on('disconnect', (reason) => {
+        print({ disconnect: reason });
+        // The app reconnects, as socket.io-client does on its own with reconnection on.
+        setTimeout(() => socket.connect(), 50);
+      });
+      socket.on('connect_error', (err) => {
+        print({ connect_error: { message: err.message, data: err.data ?? null, active: socket.active } });
+        resolve();
+      });
+    });
+    for (let i = 0; i < (o.count || 1000) && socket.connected; i++) {
+      socket.emit('chat', `message-${i}`);
+      if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
+    }
+    await seen;
+  },
+
+  async read(socket, o) {
+    let received = 0;
+    socket.on('chat', () => received++);
+    const disconnects = [];
+    socket.on('disconnect', (reason) => disconnects.push(reason));
+    const done = new Promise((resolve) => socket.once('done', resolve));
+    await socket.timeout(5000).emitWithAck('subscribe', { rate: o.rate, ms: o.ms });
+    const sent = await done;
+    print({ received, sent, disconnects, connected: socket.connected, transport: transportOf(socket) });
+  },
+
+  async idle(socket, o) {
+    const disconnects = [];
+    socket.on('disconnect', (reason) => disconnects.push(reason));
+    await new Promise((r) => setTimeout(r, o.ms));
+    const echo = socket.connected ? await socket.timeout(5000).emitWithAck('echo', 'still here') : null;
+    print({ echo, disconnects, transport: transportOf(socket) });
+  },
+};
+
+async function main() {
+  const o = JSON.parse(process.argv[2] || '{}');
+  if (!o.url || !scenarios[o.scenario]) {
+    process.stderr.write('usage: node sio-app.js \'{"url":...,"scenario":...}\'\n');
+    process.exit(2);
+  }
+  const timer = setTimeout(() => {
+    print({ error: 'time limit' });
+    process.exit(1);
+  }, o.limit || 20000);
+  const socket = io(o.url + (o.nsp && o.nsp !== '/' ? o.nsp : ''), clientOptions(o));
+  try {
+    await connected(socket);
+  } catch (err) {
+    print({ connect_error: { message: err.message, description: err.description ?? null, data: err.data ?? null } });
+    clearTimeout(timer);
+    socket.disconnect();
+    process.exit(0);
+  }
+  print({ connected: true, transport: transportOf(socket) });
+  await scenarios[o.scenario](socket, o);
+  clearTimeout(timer);
+  socket.disconnect();
+  process.exit(0);
+}
+
+main().catch((err) => {
+  print({ error: err && err.message ? err.message : String(err) });
+  process.exit(1);
+});

@@ -1,0 +1,204 @@
+//go:build e2e
+
+package e2e
+
+// socket.io through the built binary, with the unmodified socket.io 4 server of e2e/backend and
+// socket.io-client in Node (e2e/backend/sio-app.js): refusals the app's listeners receive,
+// counting that fits engine.io polling, heartbeats that never count, the token forms of the
+// README's socket.io section on both transports, and the refusal log lines.
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sioTransports are the three ways socket.io-client connects: WebSocket only, polling only, and
+// its default (polling, then the upgrade to WebSocket).
+var sioTransports = []struct {
+	name       string
+	transports []string
+}{
+	{"websocket", []string{"websocket"}},
+	{"polling", []string{"polling"}},
+	{"upgrade", nil},
+}
+
+// sioApp runs e2e/backend/sio-app.js with opts and returns the JSON lines it printed.
+func sioApp(t *testing.T, opts map[string]any) []map[string]any {
+	t.Helper()
+	b, err := json.Marshal(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := runNode(t, "sio-app.js", string(b))
+	for _, ev := range events {
+		if msg, ok := ev["error"]; ok {
+			t.Fatalf("sio-app.js %s: %v (events %v)", b, msg, events)
+		}
+	}
+	return events
+}
+
+// only returns the one event that has key, failing the test when there is not exactly one.
+func only(t *testing.T, events []map[string]any, key string) map[string]any {
+	t.Helper()
+	evs := eventsWith(events, key)
+	if len(evs) != 1 {
+		t.Fatalf("want one %q event, got %d: %v", key, len(evs), events)
+	}
+	return evs[0]
+}
+
+// wantRetry checks the refusal data the app got: code 429, scope, retryAfterMs in (0, max].
+func wantRetry(t *testing.T, what string, data any, scope string, maxMs float64) {
+	t.Helper()
+	m, _ := data.(map[string]any)
+	retry, _ := m["retryAfterMs"].(float64)
+	if m["code"] != float64(429) || m["scope"] != scope || retry <= 0 || retry > maxMs {
+		t.Fatalf("%s: %v, want code 429, scope %s, retryAfterMs in (0, %v]", what, data, scope, maxMs)
+	}
+}
+
+// TestSocketIORefusalEvent: a socket.io app over the limit gets the refusal as an event its
+// listener receives ("wsgate:limited" with retryAfterMs), on every transport; its reconnect
+// during the block reaches its connect_error handler with the reason and retryAfterMs in
+// err.data. The refusal counts once, under the user message rule.
+func TestSocketIORefusalEvent(t *testing.T) {
+	t.Parallel()
+	backend := startNodeBackend(t)
+	for _, tr := range sioTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			g := limitGate(t, backend, "--user-rate", "20/30s", "--user-block", "5s", "--ip-rate", "0")
+			events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "flood"})
+			wantRetry(t, "the wsgate:limited event", only(t, events, "limited")["limited"], "user", 5000)
+			ce, _ := only(t, events, "connect_error")["connect_error"].(map[string]any)
+			if ce["message"] != "Rate limit exceeded" || ce["active"] != false {
+				t.Fatalf("connect_error on the reconnect: %v, want message %q from the server (active false)", ce, "Rate limit exceeded")
+			}
+			wantRetry(t, "connect_error's err.data", ce["data"], "user", 5000)
+			waitMetric(t, g, mRateLimited, userMessage, 2)
+		})
+	}
+}
+
+// TestSocketIOPollingReader: a client on the polling transport that only reads a busy room
+// (the server sends 20 messages a second) is never refused: its long-poll GETs count against
+// no message rule, however small.
+func TestSocketIOPollingReader(t *testing.T) {
+	t.Parallel()
+	g := limitGate(t, startNodeBackend(t), "--user-rate", "5/10s", "--user-block", "5s", "--ip-rate", "5/10s")
+	events := sioApp(t, map[string]any{"url": g.HTTP, "transports": []string{"polling"}, "scenario": "read",
+		"rate": 20, "ms": 3000})
+	got := only(t, events, "received")
+	received, _ := got["received"].(float64)
+	sent, _ := got["sent"].(float64)
+	if got["connected"] != true || received < 40 || received != sent {
+		t.Fatalf("the polling reader: %v, want connected, every message of at least 40 received", got)
+	}
+	if n := g.Metric(t, mRateLimited, nil); n != 0 {
+		t.Fatalf("%s = %v for a reader, want 0", mRateLimited, n)
+	}
+}
+
+// TestSocketIOHeartbeats: engine.io's pings and pongs never count. The server pings every
+// 100 ms; over 2.5 s a client sends about 25 pongs, five times the budget of 5 messages, on the
+// WebSocket transport as on polling, and is never refused.
+func TestSocketIOHeartbeats(t *testing.T) {
+	t.Parallel()
+	backend := startNodeBackend(t, "--sio-ping-interval", "100")
+	for _, tr := range sioTransports[:2] {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			g := limitGate(t, backend, "--user-rate", "5/10s", "--user-block", "5s", "--ip-rate", "5/10s")
+			events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "idle", "ms": 2500})
+			got := only(t, events, "echo")
+			if got["echo"] != "still here" || len(got["disconnects"].([]any)) != 0 {
+				t.Fatalf("after 2.5 s of heartbeats: %v, want the echo and no disconnect", got)
+			}
+			if n := g.Metric(t, mRateLimited, nil); n != 0 {
+				t.Fatalf("%s = %v, want 0", mRateLimited, n)
+			}
+		})
+	}
+}
+
+// TestSocketIOTokenForms: every token form of the README's socket.io section reaches the gate on
+// both transports and identifies the user to the backend; auth: {token} does not (it travels in
+// the CONNECT packet, after the gate's decision), and the client sees the gate's 401.
+func TestSocketIOTokenForms(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	g := authGate(t, startNodeBackend(t), "--jwt-hmac-secret-file", secretFile, "--token-cookie", "session")
+	for _, form := range []string{"query", "header", "cookie"} {
+		for _, tr := range sioTransports {
+			t.Run(form+"/"+tr.name, func(t *testing.T) {
+				t.Parallel()
+				sub := fmt.Sprintf("%s-%s", form, tr.name)
+				events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "whoami",
+					"token": hsToken(t, secret, sub), "tokenForm": form, "cookie": "session"})
+				who, _ := only(t, events, "whoami")["whoami"].(map[string]any)
+				if who["subject"] != sub {
+					t.Fatalf("the backend saw subject %v, want %q (events %v)", who["subject"], sub, events)
+				}
+			})
+		}
+	}
+	t.Run("auth option", func(t *testing.T) {
+		t.Parallel()
+		events := sioApp(t, map[string]any{"url": g.HTTP, "transports": []string{"polling"}, "scenario": "whoami",
+			"token": hsToken(t, secret, "nobody"), "tokenForm": "auth"})
+		ce, _ := only(t, events, "connect_error")["connect_error"].(map[string]any)
+		if ce["description"] != float64(401) {
+			t.Fatalf("auth: {token}: %v, want the gate's 401", ce)
+		}
+	})
+}
+
+// TestSocketIORefusalLogs: each refusal is one log line that names the rule, the scope, the
+// count and limit, the retry, the connection, the client IP and the identity key.
+func TestSocketIORefusalLogs(t *testing.T) {
+	t.Parallel()
+	g := limitGate(t, startNodeBackend(t), "--user-rate", "20/30s", "--user-block", "5s", "--ip-rate", "0",
+		"--log-format", "json")
+	sioApp(t, map[string]any{"url": g.HTTP, "transports": []string{"websocket"}, "scenario": "flood"})
+	waitMetric(t, g, mRateLimited, userMessage, 2)
+	var lines []map[string]any
+	waitFor(t, "two refusal log lines", func() bool {
+		lines = lines[:0]
+		for _, l := range strings.Split(g.Output(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "rate limited" {
+				lines = append(lines, m)
+			}
+		}
+		return len(lines) == 2
+	})
+	events := []string{lines[0]["event"].(string), lines[1]["event"].(string)}
+	if !slices.Equal(events, []string{"message", "handshake"}) {
+		t.Fatalf("refusal lines for %v, want a message then a handshake:\n%v", events, lines)
+	}
+	for _, l := range lines {
+		for _, k := range []string{"conn_id", "client_ip", "identity", "retry_after_ms", "transport"} {
+			if _, ok := l[k]; !ok {
+				t.Errorf("refusal line without %s: %v", k, l)
+			}
+		}
+		if l["rule"] != "user-rate" || l["scope"] != "user" || l["limit"] != float64(20) || l["client_ip"] != "127.0.0.1" {
+			t.Errorf("refusal line %v, want rule user-rate, scope user, limit 20, client_ip 127.0.0.1", l)
+		}
+	}
+	if lines[0]["count"] != float64(21) || lines[0]["blocked"] != false {
+		t.Errorf("the message refusal: %v, want count 21, not blocked", lines[0])
+	}
+	if lines[1]["blocked"] != true || lines[1]["kind"] != "message" {
+		t.Errorf("the handshake refusal: %v, want blocked, under the message rule", lines[1])
+	}
+	if r, _ := lines[1]["retry_after_ms"].(float64); r <= 0 || r > float64((5*time.Second).Milliseconds()) {
+		t.Errorf("the handshake refusal's retry_after_ms %v, want in (0, 5000]", lines[1]["retry_after_ms"])
+	}
+}

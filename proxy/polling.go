@@ -1,0 +1,390 @@
+package proxy
+
+import (
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/holo/wsgate/limit"
+)
+
+// engine.io's polling transport through the gate. The request that opens
+// a session is a handshake: it counts under the connection rules and is
+// refused while a block lasts. A GET that reads the session's packets
+// counts against nothing (what the server sends is never limited); it is
+// bounded by MaxPassRequests like every pass-through request. A POST counts
+// the packets it carries, each one message, engine.io's control packets
+// excepted.
+//
+// A refusal is said in the protocol. A refused open gets a session of the
+// gate's own, which answers every socket.io CONNECT with a CONNECT_ERROR.
+// A refused POST reaches the upstream cut to the packets that were
+// granted, followed by a close packet, so that the server ends the session
+// and answers its pending GET; that answer, or the gate itself when no GET
+// is pending, gives the client its last packets and the refusal event; the
+// client's next GET gets the close packet from the gate.
+
+const (
+	// maxSessions bounds the sessions the gate keeps for its refusals.
+	// Past it a refusal is a plain 429, as for any HTTP request.
+	maxSessions = 10000
+	// sessionTTL is how long the gate keeps a session: the client comes
+	// back for its packets at once.
+	sessionTTL = 30 * time.Second
+	// defaultPollBody bounds a POST body the gate reads to count its
+	// packets, when MaxMessageBytes is zero. socket.io's own default
+	// (maxHttpBufferSize) is 1e6.
+	defaultPollBody = 1 << 20
+	// maxResponseRewrite bounds an upstream answer the gate adds the
+	// refusal to.
+	maxResponseRewrite = 8 << 20
+)
+
+// session is an engine.io session the gate answers for: one it opened
+// itself to refuse a handshake (fake), or one of the upstream's whose
+// client it refused.
+type session struct {
+	d    limit.Decision
+	fake bool
+	// out holds the packets a GET takes next; wake has a token whenever
+	// out grew or the session ended.
+	out   [][]byte
+	wake  chan struct{}
+	ended bool
+	// For a refused upstream session: the namespace of the refused
+	// packet, and whether the refusal went out.
+	nsp       string
+	delivered bool
+	expires   time.Time
+}
+
+// sessions are the gate's sessions by sid.
+type sessions struct {
+	mu sync.Mutex
+	m  map[string]*session
+}
+
+func newSessions() *sessions { return &sessions{m: make(map[string]*session)} }
+
+// add registers s under sid; false when the table is full.
+func (ss *sessions) add(sid string, s *session) bool {
+	now := time.Now()
+	s.expires = now.Add(sessionTTL)
+	s.wake = make(chan struct{}, 1)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.m) >= maxSessions {
+		for k, v := range ss.m {
+			if now.After(v.expires) {
+				delete(ss.m, k)
+			}
+		}
+		if len(ss.m) >= maxSessions {
+			return false
+		}
+	}
+	ss.m[sid] = s
+	return true
+}
+
+func (ss *sessions) get(sid string) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s := ss.m[sid]
+	if s != nil && time.Now().After(s.expires) {
+		delete(ss.m, sid)
+		return nil
+	}
+	return s
+}
+
+// signal wakes the GET waiting on s, if any. Callers hold ss.mu.
+func (s *session) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pollBodyLimit bounds the POST bodies the gate reads whole.
+func (p *Proxy) pollBodyLimit() int64 {
+	if p.cfg.MaxMessageBytes > 0 {
+		return p.cfg.MaxMessageBytes
+	}
+	return defaultPollBody
+}
+
+// servePolling handles an engine.io polling request of an admitted
+// client. It reports whether it answered the request; when it did not, the
+// caller passes r (whose body it may have replaced) to the upstream.
+func (pt *passThrough) servePolling(w http.ResponseWriter, r *http.Request, cl client, eio eioRequest) bool {
+	p := pt.p
+	switch {
+	case eio.sid == "" && r.Method == http.MethodGet:
+		return p.pollOpen(w, r, cl)
+	case eio.sid == "":
+		return p.limitRequest(w, r, cl)
+	case r.Method == http.MethodGet:
+		if s := p.web.sessions.get(eio.sid); s != nil {
+			p.answerPoll(w, r, s)
+			return true
+		}
+		return false
+	case r.Method == http.MethodPost:
+		return p.pollPost(w, r, cl, eio.sid)
+	}
+	return p.limitRequest(w, r, cl)
+}
+
+// pollOpen decides the request that opens a session like a handshake.
+// Refused, it opens a session of the gate's own instead.
+func (p *Proxy) pollOpen(w http.ResponseWriter, r *http.Request, cl client) bool {
+	if p.cfg.Limiter == nil {
+		return false
+	}
+	d := p.decide(r.Context(), true, cl.userKey, cl.ipKey, 1)
+	refused := p.enforce(d)
+	if d.Allowed {
+		return false
+	}
+	sid := newConnID()
+	p.logRefusal(d, p.refusalOf(r, cl, "handshake", "polling", sid))
+	if !refused {
+		return false
+	}
+	if !p.web.sessions.add(sid, &session{d: d, fake: true}) {
+		p.writeLimited(w, r, d)
+		return true
+	}
+	p.writePoll(w, r, sioOpen(sid))
+	return true
+}
+
+// answerPoll answers a GET of a session of the gate's own: the packets it
+// holds, waiting up to CloseTimeout for some; a close packet when it ended
+// or nothing came.
+func (p *Proxy) answerPoll(w http.ResponseWriter, r *http.Request, s *session) {
+	ss := p.web.sessions
+	timer := time.NewTimer(p.cfg.CloseTimeout)
+	defer timer.Stop()
+	for {
+		ss.mu.Lock()
+		ended := s.ended || !s.fake && s.delivered
+		if !s.fake && !s.delivered {
+			// The event alone: the close comes with the next GET. In one
+			// payload the close would end the session before
+			// socket.io-client, which hands packets to the app a tick
+			// later, had given the event to the app.
+			s.delivered = true
+			s.out = append(s.out, p.sioEvent(s.nsp, s.d))
+		}
+		out := s.out
+		s.out = nil
+		ss.mu.Unlock()
+		switch {
+		case len(out) > 0:
+			p.writePoll(w, r, bytes.Join(out, []byte{eioSep}))
+			return
+		case ended:
+			p.writePoll(w, r, []byte{eioClose})
+			return
+		}
+		select {
+		case <-s.wake:
+		case <-timer.C:
+			ss.mu.Lock()
+			s.ended = true
+			ss.mu.Unlock()
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// pollPost counts the packets of a POST to an upstream session and, when
+// one is refused, ends the session. A POST to a session of the gate's own
+// is answered by the gate: each CONNECT gets its CONNECT_ERROR.
+func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid string) bool {
+	body, err := io.ReadAll(io.LimitReader(r.Body, p.pollBodyLimit()+1))
+	switch {
+	case err != nil && isTimeout(err):
+		w.Header().Set("Connection", "close")
+		p.allowCORS(w, r)
+		writeError(w, http.StatusRequestTimeout, "request body timed out")
+		p.countHTTP(http.StatusRequestTimeout)
+		return true
+	case err != nil:
+		return true // the client left
+	case int64(len(body)) > p.pollBodyLimit():
+		p.allowCORS(w, r)
+		writeError(w, http.StatusRequestEntityTooLarge, "payload too large")
+		p.countHTTP(http.StatusRequestEntityTooLarge)
+		return true
+	}
+	if s := p.web.sessions.get(sid); s != nil {
+		p.ownPost(s, body)
+		p.writePoll(w, r, []byte("ok"))
+		return true
+	}
+	if n := countPackets(body); n > 0 && p.cfg.Limiter != nil {
+		granted, d, refused := p.decideAll(r.Context(), cl, n)
+		if !d.Allowed {
+			p.logRefusal(d, p.refusalOf(r, cl, "message", "polling", sid))
+		}
+		if refused {
+			cut, next := cutAfter(body, granted)
+			if !p.web.sessions.add(sid, &session{d: d, nsp: namespace(next)}) {
+				p.writeLimited(w, r, d)
+				return true
+			}
+			// The upstream gets what was granted, then the close that ends
+			// its session.
+			body = append(body[:cut:cut], eioSep, eioClose)
+			if cut == 0 {
+				body = body[1:]
+			}
+		}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return false
+}
+
+// ownPost reads the packets a client POSTs to a session of the gate's own:
+// a CONNECT gets a CONNECT_ERROR on the next GET, a close ends it.
+func (p *Proxy) ownPost(s *session, body []byte) {
+	ss := p.web.sessions
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	packets(body, func(pkt []byte, _ int) bool {
+		switch {
+		case len(pkt) >= 2 && pkt[0] == eioMessage && pkt[1] == sioTypeConnect && s.fake:
+			s.out = append(s.out, sioConnectError(namespace(pkt), s.d))
+		case len(pkt) == 1 && pkt[0] == eioClose:
+			s.ended = true
+		}
+		return true
+	})
+	s.signal()
+}
+
+// decideAll decides the n messages of a POST, in as many limiter calls as
+// it takes. It returns how many were granted, the last decision, and
+// whether the gate refuses the rest (never under Shadow).
+func (p *Proxy) decideAll(ctx context.Context, cl client, n int) (granted int, d limit.Decision, refused bool) {
+	for granted < n {
+		d = p.decide(ctx, false, cl.userKey, cl.ipKey, n-granted)
+		if p.enforce(d) {
+			return granted, d, true
+		}
+		// Under Shadow a refusal lets one message pass.
+		granted += max(d.Granted, 1)
+	}
+	return n, d, false
+}
+
+// writePoll writes a polling answer of the gate's own.
+func (p *Proxy) writePoll(w http.ResponseWriter, r *http.Request, payload []byte) {
+	p.allowCORS(w, r)
+	w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(payload)
+	p.countHTTP(http.StatusOK)
+}
+
+// refusePollAnswer adds the refusal to the upstream's answer to a GET of a
+// session the gate refused while the GET was pending: the packets the
+// upstream sent, then the refusal event instead of the upstream's close.
+func (p *Proxy) refusePollAnswer(res *http.Response, sid string) error {
+	ss := p.web.sessions
+	s := ss.get(sid)
+	if s == nil || s.fake {
+		return nil
+	}
+	ss.mu.Lock()
+	if s.delivered {
+		ss.mu.Unlock()
+		return nil
+	}
+	s.delivered = true
+	ss.mu.Unlock()
+	var got []byte
+	if res.StatusCode == http.StatusOK {
+		var err error
+		if got, err = decodedBody(res); err != nil {
+			return err
+		}
+	}
+	// The upstream's packets but its close, then the event; the next GET
+	// gets the close from the gate (see answerPoll).
+	if bytes.Equal(got, []byte{eioClose}) {
+		got = nil
+	}
+	got = bytes.TrimSuffix(got, []byte{eioSep, eioClose})
+	out := make([]byte, 0, len(got)+160)
+	if len(got) > 0 {
+		out = append(append(out, got...), eioSep)
+	}
+	out = append(out, p.sioEvent(s.nsp, s.d)...)
+	res.StatusCode, res.Status = http.StatusOK, "200 OK"
+	res.Body = io.NopCloser(bytes.NewReader(out))
+	res.ContentLength = int64(len(out))
+	res.Header.Del("Content-Encoding")
+	res.Header.Set("Content-Type", "text/plain; charset=UTF-8")
+	res.Header.Set("Content-Length", strconv.Itoa(len(out)))
+	return nil
+}
+
+// errTooLong is an upstream answer too long to rewrite.
+var errTooLong = errors.New("upstream answer too long to add the refusal to")
+
+// decodedBody reads res's body, undoing engine.io's gzip or deflate.
+func decodedBody(res *http.Response) ([]byte, error) {
+	defer res.Body.Close()
+	var r io.Reader = res.Body
+	switch res.Header.Get("Content-Encoding") {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(res.Body)
+		if err != nil {
+			return nil, err
+		}
+		r = zr
+	case "deflate":
+		zr, err := zlib.NewReader(res.Body)
+		if err != nil {
+			return nil, err
+		}
+		r = zr
+	default:
+		return nil, errors.New("upstream answer in an unknown encoding")
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxResponseRewrite+1))
+	if err == nil && len(b) > maxResponseRewrite {
+		err = errTooLong
+	}
+	return b, err
+}
+
+// writeLimited writes the refusal of a pass-through request: 429,
+// Retry-After and the JSON body.
+func (p *Proxy) writeLimited(w http.ResponseWriter, r *http.Request, d limit.Decision) {
+	secs := int64((d.RetryAfter + time.Second - 1) / time.Second)
+	p.allowCORS(w, r)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	w.Header().Set("Content-Type", "application/json")
+	body := limitBody(d)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write(body)
+	p.countHTTP(http.StatusTooManyRequests)
+}

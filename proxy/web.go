@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/limit"
+)
+
+// What a web app behind the gate needs beyond a WebSocket relay: routes
+// that need no token, CORS headers on the gate's own errors, one log line
+// per refusal, and socket.io spoken in its own protocol (socketio.go).
+
+// ErrBadWebConfig is returned (wrapped) by New for a SocketIOPath,
+// SocketIOEvent, SkipAuth route or HealthPaths entry it cannot use.
+var ErrBadWebConfig = errors.New("proxy: bad web config")
+
+// defaultSocketIOEvent is the refusal event without Config.SocketIOEvent.
+const defaultSocketIOEvent = "wsgate:limited"
+
+// web is the Proxy's state for these features, fixed by New.
+type web struct {
+	// sioBase is Config.SocketIOPath without its trailing slash; "" when
+	// socket.io is not recognised.
+	sioBase string
+	// sioEventHead is the JSON array's start of the refusal event:
+	// `["wsgate:limited",`.
+	sioEventHead []byte
+	health       map[string]bool
+	sessions     *sessions // the sessions the gate answers for (polling.go)
+}
+
+func newWeb(cfg *Config) (web, error) {
+	var w web
+	if p := cfg.SocketIOPath; p != "" {
+		if !strings.HasPrefix(p, "/") {
+			return w, fmt.Errorf("%w: socket.io path %q must start with /", ErrBadWebConfig, p)
+		}
+		w.sioBase = strings.TrimRight(p, "/")
+	}
+	event := cfg.SocketIOEvent
+	if event == "" {
+		event = defaultSocketIOEvent
+	}
+	name, _ := json.Marshal(event)
+	w.sioEventHead = append(append([]byte{'['}, name...), ',')
+	for _, rt := range cfg.SkipAuth {
+		if rt.Path == nil {
+			return w, fmt.Errorf("%w: skip-auth route without a path pattern", ErrBadWebConfig)
+		}
+	}
+	for _, h := range cfg.HealthPaths {
+		if !strings.HasPrefix(h, "/") {
+			return w, fmt.Errorf("%w: health path %q must start with /", ErrBadWebConfig, h)
+		}
+		if w.health == nil {
+			w.health = make(map[string]bool)
+		}
+		w.health[h] = true
+	}
+	w.sessions = newSessions()
+	return w, nil
+}
+
+// Route matches requests by method and path, as oauth2-proxy's
+// --skip-auth-route writes it. Create it with ParseRoute.
+type Route struct {
+	// Method is the request method matched, upper case; "" matches any.
+	Method string
+	// Path is matched against the request's path (not its query).
+	Path *regexp.Regexp
+}
+
+// ParseRoute parses "METHOD=regex" (METHOD letters only, any case) or
+// "regex" (any method).
+func ParseRoute(s string) (Route, error) {
+	var rt Route
+	pattern := s
+	if m, rest, ok := strings.Cut(s, "="); ok && m != "" && strings.IndexFunc(m, notLetter) < 0 {
+		rt.Method, pattern = strings.ToUpper(m), rest
+	}
+	if pattern == "" {
+		return rt, fmt.Errorf("route %q: empty path pattern", s)
+	}
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		return rt, fmt.Errorf("route %q: %w", s, err)
+	}
+	rt.Path = re
+	return rt, nil
+}
+
+func notLetter(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') }
+
+// Match reports whether r is on the route.
+func (rt Route) Match(r *http.Request) bool {
+	return (rt.Method == "" || rt.Method == r.Method) && rt.Path.MatchString(r.URL.Path)
+}
+
+// isHealth reports whether r is the backend's health check, passed
+// without a token, an Origin check or a limit.
+func (p *Proxy) isHealth(r *http.Request) bool {
+	return p.web.health[r.URL.Path] && (r.Method == http.MethodGet || r.Method == http.MethodHead) && !isWebSocket(r)
+}
+
+// skipsAuth reports whether r is admitted without a token: a SkipAuth
+// route, or a CORS preflight under SkipAuthPreflight.
+func (p *Proxy) skipsAuth(r *http.Request) bool {
+	if p.cfg.SkipAuthPreflight && isPreflight(r) {
+		return true
+	}
+	for _, rt := range p.cfg.SkipAuth {
+		if rt.Match(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// isPreflight reports whether r is a CORS preflight (Fetch standard,
+// "CORS-preflight request").
+func isPreflight(r *http.Request) bool {
+	return r.Method == http.MethodOptions && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != ""
+}
+
+// allowCORS lets a browser read a response the gate writes itself (401,
+// 429, 503, the socket.io answers) to a cross-origin request: without it
+// the browser reports a CORS failure instead of the status. Only for an
+// Origin that Config.AllowedOrigins admits (any, when empty); the answer
+// carries no secret, so credentials are allowed too, as the app's own
+// responses usually allow them. Responses that come from the upstream
+// carry the upstream's CORS headers and never these.
+func (p *Proxy) allowCORS(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "null" ||
+		len(p.cfg.AllowedOrigins) > 0 && !auth.OriginAllowed(p.cfg.AllowedOrigins, origin) {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Set("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
+	h.Add("Vary", "Origin")
+}
+
+// connInfo is what a connection's refusals need beyond its pair's sockets.
+// It is set at the handshake; then only the client direction, which
+// decides the connection's messages, reads and writes it.
+type connInfo struct {
+	id      string // the engine.io sid of a socket.io upgrade, else random
+	subject string // the verified subject, kept only under Config.LogSubject
+	sio     bool   // the connection speaks engine.io 4
+
+	// freeStart and freeCount are the window of the engine.io control
+	// packets that pass without counting (sioFreeControl).
+	freeStart int64
+	freeCount int32
+	// quietUntil is when the next shadow refusal may be logged (unix
+	// nanoseconds): one line per block, not one per message.
+	quietUntil int64
+}
+
+// newConnID returns 16 random hex digits.
+func newConnID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// refusal is who and what a refusal log line is about.
+type refusal struct {
+	event     string // "message", "handshake", "request"
+	transport string // "websocket", "polling", "http"
+	connID    string
+	ip        netip.Addr
+	userKey   string
+	subject   string
+	path      string
+	openConn  bool // refused by OpenConn (--ip-max-conns)
+}
+
+// refusalOf describes a request's refusal.
+func (p *Proxy) refusalOf(r *http.Request, cl client, event, transport, connID string) refusal {
+	if connID == "" {
+		connID = newConnID()
+	}
+	rf := refusal{event: event, transport: transport, connID: connID, ip: cl.ip, userKey: cl.userKey, path: r.URL.Path}
+	if p.cfg.LogSubject {
+		rf.subject = cl.identity.Subject
+	}
+	return rf
+}
+
+// logRefusal writes the one line of a refusal: the rule and its scope, the
+// count and the limit, the retry, the connection, the client. The identity
+// is its rate-limit key (auth.Identity.Key: "u:" and the first 32 hex
+// digits of sha256(issuer NUL subject), or "anon:<ip key>"); the subject
+// itself only under Config.LogSubject. A refusal under Config.Shadow is
+// logged with shadow=true.
+func (p *Proxy) logRefusal(d limit.Decision, rf refusal) {
+	attrs := make([]slog.Attr, 0, 16)
+	attrs = append(attrs,
+		slog.String("event", rf.event),
+		slog.String("rule", ruleName(d, rf.openConn)),
+		slog.String("scope", d.Scope),
+		slog.String("kind", d.Kind),
+		slog.Bool("blocked", d.Blocked),
+		slog.Int("limit", d.Limit))
+	if !d.Blocked && d.Limit > 0 {
+		// The refused event is the one past the limit.
+		attrs = append(attrs, slog.Int("count", d.Limit+1))
+	}
+	attrs = append(attrs,
+		slog.Int64("retry_after_ms", d.RetryAfter.Milliseconds()),
+		slog.String("transport", rf.transport),
+		slog.String("conn_id", rf.connID),
+		slog.String("client_ip", rf.ip.String()),
+		slog.String("identity", rf.userKey))
+	if rf.subject != "" {
+		attrs = append(attrs, slog.String("subject", rf.subject))
+	}
+	attrs = append(attrs, slog.String("path", rf.path), slog.Bool("shadow", p.cfg.Shadow))
+	if d.Fallback {
+		attrs = append(attrs, slog.Bool("fallback", true))
+	}
+	p.log.LogAttrs(context.Background(), slog.LevelInfo, "rate limited", attrs...)
+}
+
+// ruleName names the rule behind a refusal by its flag.
+func ruleName(d limit.Decision, openConn bool) string {
+	switch {
+	case d.Fallback && d.Store == "":
+		return "failure-mode" // closed: no rule decided
+	case openConn && d.Kind == limit.KindConnection:
+		return "ip-max-conns"
+	case d.Kind == limit.KindMessage && d.Scope == limit.ScopeIP:
+		return "ip-rate"
+	case d.Kind == limit.KindMessage:
+		return "user-rate"
+	case d.Scope == limit.ScopeIP:
+		return "ip-conn-rate"
+	}
+	return "user-conn-rate"
+}
+
+// refused logs the refusal of a message of pr, allowed under Shadow or
+// not: under Shadow, one line per block (or second) and connection.
+func (pr *pair) refused(d limit.Decision) {
+	info := pr.info
+	if info == nil {
+		info = &connInfo{id: newConnID()}
+		pr.info = info
+	}
+	if pr.p.cfg.Shadow {
+		now := time.Now().UnixNano()
+		if now < info.quietUntil {
+			return
+		}
+		info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
+	}
+	transport := "websocket"
+	rf := refusal{event: "message", transport: transport, connID: info.id, ip: pr.clientIP,
+		userKey: pr.userKey, subject: info.subject, path: pr.path}
+	pr.p.logRefusal(d, rf)
+}
