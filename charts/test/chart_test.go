@@ -3,7 +3,6 @@ package charttest
 import (
 	"encoding/json"
 	"maps"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -588,8 +587,12 @@ func TestMonitorsNeedTheAPI(t *testing.T) {
 	file := filepath.Join(chartDir, "ci", "monitoring-values.yaml")
 	with := render(t, file, renderOpts{})
 	without := render(t, file, renderOpts{noMonitorAPI: true})
-	if len(with.all("ServiceMonitor")) != 1 || len(with.all("PodMonitor")) != 1 {
+	if len(with.all("ServiceMonitor")) != 1 {
 		t.Errorf("with the API: got %v", with.names())
+	}
+	pod := render(t, filepath.Join(chartDir, "ci", "sidecar-only-values.yaml"), renderOpts{})
+	if len(pod.all("PodMonitor")) != 1 {
+		t.Errorf("sidecar mode with the API: got %v", pod.names())
 	}
 	if n := len(without.all("ServiceMonitor")) + len(without.all("PodMonitor")); n != 0 {
 		t.Errorf("without the API: %d monitors rendered", n)
@@ -613,7 +616,7 @@ func TestArgsPerValue(t *testing.T) {
 		absent   []string // flag names that must not be
 		env      map[string]string
 	}{
-		{"defaults", ``, []string{"--listen=:8080", "--admin-listen=:9090", "--upstream=http://127.0.0.1:3000", "--identity-header=X-Auth-Subject"}, []string{"trusted-proxies", "redis-url", "jwt-hmac-secret-file", "jwks-url"}, nil},
+		{"defaults", ``, []string{"--listen=:8080", "--admin-listen=:9090", "--upstream=http://127.0.0.1:3000", "--identity-header=X-Auth-Subject"}, []string{"trusted-proxies", "redis-url", "jwt-hmac-secret-file", "jwks-url", "require-auth"}, nil},
 		{"trusted proxies repeat", `{trustedProxies: [10.0.0.0/8, "2001:db8::/32"]}`, []string{"--trusted-proxies=10.0.0.0/8", "--trusted-proxies=2001:db8::/32"}, nil, nil},
 		{"large integers stay integers", `{gate: {maxConns: 1000000}}`, []string{"--max-conns=1000000"}, nil, nil},
 		{"null leaves the binary default", `{gate: {limits: {userRate: null}, protocol: {pingInterval: null}}}`, nil, []string{"user-rate", "ping-interval"}, nil},
@@ -623,8 +626,12 @@ func TestArgsPerValue(t *testing.T) {
 		{"redis url", `{gate: {redis: {url: "redis://redis:6379/0", failureMode: closed}}}`, []string{"--redis-url=redis://redis:6379/0", "--failure-mode=closed"}, nil, nil},
 		{"redis secret goes to env", `{gate: {redis: {existingSecret: {name: rs, key: u}}}}`, nil, []string{"redis-url"}, map[string]string{"WSGATE_REDIS_URL": "secret rs/u"}},
 		{"dev redis", `{devRedis: {enabled: true}}`, []string{"--redis-url=redis://ci-wsgate-redis:6379/0"}, nil, nil},
-		{"hmac secret file", `{gate: {auth: {jwtHmacSecret: {existingSecret: s, key: k}}}}`, []string{"--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/k"}, nil, nil},
-		{"jwt key from a ConfigMap", `{gate: {auth: {jwtKey: {existingConfigMap: c}}}}`, []string{"--jwt-key-file=/etc/wsgate/jwt-key/jwks.json"}, nil, nil},
+		{"hmac secret file", `{gate: {auth: {jwtHmacSecret: {existingSecret: s, key: k}}}}`, []string{"--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/k", "--require-auth=true"}, nil, nil},
+		{"a jwks url requires auth", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json"}}}`, []string{"--jwks-url=https://issuer/jwks.json", "--require-auth=true"}, nil, nil},
+		{"requireAuth false", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json", requireAuth: false}}}`, nil, []string{"require-auth"}, nil},
+		{"requireAuth true without a key", `{gate: {auth: {requireAuth: true}}}`, []string{"--require-auth=true"}, nil, nil},
+		{"web", `{gate: {web: {socketioPath: "", skipAuthRoutes: ["GET=^/p/"], healthPassthrough: [/healthz]}}}`, []string{"--socketio-path=", "--skip-auth-route=GET=^/p/", "--health-passthrough=/healthz"}, nil, nil},
+		{"jwt key from a ConfigMap", `{gate: {auth: {jwtKey: {existingConfigMap: c}}}}`, []string{"--jwt-key-file=/etc/wsgate/jwt-key/jwks.json", "--require-auth=true"}, nil, nil},
 		{"lists repeat", `{gate: {auth: {jwtAudience: [a, b], stripHeaders: [X-A], allowedOrigins: ["https://x"]}}}`, []string{"--jwt-audience=a", "--jwt-audience=b", "--strip-header=X-A", "--allowed-origins=https://x"}, nil, nil},
 		{"extra args last", `{extraArgs: ["--log-level=debug"]}`, []string{"--log-level=debug"}, nil, nil},
 		{"extra env", `{extraEnv: [{name: WSGATE_SHADOW, value: "true"}]}`, nil, nil, map[string]string{"WSGATE_SHADOW": "true"}},
@@ -677,6 +684,22 @@ func TestNativeSidecar(t *testing.T) {
 	}
 }
 
+// TestNativeSidecarNeeds129: before Kubernetes 1.29 an init container with
+// restartPolicy Always is refused or, worse, run to completion first; the
+// chart fails the install instead.
+func TestNativeSidecarNeeds129(t *testing.T) {
+	vals := values(t, filepath.Join(chartDir, "ci", "native-sidecar-values.yaml"))
+	for _, tc := range []struct {
+		kube string
+		ok   bool
+	}{{"v1.28.9", false}, {"v1.29.0", true}, {"v1.31.2", true}} {
+		_, err := tryRenderOn(t, wsgateChart(t), vals, tc.kube, true)
+		if tc.ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), "sidecar.native needs Kubernetes 1.29")) {
+			t.Errorf("Kubernetes %s: %v, want ok %v", tc.kube, err, tc.ok)
+		}
+	}
+}
+
 // TestNotes: trustedProxies is prominent in NOTES.
 func TestNotes(t *testing.T) {
 	def := render(t, filepath.Join(chartDir, "ci", "default-values.yaml"), renderOpts{})
@@ -707,6 +730,8 @@ func TestRejected(t *testing.T) {
 		{`{standalone: {enabled: false}}`, "gate.upstream is required"},
 		{`{gate: {redis: {url: "redis://r:6379", existingSecret: {name: s}}}}`, "not both"},
 		{`{standalone: {enabled: false}, gate: {upstream: "http://127.0.0.1:1"}, metrics: {podMonitor: {enabled: true}}}`, "podMonitor.selector"},
+		{`{metrics: {serviceMonitor: {enabled: true}, podMonitor: {enabled: true}}}`, "doubling every rate"},
+		{`{gate: {web: {healthPassthrough: [health]}}}`, "healthPassthrough"},
 	} {
 		t.Run(tc.override, func(t *testing.T) {
 			_, err := tryRender(t, wsgateChart(t), values(t, "", tc.override), true)
@@ -746,8 +771,33 @@ func TestDashboardMetricsExist(t *testing.T) {
 			t.Errorf("dashboard queries %s, which the metrics package does not define", used)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(chartDir, "dashboards", "wsgate.json")); err != nil {
+	// Every query filters on the job variable (two Prometheus jobs scraping
+	// the same pods would otherwise add up), and the pass-through HTTP and
+	// build panels exist.
+	var d struct {
+		Templating struct {
+			List []struct{ Name string } `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal([]byte(dash), &d); err != nil {
 		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(d.Templating.List, func(v struct{ Name string }) bool { return v.Name == "job" }) {
+		t.Error("the dashboard has no job variable")
+	}
+	exprs := regexp.MustCompile(`"expr": "((?:[^"\\]|\\.)*)"`).FindAllStringSubmatch(dash, -1)
+	if len(exprs) < 10 {
+		t.Fatalf("found %d queries in the dashboard", len(exprs))
+	}
+	for _, m := range exprs {
+		if !strings.Contains(m[1], `job=~\"$job\"`) {
+			t.Errorf("a query without the job filter: %s", m[1])
+		}
+	}
+	for _, want := range []string{"holo_ws_http_requests_total", "holo_ws_build_info"} {
+		if !strings.Contains(dash, want) {
+			t.Errorf("no panel queries %s", want)
+		}
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 )
 
 // appChart loads testdata/app, an application chart that includes
-// wsgate.sidecar the way charts/README-deploy.md shows, with charts/wsgate as
+// wsgate.sidecar the way README.md's "Deploy on Kubernetes" shows, with charts/wsgate as
 // its dependency (added in memory, as `helm dependency update` would).
 func appChart(t *testing.T) *chart.Chart {
 	t.Helper()

@@ -154,9 +154,9 @@ func merge(dst, src map[string]any) map[string]any {
 	return out
 }
 
-func capabilities(t *testing.T, withMonitoring bool) *chartutil.Capabilities {
+func capabilities(t *testing.T, kube string, withMonitoring bool) *chartutil.Capabilities {
 	t.Helper()
-	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	kv, err := chartutil.ParseKubeVersion(kube)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,11 +182,17 @@ func render(t *testing.T, file string, o renderOpts) manifests {
 // tryRender renders a chart (with its dependencies) and decodes the output.
 func tryRender(t *testing.T, ch *chart.Chart, vals map[string]any, withMonitoring bool) (manifests, error) {
 	t.Helper()
+	return tryRenderOn(t, ch, vals, kubeVersion, withMonitoring)
+}
+
+// tryRenderOn is tryRender on a cluster of Kubernetes version kube.
+func tryRenderOn(t *testing.T, ch *chart.Chart, vals map[string]any, kube string, withMonitoring bool) (manifests, error) {
+	t.Helper()
 	if err := chartutil.ProcessDependenciesWithMerge(ch, vals); err != nil {
 		return manifests{}, fmt.Errorf("dependencies: %w", err)
 	}
 	opts := chartutil.ReleaseOptions{Name: releaseName, Namespace: namespace, Revision: 1, IsInstall: true}
-	rv, err := chartutil.ToRenderValues(ch, vals, opts, capabilities(t, withMonitoring))
+	rv, err := chartutil.ToRenderValues(ch, vals, opts, capabilities(t, kube, withMonitoring))
 	if err != nil {
 		return manifests{}, err
 	}

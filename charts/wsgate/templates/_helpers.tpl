@@ -168,12 +168,19 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
   (list "token-cookie" $g.auth.tokenCookie)
   (list "token-query-param" $g.auth.tokenQueryParam)
   (list "allowed-origins" $g.auth.allowedOrigins)
+  (list "redis-required" $g.redis.required)
+  (list "socketio-path" $g.web.socketioPath)
+  (list "socketio-event" $g.web.socketioEvent)
+  (list "skip-auth-route" $g.web.skipAuthRoutes)
+  (list "skip-auth-preflight" $g.web.skipAuthPreflight)
+  (list "health-passthrough" $g.web.healthPassthrough)
   (list "log-level" $g.log.level)
   (list "log-format" $g.log.format)
+  (list "log-subject" $g.log.subject)
 }}
 {{- /* An empty string is left out (the binary's default is empty or fits), except where
        empty means something else than the default. */}}
-{{- $keepEmpty := list "identity-header" "token-query-param" }}
+{{- $keepEmpty := list "identity-header" "token-query-param" "socketio-path" }}
 {{- $args := list }}
 {{- range $flags }}
 {{- $name := index . 0 }}
@@ -198,6 +205,11 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- end }}
 {{- if include "wsgate.jwtKeySource" . }}
 {{- $args = append $args (printf "--jwt-key-file=/etc/wsgate/jwt-key/%s" .Values.gate.auth.jwtKey.key) }}
+{{- end }}
+{{- $hasKey := or .Values.gate.auth.jwtHmacSecret.existingSecret (include "wsgate.jwtKeySource" .) .Values.gate.auth.jwksUrl }}
+{{- $require := .Values.gate.auth.requireAuth }}
+{{- if or (eq (toString $require) "true") (and (kindIs "invalid" $require) $hasKey) }}
+{{- $args = append $args "--require-auth=true" }}
 {{- end }}
 {{- range .Values.extraArgs }}
 {{- $args = append $args (toString .) }}
