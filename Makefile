@@ -56,10 +56,10 @@ lint:
 	$(GO) -C e2e/bench run $(STATICCHECK) ./...
 	$(GO) -C charts/test run $(STATICCHECK) ./...
 
-## deps: redis-server, node and npm (installed with apt-get when run as root).
+## deps: redis-server, node, npm and chromium (installed with apt-get when run as root).
 deps:
 	@missing=""; \
-	for c in redis-server:redis-server redis-cli:redis-tools node:nodejs npm:npm; do \
+	for c in redis-server:redis-server redis-cli:redis-tools node:nodejs npm:npm chromium:chromium; do \
 		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
