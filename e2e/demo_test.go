@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -61,5 +62,28 @@ func TestDemoBurst(t *testing.T) {
 	parseRefusal(t, res.refused, "user")
 	if res.close.Code != 4008 || res.close.Reason != "Rate limit" {
 		t.Fatalf("close %d %q, want 4008 \"Rate limit\"", res.close.Code, res.close.Reason)
+	}
+}
+
+// TestDemoJSONLog: under --log-format json, everything `wsgate demo` writes is one JSON object
+// per line, the hint with the page's address included, so a log shipper never meets prose.
+func TestDemoJSONLog(t *testing.T) {
+	t.Parallel()
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	p := startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", "json"))
+	waitFor(t, "the demo's hint", func() bool {
+		if p.exited() {
+			t.Fatalf("wsgate demo exited:\n%s", p.out.String())
+		}
+		return strings.Contains(p.out.String(), "open the page in a browser")
+	})
+	for _, line := range strings.Split(strings.TrimSpace(p.out.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("not a JSON line: %q", line)
+		} else if m["msg"] == "demo: open the page in a browser" && m["page"] != "http://"+listen+"/" {
+			t.Errorf("the hint names page %v, want http://%s/", m["page"], listen)
+		}
 	}
 }
