@@ -22,9 +22,7 @@ import (
 // and the 101st gets the 429 JSON and close 4008.
 func TestDemoBurst(t *testing.T) {
 	t.Parallel()
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	p := startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", "text"))
+	listen, p := startDemo(t, "text")
 	waitFor(t, "the demo page", func() bool {
 		if p.exited() {
 			t.Fatalf("wsgate demo exited:\n%s", p.out.String())
@@ -69,9 +67,7 @@ func TestDemoBurst(t *testing.T) {
 // per line, the hint with the page's address included, so a log shipper never meets prose.
 func TestDemoJSONLog(t *testing.T) {
 	t.Parallel()
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	p := startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", "json"))
+	listen, p := startDemo(t, "json")
 	waitFor(t, "the demo's hint", func() bool {
 		if p.exited() {
 			t.Fatalf("wsgate demo exited:\n%s", p.out.String())
@@ -86,4 +82,12 @@ func TestDemoJSONLog(t *testing.T) {
 			t.Errorf("the hint names page %v, want http://%s/", m["page"], listen)
 		}
 	}
+}
+
+// startDemo runs `wsgate demo` on free ports with --log-format format.
+func startDemo(t *testing.T, format string) (listen string, p *proc) {
+	t.Helper()
+	listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	return listen, startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", format))
 }
