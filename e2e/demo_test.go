@@ -89,5 +89,7 @@ func startDemo(t *testing.T, format string) (listen string, p *proc) {
 	t.Helper()
 	listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	return listen, startProc(t, "wsgate demo", exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", format))
+	cmd := exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", format)
+	cmd.Env = gateEnviron()
+	return listen, startProc(t, "wsgate demo", cmd)
 }

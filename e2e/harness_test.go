@@ -488,7 +488,7 @@ func tryStartGate(t testing.TB, env, args []string) (g *Gate, portsTaken bool) {
 	cmd := exec.Command(gateBin, append([]string{
 		"--listen", listen, "--admin-listen", admin, "--log-format", "text",
 	}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(gateEnviron(), env...)
 	g = &Gate{URL: "ws://" + listen, HTTP: "http://" + listen, Admin: "http://" + admin, Cmd: cmd}
 	g.proc = startProc(t, "wsgate", cmd)
 	waitFor(t, "the gate's /readyz to answer 200", func() bool {
@@ -911,4 +911,17 @@ func (c *rawConn) readCloseCode() (code int, reason string) {
 		}
 		return int(f.payload[0])<<8 | int(f.payload[1]), string(f.payload[2:])
 	}
+}
+
+// gateEnviron is this process's environment without WSGATE_E2E_BIN, which
+// is the harness's variable, not a flag's: the gate refuses WSGATE_*
+// variables it does not know.
+func gateEnviron() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WSGATE_E2E_BIN=") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
