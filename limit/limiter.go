@@ -88,6 +88,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -404,6 +405,16 @@ func New(cfg Config) (*Limiter, error) {
 		// the invalidations; lease mode cannot do this (its scripts and
 		// the invalidations must share a connection, see above).
 		opt.DisableAutoPipelining = true
+		// Each pool connection holds rueidis's read and write buffers
+		// (0.5 MiB each by default): a burst of handshakes once grew the
+		// pool to tens of connections and the gate's RSS with it. A
+		// decision holds its connection for one round trip, so a few per
+		// core serve far more decisions than the gate takes.
+		opt.BlockingPoolSize = max(8, 4*runtime.GOMAXPROCS(0))
+		opt.ReadBufferEachConn = poolBufferBytes
+		opt.WriteBufferEachConn = poolBufferBytes
+		opt.BlockingPoolCleanup = time.Minute
+		opt.BlockingPoolMinSize = 2
 	}
 	l.redisOpt = opt
 	l.useRedis = true
@@ -623,6 +634,10 @@ func verdict(kind string, ts [2]count, out [2]outcome) (Decision, bool) {
 	}
 	return Decision{Allowed: true, Kind: kind, Granted: 1}, false
 }
+
+// poolBufferBytes sizes the buffers of each Redis connection in exact mode:
+// a decision's request and reply are a few hundred bytes.
+const poolBufferBytes = 32 << 10
 
 // safeID makes an identity or IP safe inside a key's {hash tag}: one that is
 // empty, longer than maxIDLen, holds '{' or '}', or could be mistaken for a
