@@ -498,6 +498,11 @@ func TestAuthAnonymousAndOrigin(t *testing.T) {
 				t.Errorf("Origin %q with a valid cookie: status %d %q, want %d", tc.origin, resp.StatusCode, body, tc.want)
 				continue
 			}
+			if tc.want == http.StatusSwitchingProtocols {
+				// The backend counts its connection on its own goroutine: wait for it, so
+				// that the next case's count starts from a settled one.
+				waitFor(t, "the backend to count the connection", func() bool { return b.conns.Load() == conns+1 })
+			}
 			if tc.want == http.StatusForbidden {
 				var e struct {
 					Code int `json:"code"`
