@@ -135,3 +135,20 @@ func TestCORSOnGateErrors(t *testing.T) {
 		t.Fatalf("a foreign origin: %d with Access-Control-Allow-Origin %q, want 403 without", status, hdr.Get("Access-Control-Allow-Origin"))
 	}
 }
+
+// TestCORSWithoutAllowedOrigins: with no --allowed-origins the gate's own errors are readable
+// from any origin, but as "*" without credentials: echoing every origin with credentials would let
+// any site read, with a visitor's cookie, whether the gate refuses that visitor.
+func TestCORSWithoutAllowedOrigins(t *testing.T) {
+	t.Parallel()
+	_, secretFile := newHMACSecret(t)
+	g := limitGate(t, startNodeBackend(t), "--jwt-hmac-secret-file", secretFile, "--token-cookie", "session")
+	status, hdr, body := request(t, httpClient, g, "GET", "/api/me", "Origin", "http://any.test", "Cookie", "session=not-a-token")
+	if status != http.StatusUnauthorized {
+		t.Fatalf("a bad cookie: %d %q, want 401", status, body)
+	}
+	if hdr.Get("Access-Control-Allow-Origin") != "*" || hdr.Get("Access-Control-Allow-Credentials") != "" {
+		t.Errorf("Access-Control-Allow-Origin %q, -Credentials %q, want * and none",
+			hdr.Get("Access-Control-Allow-Origin"), hdr.Get("Access-Control-Allow-Credentials"))
+	}
+}

@@ -136,22 +136,30 @@ func isPreflight(r *http.Request) bool {
 
 // allowCORS lets a browser read a response the gate writes itself (401,
 // 429, 503, the socket.io answers) to a cross-origin request: without it
-// the browser reports a CORS failure instead of the status. Only for an
-// Origin that Config.AllowedOrigins admits (any, when empty); the answer
-// carries no secret, so credentials are allowed too, as the app's own
-// responses usually allow them. Responses that come from the upstream
+// the browser reports a CORS failure instead of the status. An Origin that
+// Config.AllowedOrigins names is echoed with credentials allowed, as the
+// app's own responses usually are. With no AllowedOrigins the answer is
+// "*" without credentials: echoing any origin with credentials would let
+// any site read, with a visitor's cookie, whether the gate refuses that
+// visitor (a logged-in oracle). Responses that come from the upstream
 // carry the upstream's CORS headers and never these.
 func (p *Proxy) allowCORS(w http.ResponseWriter, r *http.Request) {
 	origin := r.Header.Get("Origin")
-	if origin == "" || origin == "null" ||
-		len(p.cfg.AllowedOrigins) > 0 && !auth.OriginAllowed(p.cfg.AllowedOrigins, origin) {
+	if origin == "" || origin == "null" {
 		return
 	}
 	h := w.Header()
-	h.Set("Access-Control-Allow-Origin", origin)
-	h.Set("Access-Control-Allow-Credentials", "true")
+	switch {
+	case len(p.cfg.AllowedOrigins) == 0:
+		h.Set("Access-Control-Allow-Origin", "*")
+	case auth.OriginAllowed(p.cfg.AllowedOrigins, origin):
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Add("Vary", "Origin")
+	default:
+		return
+	}
 	h.Set("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
-	h.Add("Vary", "Origin")
 }
 
 // connInfo is what a connection's refusals need beyond its pair's sockets.
