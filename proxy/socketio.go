@@ -323,8 +323,10 @@ func cutAfter(body []byte, k int) (prefix int, next []byte) {
 		start = end
 		return true
 	})
+	// Without its trailing separators: the caller appends one and a close,
+	// and an empty packet before that close would be a parse error.
 	prefix = start
-	if prefix > 0 && body[prefix-1] == eioSep {
+	for prefix > 0 && body[prefix-1] == eioSep {
 		prefix--
 	}
 	return prefix, next
