@@ -202,3 +202,54 @@ func TestSocketIORefusalLogs(t *testing.T) {
 		t.Errorf("the handshake refusal's retry_after_ms %v, want in (0, 5000]", lines[1]["retry_after_ms"])
 	}
 }
+
+// TestSocketIOBatchedPackets: a POST counts each socket.io packet it carries. socket.io-client
+// on polling sends what it queued while a POST was out in one POST, so an app that emits in one
+// tick sends a few POSTs of many packets; on WebSocket each packet is a frame of its own. Every
+// socket.io packet counts, the CONNECT and the DISCONNECT included: with a budget of 20, the
+// CONNECT, 17 events, an "echo" and the DISCONNECT pass; the CONNECT, 19 events and the "echo"
+// do not, whatever the number of POSTs they took.
+func TestSocketIOBatchedPackets(t *testing.T) {
+	t.Parallel()
+	backend := startNodeBackend(t)
+	for _, tr := range sioTransports[:2] {
+		for _, tc := range []struct {
+			chats   int
+			refused bool
+		}{
+			{chats: 17, refused: false},
+			{chats: 19, refused: true},
+		} {
+			t.Run(fmt.Sprintf("%s/%d_events", tr.name, tc.chats), func(t *testing.T) {
+				t.Parallel()
+				g := limitGate(t, backend, "--user-rate", "20/30s", "--user-block", "5s", "--ip-rate", "0")
+				events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "batch",
+					"count": tc.chats})
+				got := only(t, events, "echo")
+				if writes, _ := got["writes"].(float64); tr.name == "polling" && writes > 3 {
+					t.Fatalf("%v POSTs for %d packets: socket.io-client did not batch, the test proves nothing", writes, tc.chats+1)
+				}
+				if !tc.refused {
+					if got["echo"] != "after the batch" || got["limited"] != nil {
+						t.Fatalf("%d events within the budget: %v, want the echo and no refusal", tc.chats, got)
+					}
+					if tr.name == "websocket" {
+						// The DISCONNECT is decided before the connection ends.
+						waitFor(t, "the connection to end", func() bool {
+							return strings.Contains(g.Output(), "connection closed")
+						})
+					}
+					if n := g.Metric(t, mRateLimited, nil); n != 0 {
+						t.Fatalf("%s = %v, want 0", mRateLimited, n)
+					}
+					return
+				}
+				if echo, _ := got["echo"].(map[string]any); echo == nil || got["connected"] != false {
+					t.Fatalf("the packet past the budget: %v, want the echo's ack to fail on the disconnect", got)
+				}
+				wantRetry(t, "the wsgate:limited event", got["limited"], "user", 5000)
+				waitMetric(t, g, mRateLimited, userMessage, 1)
+			})
+		}
+	}
+}

@@ -18,6 +18,10 @@
 //     "flood"    emit "chat" until the gate refuses; print what the app's listeners see:
 //                {limited} from the "wsgate:limited" event, {disconnect}, then the reconnect's
 //                {connect_error:{message,data,active}}
+//     "batch"    emit count "chat" events in one tick (socket.io-client sends what it queued
+//                while a POST was out in the next one), then "echo" in the same tick; print
+//                {echo} (the ack, or the error that ended it), {limited} (the refusal event
+//                that came before the disconnect, if any) and {writes} (POSTs on polling)
 //     "read"     ask the backend for a busy room (rate per second for ms); print {received}
 //     "idle"     stay connected for ms, then emit one "echo"; print {echo, transport}
 //   rate, ms, count  scenario parameters
@@ -93,6 +97,22 @@ const scenarios = {
       if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
     }
     await seen;
+  },
+
+  async batch(socket, o) {
+    let limited = null;
+    socket.on('wsgate:limited', (data) => (limited = data));
+    // engine.io-client's "flush": one write of its transport (a POST on polling).
+    let writes = 0;
+    socket.io.engine.on('flush', () => writes++);
+    for (let i = 0; i < o.count; i++) socket.emit('chat', `batch-${i}`);
+    let echo;
+    try {
+      echo = await socket.timeout(5000).emitWithAck('echo', 'after the batch');
+    } catch (err) {
+      echo = { error: err.message };
+    }
+    print({ echo, limited, writes, connected: socket.connected, transport: transportOf(socket) });
   },
 
   async read(socket, o) {
