@@ -8,6 +8,8 @@ package e2e
 // README's socket.io section on both transports, and the refusal log lines.
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -160,46 +162,76 @@ func TestSocketIOTokenForms(t *testing.T) {
 }
 
 // TestSocketIORefusalLogs: each refusal is one log line that names the rule, the scope, the
-// count and limit, the retry, the connection, the client IP and the identity key.
+// count and limit, the retry, the connection, the client IP and the identity key (the README's
+// formula), on both transports; --log-subject adds the subject.
 func TestSocketIORefusalLogs(t *testing.T) {
 	t.Parallel()
-	g := limitGate(t, startNodeBackend(t), "--user-rate", "20/30s", "--user-block", "5s", "--ip-rate", "0",
-		"--log-format", "json")
-	sioApp(t, map[string]any{"url": g.HTTP, "transports": []string{"websocket"}, "scenario": "flood"})
-	waitMetric(t, g, mRateLimited, userMessage, 2)
-	var lines []map[string]any
-	waitFor(t, "two refusal log lines", func() bool {
-		lines = lines[:0]
-		for _, l := range strings.Split(g.Output(), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "rate limited" {
-				lines = append(lines, m)
+	secret, secretFile := newHMACSecret(t)
+	backend := startNodeBackend(t)
+	for _, tc := range []struct {
+		transport  string
+		logSubject bool
+	}{
+		{"websocket", false},
+		{"polling", true},
+	} {
+		t.Run(tc.transport, func(t *testing.T) {
+			t.Parallel()
+			args := []string{"--user-rate", "20/30s", "--user-block", "5s", "--ip-rate", "0",
+				"--jwt-hmac-secret-file", secretFile, "--log-format", "json"}
+			if tc.logSubject {
+				args = append(args, "--log-subject")
 			}
-		}
-		return len(lines) == 2
-	})
-	events := []string{lines[0]["event"].(string), lines[1]["event"].(string)}
-	if !slices.Equal(events, []string{"message", "handshake"}) {
-		t.Fatalf("refusal lines for %v, want a message then a handshake:\n%v", events, lines)
-	}
-	for _, l := range lines {
-		for _, k := range []string{"conn_id", "client_ip", "identity", "retry_after_ms", "transport"} {
-			if _, ok := l[k]; !ok {
-				t.Errorf("refusal line without %s: %v", k, l)
+			g := limitGate(t, backend, args...)
+			sub := "logged-" + tc.transport
+			sioApp(t, map[string]any{"url": g.HTTP, "transports": []string{tc.transport}, "scenario": "flood",
+				"token": hsToken(t, secret, sub), "tokenForm": "query"})
+			waitMetric(t, g, mRateLimited, userMessage, 2)
+			var lines []map[string]any
+			waitFor(t, "two refusal log lines", func() bool {
+				lines = lines[:0]
+				for _, l := range strings.Split(g.Output(), "\n") {
+					var m map[string]any
+					if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "rate limited" {
+						lines = append(lines, m)
+					}
+				}
+				return len(lines) == 2
+			})
+			events := []string{lines[0]["event"].(string), lines[1]["event"].(string)}
+			if !slices.Equal(events, []string{"message", "handshake"}) {
+				t.Fatalf("refusal lines for %v, want a message then a handshake:\n%v", events, lines)
 			}
-		}
-		if l["rule"] != "user-rate" || l["scope"] != "user" || l["limit"] != float64(20) || l["client_ip"] != "127.0.0.1" {
-			t.Errorf("refusal line %v, want rule user-rate, scope user, limit 20, client_ip 127.0.0.1", l)
-		}
-	}
-	if lines[0]["count"] != float64(21) || lines[0]["blocked"] != false {
-		t.Errorf("the message refusal: %v, want count 21, not blocked", lines[0])
-	}
-	if lines[1]["blocked"] != true || lines[1]["kind"] != "message" {
-		t.Errorf("the handshake refusal: %v, want blocked, under the message rule", lines[1])
-	}
-	if r, _ := lines[1]["retry_after_ms"].(float64); r <= 0 || r > float64((5*time.Second).Milliseconds()) {
-		t.Errorf("the handshake refusal's retry_after_ms %v, want in (0, 5000]", lines[1]["retry_after_ms"])
+			sum := sha256.Sum256([]byte(testIssuer + "\x00" + sub))
+			identity := "u:" + hex.EncodeToString(sum[:16])
+			for _, l := range lines {
+				if id, _ := l["conn_id"].(string); id == "" {
+					t.Errorf("refusal line without conn_id: %v", l)
+				}
+				if l["rule"] != "user-rate" || l["scope"] != "user" || l["limit"] != float64(20) ||
+					l["client_ip"] != "127.0.0.1" || l["transport"] != tc.transport || l["path"] != "/socket.io/" {
+					t.Errorf("refusal line %v, want rule user-rate, scope user, limit 20, client_ip 127.0.0.1, transport %s, path /socket.io/",
+						l, tc.transport)
+				}
+				if l["identity"] != identity {
+					t.Errorf("refusal line's identity %v, want %s: u: and the first 32 hex digits of sha256(iss NUL sub)", l["identity"], identity)
+				}
+				if subject, ok := l["subject"]; tc.logSubject && subject != sub || !tc.logSubject && ok {
+					t.Errorf("refusal line's subject %v (present %v), want it only under --log-subject", subject, ok)
+				}
+			}
+			if lines[0]["count"] != float64(21) || lines[0]["blocked"] != false {
+				t.Errorf("the message refusal: %v, want count 21, not blocked", lines[0])
+			}
+			if lines[1]["blocked"] != true || lines[1]["kind"] != "message" {
+				t.Errorf("the handshake refusal: %v, want blocked, under the message rule", lines[1])
+			}
+			for _, l := range lines {
+				if r, _ := l["retry_after_ms"].(float64); r <= 0 || r > float64((5*time.Second).Milliseconds()) {
+					t.Errorf("retry_after_ms %v in %v, want in (0, 5000]", l["retry_after_ms"], l)
+				}
+			}
+		})
 	}
 }
 
