@@ -638,14 +638,15 @@ func TestRedisDownFailureClosed(t *testing.T) {
 }
 
 // TestShadowMode: --shadow evaluates every rule and refuses nothing: every message and
-// handshake is relayed, and the would-be refusals count as shadow_limited only.
+// handshake is relayed, and the would-be refusals count as shadow_limited only. They are logged
+// with shadow=true, one line per connection and block rather than one per message.
 func TestShadowMode(t *testing.T) {
 	t.Parallel()
 	for _, store := range []string{"memory", "redis"} {
 		t.Run(store, func(t *testing.T) {
 			t.Parallel()
 			b := newRecordingBackend(t)
-			args := []string{"--shadow", "--user-rate", "3/30s", "--user-block", "30s", "--ip-rate", "0"}
+			args := []string{"--shadow", "--user-rate", "3/30s", "--user-block", "30s", "--ip-rate", "0", "--log-format", "json"}
 			if store == "redis" {
 				args = append(args, redisURL(startRedisServer(t))...)
 			}
@@ -673,6 +674,27 @@ func TestShadowMode(t *testing.T) {
 			}
 			if got := g.Metric(t, mDecisions, decLimited); got != 0 {
 				t.Errorf("%s{decision=limited} = %v under --shadow, want 0", mDecisions, got)
+			}
+
+			// The first connection's 4th message, the second handshake, the second
+			// connection's message.
+			var events []string
+			waitFor(t, "three shadow refusal lines", func() bool {
+				events = events[:0]
+				for _, l := range strings.Split(g.Output(), "\n") {
+					var m map[string]any
+					if json.Unmarshal([]byte(l), &m) != nil || m["msg"] != "rate limited" {
+						continue
+					}
+					if m["shadow"] != true || m["rule"] != "user-rate" {
+						t.Fatalf("a refusal line under --shadow: %v, want shadow true, rule user-rate", m)
+					}
+					events = append(events, fmt.Sprint(m["event"]))
+				}
+				return len(events) >= 3
+			})
+			if want := []string{"message", "handshake", "message"}; !slices.Equal(events, want) {
+				t.Errorf("shadow refusal lines for %v, want %v", events, want)
 			}
 		})
 	}
