@@ -161,6 +161,29 @@ func TestSocketIOTokenForms(t *testing.T) {
 	})
 }
 
+// TestSocketIOTokenRefresh: the README's token refresh, a reconnect_attempt listener that puts
+// a fresh token in the query, reaches the gate on every transport: the backend sees the new
+// subject after the reconnect.
+func TestSocketIOTokenRefresh(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	g := authGate(t, startNodeBackend(t), "--jwt-hmac-secret-file", secretFile)
+	for _, tr := range sioTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "refresh",
+				"token": hsToken(t, secret, "first-"+tr.name), "tokenForm": "query",
+				"token2": hsToken(t, secret, "second-"+tr.name)})
+			got := only(t, events, "after")
+			before, _ := got["before"].(map[string]any)
+			after, _ := got["after"].(map[string]any)
+			if before["subject"] != "first-"+tr.name || after["subject"] != "second-"+tr.name {
+				t.Fatalf("subjects before and after the reconnect: %v, want first-%s then second-%s", got, tr.name, tr.name)
+			}
+		})
+	}
+}
+
 // TestSocketIORefusalLogs: each refusal is one log line that names the rule, the scope, the
 // count and limit, the retry, the connection, the client IP and the identity key (the README's
 // formula), on both transports; --log-subject adds the subject.

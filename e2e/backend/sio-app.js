@@ -22,8 +22,12 @@
 //                while a POST was out in the next one), then "echo" in the same tick; print
 //                {echo} (the ack, or the error that ended it), {limited} (the refusal event
 //                that came before the disconnect, if any) and {writes} (POSTs on polling)
+//     "refresh"  ask whoami, then drop the transport: socket.io-client reconnects, and its
+//                reconnect_attempt listener (the README's) puts token2 in the query; ask whoami
+//                again; print {before, after}
 //     "read"     ask the backend for a busy room (rate per second for ms); print {received}
 //     "idle"     stay connected for ms, then emit one "echo"; print {echo, transport}
+//   token2      the token of the "refresh" scenario's reconnect
 //   rate, ms, count  scenario parameters
 //   limit       the time limit in ms (default 20000)
 
@@ -113,6 +117,20 @@ const scenarios = {
       echo = { error: err.message };
     }
     print({ echo, limited, writes, connected: socket.connected, transport: transportOf(socket) });
+  },
+
+  async refresh(socket, o) {
+    const before = await socket.timeout(5000).emitWithAck('whoami');
+    socket.io.on('reconnect_attempt', () => {
+      socket.io.opts.query = { access_token: o.token2 };
+    });
+    socket.io.reconnection(true);
+    socket.io.reconnectionDelay(50);
+    const reconnected = new Promise((resolve) => socket.once('connect', resolve));
+    socket.io.engine.close();
+    await reconnected;
+    const after = await socket.timeout(5000).emitWithAck('whoami');
+    print({ before, after, transport: transportOf(socket) });
   },
 
   async read(socket, o) {
