@@ -108,19 +108,24 @@ func TestSocketIOPollingReader(t *testing.T) {
 }
 
 // TestSocketIOHeartbeats: engine.io's pings and pongs never count. The server pings every
-// 100 ms; over 2.5 s a client sends about 25 pongs, five times the budget of 5 messages, on the
-// WebSocket transport as on polling, and is never refused.
+// 100 ms; over 2.5 s a client sends about 25 pongs, six times the budget of 4 messages, on the
+// WebSocket transport as on polling, and is never refused. Nor is the upgrade from one to the
+// other: its probe and upgrade packets would make 5 with the CONNECT, the echo and the
+// DISCONNECT.
 func TestSocketIOHeartbeats(t *testing.T) {
 	t.Parallel()
 	backend := startNodeBackend(t, "--sio-ping-interval", "100")
-	for _, tr := range sioTransports[:2] {
+	for _, tr := range sioTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			t.Parallel()
-			g := limitGate(t, backend, "--user-rate", "5/10s", "--user-block", "5s", "--ip-rate", "5/10s")
+			g := limitGate(t, backend, "--user-rate", "4/10s", "--user-block", "5s", "--ip-rate", "4/10s")
 			events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "idle", "ms": 2500})
 			got := only(t, events, "echo")
 			if got["echo"] != "still here" || len(got["disconnects"].([]any)) != 0 {
 				t.Fatalf("after 2.5 s of heartbeats: %v, want the echo and no disconnect", got)
+			}
+			if tr.transports == nil && got["transport"] != "websocket" {
+				t.Fatalf("the default transports ended on %v, want the upgrade to websocket", got["transport"])
 			}
 			if n := g.Metric(t, mRateLimited, nil); n != 0 {
 				t.Fatalf("%s = %v, want 0", mRateLimited, n)
