@@ -53,11 +53,7 @@ func (d *direction) init(pr *pair, src *side, client bool) {
 		from = frames.Client
 	}
 	d.s = frames.Stream{From: from, MaxMessageBytes: pr.p.cfg.MaxMessageBytes}
-	fd := -1
-	if src.raw != nil {
-		fd = int(src.fd) // open until finish, after both directions left
-	}
-	d.r.ResetSocket((*source)(d), fd)
+	d.r.ResetSocket((*source)(d), int(src.fd)) // open until finish, after both directions left
 	d.desc.Init(int(src.fd), d.run)
 }
 

@@ -17,11 +17,10 @@ import (
 // owner writes them.
 type side struct {
 	net.Conn
-	// raw is the socket read and written without the runtime's help, and fd
-	// its descriptor for the poller; nil and -1 when Conn is not a plain
-	// socket (TLS, a wrapper). The same check decides both, and whether the
-	// side can be shut down without closing its descriptor (hangUp).
-	raw    syscall.RawConn
+	// fd is the socket's descriptor, read and written without the
+	// runtime's help and held by the poller; -1 when Conn is not a plain
+	// socket (TLS, a wrapper). It also decides whether the side can be shut
+	// down without closing its descriptor (hangUp).
 	fd     int32
 	masked bool // frames to this side are masked: it is the upstream
 
@@ -58,7 +57,7 @@ func (s *side) init(c net.Conn, masked bool) {
 	if rc.Control(func(f uintptr) { fd = int(f) }) != nil {
 		return
 	}
-	s.raw, s.fd = rc, int32(fd)
+	s.fd = int32(fd)
 }
 
 // hangUp ends the connection at once: the peer sees it end (FIN), writes
@@ -68,7 +67,7 @@ func (s *side) init(c net.Conn, masked bool) {
 // earlier, the number could be handed to a new connection that the old
 // pair's poller registration would then reach. Any goroutine may call it.
 func (s *side) hangUp() {
-	if s.raw != nil {
+	if s.fd >= 0 {
 		hc := s.Conn.(halfCloser)
 		_ = hc.CloseWrite()
 		_ = hc.CloseRead()
@@ -110,7 +109,7 @@ type sink direction
 func (s *sink) Write(p []byte) (int, error) {
 	d := (*direction)(s)
 	n := 0
-	if dst := d.dst(); dst.raw != nil {
+	if dst := d.dst(); dst.fd >= 0 {
 		// The descriptor stays open while a direction runs: only
 		// finish closes it, after both have left (pair's doc comment).
 		k, err := frames.WriteReady(int(dst.fd), p)
