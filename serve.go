@@ -87,7 +87,13 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		return cli.Exit("wsgate: --upstream: "+err.Error(), exitBadConfig)
 	}
 
-	ln, err := net.Listen("tcp", cfg.listen)
+	var lc net.ListenConfig
+	if cfg.proxy.PingInterval > 0 {
+		// The gate's pings find a dead client within two intervals; TCP keepalive would
+		// only add four setsockopt calls to every accepted connection.
+		lc.KeepAlive = -1
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}

@@ -119,7 +119,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		Protocols: offered,
 		Header:    ws.HandshakeHeaderHTTP(header),
 		Host:      r.Host,
-		NetDial:   (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+		NetDial:   p.dial,
 		OnStatusError: func(status int, _ []byte, resp io.Reader) {
 			rejected = readUpstreamResponse(status, resp)
 		},

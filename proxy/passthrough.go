@@ -48,7 +48,7 @@ func (p *Proxy) newPassThrough() http.Handler {
 		Proxy: nil,
 		DialContext: (&net.Dialer{
 			Timeout:   p.cfg.DialTimeout,
-			KeepAlive: 30 * time.Second,
+			KeepAlive: upstreamKeepAlive(target),
 		}).DialContext,
 		MaxIdleConns:          256,
 		MaxIdleConnsPerHost:   256,

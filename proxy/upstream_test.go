@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -204,6 +205,26 @@ func TestForwardedHeaders(t *testing.T) {
 					t.Errorf("the backend saw Host %q, want the client's", got.host)
 				}
 			})
+		}
+	}
+}
+
+func TestUpstreamKeepAlive(t *testing.T) {
+	for raw, want := range map[string]time.Duration{
+		"http://127.0.0.1:3000":        -1,
+		"http://127.0.0.2:3000":        -1,
+		"http://[::1]:3000":            -1,
+		"http://localhost:3000":        -1,
+		"http://backend.default:3000":  30 * time.Second,
+		"https://10.0.0.7":             30 * time.Second,
+		"http://localhost.example.com": 30 * time.Second,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := upstreamKeepAlive(u); got != want {
+			t.Errorf("%s: keepalive %v, want %v", raw, got, want)
 		}
 	}
 }
