@@ -18,6 +18,7 @@ import (
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
 	"github.com/holo/wsgate/internal/redact"
+	"github.com/holo/wsgate/internal/suggest"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/proxy"
 )
@@ -463,7 +464,7 @@ func checkEnv(environ []string, fs []cli.Flag) (serviceLinks []string, err error
 	}
 	slices.Sort(unknown)
 	msg := unknown[0] + " is no flag's variable"
-	if s := closest(unknown[0], names); s != "" {
+	if s := suggest.Closest(unknown[0], names); s != "" {
 		msg += " (did you mean " + s + "?)"
 	} else {
 		msg += "; wsgate --help lists each flag's"
@@ -472,43 +473,6 @@ func checkEnv(environ []string, fs []cli.Flag) (serviceLinks []string, err error
 		msg += fmt.Sprintf("; %d more: %s", len(unknown)-1, strings.Join(unknown[1:], ", "))
 	}
 	return nil, errors.New(msg)
-}
-
-// closest returns the candidate that name most likely misspells: one that
-// extends it (a forgotten suffix such as _FILE) or is at most two edits
-// away; "" when none is.
-func closest(name string, candidates []string) string {
-	best, bestDist := "", 3
-	for _, c := range candidates {
-		if len(name) >= 6 && strings.HasPrefix(c, name) {
-			return c
-		}
-		if d := editDistance(name, c); d < bestDist {
-			best, bestDist = c, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance of a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 var (
@@ -533,7 +497,7 @@ func explainUsage(err error, fs []cli.Flag) string {
 			names = append(names, f.Names()[0])
 		}
 		line := "--" + m[1] + ": no such flag"
-		if s := closest(m[1], names); s != "" {
+		if s := suggest.Closest(m[1], names); s != "" {
 			line += "; did you mean --" + s + "?"
 		}
 		return line
