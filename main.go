@@ -103,6 +103,7 @@ func newApp() *cli.App {
 					return serveDemo(c.Context, cfg)
 				},
 			},
+			rulesCommand(),
 		},
 	}
 }

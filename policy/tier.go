@@ -1,0 +1,95 @@
+package policy
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Holds reports whether the claims meet the condition.
+func (c *Condition) Holds(claims map[string]any) bool {
+	v, ok := Claim(claims, c.Claim)
+	if !ok {
+		return false
+	}
+	switch {
+	case c.Exists:
+		return true
+	case c.Equals != nil:
+		s, ok := scalar(v)
+		return ok && s == *c.Equals
+	case c.In != nil:
+		s, ok := scalar(v)
+		return ok && slices.Contains(c.In, s)
+	case c.Contains != nil:
+		return contains(v, *c.Contains)
+	}
+	return false
+}
+
+// Claim returns the claim at path (a name, or keys into nested objects) of
+// a token's claims; ok is false when it is absent or null.
+func Claim(claims map[string]any, path []string) (any, bool) {
+	var v any = claims
+	for _, k := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = m[k]; !ok {
+			return nil, false
+		}
+	}
+	return v, v != nil
+}
+
+// ClaimString returns a claim's value as a key: a string as it is, a number
+// or boolean as its JSON text; ok is false for an absent claim, an object
+// or an array.
+func ClaimString(claims map[string]any, path []string) (string, bool) {
+	v, ok := Claim(claims, path)
+	if !ok {
+		return "", false
+	}
+	return scalar(v)
+}
+
+// scalar is a claim value as the text a condition compares: a string as it
+// is, a number or boolean as its JSON text.
+func scalar(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case bool:
+		return strconv.FormatBool(x), true
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64), true
+	case int64:
+		return strconv.FormatInt(x, 10), true
+	case int:
+		return strconv.Itoa(x), true
+	}
+	return "", false
+}
+
+// contains reports whether claim v holds want: an array with an element
+// equal to it, or a string of space-separated values (OAuth's "scope") with
+// one equal to it.
+func contains(v any, want string) bool {
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			if s, ok := scalar(e); ok && s == want {
+				return true
+			}
+		}
+	case []string:
+		return slices.Contains(x, want)
+	case string:
+		return slices.Contains(strings.Fields(x), want)
+	}
+	return false
+}
+
+// splitPath splits a claim path "realm_access.roles" into its keys.
+func splitPath(s string) []string { return strings.Split(s, ".") }
