@@ -29,6 +29,7 @@ type cachedID struct {
 	expNsec         int32  // "never expires" token does not fit UnixNano
 	used            bool   // read since an eviction pass last looked at it
 	key             uint64 // verifyKey.id of the key that verified the token
+	claims          map[string]any
 }
 
 // evictSample bounds the entries one eviction looks at.
@@ -51,7 +52,7 @@ func (c *tokenCache) get(k [sha256.Size]byte) (id Identity, key uint64, ok bool)
 		e.used = true
 		c.m[k] = e
 	}
-	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC()}, e.key, true
+	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC(), Claims: e.claims}, e.key, true
 }
 
 // put caches the identity of a token that the key with id key verified.
@@ -61,7 +62,7 @@ func (c *tokenCache) put(k [sha256.Size]byte, id Identity, key uint64) {
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
 		c.evict()
 	}
-	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond()), key: key}
+	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond()), key: key, claims: id.Claims}
 }
 
 // evict drops one entry: the first of a random sample not read since it was

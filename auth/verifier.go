@@ -86,6 +86,9 @@ type Config struct {
 	// CacheSize bounds the cache of verified tokens. 0 means 10000; a negative
 	// value disables the cache.
 	CacheSize int
+	// KeepClaims keeps every claim of a verified token in Identity.Claims,
+	// for a rules file's tiers and claim keys. false keeps none.
+	KeepClaims bool
 	// HTTPClient fetches the JWKS. nil means a client with a 10s timeout.
 	HTTPClient *http.Client
 	// Logger receives key-loading and JWKS events, never a token.
@@ -115,6 +118,9 @@ type Identity struct {
 	Issuer    string    // "iss" of the token; "" when anonymous
 	Expiry    time.Time // "exp" of the token; zero when anonymous
 	Anonymous bool
+	// Claims are the token's claims as JSON decodes them, with Config.
+	// KeepClaims; nil otherwise and when anonymous. Shared: read only.
+	Claims map[string]any
 }
 
 // Key returns the rate-limit key of id: "u:" and 32 hex digits of
@@ -411,6 +417,11 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 	}
 	if id.Subject == "" {
 		return Identity{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("%w: %q", errNoSubject, v.cfg.SubjectClaim)}
+	}
+	if v.cfg.KeepClaims {
+		if id.Claims, err = t.AsMap(ctx); err != nil {
+			return Identity{}, &Error{Reason: ReasonMalformed, Err: err}
+		}
 	}
 	if v.cache != nil {
 		if k := kp.verifiedBy(tok); k != nil {

@@ -463,3 +463,33 @@ func TestSecretEndingInNewline(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepClaims checks that a verified token's claims reach the Identity
+// with Config.KeepClaims, from a fresh verification and from the cache,
+// and that they are not kept without it.
+func TestKeepClaims(t *testing.T) {
+	k := mustKeys(t)
+	c := validClaims()
+	c["plan"] = "pro"
+	c["realm_access"] = map[string]any{"roles": []any{"internal"}}
+	tok := sign(t, jwa.HS256, k.secret, "", c)
+	for _, keep := range []bool{true, false} {
+		v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: newClock(t0).Now, KeepClaims: keep})
+		for call := range 2 { // the second call is a cache hit
+			id, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !keep {
+				if id.Claims != nil {
+					t.Fatalf("claims kept without KeepClaims: %v", id.Claims)
+				}
+				continue
+			}
+			ra, _ := id.Claims["realm_access"].(map[string]any)
+			if id.Claims["plan"] != "pro" || id.Claims["sub"] != "user-1" || ra == nil {
+				t.Fatalf("call %d: claims %v", call, id.Claims)
+			}
+		}
+	}
+}
