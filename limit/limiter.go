@@ -209,6 +209,9 @@ type Decision struct {
 	// Limit is the refusing rule's N (Config.IPMaxConns for OpenConn);
 	// zero when allowed, and for a FailClosed refusal.
 	Limit int
+	// Rule names the refusing rule of a rules file's policy (Charge);
+	// "" for the flag rules and when allowed.
+	Rule string
 }
 
 // rule is one of the four rules with what a store needs to apply it.
@@ -290,6 +293,7 @@ type Limiter struct {
 	timeout   time.Duration
 	deadlines deadlines // of the Redis calls of decisions
 	log       *slog.Logger
+	prefix    string // starts the Redis keys of a rules file's policy
 
 	mem *memory // the store without RedisURL, the FailLocal fallback with it
 
@@ -335,6 +339,7 @@ func New(cfg Config) (*Limiter, error) {
 	if prefix == "" {
 		prefix = defaultPrefix
 	}
+	l.prefix = prefix
 	for _, r := range []struct {
 		dst                    *rule
 		name, scope, kind, tag string

@@ -36,14 +36,15 @@ type memory struct {
 
 	mu         sync.Mutex
 	m          map[memKey]memEntry
-	calls      int // since the last sweep
+	pol        map[polKey]polEntry // the rules file's counters (policy.go)
+	calls      int                 // since the last sweep
 	sweepEvery int
 }
 
 func newMemory(now func() time.Time) *memory {
 	// The base is an hour back so that no offset is ever zero, which
 	// blockEnd uses for "never blocked".
-	return &memory{now: now, base: now().Add(-time.Hour), m: make(map[memKey]memEntry), sweepEvery: minSweepEvery}
+	return &memory{now: now, base: now().Add(-time.Hour), m: make(map[memKey]memEntry), pol: make(map[polKey]polEntry), sweepEvery: minSweepEvery}
 }
 
 // clock returns now as an offset from the base (monotonic when now is).
@@ -141,6 +142,11 @@ func (s *memory) sweep(now time.Duration) {
 			delete(s.m, k)
 		}
 	}
+	for k, e := range s.pol {
+		if e.windowEnd <= now && e.blockEnd <= now {
+			delete(s.pol, k)
+		}
+	}
 	s.calls = 0
-	s.sweepEvery = max(minSweepEvery, len(s.m))
+	s.sweepEvery = max(minSweepEvery, len(s.m)+len(s.pol))
 }

@@ -1,0 +1,309 @@
+package limit
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/holo/wsgate/policy"
+)
+
+// Charge is one rule's part in a decision of a rules file's policy: the
+// rule, the limits that apply to this client (its tier's), and the value of
+// the key it counts under.
+type Charge struct {
+	Rule   *policy.Rule
+	Limits []policy.Window
+	Key    string
+	// GuardOnly: only the rule's block is checked, nothing is counted (a
+	// handshake of a key that a message rule blocks).
+	GuardOnly bool
+}
+
+// keyTag is a key kind inside a Redis key. A claim's name may hold '{' or
+// '}', which would move the key's Cluster hash tag: such a name is hashed
+// (safeID).
+func keyTag(k policy.Key) string {
+	switch k.Kind {
+	case policy.KeyIP:
+		return "ip"
+	case policy.KeyConnection:
+		return "c"
+	case policy.KeyClaim:
+		return "cl." + safeID(k.Name)
+	case policy.KeyHeader:
+		return "h." + k.Name
+	}
+	return "u"
+}
+
+// Charge decides n (>= 1) events of a rules file's policy against every
+// charge at once: the first Decision.Granted of them pass and count against
+// every window of every charge, or the first is refused by the first charge
+// (in the policy's order) that refuses it and nothing is counted. A
+// message rule counts 1 per event, or bytes per event when it counts
+// bytes (a caller with a byte rule asks about one message at a time). A
+// refusal blocks the refusing rule's key when the rule blocks, for the
+// next step of its ladder, and the key's budget is full again when the
+// block ends. The Decision names the refusing rule in Rule and its key kind
+// in Scope.
+//
+// With a RedisURL, Redis decides: the charges' block keys are read through
+// the client-side cache (a blocked key costs no round trip), then one
+// script decides every charge atomically, whatever the number of rules and
+// windows, on keys "<prefix>:r:<rule>:<key kind>:...{<key>}" (keysOf).
+// Policy charges are always exact: in ModeLease too, every event is
+// counted in Redis. On a Cluster, charges whose keys live in different
+// slots are decided one event at a time, one script per slot, and a
+// refusal takes back what the others counted.
+//
+// Failures are handled as for Messages: a failed or timed-out call is
+// decided by the FailureMode (FailLocal by the memory store), for the
+// first event only; failAfter failed decisions in a row mark a node down
+// and its keys fall back at once. A FailClosed refusal names the first
+// charge's rule.
+func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n int, bytes int64) Decision {
+	n = max(n, 1)
+	if !l.useRedis {
+		d := l.mem.charge(charges, n, bytes, kind)
+		d.Store = storeMemory
+		return d
+	}
+	if len(charges) == 0 {
+		return Decision{Allowed: true, Kind: kind, Granted: n, Store: storeRedis}
+	}
+	rs := l.rs.Load()
+	if rs == nil {
+		return l.chargeFallback(kind, charges, n, bytes, errRedisDown)
+	}
+	ids := make([]string, len(charges))
+	var nodes []*node // distinct
+	for i := range charges {
+		ids[i] = safeID(charges[i].Key)
+		nd := rs.health.of(ids[i])
+		if nd.isDown() {
+			return l.chargeFallback(kind, charges, n, bytes, errRedisDown)
+		}
+		if !slices.Contains(nodes, nd) {
+			nodes = append(nodes, nd)
+		}
+	}
+	rctx, cancel := l.deadlines.context(ctx)
+	d, failed, err := rs.charge(rctx, l.prefix, kind, charges, ids, n, bytes)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil { // a caller that gave up is not Redis's fault
+			for _, nd := range nodes {
+				// One failure per node and decision, however many of
+				// its charges failed.
+				hit := failed == nil
+				for i := range charges {
+					hit = hit || failed[i] && rs.health.of(ids[i]) == nd
+				}
+				if hit && rs.health.failed(nd, err) && l.lease != nil {
+					// As in decide: no lease slice outlives a node whose
+					// connection may have stopped tracking block keys.
+					l.lease.flush()
+				}
+			}
+		}
+		// The call may have run in Redis: the failure mode decides the
+		// first event only, and Redis the rest when asked again.
+		return l.chargeFallback(kind, charges, 1, bytes, err)
+	}
+	for _, nd := range nodes {
+		rs.health.ok(nd)
+	}
+	d.Store = storeRedis
+	return d
+}
+
+// chargeFallback decides n events of charges (at least one) by the
+// FailureMode.
+func (l *Limiter) chargeFallback(kind string, charges []Charge, n int, bytes int64, err error) Decision {
+	var d Decision
+	switch l.mode {
+	case FailOpen:
+		d = Decision{Allowed: true, Kind: kind, Granted: n}
+	case FailClosed:
+		// Under the first rule, so that the refusal has a rule's action.
+		c := &charges[0]
+		d = Decision{Scope: c.Rule.Key.String(), Kind: kind, RetryAfter: closedRetry, Rule: c.Rule.Name}
+	default:
+		d = l.mem.charge(charges, n, bytes, kind)
+		d.Store = storeMemory
+	}
+	d.Fallback = true
+	d.Err = err
+	return d
+}
+
+// policyRefusal is the Decision of a refusal by charge c.
+func policyRefusal(c *Charge, kind string, blocked bool, retry time.Duration, limit int64) Decision {
+	k := KindMessage
+	if c.Rule.Handshakes() {
+		k = KindConnection
+	}
+	return Decision{Scope: c.Rule.Key.String(), Kind: k, Rule: c.Rule.Name, RetryAfter: retry, Blocked: blocked, Limit: int(limit)}
+}
+
+// cost is what one event costs charge c.
+func cost(c *Charge, bytes int64) int64 {
+	if c.Rule.Count == policy.CountBytes {
+		return bytes
+	}
+	return 1
+}
+
+// polKey names one memory entry of a policy rule: what the Redis key says.
+type polKey struct {
+	rule, kind string
+	per        time.Duration // 0 for the block and strikes entry
+	id         string
+}
+
+// polEntry is a window's counter (fixed: n units until windowEnd; gcra:
+// the theoretical arrival time in tat) or, for per 0, the rule's block and
+// strikes.
+type polEntry struct {
+	n         int64
+	windowEnd time.Duration // expiry of the counter, or of the strikes
+	tat       time.Duration
+	blockEnd  time.Duration
+	strikes   int
+}
+
+// charge is Limiter.Charge on the memory store.
+func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decision {
+	now := s.clock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tick(now)
+	for i := range charges {
+		c := &charges[i]
+		if g, ok := s.pol[s.blockKey(c)]; ok && g.blockEnd > now {
+			return policyRefusal(c, kind, true, g.blockEnd-now, 0)
+		}
+	}
+	granted := int64(n)
+	for i := range charges {
+		c := &charges[i]
+		if c.GuardOnly {
+			continue
+		}
+		unit := cost(c, bytes)
+		for _, w := range c.Limits {
+			left := s.left(c, w, unit, now)
+			if left > 0 {
+				granted = min(granted, left)
+				continue
+			}
+			return s.refuse(c, w, unit, kind, now)
+		}
+	}
+	for i := range charges {
+		c := &charges[i]
+		if c.GuardOnly {
+			continue
+		}
+		unit := cost(c, bytes)
+		for _, w := range c.Limits {
+			s.spend(c, w, granted*unit, now)
+		}
+	}
+	return Decision{Allowed: true, Kind: kind, Granted: int(granted)}
+}
+
+func (s *memory) blockKey(c *Charge) polKey {
+	return polKey{rule: c.Rule.Name, kind: keyTag(c.Rule.Key), id: c.Key}
+}
+
+func (s *memory) windowKey(c *Charge, w policy.Window) polKey {
+	return polKey{rule: c.Rule.Name, kind: keyTag(c.Rule.Key), per: w.Per, id: c.Key}
+}
+
+// left returns how many events of unit cost window w still allows.
+func (s *memory) left(c *Charge, w policy.Window, unit int64, now time.Duration) int64 {
+	e := s.pol[s.windowKey(c, w)]
+	if unit == 0 {
+		return 1 << 31
+	}
+	if c.Rule.Algorithm == policy.GCRA {
+		interval := gcraInterval(w)
+		burst := gcraBurst(c.Rule, w)
+		tat := max(e.tat, now)
+		// An event of unit cost may pass while tat + unit*interval stays
+		// within burst*interval of now.
+		room := now + time.Duration(burst)*interval - tat
+		return int64(room / (time.Duration(unit) * interval))
+	}
+	if e.windowEnd <= now {
+		e.n = 0
+	}
+	return (w.Limit - e.n) / unit
+}
+
+func (s *memory) spend(c *Charge, w policy.Window, units int64, now time.Duration) {
+	k := s.windowKey(c, w)
+	e := s.pol[k]
+	if c.Rule.Algorithm == policy.GCRA {
+		e.tat = max(e.tat, now) + time.Duration(units)*gcraInterval(w)
+		e.windowEnd = e.tat
+	} else {
+		if e.windowEnd <= now {
+			e.n, e.windowEnd = 0, now+w.Per
+		}
+		e.n += units
+	}
+	s.pol[k] = e
+}
+
+// refuse applies a refusal of charge c by window w: with a block, the key
+// is blocked for its ladder's next step and every window's counter is
+// dropped, so the budget is full when the block ends; without, the retry
+// is the time until w allows an event again.
+func (s *memory) refuse(c *Charge, w policy.Window, unit int64, kind string, now time.Duration) Decision {
+	if len(c.Rule.Block) == 0 {
+		e := s.pol[s.windowKey(c, w)]
+		retry := e.windowEnd - now
+		if e.windowEnd <= now {
+			// Not open: an event larger than the whole limit. The
+			// window it would open is the retry, as luaLib's life says.
+			retry = w.Per
+		}
+		if c.Rule.Algorithm == policy.GCRA {
+			// The time until tat + unit*interval is within burst*interval
+			// of now again.
+			retry = max(e.tat, now) + time.Duration(unit-gcraBurst(c.Rule, w))*gcraInterval(w) - now
+			retry = max(retry, time.Millisecond)
+		}
+		return policyRefusal(c, kind, false, retry, w.Limit)
+	}
+	bk := s.blockKey(c)
+	g := s.pol[bk]
+	if g.windowEnd <= now {
+		g.strikes = 0
+	}
+	block := c.Rule.Block[min(g.strikes, len(c.Rule.Block)-1)]
+	g.strikes++
+	g.blockEnd = now + block
+	g.windowEnd = g.blockEnd + c.Rule.ResetStrikes
+	s.pol[bk] = g
+	for _, ow := range c.Limits {
+		delete(s.pol, s.windowKey(c, ow))
+	}
+	return policyRefusal(c, kind, false, block, w.Limit)
+}
+
+// gcraInterval is the time one unit takes to drain from window w.
+func gcraInterval(w policy.Window) time.Duration {
+	return max(w.Per/time.Duration(w.Limit), 1)
+}
+
+// gcraBurst is how many units of window w may pass at once.
+func gcraBurst(r *policy.Rule, w policy.Window) int64 {
+	if r.Burst > 0 {
+		return r.Burst
+	}
+	return w.Limit
+}

@@ -1,0 +1,414 @@
+package limit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/holo/wsgate/policy"
+	"github.com/redis/rueidis"
+)
+
+// keysOf appends the Redis keys of charge c, whose key value is id (see
+// safeID), to keys: its block key, its strikes key and, unless it only
+// guards, one counter per window:
+//
+//	<prefix>:r:<rule>:<tag>:{<id>}:blk          exists while the key is blocked
+//	<prefix>:r:<rule>:<tag>:{<id>}:str          refusals of the ladder, until ResetStrikes of quiet
+//	<prefix>:r:<rule>:<tag>:<window ms>:{<id>}  one per window
+//
+// where <tag> is the rule's key kind (keyTag). A fixed window's counter
+// holds the units counted and expires at the window's end. A GCRA
+// window's holds "<units> <µs>": how many units its theoretical arrival
+// time was ahead of the rate at that Redis time, and expires when it is no
+// longer ahead. (Units rather than µs keep intervals shorter than a µs,
+// those of byte rules, exact.) The {id} hash tag keeps a charge's keys in
+// one Cluster slot.
+func keysOf(keys []string, prefix string, c *Charge, id string) []string {
+	base, tag := keyBase(prefix, c), "{"+id+"}"
+	keys = append(keys, base+tag+":blk", base+tag+":str")
+	if c.GuardOnly {
+		return keys
+	}
+	return appendCounters(keys, base, tag, c.Limits)
+}
+
+// keyBase is the start of every key of charge c.
+func keyBase(prefix string, c *Charge) string {
+	return prefix + ":r:" + c.Rule.Name + ":" + keyTag(c.Rule.Key) + ":"
+}
+
+// appendCounters appends the counters of windows ws to keys.
+func appendCounters(keys []string, base, tag string, ws []policy.Window) []string {
+	for _, w := range ws {
+		keys = append(keys, base+strconv.FormatInt(w.Per.Milliseconds(), 10)+":"+tag)
+	}
+	return keys
+}
+
+// blockKeyOf returns the block key of charge c (the first of keysOf).
+func blockKeyOf(prefix string, c *Charge, id string) string {
+	return keyBase(prefix, c) + "{" + id + "}:blk"
+}
+
+// chargeScript decides the charges of one call atomically, exactly as the
+// memory store's charge does. KEYS holds, per charge, its keys as keysOf
+// lists them: block, strikes, then one counter per window (none for a
+// charge that only guards). ARGV holds, per charge:
+//
+//	gcra (0 or 1), cost of one event, burst (0: each window's limit),
+//	reset-strikes ms, ladder length, ladder steps in ms...,
+//	window count, then limit and ms per window
+//
+// and last n. It returns {refusing charge (1-based, 0 when granted),
+// blocked (1: by a block in force), retry ms, limit, granted}.
+//
+// Every charge's block is checked first; then every window, in order, and
+// the first with less than one event left refuses. Nothing is written
+// unless every window allows, except that a refusal by a rule with a
+// ladder blocks the key for the ladder's next step and drops every window
+// of the charge, so that the budget is full when the block ends. Only
+// GCRA reads the Redis clock (TIME); fixed windows live by their keys' TTL,
+// as in luaLib.
+var chargeScript = newScript(luaLib + `
+local n = tonumber(ARGV[#ARGV])
+local now
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return now
+end
+local cs, a, k = {}, 1, 1
+while a < #ARGV do
+  local c = {gcra = ARGV[a] == '1', cost = tonumber(ARGV[a+1]), burst = tonumber(ARGV[a+2]),
+    reset = tonumber(ARGV[a+3]), ladder = {}, wins = {}, blk = KEYS[k], str = KEYS[k+1]}
+  local steps = tonumber(ARGV[a+4])
+  for j = 1, steps do c.ladder[j] = tonumber(ARGV[a+4+j]) end
+  a = a + 5 + steps
+  local nw = tonumber(ARGV[a])
+  a, k = a + 1, k + 2
+  for j = 1, nw do
+    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1])}
+    a, k = a + 2, k + 1
+  end
+  cs[#cs+1] = c
+end
+for i, c in ipairs(cs) do
+  local b = redis.call('PTTL', c.blk)
+  if b > 0 then return {i, 1, b, 0, 0} end
+end
+-- ahead returns how many units a GCRA window's arrival time is ahead of
+-- its rate now (a value of the other algorithm, left by a reload, is 0).
+local function ahead(w)
+  local u, at = string.match(redis.call('GET', w.key) or '', '^(%S+) (%S+)$')
+  if not u then return 0 end
+  -- A clock that went back (a failover) drains nothing rather than refill.
+  return math.max(tonumber(u) - math.max(clock() - tonumber(at), 0) * w.limit / (w.ms * 1000), 0)
+end
+local function refuse(i, c, w)
+  if #c.ladder == 0 then
+    local retry
+    if c.gcra then
+      retry = math.max(math.ceil((w.ahead + c.cost - w.burst) * w.ms / w.limit), 1)
+    else
+      retry = life(w.key, w.ms)
+    end
+    return {i, 0, retry, w.limit, 0}
+  end
+  local s = tonumber(redis.call('GET', c.str) or '0')
+  local block = c.ladder[math.min(s, #c.ladder - 1) + 1]
+  redis.call('SET', c.blk, '1', 'PX', block)
+  redis.call('SET', c.str, s + 1, 'PX', block + c.reset)
+  for _, o in ipairs(c.wins) do redis.call('DEL', o.key) end
+  return {i, 0, block, w.limit, 0}
+end
+local granted = n
+for i, c in ipairs(cs) do
+  for _, w in ipairs(c.wins) do
+    local left = granted
+    if c.gcra then
+      w.burst = c.burst
+      if w.burst == 0 then w.burst = w.limit end
+      w.ahead = ahead(w)
+      if c.cost > 0 then left = math.floor((w.burst - w.ahead) / c.cost) end
+    else
+      -- nil when the window is not open (or holds a GCRA value)
+      w.used = tonumber(redis.call('GET', w.key))
+      if c.cost > 0 then left = math.floor((w.limit - (w.used or 0)) / c.cost) end
+    end
+    if left < 1 then return refuse(i, c, w) end
+    granted = math.min(granted, left)
+  end
+end
+for _, c in ipairs(cs) do
+  local units = granted * c.cost
+  for _, w in ipairs(c.wins) do
+    if c.gcra then
+      local u = w.ahead + units
+      redis.call('SET', w.key, string.format('%.17g %d', u, clock()), 'PX', math.max(math.ceil(u * w.ms / w.limit), 1))
+    elseif w.used then
+      redis.call('INCRBY', w.key, units)
+    else
+      redis.call('SET', w.key, units, 'PX', w.ms)
+    end
+  end
+end
+return {0, 0, 0, 0, granted}
+`)
+
+// chargeRefundScript takes back what chargeScript counted for one event on
+// a Cluster when a charge in another slot refused. KEYS are counters; ARGV
+// holds a (gcra 0 or 1, units) pair per key. A counter that expired
+// meanwhile is left alone rather than recreated, and none is taken below
+// zero.
+var chargeRefundScript = newScript(`
+for i = 1, #KEYS do
+  local units = tonumber(ARGV[2*i])
+  local v = redis.call('GET', KEYS[i])
+  if v and ARGV[2*i-1] == '1' then
+    local u, at = string.match(v, '^(%S+) (%S+)$')
+    if u then
+      redis.call('SET', KEYS[i], string.format('%.17g %s', math.max(tonumber(u) - units, 0), at), 'KEEPTTL')
+    end
+  elseif tonumber(v) and redis.call('DECRBY', KEYS[i], units) < 0 then
+    redis.call('SET', KEYS[i], '0', 'KEEPTTL')
+  end
+end
+return 0
+`)
+
+// chargeCall is the chargeScript call deciding n events of the charges
+// cs[i] for i in idx, whose key values are ids[i].
+func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64) call {
+	var k call
+	for _, i := range idx {
+		c := &cs[i]
+		k.keys = keysOf(k.keys, prefix, c, ids[i])
+		gcra := "0"
+		if c.Rule.Algorithm == policy.GCRA {
+			gcra = "1"
+		}
+		k.args = append(k.args, gcra, strconv.FormatInt(cost(c, bytes), 10), strconv.FormatInt(c.Rule.Burst, 10),
+			millis(c.Rule.ResetStrikes), strconv.Itoa(len(c.Rule.Block)))
+		for _, b := range c.Rule.Block {
+			k.args = append(k.args, millis(b))
+		}
+		var ws []policy.Window
+		if !c.GuardOnly {
+			ws = c.Limits
+		}
+		k.args = append(k.args, strconv.Itoa(len(ws)))
+		for _, w := range ws {
+			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per))
+		}
+	}
+	k.args = append(k.args, strconv.Itoa(n))
+	return k
+}
+
+// refundCall is the chargeRefundScript call that takes back one event of
+// the charges cs[i] for i in idx; ok is false when they count nothing.
+func refundCall(prefix string, cs []Charge, ids []string, idx []int, bytes int64) (k call, ok bool) {
+	for _, i := range idx {
+		c := &cs[i]
+		if c.GuardOnly || len(c.Limits) == 0 {
+			continue
+		}
+		gcra := "0"
+		if c.Rule.Algorithm == policy.GCRA {
+			gcra = "1"
+		}
+		units := strconv.FormatInt(cost(c, bytes), 10)
+		k.keys = appendCounters(k.keys, keyBase(prefix, c), "{"+ids[i]+"}", c.Limits)
+		for range c.Limits {
+			k.args = append(k.args, gcra, units)
+		}
+	}
+	return k, len(k.keys) > 0
+}
+
+func millis(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+// chargeResult is chargeScript's answer.
+type chargeResult struct {
+	refused int // the refusing charge in the call, from 1; 0 when granted
+	blocked bool
+	retry   time.Duration
+	limit   int64
+	granted int
+}
+
+func parseCharge(r rueidis.RedisResult) (chargeResult, error) {
+	vs, err := r.AsIntSlice()
+	if err != nil {
+		return chargeResult{}, fmt.Errorf("charge: %w", err)
+	}
+	if len(vs) != 5 {
+		return chargeResult{}, fmt.Errorf("charge: script returned %d values, want 5", len(vs))
+	}
+	return chargeResult{refused: int(vs[0]), blocked: vs[1] == 1, retry: time.Duration(vs[2]) * time.Millisecond,
+		limit: vs[3], granted: int(vs[4])}, nil
+}
+
+// charge decides n events of cs (with key values ids) in Redis, for
+// Limiter.Charge. With an error, failed says which charges' calls failed
+// (nil: all of them).
+//
+// The block keys of the charges whose rule blocks are read first through
+// rueidis's client-side cache, as the flag rules' are: a blocked key is
+// refused with no round trip, and a block set or deleted by any replica
+// invalidates the cached reads. The script checks the blocks again, since
+// an invalidation may arrive after the write that caused it.
+func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charge, ids []string, n int, bytes int64) (Decision, []bool, error) {
+	first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids)
+	if err != nil {
+		return Decision{}, failed, err
+	}
+	if first >= 0 {
+		return policyRefusal(&cs[first], kind, true, left, 0), nil, nil
+	}
+	groups := s.slotGroups(ids)
+	if len(groups) > 1 {
+		return s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
+	}
+	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes))[0])
+	if err != nil {
+		return Decision{}, nil, err
+	}
+	if r.refused > 0 {
+		return policyRefusal(&cs[groups[0][r.refused-1]], kind, r.blocked, r.retry, r.limit), nil, nil
+	}
+	return Decision{Allowed: true, Kind: kind, Granted: r.granted}, nil, nil
+}
+
+// chargeBlocked returns the first charge of cs blocked by a cached block
+// check, and the block left; first is -1 when none is.
+func (s *redisStore) chargeBlocked(ctx context.Context, prefix string, cs []Charge, ids []string) (first int, left time.Duration, failed []bool, err error) {
+	var idx []int
+	var reads []rueidis.CacheableTTL
+	for i := range cs {
+		if len(cs[i].Rule.Block) > 0 {
+			idx = append(idx, i)
+			reads = append(reads, rueidis.CT(s.client.B().Pttl().Key(blockKeyOf(prefix, &cs[i], ids[i])).Cache(), blockCacheTTL))
+		}
+	}
+	if len(reads) == 0 {
+		return -1, 0, nil, nil
+	}
+	first = -1
+	for j, r := range s.client.DoMultiCache(ctx, reads...) {
+		l, _, e := remainingBlock(r)
+		switch {
+		case e != nil:
+			if failed == nil {
+				failed = make([]bool, len(cs))
+				err = e
+			}
+			failed[idx[j]] = true
+		case l > 0 && first < 0:
+			first, left = idx[j], l
+		}
+	}
+	if err != nil {
+		return -1, 0, failed, err
+	}
+	return first, left, nil, nil
+}
+
+// slotGroups splits the charges (by their key values ids) into the groups
+// one script may decide: the charges whose keys share a Cluster slot, in
+// their order. Off a Cluster, one group holds them all.
+func (s *redisStore) slotGroups(ids []string) [][]int {
+	if !s.cluster {
+		all := make([]int, len(ids))
+		for i := range all {
+			all[i] = i
+		}
+		return [][]int{all}
+	}
+	var groups [][]int
+	var slots []uint16
+	for i, id := range ids {
+		sl := slot(id)
+		if g := slices.Index(slots, sl); g >= 0 {
+			groups[g] = append(groups[g], i)
+		} else {
+			slots = append(slots, sl)
+			groups = append(groups, []int{i})
+		}
+	}
+	return groups
+}
+
+// chargeSlots decides one event of charges whose keys live in several
+// Cluster slots: one script per slot group, pipelined. The groups decide
+// on their own, so when one refuses (or fails), the event that the
+// others counted is taken back. As for the flag rules, counting one event
+// at a time leaves only the refund of a refusal: with n, each group would
+// count what it has left and the others' clients would see the excess
+// until the refund.
+//
+// The refusal reported is the one a single script would make: a block in
+// force first, then the earliest charge. Unlike a single script, every
+// group that refused applied its refusal: two keys over their limits in
+// the same event are both blocked.
+func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []Charge, ids []string, groups [][]int, bytes int64) (Decision, []bool, error) {
+	calls := make([]call, len(groups))
+	for g, idx := range groups {
+		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes)
+	}
+	var failed []bool
+	var err error
+	fail := func(g int, e error) {
+		if failed == nil {
+			failed = make([]bool, len(cs))
+			err = e
+		}
+		for _, i := range groups[g] {
+			failed[i] = true
+		}
+	}
+	refusal, res := -1, chargeResult{}
+	granted := make([]bool, len(groups))
+	for g, r := range chargeScript.exec(ctx, s.client, calls...) {
+		out, e := parseCharge(r)
+		switch {
+		case e != nil:
+			fail(g, e)
+		case out.refused == 0:
+			granted[g] = true
+		default:
+			i := groups[g][out.refused-1]
+			if refusal < 0 || out.blocked && !res.blocked || out.blocked == res.blocked && i < refusal {
+				refusal, res = i, out
+			}
+		}
+	}
+	if refusal >= 0 || err != nil {
+		var back []call
+		var of []int
+		for g, ok := range granted {
+			if k, counts := refundCall(prefix, cs, ids, groups[g], bytes); ok && counts {
+				back, of = append(back, k), append(of, g)
+			}
+		}
+		if len(back) > 0 {
+			for j, r := range chargeRefundScript.exec(ctx, s.client, back...) {
+				if e := r.Error(); e != nil {
+					fail(of[j], fmt.Errorf("refund: %w", e))
+				}
+			}
+		}
+	}
+	if err != nil {
+		return Decision{}, failed, err
+	}
+	if refusal >= 0 {
+		return policyRefusal(&cs[refusal], kind, res.blocked, res.retry, res.limit), nil, nil
+	}
+	return Decision{Allowed: true, Kind: kind, Granted: 1}, nil, nil
+}
