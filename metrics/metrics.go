@@ -120,12 +120,14 @@ type Metrics struct {
 	Closes            *prometheus.CounterVec // initiator, code
 	HandshakeDuration prometheus.Histogram
 	HTTPRequests      *prometheus.CounterVec // code: the exact status of a pass-through request
-	RateLimited       *prometheus.CounterVec // scope, kind
+	RateLimited       *prometheus.CounterVec // scope, kind, rule, tier
 	LimiterDecisions  *prometheus.CounterVec // decision, cause
 	LimiterDuration   *prometheus.HistogramVec
 	LimiterFallback   prometheus.Counter
 	AuthFailures      *prometheus.CounterVec // reason
 	CloseBackstop     prometheus.Counter
+	RulesReloads      *prometheus.CounterVec // result
+	rulesInfo         *prometheus.GaugeVec
 	buildInfo         *prometheus.GaugeVec
 	registerer        prometheus.Registerer
 }
@@ -166,8 +168,8 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}, []string{"code"}),
 		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "rate_limited_total",
-			Help: "Refusals by a rate limit: one per refused message, handshake or HTTP request.",
-		}, []string{"scope", "kind"}),
+			Help: "Refusals by a rate limit: one per refused message, handshake or HTTP request, by the refusing rule (its flag, or its name in --rules-file), the rule's key (scope), what it refused (kind) and the client's tier (\"\" without tiers).",
+		}, []string{"scope", "kind", "rule", "tier"}),
 		LimiterDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "limiter_decisions_total",
 			Help: "Limiter decisions, one per message, handshake or HTTP request: decision allowed, limited (enforced) or shadow_limited (--shadow); cause rules (the store decided) or fallback (--failure-mode decided because Redis failed or was too slow).",
@@ -189,6 +191,14 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 			Namespace: Namespace, Name: "close_backstop_total",
 			Help: "Connections the gate had to force closed because they outlived their close deadline by a close timeout; should stay 0.",
 		}),
+		RulesReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "rules_reloads_total",
+			Help: "Reloads of --rules-file that changed it, by result: ok (the new rules are in force) or error (the rules in force stay).",
+		}, []string{"result"}),
+		rulesInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "rules_info",
+			Help: "Always 1; labels name the rules in force: their file (\"flags\" for the rule flags) and its SHA-256.",
+		}, []string{"source", "sha256"}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "build_info",
 			Help: "Always 1; labels say which build runs.",
@@ -196,7 +206,7 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 	}
 	reg.MustRegister(m.ConnectionsActive, m.ConnectionsTotal, m.Messages, m.MessageBytes, m.Closes,
 		m.HandshakeDuration, m.HTTPRequests, m.RateLimited, m.LimiterDecisions, m.LimiterDuration,
-		m.LimiterFallback, m.AuthFailures, m.CloseBackstop, m.buildInfo)
+		m.LimiterFallback, m.AuthFailures, m.CloseBackstop, m.RulesReloads, m.rulesInfo, m.buildInfo)
 	m.buildInfo.WithLabelValues(version, commit).Set(1)
 
 	// Series that exist before their first event, so rate() and alerts see
@@ -208,10 +218,8 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		m.Messages.WithLabelValues(d)
 		m.MessageBytes.WithLabelValues(d)
 	}
-	for _, s := range []string{"user", "ip"} {
-		for _, k := range []string{"message", "connection"} {
-			m.RateLimited.WithLabelValues(s, k)
-		}
+	for _, r := range []string{"ok", "error"} {
+		m.RulesReloads.WithLabelValues(r)
 	}
 	for _, d := range []string{DecisionAllowed, DecisionLimited, DecisionShadow} {
 		for _, c := range []string{CauseRules, CauseFallback} {
@@ -219,6 +227,27 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}
 	}
 	return m
+}
+
+// RuleSeries are the labels of a rule's rate_limited_total series.
+type RuleSeries struct{ Scope, Kind, Rule, Tier string }
+
+// FlagRules are the series of the four rule flags.
+var FlagRules = []RuleSeries{
+	{"user", "message", "user-rate", ""}, {"ip", "message", "ip-rate", ""},
+	{"user", "connection", "user-conn-rate", ""}, {"ip", "connection", "ip-conn-rate", ""},
+}
+
+// SetRules records the rules in force: their source ("flags" or the rules
+// file), the file's SHA-256 ("" for the flags), and the rate_limited_total
+// series of their rules, made at zero so that rate() and alerts see them
+// before their first refusal. The series of rules no longer in force stay.
+func (m *Metrics) SetRules(source, sha256 string, series []RuleSeries) {
+	m.rulesInfo.Reset()
+	m.rulesInfo.WithLabelValues(source, sha256).Set(1)
+	for _, r := range series {
+		m.RateLimited.WithLabelValues(r.Scope, r.Kind, r.Rule, r.Tier)
+	}
 }
 
 // WatchRedis exports holo_ws_redis_up from up, which is called at each

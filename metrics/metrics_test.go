@@ -23,6 +23,7 @@ func TestAdminHandler(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := New(reg, "v1", "abc")
 	m.WatchRedis(func() bool { return false })
+	m.SetRules("rules.yaml", "0123", []RuleSeries{{"user", "message", "chat", "pro"}})
 	var ready atomic.Bool
 	ready.Store(true)
 	srv := httptest.NewServer(AdminHandler(reg, ready.Load))
@@ -50,7 +51,9 @@ func TestAdminHandler(t *testing.T) {
 	for _, want := range []string{
 		`holo_ws_build_info{commit="abc",version="v1"} 1`,
 		`holo_ws_redis_up 0`,
-		`holo_ws_rate_limited_total{kind="message",scope="user"} 0`,
+		`holo_ws_rate_limited_total{kind="message",rule="chat",scope="user",tier="pro"} 0`,
+		`holo_ws_rules_info{sha256="0123",source="rules.yaml"} 1`,
+		`holo_ws_rules_reloads_total{result="error"} 0`,
 		`holo_ws_connections_total{result="ok"} 0`,
 	} {
 		if !strings.Contains(body, want) {
