@@ -20,6 +20,7 @@ import (
 	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/internal/suggest"
 	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/policy"
 	"github.com/holo/wsgate/proxy"
 )
 
@@ -35,6 +36,8 @@ type config struct {
 	shutdownGrace       time.Duration
 	logLevel            slog.Level
 	logJSON             bool
+	// rules is --rules-file's policy; nil under the rule flags.
+	rules *policy.Live
 	// redisRequired keeps /readyz at 503 while Redis is not reachable.
 	redisRequired bool
 	// serviceLinks are the Kubernetes service-link variables found in the
@@ -205,6 +208,21 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		}
 		*r.dst = rule
 	}
+	if f := c.String("rules-file"); f != "" {
+		for _, r := range rules {
+			for _, name := range []string{r.flag, r.block} {
+				if name != "" && c.IsSet(name) {
+					return bad("rules-file", fmt.Errorf("--%s is a rule flag: with a rules file every rule is in the file", name))
+				}
+			}
+		}
+		if cfg.rules, err = policy.NewLive(f); err != nil {
+			return nil, &flagError{"rules-file", err}
+		}
+		// The rules file's rules are decided by Limiter.Charge; the flag
+		// rules' defaults must not apply beside them.
+		cfg.limits.Rules = limit.Rules{}
+	}
 	if cfg.limits.Mode, err = limit.ParseMode(c.String("limit-mode")); err != nil {
 		return bad("limit-mode", err)
 	}
@@ -273,6 +291,9 @@ func authConfig(c *cli.Context, cfg *config) error {
 		Cookie:          c.String("token-cookie"),
 		ForwardToken:    c.Bool("forward-token"),
 		AllowAnonymous:  c.Bool("allow-anonymous"),
+		// A rules file's tiers and claim keys read the claims, and a
+		// reload may add them: keep them whenever there is a file.
+		KeepClaims: c.String("rules-file") != "",
 	}
 	if cfg.auth.QueryParam == "" {
 		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}

@@ -62,6 +62,7 @@ func flags(upstreamRequired bool) []cli.Flag {
 			Usage: "connections open at once; over it: HTTP 503 before the upgrade; 0 = unlimited"},
 		&cli.IntFlag{Name: "max-pass-requests", Value: 1024, Category: catListen, EnvVars: env("max-pass-requests"),
 			Usage: "pass-through (non-WebSocket) requests in flight at once, long polls included; over it: HTTP 503; 0 = unlimited"},
+		str("rules-file", "", catLimits, "a YAML policy (classes, tiers, deny and allow lists, named rules) instead of the four rule flags; re-read on SIGHUP and when it changes; check it with wsgate rules check"),
 		str("user-rate", "100/10s", catLimits, "data messages per identity: N/window (fixed window from the first message); 0 = off"),
 		dur("user-block", 5*time.Second, catLimits, "how long an identity over --user-rate stays blocked"),
 		str("ip-rate", "300/10s", catLimits, "data messages per client IP: N/window; 0 = off"),

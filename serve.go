@@ -23,6 +23,7 @@ import (
 	"github.com/holo/wsgate/internal/redact"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
+	"github.com/holo/wsgate/policy"
 	"github.com/holo/wsgate/proxy"
 )
 
@@ -81,6 +82,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	cfg.proxy.Auth = verifier
 	cfg.proxy.ClientIP = cfg.ip
 	cfg.proxy.Metrics = m
+	cfg.proxy.Rules = cfg.rules
 	cfg.proxy.Logger = log
 	px, err := proxy.New(cfg.proxy)
 	if err != nil {
@@ -133,6 +135,26 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	if len(cfg.serviceLinks) > 0 {
 		log.Debug("ignoring the Kubernetes service-link variables that share the WSGATE_ prefix", "variables", cfg.serviceLinks)
 	}
+	reloadRules := make(chan struct{}, 1)
+	if cfg.rules != nil {
+		pol := cfg.rules.Load()
+		m.SetRules(pol.Source, pol.Hash, ruleSeries(pol))
+		go cfg.rules.Watch(ctx, rulesPollEvery, reloadRules, func(pol *policy.Policy, err error) {
+			if err != nil {
+				m.RulesReloads.WithLabelValues("error").Inc()
+				log.Error("the rules file cannot be taken; the rules in force stay", "err", err.Error())
+				return
+			}
+			m.RulesReloads.WithLabelValues("ok").Inc()
+			m.SetRules(pol.Source, pol.Hash, ruleSeries(pol))
+			closed := px.RulesChanged(pol)
+			log.Info("rules reloaded", "file", pol.Source, "sha256", pol.Hash, "rules", len(pol.Rules), "denied_connections_closed", closed)
+		})
+		log.Info("rules file in force", "file", cfg.rules.File(), "sha256", pol.Hash, "rules", len(pol.Rules),
+			"classes", len(pol.Classes), "tiers", len(pol.Tiers))
+	} else {
+		m.SetRules("flags", "", metrics.FlagRules)
+	}
 	r := cfg.limits.Rules
 	log.Info("wsgate started", "version", version, "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
 		"upstream", redact.URL(cfg.proxy.Upstream.String()), "store", lim.StoreName(), "mode", cfg.limits.Mode.String(),
@@ -155,6 +177,12 @@ wait:
 				log.Warn("SIGHUP: the key files cannot be read; keeping the keys in use", "err", err)
 			} else {
 				log.Info("SIGHUP: key files re-read (flags and other settings take a restart)")
+			}
+			if cfg.rules != nil {
+				select {
+				case reloadRules <- struct{}{}:
+				default: // a reload is already on its way
+				}
 			}
 		case err := <-serveErr:
 			return fmt.Errorf("serve: %w", err)
@@ -224,4 +252,31 @@ func serveDemo(ctx context.Context, cfg *config) error {
 		}
 		fmt.Fprintf(os.Stderr, "\n  wsgate demo: open %s in a browser (metrics on %s)\n\n", page, metricsURL)
 	})
+}
+
+// rulesPollEvery is how often the rules file is read for changes. A
+// Kubernetes ConfigMap update reaches the pod's volume within the kubelet's
+// sync period (about a minute); this adds at most two seconds.
+const rulesPollEvery = 2 * time.Second
+
+// ruleSeries are the rate_limited_total series of a policy's rules, for
+// each of its tiers.
+func ruleSeries(pol *policy.Policy) []metrics.RuleSeries {
+	tiers := []string{""}
+	for _, t := range pol.Tiers {
+		if !t.Exempt {
+			tiers = append(tiers, t.Name)
+		}
+	}
+	var out []metrics.RuleSeries
+	for _, r := range pol.Rules {
+		kind := limit.KindMessage
+		if r.Handshakes() {
+			kind = limit.KindConnection
+		}
+		for _, t := range tiers {
+			out = append(out, metrics.RuleSeries{Scope: r.Key.String(), Kind: kind, Rule: r.Name, Tier: t})
+		}
+	}
+	return out
 }

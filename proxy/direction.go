@@ -27,6 +27,7 @@ type direction struct {
 	quiet     bool  // the last read emptied the socket and nothing woke d since
 	noPoll    bool  // the poller refused the socket: d blocks on it instead
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
+	dropping  bool  // the client message being read was dropped: its next frames are skipped
 	ctlCount  int32 // control frames in the window of ControlFrameRate
 	granted   int32 // messages the limiter has granted ahead
 	discarded int32 // bytes read and dropped since the pair began to end (at most maxDrain)
@@ -104,6 +105,9 @@ func (d *direction) look() bool {
 	pr := d.pr
 	if d.pingDue.Load() && d.pingDue.Swap(false) && pr.life.load() == phaseOpen {
 		d.ping()
+	}
+	if !d.client && pr.life.load() == phaseOpen {
+		d.sendNotice()
 	}
 	switch pr.life.load() {
 	case phaseOpen:
@@ -286,6 +290,10 @@ func (d *direction) onControl(h ws.Header) error {
 // decided by the limiter and timed, then the frame is relayed.
 func (d *direction) onClientData(h ws.Header) error {
 	starts := frames.StartsMessage(h)
+	if !starts && d.dropping {
+		d.dropping = !h.Fin
+		return d.skip()
+	}
 	if starts {
 		if d.pr.p.cfg.Limiter != nil && d.limited(h) {
 			return d.skip()

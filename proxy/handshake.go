@@ -88,9 +88,14 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if connID == "" {
 		connID = newConnID()
 	}
+	cr := p.rulesFor(r, cl, connID)
+	if cr != nil && cr.adm.Denied {
+		p.denied(w, r, cl)
+		return
+	}
 	if p.cfg.Limiter != nil {
-		d := p.decide(ctx, true, cl.userKey, cl.ipKey, 1)
-		refused, openConn := p.enforce(d), false
+		d := p.decideHandshake(ctx, cl, cr)
+		refused, openConn := p.enforce(d, cr.tierName()), false
 		if !d.Allowed {
 			p.logRefusal(d, p.refusalOf(r, cl, "handshake", "websocket", connID))
 		}
@@ -98,7 +103,10 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			// The concurrent-connection bound (--ip-max-conns): registered
 			// until the pair is released.
 			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
-			refused, openConn = p.enforce(d), true
+			if !d.Allowed {
+				d.Rule = "ip-max-conns"
+			}
+			refused, openConn = p.enforce(d, cr.tierName()), true
 			if !d.Allowed {
 				rf := p.refusalOf(r, cl, "handshake", "websocket", connID)
 				rf.openConn = openConn
@@ -167,7 +175,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr.path = r.URL.Path
 	pr.protocol = protocol
 	pr.release = release
-	pr.info = &connInfo{id: connID, sio: isEIO}
+	pr.info = &connInfo{id: connID, sio: isEIO, rules: cr}
 	if p.cfg.LogSubject {
 		pr.info.subject = cl.identity.Subject
 	}

@@ -142,6 +142,9 @@ var (
 	controlRateEnding = ending{initiator: byGate, afterUpstream: true,
 		clientCode: ws.StatusPolicyViolation, clientReason: "too many control frames",
 		upCode: ws.StatusGoingAway, upReason: "client error"}
+	deniedEnding = ending{initiator: byGate, afterUpstream: true,
+		clientCode: ws.StatusPolicyViolation, clientReason: "denied",
+		upCode: ws.StatusGoingAway, upReason: "client denied"}
 	pingTimeoutEnding = ending{initiator: byGate,
 		clientCode: ws.StatusGoingAway, clientReason: "ping timeout",
 		upCode: ws.StatusGoingAway, upReason: "client went away"}

@@ -29,6 +29,13 @@ func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n i
 	} else {
 		d = p.cfg.Limiter.Messages(ctx, user, ip, n)
 	}
+	p.observe(d, start)
+	return d
+}
+
+// observe records how long a limiter call that began at start took, by the
+// store that decided.
+func (p *Proxy) observe(d limit.Decision, start time.Time) {
 	took := time.Since(start).Seconds()
 	switch {
 	case d.Fallback:
@@ -39,7 +46,6 @@ func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n i
 	default:
 		p.durMemory.Observe(took)
 	}
-	return d
 }
 
 // decisionCounters are limiter_decisions_total's series of one cause.
@@ -48,8 +54,9 @@ type decisionCounters struct{ allowed, limited, shadow prometheus.Counter }
 // enforce records a limiter decision in the metrics, allowed or not, under
 // the cause that took it (the rules, or the failure mode when Redis failed;
 // every fallback also counts in limiter_fallback_total), and reports
-// whether the gate refuses the event: never under Config.Shadow.
-func (p *Proxy) enforce(d limit.Decision) bool {
+// whether the gate refuses the event: never under Config.Shadow. tier is
+// the client's tier under a rules file ("" without).
+func (p *Proxy) enforce(d limit.Decision, tier string) bool {
 	c := &p.decisions[0]
 	if d.Fallback {
 		c = &p.decisions[1]
@@ -64,7 +71,7 @@ func (p *Proxy) enforce(d limit.Decision) bool {
 		return false
 	}
 	c.limited.Inc()
-	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind).Inc()
+	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, ruleName(d, false), tier).Inc()
 	return true
 }
 
@@ -74,6 +81,11 @@ func limitBody(d limit.Decision) []byte {
 	b := make([]byte, 0, 96)
 	b = append(b, `{"code":429,"error":"Rate limit exceeded","scope":"`...)
 	b = append(b, d.Scope...)
+	if d.Rule != "" {
+		// A rules file's rule names are [a-z0-9_.-]: nothing to escape.
+		b = append(b, `","rule":"`...)
+		b = append(b, d.Rule...)
+	}
 	b = append(b, `","retryAfterMs":`...)
 	b = strconv.AppendInt(b, d.RetryAfter.Milliseconds(), 10)
 	return append(b, '}')
@@ -205,11 +217,16 @@ func answerProtocol(offered []string) string {
 // limitRequest applies the message rules to a pass-through request, one
 // message, and answers 429 when it is refused.
 func (p *Proxy) limitRequest(w http.ResponseWriter, r *http.Request, cl client) bool {
+	cr := p.rulesFor(r, cl, "")
+	if cr != nil && cr.adm.Denied {
+		p.denied(w, r, cl)
+		return true
+	}
 	if p.cfg.Limiter == nil {
 		return false
 	}
-	d := p.decide(r.Context(), false, cl.userKey, cl.ipKey, 1)
-	refused := p.enforce(d)
+	d := p.decideRequest(r.Context(), cl, cr, 1)
+	refused := p.enforce(d, cr.tierName())
 	if !d.Allowed {
 		p.logRefusal(d, p.refusalOf(r, cl, "request", "http", ""))
 	}

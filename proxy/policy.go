@@ -7,6 +7,8 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/holo/wsgate/frames"
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/policy"
 )
 
 // The gate's own rules on a client's frames, each a named step of the
@@ -36,20 +38,38 @@ func (d *direction) limited(h ws.Header) bool {
 	if sio && pr.info.freeControl(h, d.r.Peek()) {
 		return false
 	}
+	var cr *connRules
+	if pr.info != nil && pr.info.rules != nil {
+		cr = pr.info.rules
+		if cr.current(pr.p.cfg.Rules); cr.adm.Denied {
+			pr.end(&deniedEnding)
+			return true
+		}
+	}
 	if d.granted > 0 {
 		d.granted--
 		return false
 	}
 	n := 1
-	if buf := d.r.Peek(); h.Length < int64(len(buf)) {
+	perMessage := cr != nil && cr.perMessage()
+	if buf := d.r.Peek(); h.Length < int64(len(buf)) && !perMessage {
 		if sio {
 			n += countSocketIOMessages(buf[h.Length:], maxDecide-1)
 		} else {
 			n += frames.CountMessages(buf[h.Length:], maxDecide-1)
 		}
 	}
-	dec := pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey, n)
-	refused := pr.p.enforce(dec)
+	var dec limit.Decision
+	if cr == nil {
+		dec = pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey, n)
+	} else {
+		a := ask{n: n, class: -1, bytes: h.Length}
+		if perMessage {
+			a.class = d.classOf(h, cr.pol)
+		}
+		dec = pr.p.decideRules(context.Background(), cr, a)
+	}
+	refused := pr.p.enforce(dec, cr.tierName())
 	if !dec.Allowed {
 		pr.refused(dec)
 	}
@@ -63,6 +83,13 @@ func (d *direction) limited(h ws.Header) bool {
 	if sio {
 		text = pr.p.sioEvent(frameNamespace(h, d.r.Peek()), dec)
 	}
+	// A compressed message cannot be dropped: the messages after it are
+	// inflated with its bytes in the window (context takeover).
+	if r := cr.ruleOf(dec); r != nil && r.Action == policy.Drop && h.Rsv == 0 && !cr.dropped(r, time.Now()) {
+		d.dropping = !h.Fin
+		pr.notify(text)
+		return true
+	}
 	pr.end(&ending{
 		initiator:     byGate,
 		afterUpstream: true,
@@ -73,6 +100,29 @@ func (d *direction) limited(h ws.Header) bool {
 		upReason:      "Rate limit",
 	})
 	return true
+}
+
+// notify publishes text for the client, sent by the direction to the
+// client at its next message boundary; a notice not sent yet is replaced.
+func (pr *pair) notify(text []byte) {
+	pr.info.notice.Store(&text)
+	pr.p.wake(&pr.fromUpstream)
+}
+
+// sendNotice writes the notice published for the client, if any, between
+// two messages from the upstream.
+func (d *direction) sendNotice() {
+	info := d.pr.info
+	if info == nil || info.notice.Load() == nil || d.s.InMessage() {
+		return
+	}
+	text := info.notice.Swap(nil)
+	if text == nil || d.dst().closeSent || d.dst().broken || d.flush() != nil {
+		return
+	}
+	if err := frames.WriteFrame((*sink)(d), ws.OpText, *text, false); err != nil {
+		d.broke()
+	}
 }
 
 // timeMessage starts MessageTimeout's clock for a client message that

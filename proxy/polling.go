@@ -146,11 +146,16 @@ func (pt *passThrough) servePolling(w http.ResponseWriter, r *http.Request, cl c
 // pollOpen decides the request that opens a session like a handshake.
 // Refused, it opens a session of the gate's own instead.
 func (p *Proxy) pollOpen(w http.ResponseWriter, r *http.Request, cl client) bool {
+	cr := p.rulesFor(r, cl, "")
+	if cr != nil && cr.adm.Denied {
+		p.denied(w, r, cl)
+		return true
+	}
 	if p.cfg.Limiter == nil {
 		return false
 	}
-	d := p.decide(r.Context(), true, cl.userKey, cl.ipKey, 1)
-	refused := p.enforce(d)
+	d := p.decideHandshake(r.Context(), cl, cr)
+	refused := p.enforce(d, cr.tierName())
 	if d.Allowed {
 		return false
 	}
@@ -233,8 +238,13 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 		p.writePoll(w, r, []byte("ok"))
 		return true
 	}
+	cr := p.rulesFor(r, cl, sid)
+	if cr != nil && cr.adm.Denied {
+		p.denied(w, r, cl)
+		return true
+	}
 	if n := countPackets(body); n > 0 && p.cfg.Limiter != nil {
-		granted, d, refused := p.decideAll(r.Context(), cl, n)
+		granted, d, refused := p.decideAll(r.Context(), cl, cr, body, n)
 		if !d.Allowed {
 			p.logRefusal(d, p.refusalOf(r, cl, "message", "polling", sid))
 		}
@@ -279,10 +289,30 @@ func (p *Proxy) ownPost(s *session, body []byte) {
 // decideAll decides the n messages of a POST, in as many limiter calls as
 // it takes. It returns how many were granted, the last decision, and
 // whether the gate refuses the rest (never under Shadow).
-func (p *Proxy) decideAll(ctx context.Context, cl client, n int) (granted int, d limit.Decision, refused bool) {
+//
+// Under a rules file with classes or byte rules each packet is decided on
+// its own, as a message of its class and size; a refusal of any action
+// ends the session (a polling session has no way to drop one packet and
+// keep the rest in order).
+func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, body []byte, n int) (granted int, d limit.Decision, refused bool) {
+	if cr != nil && cr.perMessage() {
+		d = limit.Decision{Allowed: true, Kind: limit.KindMessage}
+		packets(body, func(pkt []byte, _ int) bool {
+			if len(pkt) == 0 || isControlPacket(pkt) {
+				return true
+			}
+			d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.Classify(pkt), bytes: int64(len(pkt))})
+			if refused = p.enforce(d, cr.tier); refused {
+				return false
+			}
+			granted++
+			return true
+		})
+		return granted, d, refused
+	}
 	for granted < n {
-		d = p.decide(ctx, false, cl.userKey, cl.ipKey, n-granted)
-		if p.enforce(d) {
+		d = p.decideRequest(ctx, cl, cr, n-granted)
+		if p.enforce(d, cr.tierName()) {
 			return granted, d, true
 		}
 		// Under Shadow a refusal lets one message pass.

@@ -28,6 +28,7 @@ import (
 	"github.com/holo/wsgate/internal/netpoll"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
+	"github.com/holo/wsgate/policy"
 )
 
 // Limiter decides whether a data message or a handshake may pass.
@@ -37,6 +38,9 @@ type Limiter interface {
 	// Decision.Granted of them pass (see limit.Limiter.Messages).
 	Messages(ctx context.Context, user, ip string, n int) limit.Decision
 	Handshake(ctx context.Context, user, ip string) limit.Decision
+	// Charge decides n events of a rules file's policy against the rules
+	// that apply (see limit.Limiter.Charge).
+	Charge(ctx context.Context, kind string, charges []limit.Charge, n int, bytes int64) limit.Decision
 	// OpenConn registers an open connection of ip against the concurrent
 	// connection bound; release is called when the connection ends.
 	OpenConn(ctx context.Context, ip string) (d limit.Decision, release func())
@@ -109,6 +113,9 @@ type Config struct {
 
 	// Limiter decides on messages and handshakes. Nil means no limits.
 	Limiter Limiter
+	// Rules is the rules file's policy in force, decided by Limiter.Charge;
+	// nil means the flag rules (Limiter.Messages and Limiter.Handshake).
+	Rules *policy.Live
 	// Shadow evaluates limits and counts would-be refusals without
 	// refusing anything.
 	Shadow bool

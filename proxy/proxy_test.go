@@ -444,10 +444,10 @@ func TestMessageLimit(t *testing.T) {
 	}
 	// The handshake was refused by the message rule's block: its refusal
 	// is that rule's, not a connection rule's.
-	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message")); got != 2 {
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message", "user-rate", "")); got != 2 {
 		t.Fatalf("rate_limited{user,message} = %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "connection")); got != 0 {
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "connection", "user-conn-rate", "")); got != 0 {
 		t.Fatalf("rate_limited{user,connection} = %v, want 0", got)
 	}
 	// Pass-through requests are refused with 429 and Retry-After.
@@ -759,7 +759,7 @@ func TestMessageLimitBurst(t *testing.T) {
 	if want := []string{"m0", "m1", "m2", "m3", "m4"}; !slices.Equal(got, want) {
 		t.Fatalf("backend got %q, want %q", got, want)
 	}
-	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message")); got != 1 {
+	if got := testutil.ToFloat64(g.m.RateLimited.WithLabelValues("user", "message", "user-rate", "")); got != 1 {
 		t.Fatalf("rate_limited{user,message} = %v, want 1", got)
 	}
 	// One per event: the handshake and the 5 messages.

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/holo/wsgate/auth"
@@ -177,6 +178,14 @@ type connInfo struct {
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds): one line per block, not one per message.
 	quietUntil int64
+
+	// rules is the connection's admission under the rules file; nil under
+	// the flag rules. Only the direction from the client uses it.
+	rules *connRules
+	// notice is a text frame the direction to the client sends at its next
+	// message boundary (the 429 frame of a dropped message), published by
+	// the direction from the client.
+	notice atomic.Pointer[[]byte]
 }
 
 // newConnID returns 16 random hex digits.
@@ -248,6 +257,8 @@ func (p *Proxy) logRefusal(d limit.Decision, rf refusal) {
 // ruleName names the rule behind a refusal by its flag.
 func ruleName(d limit.Decision, openConn bool) string {
 	switch {
+	case d.Rule != "":
+		return d.Rule
 	case d.Fallback && d.Store == "":
 		return "failure-mode" // closed: no rule decided
 	case openConn && d.Kind == limit.KindConnection:

@@ -27,6 +27,9 @@
 //                again; print {before, after}
 //     "read"     ask the backend for a busy room (rate per second for ms); print {received}
 //     "idle"     stay connected for ms, then emit one "echo"; print {echo, transport}
+//     "classes"  emit count "typing" events, then "chat" until the gate refuses one, then one
+//                "echo"; print {limited} (the refusal event), {chats} (emitted up to the
+//                refusal), {echo} (the ack, or the error that ended it) and {connected}
 //   token2      the token of the "refresh" scenario's reconnect
 //   rate, ms, count  scenario parameters
 //   limit       the time limit in ms (default 20000)
@@ -142,6 +145,24 @@ const scenarios = {
     await socket.timeout(5000).emitWithAck('subscribe', { rate: o.rate, ms: o.ms });
     const sent = await done;
     print({ received, sent, disconnects, connected: socket.connected, transport: transportOf(socket) });
+  },
+
+  async classes(socket, o) {
+    let limited = null;
+    socket.on('wsgate:limited', (data) => (limited = data));
+    for (let i = 0; i < o.count; i++) socket.emit('typing', i);
+    let chats = 0;
+    while (!limited && chats < 50) {
+      socket.emit('chat', `chat-${chats++}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    let echo;
+    try {
+      echo = await socket.timeout(3000).emitWithAck('echo', 'after the refusal');
+    } catch (err) {
+      echo = { error: err.message };
+    }
+    print({ limited, chats, echo, connected: socket.connected, transport: transportOf(socket) });
   },
 
   async idle(socket, o) {

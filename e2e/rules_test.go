@@ -1,0 +1,336 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+const mRulesReloads = "holo_ws_rules_reloads_total"
+
+// rulesGate starts a gate in front of upstream with the rules file content
+// and HS256 auth; it returns the gate and the file's path.
+func rulesGate(t *testing.T, upstream, rules, secretFile string, args ...string) (*Gate, string) {
+	t.Helper()
+	f := writeTestFile(t, "rules.yaml", []byte(rules))
+	return startGate(t, slices.Concat([]string{"--upstream", upstream, "--rules-file", f,
+		"--jwt-hmac-secret-file", secretFile}, args)...), f
+}
+
+// ruleRefusal checks p is the 429 JSON of a rules file's rule and returns it.
+func ruleRefusal(t testing.TB, p []byte, rule, scope string) {
+	t.Helper()
+	var r struct {
+		Code         int    `json:"code"`
+		Error        string `json:"error"`
+		Scope        string `json:"scope"`
+		Rule         string `json:"rule"`
+		RetryAfterMs int64  `json:"retryAfterMs"`
+	}
+	if err := json.Unmarshal(p, &r); err != nil {
+		t.Fatalf("refusal %q: %v", p, err)
+	}
+	if r.Code != 429 || r.Error != "Rate limit exceeded" || r.Rule != rule || r.Scope != scope || r.RetryAfterMs <= 0 {
+		t.Fatalf("refusal %s, want code 429, rule %q, scope %q, retryAfterMs > 0", p, rule, scope)
+	}
+}
+
+// readText reads the next message of c as text.
+func readText(t *testing.T, c *websocket.Conn) string {
+	t.Helper()
+	typ, p, err := c.Read(testCtx(t))
+	if err != nil || typ != websocket.MessageText {
+		t.Fatalf("read: %v %q %v", typ, p, err)
+	}
+	return string(p)
+}
+
+func send(t *testing.T, c *websocket.Conn, msg string) {
+	t.Helper()
+	if err := c.Write(testCtx(t), websocket.MessageText, []byte(msg)); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+}
+
+// tokenWith returns an HS256 token for sub with extra claims.
+func tokenWith(t testing.TB, secret []byte, sub string, extra map[string]any) string {
+	t.Helper()
+	c := claimsFor(sub)
+	for k, v := range extra {
+		c[k] = v
+	}
+	return makeJWT(t, map[string]any{"alg": "HS256", "typ": "JWT"}, c, hs256(secret))
+}
+
+const tiersRules = `
+tiers:
+  - {name: pro,     when: {claim: plan, in: [pro, enterprise]}}
+  - {name: service, when: {claim: roles, contains: internal}, exempt: true}
+deny:  {cidrs: [127.0.0.9/32], subjects: [mallory]}
+allow: {cidrs: [127.0.0.8/32]}
+rules:
+  - {name: user-messages, key: user, limits: [3/30s], block: 30s, tiers: {pro: [6/30s]}}
+`
+
+// TestRulesTiersAllowDeny: a free user gets the rule's limit and a pro user
+// its tier's, each refusal naming the rule; an exempt tier and the allow
+// list skip every rule; the deny list refuses the handshake by subject and
+// by IP.
+func TestRulesTiersAllowDeny(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, tiersRules, secretFile)
+
+	for _, tc := range []struct {
+		sub    string
+		claims map[string]any
+		ip     string
+		passes int // -1: never refused
+	}{
+		{"free", nil, "", 3},
+		{"paying", map[string]any{"plan": "pro"}, "", 6},
+		{"robot", map[string]any{"roles": []string{"internal"}}, "", -1},
+		{"visitor", nil, "127.0.0.8", -1},
+	} {
+		c := dialAs(t, g.URL+"/echo", bearer(tokenWith(t, secret, tc.sub, tc.claims)).from(tc.ip))
+		n := tc.passes
+		if n < 0 {
+			n = 10
+		}
+		for i := range n {
+			echoOK(t, c, tc.sub+"-"+string(rune('a'+i)))
+		}
+		if tc.passes < 0 {
+			continue
+		}
+		send(t, c, "one too many")
+		ruleRefusal(t, []byte(readText(t, c)), "user-messages", "user")
+		wantLimitClose(t, c)
+	}
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages", "tier": ""}, 1)
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages", "tier": "pro"}, 1)
+
+	for _, p := range []peer{bearer(hsToken(t, secret, "mallory")), bearer(hsToken(t, secret, "eve")).from("127.0.0.9")} {
+		_, resp, err := tryDial(t, g.URL+"/echo", p)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("a denied client: %v, %v", resp, err)
+		}
+	}
+}
+
+const dropRules = `
+rules:
+  - {name: chatty, key: user, limits: [2/30s], action: drop, close-after: 3}
+`
+
+// TestRulesDrop: a message refused by a drop rule gets the 429 frame and is
+// not relayed, the connection stays and the replies owed still come; the
+// close-after-th drop closes it with 4008.
+func TestRulesDrop(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, dropRules, secretFile)
+	c := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "dropper")))
+	echoOK(t, c, "1")
+	echoOK(t, c, "2")
+	for range 2 {
+		send(t, c, "dropped")
+		ruleRefusal(t, []byte(readText(t, c)), "chatty", "user")
+	}
+	// Still open: the third drop is answered on the same connection, and
+	// closes it.
+	send(t, c, "the third drop")
+	ruleRefusal(t, []byte(readText(t, c)), "chatty", "user")
+	wantLimitClose(t, c)
+	if got := b.msgs.Load(); got != 2 {
+		t.Errorf("the backend received %d messages, want the 2 allowed", got)
+	}
+}
+
+const reloadRules = `
+rules:
+  - {name: user-messages, key: user, limits: [%s], block: 30s}
+`
+
+// TestRulesReload: a new file reaches open connections at their next
+// message, keeping the counters of an unchanged rule; an invalid file keeps
+// the rules in force; a reload that denies a connected subject closes its
+// connection with 1008.
+func TestRulesReload(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, file := rulesGate(t, b.URL, strings.Replace(reloadRules, "%s", "3/30s", 1), secretFile)
+	write := func(s string) {
+		tmp := file + ".tmp"
+		if err := os.WriteFile(tmp, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "reloader")))
+	other := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "mallory")))
+	echoOK(t, c, "1")
+	echoOK(t, c, "2")
+
+	write(strings.Replace(reloadRules, "%s", "5/30s", 1))
+	waitMetric(t, g, mRulesReloads, map[string]string{"result": "ok"}, 1)
+	// The same connection, no reconnect: 2 counted under the old limit, 3
+	// more under the new one.
+	echoOK(t, c, "3")
+	echoOK(t, c, "4")
+	echoOK(t, c, "5")
+
+	write("rules: [{name: user-messages, limits: [lots]}]\n")
+	waitMetric(t, g, mRulesReloads, map[string]string{"result": "error"}, 1)
+	if !strings.Contains(g.Output(), "rules.yaml:1:") {
+		t.Errorf("the reload error does not name the line:\n%s", tail(g.Output(), 2000))
+	}
+	send(t, c, "6")
+	ruleRefusal(t, []byte(readText(t, c)), "user-messages", "user")
+	wantLimitClose(t, c)
+
+	write(strings.Replace(reloadRules, "%s", "5/30s", 1) + "deny: {subjects: [mallory]}\n")
+	waitMetric(t, g, mRulesReloads, map[string]string{"result": "ok"}, 2)
+	if ce := readClose(t, other); ce.Code != 1008 || ce.Reason != "denied" {
+		t.Fatalf("a connected subject denied by a reload got %d %q, want 1008 \"denied\"", ce.Code, ce.Reason)
+	}
+}
+
+// TestRulesSharedInRedis: two gates with one rules file on one Redis share
+// a rule's budget and its block; a byte rule counts payload bytes.
+func TestRulesSharedInRedis(t *testing.T) {
+	t.Parallel()
+	rs := startRedisServer(t)
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	rules := `
+rules:
+  - {name: user-messages, key: user, limits: [4/30s, 100/1m], block: 30s}
+  - {name: ip-bytes, key: ip, count: bytes, limits: [1KiB/30s]}
+`
+	g1, _ := rulesGate(t, b.URL, rules, secretFile, redisURL(rs)...)
+	g2, _ := rulesGate(t, b.URL, rules, secretFile, redisURL(rs)...)
+	tok := bearer(hsToken(t, secret, "shared"))
+	c1 := dialAs(t, g1.URL+"/echo", tok)
+	c2 := dialAs(t, g2.URL+"/echo", tok)
+	echoOK(t, c1, "1")
+	echoOK(t, c2, "2")
+	echoOK(t, c1, "3")
+	echoOK(t, c2, "4")
+	send(t, c1, "5")
+	ruleRefusal(t, []byte(readText(t, c1)), "user-messages", "user")
+	wantLimitClose(t, c1)
+	// Blocked on the other gate too, handshakes included.
+	send(t, c2, "6")
+	ruleRefusal(t, []byte(readText(t, c2)), "user-messages", "user")
+	wantLimitClose(t, c2)
+	c3, _, err := tryDial(t, g2.URL+"/echo", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ruleRefusal(t, []byte(readText(t, c3)), "user-messages", "user")
+
+	// 1 KiB per IP: two messages of 400 bytes pass, the third does not.
+	big := dialAs(t, g1.URL+"/echo", bearer(hsToken(t, secret, "bytes")).from("127.0.0.7"))
+	payload := strings.Repeat("x", 400)
+	echoOK(t, big, payload)
+	echoOK(t, dialAs(t, g2.URL+"/echo", bearer(hsToken(t, secret, "bytes2")).from("127.0.0.7")), payload)
+	send(t, big, payload)
+	ruleRefusal(t, []byte(readText(t, big)), "ip-bytes", "ip")
+}
+
+// TestRulesConfig: rule flags beside a rules file, and a bad file, are
+// refused at start with a line that names them; wsgate rules check says
+// where each problem is.
+func TestRulesConfig(t *testing.T) {
+	t.Parallel()
+	good := writeTestFile(t, "good.yaml", []byte(dropRules))
+	bad := writeTestFile(t, "bad.yaml", []byte("rules:\n  - {name: a, limts: [1/s]}\n"))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check-config", "--upstream", "http://127.0.0.1:1", "--rules-file", good, "--user-rate", "5/1s"}, "--rules-file: --user-rate is a rule flag"},
+		{[]string{"check-config", "--upstream", "http://127.0.0.1:1", "--rules-file", bad}, `bad.yaml:2:15: a rule: unknown field "limts" (did you mean "limits"?)`},
+		{[]string{"rules", "check", good, bad}, `bad.yaml:2:5: rule "a" needs limits`},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, gateBin, tc.args...).CombinedOutput()
+		cancel()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("wsgate %s: %v\n%s\nwant exit 2 and %q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
+	}
+	out, err := exec.Command(gateBin, "check-config", "--upstream", "http://127.0.0.1:1", "--rules-file", good).CombinedOutput()
+	if err != nil {
+		t.Errorf("check-config with a good rules file: %v\n%s", err, out)
+	}
+	out, err = exec.Command(gateBin, "rules", "check", good).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), filepath.Base(good)+": 0 classes, 0 tiers, 1 rules, sha256 ") {
+		t.Errorf("rules check of a good file: %v\n%s", err, out)
+	}
+}
+
+const classRules = `
+classes:
+  - {name: chat,   socketio-event: chat}
+  - {name: typing, socketio-event: typing, unlimited: true}
+rules:
+  - {name: user-messages, key: user, limits: [8/30s], block: 30s}
+  - {name: chat, class: chat, key: user, limits: [3/30s], action: drop}
+`
+
+// TestRulesSocketIOClasses: a socket.io app's events are classified by
+// name: typing indicators (an unlimited class) never count, chat events
+// have their own budget, and a chat event over it is dropped with the
+// wsgate:limited event naming the rule while the socket stays up (on
+// polling, where one packet cannot be dropped, the session ends).
+func TestRulesSocketIOClasses(t *testing.T) {
+	t.Parallel()
+	backend := startNodeBackend(t)
+	secret, secretFile := newHMACSecret(t)
+	for _, tr := range sioTransports[:2] {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			g, _ := rulesGate(t, backend, classRules, secretFile)
+			events := sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "classes",
+				"count": 20, "token": hsToken(t, secret, "sio-"+tr.name), "tokenForm": "query"})
+			ev := only(t, events, "limited")
+			lim, _ := ev["limited"].(map[string]any)
+			if lim["rule"] != "chat" || lim["code"] != float64(429) {
+				t.Fatalf("the refusal event %v, want rule chat (events %v)", ev, events)
+			}
+			// 20 typing events did not count: the 4th chat is the refused one.
+			if ev["chats"] != float64(4) {
+				t.Fatalf("%v chats emitted up to the refusal, want 4 (events %v)", ev["chats"], events)
+			}
+			if tr.name == "websocket" && (ev["echo"] != "after the refusal" || ev["connected"] != true) {
+				t.Fatalf("after a dropped chat event the socket should stay up and answer: %v", ev)
+			}
+			waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 1)
+			waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages"}, 0)
+		})
+	}
+}

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/metrics"
+	"github.com/holo/wsgate/policy"
+)
+
+// The rules file (Config.Rules): a connection is admitted under the policy
+// in force at its handshake (deny, allow, tier, the rules that apply and
+// their keys); each message is classified from its first bytes and charged
+// to the message rules that cover its class. When the policy in force
+// changes, an open connection is admitted again at its next message.
+
+// classifyBytes bounds the first bytes of a message that classification
+// reads: the ones buffered with its first header, unmasked on the stack.
+const classifyBytes = 512
+
+// connRules is a connection's (or a request's) place in the policy.
+type connRules struct {
+	pol    *policy.Policy
+	client policy.Client
+	adm    policy.Admission
+	tier   string
+
+	charges []limit.Charge // scratch of one decision
+	// drops counts, per rule that drops, the drops in its first window,
+	// for close-after.
+	drops map[string]*dropCount
+}
+
+type dropCount struct {
+	n     int
+	until time.Time
+}
+
+// rulesFor admits a request under the policy in force; nil without a
+// rules file.
+func (p *Proxy) rulesFor(r *http.Request, cl client, connID string) *connRules {
+	if p.cfg.Rules == nil {
+		return nil
+	}
+	cr := &connRules{client: policy.Client{
+		Path: r.URL.Path, IP: cl.ip, User: cl.userKey, Subject: cl.identity.Subject,
+		Claims: cl.identity.Claims, Conn: connID,
+	}}
+	pol := p.cfg.Rules.Load()
+	cr.client.Header = neededHeaders(pol, r.Header)
+	cr.admit(pol)
+	return cr
+}
+
+// tierName is the client's tier, "" without a rules file or a tier.
+func (cr *connRules) tierName() string {
+	if cr == nil {
+		return ""
+	}
+	return cr.tier
+}
+
+// decideHandshake decides a handshake (or an engine.io session open) under
+// the rules file when there is one, else under the flag rules.
+func (p *Proxy) decideHandshake(ctx context.Context, cl client, cr *connRules) limit.Decision {
+	if cr == nil {
+		return p.decide(ctx, true, cl.userKey, cl.ipKey, 1)
+	}
+	return p.decideRules(ctx, cr, ask{handshake: true, n: 1, class: -1})
+}
+
+// decideRequest decides n messages of a plain HTTP request or a polling
+// POST: under the rules file, each message as one of no class, with no
+// byte count.
+func (p *Proxy) decideRequest(ctx context.Context, cl client, cr *connRules, n int) limit.Decision {
+	if cr == nil {
+		return p.decide(ctx, false, cl.userKey, cl.ipKey, n)
+	}
+	return p.decideRules(ctx, cr, ask{n: n, class: -1})
+}
+
+// denied answers a client on the deny list.
+func (p *Proxy) denied(w http.ResponseWriter, r *http.Request, cl client) {
+	p.allowCORS(w, r)
+	p.refuse(w, http.StatusForbidden, "forbidden", metrics.ResultForbidden)
+	p.log.Info("denied", "client_ip", cl.ip.String(), "identity", cl.userKey, "path", r.URL.Path)
+}
+
+// neededHeaders keeps the request headers the policy's rules key by: an
+// open connection holds them, not the whole request.
+func neededHeaders(pol *policy.Policy, h http.Header) http.Header {
+	var out http.Header
+	for i := range pol.Rules {
+		if k := pol.Rules[i].Key; k.Kind == policy.KeyHeader {
+			if v := h.Get(k.Name); v != "" {
+				if out == nil {
+					out = http.Header{}
+				}
+				out.Set(k.Name, v)
+			}
+		}
+	}
+	return out
+}
+
+// admit applies pol to the connection.
+func (cr *connRules) admit(pol *policy.Policy) {
+	cr.pol = pol
+	cr.adm = pol.Admit(&cr.client)
+	cr.tier = ""
+	if cr.adm.Tier != nil {
+		cr.tier = cr.adm.Tier.Name
+	}
+}
+
+// current admits the connection again when the policy in force changed.
+func (cr *connRules) current(live *policy.Live) {
+	if pol := live.Load(); pol != cr.pol {
+		cr.admit(pol)
+	}
+}
+
+// perMessage reports whether each message must be decided on its own:
+// the policy has classes or counts bytes, so messages differ in what they
+// cost.
+func (cr *connRules) perMessage() bool {
+	if len(cr.pol.Classes) > 0 {
+		return true
+	}
+	for i := range cr.adm.Messages {
+		if cr.adm.Messages[i].Rule.Count == policy.CountBytes {
+			return true
+		}
+	}
+	return false
+}
+
+// ask is one decision under the rules file: a handshake, or n messages of
+// class (an index into the policy's classes, -1 for none) whose first has
+// bytes of payload.
+type ask struct {
+	handshake bool
+	n         int
+	class     int
+	bytes     int64
+}
+
+// decideRules decides a under cr's admission: the enforced rules in one
+// limiter call, then the shadow rules in another, whose refusals are only
+// counted and logged. An exempt client is allowed without a call.
+func (p *Proxy) decideRules(ctx context.Context, cr *connRules, a ask) limit.Decision {
+	kind := limit.KindMessage
+	if a.handshake {
+		kind = limit.KindConnection
+	}
+	if cr.adm.Exempt() {
+		return limit.Decision{Allowed: true, Kind: kind, Granted: a.n}
+	}
+	d := p.charge(ctx, cr, a, kind, false)
+	if d.Allowed && cr.hasShadow(a) {
+		if s := p.charge(ctx, cr, a, kind, true); !s.Allowed {
+			p.shadowRefused(cr, s)
+		}
+	}
+	return d
+}
+
+// charge makes one limiter call for the enforced (or the shadow) rules
+// that apply to a.
+func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, shadow bool) limit.Decision {
+	cs := cr.charges[:0]
+	add := func(ap *policy.Applied, guard bool) {
+		cs = append(cs, limit.Charge{Rule: ap.Rule, Limits: ap.Limits, Key: ap.Key, GuardOnly: guard})
+	}
+	if a.handshake {
+		for i := range cr.adm.Handshake {
+			if ap := &cr.adm.Handshake[i]; ap.Rule.Shadow == shadow {
+				add(ap, false)
+			}
+		}
+		// A block of a message rule over every message refuses the key's
+		// handshakes too, as the flag rules' blocks always did.
+		for i := range cr.adm.Messages {
+			if ap := &cr.adm.Messages[i]; ap.Rule.Shadow == shadow && ap.Rule.Class == "" && len(ap.Rule.Block) > 0 {
+				add(ap, true)
+			}
+		}
+	} else {
+		for i := range cr.adm.Messages {
+			if ap := &cr.adm.Messages[i]; ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) {
+				add(ap, false)
+			}
+		}
+	}
+	cr.charges = cs
+	if len(cs) == 0 {
+		return limit.Decision{Allowed: true, Kind: kind, Granted: a.n}
+	}
+	start := time.Now()
+	d := p.cfg.Limiter.Charge(ctx, kind, cs, a.n, a.bytes)
+	p.observe(d, start)
+	return d
+}
+
+// hasShadow reports whether a shadow rule applies to a.
+func (cr *connRules) hasShadow(a ask) bool {
+	aps := cr.adm.Messages
+	if a.handshake {
+		aps = cr.adm.Handshake
+	}
+	for i := range aps {
+		if aps[i].Rule.Shadow {
+			return true
+		}
+	}
+	return false
+}
+
+// shadowRefused counts and logs the refusal of a shadow rule.
+func (p *Proxy) shadowRefused(cr *connRules, d limit.Decision) {
+	p.decisions[0].shadow.Inc()
+	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, d.Rule, cr.tier).Inc()
+	p.log.Info("rate limited", "rule", d.Rule, "scope", d.Scope, "kind", d.Kind, "shadow", true,
+		"client_ip", cr.client.IP.String(), "identity", cr.client.User, "path", cr.client.Path,
+		"retry_after_ms", d.RetryAfter.Milliseconds())
+}
+
+// ruleOf returns the rule of the policy in force that refused d, or nil.
+func (cr *connRules) ruleOf(d limit.Decision) *policy.Rule {
+	if cr == nil || d.Rule == "" {
+		return nil
+	}
+	return cr.pol.Rule(d.Rule)
+}
+
+// classify returns the class of the message whose first header, h, was
+// just read, from the bytes of its payload already buffered: -1 for a
+// binary or compressed message, or when the policy has no classes.
+func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
+	if len(pol.Classes) == 0 || h.OpCode != ws.OpText || h.Rsv != 0 {
+		return -1
+	}
+	var head [classifyBytes]byte
+	n := copy(head[:min(int64(len(head)), h.Length)], d.r.Peek())
+	if h.Masked {
+		ws.Cipher(head[:n], h.Mask, 0)
+	}
+	return pol.Classify(head[:n])
+}
+
+// dropped records a drop of a message by rule r and reports whether it is
+// the one that closes the connection (close-after).
+func (cr *connRules) dropped(r *policy.Rule, now time.Time) bool {
+	if r.CloseAfter == 0 {
+		return false
+	}
+	if cr.drops == nil {
+		cr.drops = make(map[string]*dropCount)
+	}
+	c := cr.drops[r.Name]
+	if c == nil || !now.Before(c.until) {
+		c = &dropCount{until: now.Add(r.Limits[0].Per)}
+		cr.drops[r.Name] = c
+	}
+	c.n++
+	return c.n >= r.CloseAfter
+}
+
+// RulesChanged acts on a new policy in force at once where waiting for a
+// connection's next message would not do: it closes the open connections
+// whose client the new deny list names (1008), and returns how many. Every
+// other connection is admitted again at its next message.
+func (p *Proxy) RulesChanged(pol *policy.Policy) int {
+	if pol.Deny.Empty() {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for pr := range p.pairs {
+		// A connection's client is set at its handshake and never changes.
+		if pr.info == nil || pr.info.rules == nil || pr.life.load() != phaseOpen {
+			continue
+		}
+		if cr := pr.info.rules; pol.Deny.Has(cr.client.IP, cr.client.Subject) {
+			pr.end(&deniedEnding)
+			n++
+		}
+	}
+	return n
+}
