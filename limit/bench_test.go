@@ -1,6 +1,8 @@
 package limit
 
 import (
+	"github.com/holo/wsgate/policy"
+
 	"context"
 	"testing"
 	"time"
@@ -51,4 +53,35 @@ func BenchmarkRedisMessage(b *testing.B) {
 	b.Run("blocked", func(b *testing.B) {
 		benchDecisions(b, newLimiter(b, Config{RedisURL: s.url(), KeyPrefix: "bench-b", Rules: blockedRules(), Timeout: time.Second}), false)
 	})
+}
+
+// BenchmarkMemoryCharge decides one message against rules of a rules file
+// on the memory store: the two of the flag rules' shape, and six, to set
+// against BenchmarkMemoryMessage.
+func BenchmarkMemoryCharge(b *testing.B) {
+	big := func(name string, key policy.KeyKind, count policy.Count) *policy.Rule {
+		r := polRule(name, count, win(1<<40, time.Hour))
+		r.Key = policy.Key{Kind: key}
+		return r
+	}
+	user, ip := big("user-messages", policy.KeyUser, policy.CountMessages), big("ip-messages", policy.KeyIP, policy.CountMessages)
+	six := []*policy.Rule{user, ip,
+		big("chat", policy.KeyUser, policy.CountMessages), big("ip-bytes", policy.KeyIP, policy.CountBytes),
+		big("conn", policy.KeyConnection, policy.CountMessages), big("tenant", policy.KeyClaim, policy.CountMessages)}
+	for _, tc := range []struct {
+		name  string
+		rules []*policy.Rule
+	}{{"two", six[:2]}, {"six", six}} {
+		b.Run(tc.name, func(b *testing.B) {
+			l := newLimiter(b, Config{})
+			cs := charges("user", tc.rules...)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := l.Charge(ctx, KindMessage, cs, 1, 64); !d.Allowed {
+					b.Fatalf("decision %+v", d)
+				}
+			}
+		})
+	}
 }

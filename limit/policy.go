@@ -157,7 +157,8 @@ func cost(c *Charge, bytes int64) int64 {
 
 // polKey names one memory entry of a policy rule: what the Redis key says.
 type polKey struct {
-	rule, kind string
+	rule string
+	kind policy.Key
 	per        time.Duration // 0 for the block and strikes entry
 	id         string
 }
@@ -215,11 +216,11 @@ func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decis
 }
 
 func (s *memory) blockKey(c *Charge) polKey {
-	return polKey{rule: c.Rule.Name, kind: keyTag(c.Rule.Key), id: c.Key}
+	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, id: c.Key}
 }
 
 func (s *memory) windowKey(c *Charge, w policy.Window) polKey {
-	return polKey{rule: c.Rule.Name, kind: keyTag(c.Rule.Key), per: w.Per, id: c.Key}
+	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, per: w.Per, id: c.Key}
 }
 
 // left returns how many events of unit cost window w still allows.

@@ -146,22 +146,7 @@ func testChargeRoundTrips(t *testing.T, s *redisServer) {
 	smooth.Algorithm = policy.GCRA
 	cs := append(charges("u", chat, smooth), Charge{Rule: ipMsgs, Limits: ipMsgs.Limits, Key: "192.0.2.1"})
 	h := redisChargeHarness(s.url())
-	// Commands of the decisions, without those of a connection rueidis
-	// may open meanwhile (HELLO, CLIENT TRACKING).
-	count := func(f func()) (cmds, evals int) {
-		t.Helper()
-		mon := startMonitor(t, s)
-		f()
-		for _, c := range mon.stop() {
-			if strings.HasPrefix(c, "EVAL") {
-				evals++
-			}
-			if c != "HELLO" && c != "CLIENT" {
-				cmds++
-			}
-		}
-		return cmds, evals
-	}
+	count := func(f func()) (int, int) { return countCommands(t, s, f) }
 	h.charge(t, l, KindMessage, cs, 1, 0) // reads the blocks into the cache
 	const allowed = 20
 	if cmds, evals := count(func() {

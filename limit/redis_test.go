@@ -336,22 +336,7 @@ func TestRedisHandshakeBlockCheck(t *testing.T) {
 	h.handshakes(t, b, 1, "u", "x") // b has seen "u" unblocked
 	h.allow(t, a, 2, "u", "x")
 	h.deny(t, a, "u", "x", ScopeUser, KindMessage, 400*ms) // a blocks "u"
-	// Commands of the decisions, without those of a connection rueidis
-	// may open meanwhile (HELLO, CLIENT TRACKING).
-	count := func(f func()) (cmds, evals int) {
-		t.Helper()
-		mon := startMonitor(t, s)
-		f()
-		for _, c := range mon.stop() {
-			if strings.HasPrefix(c, "EVAL") {
-				evals++
-			}
-			if c != "HELLO" && c != "CLIENT" {
-				cmds++
-			}
-		}
-		return cmds, evals
-	}
+	count := func(f func()) (int, int) { return countCommands(t, s, f) }
 	// The counting script refuses until the invalidation of b's cached
 	// "not blocked" arrives; then one read caches the block.
 	waitFor(t, "b refuses the handshake from the cache", func() bool {

@@ -262,3 +262,21 @@ func slotOwner(tb testing.TB, nodes []*redisServer, key string) int {
 	tb.Fatalf("no master serves slot %d of %s", slot, key)
 	return -1
 }
+
+// countCommands runs f and returns the commands Redis served meanwhile,
+// without those of a connection rueidis may open (HELLO, CLIENT
+// TRACKING), and how many of them were scripts.
+func countCommands(t *testing.T, s *redisServer, f func()) (cmds, evals int) {
+	t.Helper()
+	mon := startMonitor(t, s)
+	f()
+	for _, c := range mon.stop() {
+		if strings.HasPrefix(c, "EVAL") {
+			evals++
+		}
+		if c != "HELLO" && c != "CLIENT" {
+			cmds++
+		}
+	}
+	return cmds, evals
+}

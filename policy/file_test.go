@@ -204,3 +204,24 @@ func TestFromFlags(t *testing.T) {
 		t.Errorf("got %+v", p)
 	}
 }
+
+// FuzzParse checks that no rules file makes Parse panic, and that a file it
+// takes names every rule it has.
+func FuzzParse(f *testing.F) {
+	f.Add(example)
+	f.Add(dropRulesForFuzz)
+	f.Add("rules: [{name: a, limits: [1/s], block: [1s, 2s]}]")
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := Parse("fuzz.yaml", []byte(s))
+		if err != nil {
+			return
+		}
+		for i := range p.Rules {
+			if p.Rule(p.Rules[i].Name) != &p.Rules[i] || len(p.Rules[i].Limits) == 0 {
+				t.Fatalf("rule %d: %+v", i, p.Rules[i])
+			}
+		}
+	})
+}
+
+const dropRulesForFuzz = "classes: [{name: c, prefix: x}]\nrules: [{name: d, class: c, limits: 2/30s, action: drop, close-after: 3}]\n"

@@ -103,10 +103,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			// The concurrent-connection bound (--ip-max-conns): registered
 			// until the pair is released.
 			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
-			if !d.Allowed {
-				d.Rule = "ip-max-conns"
-			}
-			refused, openConn = p.enforce(d, cr.tierName()), true
+			refused, openConn = p.enforceOpenConn(d, cr.tierName()), true
 			if !d.Allowed {
 				rf := p.refusalOf(r, cl, "handshake", "websocket", connID)
 				rf.openConn = openConn

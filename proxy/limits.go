@@ -57,6 +57,17 @@ type decisionCounters struct{ allowed, limited, shadow prometheus.Counter }
 // whether the gate refuses the event: never under Config.Shadow. tier is
 // the client's tier under a rules file ("" without).
 func (p *Proxy) enforce(d limit.Decision, tier string) bool {
+	return p.enforceRule(d, ruleName(d, false), tier)
+}
+
+// enforceOpenConn is enforce for a decision of the concurrent-connection
+// bound (--ip-max-conns).
+func (p *Proxy) enforceOpenConn(d limit.Decision, tier string) bool {
+	return p.enforceRule(d, ruleName(d, true), tier)
+}
+
+// enforceRule is enforce with the refusing rule's name for the metrics.
+func (p *Proxy) enforceRule(d limit.Decision, rule, tier string) bool {
 	c := &p.decisions[0]
 	if d.Fallback {
 		c = &p.decisions[1]
@@ -71,7 +82,7 @@ func (p *Proxy) enforce(d limit.Decision, tier string) bool {
 		return false
 	}
 	c.limited.Inc()
-	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, ruleName(d, false), tier).Inc()
+	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, rule, tier).Inc()
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
 )
 
 const (
@@ -847,4 +849,43 @@ func mustDuration(t *testing.T, s string) time.Duration {
 		t.Fatalf("duration %q: %v", s, err)
 	}
 	return d
+}
+
+// TestRulesConfigMap: gate.rules becomes a ConfigMap mounted as the gate's
+// --rules-file, the rule flags are left out, and a change of the rules
+// changes nothing in the pod template, so it reaches running pods without
+// a rollout.
+func TestRulesConfigMap(t *testing.T) {
+	file := filepath.Join(chartDir, "ci", "rules-values.yaml")
+	m := render(t, file, renderOpts{})
+	tpl := gatePods(m)[0]
+	g := findGate(t, &tpl.Spec, gateContainer)
+	if got := g.Args["rules-file"]; len(got) != 1 || got[0] != "/etc/wsgate/rules/rules.yaml" {
+		t.Fatalf("--rules-file %v", got)
+	}
+	for _, f := range []string{"user-rate", "user-block", "ip-rate", "ip-block", "user-conn-rate", "ip-conn-rate"} {
+		if _, ok := g.Args[f]; ok {
+			t.Errorf("--%s is passed beside the rules file", f)
+		}
+	}
+	var cm *corev1.ConfigMap
+	for _, d := range m.all("ConfigMap") {
+		if c := d.Obj.(*corev1.ConfigMap); c.Name == "ci-wsgate-rules" {
+			cm = c
+		}
+	}
+	if cm == nil {
+		t.Fatal("no ci-wsgate-rules ConfigMap")
+	}
+	var got map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data["rules.yaml"]), &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := lookup(values(t, file), "gate.rules", nil); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules.yaml holds %v, want the values' %v", got, want)
+	}
+	other := render(t, file, renderOpts{overrides: []string{"gate: {rules: {rules: [{name: other, limits: [1/1s]}]}}"}})
+	if a, b := tpl.Annotations["checksum/config"], gatePods(other)[0].Annotations["checksum/config"]; a != b {
+		t.Error("a change of gate.rules changes the pod template's checksum: it would restart the pods")
+	}
 }

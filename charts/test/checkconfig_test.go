@@ -84,14 +84,22 @@ func checkConfig(t *testing.T, spec *corev1.PodSpec, c *corev1.Container, extraE
 				continue
 			}
 			var items []corev1.KeyToPath
+			var data map[string]string // what the chart itself renders
 			switch {
 			case v.Secret != nil:
 				items = v.Secret.Items
 			case v.ConfigMap != nil:
 				items = v.ConfigMap.Items
+				if d, ok := renderedConfigMaps.Load(v.ConfigMap.Name); ok {
+					data = d.(map[string]string)
+				}
 			}
 			for _, it := range items {
-				if err := os.WriteFile(filepath.Join(local, it.Path), []byte(fakeKeyFile), 0o600); err != nil {
+				content, ok := data[it.Key]
+				if !ok {
+					content = fakeKeyFile
+				}
+				if err := os.WriteFile(filepath.Join(local, it.Path), []byte(content), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -266,22 +274,28 @@ func binaryFlags(t *testing.T) []helpFlag {
 // TestEveryFlagReachable: each flag of `wsgate --help` is set by
 // ci/all-flags-values.yaml, through an argument or its WSGATE_* variable, so
 // every flag is settable from values.
+//
+// --rules-file and the rule flags exclude each other, so the rules file is
+// reached by ci/rules-values.yaml.
 func TestEveryFlagReachable(t *testing.T) {
-	m := render(t, filepath.Join(chartDir, "ci", "all-flags-values.yaml"), renderOpts{})
-	tpl := gatePods(m)[0]
-	g := findGate(t, &tpl.Spec, gateContainer)
-	env := map[string]bool{}
-	for _, e := range g.C.Env {
-		env[e.Name] = true
-	}
-	for _, f := range binaryFlags(t) {
-		if _, ok := g.Args[f.Name]; !ok && !env[f.Env] {
-			t.Errorf("--%s (%s) is not reachable from values", f.Name, f.Env)
+	reached := map[string]bool{}
+	for _, file := range []string{"all-flags-values.yaml", "rules-values.yaml"} {
+		m := render(t, filepath.Join(chartDir, "ci", file), renderOpts{})
+		tpl := gatePods(m)[0]
+		g := findGate(t, &tpl.Spec, gateContainer)
+		for _, e := range g.C.Env {
+			reached[e.Name] = true
+		}
+		for name := range g.Args {
+			reached["--"+name] = true
+			if !strings.Contains(strings.Join(g.C.Args, " "), "--"+name+"=") {
+				t.Errorf("--%s is not in --flag=value form", name)
+			}
 		}
 	}
-	for name := range g.Args {
-		if !strings.Contains(strings.Join(g.C.Args, " "), "--"+name+"=") {
-			t.Errorf("--%s is not in --flag=value form", name)
+	for _, f := range binaryFlags(t) {
+		if !reached["--"+f.Name] && !reached[f.Env] {
+			t.Errorf("--%s (%s) is not reachable from values", f.Name, f.Env)
 		}
 	}
 }

@@ -223,11 +223,20 @@ func tryRenderOn(t *testing.T, ch *chart.Chart, vals map[string]any, kube string
 				return manifests{}, fmt.Errorf("%s, document %d: %w\n%s", src, i, err, part)
 			}
 			d.Source = src
+			if cm, ok := d.Obj.(*corev1.ConfigMap); ok {
+				renderedConfigMaps.Store(cm.Name, cm.Data)
+			}
 			m.Docs = append(m.Docs, d)
 		}
 	}
 	return m, nil
 }
+
+// renderedConfigMaps holds the data of every ConfigMap a render made, by
+// name, so that checkConfig mounts what the chart writes (the rules file)
+// rather than a placeholder. Names depend only on the release, so renders
+// of other values files agree on what they hold.
+var renderedConfigMaps sync.Map
 
 // splitDocs splits a YAML stream on "---" lines and drops documents that hold
 // only comments or whitespace.

@@ -181,11 +181,16 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- /* An empty string is left out (the binary's default is empty or fits), except where
        empty means something else than the default. */}}
 {{- $keepEmpty := list "identity-header" "token-query-param" "socketio-path" }}
+{{- /* A rules file holds every rule: the rule flags beside it are refused. */}}
+{{- $ruleFlags := list }}
+{{- if $g.rules }}
+{{- $ruleFlags = list "user-rate" "user-block" "ip-rate" "ip-block" "user-conn-rate" "ip-conn-rate" }}
+{{- end }}
 {{- $args := list }}
 {{- range $flags }}
 {{- $name := index . 0 }}
 {{- $v := index . 1 }}
-{{- if kindIs "invalid" $v }}
+{{- if or (kindIs "invalid" $v) (has $name $ruleFlags) }}
 {{- else if and (kindIs "string" $v) (eq $v "") (not (has $name $keepEmpty)) }}
 {{- else if kindIs "slice" $v }}
 {{- range $v }}
@@ -199,6 +204,9 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- end }}
 {{- with (include "wsgate.redisUrl" .) }}
 {{- $args = append $args (printf "--redis-url=%s" .) }}
+{{- end }}
+{{- if $g.rules }}
+{{- $args = append $args "--rules-file=/etc/wsgate/rules/rules.yaml" }}
 {{- end }}
 {{- if .Values.gate.auth.jwtHmacSecret.existingSecret }}
 {{- $args = append $args (printf "--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/%s" .Values.gate.auth.jwtHmacSecret.key) }}
@@ -239,6 +247,9 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- end }}
 {{- if include "wsgate.jwtKeySource" . }}
 {{- $m = append $m (dict "name" "wsgate-jwt-key" "mountPath" "/etc/wsgate/jwt-key" "readOnly" true) }}
+{{- end }}
+{{- if .Values.gate.rules }}
+{{- $m = append $m (dict "name" "wsgate-rules" "mountPath" "/etc/wsgate/rules" "readOnly" true) }}
 {{- end }}
 {{- range .Values.extraVolumeMounts }}
 {{- $m = append $m . }}
@@ -283,6 +294,23 @@ start. Only the gate's container mounts these volumes, so "other" reaches no one
       - key: {{ $a.jwtKey.key | quote }}
         path: {{ $a.jwtKey.key | quote }}
 {{- end }}
+{{- if .Values.gate.rules }}
+- name: wsgate-rules
+  configMap:
+    name: {{ include "wsgate.rulesConfigMap" . | quote }}
+    defaultMode: 0444
+    items:
+      - key: rules.yaml
+        path: rules.yaml
+{{- end }}
+{{- end }}
+
+{{/*
+wsgate.rulesConfigMap names the ConfigMap of gate.rules. Its content is not part of the
+checksum/config annotation: a rules change must reach running pods without restarting them.
+*/}}
+{{- define "wsgate.rulesConfigMap" -}}
+{{- printf "%s-rules" (include "wsgate.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
 {{/*
