@@ -159,8 +159,8 @@ func cost(c *Charge, bytes int64) int64 {
 type polKey struct {
 	rule string
 	kind policy.Key
-	per        time.Duration // 0 for the block and strikes entry
-	id         string
+	per  time.Duration // 0 for the block and strikes entry
+	id   string
 }
 
 // polEntry is a window's counter (fixed: n units until windowEnd; gcra:
