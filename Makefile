@@ -15,7 +15,7 @@ ROOT      := $(shell id -u 2>/dev/null)
 # with a bare "context deadline exceeded" that found nothing.
 FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth/clientip:FuzzXFF ./auth/clientip:FuzzProxyHeader ./auth:FuzzExtractToken ./proxy:FuzzCountSocketIOMessages ./proxy:FuzzPollingPayload ./policy:FuzzSocketIOEvent ./policy:FuzzJSONField ./policy:FuzzParse
 
-.PHONY: all build demo test unit fuzz e2e deps e2e-deps lint clean
+.PHONY: all build demo demo-rules test unit fuzz e2e deps e2e-deps lint clean
 
 all: build
 
@@ -26,6 +26,10 @@ build:
 ## demo: the gate on its embedded default (memory store) in front of a built-in echo backend.
 demo: build
 	./$(BIN) demo --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text
+
+## demo-rules: the demo under docs/rules.example.yaml (send "!hi" by hand more than 3 times in 10 s)
+demo-rules: build
+	./$(BIN) demo --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text --rules-file docs/rules.example.yaml
 
 ## test: everything CI runs: vet, unit tests with -race (and the allocation tests without it), a few seconds of fuzzing per target, end-to-end tests.
 test: deps e2e-deps lint unit fuzz e2e chart-test

@@ -84,12 +84,12 @@ func TestDemoJSONLog(t *testing.T) {
 	}
 }
 
-// startDemo runs `wsgate demo` on free ports with --log-format format.
-func startDemo(t *testing.T, format string) (listen string, p *proc) {
+// startDemo runs `wsgate demo` on free ports with --log-format format and args.
+func startDemo(t *testing.T, format string, args ...string) (listen string, p *proc) {
 	t.Helper()
 	listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	cmd := exec.Command(gateBin, "demo", "--listen", listen, "--admin-listen", admin, "--log-format", format)
+	cmd := exec.Command(gateBin, append([]string{"demo", "--listen", listen, "--admin-listen", admin, "--log-format", format}, args...)...)
 	cmd.Env = gateEnviron()
 	return listen, startProc(t, "wsgate demo", cmd)
 }

@@ -334,3 +334,47 @@ func TestRulesSocketIOClasses(t *testing.T) {
 		})
 	}
 }
+
+// TestDemoRules: `make demo-rules` runs the demo under docs/rules.example.yaml:
+// a fourth "!" message in 10 s is dropped with the 429 frame naming the
+// rule, and the socket goes on echoing.
+func TestDemoRules(t *testing.T) {
+	t.Parallel()
+	listen, p := startDemo(t, "text", "--rules-file", filepath.Join("..", "docs", "rules.example.yaml"))
+	var c *websocket.Conn
+	waitFor(t, "the demo's WebSocket", func() bool {
+		if p.exited() {
+			t.Fatalf("wsgate demo exited:\n%s", p.out.String())
+		}
+		var err error
+		c, _, err = websocket.Dial(testCtx(t), "ws://"+listen+"/ws", nil)
+		return err == nil
+	})
+	defer c.CloseNow()
+	for _, m := range []string{"!one", "!two", "!three"} {
+		echoOK(t, c, m)
+	}
+	send(t, c, "!four")
+	ruleRefusal(t, []byte(readText(t, c)), "shouts", "user")
+	echoOK(t, c, "a plain message still passes")
+}
+
+// TestRulesExamplesParse: the README's rules file and docs/rules.example.yaml
+// pass `wsgate rules check`.
+func TestRulesExamplesParse(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### Rules file")
+	_, block, ok2 := strings.Cut(rest, "```yaml\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("no yaml block under the README's Rules file section")
+	}
+	files := []string{writeTestFile(t, "readme.yaml", []byte(block)), filepath.Join("..", "docs", "rules.example.yaml")}
+	if out, err := exec.Command(gateBin, append([]string{"rules", "check"}, files...)...).CombinedOutput(); err != nil {
+		t.Fatalf("rules check: %v\n%s", err, out)
+	}
+}
