@@ -182,11 +182,20 @@ func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decis
 	s.tick(now)
 	for i := range charges {
 		c := &charges[i]
+		if len(c.Rule.Block) == 0 {
+			// A rule without a block is never blocked (on Redis a block left
+			// by an earlier version of the rule lasts until it expires).
+			continue
+		}
 		if g, ok := s.pol[s.blockKey(c)]; ok && g.blockEnd > now {
 			return policyRefusal(c, kind, true, g.blockEnd-now, 0)
 		}
 	}
 	granted := int64(n)
+	// Each window's entry is read once: what the check read is what the
+	// spend writes back (the store's lock is held throughout).
+	var buf [16]pendingWindow
+	ps := buf[:0]
 	for i := range charges {
 		c := &charges[i]
 		if c.GuardOnly {
@@ -194,25 +203,30 @@ func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decis
 		}
 		unit := cost(c, bytes)
 		for _, w := range c.Limits {
-			left := s.left(c, w, unit, now)
-			if left > 0 {
-				granted = min(granted, left)
-				continue
+			k := s.windowKey(c, w)
+			e := s.pol[k]
+			left := left(c, w, e, unit, now)
+			if left <= 0 {
+				return s.refuse(c, w, unit, kind, now)
 			}
-			return s.refuse(c, w, unit, kind, now)
+			granted = min(granted, left)
+			ps = append(ps, pendingWindow{k: k, e: e, c: c, w: w, unit: unit})
 		}
 	}
-	for i := range charges {
-		c := &charges[i]
-		if c.GuardOnly {
-			continue
-		}
-		unit := cost(c, bytes)
-		for _, w := range c.Limits {
-			s.spend(c, w, granted*unit, now)
-		}
+	for _, p := range ps {
+		s.pol[p.k] = spend(p.c, p.w, p.e, granted*p.unit, now)
 	}
 	return Decision{Allowed: true, Kind: kind, Granted: int(granted)}
+}
+
+// pendingWindow is a window a charge will spend from once every window
+// allowed.
+type pendingWindow struct {
+	k    polKey
+	e    polEntry
+	c    *Charge
+	w    policy.Window
+	unit int64
 }
 
 func (s *memory) blockKey(c *Charge) polKey {
@@ -223,9 +237,9 @@ func (s *memory) windowKey(c *Charge, w policy.Window) polKey {
 	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, per: w.Per, id: c.Key}
 }
 
-// left returns how many events of unit cost window w still allows.
-func (s *memory) left(c *Charge, w policy.Window, unit int64, now time.Duration) int64 {
-	e := s.pol[s.windowKey(c, w)]
+// left returns how many events of unit cost window w, whose entry is e,
+// still allows.
+func left(c *Charge, w policy.Window, e polEntry, unit int64, now time.Duration) int64 {
 	if unit == 0 {
 		return 1 << 31
 	}
@@ -244,9 +258,8 @@ func (s *memory) left(c *Charge, w policy.Window, unit int64, now time.Duration)
 	return (w.Limit - e.n) / unit
 }
 
-func (s *memory) spend(c *Charge, w policy.Window, units int64, now time.Duration) {
-	k := s.windowKey(c, w)
-	e := s.pol[k]
+// spend returns window w's entry e after units were counted.
+func spend(c *Charge, w policy.Window, e polEntry, units int64, now time.Duration) polEntry {
 	if c.Rule.Algorithm == policy.GCRA {
 		e.tat = max(e.tat, now) + time.Duration(units)*gcraInterval(w)
 		e.windowEnd = e.tat
@@ -256,7 +269,7 @@ func (s *memory) spend(c *Charge, w policy.Window, units int64, now time.Duratio
 		}
 		e.n += units
 	}
-	s.pol[k] = e
+	return e
 }
 
 // refuse applies a refusal of charge c by window w: with a block, the key
