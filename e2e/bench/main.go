@@ -199,6 +199,8 @@ func run(ctx context.Context, cfg config) (err error) {
 		func() (*target, error) { return e.startGate("memory") },
 		func() (*target, error) { return e.startGate("exact") },
 		func() (*target, error) { return e.startGate("lease") },
+		func() (*target, error) { return e.startGate("rules") },
+		func() (*target, error) { return e.startGate("rules-exact") },
 	} {
 		t, err := start()
 		if err != nil {

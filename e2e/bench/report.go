@@ -468,6 +468,13 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 			fmt.Sprintf("%s/s (plain upgrades: nginx %s/s, HAProxy %s/s)", fmtNum(w.upgFresh, 0), fmtNum(ng.upgFresh, 0), fmtNum(hp.upgFresh, 0)),
 			verdict(w.upgFresh >= 5000, has(w.upgFresh))})
 	}
+	for _, pair := range [][2]string{{"gate-rules", "gate-memory"}, {"gate-rules-exact", "gate-exact"}} {
+		w, flags := get(pair[0]), get(pair[1])
+		v := w.s1 / flags.s1
+		out = append(out, [3]string{fmt.Sprintf("S1 with a rules file equal to the flag rules within 5%%, %s", strings.TrimPrefix(pair[1], "gate-")),
+			fmt.Sprintf("%s rt/s vs %s with the flags = %s", fmtNum(w.s1, 0), fmtNum(flags.s1, 0), ratio(w.s1, flags.s1)),
+			verdict(v >= 0.95, has(v))})
+	}
 	allocs := "no micro-benchmark output"
 	relayOK, relaySeen := true, false
 	for _, m := range regexp.MustCompile(`(BenchmarkRelay\S*)\s.*?\s(\d+) allocs/op`).FindAllStringSubmatch(micro, -1) {

@@ -251,6 +251,14 @@ var gateLimits = []string{
 	"--user-conn-rate", "1000000/1m", "--ip-conn-rate", "1000000/1m",
 }
 
+// gateRulesFile is gateLimits as a rules file: the same four rules, by name.
+const gateRulesFile = `rules:
+  - {name: user-messages, key: user, limits: [100000000/10s], block: 5s}
+  - {name: ip-messages, key: ip, limits: [100000000/10s], block: 5s}
+  - {name: user-handshakes, key: user, count: handshakes, limits: [1000000/1m]}
+  - {name: ip-handshakes, key: ip, count: handshakes, limits: [1000000/1m]}
+`
+
 // probeLease asks the gate whether it knows --limit-mode lease (another change adds it).
 func (e *env) probeLease(leaseSize int) {
 	help, _ := exec.Command(e.gateBin, "--help").CombinedOutput()
@@ -274,11 +282,13 @@ func (e *env) probeLease(leaseSize int) {
 	e.leaseArgs = args
 }
 
-// startGate starts one gate; mode is "memory", "exact" or "lease".
+// startGate starts one gate; mode is "memory", "exact" or "lease", or
+// "rules" and "rules-exact": the memory and exact gates with gateLimits as a
+// rules file.
 func (e *env) startGate(mode string) (*target, error) {
 	t := &target{key: "gate-" + mode, name: "wsgate " + mode, proxy: true, gate: true}
 	switch {
-	case mode != "memory" && e.redisAddr == "":
+	case mode != "memory" && mode != "rules" && e.redisAddr == "":
 		t.skip = "n/a (redis-server not installed)"
 		return t, nil
 	case mode == "lease" && e.leaseArgs == nil:
@@ -298,8 +308,19 @@ func (e *env) startGate(mode string) (*target, error) {
 	t.admin = adminAddr
 	t.argv = []string{e.gateBin, "--listen", t.addr, "--admin-listen", adminAddr,
 		"--upstream", "http://" + e.backendAddr, "--jwt-hmac-secret-file", e.secretFile}
-	t.argv = append(t.argv, gateLimits...)
+	if strings.HasPrefix(mode, "rules") {
+		file := filepath.Join(e.tmp, "rules.yaml")
+		if err := os.WriteFile(file, []byte(gateRulesFile), 0o600); err != nil {
+			return nil, err
+		}
+		t.argv = append(t.argv, "--rules-file", file)
+	} else {
+		t.argv = append(t.argv, gateLimits...)
+	}
 	switch mode {
+	case "rules-exact":
+		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-rules", "--limit-mode", "exact")
+		t.redis = e.redisAddr
 	case "exact":
 		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-exact", "--limit-mode", "exact")
 		t.redis = e.redisAddr
