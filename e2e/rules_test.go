@@ -162,6 +162,127 @@ func TestRulesDrop(t *testing.T) {
 	}
 }
 
+// TestRulesDropCompressed: a compressed message is dropped like any other:
+// the gate negotiates client_no_context_takeover, so no later message
+// needs its bytes, and the connection stays.
+func TestRulesDropCompressed(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, dropRules, secretFile, "--compression")
+	opts := bearer(hsToken(t, secret, "squeezer")).options(t)
+	opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
+	c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("compression not negotiated: %q", ext)
+	}
+	echoOK(t, c, strings.Repeat("one ", 20))
+	echoOK(t, c, strings.Repeat("two ", 20))
+	// Two drops, each answered on the same connection (the third would
+	// close it: close-after).
+	for range 2 {
+		send(t, c, strings.Repeat("dropped ", 20))
+		ruleRefusal(t, []byte(readText(t, c)), "chatty", "user")
+	}
+	if got := b.msgs.Load(); got != 2 {
+		t.Errorf("the backend received %d messages, want the 2 allowed", got)
+	}
+}
+
+// TestRulesDropKeepsReading: dropped messages are skipped without the
+// budget of a pair that ends, however many bytes they add up to (here 1.2
+// MiB, past the 1 MiB a closing pair drains), and a dropped message that
+// never ends meets --message-timeout like a relayed one. The drops of one
+// block are logged once.
+func TestRulesDropKeepsReading(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, "rules: [{name: chatty, key: user, limits: [1/30s], action: drop}]\n", secretFile,
+		"--message-timeout", "1s")
+
+	c := dialAs(t, g.URL+"/echo", bearer(hsToken(t, secret, "bulky")))
+	echoOK(t, c, "1")
+	big := strings.Repeat("x", 100<<10)
+	for i := range 12 {
+		send(t, c, big)
+		typ, p, err := c.Read(testCtx(t))
+		if err != nil || typ != websocket.MessageText {
+			t.Fatalf("drop %d: %v %v: the gate stopped reading the client", i+1, typ, err)
+		}
+		ruleRefusal(t, p, "chatty", "user")
+	}
+	if got := b.msgs.Load(); got != 1 {
+		t.Errorf("the backend received %d messages, want the 1 allowed", got)
+	}
+	// One log line per block and connection, not one per drop.
+	if n := strings.Count(g.Output(), `msg="rate limited"`); n != 1 {
+		t.Errorf("%d log lines for 12 drops in one block, want 1", n)
+	}
+
+	rc, resp := rawDial(t, atkHostPort(g), "/echo",
+		http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "trickler")}})
+	defer rc.Close()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %d", resp.StatusCode)
+	}
+	_ = rc.SetDeadline(time.Now().Add(waitLimit))
+	if err := rc.writeFrame(true, 0x1, []byte("allowed")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.writeFrame(false, 0x1, []byte("dropped, and never ends")); err != nil {
+		t.Fatal(err)
+	}
+	if code, reason := rc.readCloseCode(); code != 1008 || reason != "message timeout" {
+		t.Fatalf("a dropped message that never ends: close %d %q, want 1008 \"message timeout\"", code, reason)
+	}
+}
+
+const shadowRules = `
+rules:
+  - {name: enforced, key: user, limits: [4/30s], block: 30s}
+  - {name: trial, key: user, limits: [2/30s], block: 30s, shadow: true}
+`
+
+// TestRulesShadow: a shadow rule beside an enforced one that matches the
+// same messages counts what it would refuse, messages and, while its block
+// lasts, handshakes, and refuses nothing; the enforced rule is still
+// checked and refuses on its own limit.
+func TestRulesShadow(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, shadowRules, secretFile)
+	tok := bearer(hsToken(t, secret, "trialist"))
+	c := dialAs(t, g.URL+"/echo", tok)
+	for _, m := range []string{"1", "2", "3"} {
+		echoOK(t, c, m)
+	}
+	trial := map[string]string{"rule": "trial"}
+	waitMetric(t, g, mRateLimited, trial, 1)
+	if err := c.Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatal(err)
+	}
+	// The shadow block would refuse this handshake: counted, not refused.
+	c = dialAs(t, g.URL+"/echo", tok)
+	waitMetric(t, g, mRateLimited, trial, 2)
+	echoOK(t, c, "4")
+	waitMetric(t, g, mRateLimited, trial, 3)
+	// Refused by the enforced rule, the message is charged to no rule.
+	send(t, c, "5")
+	ruleRefusal(t, []byte(readText(t, c)), "enforced", "user")
+	wantLimitClose(t, c)
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "enforced"}, 1)
+	waitMetric(t, g, mRateLimited, trial, 3)
+	if got := b.msgs.Load(); got != 4 {
+		t.Errorf("the backend received %d messages, want the 4 the enforced rule allows", got)
+	}
+}
+
 const reloadRules = `
 rules:
   - {name: user-messages, key: user, limits: [%s], block: 30s}

@@ -31,6 +31,10 @@ type direction struct {
 	ctlCount  int32 // control frames in the window of ControlFrameRate
 	granted   int32 // messages the limiter has granted ahead
 	discarded int32 // bytes read and dropped since the pair began to end (at most maxDrain)
+	// attachments counts the binary attachments the upstream still owes
+	// the socket.io packet it last began (engine.io connections only): no
+	// notice goes to the client before they have.
+	attachments int32
 
 	ctlStart        int64 // unix nanoseconds: window of ControlFrameRate
 	messages, bytes int64 // relayed to dst
@@ -291,12 +295,17 @@ func (d *direction) onControl(h ws.Header) error {
 func (d *direction) onClientData(h ws.Header) error {
 	starts := frames.StartsMessage(h)
 	if !starts && d.dropping {
-		d.dropping = !h.Fin
-		return d.skip()
+		return d.drop(h)
 	}
 	if starts {
-		if d.pr.p.cfg.Limiter != nil && d.limited(h) {
-			return d.skip()
+		if d.pr.p.cfg.Limiter != nil {
+			switch d.limited(h) {
+			case refused:
+				return d.skip()
+			case dropped:
+				d.timeMessage(h)
+				return d.drop(h)
+			}
 		}
 		d.timeMessage(h)
 	}
@@ -314,6 +323,9 @@ func (d *direction) onClientData(h ws.Header) error {
 
 // onUpstreamData handles a data frame from the upstream.
 func (d *direction) onUpstreamData(h ws.Header) error {
+	if d.pr.info != nil && d.pr.info.sio && frames.StartsMessage(h) {
+		d.attachments = pendingAttachments(h, d.r.Peek(), d.attachments)
+	}
 	if frames.StartsMessage(h) && d.pr.deflating {
 		return d.deflate(h)
 	}
@@ -432,6 +444,20 @@ func (d *direction) skip() error {
 	d.discarded += int32(n)
 	_, err := io.CopyN(io.Discard, &d.r, n)
 	return err
+}
+
+// drop skips the frame h of a message a rule dropped, under the message
+// timeout like a relayed one. Unlike skip it reads on without a budget: the
+// pair is open and the message is bounded by MaxMessageBytes.
+func (d *direction) drop(h ws.Header) error {
+	d.dropping = !h.Fin
+	if _, err := io.CopyN(io.Discard, &d.r, max(d.s.Unread(), 0)); err != nil {
+		return err
+	}
+	if h.Fin {
+		d.messageDone()
+	}
+	return nil
 }
 
 // stop handles the error that stopped d: reading its source, or writing to

@@ -18,9 +18,19 @@ import (
 // maxDecide bounds how many buffered messages one limiter call decides.
 const maxDecide = 64
 
-// limited decides the client message whose first header, h, was just read
-// and, when it is refused, ends the pair with the 429 frame and close 4008,
-// after the upstream has answered. Messages are decided ahead: when none
+// verdict is what the limits decided for a client message.
+type verdict uint8
+
+const (
+	relayed verdict = iota // the message goes upstream
+	dropped                // the message is skipped; the connection stays (a rule's drop action)
+	refused                // the pair ends (the limit's close, or a deny)
+)
+
+// limited decides the client message whose first header, h, was just read.
+// When it is refused, it ends the pair with the 429 frame and close 4008,
+// after the upstream has answered; when a rule drops it, the 429 frame is
+// sent as a notice and the connection stays. Messages are decided ahead: when none
 // is granted yet, one limiter call decides this message and every message
 // whose header is already buffered behind it (they have all arrived; the
 // call counts and refuses them as one call per message would at this
@@ -32,23 +42,23 @@ const maxDecide = 64
 // Config.SocketIOEvent in the refused message's namespace, and engine.io's
 // control packets (pings, pongs, noops) are not messages: they pass
 // without a decision, within the connection's allowance (freeControl).
-func (d *direction) limited(h ws.Header) bool {
+func (d *direction) limited(h ws.Header) verdict {
 	pr := d.pr
 	sio := pr.info != nil && pr.info.sio
 	if sio && pr.info.freeControl(h, d.r.Peek()) {
-		return false
+		return relayed
 	}
 	var cr *connRules
 	if pr.info != nil && pr.info.rules != nil {
 		cr = pr.info.rules
 		if cr.current(pr.p.cfg.Rules); cr.adm.Denied {
 			pr.end(&deniedEnding)
-			return true
+			return refused
 		}
 	}
 	if d.granted > 0 {
 		d.granted--
-		return false
+		return relayed
 	}
 	n := 1
 	perMessage := cr != nil && cr.perMessage()
@@ -69,26 +79,27 @@ func (d *direction) limited(h ws.Header) bool {
 		}
 		dec = pr.p.decideRules(context.Background(), cr, a)
 	}
-	refused := pr.p.enforce(dec, cr.tierName())
+	enforced := pr.p.enforce(dec, cr.tierName())
 	if !dec.Allowed {
 		pr.refused(dec)
 	}
-	if !refused {
+	if !enforced {
 		// Under --shadow a refusal lets this one message pass; the next
 		// one is decided again.
 		d.granted = int32(max(dec.Granted, 1) - 1)
-		return false
+		return relayed
 	}
 	text := limitBody(dec)
 	if sio {
 		text = pr.p.sioEvent(frameNamespace(h, d.r.Peek()), dec)
 	}
-	// A compressed message cannot be dropped: the messages after it are
-	// inflated with its bytes in the window (context takeover).
-	if r := cr.ruleOf(dec); r != nil && r.Action == policy.Drop && h.Rsv == 0 && !cr.dropped(r, time.Now()) {
-		d.dropping = !h.Fin
+	// A compressed message can be dropped: the gate negotiates
+	// client_no_context_takeover, so no later message is inflated with
+	// its bytes. A socket.io packet with binary attachments cannot: the
+	// app would read the packets around it as garbage.
+	if r := cr.ruleOf(dec); r != nil && r.Action == policy.Drop && !(sio && withAttachments(h, d.r.Peek())) && !cr.dropped(r, time.Now()) {
 		pr.notify(text)
-		return true
+		return dropped
 	}
 	pr.end(&ending{
 		initiator:     byGate,
@@ -99,7 +110,7 @@ func (d *direction) limited(h ws.Header) bool {
 		upCode:        frames.StatusRateLimited,
 		upReason:      "Rate limit",
 	})
-	return true
+	return refused
 }
 
 // notify publishes text for the client, sent by the direction to the
@@ -113,7 +124,7 @@ func (pr *pair) notify(text []byte) {
 // two messages from the upstream.
 func (d *direction) sendNotice() {
 	info := d.pr.info
-	if info == nil || info.notice.Load() == nil || d.s.InMessage() {
+	if info == nil || info.notice.Load() == nil || d.s.InMessage() || d.attachments > 0 {
 		return
 	}
 	text := info.notice.Swap(nil)

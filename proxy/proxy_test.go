@@ -772,3 +772,29 @@ func TestMessageLimitBurst(t *testing.T) {
 	}
 	t.Logf("%d limiter calls for a burst of 8 messages", cl.calls.Load())
 }
+
+// TestRuleName: a refusal is named by its rule, a flag rule by its flag,
+// and one no rule decided (--failure-mode closed with Redis down) by the
+// failure mode, even where it carries a rule for its action.
+func TestRuleName(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		d        limit.Decision
+		openConn bool
+		want     string
+	}{
+		{limit.Decision{Rule: "chat", Kind: limit.KindMessage, Scope: "user"}, false, "chat"},
+		{limit.Decision{Rule: "chat", Fallback: true, Kind: limit.KindMessage, Scope: "user"}, false, "failure-mode"},
+		{limit.Decision{Rule: "chat", Fallback: true, Store: "memory", Kind: limit.KindMessage, Scope: "user"}, false, "chat"},
+		{limit.Decision{Fallback: true, Kind: limit.KindMessage, Scope: limit.ScopeUser}, false, "failure-mode"},
+		{limit.Decision{Kind: limit.KindMessage, Scope: limit.ScopeUser}, false, "user-rate"},
+		{limit.Decision{Kind: limit.KindMessage, Scope: limit.ScopeIP}, false, "ip-rate"},
+		{limit.Decision{Kind: limit.KindConnection, Scope: limit.ScopeIP}, true, "ip-max-conns"},
+		{limit.Decision{Kind: limit.KindConnection, Scope: limit.ScopeIP}, false, "ip-conn-rate"},
+		{limit.Decision{Kind: limit.KindConnection, Scope: limit.ScopeUser}, false, "user-conn-rate"},
+	} {
+		if got := ruleName(tc.d, tc.openConn); got != tc.want {
+			t.Errorf("ruleName(%+v, %v) = %q, want %q", tc.d, tc.openConn, got, tc.want)
+		}
+	}
+}

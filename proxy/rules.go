@@ -22,7 +22,12 @@ import (
 // reads: the ones buffered with its first header, unmasked on the stack.
 const classifyBytes = 512
 
-// connRules is a connection's (or a request's) place in the policy.
+// connRules is a connection's (or a request's) place in the policy. Its
+// client is set at the handshake and never changes: RulesChanged reads it
+// from another goroutine. Everything else (the policy and admission in
+// force, the tier, the scratch, the drop counts, the log throttle) belongs
+// to the direction from the client, the only one that decides the
+// connection's messages.
 type connRules struct {
 	pol    *policy.Policy
 	client policy.Client
@@ -30,6 +35,9 @@ type connRules struct {
 	tier   string
 
 	charges []limit.Charge // scratch of one decision
+	// quietUntil is when the next shadow refusal may be logged (unix
+	// nanoseconds).
+	quietUntil int64
 	// drops counts, per rule that drops, the drops in its first window,
 	// for close-after.
 	drops map[string]*dropCount
@@ -91,7 +99,9 @@ func (p *Proxy) denied(w http.ResponseWriter, r *http.Request, cl client) {
 }
 
 // neededHeaders keeps the request headers the policy's rules key by: an
-// open connection holds them, not the whole request.
+// open connection holds them, not the whole request. A rule keyed by a
+// header that a reload adds therefore applies to the connections opened
+// after the reload; the open ones have no value for its key.
 func neededHeaders(pol *policy.Policy, h http.Header) http.Header {
 	var out http.Header
 	for i := range pol.Rules {
@@ -161,8 +171,14 @@ func (p *Proxy) decideRules(ctx context.Context, cr *connRules, a ask) limit.Dec
 		return limit.Decision{Allowed: true, Kind: kind, Granted: a.n}
 	}
 	d := p.charge(ctx, cr, a, kind, false)
+	// The shadow rules are charged what the enforced ones granted, so that
+	// they count what reaches the app. A refused message is charged to no
+	// rule, shadow rules included: they see the traffic the enforced rules
+	// let through, as they would once enforced in their place.
 	if d.Allowed && cr.hasShadow(a) {
-		if s := p.charge(ctx, cr, a, kind, true); !s.Allowed {
+		sa := a
+		sa.n = max(d.Granted, 1)
+		if s := p.charge(ctx, cr, sa, kind, true); !s.Allowed {
 			p.shadowRefused(cr, s)
 		}
 	}
@@ -206,24 +222,39 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 	return d
 }
 
-// hasShadow reports whether a shadow rule applies to a.
+// hasShadow reports whether a shadow rule takes part in deciding a: for a
+// handshake, a shadow handshake rule or the block of a shadow message rule
+// (charge's guards).
 func (cr *connRules) hasShadow(a ask) bool {
-	aps := cr.adm.Messages
-	if a.handshake {
-		aps = cr.adm.Handshake
-	}
-	for i := range aps {
-		if aps[i].Rule.Shadow {
+	for i := range cr.adm.Messages {
+		if r := cr.adm.Messages[i].Rule; r.Shadow && (!a.handshake || r.Class == "" && len(r.Block) > 0) {
 			return true
+		}
+	}
+	if a.handshake {
+		for i := range cr.adm.Handshake {
+			if cr.adm.Handshake[i].Rule.Shadow {
+				return true
+			}
 		}
 	}
 	return false
 }
 
-// shadowRefused counts and logs the refusal of a shadow rule.
+// shadowRefused counts every refusal of a shadow rule and logs one line
+// per block (or second) and connection.
 func (p *Proxy) shadowRefused(cr *connRules, d limit.Decision) {
-	p.decisions[0].shadow.Inc()
+	c := &p.decisions[0]
+	if d.Fallback {
+		c = &p.decisions[1]
+	}
+	c.shadow.Inc()
 	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, d.Rule, cr.tier).Inc()
+	now := time.Now().UnixNano()
+	if now < cr.quietUntil {
+		return
+	}
+	cr.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
 	p.log.Info("rate limited", "rule", d.Rule, "scope", d.Scope, "kind", d.Kind, "shadow", true,
 		"client_ip", cr.client.IP.String(), "identity", cr.client.User, "path", cr.client.Path,
 		"retry_after_ms", d.RetryAfter.Milliseconds())

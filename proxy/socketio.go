@@ -187,6 +187,49 @@ func countSocketIOMessages(p []byte, limit int) int {
 	return n
 }
 
+// withAttachments reports whether the client frame with header h, whose
+// payload (still masked) starts buf, belongs to a socket.io packet with
+// binary attachments: a binary frame (an attachment), a text frame that
+// starts a BINARY_EVENT or BINARY_ACK, or a compressed frame, whose packet
+// type the gate cannot see.
+func withAttachments(h ws.Header, buf []byte) bool {
+	if h.OpCode == ws.OpBinary || h.Rsv1() {
+		return true
+	}
+	var p [2]byte
+	n := copy(p[:min(h.Length, 2)], buf)
+	if h.Masked {
+		ws.Cipher(p[:n], h.Mask, 0)
+	}
+	return n == 2 && p[0] == eioMessage && (p[1] == sioTypeBinaryEvent || p[1] == sioTypeBinaryAck)
+}
+
+// pendingAttachments returns how many binary attachments the upstream owes
+// after the first frame, h, of its message whose payload starts buf, given
+// it owed n before: a binary message is one of them; a BINARY_EVENT or
+// BINARY_ACK ("45<count>-..." or "46<count>-...") announces count more.
+func pendingAttachments(h ws.Header, buf []byte, n int32) int32 {
+	if h.OpCode == ws.OpBinary {
+		return max(n-1, 0)
+	}
+	p := buf[:min(h.Length, int64(len(buf)), 12)]
+	if h.Masked || h.Rsv1() || len(p) < 4 || p[0] != eioMessage || p[1] != sioTypeBinaryEvent && p[1] != sioTypeBinaryAck {
+		return 0
+	}
+	count := int32(0)
+	for _, c := range p[2:] {
+		switch {
+		case c >= '0' && c <= '9':
+			count = count*10 + int32(c-'0')
+		case c == '-':
+			return count
+		default:
+			return 0
+		}
+	}
+	return 0
+}
+
 // namespace returns the namespace of engine.io packet p (a message that
 // holds a socket.io packet), "" for the main namespace "/" or when p names
 // none the gate would echo: more than maxNamespace bytes, or bytes other

@@ -320,3 +320,62 @@ func TestNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestAttachments: the client packets a drop would tear from their
+// attachments are recognised, and the count of attachments the upstream
+// owes follows its BINARY_EVENT and BINARY_ACK packets.
+func TestAttachments(t *testing.T) {
+	t.Parallel()
+	header := func(p []byte) (ws.Header, []byte) {
+		r := bytes.NewReader(p)
+		h, err := ws.ReadHeader(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h, p[len(p)-r.Len():]
+	}
+	for p, want := range map[string]bool{
+		`42["chat","hi"]`: false,
+		`451-["chat",{"_placeholder":true,"num":0}]`:  true,
+		`461-/admin,7[{"_placeholder":true,"num":0}]`: true,
+		"bin:\x01\x02":     true,
+		"4":                false,
+		`43/admin,7["ok"]`: false,
+		`40`:               false,
+	} {
+		h, buf := header(clientFrames(t, p))
+		if got := withAttachments(h, buf); got != want {
+			t.Errorf("withAttachments(%q) = %v, want %v", p, got, want)
+		}
+	}
+
+	var n int32
+	for _, step := range []struct {
+		payload string
+		binary  bool
+		want    int32
+	}{
+		{`42["news"]`, false, 0},
+		{`452-["up",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]`, false, 2},
+		{"\x01", true, 1},
+		{"\x02", true, 0},
+		{"\x03", true, 0},
+		{`4612-/a,1[]`, false, 12},
+		{`42["a text packet resets a broken count"]`, false, 0},
+		{`45x-[]`, false, 0},
+		{`451`, false, 0},
+	} {
+		f := ws.NewTextFrame([]byte(step.payload))
+		if step.binary {
+			f = ws.NewBinaryFrame([]byte(step.payload))
+		}
+		var b bytes.Buffer
+		if err := ws.WriteFrame(&b, f); err != nil {
+			t.Fatal(err)
+		}
+		h, buf := header(b.Bytes())
+		if n = pendingAttachments(h, buf, n); n != step.want {
+			t.Fatalf("after %q: %d attachments owed, want %d", step.payload, n, step.want)
+		}
+	}
+}

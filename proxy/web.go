@@ -175,7 +175,7 @@ type connInfo struct {
 	// packets that pass without counting (sioFreeControl).
 	freeStart int64
 	freeCount int32
-	// quietUntil is when the next shadow refusal may be logged (unix
+	// quietUntil is when the next refusal may be logged (unix
 	// nanoseconds): one line per block, not one per message.
 	quietUntil int64
 
@@ -257,10 +257,10 @@ func (p *Proxy) logRefusal(d limit.Decision, rf refusal) {
 // ruleName names the rule behind a refusal by its flag.
 func ruleName(d limit.Decision, openConn bool) string {
 	switch {
-	case d.Rule != "":
-		return d.Rule
 	case d.Fallback && d.Store == "":
 		return "failure-mode" // closed: no rule decided
+	case d.Rule != "":
+		return d.Rule
 	case openConn && d.Kind == limit.KindConnection:
 		return "ip-max-conns"
 	case d.Kind == limit.KindMessage && d.Scope == limit.ScopeIP:
@@ -273,21 +273,20 @@ func ruleName(d limit.Decision, openConn bool) string {
 	return "user-conn-rate"
 }
 
-// refused logs the refusal of a message of pr, allowed under Shadow or
-// not: under Shadow, one line per block (or second) and connection.
+// refused logs the refusal of a message of pr, allowed under Shadow,
+// dropped by a rule, or closing the connection: one line per block (or
+// second) and connection.
 func (pr *pair) refused(d limit.Decision) {
 	info := pr.info
 	if info == nil {
 		info = &connInfo{id: newConnID()}
 		pr.info = info
 	}
-	if pr.p.cfg.Shadow {
-		now := time.Now().UnixNano()
-		if now < info.quietUntil {
-			return
-		}
-		info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
+	now := time.Now().UnixNano()
+	if now < info.quietUntil {
+		return
 	}
+	info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
 	transport := "websocket"
 	rf := refusal{event: "message", transport: transport, connID: info.id, ip: pr.clientIP,
 		userKey: pr.userKey, subject: info.subject, path: pr.path}
