@@ -193,6 +193,64 @@ func TestRulesDropCompressed(t *testing.T) {
 	}
 }
 
+const frameRules = `
+classes:
+  - {name: chat, json-field: {path: type, equals: chat}}
+rules:
+  - {name: chat, class: chat, key: user, limits: [2/30s], action: drop}
+  - {name: bytes, key: user, count: bytes, limits: [4KiB/30s]}
+`
+
+// TestRulesCompressedAndFragmented: a compressed message is classified
+// from its inflated first bytes; a byte rule counts every frame of a
+// fragmented message, and a message that crosses the budget partway ends
+// the connection (half a message cannot be taken back).
+func TestRulesCompressedAndFragmented(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, frameRules, secretFile, "--compression")
+
+	opts := bearer(hsToken(t, secret, "squeezed-chat")).options(t)
+	opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
+	c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("compression not negotiated: %q", ext)
+	}
+	chat := `{"type":"chat","text":"hello hello hello hello"}`
+	echoOK(t, c, chat)
+	echoOK(t, c, chat)
+	send(t, c, chat)
+	ruleRefusal(t, []byte(readText(t, c)), "chat", "user")
+	echoOK(t, c, `{"type":"typing","text":"hello hello hello hello"}`)
+
+	rc, resp2 := rawDial(t, atkHostPort(g), "/echo",
+		http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "fragmenter")}})
+	defer rc.Close()
+	if resp2.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %d", resp2.StatusCode)
+	}
+	_ = rc.SetDeadline(time.Now().Add(waitLimit))
+	kib := []byte(strings.Repeat("y", 1024))
+	if err := rc.writeFrame(false, 0x1, []byte(`{"type":"note"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := rc.writeFrame(i == 4, 0x0, kib); err != nil {
+			break // the gate may have closed already
+		}
+	}
+	code, _ := rc.readCloseCode()
+	if code != 4008 {
+		t.Fatalf("a fragmented message of 5 KiB under a 4 KiB byte rule: close %d, want 4008", code)
+	}
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "bytes"}, 1)
+}
+
 // TestRulesDropKeepsReading: dropped messages are skipped without the
 // budget of a pair that ends, however many bytes they add up to (here 1.2
 // MiB, past the 1 MiB a closing pair drains), and a dropped message that

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"compress/flate"
 	"errors"
 	"io"
@@ -32,7 +33,31 @@ var (
 		})
 	}}
 	chunks = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+	heads  = sync.Pool{New: func() any { h := new(headReader); h.fr = flate.NewReader(&h.src); return h }}
 )
+
+// headReader inflates the first bytes of a compressed message.
+type headReader struct {
+	src bytes.Reader
+	fr  io.ReadCloser
+}
+
+// inflateHead inflates into out what of a compressed message's deflate
+// data in (its first bytes) gives, and returns how many bytes it wrote. The
+// message's own state is untouched: the gate negotiates no context
+// takeover, so its first bytes inflate on their own. Without the message's
+// tail nothing is read past in: the bytes decoded up to where in ends are
+// all there is.
+func inflateHead(in, out []byte) int {
+	h := heads.Get().(*headReader)
+	defer heads.Put(h)
+	h.src.Reset(in)
+	if err := h.fr.(flate.Resetter).Reset(&h.src, nil); err != nil {
+		return 0
+	}
+	n, _ := io.ReadFull(h.fr, out)
+	return n
+}
 
 // errCloseInMessage stops a compressed message whose sender closed the
 // connection before its last frame: the close frame has been forwarded.

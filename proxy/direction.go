@@ -297,6 +297,9 @@ func (d *direction) onClientData(h ws.Header) error {
 	if !starts && d.dropping {
 		return d.drop(h)
 	}
+	if !starts && d.pr.p.cfg.Limiter != nil && d.limitedMore(h) {
+		return d.skip()
+	}
 	if starts {
 		if d.pr.p.cfg.Limiter != nil {
 			switch d.limited(h) {

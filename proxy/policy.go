@@ -77,6 +77,7 @@ func (d *direction) limited(h ws.Header) verdict {
 		if perMessage {
 			a.class = d.classOf(h, cr.pol)
 		}
+		cr.class = a.class
 		dec = pr.p.decideRules(context.Background(), cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())
@@ -101,7 +102,38 @@ func (d *direction) limited(h ws.Header) verdict {
 		pr.notify(text)
 		return dropped
 	}
-	pr.end(&ending{
+	pr.end(limitEnding(text))
+	return refused
+}
+
+// limitedMore charges the later frame h of a client message to the byte
+// rules that cover the message. Half a message cannot be taken back: over
+// a budget, the pair ends as under a close action, whatever the rule's.
+func (d *direction) limitedMore(h ws.Header) bool {
+	pr := d.pr
+	if h.Length == 0 || pr.info == nil || pr.info.rules == nil || !pr.info.rules.countsBytes {
+		return false
+	}
+	cr := pr.info.rules
+	dec := pr.p.decideRules(context.Background(), cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+	if !dec.Allowed {
+		pr.refused(dec)
+	}
+	if !pr.p.enforce(dec, cr.tier) {
+		return false
+	}
+	text := limitBody(dec)
+	if pr.info.sio {
+		text = pr.p.sioEvent("", dec)
+	}
+	pr.end(limitEnding(text))
+	return true
+}
+
+// limitEnding is the ending of a pair by a limit's close: the 429 text,
+// then 4008 to both sides, after the upstream has answered.
+func limitEnding(text []byte) *ending {
+	return &ending{
 		initiator:     byGate,
 		afterUpstream: true,
 		clientText:    text,
@@ -109,8 +141,7 @@ func (d *direction) limited(h ws.Header) verdict {
 		clientReason:  "Rate limit",
 		upCode:        frames.StatusRateLimited,
 		upReason:      "Rate limit",
-	})
-	return refused
+	}
 }
 
 // notify publishes text for the client, sent by the direction to the

@@ -35,6 +35,11 @@ type connRules struct {
 	tier   string
 
 	charges []limit.Charge // scratch of one decision
+	// countsBytes: a message rule that applies counts bytes.
+	countsBytes bool
+	// class is the class of the client message being read (its later
+	// frames are charged to the byte rules that cover it).
+	class int
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds).
 	quietUntil int64
@@ -125,6 +130,12 @@ func (cr *connRules) admit(pol *policy.Policy) {
 	if cr.adm.Tier != nil {
 		cr.tier = cr.adm.Tier.Name
 	}
+	cr.countsBytes = false
+	for i := range cr.adm.Messages {
+		if cr.adm.Messages[i].Rule.Count == policy.CountBytes {
+			cr.countsBytes = true
+		}
+	}
 }
 
 // current admits the connection again when the policy in force changed.
@@ -138,22 +149,16 @@ func (cr *connRules) current(live *policy.Live) {
 // the policy has classes or counts bytes, so messages differ in what they
 // cost.
 func (cr *connRules) perMessage() bool {
-	if len(cr.pol.Classes) > 0 {
-		return true
-	}
-	for i := range cr.adm.Messages {
-		if cr.adm.Messages[i].Rule.Count == policy.CountBytes {
-			return true
-		}
-	}
-	return false
+	return len(cr.pol.Classes) > 0 || cr.countsBytes
 }
 
 // ask is one decision under the rules file: a handshake, or n messages of
 // class (an index into the policy's classes, -1 for none) whose first has
-// bytes of payload.
+// bytes of payload, or (more) a later frame of a message, with bytes of
+// payload, which only byte rules count.
 type ask struct {
 	handshake bool
+	more      bool
 	n         int
 	class     int
 	bytes     int64
@@ -207,7 +212,8 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 		}
 	} else {
 		for i := range cr.adm.Messages {
-			if ap := &cr.adm.Messages[i]; ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) {
+			ap := &cr.adm.Messages[i]
+			if ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) && (!a.more || ap.Rule.Count == policy.CountBytes) {
 				add(ap, false)
 			}
 		}
@@ -272,13 +278,17 @@ func (cr *connRules) ruleOf(d limit.Decision) *policy.Rule {
 // just read, from the bytes of its payload already buffered: -1 for a
 // binary or compressed message, or when the policy has no classes.
 func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
-	if len(pol.Classes) == 0 || h.OpCode != ws.OpText || h.Rsv != 0 {
+	if len(pol.Classes) == 0 || h.OpCode != ws.OpText {
 		return -1
 	}
 	var head [classifyBytes]byte
 	n := copy(head[:min(int64(len(head)), h.Length)], d.r.Peek())
 	if h.Masked {
 		ws.Cipher(head[:n], h.Mask, 0)
+	}
+	if h.Rsv1() {
+		var plain [classifyBytes]byte
+		return pol.Classify(plain[:inflateHead(head[:n], plain[:])])
 	}
 	return pol.Classify(head[:n])
 }

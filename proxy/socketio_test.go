@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"compress/flate"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -377,5 +378,36 @@ func TestAttachments(t *testing.T) {
 		if n = pendingAttachments(h, buf, n); n != step.want {
 			t.Fatalf("after %q: %d attachments owed, want %d", step.payload, n, step.want)
 		}
+	}
+}
+
+// TestInflateHead: the first bytes of a compressed message inflate on their
+// own, whole or cut anywhere, without allocating.
+func TestInflateHead(t *testing.T) {
+	msg := []byte(`42["chat:send",{"text":"` + strings.Repeat("hello, ", 200) + `"}]`)
+	var b bytes.Buffer
+	fw, err := flate.NewWriter(&b, flate.BestSpeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deflated := b.Bytes()
+	var out [classifyBytes]byte
+	if n := inflateHead(deflated, out[:]); !bytes.Equal(out[:n], msg[:classifyBytes]) {
+		t.Fatalf("a whole message's head inflated to %q", out[:n])
+	}
+	for cut := range len(deflated) {
+		n := inflateHead(deflated[:cut], out[:])
+		if !bytes.HasPrefix(msg, out[:n]) {
+			t.Fatalf("cut at %d: inflated %q, not a prefix of the message", cut, out[:n])
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { inflateHead(deflated, out[:]) }); a != 0 {
+		t.Errorf("inflateHead allocates %v times", a)
 	}
 }
