@@ -123,6 +123,8 @@ func TestRulesTiersAllowDeny(t *testing.T) {
 	}
 	waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages", "tier": ""}, 1)
 	waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages", "tier": "pro"}, 1)
+	waitMetric(t, g, mDecisions, map[string]string{"decision": "limited", "tier": "pro"}, 1)
+	waitMetric(t, g, mDecisions, map[string]string{"decision": "limited", "tier": ""}, 1)
 
 	for _, p := range []peer{bearer(hsToken(t, secret, "mallory")), bearer(hsToken(t, secret, "eve")).from("127.0.0.9")} {
 		_, resp, err := tryDial(t, g.URL+"/echo", p)

@@ -121,7 +121,7 @@ type Metrics struct {
 	HandshakeDuration prometheus.Histogram
 	HTTPRequests      *prometheus.CounterVec // code: the exact status of a pass-through request
 	RateLimited       *prometheus.CounterVec // scope, kind, rule, tier
-	LimiterDecisions  *prometheus.CounterVec // decision, cause
+	LimiterDecisions  *prometheus.CounterVec // decision, cause, tier
 	LimiterDuration   *prometheus.HistogramVec
 	LimiterFallback   prometheus.Counter
 	AuthFailures      *prometheus.CounterVec // reason
@@ -172,8 +172,8 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 		}, []string{"scope", "kind", "rule", "tier"}),
 		LimiterDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "limiter_decisions_total",
-			Help: "Limiter decisions, one per message, handshake or HTTP request: decision allowed, limited (enforced) or shadow_limited (--shadow); cause rules (the store decided) or fallback (--failure-mode decided because Redis failed or was too slow).",
-		}, []string{"decision", "cause"}),
+			Help: "Limiter decisions, one per message, handshake or HTTP request: decision allowed, limited (enforced) or shadow_limited (--shadow); cause rules (the store decided) or fallback (--failure-mode decided because Redis failed or was too slow); the client's tier under a rules file (\"\" without tiers).",
+		}, []string{"decision", "cause", "tier"}),
 		LimiterDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "limiter_duration_seconds",
 			Help:    "Time a limiter call took, by the store that decided; one call decides every message already buffered on a connection.",
@@ -223,7 +223,7 @@ func New(reg prometheus.Registerer, version, commit string) *Metrics {
 	}
 	for _, d := range []string{DecisionAllowed, DecisionLimited, DecisionShadow} {
 		for _, c := range []string{CauseRules, CauseFallback} {
-			m.LimiterDecisions.WithLabelValues(d, c)
+			m.LimiterDecisions.WithLabelValues(d, c, "")
 		}
 	}
 	return m

@@ -48,8 +48,40 @@ func (p *Proxy) observe(d limit.Decision, start time.Time) {
 	}
 }
 
-// decisionCounters are limiter_decisions_total's series of one cause.
+// decisionCounters are limiter_decisions_total's series of one cause and
+// tier.
 type decisionCounters struct{ allowed, limited, shadow prometheus.Counter }
+
+// newDecisionCounters makes the series of tier, by cause: rules, fallback.
+func (p *Proxy) newDecisionCounters(tier string) (cs [2]decisionCounters) {
+	for i, cause := range []string{metrics.CauseRules, metrics.CauseFallback} {
+		cs[i] = decisionCounters{
+			allowed: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionAllowed, cause, tier),
+			limited: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionLimited, cause, tier),
+			shadow:  p.m.LimiterDecisions.WithLabelValues(metrics.DecisionShadow, cause, tier),
+		}
+	}
+	return cs
+}
+
+// decisionsOf returns the series of a decision of cause (d.Fallback) for a
+// client of tier. Tiers are few, named by the rules file: their series are
+// made at first use and kept.
+func (p *Proxy) decisionsOf(d limit.Decision, tier string) *decisionCounters {
+	cs := &p.decisions
+	if tier != "" {
+		v, ok := p.tierDecisions.Load(tier)
+		if !ok {
+			made := p.newDecisionCounters(tier)
+			v, _ = p.tierDecisions.LoadOrStore(tier, &made)
+		}
+		cs = v.(*[2]decisionCounters)
+	}
+	if d.Fallback {
+		return &cs[1]
+	}
+	return &cs[0]
+}
 
 // enforce records a limiter decision in the metrics, allowed or not, under
 // the cause that took it (the rules, or the failure mode when Redis failed;
@@ -68,9 +100,8 @@ func (p *Proxy) enforceOpenConn(d limit.Decision, tier string) bool {
 
 // enforceRule is enforce with the refusing rule's name for the metrics.
 func (p *Proxy) enforceRule(d limit.Decision, rule, tier string) bool {
-	c := &p.decisions[0]
+	c := p.decisionsOf(d, tier)
 	if d.Fallback {
-		c = &p.decisions[1]
 		p.m.LimiterFallback.Inc()
 	}
 	if d.Allowed {

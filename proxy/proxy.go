@@ -218,7 +218,8 @@ type Proxy struct {
 
 	// Counters of the per-frame path, resolved once.
 	msgsIn, msgsOut, bytesIn, bytesOut prometheus.Counter
-	decisions                          [2]decisionCounters // by cause: rules, fallback
+	decisions                          [2]decisionCounters // by cause: rules, fallback; tier ""
+	tierDecisions                      sync.Map            // tier name → *[2]decisionCounters
 	durMemory, durRedis                prometheus.Observer
 
 	mu    sync.Mutex
@@ -270,13 +271,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.msgsOut = p.m.Messages.WithLabelValues(metrics.UpstreamToClient)
 	p.bytesIn = p.m.MessageBytes.WithLabelValues(metrics.ClientToUpstream)
 	p.bytesOut = p.m.MessageBytes.WithLabelValues(metrics.UpstreamToClient)
-	for i, cause := range []string{metrics.CauseRules, metrics.CauseFallback} {
-		p.decisions[i] = decisionCounters{
-			allowed: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionAllowed, cause),
-			limited: p.m.LimiterDecisions.WithLabelValues(metrics.DecisionLimited, cause),
-			shadow:  p.m.LimiterDecisions.WithLabelValues(metrics.DecisionShadow, cause),
-		}
-	}
+	p.decisions = p.newDecisionCounters("")
 	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
 	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
 	p.dial = (&net.Dialer{KeepAlive: upstreamKeepAlive(u)}).DialContext

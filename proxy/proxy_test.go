@@ -763,7 +763,7 @@ func TestMessageLimitBurst(t *testing.T) {
 		t.Fatalf("rate_limited{user,message} = %v, want 1", got)
 	}
 	// One per event: the handshake and the 5 messages.
-	if got := testutil.ToFloat64(g.m.LimiterDecisions.WithLabelValues("allowed", "rules")); got != 6 {
+	if got := testutil.ToFloat64(g.m.LimiterDecisions.WithLabelValues("allowed", "rules", "")); got != 6 {
 		t.Fatalf("limiter_decisions_total{allowed} = %v, want 6", got)
 	}
 	// One read takes the whole burst: one call grants 5, one refuses.

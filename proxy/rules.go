@@ -250,11 +250,7 @@ func (cr *connRules) hasShadow(a ask) bool {
 // shadowRefused counts every refusal of a shadow rule and logs one line
 // per block (or second) and connection.
 func (p *Proxy) shadowRefused(cr *connRules, d limit.Decision) {
-	c := &p.decisions[0]
-	if d.Fallback {
-		c = &p.decisions[1]
-	}
-	c.shadow.Inc()
+	p.decisionsOf(d, cr.tier).shadow.Inc()
 	p.m.RateLimited.WithLabelValues(d.Scope, d.Kind, d.Rule, cr.tier).Inc()
 	now := time.Now().UnixNano()
 	if now < cr.quietUntil {
