@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -540,8 +541,9 @@ func TestDemoRules(t *testing.T) {
 	echoOK(t, c, "a plain message still passes")
 }
 
-// TestRulesExamplesParse: the README's rules file and docs/rules.example.yaml
-// pass `wsgate rules check`.
+// TestRulesExamplesParse: every rules file of the README's Rules file
+// section (the reference and the worked examples) and
+// docs/rules.example.yaml pass `wsgate rules check`.
 func TestRulesExamplesParse(t *testing.T) {
 	t.Parallel()
 	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
@@ -549,12 +551,21 @@ func TestRulesExamplesParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(readme), "### Rules file")
-	_, block, ok2 := strings.Cut(rest, "```yaml\n")
-	block, _, ok3 := strings.Cut(block, "```")
-	if !ok || !ok2 || !ok3 {
-		t.Fatal("no yaml block under the README's Rules file section")
+	section, _, ok2 := strings.Cut(rest, "\n### ")
+	if !ok || !ok2 {
+		t.Fatal("no Rules file section in the README")
 	}
-	files := []string{writeTestFile(t, "readme.yaml", []byte(block)), filepath.Join("..", "docs", "rules.example.yaml")}
+	files := []string{filepath.Join("..", "docs", "rules.example.yaml")}
+	for i, block := range strings.Split(section, "```yaml\n")[1:] {
+		block, _, ok := strings.Cut(block, "```")
+		if !ok {
+			t.Fatalf("yaml block %d of the Rules file section does not end", i+1)
+		}
+		files = append(files, writeTestFile(t, fmt.Sprintf("readme-%d.yaml", i+1), []byte(block)))
+	}
+	if len(files) < 7 {
+		t.Fatalf("%d rules files in the README's Rules file section, want the reference and 5 worked examples", len(files)-1)
+	}
 	if out, err := exec.Command(gateBin, append([]string{"rules", "check"}, files...)...).CombinedOutput(); err != nil {
 		t.Fatalf("rules check: %v\n%s", err, out)
 	}
