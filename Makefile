@@ -36,7 +36,7 @@ test: deps e2e-deps lint unit fuzz e2e chart-test
 
 unit:
 	$(GO) test -race -count=1 ./...
-	$(GO) test -count=1 -run 'Allocate' ./frames/
+	$(GO) test -count=1 -run 'Allocate|InflateHead' ./frames/ ./proxy/
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
