@@ -36,15 +36,15 @@ type memory struct {
 
 	mu         sync.Mutex
 	m          map[memKey]memEntry
-	pol        map[polKey]polEntry // the rules file's counters (policy.go)
-	calls      int                 // since the last sweep
+	pol        map[polKey]*polEntry // the rules file's counters (policy.go)
+	calls      int                  // since the last sweep
 	sweepEvery int
 }
 
 func newMemory(now func() time.Time) *memory {
 	// The base is an hour back so that no offset is ever zero, which
 	// blockEnd uses for "never blocked".
-	return &memory{now: now, base: now().Add(-time.Hour), m: make(map[memKey]memEntry), pol: make(map[polKey]polEntry), sweepEvery: minSweepEvery}
+	return &memory{now: now, base: now().Add(-time.Hour), m: make(map[memKey]memEntry), pol: make(map[polKey]*polEntry), sweepEvery: minSweepEvery}
 }
 
 // clock returns now as an offset from the base (monotonic when now is).
@@ -143,7 +143,7 @@ func (s *memory) sweep(now time.Duration) {
 		}
 	}
 	for k, e := range s.pol {
-		if e.windowEnd <= now && e.blockEnd <= now {
+		if e.ended(now) {
 			delete(s.pol, k)
 		}
 	}

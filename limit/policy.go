@@ -155,47 +155,100 @@ func cost(c *Charge, bytes int64) int64 {
 	return 1
 }
 
-// polKey names one memory entry of a policy rule: what the Redis key says.
+// polKey names the memory entry of a key value under a rule: by the rule's
+// name and key, as its Redis keys do, so that the entry outlives a reload
+// that keeps both (a reload makes new *policy.Rule values).
 type polKey struct {
 	rule string
 	kind policy.Key
-	per  time.Duration // 0 for the block and strikes entry
 	id   string
 }
 
-// polEntry is a window's counter (fixed: n units until windowEnd; gcra:
-// the theoretical arrival time in tat) or, for per 0, the rule's block and
-// strikes.
-type polEntry struct {
-	n         int64
-	windowEnd time.Duration // expiry of the counter, or of the strikes
-	tat       time.Duration
-	blockEnd  time.Duration
-	strikes   int
+func polKeyOf(c *Charge) polKey {
+	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, id: c.Key}
 }
 
-// charge is Limiter.Charge on the memory store.
+// polEntry is what a rule keeps for one key value, all of its Redis keys in
+// one: the block, the strikes, and a counter per window.
+type polEntry struct {
+	blockEnd   time.Duration
+	strikesEnd time.Duration // when the strikes are forgotten
+	strikes    int
+	// windows holds a counter per window length the key was charged
+	// under, in no order: a tier or a reload may change the rule's
+	// windows, and a window of an unchanged length keeps its count.
+	windows []polWindow
+}
+
+// polWindow is a window's counter. Fixed: n units until end. GCRA: the
+// theoretical arrival time tat, which is also its end. An ended counter is
+// worth its zero value.
+type polWindow struct {
+	per time.Duration
+	n   int64
+	end time.Duration
+	tat time.Duration
+}
+
+// window returns the index of e's counter of windows of length per, or -1.
+// A nil e has none.
+func (e *polEntry) window(per time.Duration) int {
+	if e == nil {
+		return -1
+	}
+	for i := range e.windows {
+		if e.windows[i].per == per {
+			return i
+		}
+	}
+	return -1
+}
+
+// counter returns e's counter of window w, the zero counter if none.
+func (e *polEntry) counter(w policy.Window) polWindow {
+	if i := e.window(w.Per); i >= 0 {
+		return e.windows[i]
+	}
+	return polWindow{per: w.Per}
+}
+
+// ended reports whether nothing of e is in force any more: it is worth
+// no entry.
+func (e *polEntry) ended(now time.Duration) bool {
+	if e.blockEnd > now || e.strikesEnd > now {
+		return false
+	}
+	for i := range e.windows {
+		if e.windows[i].end > now {
+			return false
+		}
+	}
+	return true
+}
+
+// charge is Limiter.Charge on the memory store. Each charge's entry is
+// looked up once and written in place only once every window allowed (or
+// by a refusal), under the store's lock. Invariant: no two charges of a
+// call share an entry (a policy's rule names are unique, and a call names
+// each rule once), so what the check read is what the spend updates.
 func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decision {
 	now := s.clock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tick(now)
+	var buf [8]*polEntry
+	es := buf[:0] // es[i] is charges[i]'s entry, nil when it has none
 	for i := range charges {
 		c := &charges[i]
-		if len(c.Rule.Block) == 0 {
-			// A rule without a block is never blocked (on Redis a block left
-			// by an earlier version of the rule lasts until it expires).
-			continue
+		e := s.pol[polKeyOf(c)]
+		// A rule without a block is never blocked (on Redis a block left
+		// by an earlier version of the rule lasts until it expires).
+		if e != nil && len(c.Rule.Block) > 0 && e.blockEnd > now {
+			return policyRefusal(c, kind, true, e.blockEnd-now, 0)
 		}
-		if g, ok := s.pol[s.blockKey(c)]; ok && g.blockEnd > now {
-			return policyRefusal(c, kind, true, g.blockEnd-now, 0)
-		}
+		es = append(es, e)
 	}
 	granted := int64(n)
-	// Each window's entry is read once: what the check read is what the
-	// spend writes back (the store's lock is held throughout).
-	var buf [16]pendingWindow
-	ps := buf[:0]
 	for i := range charges {
 		c := &charges[i]
 		if c.GuardOnly {
@@ -203,84 +256,81 @@ func (s *memory) charge(charges []Charge, n int, bytes int64, kind string) Decis
 		}
 		unit := cost(c, bytes)
 		for _, w := range c.Limits {
-			k := s.windowKey(c, w)
-			e := s.pol[k]
-			left := left(c, w, e, unit, now)
+			pw := es[i].counter(w)
+			left := left(c, w, pw, unit, now)
 			if left <= 0 {
-				return s.refuse(c, w, unit, kind, now)
+				return s.refuse(c, es[i], w, pw, unit, kind, now)
 			}
 			granted = min(granted, left)
-			ps = append(ps, pendingWindow{k: k, e: e, c: c, w: w, unit: unit})
 		}
 	}
-	for _, p := range ps {
-		s.pol[p.k] = spend(p.c, p.w, p.e, granted*p.unit, now)
+	for i := range charges {
+		c := &charges[i]
+		if c.GuardOnly {
+			continue
+		}
+		e := es[i]
+		if e == nil {
+			e = &polEntry{windows: make([]polWindow, 0, len(c.Limits))}
+			s.pol[polKeyOf(c)] = e
+		}
+		units := granted * cost(c, bytes)
+		for _, w := range c.Limits {
+			j := e.window(w.Per)
+			if j < 0 {
+				j = len(e.windows)
+				e.windows = append(e.windows, polWindow{per: w.Per})
+			}
+			e.windows[j] = spend(c, w, e.windows[j], units, now)
+		}
 	}
 	return Decision{Allowed: true, Kind: kind, Granted: int(granted)}
 }
 
-// pendingWindow is a window a charge will spend from once every window
-// allowed.
-type pendingWindow struct {
-	k    polKey
-	e    polEntry
-	c    *Charge
-	w    policy.Window
-	unit int64
-}
-
-func (s *memory) blockKey(c *Charge) polKey {
-	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, id: c.Key}
-}
-
-func (s *memory) windowKey(c *Charge, w policy.Window) polKey {
-	return polKey{rule: c.Rule.Name, kind: c.Rule.Key, per: w.Per, id: c.Key}
-}
-
-// left returns how many events of unit cost window w, whose entry is e,
+// left returns how many events of unit cost window w, whose counter is pw,
 // still allows.
-func left(c *Charge, w policy.Window, e polEntry, unit int64, now time.Duration) int64 {
+func left(c *Charge, w policy.Window, pw polWindow, unit int64, now time.Duration) int64 {
 	if unit == 0 {
 		return 1 << 31
 	}
 	if c.Rule.Algorithm == policy.GCRA {
 		interval := gcraInterval(w)
 		burst := gcraBurst(c.Rule, w)
-		tat := max(e.tat, now)
+		tat := max(pw.tat, now)
 		// An event of unit cost may pass while tat + unit*interval stays
 		// within burst*interval of now.
 		room := now + time.Duration(burst)*interval - tat
 		return int64(room / (time.Duration(unit) * interval))
 	}
-	if e.windowEnd <= now {
-		e.n = 0
+	if pw.end <= now {
+		pw.n = 0
 	}
-	return (w.Limit - e.n) / unit
+	return (w.Limit - pw.n) / unit
 }
 
-// spend returns window w's entry e after units were counted.
-func spend(c *Charge, w policy.Window, e polEntry, units int64, now time.Duration) polEntry {
+// spend returns window w's counter pw after units were counted.
+func spend(c *Charge, w policy.Window, pw polWindow, units int64, now time.Duration) polWindow {
 	if c.Rule.Algorithm == policy.GCRA {
-		e.tat = max(e.tat, now) + time.Duration(units)*gcraInterval(w)
-		e.windowEnd = e.tat
+		pw.tat = max(pw.tat, now) + time.Duration(units)*gcraInterval(w)
+		pw.end = pw.tat
 	} else {
-		if e.windowEnd <= now {
-			e.n, e.windowEnd = 0, now+w.Per
+		if pw.end <= now {
+			pw.n, pw.end = 0, now+w.Per
 		}
-		e.n += units
+		pw.n += units
 	}
-	return e
+	return pw
 }
 
-// refuse applies a refusal of charge c by window w: with a block, the key
-// is blocked for its ladder's next step and every window's counter is
-// dropped, so the budget is full when the block ends; without, the retry
-// is the time until w allows an event again.
-func (s *memory) refuse(c *Charge, w policy.Window, unit int64, kind string, now time.Duration) Decision {
+// refuse applies a refusal of charge c, whose entry is e (nil for none), by
+// window w, whose counter is pw: with a block, the key is blocked for its
+// ladder's next step and every window's counter is dropped, so the budget
+// is full when the block ends; without, the retry is the time until w
+// allows an event again.
+func (s *memory) refuse(c *Charge, e *polEntry, w policy.Window, pw polWindow, unit int64, kind string, now time.Duration) Decision {
 	if len(c.Rule.Block) == 0 {
-		e := s.pol[s.windowKey(c, w)]
-		retry := e.windowEnd - now
-		if e.windowEnd <= now {
+		retry := pw.end - now
+		if pw.end <= now {
 			// Not open: an event larger than the whole limit. The
 			// window it would open is the retry, as luaLib's life says.
 			retry = w.Per
@@ -288,23 +338,26 @@ func (s *memory) refuse(c *Charge, w policy.Window, unit int64, kind string, now
 		if c.Rule.Algorithm == policy.GCRA {
 			// The time until tat + unit*interval is within burst*interval
 			// of now again.
-			retry = max(e.tat, now) + time.Duration(unit-gcraBurst(c.Rule, w))*gcraInterval(w) - now
+			retry = max(pw.tat, now) + time.Duration(unit-gcraBurst(c.Rule, w))*gcraInterval(w) - now
 			retry = max(retry, time.Millisecond)
 		}
 		return policyRefusal(c, kind, false, retry, w.Limit)
 	}
-	bk := s.blockKey(c)
-	g := s.pol[bk]
-	if g.windowEnd <= now {
-		g.strikes = 0
+	if e == nil {
+		e = &polEntry{}
+		s.pol[polKeyOf(c)] = e
 	}
-	block := c.Rule.Block[min(g.strikes, len(c.Rule.Block)-1)]
-	g.strikes++
-	g.blockEnd = now + block
-	g.windowEnd = g.blockEnd + c.Rule.ResetStrikes
-	s.pol[bk] = g
+	if e.strikesEnd <= now {
+		e.strikes = 0
+	}
+	block := c.Rule.Block[min(e.strikes, len(c.Rule.Block)-1)]
+	e.strikes++
+	e.blockEnd = now + block
+	e.strikesEnd = e.blockEnd + c.Rule.ResetStrikes
 	for _, ow := range c.Limits {
-		delete(s.pol, s.windowKey(c, ow))
+		if j := e.window(ow.Per); j >= 0 {
+			e.windows[j] = polWindow{per: ow.Per}
+		}
 	}
 	return policyRefusal(c, kind, false, block, w.Limit)
 }
