@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/urfave/cli/v2"
 
 	"github.com/holo/wsgate/auth"
@@ -149,7 +150,7 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	}{
 		{"upstream-dial-timeout", time.Millisecond}, {"handshake-timeout", time.Millisecond},
 		{"pass-body-timeout", 0}, {"pass-response-timeout", 0},
-		{"idle-timeout", 0}, {"message-timeout", 0}, {"write-timeout", 0}, {"ping-interval", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0},
+		{"idle-timeout", 0}, {"message-timeout", 0}, {"write-timeout", 0}, {"ping-interval", 0}, {"shutdown-delay", 0}, {"shutdown-grace", 0}, {"drain-spread", 0}, {"max-conn-age", 0},
 		{"redis-timeout", time.Millisecond},
 	} {
 		if v := c.Duration(d.name); v < d.min {
@@ -183,6 +184,17 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	if cfg.proxy.MaxConns = c.Int("max-conns"); cfg.proxy.MaxConns < 0 {
 		return bad("max-conns", fmt.Errorf("must not be negative, got %d", cfg.proxy.MaxConns))
 	}
+	if cfg.proxy.MaxPendingHandshakes = c.Int("max-pending-handshakes"); cfg.proxy.MaxPendingHandshakes < 0 {
+		return bad("max-pending-handshakes", fmt.Errorf("must not be negative, got %d", cfg.proxy.MaxPendingHandshakes))
+	}
+	switch code := c.Int("drain-code"); code {
+	case 1001, 1012:
+		cfg.proxy.DrainCode = ws.StatusCode(code)
+	default:
+		return bad("drain-code", fmt.Errorf("want 1012 or 1001, got %d", code))
+	}
+	cfg.proxy.DrainSpread = c.Duration("drain-spread")
+	cfg.proxy.MaxConnAge = c.Duration("max-conn-age")
 	cfg.proxy.PassBodyTimeout = c.Duration("pass-body-timeout")
 	cfg.proxy.PassResponseTimeout = c.Duration("pass-response-timeout")
 	if cfg.proxy.MaxPassRequests = c.Int("max-pass-requests"); cfg.proxy.MaxPassRequests < 0 {

@@ -190,7 +190,8 @@ wait:
 	}
 	stop()
 	ready.Store(false)
-	log.Info("draining", "delay_ms", cfg.shutdownDelay.Milliseconds(), "grace_ms", cfg.shutdownGrace.Milliseconds(), "connections", px.Active())
+	log.Info("draining", "delay_ms", cfg.shutdownDelay.Milliseconds(), "spread_ms", cfg.proxy.DrainSpread.Milliseconds(),
+		"grace_ms", cfg.shutdownGrace.Milliseconds(), "connections", px.Active())
 	again := make(chan os.Signal, 1)
 	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(again)
@@ -200,7 +201,9 @@ wait:
 		log.Info("second signal: skipping the shutdown delay")
 	}
 
-	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	// The drain spreads its closes over --drain-spread; the grace runs from
+	// the last of them.
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.proxy.DrainSpread+cfg.shutdownGrace)
 	defer cancel()
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Shutdown(graceCtx) }()

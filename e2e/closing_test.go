@@ -160,7 +160,7 @@ func TestRefusalKeepsReplies(t *testing.T) {
 }
 
 // TestShutdownKeepsReplies sends messages and SIGTERM right behind them: every message the gate
-// relayed upstream before the drain gets its echo before the client's close 1001.
+// relayed upstream before the drain gets its echo, then the drain's text frame, then close 1012.
 func TestShutdownKeepsReplies(t *testing.T) {
 	t.Parallel()
 	b := newGoBackend(t)
@@ -180,17 +180,20 @@ func TestShutdownKeepsReplies(t *testing.T) {
 	if err := g.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.readMessages(20, waitLimit)
+	got, err := c.readMessages(21, waitLimit)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.report())
 	}
 	if last := string(got[19].payload); last != "d-19" {
 		t.Fatalf("last echo %q, want d-19", last)
 	}
-	if code := c.untilClose(waitLimit); code != 1001 {
-		t.Fatalf("close %d, want 1001\n%s", code, c.report())
+	if notice := string(got[20].payload); !strings.HasPrefix(notice, `{"code":1012,"error":"Service restart","retryAfterMs":`) {
+		t.Fatalf("after the echoes %q, want the drain's text frame", notice)
 	}
-	c.finish(1001, waitLimit)
+	if code := c.untilClose(waitLimit); code != 1012 {
+		t.Fatalf("close %d, want 1012\n%s", code, c.report())
+	}
+	c.finish(1012, waitLimit)
 	if code := g.Wait(); code != 0 {
 		t.Fatalf("the gate exited %d:\n%s", code, tail(g.Output(), 4<<10))
 	}

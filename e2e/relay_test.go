@@ -869,9 +869,12 @@ func TestGracefulShutdown(t *testing.T) {
 			}
 
 			for i, c := range conns {
+				if notice := readText(t, c); !strings.Contains(notice, `"code":1012`) {
+					t.Errorf("client %d got %q before its close, want the drain's text frame", i, notice)
+				}
 				ce := readClose(t, c)
-				if ce.Code != websocket.StatusGoingAway {
-					t.Errorf("client %d got close %d %q, want 1001", i, ce.Code, ce.Reason)
+				if ce.Code != websocket.StatusServiceRestart {
+					t.Errorf("client %d got close %d %q, want 1012", i, ce.Code, ce.Reason)
 				}
 			}
 			if elapsed := time.Since(start); elapsed < delay*8/10 {

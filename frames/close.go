@@ -14,6 +14,9 @@ const (
 	// StatusBadGateway is 1014 (IANA registry): the upstream dropped the
 	// connection or broke the protocol.
 	StatusBadGateway ws.StatusCode = 1014
+	// StatusServiceRestart is 1012 (IANA registry): the gate is draining the
+	// connection for a restart; the client should reconnect.
+	StatusServiceRestart ws.StatusCode = 1012
 	// StatusRateLimited is the application code for a refusal by a rate
 	// limit.
 	StatusRateLimited ws.StatusCode = 4008

@@ -51,6 +51,16 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
 		return
 	}
+	if !p.slots.take(r.Context()) {
+		p.refuseBusy(w)
+		return
+	}
+	slotHeld := true
+	defer func() {
+		if slotHeld {
+			p.slots.give()
+		}
+	}()
 	// Counted from here until the pair is released (pair.finish).
 	handedOver := false
 	n := p.conns.Add(1)
@@ -205,6 +215,8 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	p.m.ConnectionsTotal.WithLabelValues(metrics.ResultOK).Inc()
 	p.m.HandshakeDuration.Observe(time.Since(start).Seconds())
 	handedOver = true
+	slotHeld = false
+	p.slots.give() // the handshake is done: the relay is not a pending handshake
 	pr.run()
 }
 

@@ -23,7 +23,7 @@ type keeperState struct {
 func since(a, b uint32) int32 { return int32(a - b) }
 
 // keeper is the one goroutine that watches every pair's clock: idle
-// timeout, the keepalive pings (spread over the interval) and clients that
+// timeout, the connection's age (MaxConnAge), the keepalive pings (spread over the interval) and clients that
 // stopped answering them, token expiry, a message that takes too long while
 // its direction is parked, and the close deadline. One sweep over all pairs
 // per tick costs far less than a timer per pair, and a parked pair then
@@ -47,7 +47,7 @@ func (p *Proxy) keeper(stop <-chan struct{}, done chan<- struct{}) {
 // most a second and at least 10ms.
 func keeperTick(cfg *Config) time.Duration {
 	tick := time.Second
-	for _, d := range []time.Duration{cfg.IdleTimeout, cfg.PingInterval, cfg.MessageTimeout, cfg.CloseTimeout} {
+	for _, d := range []time.Duration{cfg.IdleTimeout, cfg.PingInterval, cfg.MessageTimeout, cfg.CloseTimeout, cfg.MaxConnAge} {
 		if d > 0 {
 			tick = min(tick, d/4)
 		}
@@ -100,6 +100,8 @@ func (p *Proxy) watch(pr *pair, now int64) {
 		pr.end(&expiredEnding)
 	case pr.fromClient.msgDeadline.Load() != 0 && now >= pr.fromClient.msgDeadline.Load():
 		pr.end(&messageTimeoutEnding)
+	case pr.retire != 0 && now >= pr.retire:
+		pr.end(p.drainEnding())
 	case ping > 0 && since(at, k.heardAt) > 2*ping:
 		// Two intervals without a byte from the client, not even a pong.
 		pr.end(&pingTimeoutEnding)

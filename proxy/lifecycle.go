@@ -127,9 +127,6 @@ var (
 	closeTimeoutEnding = ending{initiator: byGate,
 		clientCode: ws.StatusGoingAway, clientReason: "close timeout",
 		upCode: ws.StatusGoingAway, upReason: "close timeout"}
-	shutdownEnding = ending{initiator: byGate, afterUpstream: true,
-		clientCode: ws.StatusGoingAway, clientReason: "going away",
-		upCode: ws.StatusGoingAway, upReason: "going away"}
 	idleEnding = ending{initiator: byGate, afterUpstream: true,
 		clientCode: ws.StatusGoingAway, clientReason: "idle timeout",
 		upCode: ws.StatusGoingAway, upReason: "idle timeout"}

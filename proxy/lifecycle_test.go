@@ -110,8 +110,8 @@ func TestEndWhileMessageTimed(t *testing.T) {
 	if _, err := conn.Write(frame[10:]); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := readUntilClose(t, br); code != 1001 {
-		t.Fatalf("close %d, want 1001", code)
+	if code, _ := readUntilClose(t, br); code != 1012 {
+		t.Fatalf("close %d, want 1012", code)
 	}
 	if err := <-shut; err != nil {
 		t.Fatalf("shutdown: %v (a pair outlived its close timeout)", err)
@@ -293,13 +293,16 @@ func TestChurn(t *testing.T) {
 	if got := testutil.ToFloat64(g.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited)); got != refusedBefore {
 		t.Fatalf("%v of %d connections refused after the churn: --ip-max-conns registrations leaked", got-refusedBefore, maxConns)
 	}
-	// Shutdown ends them all with 1001.
+	// Shutdown ends them all with 1012.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	codes := make(chan websocket.StatusCode, len(conns))
 	for _, c := range conns {
 		go func() {
-			_, _, err := c.Read(ctx)
+			var err error
+			for err == nil {
+				_, _, err = c.Read(ctx) // the drain's text frame, then the close
+			}
 			codes <- websocket.CloseStatus(err)
 			c.CloseNow()
 		}()
@@ -308,8 +311,8 @@ func TestChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range conns {
-		if code := <-codes; code != websocket.StatusGoingAway {
-			t.Fatalf("shutdown sent %v, want 1001", code)
+		if code := <-codes; code != websocket.StatusServiceRestart {
+			t.Fatalf("shutdown sent %v, want 1012", code)
 		}
 	}
 	if g.proxy.Active() != 0 {
@@ -496,10 +499,17 @@ func TestBackstop(t *testing.T) {
 	if _, err := conn.Write(maskedFrame(true, 1, []byte("one"))); err != nil {
 		t.Fatal(err)
 	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
 	if code, _ := readUntilClose(t, br); code != 1001 {
 		t.Fatalf("close %d, want 1001", code)
 	}
 	waitFor(t, func() bool { return testutil.ToFloat64(g.m.CloseBackstop) == 1 })
+	released = true
 	close(release)
 	waitFor(t, func() bool { return g.proxy.Active() == 0 })
 }

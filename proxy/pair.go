@@ -79,6 +79,7 @@ type pair struct {
 	keep keeperState // the keeper's own bookkeeping; only the keeper touches it
 
 	start          int64 // unix nanoseconds
+	retire         int64 // unix nanoseconds: closed then as a drain closes (MaxConnAge); 0: never
 	clientIP       netip.Addr
 	path           string
 	userKey, ipKey string
@@ -89,7 +90,7 @@ type pair struct {
 
 func newPair(p *Proxy, client, upstream net.Conn) *pair {
 	now := time.Now().UnixNano()
-	pr := &pair{p: p, start: now}
+	pr := &pair{p: p, start: now, retire: retireAt(now, p.cfg.MaxConnAge)}
 	pr.client.init(client, false)
 	pr.upstream.init(upstream, true)
 	// The keeper's state is set before track shows the pair to the keeper.

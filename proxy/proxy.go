@@ -22,9 +22,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holo/wsgate/auth"
+	"github.com/holo/wsgate/frames"
 	"github.com/holo/wsgate/internal/netpoll"
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/metrics"
@@ -110,6 +112,21 @@ type Config struct {
 	// CloseTimeout is how long a side gets to answer a forwarded close
 	// frame before both connections are closed. Zero means 5s.
 	CloseTimeout time.Duration
+
+	// Draining (drain.go). DrainSpread spreads the closes of Shutdown and
+	// Drain evenly over this window. Zero means all at once.
+	DrainSpread time.Duration
+	// DrainCode is the close code of a drained connection: 1012 (service
+	// restart) or 1001 (going away). Zero means 1012.
+	DrainCode ws.StatusCode
+	// MaxConnAge closes a connection older than this, less a random tenth,
+	// the way a drain does, so that sockets rebalance onto new replicas.
+	// Zero means never.
+	MaxConnAge time.Duration
+	// MaxPendingHandshakes bounds the WebSocket handshakes in progress;
+	// over it a handshake waits a little, then gets 503 with a jittered
+	// Retry-After. Zero means no bound.
+	MaxPendingHandshakes int
 
 	// Limiter decides on messages and handshakes. Nil means no limits.
 	Limiter Limiter
@@ -220,6 +237,7 @@ type Proxy struct {
 	msgsIn, msgsOut, bytesIn, bytesOut prometheus.Counter
 	decisions                          [2]decisionCounters // by cause: rules, fallback; tier ""
 	tierDecisions                      sync.Map            // tier name → *[2]decisionCounters
+	slots                              handshakeSlots      // MaxPendingHandshakes
 	durMemory, durRedis                prometheus.Observer
 
 	mu    sync.Mutex
@@ -241,6 +259,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = 5 * time.Second
+	}
+	if cfg.DrainCode == 0 {
+		cfg.DrainCode = frames.StatusServiceRestart
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -277,6 +298,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.dial = (&net.Dialer{KeepAlive: upstreamKeepAlive(u)}).DialContext
 	p.pass = p.newPassThrough()
 	p.tick = keeperTick(&p.cfg)
+	if cfg.MaxPendingHandshakes > 0 {
+		p.slots = make(handshakeSlots, cfg.MaxPendingHandshakes)
+	}
 	return p, nil
 }
 
@@ -313,17 +337,16 @@ func (p *Proxy) Active() int {
 }
 
 // Shutdown refuses new WebSocket handshakes with 503 and drains every
-// pair: the upstream is sent close 1001 "going away", the replies it still
-// sends reach the client, then the client gets its 1001. It waits until
+// pair (drain.go), spread over Config.DrainSpread: the upstream is sent
+// close 1001 "going away", the replies it still sends reach the client,
+// then the client gets the drain's text frame and close. It waits until
 // every pair has ended or ctx is done; then it aborts what is left and
 // waits for it to go.
 func (p *Proxy) Shutdown(ctx context.Context) error {
-	p.draining.Store(true)
 	p.mu.Lock()
-	for pr := range p.pairs {
-		pr.end(&shutdownEnding)
-	}
+	p.draining.Store(true) // under p.mu: track adds no pair after this
 	p.mu.Unlock()
+	p.Drain(ctx, 1, p.cfg.DrainSpread)
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	var err error

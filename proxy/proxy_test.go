@@ -371,27 +371,95 @@ func TestClientProtocolErrors(t *testing.T) {
 	}
 }
 
-func TestShutdownSends1001(t *testing.T) {
-	g := newGate(t, backend(t).URL, nil)
-	c := dial(t, wsURL(g.Server, "/echo"), nil)
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.Read(context.Background())
-		done <- err
-	}()
-	waitFor(t, func() bool { return g.proxy.Active() == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// TestShutdownDrains: shutdown tells each client why and when to come
+// back, a text frame {"code":1012,"error":"Service restart","retryAfterMs":N}
+// then close 1012 (or the configured 1001), and refuses new handshakes.
+func TestShutdownDrains(t *testing.T) {
+	for _, code := range []websocket.StatusCode{websocket.StatusServiceRestart, websocket.StatusGoingAway} {
+		t.Run(strconv.Itoa(int(code)), func(t *testing.T) {
+			g := newGate(t, backend(t).URL, func(c *Config) {
+				if code == websocket.StatusGoingAway {
+					c.DrainCode = 1001
+				}
+			})
+			c := dial(t, wsURL(g.Server, "/echo"), nil)
+			type read struct {
+				p   []byte
+				err error
+			}
+			reads := make(chan read, 2)
+			go func() {
+				for {
+					_, p, err := c.Read(context.Background())
+					reads <- read{p, err}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			waitFor(t, func() bool { return g.proxy.Active() == 1 })
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := g.proxy.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			first := <-reads
+			var notice struct {
+				Code         int    `json:"code"`
+				Error        string `json:"error"`
+				RetryAfterMs int64  `json:"retryAfterMs"`
+			}
+			if err := json.Unmarshal(first.p, &notice); first.err != nil || err != nil ||
+				notice.Code != int(code) || notice.Error == "" || notice.RetryAfterMs < 250 {
+				t.Fatalf("before the close: %q %v, want {\"code\":%d,\"error\":...,\"retryAfterMs\":>=250}", first.p, first.err, code)
+			}
+			if got := websocket.CloseStatus((<-reads).err); got != code {
+				t.Fatalf("close %v, want %v", got, code)
+			}
+			// New handshakes are refused while draining.
+			_, res, err := websocket.Dial(ctx, wsURL(g.Server, "/echo"), nil)
+			if err == nil || res == nil || res.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("handshake after shutdown: %v %v", res, err)
+			}
+		})
+	}
+}
+
+// TestShutdownSpread: with a drain spread, the closes are spread over the
+// window rather than made at once, and shutdown returns once all are done.
+func TestShutdownSpread(t *testing.T) {
+	const n, spread = 20, time.Second
+	g := newGate(t, backend(t).URL, func(c *Config) { c.DrainSpread = spread })
+	closed := make(chan time.Time, n)
+	for range n {
+		c := dial(t, wsURL(g.Server, "/echo"), nil)
+		go func() {
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					closed <- time.Now()
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == n })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	if err := g.proxy.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := websocket.CloseStatus(<-done); got != websocket.StatusGoingAway {
-		t.Fatalf("close %v, want 1001", got)
+	var first, last time.Duration
+	for i := range n {
+		at := (<-closed).Sub(start)
+		if i == 0 || at < first {
+			first = at
+		}
+		last = max(last, at)
 	}
-	// New handshakes are refused while draining.
-	_, res, err := websocket.Dial(ctx, wsURL(g.Server, "/echo"), nil)
-	if err == nil || res == nil || res.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("handshake after shutdown: %v %v", res, err)
+	// The i-th of n is due at spread*i/n: the last at 950 ms.
+	if first > spread/2 || last < spread/2 {
+		t.Fatalf("closes from %v to %v after shutdown began, want them spread over %v", first, last, spread)
 	}
 }
 
@@ -797,4 +865,65 @@ func TestRuleName(t *testing.T) {
 			t.Errorf("ruleName(%+v, %v) = %q, want %q", tc.d, tc.openConn, got, tc.want)
 		}
 	}
+}
+
+// TestMaxConnAge: a connection past its age is retired the way a drain
+// closes it; a younger one stays.
+func TestMaxConnAge(t *testing.T) {
+	g := newGate(t, backend(t).URL, func(c *Config) { c.MaxConnAge = 300 * time.Millisecond })
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	typ, p, err := c.Read(ctx)
+	if err != nil || typ != websocket.MessageText || !strings.Contains(string(p), `"code":1012`) {
+		t.Fatalf("an old connection got %v %q %v, want the drain's text frame", typ, p, err)
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+		t.Fatalf("an old connection closed with %v, want 1012", err)
+	}
+}
+
+// TestMaxPendingHandshakes: over the bound, a handshake waits a little and
+// gets 503 with a Retry-After of 1 to 5 s; the one in progress completes,
+// and once it has, the next handshake passes.
+func TestMaxPendingHandshakes(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		_, _, _ = c.Read(r.Context())
+	}))
+	t.Cleanup(slow.Close)
+	g := newGate(t, slow.URL, func(c *Config) { c.MaxPendingHandshakes = 1 })
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, wsURL(g.Server, "/slow"), nil)
+		if err == nil {
+			c.CloseNow()
+		}
+		first <- err
+	}()
+	waitFor(t, func() bool { return len(g.proxy.slots) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, res, err := websocket.Dial(ctx, wsURL(g.Server, "/fast"), nil)
+	if err == nil || res == nil || res.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a handshake over the bound: %v %v, want 503", res, err)
+	}
+	if s, _ := strconv.Atoi(res.Header.Get("Retry-After")); s < 1 || s > 5 {
+		t.Fatalf("Retry-After %q, want 1 to 5", res.Header.Get("Retry-After"))
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("the handshake in progress: %v", err)
+	}
+	dial(t, wsURL(g.Server, "/fast"), nil)
 }

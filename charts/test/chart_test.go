@@ -317,9 +317,11 @@ func checkGatePod(t *testing.T, tpl *corev1.PodTemplateSpec) gateFound {
 
 	// The pod outlives the gate's drain.
 	delay := mustDuration(t, g.last("shutdown-delay", "5s"))
+	spread := mustDuration(t, g.last("drain-spread", "0s"))
 	grace := mustDuration(t, g.last("shutdown-grace", "25s"))
-	if spec.TerminationGracePeriodSeconds == nil || time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second <= delay+grace {
-		t.Errorf("terminationGracePeriodSeconds %v must exceed shutdown delay %v + grace %v", ptrValue(spec.TerminationGracePeriodSeconds, 30), delay, grace)
+	if spec.TerminationGracePeriodSeconds == nil || time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second <= delay+spread+grace {
+		t.Errorf("terminationGracePeriodSeconds %v must exceed shutdown delay %v + drain spread %v + grace %v",
+			ptrValue(spec.TerminationGracePeriodSeconds, 30), delay, spread, grace)
 	}
 
 	if sum := tpl.Annotations["checksum/config"]; !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(sum) {

@@ -113,6 +113,33 @@ app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
+wsgate.seconds is a Go duration ("5s", "1m30s", "500ms", "0") in whole seconds, rounded up.
+*/}}
+{{- define "wsgate.seconds" -}}
+{{- $ms := 0.0 }}
+{{- range regexFindAll "[0-9.]+(ns|us|µs|ms|s|m|h)" (toString .) -1 }}
+{{- $n := float64 (regexFind "^[0-9.]+" .) }}
+{{- $unit := regexReplaceAll "^[0-9.]+" . "" }}
+{{- $per := get (dict "ns" 0.000001 "us" 0.001 "µs" 0.001 "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0) $unit }}
+{{- $ms = addf $ms (mulf $n $per) }}
+{{- end }}
+{{- ceil (divf $ms 1000) | int }}
+{{- end }}
+
+{{/*
+wsgate.terminationGracePeriodSeconds is terminationGracePeriodSeconds, or when it is null what
+the gate's drain takes: shutdown delay + drain spread + grace, and 5 s to spare.
+*/}}
+{{- define "wsgate.terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- $s := .Values.gate.shutdown }}
+{{- add (include "wsgate.seconds" ($s.delay | default "5s")) (include "wsgate.seconds" ($s.drainSpread | default "0")) (include "wsgate.seconds" ($s.grace | default "25s")) 5 }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
 wsgate.args is the gate's command line as a JSON array: one --flag=value per set value (null
 leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 */}}
@@ -122,6 +149,7 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
   (list "listen" (printf ":%d" (int $g.port)))
   (list "admin-listen" (printf ":%d" (int $g.adminPort)))
   (list "max-conns" $g.maxConns)
+  (list "max-pending-handshakes" $g.maxPendingHandshakes)
   (list "max-pass-requests" $g.maxPassRequests)
   (list "upstream" (include "wsgate.upstream" .))
   (list "upstream-dial-timeout" $g.upstreamDialTimeout)
@@ -154,6 +182,9 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
   (list "write-timeout" $g.protocol.writeTimeout)
   (list "shutdown-delay" $g.shutdown.delay)
   (list "shutdown-grace" $g.shutdown.grace)
+  (list "drain-spread" $g.shutdown.drainSpread)
+  (list "drain-code" $g.shutdown.drainCode)
+  (list "max-conn-age" $g.shutdown.maxConnAge)
   (list "jwks-url" $g.auth.jwksUrl)
   (list "jwt-algorithms" $g.auth.jwtAlgorithms)
   (list "jwt-issuer" $g.auth.jwtIssuer)
