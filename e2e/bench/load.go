@@ -43,11 +43,16 @@ func (s *signer) token(sub string) string {
 // dialWS opens a WebSocket to addr with token as a Bearer credential. Every target gets the
 // header; nginx and HAProxy pass it on and the backend ignores it.
 func dialWS(ctx context.Context, addr, token string) (net.Conn, *bufio.Reader, error) {
+	return dialWSPath(ctx, addr, "/", token)
+}
+
+// dialWSPath is dialWS to a path, which may carry a query.
+func dialWSPath(ctx context.Context, addr, path, token string) (net.Conn, *bufio.Reader, error) {
 	d := ws.Dialer{
 		Timeout: dialTimeout,
 		Header:  ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
 	}
-	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/")
+	conn, br, _, err := d.Dial(ctx, "ws://"+addr+path)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -18,7 +18,10 @@
 //   - Redis requests per round trip during S1, for the Redis gates;
 //   - handshakes per second with a JWT, a new token each time and one token reused;
 //
-// and once, before the repetitions, the RSS per idle proxied connection at 9,000 connections.
+// and once, before the repetitions, the RSS per idle proxied connection at 9,000 connections;
+// and last, a rolling restart: 2,000 clients on one gate, SIGTERM with --drain-spread 10s and
+// then 0, every client reconnecting to a second gate the moment its close arrives, reported as
+// reconnects per 100 ms and replies lost (-rolling runs it alone and rewrites only its section).
 // Every process it starts is killed when it ends, on error and on SIGINT/SIGTERM too.
 package main
 
@@ -64,6 +67,8 @@ type config struct {
 	skipS1                    bool // measure less while trying something out; the report is then partial
 	skipUpg                   bool
 	only                      string // comma-separated target keys to measure (direct is always measured)
+	rolling                   rollingConfig
+	rollingOnly               bool // run only the rolling restart; its section replaces the one in the report
 }
 
 func main() {
@@ -91,6 +96,11 @@ func main() {
 	flag.BoolVar(&cfg.skipS1, "skip-s1", false, "skip S1 (for quick experiments; the report is partial)")
 	flag.BoolVar(&cfg.skipUpg, "skip-upgrades", false, "skip the handshake rates (for quick experiments; the report is partial)")
 	flag.StringVar(&cfg.only, "only", "", "measure only these targets, e.g. nginx,gate-exact (for quick experiments; the report is partial)")
+	flag.BoolVar(&cfg.rollingOnly, "rolling", false, "run only the rolling restart and replace its section of the report, leaving the rest")
+	flag.IntVar(&cfg.rolling.conns, "rolling-conns", 2000, "rolling restart: connections on the gate that is stopped; 0 skips it")
+	flag.DurationVar(&cfg.rolling.spread, "rolling-spread", 10*time.Second, "rolling restart: --drain-spread of the first row (the second has 0)")
+	flag.DurationVar(&cfg.rolling.every, "rolling-every", 200*time.Millisecond, "rolling restart: each connection sends a message this often")
+	flag.DurationVar(&cfg.rolling.delay, "rolling-reply-delay", 50*time.Millisecond, "rolling restart: the backend answers each message this late")
 	flag.Parse()
 	var err error
 	if cfg.scale, err = parseShapes(*scale); err != nil {
@@ -125,6 +135,7 @@ type results struct {
 	active   map[string]idleResult
 	scale    map[scaleShape]map[string][]s1Result
 	redisRTT []s2Result
+	rolling  []rollingResult
 	errs     map[string][]string
 }
 
@@ -145,7 +156,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		lim.Cur = lim.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 		// The proxies hold two sockets per connection.
-		for _, n := range []*int{&cfg.idleConns, &cfg.activeConns} {
+		for _, n := range []*int{&cfg.idleConns, &cfg.activeConns, &cfg.rolling.conns} {
 			if lim.Cur < 2*uint64(*n)+1000 {
 				fmt.Fprintf(os.Stderr, "bench: open-files limit %d is below twice %d connections; lowering them\n", lim.Cur, *n)
 				*n = max(0, (int(lim.Cur)-1000)/2)
@@ -184,6 +195,13 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	s := &signer{secret: secret}
 
+	if cfg.rollingOnly {
+		fmt.Fprintln(os.Stderr, "bench: starting the backend")
+		if _, err := e.startBackend(); err != nil {
+			return err
+		}
+		return runRollingOnly(ctx, cfg, m, e, s)
+	}
 	fmt.Fprintln(os.Stderr, "bench: starting backend, nginx, HAProxy, redis-server and the gates")
 	direct, err := e.startBackend()
 	if err != nil {
@@ -386,6 +404,17 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 	}
 
+	if cfg.rolling.conns > 0 {
+		rows, errs := runRolling(ctx, e, s, cfg.rolling)
+		r.rolling = rows
+		for _, err := range errs {
+			r.fail("rolling", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+
 	// Whatever else ran on the machine meanwhile: CPU of every process outside this harness's
 	// tree, read before cleanup.
 	elapsed := time.Since(started)
@@ -456,4 +485,38 @@ func parseShapes(v string) ([]scaleShape, error) {
 		out = append(out, scaleShape{conns, inflight})
 	}
 	return out, nil
+}
+
+// runRollingOnly is -rolling: the rolling restart alone, its section written into the report
+// in place of the one there (or added), the rest of the report left as it was.
+func runRollingOnly(ctx context.Context, cfg config, m machine, e *env, s *signer) error {
+	if cfg.rolling.conns <= 0 {
+		return errors.New("-rolling needs -rolling-conns above 0")
+	}
+	rows, errs := runRolling(ctx, e, s, cfg.rolling)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var msgs []string
+	for _, err := range errs {
+		msgs = append(msgs, err.Error())
+	}
+	section := rollingSection(cfg.rolling, rows, msgs, m, e.tmp, true)
+	old, err := os.ReadFile(cfg.out)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	doc := string(old)
+	if doc == "" {
+		doc = "# wsgate benchmarks\n\n"
+	}
+	fmt.Print(section)
+	if err := os.WriteFile(cfg.out, []byte(spliceSection(doc, section)), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote the rolling-restart section of %s\n", cfg.out)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,29 @@ func (ps *procs) stopAll() {
 			fmt.Fprintf(os.Stderr, "bench: %s (pid %d) did not exit after SIGKILL\n", p.name, p.cmd.Process.Pid)
 		}
 	}
+}
+
+// stop ends one started process group with SIGKILL, unless it has exited already, waits for
+// it (bounded) and forgets it, so that stopAll does not signal a process group id that may have
+// been reused.
+func (ps *procs) stop(p *proc) {
+	ps.mu.Lock()
+	ps.list = slices.DeleteFunc(ps.list, func(q *proc) bool { return q == p })
+	ps.mu.Unlock()
+	if !p.exited() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		fmt.Fprintf(os.Stderr, "bench: %s (pid %d) did not exit after SIGKILL\n", p.name, p.cmd.Process.Pid)
+	}
+}
+
+// exitCode is the process's exit status once it has exited, -1 when a signal ended it.
+func (p *proc) exitCode() int {
+	<-p.done
+	return p.cmd.ProcessState.ExitCode()
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }

@@ -278,6 +278,10 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	}
 	p("\n")
 
+	if cfg.rolling.conns > 0 {
+		p("%s", rollingSection(cfg.rolling, r.rolling, r.errs["rolling"], m, e.tmp, false))
+	}
+
 	p("## How the gates were run, and what that costs them\n\n")
 	p("- All three gates verify a JWT at each handshake (`--jwt-hmac-secret-file`) and apply all four rules (`--user-rate 100000000/10s --ip-rate 100000000/10s --user-conn-rate 1000000/1m --ip-conn-rate 1000000/1m`): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n")
 	p("- Every other gate flag is at its default, notably `--ping-interval 30s` (the gate pings clients; the load clients answer, nginx and HAProxy send nothing), `--log-level info` (one log line per closed connection, to a file; nginx has `access_log off`, HAProxy no `log`), `--max-message-bytes 1MiB`, `--control-frame-rate 50/1s`, and text frames are UTF-8-checked (the messages are ASCII text frames).\n")
@@ -290,7 +294,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("- Every limiter call decides all the messages already buffered on a connection (at most 64): under S1 load one exact-mode Redis call covers several messages, so its Redis req/rt is well under 1; at one message in flight (S2) each message makes its own call, a Redis round trip on the message's path.\n")
 	if len(r.errs) > 0 {
 		p("\n## Failed measurements\n\n")
-		for _, t := range append(targets, &target{key: "redis", name: "redis"}) {
+		for _, t := range append(targets, &target{key: "redis", name: "redis"}, &target{key: "rolling", name: "rolling restart"}) {
 			for _, msg := range r.errs[t.key] {
 				p("- %s: %s\n", t.name, strings.ReplaceAll(msg, "\n", " "))
 			}
@@ -575,4 +579,134 @@ func scaleTargetLines(cfg config, r *results) [][3]string {
 			strings.Join(figs, "; "), verdict(okRate && okCPU, seen)})
 	}
 	return out
+}
+
+// rollingHeading starts the rolling-restart section; -rolling replaces the section it starts.
+const rollingHeading = "## Rolling restart"
+
+// rollingSection is the rolling-restart section: how it was measured, one row per drain
+// spread, and the targets. alone says it was measured by -rolling, apart from the rest.
+func rollingSection(rc rollingConfig, rows []rollingResult, errs []string, m machine, tmp string, alone bool) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("%s\n\n", rollingHeading)
+	if alone {
+		p("Measured by `bench -rolling` on %s in %v (%d CPUs, %s), apart from the rest of this report, which it left as it was.\n\n",
+			m.date.Format("2006-01-02 15:04 UTC"), time.Since(m.date).Round(time.Second), m.ncpu, m.cpuModel)
+	}
+	p("What a deploy does to the replica that takes over. Gate A and gate B (the memory store, the memory gate's flags, each on its "+
+		"own port) stand in front of the same backend. %s clients connect to A, each its own user, and each sends a text message "+
+		"carrying its sequence number every %v (the first at a random moment within the first %v). After %v, A gets SIGTERM "+
+		"with `--shutdown-delay 0s` and the row's `--drain-spread`. The moment a client reads A's close frame it answers it and "+
+		"dials B with the same token, ignoring `retryAfterMs` (up to %d dials, back to back); its reconnect time is when B's 101 "+
+		"has been read. Reconnects are counted in %v intervals from the first drain close any client saw; *in any 100 ms* is the "+
+		"most within any 100 ms window, intervals or not. The *even rate* is the connections over the spread's intervals. *1012 after "+
+		"the retry hint* counts the clients whose close was 1012 right after a text frame `{\"code\":1012,\"error\":...,\"retryAfterMs\":N}` "+
+		"with N > 0; *A exited* is A's exit status and the time from SIGTERM to its exit.\n\n",
+		fmtNum(float64(rc.conns), 0), rc.every, rc.every, rollingWarm, rollingAttempts, rollingBucket)
+	p("Replies: the backend answers each message %v after it arrived, so that at any moment about %.0f%% of the connections "+
+		"have a reply it has yet to write, and when the gate's close 1001 reaches it, it writes the replies still due and then its "+
+		"close. It counts, per connection (tagged by a `?conn=` query, which the gate passes on), the replies it wrote, those "+
+		"written after the gate's close, and the sequence number of the last. Each client counts the replies it read from A "+
+		"before A's close frame and checks that their sequence numbers follow one another. **replies lost** = Σ max(0, written − "+
+		"read) over the connections; **out of order** counts connections whose replies skipped or repeated a number, or whose last "+
+		"reply read is not the last the backend wrote. A gate that dropped what the backend sent after the gate's close, or cut a "+
+		"connection before relaying it, would show here.\n\n", rc.delay, 100*min(1, float64(rc.delay)/float64(rc.every)))
+	header := []string{"`--drain-spread`", "connections", "drain closes, first to last", "peak closes / 100 ms",
+		"reconnected", "failed", "reconnects, first to last", "peak reconnects / 100 ms", "in any 100 ms", "even rate / 100 ms",
+		"replies written", "after A's close", "replies lost", "out of order", "1012 after the retry hint", "A exited"}
+	var cells [][]string
+	for _, w := range rows {
+		exit := "still running after the drain and a minute"
+		switch {
+		case w.exitCode >= 0:
+			exit = fmt.Sprintf("%d after %v", w.exitCode, w.exitAfter.Round(time.Millisecond))
+		case w.exitCode == -1:
+			exit = "by a signal"
+		}
+		cells = append(cells, []string{w.spread.String(), fmtNum(float64(w.conns), 0),
+			w.closeSpan.Round(time.Millisecond).String(), strconv.Itoa(w.closePeak),
+			fmtNum(float64(w.reconnected), 0), strconv.Itoa(w.failed), w.reconnSpan.Round(time.Millisecond).String(),
+			strconv.Itoa(w.peak), strconv.Itoa(w.peakAny), dash(w.spread > 0, fmtNum(w.even(), 0)),
+			fmtNum(float64(w.written), 0), fmtNum(float64(w.late), 0), fmtNum(float64(w.lost), 0),
+			strconv.Itoa(w.disordered), fmtNum(float64(w.hinted), 0) + " of " + fmtNum(float64(w.drained), 0), exit})
+	}
+	if len(cells) > 0 {
+		p("%s\n", mdTable(header, cells))
+	}
+	for _, w := range rows {
+		if w.spread > 0 && len(w.perSecond) > 0 {
+			p("Reconnects per second from the first drain close at `--drain-spread %v`: %s.\n", w.spread, perSecondText(w.perSecond))
+		}
+	}
+	for _, w := range rows {
+		var notes []string
+		if w.ended > 0 {
+			notes = append(notes, fmt.Sprintf("%d connections ended without a close from A", w.ended))
+		}
+		if w.untracked > 0 {
+			notes = append(notes, fmt.Sprintf("the backend gave no final count for %d connections (left out of the reply figures)", w.untracked))
+		}
+		if w.firstErr != "" {
+			notes = append(notes, "first client error: "+w.firstErr)
+		}
+		if len(notes) > 0 {
+			p("- `--drain-spread %v`: %s.\n", w.spread, strings.Join(notes, "; "))
+		}
+	}
+	var spreadRow *rollingResult
+	var lost, disorder int64
+	complete := len(rows) > 0
+	for i, w := range rows {
+		if w.spread > 0 && spreadRow == nil {
+			spreadRow = &rows[i]
+		}
+		lost += w.lost
+		disorder += int64(w.disordered)
+		complete = complete && w.untracked == 0 && w.ended == 0
+	}
+	p("\n| target | figure from this run | |\n| --- | --- | --- |\n")
+	if spreadRow != nil {
+		lim := 2 * spreadRow.even()
+		// Any 100 ms window holds at least as many as the fixed intervals: the stricter reading.
+		p("| peak reconnects per 100 ms ≤ 2× the even-spread rate at `--drain-spread %v` (≤ %s), in any 100 ms window | %d in any 100 ms, %d in the fixed intervals; %s of %s reconnected | %s |\n",
+			spreadRow.spread, fmtNum(lim, 0), spreadRow.peakAny, spreadRow.peak, fmtNum(float64(spreadRow.reconnected), 0), fmtNum(float64(spreadRow.conns), 0),
+			verdict(float64(spreadRow.peakAny) <= lim && spreadRow.reconnected == spreadRow.conns, true))
+	} else {
+		p("| peak reconnects per 100 ms ≤ 2× the even-spread rate | no row with a spread | not measured |\n")
+	}
+	p("| no reply the backend wrote before its close is lost | %s lost, %s out of order, over %d rows | %s |\n\n",
+		fmtNum(float64(lost), 0), fmtNum(float64(disorder), 0), len(rows), verdict(lost == 0 && disorder == 0 && complete, len(rows) > 0))
+	if len(rows) > 0 {
+		p("```sh\n%s   # gate A, first row\n%s   # gate B\n```\n\n", shellJoin(tmp, rows[0].gateA), shellJoin(tmp, rows[0].gateB))
+	}
+	if alone && len(errs) > 0 { // the full report lists them under Failed measurements
+		for _, e := range errs {
+			p("- failed: %s\n", strings.ReplaceAll(e, "\n", " "))
+		}
+		p("\n")
+	}
+	return b.String()
+}
+
+// spliceSection puts section (which starts with rollingHeading) into doc in place of the
+// section there, or before "## How the gates were run" or "## Micro-benchmarks", or at the end.
+func spliceSection(doc, section string) string {
+	if i := strings.Index(doc, rollingHeading+"\n"); i >= 0 && (i == 0 || doc[i-1] == '\n') {
+		rest := doc[i+len(rollingHeading):]
+		end := len(doc)
+		if j := strings.Index(rest, "\n## "); j >= 0 {
+			end = i + len(rollingHeading) + j + 1
+		}
+		return doc[:i] + section + doc[end:]
+	}
+	for _, h := range []string{"\n## How the gates were run", "\n## Micro-benchmarks"} {
+		if i := strings.Index(doc, h); i >= 0 {
+			return doc[:i+1] + section + doc[i+1:]
+		}
+	}
+	if !strings.HasSuffix(doc, "\n\n") {
+		doc = strings.TrimRight(doc, "\n") + "\n\n"
+	}
+	return doc + section
 }

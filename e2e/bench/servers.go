@@ -286,7 +286,13 @@ func (e *env) probeLease(leaseSize int) {
 // "rules" and "rules-exact": the memory and exact gates with gateLimits as a
 // rules file.
 func (e *env) startGate(mode string) (*target, error) {
-	t := &target{key: "gate-" + mode, name: "wsgate " + mode, proxy: true, gate: true}
+	return e.startGateAs("gate-"+mode, "wsgate "+mode, mode)
+}
+
+// startGateAs is startGate with its own key and row label (the key names its log file) and
+// extra flags after the usual ones.
+func (e *env) startGateAs(key, name, mode string, extra ...string) (*target, error) {
+	t := &target{key: key, name: name, proxy: true, gate: true}
 	switch {
 	case mode != "memory" && mode != "rules" && e.redisAddr == "":
 		t.skip = "n/a (redis-server not installed)"
@@ -329,6 +335,7 @@ func (e *env) startGate(mode string) (*target, error) {
 		t.argv = append(t.argv, e.leaseArgs...)
 		t.redis = e.redisAddr
 	}
+	t.argv = append(t.argv, extra...)
 	if t.proc, err = e.ps.start(t.key, filepath.Join(e.tmp, t.key+".log"), t.argv); err != nil {
 		return nil, err
 	}
