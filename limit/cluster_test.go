@@ -31,6 +31,9 @@ func TestCluster(t *testing.T) {
 	t.Run("lease semantics", func(t *testing.T) { runSemantics(t, leaseHarness(url, 2)) })
 	t.Run("lease window", func(t *testing.T) { testLeaseWindow(t, url) })
 	t.Run("open conn", func(t *testing.T) { testOpenConn(t, url, cli) })
+	t.Run("admin", func(t *testing.T) { runAdminCases(t, redisAdminHarness(url)) })
+	t.Run("admin replicas", func(t *testing.T) { testAdminReplicas(t, url, cli, ModeExact) })
+	t.Run("admin keys", func(t *testing.T) { testAdminKeys(t, url, cli) })
 	t.Run("cached block", func(t *testing.T) {
 		l := newLimiter(t, Config{RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout, Rules: Rules{
 			UserMessages: rate(2, 10*time.Second, 300*ms),

@@ -78,11 +78,22 @@
 // refreshes its live ids every ConnTTL/3, so the ids of a replica that
 // crashed age out within ConnTTL.
 //
+// # Operator holds, revocations and events
+//
+// An operator can read and reset a key's state (Limiter.Inspect,
+// Limiter.Reset), hold a key so that every decision about it is refused
+// (Limiter.Hold), revoke a subject or a token (Limiter.Revoke, checked with
+// Limiter.Revoked), and send events to every replica (Limiter.Publish,
+// Limiter.OnEvent). Holds and revocations are kept in Redis and copied
+// into each replica, which decides from its copy without I/O; Event
+// describes the layout, the sync and its guarantees.
+//
 // docs/ARCHITECTURE.md places this package in the gate.
 package limit
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -148,8 +159,10 @@ type Config struct {
 	Timeout time.Duration
 	// Logger receives Redis state changes; nil means discard.
 	Logger *slog.Logger
-	// Now is the clock of the memory store (also the FailLocal fallback);
-	// nil means time.Now. The Redis store takes time from Redis only.
+	// Now is the clock of the memory store (also the FailLocal fallback),
+	// and of the ends of operator holds and revocations on both stores
+	// (wall-clock times, shared by the replicas); nil means time.Now. The
+	// Redis store's rules take time from Redis only.
 	Now func() time.Time
 	// Mode says how the message rules use Redis: ModeExact (the zero value)
 	// counts every message in Redis; ModeLease takes slices of a key's
@@ -202,21 +215,23 @@ type Decision struct {
 	// first is refused. A caller granted fewer asks again for the rest.
 	Granted int
 	// Blocked is true when a block in force refused the event (a message
-	// rule's block, set by an earlier refusal), false when this event went
-	// over its rule's limit. A handshake refused by a block has the
+	// rule's block, set by an earlier refusal, or an operator hold), false
+	// when this event went over its rule's limit. A handshake refused by a block has the
 	// blocking message rule's Kind, KindMessage.
 	Blocked bool
 	// Limit is the refusing rule's N (Config.IPMaxConns for OpenConn);
 	// zero when allowed, and for a FailClosed refusal.
 	Limit int
 	// Rule names the refusing rule of a rules file's policy (Charge);
-	// "" for the flag rules and when allowed.
+	// HoldRule for a refusal by an operator hold (Hold); "" for the flag
+	// rules and when allowed.
 	Rule string
 }
 
 // rule is one of the four rules with what a store needs to apply it.
 type rule struct {
 	Rule
+	name  string // as Inspect reports it: "user-messages" and so on
 	scope string
 	kind  string // KindMessage or KindConnection
 	// prefix is "<p>:um:{" and so on.
@@ -305,6 +320,16 @@ type Limiter struct {
 
 	conns *conns // nil without IPMaxConns
 
+	// The operator records and events (admin.go, events.go).
+	now        func() time.Time // Config.Now
+	origin     string           // this Limiter in the events it publishes
+	channel    string           // the events' Pub/Sub channel
+	holds      records[holdKey] // by value: a decision's check is one load
+	revoked    records[revKey]
+	events     eventQueue
+	subscribed atomic.Bool   // Redis confirmed the events subscription, for tests (rueidis resubscribes by itself)
+	reloadNow  chan struct{} // kicks reloadRecords
+
 	stop      chan struct{}
 	bg        context.Context // canceled by Close; bounds background calls
 	cancelBg  context.CancelFunc
@@ -346,10 +371,10 @@ func New(cfg Config) (*Limiter, error) {
 		rule                   Rule
 		blocks                 bool
 	}{
-		{&l.userMsg, "user message", ScopeUser, KindMessage, "um", cfg.Rules.UserMessages, true},
-		{&l.ipMsg, "IP message", ScopeIP, KindMessage, "im", cfg.Rules.IPMessages, true},
-		{&l.userConn, "user connection", ScopeUser, KindConnection, "uc", cfg.Rules.UserConns, false},
-		{&l.ipConn, "IP connection", ScopeIP, KindConnection, "ic", cfg.Rules.IPConns, false},
+		{&l.userMsg, flagUserMessages, ScopeUser, KindMessage, "um", cfg.Rules.UserMessages, true},
+		{&l.ipMsg, flagIPMessages, ScopeIP, KindMessage, "im", cfg.Rules.IPMessages, true},
+		{&l.userConn, flagUserHandshakes, ScopeUser, KindConnection, "uc", cfg.Rules.UserConns, false},
+		{&l.ipConn, flagIPHandshakes, ScopeIP, KindConnection, "ic", cfg.Rules.IPConns, false},
 	} {
 		if !r.blocks {
 			r.rule.Block = 0
@@ -360,6 +385,7 @@ func New(cfg Config) (*Limiter, error) {
 		}
 		*r.dst = rule{
 			Rule:   r.rule,
+			name:   r.name,
 			scope:  r.scope,
 			kind:   r.kind,
 			prefix: prefix + ":" + r.tag + ":{",
@@ -374,6 +400,14 @@ func New(cfg Config) (*Limiter, error) {
 		now = time.Now
 	}
 	l.mem = newMemory(now)
+	l.now = now
+	var origin [8]byte
+	_, _ = rand.Read(origin[:]) // never fails (crypto/rand)
+	l.origin = hex.EncodeToString(origin[:])
+	l.channel = prefix + ":admin:events"
+	l.holds.init(prefix+":admin:holds", holdField, parseHoldField, cfg.RedisURL != "")
+	l.revoked.init(prefix+":admin:revoked", revField, parseRevField, cfg.RedisURL != "")
+	l.reloadNow = make(chan struct{}, 1)
 	l.bg, l.cancelBg = context.WithCancel(context.Background())
 	if cfg.IPMaxConns > 0 {
 		l.conns = newConns(cfg.IPMaxConns, cfg.ConnTTL, prefix)
@@ -428,9 +462,13 @@ func New(cfg Config) (*Limiter, error) {
 			return nil, err
 		}
 		l.logConnectError(err, "")
+	} else if err := l.reload(); err != nil {
+		l.log.Warn("admin records not read at start, trying every second", "err", err)
 	}
-	l.wg.Add(1)
+	l.wg.Add(3)
 	go l.watchRedis()
+	go l.subscribeEvents()
+	go l.reloadRecords()
 	if l.conns != nil {
 		l.wg.Add(1)
 		go l.refreshConns()
@@ -439,6 +477,8 @@ func New(cfg Config) (*Limiter, error) {
 }
 
 // Message decides one data message of identity user from client IP ip.
+// Like Messages, Handshake and Charge, it is refused while an operator
+// holds user or ip (Hold), before any store is asked.
 // It never blocks longer than Config.Timeout (plus up to 5ms, see
 // Config.Timeout) or the caller's context.
 func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
@@ -461,6 +501,11 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // Redis, counting up to n messages or blocking the key, and the caller's
 // next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
+	if l.holds.cur.Load() != nil {
+		if d, held := l.heldMessage(KindMessage, user, ip); held {
+			return d
+		}
+	}
 	user, ip = safeID(user), safeID(ip)
 	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
 	ts := [2]count{{cs[0], &l.userMsg}, {cs[1], &l.ipMsg}}
@@ -471,6 +516,11 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 // blocks user or ip (a refusal of that message rule: Kind KindMessage,
 // Blocked), or over a connection rule (Kind KindConnection).
 func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
+	if l.holds.cur.Load() != nil {
+		if d, held := l.heldMessage(KindConnection, user, ip); held {
+			return d
+		}
+	}
 	user, ip = safeID(user), safeID(ip)
 	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
 	ts := [2]count{{counter{&l.userConn, user}, &l.userMsg}, {counter{&l.ipConn, ip}, &l.ipMsg}}
@@ -497,6 +547,7 @@ func (l *Limiter) StoreName() string {
 // client. It is safe to call more than once.
 func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
+		l.events.close()
 		close(l.stop)
 		l.cancelBg()
 		l.wg.Wait()

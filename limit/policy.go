@@ -46,7 +46,8 @@ func keyTag(k policy.Key) string {
 // refusal blocks the refusing rule's key when the rule blocks, for the
 // next step of its ladder, and the key's budget is full again when the
 // block ends. The Decision names the refusing rule in Rule and its key kind
-// in Scope.
+// in Scope. While an operator holds the key of a charge (Hold), the events
+// are refused by the hold, before any store is asked.
 //
 // With a RedisURL, Redis decides: the charges' block keys are read through
 // the client-side cache (a blocked key costs no round trip), then one
@@ -63,6 +64,11 @@ func keyTag(k policy.Key) string {
 // and its keys fall back at once. A FailClosed refusal names the first
 // charge's rule.
 func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n int, bytes int64) Decision {
+	if l.holds.cur.Load() != nil {
+		if d, held := l.heldCharge(kind, charges); held {
+			return d
+		}
+	}
 	n = max(n, 1)
 	if !l.useRedis {
 		d := l.mem.charge(charges, n, bytes, kind)
