@@ -25,6 +25,7 @@ type tokenCache struct {
 // cachedID is a verified Identity, compacted.
 type cachedID struct {
 	subject, issuer string
+	tokenID         string
 	expSec          int64  // exp as Unix seconds and nanoseconds: a year-9999
 	expNsec         int32  // "never expires" token does not fit UnixNano
 	used            bool   // read since an eviction pass last looked at it
@@ -52,7 +53,7 @@ func (c *tokenCache) get(k [sha256.Size]byte) (id Identity, key uint64, ok bool)
 		e.used = true
 		c.m[k] = e
 	}
-	return Identity{Subject: e.subject, Issuer: e.issuer, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC(), Claims: e.claims}, e.key, true
+	return Identity{Subject: e.subject, Issuer: e.issuer, TokenID: e.tokenID, Expiry: time.Unix(e.expSec, int64(e.expNsec)).UTC(), Claims: e.claims}, e.key, true
 }
 
 // put caches the identity of a token that the key with id key verified.
@@ -62,7 +63,7 @@ func (c *tokenCache) put(k [sha256.Size]byte, id Identity, key uint64) {
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
 		c.evict()
 	}
-	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond()), key: key, claims: id.Claims}
+	c.m[k] = cachedID{subject: id.Subject, issuer: id.Issuer, tokenID: id.TokenID, expSec: id.Expiry.Unix(), expNsec: int32(id.Expiry.Nanosecond()), key: key, claims: id.Claims}
 }
 
 // evict drops one entry: the first of a random sample not read since it was

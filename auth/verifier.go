@@ -117,6 +117,7 @@ type Identity struct {
 	Subject   string    // verified subject claim; "" when anonymous
 	Issuer    string    // "iss" of the token; "" when anonymous
 	Expiry    time.Time // "exp" of the token; zero when anonymous
+	TokenID   string    // "jti" of the token, what a revocation may name; "" when none
 	Anonymous bool
 	// Claims are the token's claims as JSON decodes them, with Config.
 	// KeepClaims; nil otherwise and when anonymous. Shared: read only.
@@ -151,13 +152,16 @@ const (
 	ReasonAudience        = "audience"
 	ReasonAlgorithm       = "algorithm"
 	ReasonJWKSUnavailable = "jwks_unavailable"
+	// ReasonRevoked: the token verified, but its subject or its jti is on
+	// the revocation list (the caller checks that list, not the Verifier).
+	ReasonRevoked = "revoked"
 )
 
 // Reasons lists every Reason an *Error may carry, for pre-registering metric
 // labels.
 func Reasons() []string {
 	return []string{ReasonMissing, ReasonMalformed, ReasonSignature, ReasonExpired,
-		ReasonNotYetValid, ReasonIssuer, ReasonAudience, ReasonAlgorithm, ReasonJWKSUnavailable}
+		ReasonNotYetValid, ReasonIssuer, ReasonAudience, ReasonAlgorithm, ReasonJWKSUnavailable, ReasonRevoked}
 }
 
 // Error is returned by Authenticate for a missing or invalid token. Its
@@ -409,7 +413,7 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 	if len(v.cfg.Audiences) > 0 && !audienceOK(t.Audience(), v.cfg.Audiences) {
 		return Identity{}, &Error{Reason: ReasonAudience, Err: jwt.ErrInvalidAudience()}
 	}
-	id := Identity{Issuer: t.Issuer(), Expiry: exp}
+	id := Identity{Issuer: t.Issuer(), Expiry: exp, TokenID: t.JwtID()}
 	if v.cfg.SubjectClaim == "sub" {
 		id.Subject = t.Subject()
 	} else if raw, ok := t.Get(v.cfg.SubjectClaim); ok {

@@ -329,10 +329,14 @@ func TestCache(t *testing.T) {
 	k := mustKeys(t)
 	clk := newClock(t0)
 	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: clk.Now, CacheSize: 2})
-	tok := sign(t, jwa.HS256, k.secret, "", validClaims())
+	claims := validClaims()
+	claims["jti"] = "token-1"
+	tok := sign(t, jwa.HS256, k.secret, "", claims)
 	for i := range 3 {
+		// A cached token keeps its jti: a revocation by token id must
+		// find it on every handshake, not only the first.
 		id, err := v.Authenticate(context.Background(), reqWith(tok, "header"))
-		if err != nil || id.Subject != "user-1" {
+		if err != nil || id.Subject != "user-1" || id.TokenID != "token-1" {
 			t.Fatalf("call %d: %+v %v", i, id, err)
 		}
 	}
@@ -382,7 +386,7 @@ func TestIdentityKey(t *testing.T) {
 }
 
 func TestReasons(t *testing.T) {
-	if len(Reasons()) != 9 {
+	if len(Reasons()) != 10 {
 		t.Fatal(Reasons())
 	}
 	e := &Error{Reason: ReasonExpired, Err: jwt.ErrTokenExpired()}

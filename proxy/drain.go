@@ -51,6 +51,22 @@ func drainRetry(spread time.Duration) time.Duration {
 // evenly over spread. It returns how many it chose once the last close has
 // begun; when ctx is done first, it closes the rest at once.
 func (p *Proxy) Drain(ctx context.Context, share float64, spread time.Duration) int {
+	prs := p.pick(share)
+	p.endSpread(ctx, prs, spread)
+	return len(prs)
+}
+
+// StartDrain drains a share of the open connections as Drain does, in the
+// background, and returns how many it chose. (A Shutdown meanwhile drains
+// the rest its own way.)
+func (p *Proxy) StartDrain(share float64, spread time.Duration) int {
+	prs := p.pick(share)
+	go p.endSpread(context.Background(), prs, spread)
+	return len(prs)
+}
+
+// pick chooses a share of the open pairs at random.
+func (p *Proxy) pick(share float64) []*pair {
 	p.mu.Lock()
 	prs := make([]*pair, 0, len(p.pairs))
 	for pr := range p.pairs {
@@ -60,9 +76,7 @@ func (p *Proxy) Drain(ctx context.Context, share float64, spread time.Duration) 
 	}
 	p.mu.Unlock()
 	rand.Shuffle(len(prs), func(i, j int) { prs[i], prs[j] = prs[j], prs[i] })
-	prs = prs[:int(math.Ceil(min(max(share, 0), 1)*float64(len(prs))))]
-	p.endSpread(ctx, prs, spread)
-	return len(prs)
+	return prs[:int(math.Ceil(min(max(share, 0), 1)*float64(len(prs))))]
 }
 
 // drainTick is the coarsest step of a spread drain: the closes due within

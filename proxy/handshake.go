@@ -182,10 +182,8 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr.path = r.URL.Path
 	pr.protocol = protocol
 	pr.release = release
-	pr.info = &connInfo{id: connID, sio: isEIO, rules: cr}
-	if p.cfg.LogSubject {
-		pr.info.subject = cl.identity.Subject
-	}
+	pr.info = &connInfo{id: connID, sio: isEIO, rules: cr,
+		subject: cl.identity.Subject, tokenID: cl.identity.TokenID}
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {
 			pr.deflating = true

@@ -55,6 +55,14 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (client, bool) {
 			p.log.Info("token refused", "reason", reason, "client_ip", c.ip.String(), "path", r.URL.Path)
 			return c, false
 		}
+		if p.cfg.Revoked != nil && p.cfg.Revoked(id.Subject, id.TokenID) {
+			p.m.AuthFailures.WithLabelValues(auth.ReasonRevoked).Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="token revoked"`)
+			p.allowCORS(w, r)
+			p.refuse(w, http.StatusUnauthorized, "unauthorized: "+auth.ReasonRevoked, metrics.ResultUnauthorized)
+			p.log.Info("token refused", "reason", auth.ReasonRevoked, "client_ip", c.ip.String(), "path", r.URL.Path)
+			return c, false
+		}
 		c.identity = id
 	}
 	c.userKey = c.identity.Key(c.ipKey)

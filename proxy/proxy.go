@@ -46,6 +46,11 @@ type Limiter interface {
 	// OpenConn registers an open connection of ip against the concurrent
 	// connection bound; release is called when the connection ends.
 	OpenConn(ctx context.Context, ip string) (d limit.Decision, release func())
+	// Holding reports whether an operator's hold may be in force, and
+	// Held whether one refuses the client of user key user and ip key ip
+	// (see limit.Limiter.Held).
+	Holding() bool
+	Held(kind, user, ip string) (limit.Decision, bool)
 }
 
 // Authenticator verifies the token of a handshake or request and cleans
@@ -196,6 +201,13 @@ type Config struct {
 	// token, an Origin check or any limit: the backend's health checks.
 	// Nil means none.
 	HealthPaths []string
+	// Revoked reports whether a verified token is revoked, by its subject
+	// or its jti: its handshake gets 401 (auth failure "revoked"). It is
+	// called on every authenticated handshake and must not block. Nil:
+	// nothing is revoked. Open connections of a token revoked later are
+	// closed by Disconnect.
+	Revoked func(subject, tokenID string) bool
+
 	// LogSubject adds the verified subject to the refusal log lines, next
 	// to the identity key. False means only the key (a hash) is logged.
 	LogSubject bool

@@ -172,6 +172,13 @@ func (p *Proxy) decideRules(ctx context.Context, cr *connRules, a ask) limit.Dec
 	if a.handshake {
 		kind = limit.KindConnection
 	}
+	if p.cfg.Limiter.Holding() {
+		// An operator's hold of the client's user or IP refuses whatever
+		// rules apply, an exempt client's too.
+		if d, held := p.cfg.Limiter.Held(kind, cr.client.User, cr.client.IP.String()); held {
+			return d
+		}
+	}
 	if cr.adm.Exempt() {
 		return limit.Decision{Allowed: true, Kind: kind, Granted: a.n}
 	}

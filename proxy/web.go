@@ -167,9 +167,12 @@ func (p *Proxy) allowCORS(w http.ResponseWriter, r *http.Request) {
 // It is set at the handshake; then only the client direction, which
 // decides the connection's messages, reads and writes it.
 type connInfo struct {
-	id      string // the engine.io sid of a socket.io upgrade, else random
-	subject string // the verified subject, kept only under Config.LogSubject
-	sio     bool   // the connection speaks engine.io 4
+	id string // the engine.io sid of a socket.io upgrade, else random
+	// subject and tokenID are the verified token's subject and jti, for
+	// the operator's disconnects and revocations; the subject is logged
+	// only under Config.LogSubject.
+	subject, tokenID string
+	sio              bool // the connection speaks engine.io 4
 
 	// freeStart and freeCount are the window of the engine.io control
 	// packets that pass without counting (sioFreeControl).
@@ -289,6 +292,9 @@ func (pr *pair) refused(d limit.Decision) {
 	info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
 	transport := "websocket"
 	rf := refusal{event: "message", transport: transport, connID: info.id, ip: pr.clientIP,
-		userKey: pr.userKey, subject: info.subject, path: pr.path}
+		userKey: pr.userKey, path: pr.path}
+	if pr.p.cfg.LogSubject {
+		rf.subject = info.subject
+	}
 	pr.p.logRefusal(d, rf)
 }
