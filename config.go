@@ -28,15 +28,17 @@ import (
 // config is what the flags say, checked.
 type config struct {
 	listen, adminListen string
-	proxy               proxy.Config
-	limits              limit.Config
-	auth                auth.Config
-	ip                  clientip.Resolver
-	proxyProtocol       bool
-	shutdownDelay       time.Duration
-	shutdownGrace       time.Duration
-	logLevel            slog.Level
-	logJSON             bool
+	// adminTokenFile turns the admin API on; "" leaves it off.
+	adminTokenFile string
+	proxy          proxy.Config
+	limits         limit.Config
+	auth           auth.Config
+	ip             clientip.Resolver
+	proxyProtocol  bool
+	shutdownDelay  time.Duration
+	shutdownGrace  time.Duration
+	logLevel       slog.Level
+	logJSON        bool
 	// rules is --rules-file's policy; nil under the rule flags.
 	rules *policy.Live
 	// redisRequired keeps /readyz at 503 while Redis is not reachable.
@@ -118,11 +120,12 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 		return nil, err
 	}
 	cfg := &config{
-		serviceLinks:  links,
-		listen:        c.String("listen"),
-		adminListen:   c.String("admin-listen"),
-		shutdownDelay: c.Duration("shutdown-delay"),
-		shutdownGrace: c.Duration("shutdown-grace"),
+		serviceLinks:   links,
+		listen:         c.String("listen"),
+		adminListen:    c.String("admin-listen"),
+		adminTokenFile: c.String("admin-token-file"),
+		shutdownDelay:  c.Duration("shutdown-delay"),
+		shutdownGrace:  c.Duration("shutdown-grace"),
 	}
 	if demoMode && !c.IsSet("shutdown-delay") {
 		// Nothing routes traffic to the demo: Ctrl-C should stop it now.
@@ -132,6 +135,15 @@ func configFrom(c *cli.Context, demoMode bool) (*config, error) {
 	for _, name := range []string{"listen", "admin-listen"} {
 		if _, _, err := net.SplitHostPort(c.String(name)); err != nil {
 			return bad(name, fmt.Errorf("want host:port, got %q", c.String(name)))
+		}
+	}
+	if f := cfg.adminTokenFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return bad("admin-token-file", err)
+		}
+		if strings.TrimSpace(string(b)) == "" {
+			return bad("admin-token-file", fmt.Errorf("%s is empty", f))
 		}
 	}
 	if !demoMode {

@@ -43,7 +43,8 @@ func flags(upstreamRequired bool) []cli.Flag {
 	upstream := str("upstream", "", catUpstream, upstreamUsage)
 	return []cli.Flag{
 		str("listen", ":8080", catListen, "address for clients (WebSocket and pass-through HTTP)"),
-		str("admin-listen", ":9090", catListen, "address for /metrics, /healthz and /readyz"),
+		str("admin-listen", ":9090", catListen, "address for /metrics, /healthz, /readyz and the admin API"),
+		str("admin-token-file", "", catListen, "file holding the admin API's bearer token (re-read on SIGHUP); the API (/v1/ on the admin port: inspect, reset and block keys, disconnect, drain, revoke) is off without it"),
 		upstream,
 		dur("upstream-dial-timeout", 5*time.Second, catUpstream, "bound on connecting to the upstream and its handshake (504 when over)"),
 		dur("pass-body-timeout", 30*time.Second, catUpstream, "bound on receiving a pass-through (non-WebSocket) request's body; over it: 408; 0 = no bound"),

@@ -31,7 +31,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
-	if err := newApp().Run(os.Args); err != nil {
+	if err := newApp().Run(adminArgsLast(os.Args)); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			if msg := err.Error(); msg != "" {
@@ -104,6 +104,7 @@ func newApp() *cli.App {
 				},
 			},
 			rulesCommand(),
+			adminCommand(),
 		},
 	}
 }

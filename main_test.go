@@ -320,3 +320,19 @@ func TestRedisRequired(t *testing.T) {
 		t.Error("--redis-required: want not ready while Redis is down")
 	}
 }
+
+func TestAdminArgsLast(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"wsgate admin block user:a --for 10m --reason x", "wsgate admin block --for 10m --reason x -- user:a"},
+		{"wsgate admin inspect user:a --json", "wsgate admin inspect --json -- user:a"},
+		{"wsgate admin block --for=10m user:a", "wsgate admin block --for=10m -- user:a"},
+		{"wsgate admin inspect -- --odd-key", "wsgate admin inspect -- --odd-key"},
+		{"wsgate admin revocations", "wsgate admin revocations"},
+		{"wsgate --listen :1 admin", "wsgate --listen :1 admin"},
+		{"wsgate rules check f --x", "wsgate rules check f --x"},
+	} {
+		if got := strings.Join(adminArgsLast(strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

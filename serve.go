@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/holo/wsgate/admin"
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
 	"github.com/holo/wsgate/internal/demo"
@@ -42,8 +43,9 @@ const singlePeerSample = 50
 
 // serve runs the gate until SIGTERM or SIGINT, then drains: /readyz turns
 // 503 at once, clients are served for the shutdown delay while endpoints
-// update, then every connection gets close 1001 and the process exits 0
-// within the grace period. started, when not nil, receives the client
+// update, then the connections are drained (close 1012 by default), spread
+// over the drain spread, and the process exits 0 within the grace period
+// after it. started, when not nil, receives the client
 // listener's address.
 func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	log := newLogger(cfg)
@@ -56,6 +58,8 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	metrics.RegisterRuntime(reg)
 	m := metrics.New(reg, version, commit)
 
+	var ready atomic.Bool
+	ready.Store(true)
 	cfg.limits.Logger = log
 	lim, err := limit.New(cfg.limits)
 	if err != nil {
@@ -84,9 +88,27 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	cfg.proxy.Metrics = m
 	cfg.proxy.Rules = cfg.rules
 	cfg.proxy.Logger = log
+	cfg.proxy.Revoked = func(subject, tokenID string) bool {
+		_, revoked := lim.Revoked(subject, tokenID)
+		return revoked
+	}
 	px, err := proxy.New(cfg.proxy)
 	if err != nil {
 		return cli.Exit("wsgate: --upstream: "+err.Error(), exitBadConfig)
+	}
+	// Every replica closes the connections that an operator's disconnect
+	// or revocation names, whether or not its own admin API is on.
+	replica := replicaName()
+	lim.OnEvent(admin.EventHandler(px, log))
+	adminHandler := metrics.AdminHandler(reg, readiness(&ready, cfg.limits, cfg.redisRequired, lim))
+	var api *admin.API
+	if cfg.adminTokenFile != "" {
+		api, err = admin.New(admin.Config{TokenFile: cfg.adminTokenFile, Limiter: lim, Proxy: px, Rules: cfg.rules,
+			Issuer: cfg.auth.Issuer, IPKey: cfg.ip.Key, Replica: replica, Logger: log})
+		if err != nil {
+			return cli.Exit("wsgate: --admin-token-file: "+err.Error(), exitBadConfig)
+		}
+		adminHandler = api.Handler(adminHandler)
 	}
 
 	var lc net.ListenConfig
@@ -114,8 +136,6 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		ln.Close()
 		return fmt.Errorf("--admin-listen: %w", err)
 	}
-	var ready atomic.Bool
-	ready.Store(true)
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	srv := &http.Server{
 		Handler:           px,
@@ -124,14 +144,14 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          errLog,
 	}
-	admin := &http.Server{
-		Handler:           metrics.AdminHandler(reg, readiness(&ready, cfg.limits, cfg.redisRequired, lim)),
+	adminSrv := &http.Server{
+		Handler:           adminHandler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
-	go func() { serveErr <- admin.Serve(adminLn) }()
+	go func() { serveErr <- adminSrv.Serve(adminLn) }()
 	if len(cfg.serviceLinks) > 0 {
 		log.Debug("ignoring the Kubernetes service-link variables that share the WSGATE_ prefix", "variables", cfg.serviceLinks)
 	}
@@ -158,7 +178,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	r := cfg.limits.Rules
 	log.Info("wsgate started", "version", version, "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
 		"upstream", redact.URL(cfg.proxy.Upstream.String()), "store", lim.StoreName(), "mode", cfg.limits.Mode.String(),
-		"failure_mode", cfg.limits.FailureMode.String(), "auth", verifier.Enabled(),
+		"failure_mode", cfg.limits.FailureMode.String(), "auth", verifier.Enabled(), "admin_api", api != nil, "replica", replica,
 		"user_rate", r.UserMessages.String(), "ip_rate", r.IPMessages.String(),
 		"user_conn_rate", r.UserConns.String(), "ip_conn_rate", r.IPConns.String(), "ip_max_conns", cfg.limits.IPMaxConns)
 	if started != nil {
@@ -177,6 +197,11 @@ wait:
 				log.Warn("SIGHUP: the key files cannot be read; keeping the keys in use", "err", err)
 			} else {
 				log.Info("SIGHUP: key files re-read (flags and other settings take a restart)")
+			}
+			if api != nil {
+				if err := api.Reload(); err != nil {
+					log.Warn("SIGHUP: the admin token file cannot be read; keeping the token in use", "err", err)
+				}
 			}
 			if cfg.rules != nil {
 				select {
@@ -214,7 +239,7 @@ wait:
 		log.Warn("pass-through requests left at the end of the grace period were cut", "err", err)
 		_ = srv.Close()
 	}
-	_ = admin.Close()
+	_ = adminSrv.Close()
 	log.Info("stopped")
 	return nil
 }
@@ -282,4 +307,15 @@ func ruleSeries(pol *policy.Policy) []metrics.RuleSeries {
 		}
 	}
 	return out
+}
+
+// replicaName names this process in the admin API's answers and logs:
+// the host name (a pod's name) and the process id, unique among the gates
+// that share a Redis.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "wsgate"
+	}
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
 }

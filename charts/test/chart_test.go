@@ -620,7 +620,7 @@ func TestArgsPerValue(t *testing.T) {
 		absent   []string // flag names that must not be
 		env      map[string]string
 	}{
-		{"defaults", ``, []string{"--listen=:8080", "--admin-listen=:9090", "--upstream=http://127.0.0.1:3000", "--identity-header=X-Auth-Subject"}, []string{"trusted-proxies", "redis-url", "jwt-hmac-secret-file", "jwks-url", "require-auth"}, nil},
+		{"defaults", ``, []string{"--listen=:8080", "--admin-listen=:9090", "--upstream=http://127.0.0.1:3000", "--identity-header=X-Auth-Subject"}, []string{"trusted-proxies", "redis-url", "jwt-hmac-secret-file", "jwks-url", "require-auth", "admin-token-file"}, nil},
 		{"trusted proxies repeat", `{trustedProxies: [10.0.0.0/8, "2001:db8::/32"]}`, []string{"--trusted-proxies=10.0.0.0/8", "--trusted-proxies=2001:db8::/32"}, nil, nil},
 		{"large integers stay integers", `{gate: {maxConns: 1000000}}`, []string{"--max-conns=1000000"}, nil, nil},
 		{"null leaves the binary default", `{gate: {limits: {userRate: null}, protocol: {pingInterval: null}}}`, nil, []string{"user-rate", "ping-interval"}, nil},
@@ -631,6 +631,7 @@ func TestArgsPerValue(t *testing.T) {
 		{"redis secret goes to env", `{gate: {redis: {existingSecret: {name: rs, key: u}}}}`, nil, []string{"redis-url"}, map[string]string{"WSGATE_REDIS_URL": "secret rs/u"}},
 		{"dev redis", `{devRedis: {enabled: true}}`, []string{"--redis-url=redis://ci-wsgate-redis:6379/0"}, nil, nil},
 		{"hmac secret file", `{gate: {auth: {jwtHmacSecret: {existingSecret: s, key: k}}}}`, []string{"--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/k", "--require-auth=true"}, nil, nil},
+		{"admin token file", `{gate: {admin: {tokenSecret: {existingSecret: s, key: t}}}}`, []string{"--admin-token-file=/etc/wsgate/admin/t"}, nil, nil},
 		{"a jwks url requires auth", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json"}}}`, []string{"--jwks-url=https://issuer/jwks.json", "--require-auth=true"}, nil, nil},
 		{"requireAuth false", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json", requireAuth: false}}}`, nil, []string{"require-auth"}, nil},
 		{"requireAuth true without a key", `{gate: {auth: {requireAuth: true}}}`, []string{"--require-auth=true"}, nil, nil},

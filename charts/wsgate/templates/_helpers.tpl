@@ -242,6 +242,9 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- if .Values.gate.auth.jwtHmacSecret.existingSecret }}
 {{- $args = append $args (printf "--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/%s" .Values.gate.auth.jwtHmacSecret.key) }}
 {{- end }}
+{{- if .Values.gate.admin.tokenSecret.existingSecret }}
+{{- $args = append $args (printf "--admin-token-file=/etc/wsgate/admin/%s" .Values.gate.admin.tokenSecret.key) }}
+{{- end }}
 {{- if include "wsgate.jwtKeySource" . }}
 {{- $args = append $args (printf "--jwt-key-file=/etc/wsgate/jwt-key/%s" .Values.gate.auth.jwtKey.key) }}
 {{- end }}
@@ -276,6 +279,9 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- if .Values.gate.auth.jwtHmacSecret.existingSecret }}
 {{- $m = append $m (dict "name" "wsgate-jwt-hmac" "mountPath" "/etc/wsgate/jwt-hmac" "readOnly" true) }}
 {{- end }}
+{{- if .Values.gate.admin.tokenSecret.existingSecret }}
+{{- $m = append $m (dict "name" "wsgate-admin" "mountPath" "/etc/wsgate/admin" "readOnly" true) }}
+{{- end }}
 {{- if include "wsgate.jwtKeySource" . }}
 {{- $m = append $m (dict "name" "wsgate-jwt-key" "mountPath" "/etc/wsgate/jwt-key" "readOnly" true) }}
 {{- end }}
@@ -306,6 +312,17 @@ start. Only the gate's container mounts these volumes, so "other" reaches no one
     items:
       - key: {{ $a.jwtHmacSecret.key | quote }}
         path: {{ $a.jwtHmacSecret.key | quote }}
+{{- end }}
+{{- with .Values.gate.admin.tokenSecret }}
+{{- if .existingSecret }}
+- name: wsgate-admin
+  secret:
+    secretName: {{ .existingSecret | quote }}
+    defaultMode: 0444
+    items:
+      - key: {{ .key | quote }}
+        path: {{ .key | quote }}
+{{- end }}
 {{- end }}
 {{- $src := include "wsgate.jwtKeySource" . }}
 {{- if eq $src "secret" }}
