@@ -244,22 +244,31 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 		return true
 	}
 	if n := countPackets(body); n > 0 && p.cfg.Limiter != nil {
-		granted, d, refused := p.decideAll(r.Context(), cl, cr, body, n)
-		if !d.Allowed {
-			p.logRefusal(d, p.refusalOf(r, cl, "message", "polling", sid))
+		v := p.decideAll(r.Context(), cl, cr, sid, body, n)
+		if !v.d.Allowed {
+			p.logRefusal(v.d, p.refusalOf(r, cl, "message", "polling", sid))
 		}
-		if refused {
-			cut, next := cutAfter(body, granted)
-			if !p.web.sessions.add(sid, &session{d: d, nsp: namespace(next)}) {
-				p.writeLimited(w, r, d)
+		if len(v.notices) > 0 {
+			p.web.drops.notify(sid, v.notices)
+		}
+		body = v.out
+		switch {
+		case v.refused != nil:
+			if !p.web.sessions.add(sid, &session{d: v.d, nsp: namespace(v.refused)}) {
+				p.writeLimited(w, r, v.d)
 				return true
 			}
 			// The upstream gets what was granted, then the close that ends
 			// its session.
-			body = append(body[:cut:cut], eioSep, eioClose)
-			if cut == 0 {
-				body = body[1:]
+			if len(body) > 0 {
+				body = append(body[:len(body):len(body)], eioSep)
 			}
+			body = append(body, eioClose)
+		case len(body) == 0:
+			// Every packet was dropped: the upstream gets nothing (an
+			// empty payload would be a parse error that ends its session).
+			p.writePoll(w, r, []byte("ok"))
+			return true
 		}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -286,39 +295,75 @@ func (p *Proxy) ownPost(s *session, body []byte) {
 	s.signal()
 }
 
-// decideAll decides the n messages of a POST, in as many limiter calls as
-// it takes. It returns how many were granted, the last decision, and
-// whether the gate refuses the rest (never under Shadow).
+// pollVerdict is what the limits decided for the packets of a POST.
+type pollVerdict struct {
+	// out is the payload the upstream gets: the packets granted, in their
+	// order, up to the refused one.
+	out []byte
+	// d is the last decision.
+	d limit.Decision
+	// refused is the packet whose refusal ends the session (never under
+	// Shadow); nil when none.
+	refused []byte
+	// notices are the refusal events of the packets a rule dropped.
+	notices [][]byte
+}
+
+// decideAll decides the n messages of a POST to session sid, in as many
+// limiter calls as it takes.
 //
 // Under a rules file with classes or byte rules each packet is decided on
-// its own, as a message of its class and size; a refusal of any action
-// ends the session (a polling session has no way to drop one packet and
-// keep the rest in order).
-func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, body []byte, n int) (granted int, d limit.Decision, refused bool) {
+// its own, as a message of its class and size; a packet refused by a rule
+// that drops is cut out of the payload and its refusal event queued for
+// the session's next GET (pollingdrop.go), up to the rule's close-after.
+func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid string, body []byte, n int) pollVerdict {
+	v := pollVerdict{out: body}
 	if cr != nil && cr.perMessage() {
-		d = limit.Decision{Allowed: true, Kind: limit.KindMessage}
+		v.d = limit.Decision{Allowed: true, Kind: limit.KindMessage}
+		var kept [][]byte
+		cut := false // a packet was left out of out
 		packets(body, func(pkt []byte, _ int) bool {
 			if len(pkt) == 0 || isControlPacket(pkt) {
+				kept = append(kept, pkt)
 				return true
 			}
-			d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.Classify(pkt), bytes: int64(len(pkt))})
-			if refused = p.enforce(d, cr.tier); refused {
-				return false
+			v.d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.Classify(pkt), bytes: int64(len(pkt))})
+			if !p.enforce(v.d, cr.tier) {
+				kept = append(kept, pkt)
+				return true
 			}
-			granted++
-			return true
+			cut = true
+			if p.dropsPacket(sid, cr.ruleOf(v.d), pkt) {
+				v.notices = append(v.notices, p.sioEvent(namespace(pkt), v.d))
+				return true
+			}
+			v.refused = pkt
+			return false
 		})
-		return granted, d, refused
+		if cut {
+			v.out = trimSeps(bytes.Join(kept, []byte{eioSep}))
+		}
+		return v
 	}
+	granted := 0
 	for granted < n {
-		d = p.decideRequest(ctx, cl, cr, n-granted)
-		if p.enforce(d, cr.tierName()) {
-			return granted, d, true
+		v.d = p.decideRequest(ctx, cl, cr, n-granted)
+		if p.enforce(v.d, cr.tierName()) {
+			var end int
+			end, v.refused = cutAfter(body, granted)
+			v.out = body[:end]
+			return v
 		}
 		// Under Shadow a refusal lets one message pass.
-		granted += max(d.Granted, 1)
+		granted += max(v.d.Granted, 1)
 	}
-	return n, d, false
+	return v
+}
+
+// trimSeps drops the separators at the ends of a payload, where they
+// would make empty packets.
+func trimSeps(b []byte) []byte {
+	return bytes.Trim(b, string(rune(eioSep)))
 }
 
 // writePoll writes a polling answer of the gate's own.

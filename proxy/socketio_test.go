@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"compress/flate"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -412,5 +414,36 @@ func TestInflateHead(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, func() { inflateHead(deflated, out[:]) }); a != 0 {
 		t.Errorf("inflateHead allocates %v times", a)
+	}
+}
+
+// TestAddPollNotices: the refusal events of dropped packets go after the
+// upstream's packets of the next GET's answer, before its close if it sent
+// one, once.
+func TestAddPollNotices(t *testing.T) {
+	p := &Proxy{web: web{drops: newPollDrops()}}
+	sep := string(rune(eioSep))
+	for _, tc := range []struct{ upstream, want string }{
+		{"", "N1" + sep + "N2"},
+		{"42[\"a\"]", "42[\"a\"]" + sep + "N1" + sep + "N2"},
+		{"1", "N1" + sep + "N2" + sep + "1"},
+		{"42[\"a\"]" + sep + "1", "42[\"a\"]" + sep + "N1" + sep + "N2" + sep + "1"},
+	} {
+		p.web.drops.notify("s", [][]byte{[]byte("N1"), []byte("N2")})
+		res := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.upstream))}
+		if err := p.addPollNotices(res, "s"); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(res.Body)
+		if string(got) != tc.want || res.ContentLength != int64(len(tc.want)) {
+			t.Errorf("upstream %q: got %q, want %q", tc.upstream, got, tc.want)
+		}
+		res = &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x"))}
+		if err := p.addPollNotices(res, "s"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := io.ReadAll(res.Body); string(got) != "x" {
+			t.Errorf("the notices were added twice: %q", got)
+		}
 	}
 }

@@ -39,7 +39,8 @@ type web struct {
 	// `["wsgate:limited",`.
 	sioEventHead []byte
 	health       map[string]bool
-	sessions     *sessions // the sessions the gate answers for (polling.go)
+	sessions     *sessions  // the sessions the gate answers for (polling.go)
+	drops        *pollDrops // the polling sessions with dropped packets (pollingdrop.go)
 }
 
 func newWeb(cfg *Config) (web, error) {
@@ -71,6 +72,7 @@ func newWeb(cfg *Config) (web, error) {
 		w.health[h] = true
 	}
 	w.sessions = newSessions()
+	w.drops = newPollDrops()
 	return w, nil
 }
 

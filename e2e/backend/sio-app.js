@@ -30,6 +30,8 @@
 //     "classes"  emit count "typing" events, then "chat" until the gate refuses one, then one
 //                "echo"; print {limited} (the refusal event), {chats} (emitted up to the
 //                refusal), {echo} (the ack, or the error that ended it) and {connected}
+//     "drops"    emit count "typing" events, then 5 "chat" 20 ms apart, then one "echo" with
+//                an ack; print {limited} (every refusal event, in order), {echo} and {connected}
 //   token2      the token of the "refresh" scenario's reconnect
 //   rate, ms, count  scenario parameters
 //   limit       the time limit in ms (default 20000)
@@ -163,6 +165,25 @@ const scenarios = {
       echo = { error: err.message };
     }
     print({ limited, chats, echo, connected: socket.connected, transport: transportOf(socket) });
+  },
+
+  async drops(socket, o) {
+    const limited = [];
+    socket.on('wsgate:limited', (data) => limited.push(data));
+    for (let i = 0; i < o.count; i++) socket.emit('typing', i);
+    for (let i = 0; i < 5; i++) {
+      socket.emit('chat', `chat-${i}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    let echo;
+    try {
+      echo = await socket.timeout(3000).emitWithAck('echo', 'after the drops');
+    } catch (err) {
+      echo = { error: err.message };
+    }
+    // The refusal events come with the answer that carries the ack, or before it.
+    await new Promise((r) => setTimeout(r, 100));
+    print({ limited, echo, connected: socket.connected, transport: transportOf(socket) });
   },
 
   async idle(socket, o) {

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/holo/wsgate/policy"
+)
+
+// A rules file's drop action on engine.io's polling transport. The dropped
+// packet is cut out of the POST the upstream gets (the packets around it
+// keep their order), and the refusal event waits for the session's next
+// GET: the gate adds it to the upstream's answer, as it adds a refusal that
+// closes the session. The client reads it when the upstream next answers
+// that GET: at once when the app sends something, at the latest at
+// engine.io's next ping (25 s by default). The drops are counted per
+// session for close-after, since each POST is a request of its own.
+
+// pollDrop is what the gate keeps of an upstream session whose client had
+// packets dropped.
+type pollDrop struct {
+	drops   map[string]*dropCount // by rule, for close-after
+	notices [][]byte              // the refusal events the next GET's answer carries
+	expires time.Time
+}
+
+// pollDrops are the pollDrops by sid, bounded by maxSessions.
+type pollDrops struct {
+	mu sync.Mutex
+	m  map[string]*pollDrop
+}
+
+func newPollDrops() *pollDrops { return &pollDrops{m: make(map[string]*pollDrop)} }
+
+// dropped counts a drop by rule r in session sid, as connRules.dropped
+// does for a WebSocket, and reports whether it is one too many: the
+// session is then closed instead. A session the gate cannot keep track of
+// (over maxSessions) is closed.
+func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	e := pd.entry(sid, now)
+	if e == nil {
+		return true
+	}
+	if r.CloseAfter == 0 {
+		return false
+	}
+	c := e.drops[r.Name]
+	if c == nil || !now.Before(c.until) {
+		c = &dropCount{until: now.Add(r.Limits[0].Per)}
+		e.drops[r.Name] = c
+		e.expires = later(e.expires, c.until)
+	}
+	c.n++
+	return c.n >= r.CloseAfter
+}
+
+// entry returns sid's entry, made if need be and alive for sessionTTL
+// more; nil when the table is full. Callers hold pd.mu.
+func (pd *pollDrops) entry(sid string, now time.Time) *pollDrop {
+	e := pd.m[sid]
+	if e == nil {
+		if len(pd.m) >= maxSessions {
+			for k, v := range pd.m {
+				if now.After(v.expires) {
+					delete(pd.m, k)
+				}
+			}
+			if len(pd.m) >= maxSessions {
+				return nil
+			}
+		}
+		e = &pollDrop{drops: make(map[string]*dropCount)}
+		pd.m[sid] = e
+	}
+	e.expires = later(e.expires, now.Add(sessionTTL))
+	return e
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// notify queues notices for sid's next GET.
+func (pd *pollDrops) notify(sid string, notices [][]byte) {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	if e := pd.entry(sid, time.Now()); e != nil {
+		e.notices = append(e.notices, notices...)
+	}
+}
+
+// take returns and forgets sid's queued notices.
+func (pd *pollDrops) take(sid string) [][]byte {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	e := pd.m[sid]
+	if e == nil || len(e.notices) == 0 {
+		return nil
+	}
+	out := e.notices
+	e.notices = nil
+	return out
+}
+
+// dropsPacket reports whether the refusal of pkt by rule r drops it rather
+// than closing the session: the rule drops, pkt carries no binary
+// attachments (the app would read the packets after it as garbage), and
+// the session has not reached the rule's close-after.
+func (p *Proxy) dropsPacket(sid string, r *policy.Rule, pkt []byte) bool {
+	if r == nil || r.Action != policy.Drop {
+		return false
+	}
+	if len(pkt) >= 2 && pkt[0] == eioMessage && (pkt[1] == sioTypeBinaryEvent || pkt[1] == sioTypeBinaryAck) {
+		return false
+	}
+	return !p.web.drops.dropped(sid, r, time.Now())
+}
+
+// addPollNotices adds the refusal events of the packets dropped from sid
+// to the upstream's answer to its GET: the upstream's packets, then the
+// events (before the upstream's close, when it sent one).
+func (p *Proxy) addPollNotices(res *http.Response, sid string) error {
+	notices := p.web.drops.take(sid)
+	if len(notices) == 0 || res.StatusCode != http.StatusOK {
+		return nil
+	}
+	got, err := decodedBody(res)
+	if err != nil {
+		return err
+	}
+	closing := bytes.Equal(got, []byte{eioClose}) || bytes.HasSuffix(got, []byte{eioSep, eioClose})
+	if closing {
+		got = bytes.TrimSuffix(bytes.TrimSuffix(got, []byte{eioClose}), []byte{eioSep})
+	}
+	parts := append([][]byte{}, notices...)
+	if len(got) > 0 {
+		parts = append([][]byte{got}, parts...)
+	}
+	if closing {
+		parts = append(parts, []byte{eioClose})
+	}
+	out := bytes.Join(parts, []byte{eioSep})
+	res.Body = io.NopCloser(bytes.NewReader(out))
+	res.ContentLength = int64(len(out))
+	res.Header.Del("Content-Encoding")
+	res.Header.Set("Content-Length", strconv.Itoa(len(out)))
+	return nil
+}
