@@ -14,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 
@@ -27,13 +28,13 @@ import (
 func adminCommand() *cli.Command {
 	common := []cli.Flag{
 		&cli.StringFlag{Name: "admin-url", EnvVars: env("admin-url"), Value: defaultAdminURL(),
-			Usage: "the gate's admin port (default: from WSGATE_ADMIN_LISTEN, else http://127.0.0.1:9090)"},
+			Usage: "the gate's admin port (in the gate's pod: 127.0.0.1 and the port of its WSGATE_ADMIN_LISTEN)"},
 		&cli.StringFlag{Name: "admin-token-file", EnvVars: env("admin-token-file"), Required: true,
 			Usage: "file holding the admin bearer token (the gate's --admin-token-file)"},
 		&cli.BoolFlag{Name: "json", Usage: "print the API's JSON answer as it is"},
 	}
 	with := func(extra ...cli.Flag) []cli.Flag { return append(append([]cli.Flag{}, common...), extra...) }
-	issuer := &cli.StringFlag{Name: "issuer", Usage: "the issuer of a user:<subject> key, when it is not the gate's --jwt-issuer"}
+	issuer := &cli.StringFlag{Name: "issuer", Usage: "the issuer of the tokens of a user:<subject> key, needed when the gate has no --jwt-issuer (\"\" for tokens without iss)"}
 	reason := &cli.StringFlag{Name: "reason", Usage: "why, for the log and the client's close frame"}
 	selector := []cli.Flag{
 		&cli.StringFlag{Name: "user", Usage: "the token subject"},
@@ -59,8 +60,8 @@ func adminCommand() *cli.Command {
 						return err
 					}
 					q := url.Values{"key": {k}}
-					if v := c.String("issuer"); v != "" {
-						q.Set("issuer", v)
+					if c.IsSet("issuer") {
+						q.Set("issuer", c.String("issuer"))
 					}
 					return adminCall(c, http.MethodGet, "/v1/keys", q, nil, printKey)
 				},
@@ -73,7 +74,7 @@ func adminCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					return adminCall(c, http.MethodPost, "/v1/keys/reset", nil, admin.KeyCall{Key: k, Issuer: c.String("issuer")}, printDone)
+					return adminCall(c, http.MethodPost, "/v1/keys/reset", nil, admin.KeyCall{Key: k, Issuer: issuerOf(c)}, printDone)
 				},
 			},
 			{
@@ -84,9 +85,9 @@ func adminCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					body := map[string]string{"key": k, "for": c.Duration("for").String(), "reason": c.String("reason")}
-					if v := c.String("issuer"); v != "" {
-						body["issuer"] = v
+					body := map[string]any{"key": k, "for": c.Duration("for").String(), "reason": c.String("reason")}
+					if iss := issuerOf(c); iss != nil {
+						body["issuer"] = *iss
 					}
 					return adminCall(c, http.MethodPost, "/v1/keys/block", nil, body, printDone)
 				},
@@ -193,6 +194,15 @@ func adminArgsLast(args []string) []string {
 	return append(append(out, "--"), rest...)
 }
 
+// issuerOf is the --issuer of a call, nil when not given.
+func issuerOf(c *cli.Context) *string {
+	if !c.IsSet("issuer") {
+		return nil
+	}
+	v := c.String("issuer")
+	return &v
+}
+
 // defaultAdminURL is the admin port of a gate in the same pod: its
 // WSGATE_ADMIN_LISTEN on loopback, or the default port.
 func defaultAdminURL() string {
@@ -257,10 +267,23 @@ func printDone(w io.Writer, b []byte) error {
 		fmt.Fprintf(&s, "%s done", d.Action)
 	}
 	if d.Reason != "" {
-		fmt.Fprintf(&s, " (reason: %s)", d.Reason)
+		fmt.Fprintf(&s, " (reason: %s)", clean(d.Reason))
 	}
 	_, err := fmt.Fprintln(w, s.String())
 	return err
+}
+
+// clean prints s as it is when it is plain text, quoted otherwise: a path,
+// a subject or a reason comes from clients and operators and must not
+// drive the terminal (escape sequences) or forge a table row (tabs,
+// newlines).
+func clean(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func deref(n *int) int {
@@ -275,9 +298,9 @@ func printKey(w io.Writer, b []byte) error {
 	if err := json.Unmarshal(b, &k); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "%s (store %s, asked %s)\n", k.Key, k.Store, k.Replica)
+	fmt.Fprintf(w, "%s (store %s, asked %s)\n", clean(k.Key), k.Store, clean(k.Replica))
 	if h := k.Hold; h != nil {
-		fmt.Fprintf(w, "  blocked by an operator: %s left (%s)\n", ms(h.LeftMs), h.Reason)
+		fmt.Fprintf(w, "  blocked by an operator: %s left (%s)\n", ms(h.LeftMs), clean(h.Reason))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  RULE\tWINDOW\tCOUNT\tLEFT\tBLOCKED\tSTRIKES")
@@ -336,7 +359,7 @@ func printConnections(w io.Writer, b []byte) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  ID\tSUBJECT\tIP\tPATH\tOPEN FOR")
 	for _, c := range cs.Connections {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.ID, c.Subject, c.IP, c.Path, time.Since(c.Opened).Round(time.Second))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", clean(c.ID), clean(c.Subject), c.IP, clean(c.Path), time.Since(c.Opened).Round(time.Second))
 	}
 	return tw.Flush()
 }
@@ -353,7 +376,7 @@ func printRevocations(w io.Writer, b []byte) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  SUBJECT\tJTI\tLEFT\tREASON")
 	for _, r := range rs.Revocations {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Subject, r.JTI, time.Until(r.Until).Round(time.Second), r.Reason)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", clean(r.Subject), clean(r.JTI), time.Until(r.Until).Round(time.Second), clean(r.Reason))
 	}
 	return tw.Flush()
 }

@@ -336,3 +336,14 @@ func TestAdminArgsLast(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminClean(t *testing.T) {
+	if got := clean("/ws/room-1 é"); got != "/ws/room-1 é" {
+		t.Errorf("plain text changed: %q", got)
+	}
+	for _, s := range []string{"/ws\x1b[31mRED", "a\tb", "a\nFAKE ROW"} {
+		if got := clean(s); strings.ContainsAny(got, "\x1b\t\n") {
+			t.Errorf("%q printed as %q", s, got)
+		}
+	}
+}

@@ -126,7 +126,8 @@ func (a *API) Handler(next http.Handler) http.Handler {
 // token's length and however much of it a caller guessed.
 func (a *API) authorized(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		ok := strings.EqualFold(scheme, "Bearer") // schemes are case-insensitive (RFC 9110)
 		got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 		want := a.hash.Load()
 		if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
@@ -173,6 +174,16 @@ func fail(w http.ResponseWriter, status int, msg string) {
 	reply(w, status, Error{Error: msg})
 }
 
+// storeFailed answers an error of the limiter: 400 for what it refused
+// to do, 502 when the store did not answer.
+func storeFailed(w http.ResponseWriter, err error) {
+	if errors.Is(err, limit.ErrBadRequest) {
+		fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+}
+
 // duration parses a JSON duration: "10m", "1h30m".
 type duration time.Duration
 
@@ -201,9 +212,11 @@ type key struct {
 
 // parseKey reads "user:<subject>", "ip:<address>", or a rules file's
 // "<key kind>:<value>" ("claim:plan:pro", "header:x-tenant:acme",
-// "connection:<id>"). A user key is counted under issuer, or the gate's
-// issuer when it is "".
-func (a *API) parseKey(text, issuer string, pol *policy.Policy) (key, error) {
+// "connection:<id>"). A user's rate-limit key hashes the issuer of its
+// tokens with the subject: issuer when the call names one ("" for tokens
+// without iss), else the gate's --jwt-issuer, which every token then
+// carries; with neither the key cannot be known.
+func (a *API) parseKey(text string, issuer *string, pol *policy.Policy) (key, error) {
 	k := key{text: text}
 	kind, value, ok := strings.Cut(text, ":")
 	if !ok || value == "" {
@@ -211,10 +224,14 @@ func (a *API) parseKey(text, issuer string, pol *policy.Policy) (key, error) {
 	}
 	switch kind {
 	case "user":
-		if issuer == "" {
-			issuer = a.cfg.Issuer
+		iss := a.cfg.Issuer
+		switch {
+		case issuer != nil:
+			iss = *issuer
+		case iss == "":
+			return k, fmt.Errorf("key %q: the gate has no --jwt-issuer, so name the issuer of the user's tokens (issuer; \"\" for tokens without iss)", text)
 		}
-		k.ref = limit.KeyRef{Scope: "user", ID: auth.Identity{Issuer: issuer, Subject: value}.Key("")}
+		k.ref = limit.KeyRef{Scope: "user", ID: auth.Identity{Issuer: iss, Subject: value}.Key("")}
 		k.match = proxy.Match{Subject: value}
 		return k, nil
 	case "ip":
@@ -272,7 +289,13 @@ type KeyAnswer struct {
 
 func (a *API) inspect(w http.ResponseWriter, r *http.Request) {
 	pol := a.policy()
-	k, err := a.parseKey(r.URL.Query().Get("key"), r.URL.Query().Get("issuer"), pol)
+	q := r.URL.Query()
+	var issuer *string
+	if q.Has("issuer") {
+		v := q.Get("issuer")
+		issuer = &v
+	}
+	k, err := a.parseKey(q.Get("key"), issuer, pol)
 	if err != nil {
 		fail(w, http.StatusBadRequest, err.Error())
 		return
@@ -281,7 +304,7 @@ func (a *API) inspect(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	st, err := a.cfg.Limiter.Inspect(ctx, k.ref, pol)
 	if err != nil {
-		fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+		storeFailed(w, err)
 		return
 	}
 	reply(w, http.StatusOK, KeyAnswer{Key: k.text, Replica: a.cfg.Replica, KeyState: st})
@@ -290,7 +313,9 @@ func (a *API) inspect(w http.ResponseWriter, r *http.Request) {
 // KeyCall is the body of a reset or a block.
 type KeyCall struct {
 	Key    string `json:"key"`
-	Issuer string `json:"issuer,omitempty"`
+	// Issuer is the issuer of a user's tokens, when the gate has no
+	// --jwt-issuer ("" for tokens without iss).
+	Issuer *string `json:"issuer,omitempty"`
 	// For and Reason: a block's length and why (a block only).
 	For    duration `json:"for,omitempty"`
 	Reason string   `json:"reason,omitempty"`
@@ -332,7 +357,7 @@ func (a *API) block(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := time.Duration(c.For)
-	if d <= 0 || d > maxBlock {
+	if d < time.Second || d > maxBlock {
 		fail(w, http.StatusBadRequest, `"for" must be a duration between 1s and 720h, such as "10m"`)
 		return
 	}
@@ -359,7 +384,7 @@ func (a *API) onKey(w http.ResponseWriter, r *http.Request, c KeyCall, act func(
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	if err := act(ctx, k, pol); err != nil {
-		fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+		storeFailed(w, err)
 		return k, false
 	}
 	return k, true
@@ -488,7 +513,7 @@ func (a *API) revocations(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	rs, err := a.cfg.Limiter.Revocations(ctx)
 	if err != nil {
-		fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+		storeFailed(w, err)
 		return
 	}
 	out := Revocations{Revocations: []Revocation{}}
@@ -512,7 +537,7 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := time.Duration(c.For)
-	if d <= 0 || d > maxRevocation {
+	if d < time.Second || d > maxRevocation {
 		fail(w, http.StatusBadRequest, `"for" must be a duration between 1s and 8784h (the longest life of a token it names), such as "24h"`)
 		return
 	}
@@ -520,7 +545,7 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	if err := a.cfg.Limiter.Revoke(ctx, rv); err != nil {
-		fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+		storeFailed(w, err)
 		return
 	}
 	// This replica's connections close through the revocation's event, as
@@ -540,7 +565,7 @@ func (a *API) unrevoke(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	if err := a.cfg.Limiter.Unrevoke(ctx, subject, jti); err != nil {
-		fail(w, http.StatusBadGateway, "the store did not answer: "+err.Error())
+		storeFailed(w, err)
 		return
 	}
 	a.log.Info("admin: revocation lifted", "subject", subject, "jti", jti, "remote", r.RemoteAddr)

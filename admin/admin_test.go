@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/holo/wsgate/auth"
@@ -88,17 +89,20 @@ func TestParseKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	other, none := "other", ""
 	for _, tc := range []struct {
-		text, issuer string
-		pol          *policy.Policy
-		scope, id    string
+		text      string
+		issuer    *string
+		pol       *policy.Policy
+		scope, id string
 	}{
-		{"user:alice", "", nil, "user", auth.Identity{Issuer: "https://iss", Subject: "alice"}.Key("")},
-		{"user:alice", "other", nil, "user", auth.Identity{Issuer: "other", Subject: "alice"}.Key("")},
-		{"ip:10.0.0.1", "", nil, "ip", "k:10.0.0.1"},
-		{"ip:::ffff:10.0.0.1", "", pol, "ip", "10.0.0.1"},
-		{"claim:tenant:acme", "", pol, "claim:tenant", "acme"},
-		{"header:X-Team:a:b", "", pol, "header:x-team", "a:b"},
+		{"user:alice", nil, nil, "user", auth.Identity{Issuer: "https://iss", Subject: "alice"}.Key("")},
+		{"user:alice", &other, nil, "user", auth.Identity{Issuer: "other", Subject: "alice"}.Key("")},
+		{"user:alice", &none, nil, "user", auth.Identity{Subject: "alice"}.Key("")},
+		{"ip:10.0.0.1", nil, nil, "ip", "k:10.0.0.1"},
+		{"ip:::ffff:10.0.0.1", nil, pol, "ip", "10.0.0.1"},
+		{"claim:tenant:acme", nil, pol, "claim:tenant", "acme"},
+		{"header:X-Team:a:b", nil, pol, "header:x-team", "a:b"},
 	} {
 		k, err := a.parseKey(tc.text, tc.issuer, tc.pol)
 		if err != nil || k.ref.Scope != tc.scope || k.ref.ID != tc.id {
@@ -106,13 +110,19 @@ func TestParseKey(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "alice", "user:", "ip:nope", "claim:tenant:acme", "connection:x"} {
-		if _, err := a.parseKey(bad, "", nil); err == nil {
+		if _, err := a.parseKey(bad, nil, nil); err == nil {
 			t.Errorf("%q parsed without a rules file", bad)
 		}
 	}
 	for _, bad := range []string{"claim:plan:pro", "claim:tenant", "header:x-other:v", "connection:x"} {
-		if _, err := a.parseKey(bad, "", pol); err == nil {
+		if _, err := a.parseKey(bad, nil, pol); err == nil {
 			t.Errorf("%q parsed, but no rule counts by it", bad)
 		}
+	}
+	// Without --jwt-issuer a user's key cannot be known unless the call
+	// names the issuer of its tokens.
+	a.cfg.Issuer = ""
+	if _, err := a.parseKey("user:alice", nil, nil); err == nil || !strings.Contains(err.Error(), "issuer") {
+		t.Errorf("user:alice without any issuer: %v", err)
 	}
 }

@@ -385,4 +385,18 @@ func TestAdminMemoryStore(t *testing.T) {
 	if _, resp, err := tryDial(t, g.URL+"/echo", hank); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a revoked token's handshake: %v %v, want 401", resp, err)
 	}
+
+	// Without --jwt-issuer a user's key hashes the issuer of its tokens, which the call must
+	// name: without it the call is refused, rather than blocking a key nobody has.
+	noIss := startGate(t, "--upstream", b.URL, "--jwt-hmac-secret-file", secretFile, "--jwt-audience", testAudience,
+		"--admin-token-file", tokenFile, "--user-conn-rate", "0", "--ip-conn-rate", "0")
+	if status, out := adminCall(t, noIss, token, http.MethodPost, "/v1/keys/block", map[string]any{"key": "user:ivy", "for": "1m"}); status != http.StatusBadRequest {
+		t.Fatalf("a user block without an issuer: %d %v, want 400", status, out)
+	}
+	ivy := bearer(hsToken(t, secret, "ivy"))
+	echoOK(t, dialAs(t, noIss.URL+"/echo", ivy), "free")
+	mustAdmin(t, noIss, token, http.MethodPost, "/v1/keys/block", map[string]any{"key": "user:ivy", "issuer": testIssuer, "for": "1m"})
+	if !handshakeHeld(t, noIss, ivy) {
+		t.Fatal("ivy's handshake passed her block")
+	}
 }

@@ -69,18 +69,27 @@ func (p *Proxy) Connections(m Match) []Conn {
 // the way a refusal closes them (the replies in flight still reach the
 // client), and returns how many it closed.
 func (p *Proxy) Disconnect(m Match, reason string) int {
-	if reason == "" {
-		reason = "disconnected"
-	}
-	e := &ending{initiator: byGate, afterUpstream: true,
-		clientCode: ws.StatusPolicyViolation, clientReason: closeReason(reason),
-		upCode: ws.StatusGoingAway, upReason: "client disconnected"}
+	e := disconnectEnding(reason)
 	n := 0
 	p.eachMatch(m, func(pr *pair) {
 		pr.end(e)
 		n++
 	})
 	return n
+}
+
+// revokedReason is the close reason of a revoked token's connections.
+const revokedReason = "token revoked"
+
+// disconnectEnding is how an operator's disconnect ends a pair: 1008 and
+// the reason ("disconnected" when none), after the replies in flight.
+func disconnectEnding(reason string) *ending {
+	if reason == "" {
+		reason = "disconnected"
+	}
+	return &ending{initiator: byGate, afterUpstream: true,
+		clientCode: ws.StatusPolicyViolation, clientReason: closeReason(reason),
+		upCode: ws.StatusGoingAway, upReason: "client disconnected"}
 }
 
 // eachMatch calls f, under p.mu, for every open pair m selects.

@@ -52,16 +52,27 @@ func drainRetry(spread time.Duration) time.Duration {
 // begun; when ctx is done first, it closes the rest at once.
 func (p *Proxy) Drain(ctx context.Context, share float64, spread time.Duration) int {
 	prs := p.pick(share)
-	p.endSpread(ctx, prs, spread)
+	p.endSpread(ctx, nil, prs, spread)
 	return len(prs)
 }
 
 // StartDrain drains a share of the open connections as Drain does, in the
-// background, and returns how many it chose. (A Shutdown meanwhile drains
-// the rest its own way.)
+// background, and returns how many it chose: none once Shutdown began,
+// which stops the drains under way and drains every connection its own
+// way.
 func (p *Proxy) StartDrain(share float64, spread time.Duration) int {
 	prs := p.pick(share)
-	go p.endSpread(context.Background(), prs, spread)
+	p.mu.Lock()
+	if p.draining.Load() {
+		p.mu.Unlock()
+		return 0
+	}
+	p.drains.Add(1) // under p.mu: Shutdown waits for it
+	p.mu.Unlock()
+	go func() {
+		defer p.drains.Done()
+		p.endSpread(context.Background(), p.stopDrains, prs, spread)
+	}()
 	return len(prs)
 }
 
@@ -85,8 +96,9 @@ const drainTick = 10 * time.Millisecond
 
 // endSpread drains prs, the i-th of n at spread*i/n from now. A pair that
 // ended meanwhile is left alone: only pairs still tracked are ended (under
-// p.mu, as the keeper and Shutdown do).
-func (p *Proxy) endSpread(ctx context.Context, prs []*pair, spread time.Duration) {
+// p.mu, as the keeper and Shutdown do). When ctx is done it drains the rest
+// at once; when stop closes it leaves them.
+func (p *Proxy) endSpread(ctx context.Context, stop <-chan struct{}, prs []*pair, spread time.Duration) {
 	start, n := time.Now(), len(prs)
 	for i := 0; i < n; {
 		if ctx.Err() == nil {
@@ -97,6 +109,9 @@ func (p *Proxy) endSpread(ctx context.Context, prs []*pair, spread time.Duration
 				case <-t.C:
 				case <-ctx.Done():
 					t.Stop()
+				case <-stop:
+					t.Stop()
+					return
 				}
 				continue
 			}

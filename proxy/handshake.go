@@ -210,6 +210,11 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultShuttingDown).Inc()
 		return
 	}
+	if !cl.identity.Anonymous && p.cfg.Revoked != nil && p.cfg.Revoked(cl.identity.Subject, cl.identity.TokenID) {
+		// Revoked while this handshake dialed the upstream: the
+		// revocation's Disconnect found no pair to close then.
+		pr.end(disconnectEnding(revokedReason))
+	}
 	p.m.ConnectionsTotal.WithLabelValues(metrics.ResultOK).Inc()
 	p.m.HandshakeDuration.Observe(time.Since(start).Seconds())
 	handedOver = true

@@ -86,7 +86,8 @@ func (p *Proxy) decisionsOf(d limit.Decision, tier string) *decisionCounters {
 // enforce records a limiter decision in the metrics, allowed or not, under
 // the cause that took it (the rules, or the failure mode when Redis failed;
 // every fallback also counts in limiter_fallback_total), and reports
-// whether the gate refuses the event: never under Config.Shadow. tier is
+// whether the gate refuses the event: never under Config.Shadow, but for
+// an operator's hold (limit.HoldRule), which is meant whatever the rules. tier is
 // the client's tier under a rules file ("" without).
 func (p *Proxy) enforce(d limit.Decision, tier string) bool {
 	return p.enforceRule(d, ruleName(d, false), tier)
@@ -108,7 +109,8 @@ func (p *Proxy) enforceRule(d limit.Decision, rule, tier string) bool {
 		c.allowed.Add(float64(d.Granted))
 		return false
 	}
-	if p.cfg.Shadow {
+	if p.cfg.Shadow && d.Rule != limit.HoldRule {
+		// An operator's block is meant: --shadow spares the rules only.
 		c.shadow.Inc()
 		return false
 	}

@@ -250,7 +250,11 @@ type Proxy struct {
 	decisions                          [2]decisionCounters // by cause: rules, fallback; tier ""
 	tierDecisions                      sync.Map            // tier name → *[2]decisionCounters
 	slots                              handshakeSlots      // MaxPendingHandshakes
-	durMemory, durRedis                prometheus.Observer
+	// stopDrains is closed when Shutdown begins; drains are the
+	// StartDrain goroutines, which it waits for.
+	stopDrains          chan struct{}
+	drains              sync.WaitGroup
+	durMemory, durRedis prometheus.Observer
 
 	mu    sync.Mutex
 	pairs map[*pair]struct{}
@@ -289,12 +293,13 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:    cfg,
-		wsBase: *u,
-		log:    cfg.Logger,
-		m:      cfg.Metrics,
-		pairs:  make(map[*pair]struct{}),
-		web:    w,
+		cfg:        cfg,
+		wsBase:     *u,
+		log:        cfg.Logger,
+		m:          cfg.Metrics,
+		pairs:      make(map[*pair]struct{}),
+		web:        w,
+		stopDrains: make(chan struct{}),
 	}
 	p.wsBase.Scheme = "ws"
 	if u.Scheme == "https" {
@@ -356,8 +361,11 @@ func (p *Proxy) Active() int {
 // waits for it to go.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
-	p.draining.Store(true) // under p.mu: track adds no pair after this
+	if !p.draining.Swap(true) { // under p.mu: track adds no pair, StartDrain no drain after this
+		close(p.stopDrains)
+	}
 	p.mu.Unlock()
+	p.drains.Wait()
 	p.Drain(ctx, 1, p.cfg.DrainSpread)
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()

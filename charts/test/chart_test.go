@@ -631,7 +631,7 @@ func TestArgsPerValue(t *testing.T) {
 		{"redis secret goes to env", `{gate: {redis: {existingSecret: {name: rs, key: u}}}}`, nil, []string{"redis-url"}, map[string]string{"WSGATE_REDIS_URL": "secret rs/u"}},
 		{"dev redis", `{devRedis: {enabled: true}}`, []string{"--redis-url=redis://ci-wsgate-redis:6379/0"}, nil, nil},
 		{"hmac secret file", `{gate: {auth: {jwtHmacSecret: {existingSecret: s, key: k}}}}`, []string{"--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/k", "--require-auth=true"}, nil, nil},
-		{"admin token file", `{gate: {admin: {tokenSecret: {existingSecret: s, key: t}}}}`, []string{"--admin-token-file=/etc/wsgate/admin/t"}, nil, nil},
+		{"admin token file", `{gate: {admin: {tokenSecret: {existingSecret: s, key: t}}}}`, nil, []string{"admin-token-file"}, map[string]string{"WSGATE_ADMIN_TOKEN_FILE": "/etc/wsgate/admin/t"}},
 		{"a jwks url requires auth", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json"}}}`, []string{"--jwks-url=https://issuer/jwks.json", "--require-auth=true"}, nil, nil},
 		{"requireAuth false", `{gate: {auth: {jwksUrl: "https://issuer/jwks.json", requireAuth: false}}}`, nil, []string{"require-auth"}, nil},
 		{"requireAuth true without a key", `{gate: {auth: {requireAuth: true}}}`, []string{"--require-auth=true"}, nil, nil},

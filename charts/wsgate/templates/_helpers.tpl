@@ -242,9 +242,6 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{- if .Values.gate.auth.jwtHmacSecret.existingSecret }}
 {{- $args = append $args (printf "--jwt-hmac-secret-file=/etc/wsgate/jwt-hmac/%s" .Values.gate.auth.jwtHmacSecret.key) }}
 {{- end }}
-{{- if .Values.gate.admin.tokenSecret.existingSecret }}
-{{- $args = append $args (printf "--admin-token-file=/etc/wsgate/admin/%s" .Values.gate.admin.tokenSecret.key) }}
-{{- end }}
 {{- if include "wsgate.jwtKeySource" . }}
 {{- $args = append $args (printf "--jwt-key-file=/etc/wsgate/jwt-key/%s" .Values.gate.auth.jwtKey.key) }}
 {{- end }}
@@ -262,6 +259,13 @@ leaves a flag to the binary's default; a list repeats the flag), then extraArgs.
 {{/* wsgate.env is the gate's environment as a JSON array: secrets, then extraEnv. */}}
 {{- define "wsgate.env" -}}
 {{- $env := list }}
+{{- /* The admin token file by its variable, not an argument: `kubectl exec ... wsgate admin`
+       in the container finds it there. */}}
+{{- with .Values.gate.admin.tokenSecret }}
+{{- if .existingSecret }}
+{{- $env = append $env (dict "name" "WSGATE_ADMIN_TOKEN_FILE" "value" (printf "/etc/wsgate/admin/%s" .key)) }}
+{{- end }}
+{{- end }}
 {{- with .Values.gate.redis.existingSecret }}
 {{- if .name }}
 {{- $env = append $env (dict "name" "WSGATE_REDIS_URL" "valueFrom" (dict "secretKeyRef" (dict "name" .name "key" .key))) }}
