@@ -505,31 +505,29 @@ func TestRulesSocketIOClasses(t *testing.T) {
 			if lim["rule"] != "chat" || lim["code"] != float64(429) {
 				t.Fatalf("the refusal event %v, want rule chat (events %v)", ev, events)
 			}
-			// 20 typing events did not count: the 4th chat is the refused one (on
-			// polling, the chats sent before the event arrives are dropped too: the
-			// "drops" scenario below counts them).
-			if tr.name == "websocket" && ev["chats"] != float64(4) {
-				t.Fatalf("%v chats emitted up to the refusal, want 4 (events %v)", ev["chats"], events)
-			}
-			if tr.name == "websocket" && (ev["echo"] != "after the refusal" || ev["connected"] != true) {
+			// 20 typing events did not count: every chat from the 4th on is refused
+			// (the client sends chats until the first refusal event reaches it), and
+			// the socket stays up and answers.
+			chats, _ := ev["chats"].(float64)
+			if chats < 4 || ev["echo"] != "after the refusal" || ev["connected"] != true {
 				t.Fatalf("after a dropped chat event the socket should stay up and answer: %v", ev)
 			}
-			if tr.name == "websocket" {
-				waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 1)
-			} else {
-				waitMetricAbove(t, g, mRateLimited, map[string]string{"rule": "chat"}, 0)
-			}
+			waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, chats-3)
 			waitMetric(t, g, mRateLimited, map[string]string{"rule": "user-messages"}, 0)
 
-			// Five chats after 20 typing events: the 4th and 5th are dropped, each
-			// with its event, and the session goes on (the echo is acked).
+			// Five chats after 20 typing events: the 4th and 5th are dropped, and the
+			// session goes on (the echo is acked). A drop's event waits for the next
+			// message boundary (websocket) or answer to the long poll (polling), and a
+			// later drop's replaces one not sent yet: one or two events.
+			before := g.Metric(t, mRateLimited, map[string]string{"rule": "chat"})
 			events = sioApp(t, map[string]any{"url": g.HTTP, "transports": tr.transports, "scenario": "drops",
 				"count": 20, "token": hsToken(t, secret, "sio-drops-"+tr.name), "tokenForm": "query"})
 			ev = only(t, events, "limited")
 			refusals, _ := ev["limited"].([]any)
-			if len(refusals) != 2 || ev["echo"] != "after the drops" || ev["connected"] != true {
-				t.Fatalf("want 2 refusal events, the echo acked and the session up: %v", ev)
+			if len(refusals) < 1 || len(refusals) > 2 || ev["echo"] != "after the drops" || ev["connected"] != true {
+				t.Fatalf("want the refusal events, the echo acked and the session up: %v", ev)
 			}
+			waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, before+2)
 			for _, r := range refusals {
 				if m, _ := r.(map[string]any); m["rule"] != "chat" {
 					t.Fatalf("refusal %v, want rule chat", r)

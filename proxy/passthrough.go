@@ -86,7 +86,7 @@ func (p *Proxy) newPassThrough() http.Handler {
 		},
 		ModifyResponse: func(res *http.Response) error {
 			if sid := passRequestOf(res.Request).pollSid; sid != "" {
-				if err := p.addPollNotices(res, sid); err != nil {
+				if err := p.addPollNotice(res, sid); err != nil {
 					return err
 				}
 				if err := p.refusePollAnswer(res, sid); err != nil {

@@ -248,8 +248,8 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 		if !v.d.Allowed {
 			p.logRefusal(v.d, p.refusalOf(r, cl, "message", "polling", sid))
 		}
-		if len(v.notices) > 0 {
-			p.web.drops.notify(sid, v.notices)
+		if v.notice != nil {
+			p.web.drops.notify(sid, v.notice)
 		}
 		body = v.out
 		switch {
@@ -305,8 +305,8 @@ type pollVerdict struct {
 	// refused is the packet whose refusal ends the session (never under
 	// Shadow); nil when none.
 	refused []byte
-	// notices are the refusal events of the packets a rule dropped.
-	notices [][]byte
+	// notice is the refusal event of the last packet a rule dropped.
+	notice []byte
 }
 
 // decideAll decides the n messages of a POST to session sid, in as many
@@ -334,7 +334,7 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 			}
 			cut = true
 			if p.dropsPacket(sid, cr.ruleOf(v.d), pkt) {
-				v.notices = append(v.notices, p.sioEvent(namespace(pkt), v.d))
+				v.notice = p.sioEvent(namespace(pkt), v.d)
 				return true
 			}
 			v.refused = pkt

@@ -15,7 +15,8 @@ import (
 // packet is cut out of the POST the upstream gets (the packets around it
 // keep their order), and the refusal event waits for the session's next
 // GET: the gate adds it to the upstream's answer, as it adds a refusal that
-// closes the session. The client reads it when the upstream next answers
+// closes the session. As on a WebSocket, one notice waits at most: a later
+// drop's replaces it. The client reads it when the upstream next answers
 // that GET: at once when the app sends something, at the latest at
 // engine.io's next ping (25 s by default). The drops are counted per
 // session for close-after, since each POST is a request of its own.
@@ -24,7 +25,7 @@ import (
 // packets dropped.
 type pollDrop struct {
 	drops   map[string]*dropCount // by rule, for close-after
-	notices [][]byte              // the refusal events the next GET's answer carries
+	notice  []byte                // the refusal event the next GET's answer carries
 	expires time.Time
 }
 
@@ -89,25 +90,25 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// notify queues notices for sid's next GET.
-func (pd *pollDrops) notify(sid string, notices [][]byte) {
+// notify sets notice for sid's next GET, in place of one not sent yet.
+func (pd *pollDrops) notify(sid string, notice []byte) {
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
 	if e := pd.entry(sid, time.Now()); e != nil {
-		e.notices = append(e.notices, notices...)
+		e.notice = notice
 	}
 }
 
-// take returns and forgets sid's queued notices.
-func (pd *pollDrops) take(sid string) [][]byte {
+// take returns and forgets sid's notice.
+func (pd *pollDrops) take(sid string) []byte {
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
 	e := pd.m[sid]
-	if e == nil || len(e.notices) == 0 {
+	if e == nil {
 		return nil
 	}
-	out := e.notices
-	e.notices = nil
+	out := e.notice
+	e.notice = nil
 	return out
 }
 
@@ -125,12 +126,15 @@ func (p *Proxy) dropsPacket(sid string, r *policy.Rule, pkt []byte) bool {
 	return !p.web.drops.dropped(sid, r, time.Now())
 }
 
-// addPollNotices adds the refusal events of the packets dropped from sid
-// to the upstream's answer to its GET: the upstream's packets, then the
-// events (before the upstream's close, when it sent one).
-func (p *Proxy) addPollNotices(res *http.Response, sid string) error {
-	notices := p.web.drops.take(sid)
-	if len(notices) == 0 || res.StatusCode != http.StatusOK {
+// addPollNotice adds the refusal event of the packets dropped from sid to
+// the upstream's answer to its GET: the upstream's packets, then the event
+// (before the upstream's close, when it sent one).
+func (p *Proxy) addPollNotice(res *http.Response, sid string) error {
+	if res.StatusCode != http.StatusOK {
+		return nil
+	}
+	notice := p.web.drops.take(sid)
+	if notice == nil {
 		return nil
 	}
 	got, err := decodedBody(res)
@@ -141,9 +145,9 @@ func (p *Proxy) addPollNotices(res *http.Response, sid string) error {
 	if closing {
 		got = bytes.TrimSuffix(bytes.TrimSuffix(got, []byte{eioClose}), []byte{eioSep})
 	}
-	parts := append([][]byte{}, notices...)
+	parts := [][]byte{notice}
 	if len(got) > 0 {
-		parts = append([][]byte{got}, parts...)
+		parts = [][]byte{got, notice}
 	}
 	if closing {
 		parts = append(parts, []byte{eioClose})

@@ -417,21 +417,22 @@ func TestInflateHead(t *testing.T) {
 	}
 }
 
-// TestAddPollNotices: the refusal events of dropped packets go after the
+// TestAddPollNotice: the refusal event of a dropped packet goes after the
 // upstream's packets of the next GET's answer, before its close if it sent
-// one, once.
-func TestAddPollNotices(t *testing.T) {
+// one, once; a later drop's replaces one not sent.
+func TestAddPollNotice(t *testing.T) {
 	p := &Proxy{web: web{drops: newPollDrops()}}
 	sep := string(rune(eioSep))
 	for _, tc := range []struct{ upstream, want string }{
-		{"", "N1" + sep + "N2"},
-		{"42[\"a\"]", "42[\"a\"]" + sep + "N1" + sep + "N2"},
-		{"1", "N1" + sep + "N2" + sep + "1"},
-		{"42[\"a\"]" + sep + "1", "42[\"a\"]" + sep + "N1" + sep + "N2" + sep + "1"},
+		{"", "N2"},
+		{"42[\"a\"]", "42[\"a\"]" + sep + "N2"},
+		{"1", "N2" + sep + "1"},
+		{"42[\"a\"]" + sep + "1", "42[\"a\"]" + sep + "N2" + sep + "1"},
 	} {
-		p.web.drops.notify("s", [][]byte{[]byte("N1"), []byte("N2")})
+		p.web.drops.notify("s", []byte("N1"))
+		p.web.drops.notify("s", []byte("N2"))
 		res := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.upstream))}
-		if err := p.addPollNotices(res, "s"); err != nil {
+		if err := p.addPollNotice(res, "s"); err != nil {
 			t.Fatal(err)
 		}
 		got, _ := io.ReadAll(res.Body)
@@ -439,7 +440,7 @@ func TestAddPollNotices(t *testing.T) {
 			t.Errorf("upstream %q: got %q, want %q", tc.upstream, got, tc.want)
 		}
 		res = &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x"))}
-		if err := p.addPollNotices(res, "s"); err != nil {
+		if err := p.addPollNotice(res, "s"); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := io.ReadAll(res.Body); string(got) != "x" {
