@@ -30,11 +30,17 @@ type signer struct {
 }
 
 // token returns a token for sub, valid for an hour, with a fresh jti so that no two are equal.
-func (s *signer) token(sub string) string {
+func (s *signer) token(sub string) string { return s.tokenWith(sub, "") }
+
+// tokenWith is token with more claims: extra is JSON object members, e.g. `"plan":"pro"`.
+func (s *signer) tokenWith(sub, extra string) string {
 	now := time.Now().Unix()
+	if extra != "" {
+		extra = "," + extra
+	}
 	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 	claims := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil,
-		`{"sub":%q,"iat":%d,"exp":%d,"jti":"%d"}`, sub, now, now+3600, s.jti.Add(1)))
+		`{"sub":%q,"iat":%d,"exp":%d,"jti":"%d"%s}`, sub, now, now+3600, s.jti.Add(1), extra))
 	m := hmac.New(sha256.New, s.secret)
 	m.Write([]byte(hdr + "." + claims))
 	return hdr + "." + claims + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
@@ -48,9 +54,14 @@ func dialWS(ctx context.Context, addr, token string) (net.Conn, *bufio.Reader, e
 
 // dialWSPath is dialWS to a path, which may carry a query.
 func dialWSPath(ctx context.Context, addr, path, token string) (net.Conn, *bufio.Reader, error) {
+	return dialWSHeader(ctx, addr, path, http.Header{"Authorization": {"Bearer " + token}})
+}
+
+// dialWSHeader is dialWSPath with the handshake's headers given whole.
+func dialWSHeader(ctx context.Context, addr, path string, h http.Header) (net.Conn, *bufio.Reader, error) {
 	d := ws.Dialer{
 		Timeout: dialTimeout,
-		Header:  ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
+		Header:  ws.HandshakeHeaderHTTP(h),
 	}
 	conn, br, _, err := d.Dial(ctx, "ws://"+addr+path)
 	if err != nil {
@@ -68,8 +79,23 @@ type wsConn struct {
 	br   *bufio.Reader
 }
 
+// dialer opens the i-th connection of a load.
+type dialer func(ctx context.Context, i int) (net.Conn, *bufio.Reader, error)
+
+// benchDialer dials addr with a token for subject bench-<i>: each connection its own user.
+func benchDialer(addr string, s *signer) dialer {
+	return func(ctx context.Context, i int) (net.Conn, *bufio.Reader, error) {
+		return dialWS(ctx, addr, s.token("bench-"+strconv.Itoa(i)))
+	}
+}
+
 // dialMany opens n connections, conc at a time, each with its own subject.
 func dialMany(ctx context.Context, addr string, s *signer, n, conc int) ([]wsConn, error) {
+	return dialManyWith(ctx, addr, benchDialer(addr, s), n, conc)
+}
+
+// dialManyWith opens n connections to addr with dial, conc at a time.
+func dialManyWith(ctx context.Context, addr string, dial dialer, n, conc int) ([]wsConn, error) {
 	conns := make([]wsConn, n)
 	errs := make(chan error, n)
 	sem := make(chan struct{}, conc)
@@ -80,7 +106,7 @@ func dialMany(ctx context.Context, addr string, s *signer, n, conc int) ([]wsCon
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, br, err := dialWS(ctx, addr, s.token("bench-"+strconv.Itoa(i)))
+			c, br, err := dial(ctx, i)
 			if err != nil {
 				errs <- err
 				return
@@ -111,7 +137,8 @@ type s1Result struct {
 	cpuPer1k    float64 // ms of proxy CPU per 1,000 round trips
 	redisPerMsg float64 // Redis requests per round trip; NaN without Redis
 	redis       redisCounts
-	fallbacks   float64 // decisions the gate took without Redis (--failure-mode) in the repetition
+	cmds        cmdStats // every command Redis ran over the repetition, by name; nil without Redis
+	fallbacks   float64  // decisions the gate took without Redis (--failure-mode) in the repetition
 }
 
 // runS1 keeps conns×inflight messages of size bytes in flight for d: each echo read is
@@ -119,12 +146,16 @@ type s1Result struct {
 // the window; the messages still in flight then are drained but not counted. CPU and Redis
 // counters are read at both ends of the window.
 func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int, d time.Duration) (s1Result, error) {
-	cs, err := dialMany(ctx, t.addr, s, conns, min(conns, 256))
+	return runS1With(ctx, t, benchDialer(t.addr, s), clientFrame(opText, bytes.Repeat([]byte{'m'}, size)), conns, inflight, d)
+}
+
+// runS1With is runS1 with its own connections (dial) and message (one, a whole client frame).
+func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, inflight int, d time.Duration) (s1Result, error) {
+	cs, err := dialManyWith(ctx, t.addr, dial, conns, min(conns, 256))
 	if err != nil {
 		return s1Result{}, err
 	}
 	defer closeAll(cs)
-	one := clientFrame(opText, bytes.Repeat([]byte{'m'}, size))
 
 	var pids []int
 	if t.proc != nil {
@@ -182,7 +213,8 @@ func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int,
 		fallbacks:   fb1 - fb0,
 	}
 	if t.redis != "" {
-		r.redis = redis1.sub(redis0)
+		r.cmds = redis1.sub(redis0)
+		r.redis = r.cmds.counts()
 		r.redis.messages = echoed.Load()
 		r.redisPerMsg = float64(r.redis.total()) / float64(r.redis.messages)
 	}

@@ -21,7 +21,11 @@
 // and once, before the repetitions, the RSS per idle proxied connection at 9,000 connections;
 // and last, a rolling restart: 2,000 clients on one gate, SIGTERM with --drain-spread 10s and
 // then 0, every client reconnecting to a second gate the moment its close arrives, reported as
-// reconnects per 100 ms and replies lost (-rolling runs it alone and rewrites only its section).
+// reconnects per 100 ms and replies lost (-rolling runs it alone and rewrites only its section);
+// and six rules on one message: four gates, each on its own redis-server (a six-rule rules file
+// and the flag rules, each in exact and lease mode), reported as Redis calls per message by
+// command (from INFO commandstats) at 1 message in flight, under S1's load and into a block, and
+// messages per second (-rules6 runs it alone and rewrites only its section).
 // Every process it starts is killed when it ends, on error and on SIGINT/SIGTERM too.
 package main
 
@@ -69,6 +73,8 @@ type config struct {
 	only                      string // comma-separated target keys to measure (direct is always measured)
 	rolling                   rollingConfig
 	rollingOnly               bool // run only the rolling restart; its section replaces the one in the report
+	rules6                    rules6Config
+	rules6Only                bool // run only the six-rule scenario; its section replaces the one in the report
 }
 
 func main() {
@@ -101,7 +107,13 @@ func main() {
 	flag.DurationVar(&cfg.rolling.spread, "rolling-spread", 10*time.Second, "rolling restart: --drain-spread of the first row (the second has 0)")
 	flag.DurationVar(&cfg.rolling.every, "rolling-every", 200*time.Millisecond, "rolling restart: each connection sends a message this often")
 	flag.DurationVar(&cfg.rolling.delay, "rolling-reply-delay", 50*time.Millisecond, "rolling restart: the backend answers each message this late")
+	flag.BoolVar(&cfg.rules6Only, "rules6", false, "run only the six-rule scenario and replace its section of the report, leaving the rest")
+	flag.IntVar(&cfg.rules6.reps, "rules6-reps", 3, "six rules on one message: repetitions, interleaved across its four gates; 0 skips it")
+	flag.DurationVar(&cfg.rules6.dur, "rules6-duration", time.Second, "six rules on one message: one repetition of the load at S1's shape")
+	flag.IntVar(&cfg.rules6.seq, "rules6-seq", 1500, "six rules on one message: messages sent one at a time per repetition")
+	flag.IntVar(&cfg.rules6.blocked, "rules6-blocked", 1000, "six rules on one message: messages sent into a block")
 	flag.Parse()
+	cfg.rules6.conns, cfg.rules6.inflight, cfg.rules6.size = cfg.s1Conns, cfg.s1Inflight, cfg.size
 	var err error
 	if cfg.scale, err = parseShapes(*scale); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -136,6 +148,7 @@ type results struct {
 	scale    map[scaleShape]map[string][]s1Result
 	redisRTT []s2Result
 	rolling  []rollingResult
+	rules6   *rules6Result // nil when it did not run
 	errs     map[string][]string
 }
 
@@ -195,12 +208,20 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	s := &signer{secret: secret}
 
-	if cfg.rollingOnly {
+	if cfg.rollingOnly || cfg.rules6Only {
 		fmt.Fprintln(os.Stderr, "bench: starting the backend")
 		if _, err := e.startBackend(); err != nil {
 			return err
 		}
-		return runRollingOnly(ctx, cfg, m, e, s)
+		var errs []error
+		if cfg.rollingOnly {
+			errs = append(errs, runRollingOnly(ctx, cfg, m, e, s))
+		}
+		if cfg.rules6Only && ctx.Err() == nil {
+			e.probeLease(cfg.leaseSize)
+			errs = append(errs, runRules6Only(ctx, cfg, m, e, s))
+		}
+		return errors.Join(errs...)
 	}
 	fmt.Fprintln(os.Stderr, "bench: starting backend, nginx, HAProxy, redis-server and the gates")
 	direct, err := e.startBackend()
@@ -415,6 +436,18 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 	}
 
+	if cfg.rules6.reps > 0 {
+		r.rules6 = runRules6(ctx, e, s, cfg.rules6)
+		for _, w := range r.rules6.rows {
+			for _, msg := range w.errs {
+				r.errs["rules6"] = append(r.errs["rules6"], w.name+": "+msg)
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+
 	// Whatever else ran on the machine meanwhile: CPU of every process outside this harness's
 	// tree, read before cleanup.
 	elapsed := time.Since(started)
@@ -502,7 +535,43 @@ func runRollingOnly(ctx context.Context, cfg config, m machine, e *env, s *signe
 		msgs = append(msgs, err.Error())
 	}
 	section := rollingSection(cfg.rolling, rows, msgs, m, e.tmp, true)
-	old, err := os.ReadFile(cfg.out)
+	if err := writeSection(cfg.out, rollingHeading, section); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote the rolling-restart section of %s\n", cfg.out)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// runRules6Only is -rules6: the six-rule scenario alone, its section written into the report in
+// place of the one there (or added), the rest of the report left as it was.
+func runRules6Only(ctx context.Context, cfg config, m machine, e *env, s *signer) error {
+	if cfg.rules6.reps <= 0 {
+		return errors.New("-rules6 needs -rules6-reps above 0")
+	}
+	res := runRules6(ctx, e, s, cfg.rules6)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := writeSection(cfg.out, rules6Heading, rules6Section(res, m, e.tmp, e.leaseArgs, true)); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote the six-rule section of %s\n", cfg.out)
+	var errs []error
+	for _, w := range res.rows {
+		for _, msg := range w.errs {
+			errs = append(errs, fmt.Errorf("%s: %s", w.name, msg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeSection prints section and puts it into the report at out in place of the section that
+// starts with heading (or adds it), leaving the rest of the report as it was.
+func writeSection(out, heading, section string) error {
+	old, err := os.ReadFile(out)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -511,12 +580,5 @@ func runRollingOnly(ctx context.Context, cfg config, m machine, e *env, s *signe
 		doc = "# wsgate benchmarks\n\n"
 	}
 	fmt.Print(section)
-	if err := os.WriteFile(cfg.out, []byte(spliceSection(doc, section)), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "bench: wrote the rolling-restart section of %s\n", cfg.out)
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	return nil
+	return os.WriteFile(out, []byte(spliceSection(doc, heading, section)), 0o644)
 }

@@ -79,38 +79,73 @@ type redisCounts struct {
 
 func (c redisCounts) total() int64 { return c.take + c.check + c.other }
 
-func (c redisCounts) sub(d redisCounts) redisCounts {
-	return redisCounts{take: c.take - d.take, check: c.check - d.check, other: c.other - d.other}
+// cmdStats is INFO commandstats by command ("evalsha", "client|caching"), the harness's own
+// INFO calls left out.
+type cmdStats map[string]cmdStat
+
+// cmdStat is one command's line of INFO commandstats.
+type cmdStat struct {
+	calls int64
+	usec  int64 // time Redis spent in the command, scripts' commands included for EVALSHA
 }
 
-// commandCalls returns the requests the server at addr has served so far.
-func commandCalls(addr string) (redisCounts, error) {
+// sub returns what Redis served between reading d and reading c.
+func (c cmdStats) sub(d cmdStats) cmdStats {
+	out := cmdStats{}
+	for k, v := range c {
+		if n := v.calls - d[k].calls; n != 0 {
+			out[k] = cmdStat{calls: n, usec: v.usec - d[k].usec}
+		}
+	}
+	return out
+}
+
+// counts sorts the calls into the kinds of redisCounts.
+func (c cmdStats) counts() redisCounts {
+	var r redisCounts
+	for name, v := range c {
+		n := v.calls
+		switch name {
+		case "eval", "evalsha":
+			r.take += n
+		case "client|caching":
+			// rueidis sends one with each read it caches; the scripts' own
+			// PTTL calls are counted as PTTL, so that cannot be the measure.
+			r.check += n
+		case "zrem", "ping", "fcall", "fcall_ro":
+			r.other += n
+		}
+	}
+	return r
+}
+
+// commandStats reads INFO commandstats from the server at addr.
+func commandStats(addr string) (cmdStats, error) {
 	r, err := dialRedis(addr)
 	if err != nil {
-		return redisCounts{}, err
+		return nil, err
 	}
 	defer r.Close()
 	info, err := r.do("INFO", "commandstats")
 	if err != nil {
-		return redisCounts{}, err
+		return nil, err
 	}
-	var c redisCounts
+	c := cmdStats{}
 	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(line, ":calls=")
+		// cmdstat_evalsha:calls=3,usec=183,usec_per_call=61.00,...
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
 		if !ok {
 			continue
 		}
-		v, _, _ := strings.Cut(rest, ",")
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch strings.TrimPrefix(name, "cmdstat_") {
-		case "eval", "evalsha":
-			c.take += n
-		case "client|caching":
-			// rueidis sends one with each read it caches; the scripts' own
-			// PTTL calls are counted as PTTL, so that cannot be the measure.
-			c.check += n
-		case "zrem", "ping", "fcall", "fcall_ro":
-			c.other += n
+		v, rest, _ := strings.Cut(rest, ",")
+		var st cmdStat
+		st.calls, _ = strconv.ParseInt(v, 10, 64)
+		if u, ok := strings.CutPrefix(rest, "usec="); ok {
+			u, _, _ = strings.Cut(u, ",")
+			st.usec, _ = strconv.ParseInt(u, 10, 64)
+		}
+		if name = strings.TrimPrefix(name, "cmdstat_"); name != "info" {
+			c[name] = st
 		}
 	}
 	return c, nil

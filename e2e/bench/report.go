@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -281,6 +282,9 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	if cfg.rolling.conns > 0 {
 		p("%s", rollingSection(cfg.rolling, r.rolling, r.errs["rolling"], m, e.tmp, false))
 	}
+	if r.rules6 != nil {
+		p("%s", rules6Section(r.rules6, m, e.tmp, e.leaseArgs, false))
+	}
 
 	p("## How the gates were run, and what that costs them\n\n")
 	p("- All three gates verify a JWT at each handshake (`--jwt-hmac-secret-file`) and apply all four rules (`--user-rate 100000000/10s --ip-rate 100000000/10s --user-conn-rate 1000000/1m --ip-conn-rate 1000000/1m`): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n")
@@ -294,7 +298,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("- Every limiter call decides all the messages already buffered on a connection (at most 64): under S1 load one exact-mode Redis call covers several messages, so its Redis req/rt is well under 1; at one message in flight (S2) each message makes its own call, a Redis round trip on the message's path.\n")
 	if len(r.errs) > 0 {
 		p("\n## Failed measurements\n\n")
-		for _, t := range append(targets, &target{key: "redis", name: "redis"}, &target{key: "rolling", name: "rolling restart"}) {
+		for _, t := range append(targets, &target{key: "redis", name: "redis"}, &target{key: "rolling", name: "rolling restart"}, &target{key: "rules6", name: "six rules on one message"}) {
 			for _, msg := range r.errs[t.key] {
 				p("- %s: %s\n", t.name, strings.ReplaceAll(msg, "\n", " "))
 			}
@@ -689,14 +693,14 @@ func rollingSection(rc rollingConfig, rows []rollingResult, errs []string, m mac
 	return b.String()
 }
 
-// spliceSection puts section (which starts with rollingHeading) into doc in place of the
-// section there, or before "## How the gates were run" or "## Micro-benchmarks", or at the end.
-func spliceSection(doc, section string) string {
-	if i := strings.Index(doc, rollingHeading+"\n"); i >= 0 && (i == 0 || doc[i-1] == '\n') {
-		rest := doc[i+len(rollingHeading):]
+// spliceSection puts section (which starts with heading) into doc in place of the section
+// there, or before "## How the gates were run" or "## Micro-benchmarks", or at the end.
+func spliceSection(doc, heading, section string) string {
+	if i := strings.Index(doc, heading+"\n"); i >= 0 && (i == 0 || doc[i-1] == '\n') {
+		rest := doc[i+len(heading):]
 		end := len(doc)
 		if j := strings.Index(rest, "\n## "); j >= 0 {
-			end = i + len(rollingHeading) + j + 1
+			end = i + len(heading) + j + 1
 		}
 		return doc[:i] + section + doc[end:]
 	}
@@ -709,4 +713,233 @@ func spliceSection(doc, section string) string {
 		doc = strings.TrimRight(doc, "\n") + "\n\n"
 	}
 	return doc + section
+}
+
+// rules6Heading starts the six-rule section; -rules6 replaces the section it starts.
+const rules6Heading = "## Rules file: six rules on one message"
+
+// rules6Section is the six-rule section: how it was measured, the rates and Redis calls per
+// message of each gate, the calls by command, and the targets. alone says it was measured by
+// -rules6, apart from the rest.
+func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string, alone bool) string {
+	rc := res.rc
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("%s\n\n", rules6Heading)
+	if alone {
+		p("Measured by `bench -rules6` on %s in %v (%d CPUs, %s), apart from the rest of this report, which it left as it was. "+
+			"Processes other than the harness and what it started used about %.0f%% of the machine's CPU meanwhile.",
+			m.date.Format("2006-01-02 15:04 UTC"), res.elapsed.Round(time.Second), m.ncpu, m.cpuModel, 100*max(0, res.otherCPU))
+		p("\n\n")
+	}
+	if res.source != "" {
+		p("The gate was built from the working tree (%s); the figures are of that build.\n\n", res.source)
+	}
+	lease := "`--limit-mode lease`"
+	if len(leaseArgs) > 0 {
+		lease = "`" + strings.Join(leaseArgs, " ") + "`"
+	}
+	msg := rules6Message(rc.size)
+	p("The rules file's speed target: a message matching every rule costs one Redis round trip on a standalone Redis (one "+
+		"script over all its keys), one pipelined call per slot group on a Cluster; blocked keys still cost none; lease mode "+
+		"covers every rule. Four gates, each with its own redis-server so that `INFO commandstats` counts one gate's commands: "+
+		"the six-rule file below in exact mode and with %s, and the flag rules of the gates above (`%s`) in the same two modes. "+
+		"Each connection is its own user (an HS256 token with `sub` and `\"tenant\":\"acme\"`, one tenant for all) with its own "+
+		"`X-Device-Id` header, all from one IP, and sends the socket.io event `%s` (%d B), to which all six rules apply "+
+		"(`wsgate rules explain` lists them); the limits are far above the load, so nothing is refused.\n\n",
+		lease, strings.Join(gateLimits, " "), msg, len(msg))
+	p("```yaml\n%s```\n\n", rules6File)
+	p("- **1 in flight**: one connection sends %s messages one at a time, each after the echo of the last (after 100 untimed, "+
+		"so that its block reads are in the client-side cache); each request is its own round trip.\n", fmtNum(float64(rc.seq), 0))
+	p("- **%d×%d**: S1's shape, %d connections × %d messages in flight for %v; rueidis pipelines the requests of many "+
+		"connections into shared round trips.\n", rc.conns, rc.inflight, rc.conns, rc.inflight, rc.dur)
+	p("- **blocked** (six-rule gates, once): a client whose token has `\"plan\":\"capped\"` sends chat messages until the chat "+
+		"rule (%d/1m for that tier, `action: drop`, `block: 30s`) drops one, then %d more and %s more, each answered by "+
+		"the 429 notice while the connection stays; Redis is read around each run: the first read of the block key after "+
+		"the refusal misses the client-side cache, which the block's write invalidated.\n\n", rules6CappedLimit, rules6BlockedFirst, fmtNum(float64(rc.blocked), 0))
+	p("The first two phases run %d times, the gates taking turns (each repetition starts at the next gate), after %v of the "+
+		"load per gate as a warm-up (the first call of each script loads it). Each phase reads `INFO commandstats` before and "+
+		"after; calls per message are medians over the repetitions of calls / messages, as are msg/s. **Requests** are the "+
+		"commands the gate sent: every command but those the limiter's scripts run (GET, SET, PTTL, INCRBY, TIME, …) and the "+
+		"MULTI/EXEC around a cached read; a block read that missed rueidis's client-side cache counts once, by its CLIENT "+
+		"CACHING. **Decision requests** are script calls and cached block reads that missed: the requests without the gate's "+
+		"background work (HGETALL of holds and revocations every second, PING health probes).\n\n", rc.reps, rules6Warm)
+
+	byKey := map[string]*rules6Row{}
+	var live []*rules6Row
+	for _, w := range res.rows {
+		byKey[w.key] = w
+		if w.skip == "" {
+			live = append(live, w)
+		}
+	}
+	take := func(c cmdStats) int64 { return c.counts().take }
+	miss := func(c cmdStats) int64 { return c.counts().check }
+	type figs struct {
+		seqRate, loadRate, cpu, micros float64
+		seqDec, seqTake, seqMiss       float64
+		loadReq, loadDec, loadTake     float64
+		seqReq                         float64
+		fallbacks                      []string
+		allFellBack                    bool
+	}
+	get := func(w *rules6Row) figs {
+		if w == nil || w.skip != "" {
+			return figs{seqRate: nan, loadRate: nan, cpu: nan, micros: nan, seqDec: nan, seqTake: nan, seqMiss: nan,
+				loadReq: nan, loadDec: nan, loadTake: nan, seqReq: nan}
+		}
+		lp := w.loadPhases()
+		ls, all := w.redisLoad()
+		f := figs{
+			seqRate:     medianOf(w.seq, func(x rules6Phase) float64 { return float64(x.msgs) / x.secs }),
+			loadRate:    medianOf(ls, func(x s1Result) float64 { return x.rate }),
+			cpu:         medianOf(ls, func(x s1Result) float64 { return x.cpuPer1k }),
+			allFellBack: all,
+			micros:      scriptMicros(w.seq),
+			seqDec:      perMsgMedian(w.seq, decisionRequests), seqTake: perMsgMedian(w.seq, take), seqMiss: perMsgMedian(w.seq, miss),
+			seqReq:  perMsgMedian(w.seq, requests),
+			loadReq: perMsgMedian(lp, requests), loadDec: perMsgMedian(lp, decisionRequests), loadTake: perMsgMedian(lp, take),
+		}
+		for _, x := range w.load {
+			f.fallbacks = append(f.fallbacks, fmtNum(x.fallbacks, 0))
+		}
+		return f
+	}
+	flagsOf := map[string]string{"r6-rules-exact": "r6-flags-exact", "r6-rules-lease": "r6-flags-lease"}
+	load := fmt.Sprintf("%d×%d", rc.conns, rc.inflight)
+	header := []string{"gate", "msg/s, 1 in flight", "×flag rules", "msg/s, " + load, "×flag rules", "gate CPU µs/msg, " + load, "Redis µs per script call", "decision requests/msg, 1 in flight", "of which EVALSHA", "requests/msg, 1 in flight",
+		"decision requests/msg, " + load, "of which EVALSHA", "requests/msg, " + load, "decisions without Redis, " + load}
+	var cells [][]string
+	for _, w := range res.rows {
+		if w.skip != "" {
+			cells = append(cells, append([]string{w.name, w.skip}, make([]string, len(header)-2)...))
+			continue
+		}
+		f, ref := get(w), get(byKey[flagsOf[w.key]])
+		rel := func(v, r float64) string { return dash(flagsOf[w.key] != "", ratio(v, r)) }
+		mark := ""
+		if f.allFellBack {
+			mark = " †"
+		}
+		cells = append(cells, []string{w.name + mark, fmtNum(f.seqRate, 0), rel(f.seqRate, ref.seqRate), fmtNum(f.loadRate, 0), rel(f.loadRate, ref.loadRate),
+			fmtNum(f.cpu, 1), fmtNum(f.micros, 1), fmtNum(f.seqDec, 4), fmtNum(f.seqTake, 4), fmtNum(f.seqReq, 4),
+			fmtNum(f.loadDec, 4), fmtNum(f.loadTake, 4), fmtNum(f.loadReq, 4), strings.Join(f.fallbacks, ", ")})
+	}
+	p("%s\n", mdTable(header, cells))
+	p("- *×flag rules*: against the flag-rule gate of the same mode. *of which EVALSHA* counts EVAL and EVALSHA.\n")
+	p("- *gate CPU µs/msg*: user+system CPU of the gate's process per message under load (10 ms ticks), not Redis's.\n")
+	p("- *Redis µs per script call*: the time Redis spent in EVALSHA and EVAL (the commands the script runs included) per call, from `INFO commandstats`, at 1 in flight.\n")
+	p("- *decisions without Redis*: `holo_ws_limiter_fallback_total` per repetition of the load: decisions the failure mode (`local`) took because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*rules6FallbackShare, load)
+	p("- The flag rules decide every message already buffered on a connection in one call (up to 64); a rules file with a byte rule or a class decides one message per call, so under load its requests per message stay at 1 where the flag rules' fall well under 1.\n\n")
+
+	byCommand := func(title string, rows []*rules6Row, phases func(*rules6Row) []rules6Phase) {
+		if len(rows) == 0 {
+			return
+		}
+		names := map[string]bool{}
+		for _, w := range rows {
+			for _, ph := range phases(w) {
+				for k := range ph.cmds {
+					names[k] = true
+				}
+			}
+		}
+		if len(names) == 0 {
+			p("%s none.\n\n", strings.TrimSuffix(title, ":"))
+			return
+		}
+		var order []string
+		for k := range names {
+			order = append(order, k)
+		}
+		// The gate's own requests first, then what the scripts run; by name within each.
+		slices.SortFunc(order, func(a, b string) int {
+			if sa, sb := scriptCommands[a], scriptCommands[b]; sa != sb {
+				if sb {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		h := []string{"command", "sent by"}
+		for _, w := range rows {
+			h = append(h, w.name)
+		}
+		var cs [][]string
+		for _, k := range order {
+			row := []string{strings.ToUpper(k), commandRole(k)}
+			for _, w := range rows {
+				row = append(row, fmtNum(perMsgMedian(phases(w), func(c cmdStats) int64 { return c[k].calls }), 4))
+			}
+			cs = append(cs, row)
+		}
+		p("%s\n\n%s\n", title, mdTable(h, cs))
+	}
+	byCommand("Redis calls per message by command, **1 in flight**:", live, func(w *rules6Row) []rules6Phase { return w.seq })
+	byCommand(fmt.Sprintf("Redis calls per message by command, **%s**:", load), live, (*rules6Row).loadPhases)
+	// The blocked runs as rows of their own: the first messages into the block, and the rest.
+	var blockedRows []*rules6Row
+	for _, w := range live {
+		if w.blocked != nil {
+			blockedRows = append(blockedRows,
+				&rules6Row{name: fmt.Sprintf("%s, first %d", w.name, w.blockedFirst.msgs), seq: []rules6Phase{*w.blockedFirst}},
+				&rules6Row{name: fmt.Sprintf("%s, next %s", w.name, fmtNum(float64(w.blocked.msgs), 0)), seq: []rules6Phase{*w.blocked}})
+		}
+	}
+	byCommand("Redis calls per message by command, **blocked** (every message refused by the block, with the 429 notice):",
+		blockedRows, func(w *rules6Row) []rules6Phase { return w.seq })
+
+	p("| target | figure from this run | |\n| --- | --- | --- |\n")
+	for _, k := range []string{"r6-rules-exact", "r6-rules-lease"} {
+		w := byKey[k]
+		f := get(w)
+		p("| one Redis round trip per message matching all six rules, standalone Redis, %s mode: decision requests per message at 1 in flight ≤ 1.01 (above 1: the client-side cache refreshing a block read, each every 5 s) | %s (%s EVAL/EVALSHA, %s cached block reads missing); %s at %s | %s |\n",
+			strings.TrimPrefix(k, "r6-rules-"), fmtNum(f.seqDec, 4), fmtNum(f.seqTake, 4), fmtNum(f.seqMiss, 4), fmtNum(f.loadDec, 4), load,
+			verdict(f.seqDec <= 1.01, has(f.seqDec)))
+	}
+	p("| one pipelined call per slot group on a Cluster | the harness runs a standalone Redis | not measured |\n")
+	for _, k := range []string{"r6-rules-exact", "r6-rules-lease"} {
+		w := byKey[k]
+		fig, dec, measured := "no figure", nan, false
+		if w != nil && w.blocked != nil {
+			c := w.blocked.cmds.counts()
+			dec, measured = perMsg(c.take+c.check, w.blocked.msgs), true
+			fig = fmt.Sprintf("%s decision requests over %s blocked messages (%s EVAL/EVALSHA, %s cached block reads missing); %s requests in all",
+				fmtNum(float64(c.take+c.check), 0), fmtNum(float64(w.blocked.msgs), 0), fmtNum(float64(c.take), 0), fmtNum(float64(c.check), 0),
+				fmtNum(float64(requests(w.blocked.cmds)), 0))
+			if w.blockedFirst != nil {
+				fig += fmt.Sprintf("; before them, %s over the first %d into the block", fmtNum(float64(decisionRequests(w.blockedFirst.cmds)), 0), w.blockedFirst.msgs)
+			}
+		}
+		p("| a blocked key costs no Redis call, %s mode: ≤ 0.01 decision requests per blocked message (cache refreshes) | %s | %s |\n",
+			strings.TrimPrefix(k, "r6-rules-"), fig, verdict(dec <= 0.01, measured))
+	}
+	fl, ff := get(byKey["r6-rules-lease"]), get(byKey["r6-flags-lease"])
+	p("| lease mode covers every rule: six rules in lease mode ≤ 0.05 requests per message at %s, the flag rules' lease target | %s (flag rules in lease mode: %s); %s at 1 in flight (flag rules: %s) | %s |\n\n",
+		load, fmtNum(fl.loadReq, 4), fmtNum(ff.loadReq, 4), fmtNum(fl.seqReq, 4), fmtNum(ff.seqReq, 4), verdict(fl.loadReq <= 0.05, has(fl.loadReq)))
+
+	p("```sh\n")
+	for _, w := range res.rows {
+		if w.t != nil && len(w.t.argv) > 0 {
+			p("%s   # %s\n", shellJoin(tmp, w.t.argv), w.name)
+		}
+	}
+	if res.redisCmd != "" {
+		p("%s   # one per gate\n", res.redisCmd)
+	}
+	p("```\n\n")
+	if alone { // the full report lists them under Failed measurements
+		failed := false
+		for _, w := range res.rows {
+			for _, e := range w.errs {
+				p("- failed: %s: %s\n", w.name, strings.ReplaceAll(e, "\n", " "))
+				failed = true
+			}
+		}
+		if failed {
+			p("\n")
+		}
+	}
+	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,12 +31,12 @@ type target struct {
 	skip  string   // why the row has no figures; "" when it runs
 }
 
-// redisCalls returns the requests Redis has served so far, or zeros for a target without Redis.
-func (t *target) redisCalls() (redisCounts, error) {
+// redisCalls returns the commands Redis has served so far, or nil for a target without Redis.
+func (t *target) redisCalls() (cmdStats, error) {
 	if t.redis == "" {
-		return redisCounts{}, nil
+		return nil, nil
 	}
-	return commandCalls(t.redis)
+	return commandStats(t.redis)
 }
 
 // env is what startAll sets up: the run's temp dir, the processes and the shared pieces.
@@ -46,6 +47,7 @@ type env struct {
 	redisAddr   string
 	secretFile  string
 	gateBin     string
+	gateSource  string   // what the gate was built from, for the report; "" for -gate-bin
 	leaseArgs   []string // nil when the gate refuses --limit-mode lease
 	leaseNote   string
 	nginxConf   string
@@ -209,30 +211,37 @@ func lookPath(name string) (string, error) {
 // startRedis starts a redis-server without persistence; it does nothing when redis-server is
 // missing, and the Redis gates are then skipped.
 func (e *env) startRedis() error {
+	addr, _, err := e.startRedisAs("redis")
+	e.redisAddr = addr
+	return err
+}
+
+// startRedisAs starts a redis-server without persistence, its files and log named name, and
+// returns its address and process; "" and nil when redis-server is missing.
+func (e *env) startRedisAs(name string) (string, *proc, error) {
 	bin, err := lookPath("redis-server")
 	if err != nil {
-		return nil
+		return "", nil, nil
 	}
 	port, err := freePort()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	dir := filepath.Join(e.tmp, "redis")
+	dir := filepath.Join(e.tmp, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return "", nil, err
 	}
 	argv := []string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
 		"--appendonly", "no", "--dir", dir}
-	p, err := e.ps.start("redis-server", filepath.Join(e.tmp, "redis.log"), argv)
+	p, err := e.ps.start(name+"-server", filepath.Join(e.tmp, name+".log"), argv)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	if err := waitTCP(p, addr, startLimit); err != nil {
-		return err
+		return "", p, err
 	}
-	e.redisAddr = addr
-	return nil
+	return addr, p, nil
 }
 
 // buildGate builds the working tree's gate into the temp dir.
@@ -242,7 +251,41 @@ func (e *env) buildGate(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build -o %s . failed (pass -gate-bin to use a built gate): %w\n%s", e.gateBin, err, out)
 	}
+	e.gateSource = treeState()
 	return nil
+}
+
+// treeState describes the working tree a gate was built from: the commit and the top-level
+// directories with uncommitted changes, e.g. "commit f0e881e, uncommitted changes under limit/,
+// proxy/"; "" outside a git checkout.
+func treeState() string {
+	head, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	out := "commit " + strings.TrimSpace(string(head))
+	st, err := exec.Command("git", "status", "--porcelain").Output()
+	if err != nil {
+		return out
+	}
+	var dirs []string
+	for _, line := range strings.Split(string(st), "\n") {
+		if len(line) < 4 {
+			continue
+		}
+		d, _, nested := strings.Cut(line[3:], "/")
+		if nested {
+			d += "/"
+		}
+		if !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	if len(dirs) == 0 {
+		return out + ", no uncommitted changes"
+	}
+	slices.Sort(dirs)
+	return out + ", uncommitted changes in " + strings.Join(dirs, ", ")
 }
 
 // gateLimits are on, and far above anything the harness sends.
@@ -292,28 +335,16 @@ func (e *env) startGate(mode string) (*target, error) {
 // startGateAs is startGate with its own key and row label (the key names its log file) and
 // extra flags after the usual ones.
 func (e *env) startGateAs(key, name, mode string, extra ...string) (*target, error) {
-	t := &target{key: key, name: name, proxy: true, gate: true}
 	switch {
 	case mode != "memory" && mode != "rules" && e.redisAddr == "":
-		t.skip = "n/a (redis-server not installed)"
-		return t, nil
+		return &target{key: key, name: name, proxy: true, gate: true, skip: "n/a (redis-server not installed)"}, nil
 	case mode == "lease" && e.leaseArgs == nil:
-		t.skip = "n/a (lease mode not built)"
-		return t, nil
+		return &target{key: key, name: name, proxy: true, gate: true, skip: "n/a (lease mode not built)"}, nil
 	}
-	port, err := freePort()
+	t, err := e.newGate(key, name)
 	if err != nil {
 		return nil, err
 	}
-	admin, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	t.addr = "127.0.0.1:" + strconv.Itoa(port)
-	adminAddr := "127.0.0.1:" + strconv.Itoa(admin)
-	t.admin = adminAddr
-	t.argv = []string{e.gateBin, "--listen", t.addr, "--admin-listen", adminAddr,
-		"--upstream", "http://" + e.backendAddr, "--jwt-hmac-secret-file", e.secretFile}
 	if strings.HasPrefix(mode, "rules") {
 		file := filepath.Join(e.tmp, "rules.yaml")
 		if err := os.WriteFile(file, []byte(gateRulesFile), 0o600); err != nil {
@@ -336,13 +367,38 @@ func (e *env) startGateAs(key, name, mode string, extra ...string) (*target, err
 		t.redis = e.redisAddr
 	}
 	t.argv = append(t.argv, extra...)
-	if t.proc, err = e.ps.start(t.key, filepath.Join(e.tmp, t.key+".log"), t.argv); err != nil {
+	return t, e.launch(t)
+}
+
+// newGate returns a gate on two free ports (its listener and its admin listener) with the
+// flags every gate has: the backend as upstream and the run's JWT secret. The caller adds its
+// limit flags, then starts it with launch.
+func (e *env) newGate(key, name string) (*target, error) {
+	port, err := freePort()
+	if err != nil {
 		return nil, err
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	t := &target{key: key, name: name, proxy: true, gate: true,
+		addr: "127.0.0.1:" + strconv.Itoa(port), admin: "127.0.0.1:" + strconv.Itoa(admin)}
+	t.argv = []string{e.gateBin, "--listen", t.addr, "--admin-listen", t.admin,
+		"--upstream", "http://" + e.backendAddr, "--jwt-hmac-secret-file", e.secretFile}
+	return t, nil
+}
+
+// launch starts the gate t.argv describes, output to <key>.log, and waits until it is ready.
+func (e *env) launch(t *target) error {
+	var err error
+	if t.proc, err = e.ps.start(t.key, filepath.Join(e.tmp, t.key+".log"), t.argv); err != nil {
+		return err
 	}
 	if err := waitTCP(t.proc, t.addr, startLimit); err != nil {
-		return nil, err
+		return err
 	}
-	return t, waitReady(t.proc, "http://"+adminAddr+"/readyz")
+	return waitReady(t.proc, "http://"+t.admin+"/readyz")
 }
 
 // fallbacks returns the gate's holo_ws_limiter_fallback_total: decisions taken by
