@@ -201,10 +201,11 @@ func (l *Limiter) adminRules(k holdKey, pol *policy.Policy) []adminRule {
 // strikes, and the operator hold in force.
 //
 // With Redis it reads every key in one pipelined call (rueidis splits it
-// by Cluster slot); in ModeLease a flag message rule's count is what Redis
-// holds, which includes the units the replicas reserved and have not spent
-// yet. The memory store is read under its lock. In the FailLocal fallback
-// Inspect still reads Redis, and fails while Redis does.
+// by Cluster slot); in ModeLease the count of a leased window (a flag
+// message rule's, a rules file's fixed window of messages or bytes) is what
+// Redis holds, which includes the units the replicas reserved and have not
+// spent yet. The memory store is read under its lock. In the FailLocal
+// fallback Inspect still reads Redis, and fails while Redis does.
 func (l *Limiter) Inspect(ctx context.Context, ref KeyRef, pol *policy.Policy) (KeyState, error) {
 	k, err := ref.parse()
 	if err != nil {
@@ -412,7 +413,7 @@ func (l *Limiter) Reset(ctx context.Context, ref KeyRef, pol *policy.Policy) err
 	l.holds.set(k, record{}, true, l.now())
 	l.mem.resetRules(k, rules)
 	if l.lease != nil {
-		l.lease.drop(safeID(k.id), k.key)
+		l.lease.drop(k)
 	}
 	l.announceChange(ctx, Event{Type: EventReset, Scope: k.key.String(), ID: k.id})
 	return nil
@@ -484,18 +485,21 @@ func (s *memory) resetRules(k holdKey, rules []adminRule) {
 	}
 }
 
-// drop drops the slices of the flag message rule of key's scope for id.
-func (ls *leases) drop(id string, key policy.Key) {
+// drop drops the slices of k: of the flag message rule of k's scope, and
+// of every rules-file rule keyed by k's kind.
+func (ls *leases) drop(k holdKey) {
+	id, scope := safeID(k.id), k.key.String()
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
 	for _, r := range ls.rules {
-		if r.scope == key.String() {
+		if r.scope == scope {
 			if e := ls.m[memKey{r, id}]; e != nil {
 				e.left = 0
 				e.gen++ // a lease in flight keeps only what its decision spends
 			}
 		}
 	}
+	ls.mu.Unlock()
+	ls.pol.drop(k)
 }
 
 // Hold refuses every decision that involves key ref, on every replica, for

@@ -1,11 +1,12 @@
 package limit
 
 import (
-	"github.com/holo/wsgate/policy"
-
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/holo/wsgate/policy"
 )
 
 func benchRules() Rules {
@@ -82,6 +83,42 @@ func BenchmarkMemoryCharge(b *testing.B) {
 					b.Fatalf("decision %+v", d)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkRedisCharge decides one message of 64 bytes against six rules of
+// a rules file (sixRules) on a real Redis, and reports the commands Redis
+// served per message (MONITOR): exact mode, one script each; lease mode
+// with slices of 10 messages; and lease mode with the default slices (a
+// tenth of limits far above the load), where the decisions are the local
+// path's.
+func BenchmarkRedisCharge(b *testing.B) {
+	s := startRedis(b)
+	for _, c := range []struct {
+		name string
+		mode Mode
+		size int
+	}{{"exact", ModeExact, 0}, {"lease slice 10", ModeLease, 10}, {"lease", ModeLease, 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			l := newLimiter(b, Config{RedisURL: s.url(), KeyPrefix: "bench-charge-" + strings.ReplaceAll(c.name, " ", "-"),
+				Timeout: time.Second, Mode: c.mode, LeaseSize: c.size})
+			cs := sixRules(1 << 40)
+			ctx := context.Background()
+			l.Charge(ctx, KindMessage, cs, 1, 64)
+			ops := 0
+			cmds := benchCommands(b, s, func() {
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					if d := l.Charge(ctx, KindMessage, cs, 1, 64); !d.Allowed || d.Fallback {
+						b.Fatalf("decision %+v", d)
+					}
+					ops++
+				}
+				b.StopTimer()
+			})
+			b.ReportMetric(float64(cmds)/float64(ops), "round-trips/op")
 		})
 	}
 }

@@ -275,7 +275,7 @@ func (l *Limiter) receiveEvent(m rueidis.PubSubMessage) {
 		l.holds.set(k, record{}, true, now)
 		l.mem.resetKey(k)
 		if l.lease != nil {
-			l.lease.drop(safeID(k.id), k.key)
+			l.lease.drop(k)
 		}
 	case EventRevoke, EventUnrevoke:
 		k, err := revKeyOf(e.Subject, e.TokenID)

@@ -119,14 +119,20 @@ func (e *leaseEntry) usable(now time.Time) bool {
 type leases struct {
 	rules [2]*rule // the message rules, to read the keys in invalidations
 
+	pol polLeases // a rules file's (policy_lease.go)
+
 	mu         sync.Mutex
 	m          map[memKey]*leaseEntry
 	calls      int
 	sweepEvery int
 }
 
-func newLeases(user, ip *rule) *leases {
-	return &leases{rules: [2]*rule{user, ip}, m: make(map[memKey]*leaseEntry), sweepEvery: minSweepEvery}
+// newLeases returns the leases of the flag message rules user and ip, and
+// of a rules file's charges on keys starting with prefix, LeaseSize size.
+func newLeases(user, ip *rule, prefix string, size int) *leases {
+	ls := &leases{rules: [2]*rule{user, ip}, m: make(map[memKey]*leaseEntry), sweepEvery: minSweepEvery}
+	ls.pol.init(prefix, size)
+	return ls
 }
 
 // windowMargin is how much earlier than Redis said a slice stops being
@@ -339,17 +345,15 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 		ls.flush()
 		return
 	}
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
+	blocks := make([]string, 0, len(keys))
 	for _, m := range keys {
-		k, err := m.ToString()
-		if err != nil {
-			continue
+		if k, err := m.ToString(); err == nil && strings.HasSuffix(k, "}:blk") {
+			blocks = append(blocks, k)
 		}
-		k, ok := strings.CutSuffix(k, "}:blk")
-		if !ok {
-			continue
-		}
+	}
+	ls.mu.Lock()
+	for _, k := range blocks {
+		k = strings.TrimSuffix(k, "}:blk")
 		for _, r := range ls.rules {
 			if id, ok := strings.CutPrefix(k, r.prefix); ok {
 				if e := ls.m[memKey{r, id}]; e != nil {
@@ -359,21 +363,24 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 			}
 		}
 	}
+	ls.mu.Unlock()
+	ls.pol.invalidate(blocks)
 }
 
-// flush drops every slice of a rule that blocks: Redis may have stopped
-// tracking their block keys (a connection closed, a node failed). The
-// slices of a rule without block need no tracking: its windows end only
-// with their TTL.
+// flush drops every slice of a flag rule that blocks, and every slice of
+// a rules file's charges: Redis may have stopped tracking their block keys
+// (a connection closed, a node failed). The slices of a flag rule without
+// block need no tracking: its windows end only with their TTL.
 func (ls *leases) flush() {
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
 	for k, e := range ls.m {
 		if k.rule.Block > 0 {
 			e.left = 0
 			e.gen++
 		}
 	}
+	ls.mu.Unlock()
+	ls.pol.flush()
 }
 
 // leaseIdle is how long an entry with nothing usable stays after its last

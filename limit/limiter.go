@@ -60,6 +60,22 @@
 // invalidations and the lease replies arrive in order. Handshakes, and the
 // memory store, are always exact.
 //
+// Lease mode covers a rules file's rules (Charge) the same way: each rule
+// that counts messages or bytes in fixed windows has a slice per key value
+// and window (a byte rule's is bytes), taken, for every window of every
+// charge that needs one, by the one script that would have decided the
+// event exactly. A message whose charges all have slice left costs no round
+// trip, however many rules count it. When a window has no event left in
+// Redis, that script decides the event exactly instead: the refusal, the
+// block with its ladder and strikes, and the retry are the exact path's.
+// Slices are dropped when their rule's block key is invalidated, when the
+// node's connection is lost, on Reset of their key, and on a reload (a new
+// rule, or other limits, start slices of their own). The bounds above hold
+// per window. Handshake rules and GCRA rules stay exact: a GCRA reservation
+// would have no window to lapse with, and units spent after the rate
+// credited them would pass above the burst. A decision that mixes leased
+// and exact charges spends its slices only when the exact ones allow it.
+//
 // # Failures
 //
 // Health is kept per Redis node (on a Cluster, the master serving a key's
@@ -164,15 +180,19 @@ type Config struct {
 	// (wall-clock times, shared by the replicas); nil means time.Now. The
 	// Redis store's rules take time from Redis only.
 	Now func() time.Time
-	// Mode says how the message rules use Redis: ModeExact (the zero value)
-	// counts every message in Redis; ModeLease takes slices of a key's
-	// window budget and decides locally until a slice is spent (see the
-	// package doc for its bound). Handshakes and the memory store are exact
-	// in both modes.
+	// Mode says how the message rules use Redis, the flag rules' and a
+	// rules file's (Charge) that count messages or bytes in fixed windows:
+	// ModeExact (the zero value) counts every message in Redis; ModeLease
+	// takes slices of a key's window budget and decides locally until a
+	// slice is spent (see the package doc for its bound). Handshakes, GCRA
+	// rules and the memory store are exact in both modes.
 	Mode Mode
-	// LeaseSize is how many units of a message rule's window budget one
-	// Redis call reserves in ModeLease; 0 means max(1, Limit/10) per rule.
-	// It is capped at each rule's Limit, and ignored in ModeExact.
+	// LeaseSize is how many messages of a message rule's window budget one
+	// Redis call reserves in ModeLease, per window; 0 means max(1, Limit/10)
+	// per rule and window. It is capped at each window's Limit, and ignored
+	// in ModeExact. A rules file's byte rule reserves a tenth of its
+	// window's byte limit whatever LeaseSize, or the bytes the decision
+	// spends if more.
 	LeaseSize int
 	// IPMaxConns bounds the connections one client IP holds open at the
 	// same time, across every replica sharing the Redis (see OpenConn);
@@ -427,7 +447,7 @@ func New(cfg Config) (*Limiter, error) {
 		opt.CacheSizeEachConn = blockCacheBytes
 	}
 	if cfg.Mode == ModeLease {
-		l.lease = newLeases(&l.userMsg, &l.ipMsg)
+		l.lease = newLeases(&l.userMsg, &l.ipMsg, prefix, cfg.LeaseSize)
 		opt.OnInvalidations = l.lease.invalidate
 		// A slice is trusted only while the invalidation of its block key
 		// would reach us: that push must come on the connection that runs

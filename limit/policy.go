@@ -53,10 +53,22 @@ func keyTag(k policy.Key) string {
 // the client-side cache (a blocked key costs no round trip), then one
 // script decides every charge atomically, whatever the number of rules and
 // windows, on keys "<prefix>:r:<rule>:<key kind>:...{<key>}" (keysOf).
-// Policy charges are always exact: in ModeLease too, every event is
-// counted in Redis. On a Cluster, charges whose keys live in different
-// slots are decided one event at a time, one script per slot, and a
-// refusal takes back what the others counted.
+// On a Cluster, charges whose keys live in different slots are decided one
+// event at a time, one script per slot, and a refusal takes back what the
+// others counted.
+//
+// In ModeLease, the charges of rules that count messages or bytes in fixed
+// windows are decided from this Limiter's slices of each window's budget
+// (see the package doc): while every window of every charge has slice
+// left, with no round trip. Otherwise the same script, after the block
+// check, takes a slice for each window that needs one, counts the exact
+// charges (handshake and GCRA rules), and decides the event exactly when a
+// window has no event left in Redis; the slices are spent only when the
+// whole decision allows. Granted may then be fewer than the slices and
+// Redis together would allow: the caller asks again for the rest, as
+// always. The refusals are the exact path's, except that a key may be
+// refused while other replicas still hold units of its window, at most a
+// slice each per window.
 //
 // Failures are handled as for Messages: a failed or timed-out call is
 // decided by the FailureMode (FailLocal by the memory store), for the
@@ -78,6 +90,11 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 	if len(charges) == 0 {
 		return Decision{Allowed: true, Kind: kind, Granted: n, Store: storeRedis}
 	}
+	if l.lease != nil {
+		if g := l.lease.pol.spend(charges, n, bytes); g > 0 {
+			return Decision{Allowed: true, Kind: kind, Granted: g, Store: storeRedis}
+		}
+	}
 	rs := l.rs.Load()
 	if rs == nil {
 		return l.chargeFallback(kind, charges, n, bytes, errRedisDown)
@@ -95,7 +112,14 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 		}
 	}
 	rctx, cancel := l.deadlines.context(ctx)
-	d, failed, err := rs.charge(rctx, l.prefix, kind, charges, ids, n, bytes)
+	var d Decision
+	var failed []bool
+	var err error
+	if l.lease != nil && anyLeasable(charges) {
+		d, failed, err = l.lease.pol.charge(rctx, rs, kind, charges, ids, n, bytes)
+	} else {
+		d, failed, err = rs.charge(rctx, l.prefix, kind, charges, ids, n, bytes)
+	}
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil { // a caller that gave up is not Redis's fault

@@ -54,24 +54,34 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 }
 
 // chargeScript decides the charges of one call atomically, exactly as the
-// memory store's charge does. KEYS holds, per charge, its keys as keysOf
-// lists them: block, strikes, then one counter per window (none for a
-// charge that only guards). ARGV holds, per charge:
+// memory store's charge does, and in ModeLease reserves slices of fixed
+// windows (policy_lease.go). KEYS holds, per charge, its keys as keysOf lists
+// them: block, strikes, then one counter per window (none for a charge
+// that only guards). ARGV holds, per charge:
 //
 //	gcra (0 or 1), cost of one event, burst (0: each window's limit),
 //	reset-strikes ms, ladder length, ladder steps in ms...,
-//	window count, then limit and ms per window
+//	window count, then limit, ms and lease per window
 //
-// and last n. It returns {refusing charge (1-based, 0 when granted),
-// blocked (1: by a block in force), retry ms, limit, granted}.
+// and last n. A window's lease is 0 to count exactly; > 0 (fixed windows
+// only) to decide as exactly but write a slice: what the granted events
+// cost, or lease units if more, as far as the limit allows; -1 when the
+// caller decides the window from a slice it holds: the script neither
+// checks nor writes it, and drops it with the others on a block. It returns
+// {refusing charge (1-based, 0 when granted), blocked (1: by a block in
+// force), retry ms, limit, granted}, and when granted a (units written,
+// window ms left) pair per window with a lease > 0, in order.
 //
-// Every charge's block is checked first; then every window, in order, and
-// the first with less than one event left refuses. Nothing is written
-// unless every window allows, except that a refusal by a rule with a
-// ladder blocks the key for the ladder's next step and drops every window
-// of the charge, so that the budget is full when the block ends. Only
-// GCRA reads the Redis clock (TIME); fixed windows live by their keys' TTL,
-// as in luaLib.
+// Every charge's block is checked first (a charge with a window to lease is
+// blocked while its block key exists, even with under a millisecond left,
+// which PTTL reports as 0, for a retry of 1ms: a slice taken then would be
+// dropped by the announcement of the key's deletion); then every window,
+// in order, and the first with less than one event left refuses. Nothing
+// is written unless every window allows, except that a refusal by a rule
+// with a ladder blocks the key for the ladder's next step and drops every
+// window of the charge, so that the budget is full when the block ends.
+// Only GCRA reads the Redis clock (TIME); fixed windows live by their
+// keys' TTL, as in luaLib.
 var chargeScript = newScript(luaLib + `
 local n = tonumber(ARGV[#ARGV])
 local now
@@ -92,14 +102,15 @@ while a < #ARGV do
   local nw = tonumber(ARGV[a])
   a, k = a + 1, k + 2
   for j = 1, nw do
-    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1])}
-    a, k = a + 2, k + 1
+    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1]), lease = tonumber(ARGV[a+2])}
+    c.leases = c.leases or c.wins[j].lease > 0
+    a, k = a + 3, k + 1
   end
   cs[#cs+1] = c
 end
 for i, c in ipairs(cs) do
   local b = redis.call('PTTL', c.blk)
-  if b > 0 then return {i, 1, b, 0, 0} end
+  if b > 0 or b == 0 and c.leases then return {i, 1, math.max(b, 1), 0, 0} end
 end
 -- ahead returns how many units a GCRA window's arrival time is ahead of
 -- its rate now (a value of the other algorithm, left by a reload, is 0).
@@ -130,7 +141,9 @@ local granted = n
 for i, c in ipairs(cs) do
   for _, w in ipairs(c.wins) do
     local left = granted
-    if c.gcra then
+    if w.lease < 0 then
+      -- decided from the caller's slice
+    elseif c.gcra then
       w.burst = c.burst
       if w.burst == 0 then w.burst = w.limit end
       w.ahead = ahead(w)
@@ -144,20 +157,34 @@ for i, c in ipairs(cs) do
     granted = math.min(granted, left)
   end
 end
+local res = {0, 0, 0, 0, granted}
 for _, c in ipairs(cs) do
   local units = granted * c.cost
   for _, w in ipairs(c.wins) do
-    if c.gcra then
+    if w.lease < 0 then
+      -- decided from the caller's slice
+    elseif c.gcra then
       local u = w.ahead + units
       redis.call('SET', w.key, string.format('%.17g %d', u, clock()), 'PX', math.max(math.ceil(u * w.ms / w.limit), 1))
-    elseif w.used then
-      redis.call('INCRBY', w.key, units)
     else
-      redis.call('SET', w.key, units, 'PX', w.ms)
+      local add = units
+      if w.lease > 0 then
+        -- left >= granted above: the limit leaves room for units at least
+        add = math.max(math.min(w.limit - (w.used or 0), math.max(w.lease, units)), units)
+      end
+      if w.used then
+        redis.call('INCRBY', w.key, add)
+      else
+        redis.call('SET', w.key, add, 'PX', w.ms)
+      end
+      if w.lease > 0 then
+        res[#res+1] = add
+        res[#res+1] = life(w.key, w.ms)
+      end
     end
   end
 end
-return {0, 0, 0, 0, granted}
+return res
 `)
 
 // chargeRefundScript takes back what chargeScript counted for one event on
@@ -182,8 +209,10 @@ return 0
 `)
 
 // chargeCall is the chargeScript call deciding n events of the charges
-// cs[i] for i in idx, whose key values are ids[i].
-func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64) call {
+// cs[i] for i in idx, whose key values are ids[i]. lease[i][j] is the
+// lease argument of window j of cs[i]; a nil lease or lease[i] counts
+// exactly.
+func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64) call {
 	var k call
 	for _, i := range idx {
 		c := &cs[i]
@@ -202,8 +231,12 @@ func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, byte
 			ws = c.Limits
 		}
 		k.args = append(k.args, strconv.Itoa(len(ws)))
-		for _, w := range ws {
-			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per))
+		for j, w := range ws {
+			l := "0"
+			if lease != nil && lease[i] != nil {
+				l = strconv.FormatInt(lease[i][j], 10)
+			}
+			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per), l)
 		}
 	}
 	k.args = append(k.args, strconv.Itoa(n))
@@ -240,18 +273,27 @@ type chargeResult struct {
 	retry   time.Duration
 	limit   int64
 	granted int
+	// leased holds, when granted, a (units, window ms left) pair per
+	// window with a lease > 0, in the call's order.
+	leased []int64
 }
 
-func parseCharge(r rueidis.RedisResult) (chargeResult, error) {
+// parseCharge reads chargeScript's answer to a call with leases windows
+// of a lease > 0.
+func parseCharge(r rueidis.RedisResult, leases int) (chargeResult, error) {
 	vs, err := r.AsIntSlice()
 	if err != nil {
 		return chargeResult{}, fmt.Errorf("charge: %w", err)
 	}
-	if len(vs) != 5 {
-		return chargeResult{}, fmt.Errorf("charge: script returned %d values, want 5", len(vs))
+	want := 5
+	if len(vs) > 0 && vs[0] == 0 {
+		want += 2 * leases
+	}
+	if len(vs) != want {
+		return chargeResult{}, fmt.Errorf("charge: script returned %d values, want %d", len(vs), want)
 	}
 	return chargeResult{refused: int(vs[0]), blocked: vs[1] == 1, retry: time.Duration(vs[2]) * time.Millisecond,
-		limit: vs[3], granted: int(vs[4])}, nil
+		limit: vs[3], granted: int(vs[4]), leased: vs[5:]}, nil
 }
 
 // charge decides n events of cs (with key values ids) in Redis, for
@@ -264,7 +306,7 @@ func parseCharge(r rueidis.RedisResult) (chargeResult, error) {
 // invalidates the cached reads. The script checks the blocks again, since
 // an invalidation may arrive after the write that caused it.
 func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charge, ids []string, n int, bytes int64) (Decision, []bool, error) {
-	first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids)
+	first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids, nil)
 	if err != nil {
 		return Decision{}, failed, err
 	}
@@ -275,7 +317,7 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 	if len(groups) > 1 {
 		return s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
 	}
-	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes))[0])
+	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes, nil))[0], 0)
 	if err != nil {
 		return Decision{}, nil, err
 	}
@@ -286,8 +328,10 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 }
 
 // chargeBlocked returns the first charge of cs blocked by a cached block
-// check, and the block left; first is -1 when none is.
-func (s *redisStore) chargeBlocked(ctx context.Context, prefix string, cs []Charge, ids []string) (first int, left time.Duration, failed []bool, err error) {
+// check, and the block left; first is -1 when none is. When seen is not
+// nil, seen[i] is set when the block key of cs[i] was read while it
+// existed, even if its block has ended since.
+func (s *redisStore) chargeBlocked(ctx context.Context, prefix string, cs []Charge, ids []string, seen []bool) (first int, left time.Duration, failed []bool, err error) {
 	var idx []int
 	var reads []rueidis.CacheableTTL
 	for i := range cs {
@@ -301,7 +345,10 @@ func (s *redisStore) chargeBlocked(ctx context.Context, prefix string, cs []Char
 	}
 	first = -1
 	for j, r := range s.client.DoMultiCache(ctx, reads...) {
-		l, _, e := remainingBlock(r)
+		l, existed, e := remainingBlock(r)
+		if seen != nil && existed {
+			seen[idx[j]] = true
+		}
 		switch {
 		case e != nil:
 			if failed == nil {
@@ -359,7 +406,7 @@ func (s *redisStore) slotGroups(ids []string) [][]int {
 func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []Charge, ids []string, groups [][]int, bytes int64) (Decision, []bool, error) {
 	calls := make([]call, len(groups))
 	for g, idx := range groups {
-		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes)
+		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes, nil)
 	}
 	var failed []bool
 	var err error
@@ -375,7 +422,7 @@ func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []
 	refusal, res := -1, chargeResult{}
 	granted := make([]bool, len(groups))
 	for g, r := range chargeScript.exec(ctx, s.client, calls...) {
-		out, e := parseCharge(r)
+		out, e := parseCharge(r, 0)
 		switch {
 		case e != nil:
 			fail(g, e)

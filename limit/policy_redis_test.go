@@ -32,7 +32,7 @@ func TestChargeRedis(t *testing.T) {
 	t.Run("semantics", func(t *testing.T) { runChargeCases(t, redisChargeHarness(s.url())) })
 	t.Run("keys", func(t *testing.T) { testChargeKeys(t, s) })
 	t.Run("shared", func(t *testing.T) { testChargeShared(t, s.url(), ModeExact, charges("user", sharedRules()...)) })
-	// The flag rules' leases do not reach a policy: it stays exact.
+	// Without a block, every unit the replicas lease is spent: exactly N.
 	t.Run("shared lease mode", func(t *testing.T) { testChargeShared(t, s.url(), ModeLease, charges("user", sharedRules()...)) })
 	t.Run("round trips", func(t *testing.T) { testChargeRoundTrips(t, s) })
 }
@@ -303,27 +303,16 @@ func TestChargeCluster(t *testing.T) {
 			t.Fatalf("the user's counter %q after 100 events passed, want 100", got)
 		}
 	})
-	t.Run("refund", func(t *testing.T) {
-		p := keyPrefix(t)
-		l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: testTimeout})
-		smooth := polRule("smooth", policy.CountMessages, win(1000, 1000*time.Second)) // 1 per second
-		smooth.Algorithm = policy.GCRA
-		cs := []Charge{{Rule: smooth, Limits: smooth.Limits, Key: "u"}, cs[1]}
-		h := redisChargeHarness(url)
-		for i := range 60 {
-			d := h.charge(t, l, KindMessage, cs, 3, 0)
-			if d.Allowed != (i < 50) || d.Allowed && d.Granted != 1 || !d.Allowed && d.Rule != "ip-messages" {
-				t.Fatalf("event %d: %+v, want 50 allowed one at a time, then refused by ip-messages", i+1, d)
-			}
-		}
-		units, _, _ := strings.Cut(cli("get", p+":r:smooth:u:1000000:{u}"), " ")
-		if u, err := strconv.ParseFloat(units, 64); err != nil || u <= 49 || u > 50 {
-			t.Fatalf("the GCRA window holds %q units ahead, want the 50 that passed (less their drain)", units)
-		}
-		if got := cli("get", p+":r:ip-messages:ip:10000:{192.0.2.1}"); got != "50" {
-			t.Fatalf("the IP counter %q, want 50", got)
-		}
+	t.Run("lease semantics", func(t *testing.T) { runChargeCases(t, leaseChargeHarness(url, 3)) })
+	t.Run("lease replicas", func(t *testing.T) { testChargeLeaseReplicas(t, url, cli) })
+	t.Run("lease shared", func(t *testing.T) {
+		ip := *ip
+		ip.Limits = []policy.Window{win(100, 10*time.Second)}
+		testChargeShared(t, url, ModeLease, []Charge{cs[0], {Rule: &ip, Limits: ip.Limits, Key: cs[1].Key}})
 	})
+	for _, mode := range []Mode{ModeExact, ModeLease} {
+		t.Run("refund "+mode.String(), func(t *testing.T) { testChargeClusterRefund(t, url, cli, mode, cs[1]) })
+	}
 	t.Run("blocked in another slot", func(t *testing.T) {
 		l := newLimiter(t, Config{RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout})
 		msgs := polRule("ip-messages", policy.CountMessages, win(1, 10*time.Second))
@@ -343,4 +332,30 @@ func TestChargeCluster(t *testing.T) {
 			t.Fatalf("refused handshakes counted: the joins counter holds %q", got)
 		}
 	})
+}
+
+// testChargeClusterRefund: a GCRA rule (counted exactly in mode lease too)
+// on the user's slot and a fixed rule of 50 on the IP's (ip, leased in
+// ModeLease): once the IP rule refuses, the event the user's slot counted
+// is taken back, so the GCRA window holds the 50 that passed.
+func testChargeClusterRefund(t *testing.T, url string, cli func(...string) string, mode Mode, ip Charge) {
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: testTimeout, Mode: mode})
+	smooth := polRule("smooth", policy.CountMessages, win(1000, 1000*time.Second)) // 1 per second
+	smooth.Algorithm = policy.GCRA
+	cs := []Charge{{Rule: smooth, Limits: smooth.Limits, Key: "u"}, ip}
+	h := redisChargeHarness(url)
+	for i := range 60 {
+		d := h.charge(t, l, KindMessage, cs, 3, 0)
+		if d.Allowed != (i < 50) || d.Allowed && d.Granted != 1 || !d.Allowed && d.Rule != "ip-messages" {
+			t.Fatalf("event %d: %+v, want 50 allowed one at a time, then refused by ip-messages", i+1, d)
+		}
+	}
+	units, _, _ := strings.Cut(cli("get", p+":r:smooth:u:1000000:{u}"), " ")
+	if u, err := strconv.ParseFloat(units, 64); err != nil || u <= 49 || u > 50 {
+		t.Fatalf("the GCRA window holds %q units ahead, want the 50 that passed (less their drain)", units)
+	}
+	if got := cli("get", p+":r:ip-messages:ip:10000:{192.0.2.1}"); got != "50" {
+		t.Fatalf("the IP counter %q, want 50", got)
+	}
 }

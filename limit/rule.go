@@ -154,7 +154,9 @@ const (
 	// ModeExact counts every message in Redis.
 	ModeExact Mode = iota
 	// ModeLease reserves slices of each key's window budget in Redis and
-	// decides locally until a slice is spent.
+	// decides locally until a slice is spent: the flag message rules, and a
+	// rules file's rules that count messages or bytes in fixed windows.
+	// Handshakes and GCRA rules stay exact.
 	ModeLease
 )
 
