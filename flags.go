@@ -76,7 +76,7 @@ func flags(upstreamRequired bool) []cli.Flag {
 			Usage: "evaluate limits and count would-be refusals (holo_ws_limiter_decisions_total{decision=\"shadow_limited\"}) but refuse nothing"},
 		str("limit-mode", "exact", catLimits, "exact: every message consults Redis; lease: each replica takes slices of a key's budget from Redis and decides locally until a slice is spent"),
 		&cli.IntFlag{Name: "lease-size", Category: catLimits, EnvVars: env("lease-size"),
-			Usage: "units of a message rule's window budget one Redis call reserves in lease mode; 0 = a tenth of the rule's N"},
+			Usage: "units of a message rule's window budget one Redis call reserves in lease mode; 0 = a tenth of the window's N (a byte rule's slice is always a tenth of its budget)"},
 		&cli.IntFlag{Name: "ip-max-conns", Category: catLimits, EnvVars: env("ip-max-conns"),
 			Usage: "connections one client IP may hold open at once, across replicas (shared through Redis, entries expire so a crashed replica's connections age out); over it: 4008; 0 = off"},
 		str("redis-url", "", catRedis, "redis:// or rediss:// URL (several addr= for a Cluster, master_set= for Sentinel); empty = in-process memory store"),
