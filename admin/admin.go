@@ -312,7 +312,7 @@ func (a *API) inspect(w http.ResponseWriter, r *http.Request) {
 
 // KeyCall is the body of a reset or a block.
 type KeyCall struct {
-	Key    string `json:"key"`
+	Key string `json:"key"`
 	// Issuer is the issuer of a user's tokens, when the gate has no
 	// --jwt-issuer ("" for tokens without iss).
 	Issuer *string `json:"issuer,omitempty"`
