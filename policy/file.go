@@ -589,7 +589,7 @@ func (p *parser) block(n *yaml.Node, what string, r *Rule) {
 			p.errorf(at, "%s: block %s", what, err)
 			continue
 		}
-		if i > 0 && d < r.Block[len(r.Block)-1] {
+		if len(r.Block) > 0 && d < r.Block[len(r.Block)-1] {
 			p.errorf(at, "%s: a block ladder must not shorten (%s after %s)", what, s, shortDuration(r.Block[len(r.Block)-1]))
 		}
 		r.Block = append(r.Block, d)
