@@ -202,7 +202,7 @@ func (l *Limiter) adminRules(k holdKey, pol *policy.Policy) []adminRule {
 //
 // With Redis it reads every key in one pipelined call (rueidis splits it
 // by Cluster slot); in ModeLease the count of a leased window (a flag
-// message rule's, a rules file's fixed window of messages or bytes) is what
+// message rule's, a rules file's window of messages or bytes) is what
 // Redis holds, which includes the units the replicas reserved and have not
 // spent yet. The memory store is read under its lock. In the FailLocal
 // fallback Inspect still reads Redis, and fails while Redis does.

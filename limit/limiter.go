@@ -61,20 +61,35 @@
 // memory store, are always exact.
 //
 // Lease mode covers a rules file's rules (Charge) the same way: each rule
-// that counts messages or bytes in fixed windows has a slice per key value
-// and window (a byte rule's is bytes), taken, for every window of every
-// charge that needs one, by the one script that would have decided the
-// event exactly. A message whose charges all have slice left costs no round
+// that counts messages or bytes, in fixed or GCRA windows, has a slice per
+// key value and window (a byte rule's is bytes), taken, for every window of
+// every charge that needs one, by the one script that would have decided
+// the event exactly. A message whose charges all have slice left costs no round
 // trip, however many rules count it. When a window has no event left in
 // Redis, that script decides the event exactly instead: the refusal, the
 // block with its ladder and strikes, and the retry are the exact path's.
 // Slices are dropped when their rule's block key is invalidated, when the
 // node's connection is lost, on Reset of their key, and on a reload (a new
 // rule, or other limits, start slices of their own). The bounds above hold
-// per window. Handshake rules and GCRA rules stay exact: a GCRA reservation
-// would have no window to lapse with, and units spent after the rate
-// credited them would pass above the burst. A decision that mixes leased
-// and exact charges spends its slices only when the exact ones allow it.
+// per fixed window. Handshake rules stay exact. A decision that mixes
+// leased and exact charges spends its slices only when the exact ones
+// allow it.
+//
+// A GCRA window's slice is reserved by advancing its TAT (theoretical
+// arrival time) by the slice's units times the interval, as far as the
+// burst allows at that moment; its units are charged to the TAT when
+// reserved, so all replicas together never pass more than the rule's rate
+// over time, and a slice not spent before it expires (at the later of the
+// TAT's lead when reserved and the window's length) is lost, which
+// under-admits, never over-admits. Spent after their place in the TAT,
+// units would pass above the burst: the slice keeps the TAT that the exact
+// path would have after this replica's events, and its next reservation
+// moves the TAT in Redis by the difference before deciding (polSlice). With
+// one replica, a leased GCRA window therefore admits exactly what the
+// exact path admits. Across replicas, a replica's late units are seen by
+// the others only at its next reservation, so in a burst a key can see at
+// most burst + (replicas-1) x slice, and the sustained rate stays the
+// rule's rate.
 //
 // # Failures
 //
@@ -181,11 +196,11 @@ type Config struct {
 	// Redis store's rules take time from Redis only.
 	Now func() time.Time
 	// Mode says how the message rules use Redis, the flag rules' and a
-	// rules file's (Charge) that count messages or bytes in fixed windows:
-	// ModeExact (the zero value) counts every message in Redis; ModeLease
-	// takes slices of a key's window budget and decides locally until a
-	// slice is spent (see the package doc for its bound). Handshakes, GCRA
-	// rules and the memory store are exact in both modes.
+	// rules file's (Charge) that count messages or bytes: ModeExact (the
+	// zero value) counts every message in Redis; ModeLease takes slices of
+	// a key's window budget and decides locally until a slice is spent (see
+	// the package doc for its bounds). Handshakes and the memory store are
+	// exact in both modes.
 	Mode Mode
 	// LeaseSize is how many messages of a message rule's window budget one
 	// Redis call reserves in ModeLease, per window; 0 means max(1, Limit/10)

@@ -57,18 +57,19 @@ func keyTag(k policy.Key) string {
 // event at a time, one script per slot, and a refusal takes back what the
 // others counted.
 //
-// In ModeLease, the charges of rules that count messages or bytes in fixed
-// windows are decided from this Limiter's slices of each window's budget
-// (see the package doc): while every window of every charge has slice
-// left, with no round trip. Otherwise the same script, after the block
-// check, takes a slice for each window that needs one, counts the exact
-// charges (handshake and GCRA rules), and decides the event exactly when a
-// window has no event left in Redis; the slices are spent only when the
-// whole decision allows. Granted may then be fewer than the slices and
-// Redis together would allow: the caller asks again for the rest, as
-// always. The refusals are the exact path's, except that a key may be
-// refused while other replicas still hold units of its window, at most a
-// slice each per window.
+// In ModeLease, the charges of rules that count messages or bytes, in
+// fixed or GCRA windows, are decided from this Limiter's slices of each
+// window's budget (see the package doc): while every window of every
+// charge has slice left, with no round trip. Otherwise the same script,
+// after the block check, takes a slice for each window that needs one,
+// counts the exact charges (handshake rules), and decides the event
+// exactly when a window has no event left in Redis; the slices are spent
+// only when the whole decision allows. Granted may then be fewer than the
+// slices and Redis together would allow: the caller asks again for the
+// rest, as always. The refusals are the exact path's, except that a key
+// may be refused while other replicas still hold units of its window, at
+// most a slice each per window, and that a GCRA window may pass a slice
+// more per other replica in a burst (package doc).
 //
 // Failures are handled as for Messages: a failed or timed-out call is
 // decided by the FailureMode (FailLocal by the memory store), for the

@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -10,12 +11,10 @@ import (
 )
 
 // leasable reports whether charge c is decided from slices in ModeLease: a
-// rule that counts messages or bytes in fixed windows. Handshake rules,
-// guards and GCRA rules are counted exactly: a GCRA reservation would have
-// no window to lapse with, and units spent after the rate credited them
-// would pass above the burst.
+// rule that counts messages or bytes, in fixed or GCRA windows. Handshake
+// rules and guards are counted exactly.
 func leasable(c *Charge) bool {
-	return !c.GuardOnly && c.Rule.Count != policy.CountHandshakes && c.Rule.Algorithm == policy.Fixed && len(c.Limits) > 0
+	return !c.GuardOnly && c.Rule.Count != policy.CountHandshakes && len(c.Limits) > 0
 }
 
 // anyLeasable reports whether a charge of cs is leasable.
@@ -65,16 +64,87 @@ type polLease struct {
 const maxSlices = 8
 
 // polSlice is this Limiter's slice of one window's budget.
+//
+// A GCRA window's slice is units that the script charged to the window's
+// TAT (theoretical arrival time) when it reserved them, out of what the
+// burst allowed then: spending them can never pass more than the rate over
+// time. Spent later than their place in the TAT, they could pass above the
+// burst (the exact path would have let the TAT fall back to the present
+// meanwhile, and charged them from there), so the slice keeps tat, the TAT
+// the exact path would have after this Limiter's events, and end, the TAT
+// that Redis holds for them; the next reservation of the window moves the
+// TAT in Redis by the difference (correction) before it decides. With one
+// replica, Redis then holds what the exact path would, and every event
+// spent from a slice is one that the exact path would allow (the slice
+// was within the burst when reserved, and its units are charged from tat
+// on): leasing changes no decision. Other replicas see this Limiter's
+// lateness only at its next reservation: at most a slice.
 type polSlice struct {
 	per   time.Duration
 	limit int64
 	left  int64 // units
 	// expires is when the window the units came from ends at the latest,
-	// on this process's monotonic clock; zero when dropped.
+	// on this process's monotonic clock; zero when dropped. A GCRA slice
+	// expires at the later of the TAT's lead when reserved and the
+	// window's length: its units were charged when reserved, so a longer
+	// life adds no event, only lateness that correction accounts for, and
+	// it lets a key far below its rate, whose TAT leads by a few intervals
+	// at most, spend its slice without a round trip.
 	expires time.Time
 	// epoch counts the grants stored and the drops: units claimed by a
 	// decision go back to the slice only when it has not changed since.
 	epoch uint64
+
+	// GCRA only: perUnit is a unit's interval in ns; tat and end are as
+	// above, zero when dropped or sent as a correction.
+	gcra     bool
+	perUnit  float64
+	tat, end time.Time
+}
+
+// take spends units of s at now: a GCRA slice charges them from its tat,
+// or from now if the TAT has fallen back to the present, as the exact path
+// does.
+func (s *polSlice) take(now time.Time, units int64) {
+	s.left -= units
+	if s.gcra && units > 0 {
+		s.tat = later(s.tat, now).Add(s.interval(units))
+	}
+}
+
+// give gives back units that take spent.
+func (s *polSlice) give(units int64) {
+	s.left += units
+	if s.gcra && !s.tat.IsZero() {
+		s.tat = s.tat.Add(-s.interval(units))
+	}
+}
+
+// interval is the time units take to drain from a GCRA window, rounded up.
+func (s *polSlice) interval(units int64) time.Duration {
+	return time.Duration(math.Ceil(float64(units) * s.perUnit))
+}
+
+// correction returns the units by which the next reservation moves the
+// window's TAT in Redis, as of now, and forgets them: positive when this
+// Limiter spent units after the TAT had fallen back to the present,
+// negative for the units of the slice that were neither spent nor
+// drained (those above both tat and now, below end). Zero for a fixed
+// window and a dropped slice.
+func (s *polSlice) correction(now time.Time) float64 {
+	if !s.gcra || s.end.IsZero() {
+		return 0
+	}
+	d := later(s.tat, now).Sub(later(s.end, now))
+	s.tat, s.end = time.Time{}, time.Time{}
+	return float64(d) / s.perUnit
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // usable reports whether the slice may decide an event of unit cost.
@@ -84,6 +154,7 @@ func (s *polSlice) usable(now time.Time, unit int64) bool {
 
 func (s *polSlice) drop() {
 	s.left, s.expires = 0, time.Time{}
+	s.tat, s.end = time.Time{}, time.Time{}
 	s.epoch++
 }
 
@@ -97,22 +168,25 @@ func (e *polLease) find(w policy.Window) *polSlice {
 	return nil
 }
 
-// slice returns the slice of window w, made when missing.
-func (e *polLease) slice(w policy.Window, now time.Time) *polSlice {
+// slice returns the slice of window w of rule r, made when missing.
+func (e *polLease) slice(r *policy.Rule, w policy.Window, now time.Time) *polSlice {
 	if s := e.find(w); s != nil {
 		return s
 	}
+	fresh := polSlice{per: w.Per, limit: w.Limit, gcra: r.Algorithm == policy.GCRA,
+		perUnit: float64(w.Per) / float64(max(w.Limit, 1))}
 	if len(e.slices) >= maxSlices {
 		for _, s := range e.slices {
 			if !now.Before(s.expires) {
 				// A claim on it (whose window ended meanwhile) must not
 				// come back to another window.
-				*s = polSlice{per: w.Per, limit: w.Limit, epoch: s.epoch + 1}
+				fresh.epoch = s.epoch + 1
+				*s = fresh
 				return s
 			}
 		}
 	}
-	s := &polSlice{per: w.Per, limit: w.Limit}
+	s := &fresh
 	e.slices = append(e.slices, s)
 	return s
 }
@@ -182,15 +256,19 @@ func (pl *polLeases) init(prefix string, size int) {
 
 // units is how many units one lease of window w of charge c reserves: the
 // Config.LeaseSize of a message rule, else a tenth of the window's limit,
-// at least 1 and at most the limit. (A byte rule's slice is always a tenth
-// of its byte limit; the script reserves at least what the decision
-// spends.)
+// at least 1 and at most the limit (a GCRA window's burst). (A byte rule's
+// slice is always a tenth of its byte limit; the script reserves at least
+// what the decision spends, and at most what the window allows then.)
 func (pl *polLeases) units(c *Charge, w policy.Window) int64 {
 	size := max(1, w.Limit/10)
 	if pl.size > 0 && c.Rule.Count == policy.CountMessages {
 		size = pl.size
 	}
-	return max(1, min(size, w.Limit))
+	most := w.Limit
+	if c.Rule.Algorithm == policy.GCRA {
+		most = gcraBurst(c.Rule, w)
+	}
+	return max(1, min(size, most))
 }
 
 // spendSlot is a slice the fast path spends from, and the cost of an event.
@@ -235,7 +313,7 @@ func (pl *polLeases) spend(cs []Charge, n int, bytes int64) int {
 	}
 	pl.tick(now)
 	for _, x := range ss {
-		x.s.left -= g * x.unit
+		x.s.take(now, g*x.unit)
 	}
 	return int(g)
 }
@@ -293,6 +371,8 @@ type leaseWin struct {
 // asks of the script.
 type leasePlan struct {
 	lease [][]int64 // chargeScript's lease arguments, by charge; nil: exact
+	// back holds the GCRA windows' corrections, by charge, as lease does.
+	back  [][]float64
 	wins  []leaseWin
 	n     int  // events the claims allow, at most those asked about
 	exact bool // some charge is counted exactly
@@ -321,7 +401,7 @@ func (pl *polLeases) plan(cs []Charge, es []*polLease, gens []uint64, n int, byt
 			return nil, nil
 		}
 	}
-	p := &leasePlan{lease: make([][]int64, len(cs))}
+	p := &leasePlan{lease: make([][]int64, len(cs)), back: make([][]float64, len(cs))}
 	bound := int64(n)
 	for i := range cs {
 		c, e := &cs[i], es[i]
@@ -331,8 +411,9 @@ func (pl *polLeases) plan(cs []Charge, es []*polLease, gens []uint64, n int, byt
 		}
 		unit := cost(c, bytes)
 		p.lease[i] = make([]int64, len(c.Limits))
+		p.back[i] = make([]float64, len(c.Limits))
 		for j, w := range c.Limits {
-			s := e.slice(w, now)
+			s := e.slice(c.Rule, w, now)
 			x := leaseWin{e: e, s: s, unit: unit, epoch: s.epoch}
 			if s.usable(now, unit) {
 				x.lease = -1
@@ -340,8 +421,11 @@ func (pl *polLeases) plan(cs []Charge, es []*polLease, gens []uint64, n int, byt
 					x.claim = min(s.left, int64(n)*unit)
 					bound = min(bound, x.claim/unit)
 				}
-				s.left -= x.claim
+				s.take(now, x.claim)
 			} else {
+				// Sent once: if the call fails, the correction is lost
+				// with the slice.
+				p.back[i][j] = s.correction(now)
 				x.lease = pl.units(c, w)
 				if e.small > 0 {
 					// The block key's deletion may drop the slice at once.
@@ -379,7 +463,7 @@ func settle(p *leasePlan, granted int) {
 			continue
 		}
 		if rest := x.claim - int64(granted)*x.unit; rest > 0 && x.s.epoch == x.epoch {
-			x.s.left += rest
+			x.s.give(rest)
 		}
 	}
 }
@@ -472,7 +556,7 @@ func (pl *polLeases) run(ctx context.Context, rs *redisStore, kind string, cs []
 	for _, g := range groups {
 		for _, i := range g {
 			if needs(i) {
-				calls = append(calls, chargeCall(pl.prefix, cs, ids, g, n, bytes, p.lease))
+				calls = append(calls, chargeCall(pl.prefix, cs, ids, g, n, bytes, p.lease, p.back))
 				called = append(called, g)
 				break
 			}
@@ -550,15 +634,26 @@ func (pl *polLeases) run(ctx context.Context, rs *redisStore, kind string, cs []
 					continue
 				}
 				x := p.win(i, j, cs)
-				units, ttl := leased[0], time.Duration(leased[1])*time.Millisecond
-				leased = leased[2:]
+				units := leased[0]
 				s := x.s
 				s.epoch++
 				s.left = units - int64(granted)*x.unit
-				s.expires = sent.Add(ttl - windowMargin(ttl))
+				if s.gcra {
+					// leased[1] is the TAT's lead after the reservation,
+					// in µs: the unspent units are its last.
+					lead := time.Duration(leased[1]) * time.Microsecond
+					s.end = sent.Add(lead)
+					s.tat = s.end.Add(-s.interval(s.left))
+					s.expires = sent.Add(max(lead, s.per))
+				} else {
+					ttl := time.Duration(leased[1]) * time.Millisecond
+					s.expires = sent.Add(ttl - windowMargin(ttl))
+				}
+				leased = leased[2:]
 				if x.e.gen != gens[i] {
 					// Not tracked all along: only this decision spends it.
 					s.left, s.expires = 0, time.Time{}
+					s.tat, s.end = time.Time{}, time.Time{}
 				}
 			}
 		}

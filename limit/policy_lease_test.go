@@ -30,9 +30,8 @@ func leaseChargeHarness(url string, size int) *chargeHarness {
 
 // TestChargeLease runs the Charge cases in lease mode, with slices of one
 // unit, of a few, and the default (a tenth of each window's limit). Every
-// case holds as in exact mode: with one replica, leasing changes no
-// decision. (The GCRA cases go through the exact path; "gcra refusal
-// counts nothing" mixes a leased rule with an exact one.)
+// case holds as in exact mode, the GCRA ones included: with one replica,
+// leasing changes no decision.
 func TestChargeLease(t *testing.T) {
 	s := startRedis(t)
 	for _, size := range []int{0, 1, 3} {
@@ -391,7 +390,8 @@ func TestChargeLeaseConnLost(t *testing.T) {
 
 // sixRules are six rules of the shapes a rules file has, far above the
 // load: a user rule of two windows that blocks, an IP rule that blocks, an
-// IP byte rule, a class rule, a per-connection rule and a per-claim rule.
+// IP byte rule, a class rule, a per-connection rule and a per-claim GCRA
+// rule.
 func sixRules(n int64) []Charge {
 	rule := func(name string, key policy.KeyKind, count policy.Count, ws ...policy.Window) *policy.Rule {
 		r := polRule(name, count, ws...)
@@ -410,6 +410,7 @@ func sixRules(n int64) []Charge {
 	class.Class = "chat"
 	conn := rule("conn", policy.KeyConnection, policy.CountMessages, win(n, 10*time.Second))
 	tenant := rule("tenant", policy.KeyClaim, policy.CountMessages, win(n, 10*time.Second))
+	tenant.Algorithm = policy.GCRA
 	keys := map[policy.KeyKind]string{policy.KeyUser: "u", policy.KeyIP: "192.0.2.1", policy.KeyConnection: "c1", policy.KeyClaim: "acme"}
 	var cs []Charge
 	for _, r := range []*policy.Rule{user, ip, bytes, class, conn, tenant} {
@@ -554,5 +555,120 @@ func TestChargeLeaseUntracked(t *testing.T) {
 	}
 	if got := l.lease.pol.heldOf(&cs[0], 0); got != 9 {
 		t.Fatalf("holds %d after a tracked lease, want 9", got)
+	}
+}
+
+// TestChargeLeaseGCRA: a GCRA rule of 100 per second with a burst of 20,
+// slices of 10. One Limiter in lease mode admits what one in exact mode
+// admits, their attempts interleaved: over a burst, over a sustained run
+// above the rate, over a run below it and a burst right after, and over a
+// burst that first spends a slice held past its place in the TAT, after
+// the TAT had fallen back to the present (polSlice.correction).
+func TestChargeLeaseGCRA(t *testing.T) {
+	s := startRedis(t)
+	const rate, burst, size = 100, 20, 10
+	r := polRule("smooth", policy.CountMessages, win(rate, time.Second))
+	r.Algorithm, r.Burst = policy.GCRA, burst
+	cs := charges("u", r)
+	exact := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t) + "e", Timeout: testTimeout})
+	lease := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t) + "l", Timeout: testTimeout, Mode: ModeLease, LeaseSize: size})
+	h := redisChargeHarness(s.url())
+	// both asks each Limiter about one message per step, every gap, until
+	// d has passed or, with d zero, both refused, and returns how many
+	// each admitted.
+	both := func(gap, d time.Duration) (e, l int) {
+		start := time.Now()
+		for time.Since(start) < d || d == 0 {
+			de, dl := h.charge(t, exact, KindMessage, cs, 1, 0), h.charge(t, lease, KindMessage, cs, 1, 0)
+			e, l = e+de.Granted, l+dl.Granted
+			if d == 0 && !de.Allowed && !dl.Allowed {
+				return e, l
+			}
+			time.Sleep(gap)
+		}
+		return e, l
+	}
+	// One event may pass on one side only when the other asked just
+	// before a unit drained.
+	near := func(what string, e, l int) {
+		t.Helper()
+		t.Logf("%s: exact %d, lease %d", what, e, l)
+		if l < e-1 || l > e+1 {
+			t.Fatalf("%s: lease mode admitted %d, exact mode %d", what, l, e)
+		}
+	}
+	e, l := both(0, 0)
+	near("burst", e, l)
+	if l > burst+1 {
+		t.Fatalf("burst: %d admitted, want at most the burst %d", l, burst)
+	}
+	start := time.Now()
+	e, l = both(2*ms, time.Second)
+	near("sustained at 5x the rate", e, l)
+	if max := int(time.Since(start)*rate/time.Second) + 1; l > max {
+		t.Fatalf("sustained: %d admitted, above the rate's %d", l, max)
+	}
+	time.Sleep(burst * time.Second / rate) // the bucket empties
+	e, l = both(20*ms, time.Second)
+	near("at half the rate", e, l)
+	e, l = both(0, 0)
+	near("burst after half the rate", e, l)
+	// A slice held past its place in the TAT: one message takes it, and a
+	// burst after the TAT has fallen back spends its 9 units late, from
+	// the present; the next reservation tells Redis.
+	time.Sleep(burst * time.Second / rate)
+	for _, l := range []*Limiter{exact, lease} {
+		if d := h.charge(t, l, KindMessage, cs, 1, 0); !d.Allowed {
+			t.Fatalf("one message: %+v", d)
+		}
+	}
+	if got := lease.lease.pol.heldOf(&cs[0], 0); got != size-1 {
+		t.Fatalf("holds %d units, want %d", got, size-1)
+	}
+	time.Sleep(2 * size * time.Second / rate)
+	e, l = both(0, 0)
+	near("burst after a held slice", e, l)
+	if l > burst+1 {
+		t.Fatalf("burst after a held slice: %d admitted, want at most the burst %d", l, burst)
+	}
+}
+
+// TestChargeLeaseGCRAReplicas: two Limiters in lease mode hammer one key
+// of a GCRA rule of 50 per second with a burst of 100, slices of 10, for
+// 2s. The first 50ms pass at most the burst and a slice (and a unit of
+// the rate); the whole run at most the rate over it, the burst and a slice
+// per replica, and at least the burst and half the rate.
+func TestChargeLeaseGCRAReplicas(t *testing.T) {
+	s := startRedis(t)
+	const rate, burst, size, run = 50, 100, 10, 2 * time.Second
+	cfg := Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: ModeLease, LeaseSize: size}
+	ls := []*Limiter{newLimiter(t, cfg), newLimiter(t, cfg)}
+	r := polRule("smooth", policy.CountMessages, win(rate, time.Second))
+	r.Algorithm, r.Burst = policy.GCRA, burst
+	cs := charges("u", r)
+	stop := make(chan struct{})
+	start := time.Now()
+	timer := time.AfterFunc(run, func() { close(stop) })
+	defer timer.Stop()
+	allowed := hammerCharge(t, ls, 4, cs, 0, 1<<40, stop)
+	elapsed := time.Since(start)
+	if len(allowed) == 0 {
+		t.Fatal("nothing passed")
+	}
+	first := 0
+	for _, at := range allowed {
+		if at.Sub(allowed[0]) <= 50*ms {
+			first++
+		}
+	}
+	t.Logf("%d passed in the first 50ms, %d in %v (rate %d/s, burst %d, slice %d, 2 replicas)",
+		first, len(allowed), elapsed, rate, burst, size)
+	if first > burst+size+1 {
+		t.Fatalf("%d passed in the first 50ms, want at most %d", first, burst+size+1)
+	}
+	most := int(elapsed*rate/time.Second) + burst + 2*size
+	least := burst + int(run*rate/time.Second)/2
+	if len(allowed) > most || len(allowed) < least {
+		t.Fatalf("%d passed in %v, want between %d and %d", len(allowed), elapsed, least, most)
 	}
 }

@@ -54,23 +54,27 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 }
 
 // chargeScript decides the charges of one call atomically, exactly as the
-// memory store's charge does, and in ModeLease reserves slices of fixed
+// memory store's charge does, and in ModeLease reserves slices of the
 // windows (policy_lease.go). KEYS holds, per charge, its keys as keysOf lists
 // them: block, strikes, then one counter per window (none for a charge
 // that only guards). ARGV holds, per charge:
 //
 //	gcra (0 or 1), cost of one event, burst (0: each window's limit),
 //	reset-strikes ms, ladder length, ladder steps in ms...,
-//	window count, then limit, ms and lease per window
+//	window count, then limit, ms, lease and back per window
 //
-// and last n. A window's lease is 0 to count exactly; > 0 (fixed windows
-// only) to decide as exactly but write a slice: what the granted events
-// cost, or lease units if more, as far as the limit allows; -1 when the
-// caller decides the window from a slice it holds: the script neither
-// checks nor writes it, and drops it with the others on a block. It returns
-// {refusing charge (1-based, 0 when granted), blocked (1: by a block in
-// force), retry ms, limit, granted}, and when granted a (units written,
-// window ms left) pair per window with a lease > 0, in order.
+// and last n. A window's lease is 0 to count exactly; > 0 to decide as
+// exactly but write a slice: what the granted events cost, or lease units
+// if more, as far as the limit (a GCRA window: the burst, from its TAT
+// now) allows; -1 when the caller decides the window from a slice it
+// holds: the script neither checks nor writes it, and drops it with the
+// others on a block. A GCRA window's back (a decimal, 0 otherwise) is the
+// caller's correction (polSlice.correction): units added to the window's
+// TAT, not below the present, and written before it is checked, refusal
+// or not. It returns {refusing charge (1-based, 0 when granted), blocked
+// (1: by a block in force), retry ms, limit, granted}, and when granted a
+// pair per window with a lease > 0, in order: units written, and the
+// window's ms left (fixed) or its TAT's lead in µs (GCRA).
 //
 // Every charge's block is checked first (a charge with a window to lease is
 // blocked while its block key exists, even with under a millisecond left,
@@ -102,9 +106,10 @@ while a < #ARGV do
   local nw = tonumber(ARGV[a])
   a, k = a + 1, k + 2
   for j = 1, nw do
-    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1]), lease = tonumber(ARGV[a+2])}
+    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1]), lease = tonumber(ARGV[a+2]),
+      back = tonumber(ARGV[a+3])}
     c.leases = c.leases or c.wins[j].lease > 0
-    a, k = a + 3, k + 1
+    a, k = a + 4, k + 1
   end
   cs[#cs+1] = c
 end
@@ -119,6 +124,14 @@ local function ahead(w)
   if not u then return 0 end
   -- A clock that went back (a failover) drains nothing rather than refill.
   return math.max(tonumber(u) - math.max(clock() - tonumber(at), 0) * w.limit / (w.ms * 1000), 0)
+end
+-- setAhead writes a GCRA window's units ahead of its rate now.
+local function setAhead(w, u)
+  if u > 0 then
+    redis.call('SET', w.key, string.format('%.17g %d', u, clock()), 'PX', math.max(math.ceil(u * w.ms / w.limit), 1))
+  else
+    redis.call('DEL', w.key)
+  end
 end
 local function refuse(i, c, w)
   if #c.ladder == 0 then
@@ -147,6 +160,10 @@ for i, c in ipairs(cs) do
       w.burst = c.burst
       if w.burst == 0 then w.burst = w.limit end
       w.ahead = ahead(w)
+      if w.back ~= 0 then
+        w.ahead = math.max(w.ahead + w.back, 0)
+        setAhead(w, w.ahead)
+      end
       if c.cost > 0 then left = math.floor((w.burst - w.ahead) / c.cost) end
     else
       -- nil when the window is not open (or holds a GCRA value)
@@ -164,8 +181,17 @@ for _, c in ipairs(cs) do
     if w.lease < 0 then
       -- decided from the caller's slice
     elseif c.gcra then
-      local u = w.ahead + units
-      redis.call('SET', w.key, string.format('%.17g %d', u, clock()), 'PX', math.max(math.ceil(u * w.ms / w.limit), 1))
+      local add = units
+      if w.lease > 0 then
+        -- left >= granted above: the burst leaves room for units at least
+        add = math.max(math.min(math.floor(w.burst - w.ahead), math.max(w.lease, units)), units)
+      end
+      local u = w.ahead + add
+      setAhead(w, u)
+      if w.lease > 0 then
+        res[#res+1] = add
+        res[#res+1] = math.floor(u * w.ms * 1000 / w.limit)
+      end
     else
       local add = units
       if w.lease > 0 then
@@ -209,10 +235,11 @@ return 0
 `)
 
 // chargeCall is the chargeScript call deciding n events of the charges
-// cs[i] for i in idx, whose key values are ids[i]. lease[i][j] is the
-// lease argument of window j of cs[i]; a nil lease or lease[i] counts
-// exactly.
-func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64) call {
+// cs[i] for i in idx, whose key values are ids[i]. lease[i][j] and
+// back[i][j] are the lease and back arguments of window j of cs[i]; a nil
+// lease or lease[i] counts exactly, and a nil back or back[i] corrects
+// nothing.
+func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64, back [][]float64) call {
 	var k call
 	for _, i := range idx {
 		c := &cs[i]
@@ -232,11 +259,14 @@ func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, byte
 		}
 		k.args = append(k.args, strconv.Itoa(len(ws)))
 		for j, w := range ws {
-			l := "0"
+			l, b := "0", "0"
 			if lease != nil && lease[i] != nil {
 				l = strconv.FormatInt(lease[i][j], 10)
 			}
-			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per), l)
+			if back != nil && back[i] != nil && back[i][j] != 0 {
+				b = strconv.FormatFloat(back[i][j], 'g', -1, 64)
+			}
+			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per), l, b)
 		}
 	}
 	k.args = append(k.args, strconv.Itoa(n))
@@ -317,7 +347,7 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 	if len(groups) > 1 {
 		return s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
 	}
-	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes, nil))[0], 0)
+	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil))[0], 0)
 	if err != nil {
 		return Decision{}, nil, err
 	}
@@ -406,7 +436,7 @@ func (s *redisStore) slotGroups(ids []string) [][]int {
 func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []Charge, ids []string, groups [][]int, bytes int64) (Decision, []bool, error) {
 	calls := make([]call, len(groups))
 	for g, idx := range groups {
-		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes, nil)
+		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes, nil, nil)
 	}
 	var failed []bool
 	var err error

@@ -102,7 +102,7 @@ func sharedRules() []*policy.Rule {
 
 // testChargeShared runs 1,000 attempts from 4 goroutines on each of 2
 // Limiters in mode sharing one Redis, half of them asked about in batches,
-// against cs, whose rules allow 100: exactly 100 pass.
+// against cs, whose rules allow 100: exactly 100 pass in exact mode.
 func testChargeShared(t *testing.T, url string, mode Mode, cs []Charge) {
 	cfg := Config{RedisURL: url, KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: mode}
 	ls := []*Limiter{newLimiter(t, cfg), newLimiter(t, cfg)}
@@ -127,9 +127,17 @@ func testChargeShared(t *testing.T, url string, mode Mode, cs []Charge) {
 		})
 	}
 	wg.Wait()
-	if allowed.Load() != 100 || fallbacks.Load() != 0 {
-		t.Fatalf("%d allowed, %d fallbacks of %d attempts; want 100 allowed, no fallback",
-			allowed.Load(), fallbacks.Load(), attempts)
+	// Exact mode passes exactly 100. Lease mode never passes more, and may
+	// pass less: units of a slice the other replica holds when its workers
+	// stop, or of a slice dropped on the way, are lost (at most a slice, a
+	// tenth of 100, per replica).
+	low := int64(100)
+	if mode == ModeLease {
+		low = 100 - int64(len(ls))*10
+	}
+	if a := allowed.Load(); a > 100 || a < low || fallbacks.Load() != 0 {
+		t.Fatalf("%d allowed, %d fallbacks of %d attempts; want %d to 100 allowed, no fallback",
+			a, fallbacks.Load(), attempts, low)
 	}
 }
 
@@ -334,10 +342,12 @@ func TestChargeCluster(t *testing.T) {
 	})
 }
 
-// testChargeClusterRefund: a GCRA rule (counted exactly in mode lease too)
-// on the user's slot and a fixed rule of 50 on the IP's (ip, leased in
-// ModeLease): once the IP rule refuses, the event the user's slot counted
-// is taken back, so the GCRA window holds the 50 that passed.
+// testChargeClusterRefund: a GCRA rule on the user's slot and a fixed rule
+// of 50 on the IP's (ip): once the IP rule refuses, nothing more passes.
+// In ModeExact the event the user's slot counted is taken back, so the
+// GCRA window holds the 50 that passed; in ModeLease both rules are
+// leased, and the GCRA window holds the one slice its events came from
+// (a tenth of its 1000), which the refusals leave alone.
 func testChargeClusterRefund(t *testing.T, url string, cli func(...string) string, mode Mode, ip Charge) {
 	p := keyPrefix(t)
 	l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: testTimeout, Mode: mode})
@@ -345,15 +355,25 @@ func testChargeClusterRefund(t *testing.T, url string, cli func(...string) strin
 	smooth.Algorithm = policy.GCRA
 	cs := []Charge{{Rule: smooth, Limits: smooth.Limits, Key: "u"}, ip}
 	h := redisChargeHarness(url)
+	passed := 0
 	for i := range 60 {
 		d := h.charge(t, l, KindMessage, cs, 3, 0)
-		if d.Allowed != (i < 50) || d.Allowed && d.Granted != 1 || !d.Allowed && d.Rule != "ip-messages" {
-			t.Fatalf("event %d: %+v, want 50 allowed one at a time, then refused by ip-messages", i+1, d)
+		passed += d.Granted
+		if d.Allowed != (passed <= 50 && d.Granted > 0) || mode == ModeExact && d.Allowed && d.Granted != 1 ||
+			!d.Allowed && d.Rule != "ip-messages" {
+			t.Fatalf("event %d: %+v after %d passed, want 50 allowed (one at a time in exact mode), then refused by ip-messages", i+1, d, passed)
 		}
 	}
+	if passed != 50 {
+		t.Fatalf("%d passed, want 50", passed)
+	}
+	want := 50.0
+	if mode == ModeLease {
+		want = 100
+	}
 	units, _, _ := strings.Cut(cli("get", p+":r:smooth:u:1000000:{u}"), " ")
-	if u, err := strconv.ParseFloat(units, 64); err != nil || u <= 49 || u > 50 {
-		t.Fatalf("the GCRA window holds %q units ahead, want the 50 that passed (less their drain)", units)
+	if u, err := strconv.ParseFloat(units, 64); err != nil || u <= want-1 || u > want {
+		t.Fatalf("the GCRA window holds %q units ahead, want %v (less their drain)", units, want)
 	}
 	if got := cli("get", p+":r:ip-messages:ip:10000:{192.0.2.1}"); got != "50" {
 		t.Fatalf("the IP counter %q, want 50", got)

@@ -155,8 +155,8 @@ const (
 	ModeExact Mode = iota
 	// ModeLease reserves slices of each key's window budget in Redis and
 	// decides locally until a slice is spent: the flag message rules, and a
-	// rules file's rules that count messages or bytes in fixed windows.
-	// Handshakes and GCRA rules stay exact.
+	// rules file's rules that count messages or bytes, in fixed or GCRA
+	// windows. Handshakes stay exact.
 	ModeLease
 )
 
