@@ -590,3 +590,52 @@ func TestRulesExamplesParse(t *testing.T) {
 		t.Fatalf("rules check: %v\n%s", err, out)
 	}
 }
+
+const nodeClientRules = `
+classes:
+  - {name: shout, prefix: "!"}
+rules:
+  - {name: shouts, class: shout, key: user, limits: [2/30s], action: drop}
+  - {name: user-messages, key: user, limits: [5/30s], block: 30s}
+`
+
+// TestRulesNodeClient: a Node ws client sends its messages at once; a drop
+// rule's refusal leaves the socket up (the message is not relayed and not
+// counted by the other rules), and the close rule then ends it with the 429
+// frame naming it and 4008, after the echoes of every message it allowed.
+func TestRulesNodeClient(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	g, _ := rulesGate(t, startNodeBackend(t), nodeClientRules, secretFile)
+	args := []string{"--header", "Authorization:Bearer " + hsToken(t, secret, "node-ws")}
+	for _, m := range []string{"!1", "!2", "!3", "a", "b", "c", "d"} {
+		args = append(args, "--send", m)
+	}
+	events := runNodeClient(t, append([]string{g.URL + "/echo"}, args...)...)
+	var echoes []string
+	refusals := map[string]int{}
+	var closeCode float64
+	for _, ev := range events {
+		switch {
+		case ev["message"] != nil:
+			m, _ := ev["message"].(string)
+			if strings.HasPrefix(m, "{") {
+				var r struct{ Rule string }
+				if json.Unmarshal([]byte(m), &r) != nil {
+					t.Fatalf("message %q", m)
+				}
+				ruleRefusal(t, []byte(m), r.Rule, "user")
+				refusals[r.Rule]++
+				continue
+			}
+			echoes = append(echoes, m)
+		case ev["close"] != nil:
+			closeCode, _ = ev["close"].(float64)
+		}
+	}
+	// !3 is dropped and not counted: a, b and c are the 3rd to 5th messages, d the 6th.
+	if strings.Join(echoes, " ") != "!1 !2 a b c" || refusals["shouts"] != 1 || refusals["user-messages"] != 1 || closeCode != 4008 {
+		t.Fatalf("echoes %q, refusals %v, close %v; want !1 !2 a b c, one of each rule, 4008 (events %v)",
+			echoes, refusals, closeCode, events)
+	}
+}

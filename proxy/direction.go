@@ -110,7 +110,9 @@ func (d *direction) look() bool {
 	if d.pingDue.Load() && d.pingDue.Swap(false) && pr.life.load() == phaseOpen {
 		d.ping()
 	}
-	if !d.client && pr.life.load() == phaseOpen {
+	if !d.client && d.relaying() {
+		// A drop's notice goes out while the upstream's frames still
+		// reach the client, the ending's relay included.
 		d.sendNotice()
 	}
 	switch pr.life.load() {
@@ -142,6 +144,9 @@ func (d *direction) owe(aborting bool) {
 	}
 	if e.clientCode == 0 || (e.afterUpstream && !d.srcDone && !aborting) || d.dst().closeSent {
 		return
+	}
+	if !aborting {
+		d.sendNotice() // a drop's notice not sent yet comes before the ending's
 	}
 	d.writeClose(e.clientText, e.clientCode, e.clientReason)
 	if d.dst().closeSent {
