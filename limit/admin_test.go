@@ -694,7 +694,9 @@ func TestAdminResubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := logB.wait(t, "b hears the hold", time.Second, func(e Event) bool { return e.Type == EventHold })
-	if e.Origin != a.origin {
-		t.Fatalf("hold event %+v, want one from a", e)
+	// From a through Pub/Sub, or (rarely) from b's own once-a-second re-read
+	// of the store when that came first.
+	if e.Origin != a.origin && e.Origin != "" || e.ID != "192.0.2.1" {
+		t.Fatalf("hold event %+v, want the hold a made", e)
 	}
 }
