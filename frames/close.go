@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -73,11 +74,19 @@ func WriteHeaderFrame(w io.Writer, h ws.Header, payload []byte, masked bool) err
 	return err
 }
 
-// WriteClose writes a close frame with code and reason (cut to fit the 125
-// bytes of a control frame).
+// WriteClose writes a close frame with code and reason, the reason cut to
+// fit the 125 bytes of a control frame on a rune boundary: a cut reason
+// stays UTF-8, as RFC 6455 requires of it.
 func WriteClose(w io.Writer, code ws.StatusCode, reason string, masked bool) error {
 	var p [ws.MaxControlFramePayloadSize]byte
 	binary.BigEndian.PutUint16(p[:2], uint16(code))
+	if max := len(p) - 2; len(reason) > max {
+		i := max
+		for i > 0 && !utf8.RuneStart(reason[i]) {
+			i--
+		}
+		reason = reason[:i]
+	}
 	n := 2 + copy(p[2:], reason)
 	return WriteFrame(w, ws.OpClose, p[:n], masked)
 }

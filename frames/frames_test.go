@@ -772,3 +772,27 @@ func waitReady(t *testing.T, r *Reader) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestWriteCloseCutsReason: a reason longer than a close frame carries is
+// cut to 123 bytes on a rune boundary, so that it stays UTF-8.
+func TestWriteCloseCutsReason(t *testing.T) {
+	reasonOf := func(s string) string {
+		var b bytes.Buffer
+		if err := WriteClose(&b, ws.StatusPolicyViolation, s, false); err != nil {
+			t.Fatal(err)
+		}
+		h, err := ws.ReadHeader(&b)
+		if err != nil || h.OpCode != ws.OpClose || h.Length != int64(b.Len()) {
+			t.Fatalf("header %+v, %v", h, err)
+		}
+		return string(b.Bytes()[2:])
+	}
+	long := strings.Repeat("é", 100) // 200 bytes
+	got := reasonOf(long)
+	if len(got) > 123 || !utf8.ValidString(got) || !strings.HasPrefix(long, got) || len(got) < 121 {
+		t.Fatalf("cut to %d bytes: %q", len(got), got)
+	}
+	if reasonOf("short") != "short" {
+		t.Fatal("a short reason changed")
+	}
+}

@@ -536,7 +536,7 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // Redis, counting up to n messages or blocking the key, and the caller's
 // next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
-	if l.holds.cur.Load() != nil {
+	if l.Holding() {
 		if d, held := l.heldMessage(KindMessage, user, ip); held {
 			return d
 		}
@@ -551,7 +551,7 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 // blocks user or ip (a refusal of that message rule: Kind KindMessage,
 // Blocked), or over a connection rule (Kind KindConnection).
 func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
-	if l.holds.cur.Load() != nil {
+	if l.Holding() {
 		if d, held := l.heldMessage(KindConnection, user, ip); held {
 			return d
 		}

@@ -77,7 +77,7 @@ func keyTag(k policy.Key) string {
 // and its keys fall back at once. A FailClosed refusal names the first
 // charge's rule.
 func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n int, bytes int64) Decision {
-	if l.holds.cur.Load() != nil {
+	if l.Holding() {
 		if d, held := l.heldCharge(kind, charges); held {
 			return d
 		}

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"sort"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -88,7 +87,7 @@ func disconnectEnding(reason string) *ending {
 		reason = "disconnected"
 	}
 	return &ending{initiator: byGate, afterUpstream: true,
-		clientCode: ws.StatusPolicyViolation, clientReason: closeReason(reason),
+		clientCode: ws.StatusPolicyViolation, clientReason: reason, // frames.WriteClose cuts it
 		upCode: ws.StatusGoingAway, upReason: "client disconnected"}
 }
 
@@ -108,18 +107,4 @@ func (p *Proxy) eachMatch(m Match, f func(*pair)) {
 			f(pr)
 		}
 	}
-}
-
-// closeReason cuts s to what a close frame carries: 123 bytes, on a rune
-// boundary.
-func closeReason(s string) string {
-	const max = 123
-	if len(s) <= max {
-		return s
-	}
-	s = s[:max]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
 }

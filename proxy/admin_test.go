@@ -6,11 +6,9 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/limit"
@@ -46,17 +44,6 @@ func TestDisconnect(t *testing.T) {
 		t.Fatalf("close %d, want 1008", code)
 	}
 	waitFor(t, func() bool { return g.proxy.Active() == 0 })
-}
-
-func TestCloseReason(t *testing.T) {
-	long := strings.Repeat("é", 100) // 200 bytes
-	got := closeReason(long)
-	if len(got) > 123 || !utf8.ValidString(got) || !strings.HasPrefix(long, got) || len(got) < 121 {
-		t.Fatalf("cut to %d bytes: %q", len(got), got)
-	}
-	if closeReason("short") != "short" {
-		t.Fatal("a short reason changed")
-	}
 }
 
 // oneUser authenticates every request as alice with token id t-1.

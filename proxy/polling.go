@@ -80,18 +80,26 @@ func (ss *sessions) add(sid string, s *session) bool {
 	s.wake = make(chan struct{}, 1)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if len(ss.m) >= maxSessions {
-		for k, v := range ss.m {
-			if now.After(v.expires) {
-				delete(ss.m, k)
-			}
-		}
-		if len(ss.m) >= maxSessions {
-			return false
-		}
+	if !roomFor(ss.m, now, func(s *session) time.Time { return s.expires }) {
+		return false
 	}
 	ss.m[sid] = s
 	return true
+}
+
+// roomFor reports whether m has room for one more entry under
+// maxSessions, dropping its expired entries (expires says when) when it
+// is full.
+func roomFor[V any](m map[string]V, now time.Time, expires func(V) time.Time) bool {
+	if len(m) < maxSessions {
+		return true
+	}
+	for k, v := range m {
+		if now.After(expires(v)) {
+			delete(m, k)
+		}
+	}
+	return len(m) < maxSessions
 }
 
 func (ss *sessions) get(sid string) *session {

@@ -24,8 +24,8 @@ import (
 // pollDrop is what the gate keeps of an upstream session whose client had
 // packets dropped.
 type pollDrop struct {
-	drops   map[string]*dropCount // by rule, for close-after
-	notice  []byte                // the refusal event the next GET's answer carries
+	drops   dropCounts // by rule, for close-after
+	notice  []byte     // the refusal event the next GET's answer carries
 	expires time.Time
 }
 
@@ -38,7 +38,7 @@ type pollDrops struct {
 func newPollDrops() *pollDrops { return &pollDrops{m: make(map[string]*pollDrop)} }
 
 // dropped counts a drop by rule r in session sid, as connRules.dropped
-// does for a WebSocket, and reports whether it is one too many: the
+// does for a WebSocket (dropCounts), and reports whether it is one too many: the
 // session is then closed instead. A session the gate cannot keep track of
 // (over maxSessions) is closed.
 func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
@@ -51,14 +51,9 @@ func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
 	if r.CloseAfter == 0 {
 		return false
 	}
-	c := e.drops[r.Name]
-	if c == nil || !now.Before(c.until) {
-		c = &dropCount{until: now.Add(r.Limits[0].Per)}
-		e.drops[r.Name] = c
-		e.expires = later(e.expires, c.until)
-	}
-	c.n++
-	return c.n >= r.CloseAfter
+	closes, until := e.drops.add(r, now)
+	e.expires = later(e.expires, until)
+	return closes
 }
 
 // entry returns sid's entry, made if need be and alive for sessionTTL
@@ -66,17 +61,10 @@ func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
 func (pd *pollDrops) entry(sid string, now time.Time) *pollDrop {
 	e := pd.m[sid]
 	if e == nil {
-		if len(pd.m) >= maxSessions {
-			for k, v := range pd.m {
-				if now.After(v.expires) {
-					delete(pd.m, k)
-				}
-			}
-			if len(pd.m) >= maxSessions {
-				return nil
-			}
+		if !roomFor(pd.m, now, func(e *pollDrop) time.Time { return e.expires }) {
+			return nil
 		}
-		e = &pollDrop{drops: make(map[string]*dropCount)}
+		e = &pollDrop{drops: make(dropCounts)}
 		pd.m[sid] = e
 	}
 	e.expires = later(e.expires, now.Add(sessionTTL))

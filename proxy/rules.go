@@ -45,12 +45,29 @@ type connRules struct {
 	quietUntil int64
 	// drops counts, per rule that drops, the drops in its first window,
 	// for close-after.
-	drops map[string]*dropCount
+	drops dropCounts
 }
+
+// dropCounts are a connection's drops by rule, each in the rule's first
+// window, for close-after.
+type dropCounts map[string]*dropCount
 
 type dropCount struct {
 	n     int
 	until time.Time
+}
+
+// add records a drop by rule r, which has a close-after, and reports
+// whether it is the one that closes the connection, and when r's count
+// ends.
+func (dc dropCounts) add(r *policy.Rule, now time.Time) (closes bool, until time.Time) {
+	c := dc[r.Name]
+	if c == nil || !now.Before(c.until) {
+		c = &dropCount{until: now.Add(r.Limits[0].Per)}
+		dc[r.Name] = c
+	}
+	c.n++
+	return c.n >= r.CloseAfter, c.until
 }
 
 // rulesFor admits a request under the policy in force; nil without a
@@ -174,7 +191,8 @@ func (p *Proxy) decideRules(ctx context.Context, cr *connRules, a ask) limit.Dec
 	}
 	if p.cfg.Limiter.Holding() {
 		// An operator's hold of the client's user or IP refuses whatever
-		// rules apply, an exempt client's too.
+		// rules apply, an exempt client's too. (Asked first: the IP's
+		// string is made only while a hold is in force.)
 		if d, held := p.cfg.Limiter.Held(kind, cr.client.User, cr.client.IP.String()); held {
 			return d
 		}
@@ -303,15 +321,10 @@ func (cr *connRules) dropped(r *policy.Rule, now time.Time) bool {
 		return false
 	}
 	if cr.drops == nil {
-		cr.drops = make(map[string]*dropCount)
+		cr.drops = make(dropCounts)
 	}
-	c := cr.drops[r.Name]
-	if c == nil || !now.Before(c.until) {
-		c = &dropCount{until: now.Add(r.Limits[0].Per)}
-		cr.drops[r.Name] = c
-	}
-	c.n++
-	return c.n >= r.CloseAfter
+	closes, _ := cr.drops.add(r, now)
+	return closes
 }
 
 // RulesChanged acts on a new policy in force at once where waiting for a
