@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	_ "embed"
 	"fmt"
 	"math"
 	"os"
@@ -14,6 +15,12 @@ import (
 	"strings"
 	"time"
 )
+
+// profileSection is what profiles of the gate found (profile.md): written by hand after a
+// profiling session, kept in every report.
+//
+//go:embed profile.md
+var profileSection string
 
 // machine describes where the run happened.
 type machine struct {
@@ -286,6 +293,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 		p("%s", rules6Section(r.rules6, m, e.tmp, e.leaseArgs, false))
 	}
 
+	p("%s", profileSection)
 	p("## How the gates were run, and what that costs them\n\n")
 	p("- All three gates verify a JWT at each handshake (`--jwt-hmac-secret-file`) and apply all four rules (`--user-rate 100000000/10s --ip-rate 100000000/10s --user-conn-rate 1000000/1m --ip-conn-rate 1000000/1m`): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n")
 	p("- Every other gate flag is at its default, notably `--ping-interval 30s` (the gate pings clients; the load clients answer, nginx and HAProxy send nothing), `--log-level info` (one log line per closed connection, to a file; nginx has `access_log off`, HAProxy no `log`), `--max-message-bytes 1MiB`, `--control-frame-rate 50/1s`, and text frames are UTF-8-checked (the messages are ASCII text frames).\n")
@@ -294,7 +302,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	} else {
 		p("- Lease mode: not measured; %s.\n", e.leaseNote)
 	}
-	p("- nginx runs 2 worker processes and HAProxy 2 threads, as the configs above show; the gate uses both CPUs (GOMAXPROCS defaults to 2 here) and its own GC target of 25 (GOGC is not set).\n")
+	p("- nginx runs 2 worker processes and HAProxy 2 threads, as the configs above show; the gate uses both CPUs (GOMAXPROCS defaults to 2 here) and its own GC target of 15 with at least 4 MiB of headroom over the live heap (GOGC is not set).\n")
 	p("- Every limiter call decides all the messages already buffered on a connection (at most 64): under S1 load one exact-mode Redis call covers several messages, so its Redis req/rt is well under 1; at one message in flight (S2) each message makes its own call, a Redis round trip on the message's path.\n")
 	if len(r.errs) > 0 {
 		p("\n## Failed measurements\n\n")
