@@ -30,9 +30,9 @@ func (m Match) empty() bool { return m.Subject == "" && m.TokenID == "" && !m.IP
 func (m Match) matches(pr *pair, ipKey string) bool {
 	info := pr.info
 	switch {
-	case m.Subject != "" && (info == nil || info.subject != m.Subject):
+	case m.Subject != "" && info.subject != m.Subject:
 		return false
-	case m.TokenID != "" && (info == nil || info.tokenID != m.TokenID):
+	case m.TokenID != "" && info.tokenID != m.TokenID:
 		return false
 	case m.IP.IsValid() && pr.ipKey != ipKey:
 		return false
@@ -54,11 +54,9 @@ type Conn struct {
 func (p *Proxy) Connections(m Match) []Conn {
 	out := []Conn{}
 	p.eachMatch(m, func(pr *pair) {
-		c := Conn{IP: pr.clientIP.String(), Path: pr.path, Protocol: pr.protocol, Opened: time.Unix(0, pr.start).UTC()}
-		if pr.info != nil {
-			c.ID, c.Subject = pr.info.id, pr.info.subject
-		}
-		out = append(out, c)
+		info := pr.info
+		out = append(out, Conn{ID: info.id, Subject: info.subject, IP: info.ip.String(), Path: info.path,
+			Protocol: info.protocol, Opened: time.Unix(0, pr.start).UTC()})
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Opened.Before(out[j].Opened) })
 	return out

@@ -331,7 +331,7 @@ func (d *direction) onClientData(h ws.Header) error {
 
 // onUpstreamData handles a data frame from the upstream.
 func (d *direction) onUpstreamData(h ws.Header) error {
-	if d.pr.info != nil && d.pr.info.sio && frames.StartsMessage(h) {
+	if d.pr.info.sio && frames.StartsMessage(h) {
 		d.attachments = pendingAttachments(h, d.r.Peek(), d.attachments)
 	}
 	if frames.StartsMessage(h) && d.pr.deflating {

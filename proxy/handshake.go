@@ -176,14 +176,11 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	pr := newPair(p, clConn, upConn)
-	pr.clientIP = cl.ip
+	pr := newPair(p, clConn, upConn, &connInfo{id: connID, sio: isEIO, rules: cr,
+		subject: cl.identity.Subject, tokenID: cl.identity.TokenID,
+		ip: cl.ip, path: r.URL.Path, protocol: protocol})
 	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
-	pr.path = r.URL.Path
-	pr.protocol = protocol
 	pr.release = release
-	pr.info = &connInfo{id: connID, sio: isEIO, rules: cr,
-		subject: cl.identity.Subject, tokenID: cl.identity.TokenID}
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {
 			pr.deflating = true

@@ -126,7 +126,7 @@ func (p *Proxy) backstop(pr *pair) {
 	pr.keep.forced = true
 	p.m.CloseBackstop.Inc()
 	p.log.Error("relay: a pair outlived its close deadline; forcing it closed",
-		"client_ip", pr.clientIP.String(), "path", pr.path)
+		"client_ip", pr.info.ip.String(), "path", pr.info.path)
 	pr.abort()
 	pr.client.hangUp()
 	pr.upstream.hangUp()

@@ -3,7 +3,6 @@ package proxy
 import (
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -80,17 +79,17 @@ type pair struct {
 
 	start          int64 // unix nanoseconds
 	retire         int64 // unix nanoseconds: closed then as a drain closes (MaxConnAge); 0: never
-	clientIP       netip.Addr
-	path           string
 	userKey, ipKey string
-	protocol       string
-	expiry         int64     // unix nanoseconds: the client's token's exp; zero without one
-	info           *connInfo // set at the handshake; the client direction's (web.go)
+	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
+	// info is what the logs, the admin API and the rules need of the
+	// connection and the relay does not: out of the pair, which every
+	// connection holds in the 768-byte size class (TestPairSize). Never nil.
+	info *connInfo
 }
 
-func newPair(p *Proxy, client, upstream net.Conn) *pair {
+func newPair(p *Proxy, client, upstream net.Conn, info *connInfo) *pair {
 	now := time.Now().UnixNano()
-	pr := &pair{p: p, start: now, retire: retireAt(now, p.cfg.MaxConnAge)}
+	pr := &pair{p: p, start: now, retire: retireAt(now, p.cfg.MaxConnAge), info: info}
 	pr.client.init(client, false)
 	pr.upstream.init(upstream, true)
 	// The keeper's state is set before track shows the pair to the keeper.
@@ -173,10 +172,10 @@ func (pr *pair) report() {
 	initiator := pr.life.who()
 	pr.p.m.Closes.WithLabelValues(initiator, metrics.CodeLabel(code)).Inc()
 	pr.p.log.Info("connection closed",
-		"client_ip", pr.clientIP.String(),
+		"client_ip", pr.info.ip.String(),
 		"identity", pr.userKey,
-		"path", pr.path,
-		"protocol", pr.protocol,
+		"path", pr.info.path,
+		"protocol", pr.info.protocol,
 		"duration_ms", time.Since(time.Unix(0, pr.start)).Milliseconds(),
 		"messages_in", pr.fromClient.messages,
 		"messages_out", pr.fromUpstream.messages,

@@ -44,12 +44,12 @@ const (
 // without a decision, within the connection's allowance (freeControl).
 func (d *direction) limited(h ws.Header) verdict {
 	pr := d.pr
-	sio := pr.info != nil && pr.info.sio
+	sio := pr.info.sio
 	if sio && pr.info.freeControl(h, d.r.Peek()) {
 		return relayed
 	}
 	var cr *connRules
-	if pr.info != nil && pr.info.rules != nil {
+	if pr.info.rules != nil {
 		cr = pr.info.rules
 		if cr.current(pr.p.cfg.Rules); cr.adm.Denied {
 			pr.end(&deniedEnding)
@@ -111,7 +111,7 @@ func (d *direction) limited(h ws.Header) verdict {
 // a budget, the pair ends as under a close action, whatever the rule's.
 func (d *direction) limitedMore(h ws.Header) bool {
 	pr := d.pr
-	if h.Length == 0 || pr.info == nil || pr.info.rules == nil || !pr.info.rules.countsBytes {
+	if h.Length == 0 || pr.info.rules == nil || !pr.info.rules.countsBytes {
 		return false
 	}
 	cr := pr.info.rules
@@ -155,7 +155,7 @@ func (pr *pair) notify(text []byte) {
 // two messages from the upstream.
 func (d *direction) sendNotice() {
 	info := d.pr.info
-	if info == nil || info.notice.Load() == nil || d.s.InMessage() || d.attachments > 0 {
+	if info.notice.Load() == nil || d.s.InMessage() || d.attachments > 0 {
 		return
 	}
 	text := info.notice.Swap(nil)

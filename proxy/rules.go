@@ -340,7 +340,7 @@ func (p *Proxy) RulesChanged(pol *policy.Policy) int {
 	n := 0
 	for pr := range p.pairs {
 		// A connection's client is set at its handshake and never changes.
-		if pr.info == nil || pr.info.rules == nil || pr.life.load() != phaseOpen {
+		if pr.info.rules == nil || pr.life.load() != phaseOpen {
 			continue
 		}
 		if cr := pr.info.rules; pol.Deny.Has(cr.client.IP, cr.client.Subject) {

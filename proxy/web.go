@@ -174,12 +174,14 @@ type connInfo struct {
 	// the operator's disconnects and revocations; the subject is logged
 	// only under Config.LogSubject.
 	subject, tokenID string
-	sio              bool // the connection speaks engine.io 4
+	ip               netip.Addr // the client's
+	path, protocol   string     // the request's path and the subprotocol agreed
 
 	// freeStart and freeCount are the window of the engine.io control
 	// packets that pass without counting (sioFreeControl).
 	freeStart int64
 	freeCount int32
+	sio       bool // the connection speaks engine.io 4
 	// quietUntil is when the next refusal may be logged (unix
 	// nanoseconds): one line per block, not one per message.
 	quietUntil int64
@@ -283,18 +285,14 @@ func ruleName(d limit.Decision, openConn bool) string {
 // second) and connection.
 func (pr *pair) refused(d limit.Decision) {
 	info := pr.info
-	if info == nil {
-		info = &connInfo{id: newConnID()}
-		pr.info = info
-	}
 	now := time.Now().UnixNano()
 	if now < info.quietUntil {
 		return
 	}
 	info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
 	transport := "websocket"
-	rf := refusal{event: "message", transport: transport, connID: info.id, ip: pr.clientIP,
-		userKey: pr.userKey, path: pr.path}
+	rf := refusal{event: "message", transport: transport, connID: info.id, ip: info.ip,
+		userKey: pr.userKey, path: info.path}
 	if pr.p.cfg.LogSubject {
 		rf.subject = info.subject
 	}
