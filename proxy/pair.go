@@ -82,8 +82,9 @@ type pair struct {
 	userKey, ipKey string
 	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
 	// info is what the logs, the admin API and the rules need of the
-	// connection and the relay does not: out of the pair, which every
-	// connection holds in the 768-byte size class (TestPairSize). Never nil.
+	// connection beyond the relay's own state: out of the pair, which every
+	// connection holds, to keep it in the 768-byte size class
+	// (TestPairSize). Set by newPair; never nil.
 	info *connInfo
 }
 

@@ -165,9 +165,12 @@ func (p *Proxy) allowCORS(w http.ResponseWriter, r *http.Request) {
 	h.Set("Access-Control-Expose-Headers", "Retry-After, WWW-Authenticate")
 }
 
-// connInfo is what a connection's refusals need beyond its pair's sockets.
-// It is set at the handshake; then only the client direction, which
-// decides the connection's messages, reads and writes it.
+// connInfo is what a connection's logs, refusals, rules and the admin API
+// need beyond its pair's sockets. The fields given at the handshake (id,
+// subject, tokenID, ip, path, protocol, sio, rules) never change after it,
+// so any goroutine may read them; freeStart, freeCount and quietUntil
+// belong to the client direction, which decides the connection's
+// messages; notice is published by one direction for the other.
 type connInfo struct {
 	id string // the engine.io sid of a socket.io upgrade, else random
 	// subject and tokenID are the verified token's subject and jti, for

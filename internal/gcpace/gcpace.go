@@ -5,10 +5,11 @@
 // is the connections' live state plus the garbage of handshakes. A low GC
 // percentage keeps the memory an idle connection costs small, but with few
 // connections open it makes the target tiny (25% of a 3 MiB heap is
-// 0.75 MiB) and a burst of handshakes then collects every few hundred of
-// them. The pacer raises the percentage so that the target is at least the
-// live heap plus Floor bytes, and lowers it back to Percent as the heap
-// grows: with thousands of connections open the target is Percent's.
+// 0.75 MiB) and a burst of handshakes, about 20 KiB of garbage each, then
+// collects every few dozen of them. The pacer raises the percentage so that
+// the target is at least the live heap plus the floor, and brings it back
+// to the base percentage once that share of the live heap exceeds the floor
+// (for 15% and 4 MiB: above about 27 MiB live, some 12,000 connections).
 package gcpace
 
 import (
@@ -62,7 +63,7 @@ func (p *Pacer) cycle() {
 		return
 	}
 	metrics.Read(p.sample)
-	if want := Percent(p.percent, p.floor, p.sample[0].Value.Uint64()); !near(want, int(p.set.Load())) {
+	if want := Percent(p.percent, p.floor, p.sample[0].Value.Uint64()); change(int(p.set.Load()), want, p.percent) {
 		debug.SetGCPercent(want)
 		p.set.Store(int32(want))
 	}
@@ -72,8 +73,9 @@ func (p *Pacer) cycle() {
 // InForce is the GC percentage the pacer set last.
 func (p *Pacer) InForce() int { return int(p.set.Load()) }
 
-// Stop ends the adjustments after the next collection; the percentage in
-// force stays.
+// Stop ends the adjustments: no collection after it changes the
+// percentage, except one whose adjustment was already under way. The
+// percentage in force stays.
 func (p *Pacer) Stop() { p.stopped.Store(true) }
 
 // Percent is the GC percentage that gives a heap of live bytes a target of
@@ -83,6 +85,13 @@ func Percent(percent int, floor, live uint64) int {
 		return percent
 	}
 	return int(min(max(floor*100/live, uint64(percent)), maxPercent))
+}
+
+// change reports whether the pacer replaces the percentage set with want.
+// The hysteresis spares resets, but the base percentage is always
+// restored: a heap that grew past the floor's reach gets it exactly.
+func change(set, want, base int) bool {
+	return want != set && (want == base || !near(want, set))
 }
 
 // near reports whether a and b differ by at most an eighth, so that a heap

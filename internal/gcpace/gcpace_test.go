@@ -3,6 +3,7 @@ package gcpace
 import (
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -37,25 +38,53 @@ func TestNear(t *testing.T) {
 	}
 }
 
+func TestChange(t *testing.T) {
+	for _, c := range []struct {
+		set, want int
+		ok        bool
+	}{
+		{25, 25, false},
+		{133, 125, false}, // within an eighth
+		{133, 100, true},
+		{27, 25, true}, // near, but the base is restored exactly
+		{25, 27, false},
+	} {
+		if got := change(c.set, c.want, 25); got != c.ok {
+			t.Errorf("change(%d, %d, 25) = %v, want %v", c.set, c.want, got, c.ok)
+		}
+	}
+}
+
 // TestPacerFollowsLiveHeap runs the pacer in this process: with a small
-// live heap and a large floor it raises the percentage after a collection;
-// with a live heap whose 25% exceeds the floor it brings it back to 25.
+// live heap and a floor above a quarter of it, it raises the percentage
+// after a collection, and the runtime applies it; with a live heap whose
+// quarter exceeds the floor it restores 25 exactly.
 func TestPacerFollowsLiveHeap(t *testing.T) {
 	old := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(old)
-	p := Start(25, 16<<20)
+	p := Start(25, 4<<20)
 	defer p.Stop()
 	waitFor(t, p, func() bool { return p.InForce() > 25 })
-	if got := p.InForce(); got < 200 {
-		t.Fatalf("percentage %d with a small heap under a 16 MiB floor, want well above 25", got)
+	if got, rt := p.InForce(), runtimePercent(); got < 100 || rt != got {
+		t.Fatalf("percentage %d (runtime %d) with a small heap under a 4 MiB floor, want well above 25 and applied", got, rt)
 	}
-	// 96 MiB live: 25% of it is 24 MiB, over the floor.
-	keep := make([][]byte, 96)
+	// 24 MiB more live: a quarter of the heap is over the floor.
+	keep := make([][]byte, 24)
 	for i := range keep {
 		keep[i] = make([]byte, 1<<20)
 	}
-	waitFor(t, p, func() bool { return near(p.InForce(), 25) }) // within the hysteresis
+	waitFor(t, p, func() bool { return p.InForce() == 25 })
+	if rt := runtimePercent(); rt != 25 {
+		t.Fatalf("runtime percentage %d, want 25", rt)
+	}
 	runtime.KeepAlive(keep)
+}
+
+// runtimePercent is the GC percentage the runtime is using.
+func runtimePercent() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
 }
 
 // waitFor collects until ok holds (the pacer acts once per collection), for at most 5 s.
