@@ -80,9 +80,9 @@ type leaseEntry struct {
 	expires time.Time
 	// gen counts the invalidations of the key's block key and the flushes.
 	gen uint64
-	// seenBlock is set when this Limiter read the key's block key while it
-	// existed: the next lease takes a single unit (see leases).
-	seenBlock bool
+	// small counts the leases that take a single unit, after this Limiter
+	// read the key's block key while it existed (see leases).
+	small int
 	// refill is non-nil while a call reserves units for the key, and
 	// closed when it returns: one call at a time, the others wait.
 	refill chan struct{}
@@ -110,12 +110,19 @@ func (e *leaseEntry) usable(now time.Time) bool {
 // again.
 //
 // A block key that Redis deletes because it expired is announced too, and
-// when the deletion happens inside this client's own read (a check that
-// comes after the block ended but before Redis's expiry cycle removed the
-// key), Redis sends it right after the reply: that would drop the first
-// slice after every block. So after this Limiter read a key's block key
-// while it existed (seenBlock), its next lease takes one unit, whose loss
-// costs nothing, and the lease after that a full slice.
+// that announcement drops any slice taken before it: without care, the
+// first slices of every window after a block would be counted in Redis and
+// lost here. Three things keep them, as for a rules file's charges
+// (polLeases): the lease script refuses while the block key exists, PTTL 0
+// included (a key with under a millisecond left, whose deletion is yet to
+// be announced); after this Limiter read a key's block key while it
+// existed, its next two leases take one unit each (small: the deletion,
+// when this client's own access made it, is announced right after that
+// access's reply, which may come after the next lease was sent), whose
+// loss costs nothing; and a decision that finds its entries' gen moved
+// before it leases (the announcement came while it waited for another
+// decision's lease) checks the blocks again, so that Redis tracks the block
+// key for the lease it sends.
 type leases struct {
 	rules [2]*rule // the message rules, to read the keys in invalidations
 
@@ -148,38 +155,57 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 	if g := ls.spend(cs, n); g > 0 {
 		return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
 	}
-	es, gens := ls.entries(cs)
-	if es[0] == nil && es[1] == nil {
-		return Decision{Allowed: true, Kind: KindMessage, Granted: n}, nil
-	}
-	left, seen, err := rs.blocks(ctx, cs)
-	if err != nil {
-		return Decision{}, err
-	}
-	ls.mu.Lock()
-	for i, e := range es {
-		if e != nil && seen[i] {
-			e.seenBlock = true
+check:
+	for checks := 1; ; checks++ {
+		es, gens := ls.entries(cs)
+		if es[0] == nil && es[1] == nil {
+			return Decision{Allowed: true, Kind: KindMessage, Granted: n}, nil
 		}
+		left, seen, err := rs.blocks(ctx, cs)
+		if err != nil {
+			return Decision{}, err
+		}
+		ls.mu.Lock()
+		for i, e := range es {
+			if e != nil && seen[i] {
+				e.small = afterBlock
+			}
+		}
+		ls.mu.Unlock()
+		if d, refused := verdict(KindMessage, blockCounts(cs), blockOutcomes(left)); refused {
+			return d, nil
+		}
+		d, recheck, err := ls.reserve(ctx, rs, cs, es, gens, n, checks < maxChecks)
+		if recheck {
+			continue check
+		}
+		return d, err
 	}
-	ls.mu.Unlock()
-	if d, refused := verdict(KindMessage, blockCounts(cs), blockOutcomes(left)); refused {
-		return d, nil
-	}
+}
+
+// reserve is decide after its block check: it spends from the slices, or
+// leases what they miss, waiting for a lease under way of another decision.
+// With recheck allowed, it returns again instead of leasing when a
+// blocking rule's entry was invalidated since gens were read.
+func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es [2]*leaseEntry, gens [2]uint64, n int, recheck bool) (_ Decision, again bool, _ error) {
 	for {
 		ls.mu.Lock()
 		now := time.Now()
 		var size [2]int
 		var wait chan struct{}
+		moved := false
 		for i, e := range es {
 			switch {
 			case e == nil || e.usable(now):
 			case e.refill != nil:
 				wait = e.refill
-			case e.seenBlock:
+			case e.small > 0:
 				size[i] = 1
 			default:
 				size[i] = cs[i].rule.lease
+			}
+			if e != nil && size[i] > 0 && e.gen != gens[i] && cs[i].rule.Block > 0 {
+				moved = true
 			}
 		}
 		if wait != nil {
@@ -188,13 +214,17 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 			case <-wait:
 				continue
 			case <-ctx.Done():
-				return Decision{}, ctx.Err()
+				return Decision{}, false, ctx.Err()
 			}
 		}
 		if size == [2]int{} {
 			g := spendFrom(es, n)
 			ls.mu.Unlock()
-			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
+			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
+		}
+		if moved && recheck {
+			ls.mu.Unlock()
+			return Decision{}, true, nil
 		}
 		done := make(chan struct{})
 		for i, e := range es {
@@ -216,7 +246,7 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 		close(done)
 		if err != nil {
 			ls.mu.Unlock()
-			return Decision{}, err
+			return Decision{}, false, err
 		}
 		// A refused lease is reported as over the limit: the script does
 		// not say whether a block set meanwhile refused it instead.
@@ -228,15 +258,16 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 			if g[i].n == 0 {
 				out[i] = outcome{denied: true, retry: g[i].ttl}
 				if cs[i].rule.Block > 0 {
-					e.seenBlock = true
+					e.small = afterBlock
 				}
 				continue
 			}
-			e.left, e.expires, e.seenBlock = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl)), false
+			e.left, e.expires = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl))
+			e.small = max(e.small-1, 0)
 		}
 		if d, refused := verdict(KindMessage, blockCounts(cs), out); refused {
 			ls.mu.Unlock()
-			return d, nil
+			return d, false, nil
 		}
 		// The units granted now are Redis's for the window that is
 		// current: this decision may spend them whatever came since. A
@@ -252,10 +283,10 @@ func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n i
 		}
 		ls.mu.Unlock()
 		if granted > 0 {
-			return Decision{Allowed: true, Kind: KindMessage, Granted: granted}, nil
+			return Decision{Allowed: true, Kind: KindMessage, Granted: granted}, false, nil
 		}
 		if ctx.Err() != nil {
-			return Decision{}, ctx.Err()
+			return Decision{}, false, ctx.Err()
 		}
 	}
 }

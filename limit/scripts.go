@@ -88,7 +88,10 @@ return res
 // holds (counter, block key) pairs and ARGV (limit, window ms, block ms,
 // units) quadruples. It returns a (granted, ms) pair per rule: granted > 0
 // units with the window's remaining life, or 0 with the retry of a refusal.
-// A rule whose window has no unit left refuses as luaLib's refuse does.
+// A rule whose block key exists refuses, even with under a millisecond left,
+// which PTTL reports as 0, for a retry of 1ms: a slice taken then would be
+// dropped by the announcement of the key's deletion. A rule whose window
+// has no unit left refuses as luaLib's refuse does.
 // Each rule is decided on its own: a grant is this replica's to spend
 // later, so one rule refusing leaves nothing to refund on the other.
 var leaseScript = newScript(luaLib + `
@@ -99,8 +102,8 @@ for i = 1, #KEYS / 2 do
   local block, want = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
   local b = redis.call('PTTL', g)
   res[2*i-1] = 0
-  if b > 0 then
-    res[2*i] = b
+  if b >= 0 then
+    res[2*i] = math.max(b, 1)
   else
     local used = tonumber(redis.call('GET', c) or '0')
     if used >= limit then
