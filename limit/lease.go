@@ -13,8 +13,9 @@ import (
 
 // grant is leaseScript's answer for one rule.
 type grant struct {
-	n   int           // units reserved; 0 means refused
-	ttl time.Duration // the window's remaining life, or the refusal's retry
+	n       int           // units reserved; 0 means refused
+	blocked bool          // refused by the rule's block key, not by its window
+	ttl     time.Duration // the window's remaining life, or the refusal's retry
 }
 
 // lease reserves units for the counters of cs with size[i] > 0 (how many
@@ -67,7 +68,8 @@ func parseLease(r rueidis.RedisResult, out []grant) error {
 		return fmt.Errorf("lease: script returned %d values, want %d", len(vs), 2*len(out))
 	}
 	for i := range out {
-		out[i] = grant{n: int(vs[2*i]), ttl: time.Duration(vs[2*i+1]) * time.Millisecond}
+		n := int(vs[2*i])
+		out[i] = grant{n: max(n, 0), blocked: n < 0, ttl: time.Duration(vs[2*i+1]) * time.Millisecond}
 	}
 	return nil
 }
@@ -204,7 +206,8 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			default:
 				size[i] = cs[i].rule.lease
 			}
-			if e != nil && size[i] > 0 && e.gen != gens[i] && cs[i].rule.Block > 0 {
+			if e != nil && e.gen != gens[i] && cs[i].rule.Block > 0 {
+				// As in polLeases.plan: any of the decision's entries.
 				moved = true
 			}
 		}
@@ -248,15 +251,13 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			ls.mu.Unlock()
 			return Decision{}, false, err
 		}
-		// A refused lease is reported as over the limit: the script does
-		// not say whether a block set meanwhile refused it instead.
 		var out [2]outcome
 		for i, e := range es {
 			if size[i] == 0 {
 				continue
 			}
 			if g[i].n == 0 {
-				out[i] = outcome{denied: true, retry: g[i].ttl}
+				out[i] = outcome{denied: true, blocked: g[i].blocked, retry: g[i].ttl}
 				if cs[i].rule.Block > 0 {
 					e.small = afterBlock
 				}
@@ -277,7 +278,10 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			granted = spendFrom(es, n)
 		}
 		for i, e := range es {
-			if e != nil && e.gen != gens[i] && cs[i].rule.Block > 0 {
+			// Only this decision's leases: a slice another decision
+			// leased was checked by that decision, and a later
+			// invalidation dropped it already.
+			if e != nil && size[i] > 0 && e.gen != gens[i] && cs[i].rule.Block > 0 {
 				e.left = 0 // not tracked all along: the next message leases again
 			}
 		}

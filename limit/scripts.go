@@ -87,7 +87,8 @@ return res
 // leaseScript reserves units of one or two rules' window budgets. KEYS
 // holds (counter, block key) pairs and ARGV (limit, window ms, block ms,
 // units) quadruples. It returns a (granted, ms) pair per rule: granted > 0
-// units with the window's remaining life, or 0 with the retry of a refusal.
+// units with the window's remaining life, or 0 with the retry of a refusal
+// by the window, or -1 with the block's retry.
 // A rule whose block key exists refuses, even with under a millisecond left,
 // which PTTL reports as 0, for a retry of 1ms: a slice taken then would be
 // dropped by the announcement of the key's deletion. A rule whose window
@@ -103,7 +104,7 @@ for i = 1, #KEYS / 2 do
   local b = redis.call('PTTL', g)
   res[2*i-1] = 0
   if b >= 0 then
-    res[2*i] = math.max(b, 1)
+    res[2*i-1] = -1; res[2*i] = math.max(b, 1)
   else
     local used = tonumber(redis.call('GET', c) or '0')
     if used >= limit then
