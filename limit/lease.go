@@ -177,8 +177,8 @@ check:
 		if d, refused := verdict(KindMessage, blockCounts(cs), blockOutcomes(left)); refused {
 			return d, nil
 		}
-		d, recheck, err := ls.reserve(ctx, rs, cs, es, gens, n, checks < maxChecks)
-		if recheck {
+		d, again, err := ls.reserve(ctx, rs, cs, es, gens, n, checks < maxChecks)
+		if again {
 			continue check
 		}
 		return d, err
