@@ -64,6 +64,23 @@ func TestParseMode(t *testing.T) {
 // the times at which messages were allowed, sorted.
 func hammer(t *testing.T, ls []*Limiter, workers int, n int64, stop <-chan struct{}) []time.Time {
 	t.Helper()
+	return hammerWith(t, ls, workers, n, stop, func(int, int) int { return 1 }, func(l *Limiter, _ int) Decision {
+		d := l.Message(context.Background(), "u", "a")
+		if d.Allowed {
+			d.Granted = 1
+		}
+		return d
+	})
+}
+
+// hammerWith runs workers goroutines on each Limiter until stop is closed
+// or attempts messages were asked about in all: the j-th call of the w-th
+// goroutine asks size(w, j) of them, decide makes it. It fails the test on
+// a decision not taken by Redis, and returns the times at which messages
+// were granted (one per message), sorted.
+func hammerWith(t *testing.T, ls []*Limiter, workers int, attempts int64, stop <-chan struct{},
+	size func(w, j int) int, decide func(l *Limiter, n int) Decision) []time.Time {
+	t.Helper()
 	var (
 		mu      sync.Mutex
 		allowed []time.Time
@@ -71,26 +88,30 @@ func hammer(t *testing.T, ls []*Limiter, workers int, n int64, stop <-chan struc
 		bad     atomic.Value
 		wg      sync.WaitGroup
 	)
-	for i := range len(ls) * workers {
+	for w := range len(ls) * workers {
 		wg.Go(func() {
-			l := ls[i%len(ls)]
-			for sent.Add(1) <= n {
+			l := ls[w%len(ls)]
+			for j := 0; ; j++ {
+				n := size(w, j)
+				if sent.Add(int64(n)) > attempts {
+					return
+				}
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				d := l.Message(context.Background(), "u", "a")
-				if d.Fallback || d.Store != "redis" {
+				d := decide(l, n)
+				if d.Fallback || d.Store != storeRedis {
 					bad.Store(d)
 					return
 				}
-				if d.Allowed {
-					now := time.Now()
-					mu.Lock()
+				now := time.Now()
+				mu.Lock()
+				for range d.Granted {
 					allowed = append(allowed, now)
-					mu.Unlock()
 				}
+				mu.Unlock()
 			}
 		})
 	}
@@ -100,6 +121,19 @@ func hammer(t *testing.T, ls []*Limiter, workers int, n int64, stop <-chan struc
 	}
 	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
 	return allowed
+}
+
+// bursts splits sorted times into runs whose neighbours are at most gap
+// apart, and returns the length of each.
+func bursts(at []time.Time, gap time.Duration) []int {
+	var out []int
+	for i := range at {
+		if i == 0 || at[i].Sub(at[i-1]) > gap {
+			out = append(out, 0)
+		}
+		out[len(out)-1]++
+	}
+	return out
 }
 
 // testLeaseWindow: two Limiters ("replicas") hammer one key within one
@@ -139,22 +173,15 @@ func TestLeaseBlockWindows(t *testing.T) {
 	stop := make(chan struct{})
 	timer := time.AfterFunc(1800*ms, func() { close(stop) })
 	defer timer.Stop()
-	allowed := hammer(t, ls, 3, 1<<40, stop)
-	var bursts []int
-	for i, at := range allowed {
-		if i == 0 || at.Sub(allowed[i-1]) > block/2 {
-			bursts = append(bursts, 0)
-		}
-		bursts[len(bursts)-1]++
-	}
-	t.Logf("bursts of allowed messages (N=%d, LeaseSize=%d): %v", n, size, bursts)
+	got := bursts(hammer(t, ls, 3, 1<<40, stop), block/2)
+	t.Logf("bursts of allowed messages (N=%d, LeaseSize=%d): %v", n, size, got)
 
-	if len(bursts) < 2 {
-		t.Fatalf("%d bursts, want at least 2 windows", len(bursts))
+	if len(got) < 2 {
+		t.Fatalf("%d bursts, want at least 2 windows", len(got))
 	}
-	for i, b := range bursts {
+	for i, b := range got {
 		// The last burst may be cut short by stop.
-		if low := n - size - size/3; b > n || b < low && i < len(bursts)-1 {
+		if low := n - size - size/3; b > n || b < low && i < len(got)-1 {
 			t.Fatalf("burst %d: %d allowed, want between %d and %d", i, b, low, n)
 		}
 	}

@@ -3,11 +3,8 @@ package limit
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,49 +73,15 @@ func leaseCharges(rules []*policy.Rule, user, ip string) []Charge {
 // and returns the times at which messages were allowed, sorted.
 func hammerCharge(t *testing.T, ls []*Limiter, workers int, cs []Charge, bytes int64, attempts int64, stop <-chan struct{}) []time.Time {
 	t.Helper()
-	var (
-		mu      sync.Mutex
-		allowed []time.Time
-		sent    atomic.Int64
-		bad     atomic.Value
-		wg      sync.WaitGroup
-	)
-	for i := range len(ls) * workers {
-		wg.Go(func() {
-			l := ls[i%len(ls)]
-			for j := 0; ; j++ {
-				n := 1
-				if i%2 == 1 && bytes == 0 {
-					n = 1 + j%4
-				}
-				if sent.Add(int64(n)) > attempts {
-					return
-				}
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				d := l.Charge(context.Background(), KindMessage, cs, n, bytes)
-				if d.Fallback || d.Store != storeRedis {
-					bad.Store(d)
-					return
-				}
-				now := time.Now()
-				mu.Lock()
-				for range d.Granted {
-					allowed = append(allowed, now)
-				}
-				mu.Unlock()
-			}
-		})
+	size := func(w, j int) int {
+		if w%2 == 1 && bytes == 0 {
+			return 1 + j%4
+		}
+		return 1
 	}
-	wg.Wait()
-	if d := bad.Load(); d != nil {
-		t.Fatalf("decision not by redis: %+v", d)
-	}
-	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
-	return allowed
+	return hammerWith(t, ls, workers, attempts, stop, size, func(l *Limiter, n int) Decision {
+		return l.Charge(context.Background(), KindMessage, cs, n, bytes)
+	})
 }
 
 // TestChargeLeaseReplicas: two Limiters in lease mode share one Redis and
@@ -199,19 +162,12 @@ func TestChargeLeaseBlockWindows(t *testing.T) {
 	stop := make(chan struct{})
 	timer := time.AfterFunc(1800*ms, func() { close(stop) })
 	defer timer.Stop()
-	allowed := hammerCharge(t, ls, 3, cs, 0, 1<<40, stop)
-	var bursts []int
-	for i, at := range allowed {
-		if i == 0 || at.Sub(allowed[i-1]) > block/2 {
-			bursts = append(bursts, 0)
-		}
-		bursts[len(bursts)-1]++
+	got := bursts(hammerCharge(t, ls, 3, cs, 0, 1<<40, stop), block/2)
+	t.Logf("bursts of allowed messages (N=%d, LeaseSize=%d): %v", n, size, got)
+	if len(got) < 2 {
+		t.Fatalf("%d bursts, want at least 2 windows", len(got))
 	}
-	t.Logf("bursts of allowed messages (N=%d, LeaseSize=%d): %v", n, size, bursts)
-	if len(bursts) < 2 {
-		t.Fatalf("%d bursts, want at least 2 windows", len(bursts))
-	}
-	for i, b := range bursts {
+	for i, b := range got {
 		if low := n - size - size/3; b > n || b < low {
 			t.Fatalf("burst %d: %d allowed, want between %d and %d", i, b, low, n)
 		}
