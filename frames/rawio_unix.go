@@ -101,3 +101,24 @@ func WriteReady(fd int, p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// ReadSocket reads what the socket fd has ready into p, without waiting and
+// without telling the scheduler about a system call (see readNonblock). It
+// returns ErrWouldBlock when nothing is there and io.EOF when the peer
+// closed. The caller keeps fd open during the call.
+func ReadSocket(fd int, p []byte) (int, error) {
+	for {
+		n, err := readNonblock(uintptr(fd), p)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return 0, ErrWouldBlock
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0 && len(p) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}

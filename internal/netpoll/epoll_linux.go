@@ -8,9 +8,12 @@ import (
 	"unsafe"
 )
 
-// impl is the epoll event loop. A socket is registered once, at its first
-// Wait, edge-triggered (EPOLLET): it reports an event each time bytes
-// arrive, whatever its owner is doing, and parking it costs no system call.
+// impl is the epoll event loop. A socket is registered once (Register, or
+// its first Wait), edge-triggered (EPOLLET), for reading and writing: it
+// reports an event each time bytes arrive or, after a write found its
+// buffer full, room is made, whatever its owner is doing, and parking it
+// costs no system call. Readability goes to the owner (Wait, Block) and
+// writability to the writer (Block).
 // An event for a running Desc only kicks it (its owner's next Wait returns
 // at once and the owner reads again), so no edge is lost between the
 // owner's last read and its Wait.
@@ -86,7 +89,7 @@ func (p *Poller) arm(d *Desc) error {
 	}
 	p.byFD[d.fd] = d
 	p.regMu.Unlock()
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | edgeTriggered}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | edgeTriggered}
 	putID(&ev, d.id)
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(d.fd), &ev); err != nil {
 		p.regMu.Lock()
@@ -127,7 +130,14 @@ func (p *Poller) ready() (*Desc, error) {
 			continue
 		}
 		d := p.byFD[fd]
-		if d == nil || d.id != id || !claim(d) {
+		if d == nil || d.id != id {
+			continue
+		}
+		ev := p.events[i].Events
+		if ev&(syscall.EPOLLOUT|syscall.EPOLLERR|syscall.EPOLLHUP) != 0 {
+			writable(d)
+		}
+		if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLERR|syscall.EPOLLHUP) == 0 || !claim(d) {
 			continue
 		}
 		if first == nil {

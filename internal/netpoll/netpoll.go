@@ -3,7 +3,8 @@
 // goroutine (and no goroutine stack) of its own. It is the "readiness, then
 // read" design of gobwas' "A Million WebSockets and Go", cut down to what
 // the gate needs: one-shot waits for readability, wakes from other
-// goroutines, and a pool that a callback can leave before it blocks.
+// goroutines, a pool that a callback can leave before it blocks, and
+// blocking waits for reading or writing.
 //
 // # Descriptors and their owner
 //
@@ -36,6 +37,15 @@
 // rest of a frame that has not arrived) calls Detach first: its worker is
 // replaced, so blocked connections never starve the pool, and the detached
 // goroutine ends when the callback returns.
+//
+// # Blocking waits and owned sockets
+//
+// A callback that must wait for its socket in the middle of its work (the
+// rest of a frame, room to write) blocks in Block, which parks the
+// goroutine, not a thread, until the socket is ready, a Wake or a deadline.
+// With Block, a socket needs no registration in the runtime's own poller:
+// Own takes a connection's socket from the runtime, so each segment is
+// reported once, here, and the runtime keeps no state for it.
 //
 // docs/ARCHITECTURE.md places this package in the gate.
 package netpoll
@@ -78,6 +88,9 @@ type Desc struct {
 	id    uint64 // in the epoll set under this id; 0 when not added. Owner only
 	fn    func()
 	w     *worker // the worker running fn, until Detach; owner only
+	// rd is the owner's parker while it blocks to read (Block); wr is the
+	// writer's while it blocks to write, or pendingWrite (block.go).
+	rd, wr atomic.Pointer[parker]
 }
 
 // worker is one goroutine of the pool.
@@ -133,6 +146,13 @@ func (d *Desc) Init(fd int, fn func()) {
 	d.fd, d.fn = int32(fd), fn
 }
 
+// Register adds d's socket to the poller's set, once, before Wait or Block
+// needs it: Wait registers it itself, Block needs it done. Only d's owner
+// calls it, before it hands d to another goroutine.
+func (p *Poller) Register(d *Desc) error {
+	return p.arm(d)
+}
+
 // Wait parks d until its socket is readable (or hung up, or in error), or
 // until Wake: then d's callback runs once on a worker and owns d. It
 // reports false when a Wake (or an event) came since the owner's last
@@ -163,9 +183,11 @@ func (p *Poller) Wait(d *Desc) (parked bool, err error) {
 }
 
 // Wake runs d's callback on a worker if d is parked, and otherwise makes
-// the owner's next Wait return at once. It reports whether it ran the
-// callback. Any goroutine may call it, any number of times.
+// the owner's next Wait return at once; a goroutine blocked in Block on d,
+// to read or to write, returns. It reports whether it ran the callback.
+// Any goroutine may call it, any number of times.
 func (p *Poller) Wake(d *Desc) bool {
+	writable(d)
 	if !claim(d) {
 		return false
 	}
@@ -184,6 +206,12 @@ func claim(d *Desc) bool {
 			}
 		case running, arming:
 			if d.state.CompareAndSwap(s, kicked) {
+				if s == running && d.rd.Load() != nil {
+					// The owner blocks to read: it returns (block.go).
+					if pk := d.rd.Swap(nil); pk != nil {
+						pk.ch <- struct{}{}
+					}
+				}
 				return false
 			}
 		default: // kicked already, or removed
@@ -194,7 +222,7 @@ func claim(d *Desc) bool {
 
 // Remove takes d out of the poller for good: its callback never runs
 // again, and its socket may be closed once Remove has returned. Only d's
-// owner calls it.
+// owner calls it, when nobody blocks on d any more.
 func (p *Poller) Remove(d *Desc) {
 	d.state.Store(removed)
 	if d.id != 0 {
