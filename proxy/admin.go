@@ -34,7 +34,7 @@ func (m Match) matches(pr *pair, ipKey string) bool {
 		return false
 	case m.TokenID != "" && info.tokenID != m.TokenID:
 		return false
-	case m.IP.IsValid() && pr.ipKey != ipKey:
+	case m.IP.IsValid() && pr.info.ipKey != ipKey:
 		return false
 	}
 	return true

@@ -77,6 +77,14 @@ func (d *direction) dst() *side {
 	return &d.pr.client
 }
 
+// other is the pair's other direction: the one that reads d's destination.
+func (d *direction) other() *direction {
+	if d.client {
+		return &d.pr.fromUpstream
+	}
+	return &d.pr.fromClient
+}
+
 // run relays frames until d parks or finishes. It is the only way into a
 // direction: its first run and every wake of the poller call it.
 func (d *direction) run() {
@@ -119,10 +127,12 @@ func (d *direction) look() bool {
 	case phaseOpen:
 		return d.srcDone
 	case phaseAborted:
-		// abort's past deadline would fail even a write that cannot
-		// block; no kick follows an abort, and sink never blocks once the
-		// pair is aborted (beforeBlock).
-		_ = d.dst().SetWriteDeadline(time.Time{})
+		// For a socket the runtime holds, abort's past deadline would
+		// fail even a write that cannot block; no kick follows an abort,
+		// and sink never waits once the pair is aborted (deadline).
+		if dst := d.dst(); !dst.owned {
+			_ = dst.SetWriteDeadline(time.Time{})
+		}
 		d.owe(true)
 		return true
 	}
@@ -525,13 +535,11 @@ func (d *direction) classify(err error) (e ending, readOn bool) {
 	}
 }
 
-// finish ends d: it leaves the poller for good, and the last direction to
-// finish releases the pair.
+// finish ends d, and the last direction to finish releases the pair. d's
+// registration stays until then: the other direction may still wait to
+// write to d's source, and nothing runs d again, since only d parks it.
 func (d *direction) finish() {
 	_ = d.flush()
-	if pl := d.pr.p.pl; pl != nil {
-		pl.Remove(&d.desc)
-	}
 	d.r.ResetSocket(nil, -1)
 	d.out.release()
 	d.msgDeadline.Store(0)

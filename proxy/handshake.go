@@ -179,7 +179,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	pr := newPair(p, clConn, upConn, &connInfo{id: connID, sio: isEIO, rules: cr,
 		subject: cl.identity.Subject, tokenID: cl.identity.TokenID,
 		ip: cl.ip, path: r.URL.Path, protocol: protocol})
-	pr.userKey, pr.ipKey = cl.userKey, cl.ipKey
+	pr.info.userKey, pr.info.ipKey = cl.userKey, cl.ipKey
 	pr.release = release
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {

@@ -579,3 +579,42 @@ func TestUnpollableClient(t *testing.T) {
 	}
 	waitFor(t, func() bool { return p.Active() == 0 })
 }
+
+// TestSocketsLeaveTheRuntime: where there is a poller, the gate owns both
+// sockets of a pair (the runtime's poller would report every segment a
+// second time), and a wrapped connection, which it cannot own, stays with
+// the runtime.
+func TestSocketsLeaveTheRuntime(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	conn, br := rawClient(t, g, "/echo")
+	waitFor(t, func() bool { return g.proxy.Active() == 1 })
+	g.proxy.mu.Lock()
+	for pr := range g.proxy.pairs {
+		for _, s := range []*side{&pr.client, &pr.upstream} {
+			if g.proxy.pl != nil && (!s.owned || s.Conn != nil || s.fd < 0) {
+				t.Errorf("a side with a poller: owned %v, fd %d, conn %T; want the gate's own descriptor", s.owned, s.fd, s.Conn)
+			}
+		}
+	}
+	g.proxy.mu.Unlock()
+	// The owned sockets relay both ways, and the gate closes them.
+	if _, err := conn.Write(maskedFrame(true, 1, []byte("one"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(maskedFrame(true, 8, []byte{0x03, 0xe8})); err != nil {
+		t.Fatal(err)
+	}
+	if code, data := readUntilClose(t, br); code != 1000 || data != 1 {
+		t.Fatalf("close %d after %d data frames, want 1000 after the echo", code, data)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the closing handshake the gate's socket gave %v, want EOF", err)
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+
+	var s side
+	s.init(wrappedConn{conn}, false, true)
+	if s.owned || s.Conn == nil {
+		t.Fatal("a wrapped connection was taken from the runtime")
+	}
+}

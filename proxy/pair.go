@@ -15,9 +15,10 @@ import (
 // # One owner per socket operation
 //
 // Each direction reads one side and writes the other, and it is the only
-// code that does either: it alone sets its source's read deadline and its
-// destination's write deadline, right before it blocks on them
-// (direction.beforeBlock). The frames the gate makes itself (keepalive
+// code that does either: it alone decides when a wait for its source or
+// its destination ends, right before it waits (direction.deadline), in the
+// poller for a socket the gate owns, or as the deadline of a socket the
+// runtime holds (direction.beforeBlock). The frames the gate makes itself (keepalive
 // pings, the 429 frame, close frames) are written by the direction that
 // writes to that side, so no two goroutines ever write to one socket and no
 // write needs a lock.
@@ -35,11 +36,13 @@ import (
 // The other direction, the keeper and Shutdown never touch a direction's
 // sockets beyond what a kick is: they publish into the pair's lifecycle
 // (the phase, how it ends, the close deadline) and then kick the direction
-// that must act (pair.kick): a poller wake, past deadlines when the pair is
-// aborted, a shutdown of a side that is gone. A direction looks at the
-// lifecycle at every frame boundary and after it re-armed its poller
-// registration, so a kick is never lost: either the direction sees the
-// state, or the wake finds it parked and runs it.
+// that must act (pair.kick): a poller wake, which also ends any wait in
+// the poller for the direction's sockets, past deadlines for the sockets
+// the runtime holds when the pair is aborted, a shutdown of a side that is
+// gone. A direction looks at the lifecycle at every frame boundary, after
+// it re-armed its poller registration and before every wait, so a kick is
+// never lost: either the direction sees the state, or the wake finds it
+// parked or waiting and runs it.
 //
 // # Closing
 //
@@ -56,12 +59,24 @@ import (
 //
 // # Descriptors
 //
+// Where there is a poller, the gate takes both plain sockets from the
+// runtime when the pair is made (netpoll.Own): registered in the
+// runtime's poller as well, every segment would be reported twice (5-7% of
+// the gate's CPU on a busy relay), and the runtime's state for a socket
+// costs about a kilobyte. A direction reads and writes its sockets'
+// descriptors with plain system calls (frames.Reader.ReadReady,
+// frames.ReadSocket, frames.WriteReady), and when it must wait for one it
+// blocks in the poller (netpoll.Block). Each socket is registered by the
+// direction that reads it before the directions start, and stays
+// registered until finish: the other direction waits there for room to
+// write. A TLS or wrapped connection stays with the runtime, read and
+// written the same way when it is a socket, and waited for in its Conn.
+//
 // Hanging a side up shuts its socket down (shutdown(2)) and keeps its
 // descriptor; only finish closes the descriptors, after both directions
-// have left. So a direction reads and writes its sockets' descriptors
-// with plain system calls (frames.Reader.ReadReady, frames.WriteReady),
-// without the runtime poller's reference count: on a busy relay that
-// count and the poller's state reset cost about 5% of the gate's CPU.
+// have left, under the proxy's lock (the keeper and Shutdown hang up the
+// sides of the pairs they find under it): a descriptor number is never
+// reached after it could have been reused.
 type pair struct {
 	p        *Proxy
 	client   side
@@ -77,10 +92,9 @@ type pair struct {
 
 	keep keeperState // the keeper's own bookkeeping; only the keeper touches it
 
-	start          int64 // unix nanoseconds
-	retire         int64 // unix nanoseconds: closed then as a drain closes (MaxConnAge); 0: never
-	userKey, ipKey string
-	expiry         int64 // unix nanoseconds: the client's token's exp; zero without one
+	start  int64 // unix nanoseconds
+	retire int64 // unix nanoseconds: closed then as a drain closes (MaxConnAge); 0: never
+	expiry int64 // unix nanoseconds: the client's token's exp; zero without one
 	// info is what the logs, the admin API and the rules need of the
 	// connection beyond the relay's own state: out of the pair, which every
 	// connection holds, to keep it in the 768-byte size class
@@ -91,8 +105,9 @@ type pair struct {
 func newPair(p *Proxy, client, upstream net.Conn, info *connInfo) *pair {
 	now := time.Now().UnixNano()
 	pr := &pair{p: p, start: now, retire: retireAt(now, p.cfg.MaxConnAge), info: info}
-	pr.client.init(client, false)
-	pr.upstream.init(upstream, true)
+	own := p.started() != nil
+	pr.client.init(client, false, own)
+	pr.upstream.init(upstream, true, own)
 	// The keeper's state is set before track shows the pair to the keeper.
 	if ping := int32(p.cfg.PingInterval / time.Millisecond); ping > 0 {
 		// Spread over the interval: connections opened together do not
@@ -110,6 +125,7 @@ func (pr *pair) run() {
 	p := pr.p
 	p.m.ConnectionsActive.Inc()
 	pr.live.Store(2)
+	pr.register()
 	p.spawn(&pr.fromUpstream)
 	pr.fromClient.run()
 }
@@ -130,6 +146,31 @@ func (pr *pair) end(e *ending) {
 	pr.kick()
 }
 
+// register adds the sockets to the poller before the directions start:
+// from then on a direction may wait in it to write to the other's source.
+// A socket the gate owns but cannot register could never be waited for:
+// the pair is aborted.
+func (pr *pair) register() {
+	pl := pr.p.pl
+	if pl == nil {
+		return
+	}
+	for _, d := range [...]*direction{&pr.fromClient, &pr.fromUpstream} {
+		if d.src().fd < 0 {
+			continue
+		}
+		if err := pl.Register(&d.desc); err != nil {
+			pr.p.log.Warn("relay: poller refused a socket", "err", err)
+			d.noPoll = true
+			if d.src().owned {
+				pr.abort()
+				pr.client.hangUp()
+				pr.upstream.hangUp()
+			}
+		}
+	}
+}
+
 // abort stops every wait of the pair: the directions write what they owe
 // without blocking and finish.
 func (pr *pair) abort() {
@@ -137,8 +178,11 @@ func (pr *pair) abort() {
 		return
 	}
 	past := time.Unix(1, 0)
-	_ = pr.client.SetDeadline(past)
-	_ = pr.upstream.SetDeadline(past)
+	for _, s := range [...]*side{&pr.client, &pr.upstream} {
+		if !s.owned {
+			_ = s.SetDeadline(past)
+		}
+	}
 	pr.kick()
 }
 
@@ -149,19 +193,29 @@ func (pr *pair) kick() {
 	pr.p.wake(&pr.fromUpstream)
 }
 
-// finish releases a pair whose two directions have finished: they have
-// left the poller, so the sockets can be closed.
+// finish releases a pair whose two directions have finished: nothing
+// waits in the poller for its sockets any more, so they leave it and are
+// closed. They are closed under the proxy's lock, with the pair taken out
+// of its set, because the keeper and Shutdown hang up the sides of the
+// pairs in the set under it.
 func (pr *pair) finish() {
 	p := pr.p
-	_ = pr.client.Close()
-	_ = pr.upstream.Close()
+	if p.pl != nil {
+		p.pl.Remove(&pr.fromClient.desc)
+		p.pl.Remove(&pr.fromUpstream.desc)
+	}
+	p.mu.Lock()
+	delete(p.pairs, pr)
+	pr.client.close()
+	pr.upstream.close()
+	p.mu.Unlock()
 	if pr.release != nil {
 		pr.release()
 	}
 	p.m.ConnectionsActive.Dec()
 	p.conns.Add(-1)
 	pr.report()
-	p.untrack(pr)
+	p.wg.Done()
 }
 
 // report counts the finished pair and writes its access log line.
@@ -174,7 +228,7 @@ func (pr *pair) report() {
 	pr.p.m.Closes.WithLabelValues(initiator, metrics.CodeLabel(code)).Inc()
 	pr.p.log.Info("connection closed",
 		"client_ip", pr.info.ip.String(),
-		"identity", pr.userKey,
+		"identity", pr.info.userKey,
 		"path", pr.info.path,
 		"protocol", pr.info.protocol,
 		"duration_ms", time.Since(time.Unix(0, pr.start)).Milliseconds(),
@@ -196,8 +250,8 @@ func (pr *pair) prime(client, upstream []byte) {
 
 // discard releases a pair that never ran.
 func (pr *pair) discard() {
-	_ = pr.client.Close()
-	_ = pr.upstream.Close()
+	pr.client.close()
+	pr.upstream.close()
 	pr.fromClient.r.Release()
 	pr.fromUpstream.r.Release()
 }

@@ -71,7 +71,7 @@ func (d *direction) limited(h ws.Header) verdict {
 	}
 	var dec limit.Decision
 	if cr == nil {
-		dec = pr.p.decide(context.Background(), false, pr.userKey, pr.ipKey, n)
+		dec = pr.p.decide(context.Background(), false, pr.info.userKey, pr.info.ipKey, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {

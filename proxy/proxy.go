@@ -446,9 +446,16 @@ func (p *Proxy) track(pr *pair) bool {
 	}
 	p.pairs[pr] = struct{}{}
 	p.wg.Add(1)
-	if p.keeperDone == nil {
-		// The first pair starts the keeper and the poller; Shutdown stops
-		// them.
+	return true
+}
+
+// started starts the keeper and the poller for the first pair, unless the
+// proxy drains (Shutdown stops them), and returns the poller: nil where
+// there is none.
+func (p *Proxy) started() *netpoll.Poller {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keeperDone == nil && !p.draining.Load() {
 		p.keeperStop, p.keeperDone = make(chan struct{}), make(chan struct{})
 		go p.keeper(p.keeperStop, p.keeperDone)
 		pl, err := netpoll.New(0)
@@ -457,14 +464,7 @@ func (p *Proxy) track(pr *pair) bool {
 		}
 		p.pl = pl
 	}
-	return true
-}
-
-func (p *Proxy) untrack(pr *pair) {
-	p.mu.Lock()
-	delete(p.pairs, pr)
-	p.mu.Unlock()
-	p.wg.Done()
+	return p.pl
 }
 
 // testHooks let a test force an interleaving: each runs, when set, on the

@@ -10,18 +10,25 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/holo/wsgate/frames"
+	"github.com/holo/wsgate/internal/netpoll"
 )
 
 // side is one of a pair's two connections. It is read by one direction
 // and written by the other (pair's doc comment); the fields below say which
 // owner writes them.
 type side struct {
+	// Conn is the connection, while the runtime holds it: nil once the
+	// gate owns the socket's descriptor (owned).
 	net.Conn
 	// fd is the socket's descriptor, read and written without the
-	// runtime's help and held by the poller; -1 when Conn is not a plain
-	// socket (TLS, a wrapper). It also decides whether the side can be shut
-	// down without closing its descriptor (hangUp).
-	fd     int32
+	// runtime's help and held by the poller; -1 when the connection is not
+	// a plain socket (TLS, a wrapper). It also decides whether the side can
+	// be shut down without closing its descriptor (hangUp).
+	fd int32
+	// owned says that fd is the gate's alone (netpoll.Own): the runtime
+	// has let go of the socket, and a direction that must wait for it
+	// blocks in the poller (source, sink) instead of in Conn.
+	owned  bool
 	masked bool // frames to this side are masked: it is the upstream
 
 	// Written by the direction that writes to this side.
@@ -43,11 +50,23 @@ type halfCloser interface {
 	CloseWrite() error
 }
 
-func (s *side) init(c net.Conn, masked bool) {
+// init sets the side up for c. With own set (there is a poller to wait
+// in), a plain socket is taken from the runtime: its registration in the
+// runtime's poller would report every segment a second time, and its
+// state costs about a kilobyte per connection.
+func (s *side) init(c net.Conn, masked, own bool) {
 	s.Conn, s.fd, s.masked = c, -1, masked
 	sc, ok := c.(syscall.Conn)
 	if _, half := c.(halfCloser); !ok || !half {
 		return
+	}
+	if own {
+		if fd, err := netpoll.Own(c); err == nil {
+			s.Conn, s.fd, s.owned = nil, int32(fd), true
+			return
+		}
+		// No descriptor to spare (the runtime keeps the connection): the
+		// socket is read directly and waited for in Conn, as below.
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
@@ -65,15 +84,29 @@ func (s *side) init(c net.Conn, masked bool) {
 // shut down rather than closed, so that its descriptor number stays taken
 // until the pair is finished and the poller has let go of it: closed
 // earlier, the number could be handed to a new connection that the old
-// pair's poller registration would then reach. Any goroutine may call it.
+// pair's poller registration would then reach. Any goroutine may call it
+// while the pair is not finished: a direction, or one that holds the
+// proxy's lock (finish closes the descriptors under it).
 func (s *side) hangUp() {
-	if s.fd >= 0 {
+	switch {
+	case s.owned:
+		netpoll.Shutdown(int(s.fd))
+	case s.fd >= 0:
 		hc := s.Conn.(halfCloser)
 		_ = hc.CloseWrite()
 		_ = hc.CloseRead()
+	default:
+		// Not a socket the poller holds: closing it is safe.
+		_ = s.Conn.Close()
+	}
+}
+
+// close releases the connection for good.
+func (s *side) close() {
+	if s.owned {
+		netpoll.Close(int(s.fd))
 		return
 	}
-	// Not a socket the poller holds: closing it is safe.
 	_ = s.Conn.Close()
 }
 
@@ -90,76 +123,136 @@ func (s *side) step() {
 var errAborted = errors.New("pair aborted")
 
 // source is the blocking reader of a direction's source: the Reader calls
-// it only when it must wait, after the direction's beforeBlock.
+// it only when it must wait, after it found nothing ready.
 type source direction
 
 func (s *source) Read(p []byte) (int, error) {
 	d := (*direction)(s)
-	if err := d.beforeBlock(false); err != nil {
-		return 0, err
+	src := d.src()
+	if !src.owned {
+		if err := d.beforeBlock(false); err != nil {
+			return 0, err
+		}
+		return src.Conn.Read(p)
 	}
-	return d.src().Conn.Read(p)
+	// The wait may take the wake that the direction's next park would
+	// otherwise see: the direction must read before it parks.
+	d.quiet = false
+	for {
+		n, err := frames.ReadSocket(int(src.fd), p)
+		if err != frames.ErrWouldBlock {
+			return n, err
+		}
+		if err := d.block(false); err != nil {
+			return 0, err
+		}
+	}
 }
 
 // sink writes a direction's frames to its destination: at once what the
-// socket's buffer takes, and, when it is full, the rest with a blocking
-// write after the direction's beforeBlock.
+// socket's buffer takes, and, when it is full, the rest once it has room,
+// waiting after the direction's beforeBlock.
 type sink direction
 
 func (s *sink) Write(p []byte) (int, error) {
 	d := (*direction)(s)
+	dst := d.dst()
 	n := 0
-	if dst := d.dst(); dst.fd >= 0 {
+	for dst.fd >= 0 {
 		// The descriptor stays open while a direction runs: only
 		// finish closes it, after both have left (pair's doc comment).
-		k, err := frames.WriteReady(int(dst.fd), p)
-		n = k
+		k, err := frames.WriteReady(int(dst.fd), p[n:])
+		n += k
 		if err != nil || n == len(p) {
+			return n, err
+		}
+		if !dst.owned {
+			break
+		}
+		if err := d.block(true); err != nil {
 			return n, err
 		}
 	}
 	if err := d.beforeBlock(true); err != nil {
 		return n, err
 	}
-	k, err := d.dst().Conn.Write(p[n:])
+	k, err := dst.Conn.Write(p[n:])
 	return n + k, err
 }
 
-// beforeBlock runs right before d blocks on one of its sockets: a read of
-// its source (the rest of a frame, or, for a source the poller cannot
-// hold, the next frame) or a write to its destination whose buffer is
-// full. It lets d's pool worker go (the wait may be long), and sets that
-// socket's deadline from the pair's state: only here, by d, so no other
-// goroutine's deadline is ever overwritten. A kick that lands after it
-// (pair.abort sets past deadlines after publishing the phase) still ends
-// the wait; one published before it is seen by the check that follows.
+// block waits in the poller until the socket d reads (write false) or the
+// one it writes (write true) may be ready, d is kicked, or the wait's
+// deadline passes (an error that isTimeout recognizes). The socket is
+// registered by the direction that reads it: d's own, or the other's.
+func (d *direction) block(write bool) error {
+	deadline, err := d.deadline(write)
+	if err != nil {
+		return err
+	}
+	desc := &d.desc
+	if write {
+		desc = &d.other().desc
+	}
+	return d.pr.p.pl.Block(desc, write, deadline)
+}
+
+// beforeBlock runs right before d blocks in a socket that the runtime
+// holds: it sets that socket's deadline from the pair's state, only here,
+// by d, so no other goroutine's deadline is ever overwritten. A kick that
+// lands after it (pair.abort sets past deadlines after publishing the
+// phase) still ends the wait; one published before it is seen by the check
+// that follows.
 func (d *direction) beforeBlock(write bool) error {
+	deadline, err := d.deadline(write)
+	if err != nil {
+		return err
+	}
+	t := time.Time{}
+	if deadline != 0 {
+		t = time.Unix(0, deadline)
+	}
+	if write {
+		_ = d.dst().SetWriteDeadline(t)
+	} else {
+		_ = d.src().SetReadDeadline(t)
+	}
+	if d.pr.life.load() == phaseAborted {
+		return errAborted // aborted while the deadline was set
+	}
+	return nil
+}
+
+// deadline runs right before d waits for one of its sockets: a read of its
+// source (the rest of a frame, or, for a source the poller cannot hold,
+// the next frame) or a write to its destination whose buffer is full. It
+// lets d's pool worker go (the wait may be long) and returns when the wait
+// must end, in unix nanoseconds (0: no deadline), computed from the pair's
+// state, or errAborted when the pair is aborted and nothing may wait.
+func (d *direction) deadline(write bool) (int64, error) {
 	pr := d.pr
 	p := pr.p
 	if p.pl != nil {
 		p.pl.Detach(&d.desc)
 	}
-	var t time.Time
+	var t int64
 	if write {
 		if wt := p.cfg.WriteTimeout; wt > 0 && d.dst() == &pr.client {
-			t = time.Now().Add(wt)
+			t = time.Now().Add(wt).UnixNano()
 		}
-		_ = d.dst().SetWriteDeadline(t)
 	} else {
 		switch {
 		case d.idle:
 			// A source the poller cannot hold: look at the pair's state
 			// once per keeper tick.
-			t = time.Now().Add(p.tick)
+			t = time.Now().Add(p.tick).UnixNano()
 		case d.msgDeadline.Load() != 0:
-			t = time.Unix(0, d.msgDeadline.Load())
+			t = d.msgDeadline.Load()
 		}
-		_ = d.src().SetReadDeadline(t)
 	}
 	if pr.life.load() == phaseAborted {
-		return errAborted
+		return 0, errAborted
 	}
-	return nil
+	return t, nil
 }
 
 // writeClose writes the gate's own close frame to d's destination, after

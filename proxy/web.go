@@ -179,6 +179,9 @@ type connInfo struct {
 	subject, tokenID string
 	ip               netip.Addr // the client's
 	path, protocol   string     // the request's path and the subprotocol agreed
+	// userKey and ipKey are the limiter's keys of the connection's user
+	// and client address.
+	userKey, ipKey string
 
 	// freeStart and freeCount are the window of the engine.io control
 	// packets that pass without counting (sioFreeControl).
@@ -295,7 +298,7 @@ func (pr *pair) refused(d limit.Decision) {
 	info.quietUntil = now + max(d.RetryAfter, time.Second).Nanoseconds()
 	transport := "websocket"
 	rf := refusal{event: "message", transport: transport, connID: info.id, ip: info.ip,
-		userKey: pr.userKey, path: info.path}
+		userKey: info.userKey, path: info.path}
 	if pr.p.cfg.LogSubject {
 		rf.subject = info.subject
 	}
