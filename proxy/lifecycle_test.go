@@ -618,3 +618,50 @@ func TestSocketsLeaveTheRuntime(t *testing.T) {
 		t.Fatal("a wrapped connection was taken from the runtime")
 	}
 }
+
+// slowRelease is a Limiter whose connection releases take a while, as a
+// Redis round trip may.
+type slowRelease struct {
+	Limiter
+	released atomic.Int32
+}
+
+func (l *slowRelease) OpenConn(ctx context.Context, ip string) (limit.Decision, func()) {
+	d, release := l.Limiter.OpenConn(ctx, ip)
+	return d, func() {
+		time.Sleep(200 * time.Millisecond)
+		release()
+		l.released.Add(1)
+	}
+}
+
+// TestGoneMeansReleased: once a pair is no longer among the proxy's
+// connections, everything it held is given back: its concurrent-connection
+// slot, the active-connections gauge, its close in the metrics.
+func TestGoneMeansReleased(t *testing.T) {
+	lim, err := limit.New(limit.Config{IPMaxConns: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	sl := &slowRelease{Limiter: lim}
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter = sl })
+	conn, br := rawClient(t, g, "/echo")
+	waitFor(t, func() bool { return g.proxy.Active() == 1 })
+	if _, err := conn.Write(maskedFrame(true, 8, []byte{0x03, 0xe8})); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := readUntilClose(t, br); code != 1000 {
+		t.Fatalf("close %d, want 1000", code)
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+	if n := sl.released.Load(); n != 1 {
+		t.Errorf("the pair is gone but its connection slot is not released (%d releases)", n)
+	}
+	if got := testutil.ToFloat64(g.m.ConnectionsActive); got != 0 {
+		t.Errorf("the pair is gone but connections_active = %v", got)
+	}
+	if got := testutil.ToFloat64(g.m.Closes.WithLabelValues(metrics.InitiatorClient, "1000")); got != 1 {
+		t.Errorf("the pair is gone but closes_total{client,1000} = %v", got)
+	}
+}

@@ -195,26 +195,28 @@ func (pr *pair) kick() {
 
 // finish releases a pair whose two directions have finished: nothing
 // waits in the poller for its sockets any more, so they leave it and are
-// closed. They are closed under the proxy's lock, with the pair taken out
-// of its set, because the keeper and Shutdown hang up the sides of the
-// pairs in the set under it.
+// closed. Everything else the pair holds is given back first: once the pair
+// is out of the proxy's set (Active, the admin API), nothing of it remains.
+// The descriptors are closed under the proxy's lock, in the same section
+// that takes the pair out of the set, because the keeper and Shutdown hang
+// up the sides of the pairs in the set under it.
 func (pr *pair) finish() {
 	p := pr.p
 	if p.pl != nil {
 		p.pl.Remove(&pr.fromClient.desc)
 		p.pl.Remove(&pr.fromUpstream.desc)
 	}
-	p.mu.Lock()
-	delete(p.pairs, pr)
-	pr.client.close()
-	pr.upstream.close()
-	p.mu.Unlock()
 	if pr.release != nil {
 		pr.release()
 	}
 	p.m.ConnectionsActive.Dec()
 	p.conns.Add(-1)
 	pr.report()
+	p.mu.Lock()
+	delete(p.pairs, pr)
+	pr.client.close()
+	pr.upstream.close()
+	p.mu.Unlock()
 	p.wg.Done()
 }
 

@@ -232,6 +232,7 @@ type Proxy struct {
 	m        *metrics.Metrics
 	pass     http.Handler
 	draining atomic.Bool
+	running  atomic.Bool  // the keeper and the poller were started (started)
 	conns    atomic.Int64 // pairs open or being opened, for MaxConns
 
 	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
@@ -453,6 +454,9 @@ func (p *Proxy) track(pr *pair) bool {
 // proxy drains (Shutdown stops them), and returns the poller: nil where
 // there is none.
 func (p *Proxy) started() *netpoll.Poller {
+	if p.running.Load() {
+		return p.pl
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.keeperDone == nil && !p.draining.Load() {
@@ -463,6 +467,7 @@ func (p *Proxy) started() *netpoll.Poller {
 			p.log.Warn("idle connections keep a goroutine each: no poller", "err", err)
 		}
 		p.pl = pl
+		p.running.Store(true) // after p.pl: whoever sees it sees the poller
 	}
 	return p.pl
 }

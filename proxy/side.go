@@ -138,12 +138,13 @@ func (s *source) Read(p []byte) (int, error) {
 	// The wait may take the wake that the direction's next park would
 	// otherwise see: the direction must read before it parks.
 	d.quiet = false
+	until := int64(-1)
 	for {
 		n, err := frames.ReadSocket(int(src.fd), p)
 		if err != frames.ErrWouldBlock {
 			return n, err
 		}
-		if err := d.block(false); err != nil {
+		if err := d.block(false, &until); err != nil {
 			return 0, err
 		}
 	}
@@ -157,7 +158,7 @@ type sink direction
 func (s *sink) Write(p []byte) (int, error) {
 	d := (*direction)(s)
 	dst := d.dst()
-	n := 0
+	n, until := 0, int64(-1)
 	for dst.fd >= 0 {
 		// The descriptor stays open while a direction runs: only
 		// finish closes it, after both have left (pair's doc comment).
@@ -169,7 +170,7 @@ func (s *sink) Write(p []byte) (int, error) {
 		if !dst.owned {
 			break
 		}
-		if err := d.block(true); err != nil {
+		if err := d.block(true, &until); err != nil {
 			return n, err
 		}
 	}
@@ -182,18 +183,24 @@ func (s *sink) Write(p []byte) (int, error) {
 
 // block waits in the poller until the socket d reads (write false) or the
 // one it writes (write true) may be ready, d is kicked, or the wait's
-// deadline passes (an error that isTimeout recognizes). The socket is
-// registered by the direction that reads it: d's own, or the other's.
-func (d *direction) block(write bool) error {
+// deadline passes (an error that isTimeout recognizes). until holds that
+// deadline: -1 until the first wait of a read or write computes it, so that
+// the waits of one call share it, as they would share a socket's deadline.
+// The socket is registered by the direction that reads it: d's own, or the
+// other's.
+func (d *direction) block(write bool, until *int64) error {
 	deadline, err := d.deadline(write)
 	if err != nil {
 		return err
+	}
+	if *until < 0 {
+		*until = deadline
 	}
 	desc := &d.desc
 	if write {
 		desc = &d.other().desc
 	}
-	return d.pr.p.pl.Block(desc, write, deadline)
+	return d.pr.p.pl.Block(desc, write, *until)
 }
 
 // beforeBlock runs right before d blocks in a socket that the runtime
