@@ -151,8 +151,9 @@ func (s *source) Read(p []byte) (int, error) {
 }
 
 // sink writes a direction's frames to its destination: at once what the
-// socket's buffer takes, and, when it is full, the rest once it has room,
-// waiting after the direction's beforeBlock.
+// socket's buffer takes, and, when it is full, the rest once it has room:
+// waiting in the poller for a socket the gate owns, in Conn (after the
+// direction's beforeBlock) for one the runtime holds.
 type sink direction
 
 func (s *sink) Write(p []byte) (int, error) {
