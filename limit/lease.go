@@ -402,10 +402,10 @@ func (ls *leases) invalidate(keys []rueidis.RedisMessage) {
 	ls.pol.invalidate(blocks)
 }
 
-// flush drops every slice of a flag rule that blocks, and every slice of
-// a rules file's charges: Redis may have stopped tracking their block keys
-// (a connection closed, a node failed). The slices of a flag rule without
-// block need no tracking: its windows end only with their TTL.
+// flush drops every slice of a rule that blocks, a flag rule or a rules
+// file's: Redis may have stopped tracking their block keys (a connection
+// closed, a node failed). The slices of a rule without block need no
+// tracking: its windows end only with their TTL.
 func (ls *leases) flush() {
 	ls.mu.Lock()
 	for k, e := range ls.m {

@@ -735,13 +735,17 @@ func (pl *polLeases) invalidate(keys []string) {
 	}
 }
 
-// flush drops every slice: Redis may have stopped tracking the block keys
-// (a connection closed, a node failed).
+// flush drops the slices of every rule that blocks: Redis may have stopped
+// tracking their block keys (a connection closed, a node failed). The
+// slices of a rule without block need no tracking (polLeases), and
+// dropping them would lose units Redis has already counted.
 func (pl *polLeases) flush() {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	for _, e := range pl.m {
-		e.drop()
+		if len(e.id.rule.Block) > 0 {
+			e.drop()
+		}
 	}
 }
 

@@ -329,14 +329,19 @@ func TestChargeLeaseConnLost(t *testing.T) {
 		}
 	}
 	p.reset()
+	// The rules that block lose their slices; the class rule, which has
+	// no block key to track, keeps its own (TestLeaseFlushKeepsUntrackedSlices).
 	waitFor(t, "slices dropped after the reset", func() bool {
 		for i := range cs {
-			if l.lease.pol.heldOf(&cs[i], 0) != 0 {
+			if len(cs[i].Rule.Block) > 0 && l.lease.pol.heldOf(&cs[i], 0) != 0 {
 				return false
 			}
 		}
 		return true
 	})
+	if held := l.lease.pol.heldOf(&cs[2], 0); held != 7 {
+		t.Fatalf("the class rule holds %d after the reset, want the 7 left of its slice", held)
+	}
 	waitUp(t, l)
 	waitFor(t, "a decision by redis", func() bool { return !l.Charge(ctx, KindMessage, cs, 1, 10).Fallback })
 	if got, _ := strconv.Atoi(s.cli("get", prefix+":r:user-chat:u:60000:{u}")); got%10 != 0 || got < 20 || got > 30 {
@@ -626,5 +631,38 @@ func TestChargeLeaseGCRAReplicas(t *testing.T) {
 	least := burst + int(run*rate/time.Second)/2
 	if len(allowed) > most || len(allowed) < least {
 		t.Fatalf("%d passed in %v, want between %d and %d", len(allowed), elapsed, least, most)
+	}
+}
+
+// TestLeaseFlushKeepsUntrackedSlices: a flush (rueidis reports one when
+// any connection closes, e.g. a Cluster client's seed connection after it
+// learned the topology) drops the slices whose block keys Redis may no
+// longer track, and only those: a rule without a block needs no tracking,
+// and dropping its slice would lose units already counted in Redis.
+func TestLeaseFlushKeepsUntrackedSlices(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: ModeLease, LeaseSize: 5})
+	if l.lease == nil {
+		t.Fatal("not in lease mode")
+	}
+	fixed := polRule("fixed", policy.CountMessages, win(10, time.Minute))
+	smooth := polRule("smooth", policy.CountMessages, win(10, time.Minute))
+	smooth.Algorithm, smooth.Burst = policy.GCRA, 10
+	for _, r := range []*policy.Rule{fixed, smooth} {
+		cs := charges("k", r)
+		if d := l.Charge(context.Background(), KindMessage, cs, 1, 0); !d.Allowed {
+			t.Fatalf("%s: first event refused: %+v", r.Name, d)
+		}
+		l.lease.flush()
+		passed := 1
+		for range 20 {
+			if !l.Charge(context.Background(), KindMessage, cs, 1, 0).Allowed {
+				break
+			}
+			passed++
+		}
+		if passed != 10 {
+			t.Errorf("%s: %d of 10 passed after a flush, want 10", r.Name, passed)
+		}
 	}
 }
