@@ -14,56 +14,22 @@ const rawIO = true
 
 // readReady is ReadReady for a socket: one read(2) on its descriptor, not
 // through the runtime's poller (its lock and state reset cost more than
-// the call itself on a busy relay). ResetSocket's caller keeps the
-// descriptor open while r may read it.
+// the call itself on a busy relay), into the free part of the pooled
+// buffer, which compact puts after the buffered bytes. ResetSocket's
+// caller keeps the descriptor open while r may read it.
 func (r *Reader) readReady() error {
 	r.compact()
-	r.rawRes = 0
-	r.readFd(uintptr(r.fd))
-	var err error
-	switch r.rawRes {
-	case 0:
-		return nil
-	case rawAgain:
-		err = ErrWouldBlock
-	case rawEOF:
-		err = io.EOF
-	default:
-		err = os.NewSyscallError("read", syscall.Errno(r.rawRes))
-	}
-	r.Release()
-	return err
-}
-
-// Results of readFd besides bytes read and errno values.
-const (
-	rawAgain = -1
-	rawEOF   = -2
-)
-
-// readFd reads once into the free part of the pooled buffer, which compact
-// put after the buffered bytes. It never asks the runtime to wait.
-func (r *Reader) readFd(fd uintptr) bool {
 	buf := *r.big
 	m := len(r.data)
-	for {
-		n, err := readNonblock(fd, buf[m:])
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			r.rawRes = rawAgain
-		case err != nil:
-			r.rawRes = int32(err.(syscall.Errno))
-		case n == 0:
-			r.rawRes = rawEOF
-		default:
-			r.data = buf[:m+n]
-			r.short = n < len(buf)-m
-			r.got.Add(int64(n))
-		}
-		return true
+	n, err := ReadSocket(r.fd, buf[m:])
+	if err != nil {
+		r.Release()
+		return err
 	}
+	r.data = buf[:m+n]
+	r.short = n < len(buf)-m
+	r.got.Add(int64(n))
+	return nil
 }
 
 // readNonblock reads a non-blocking descriptor without telling the

@@ -42,14 +42,13 @@ const smallSize = 16
 //
 // A Reader is used by one goroutine at a time, except Received.
 type Reader struct {
-	src    io.Reader // blocking reads
-	fd     int       // the same socket's descriptor, read without waiting; -1 when src is not one
-	rawRes int32     // readFd's result: 0 bytes read, or one of the raw* codes, or an errno
-	short  bool      // the last read without waiting took less than there was room for
-	small  [smallSize]byte
-	big    *[]byte
-	data   []byte       // unread bytes, inside small, *big or a primed slice
-	got    atomic.Int64 // bytes read from the source
+	src   io.Reader // blocking reads
+	fd    int       // the same socket's descriptor, read without waiting; -1 when src is not one
+	short bool      // the last read without waiting took less than there was room for
+	small [smallSize]byte
+	big   *[]byte
+	data  []byte       // unread bytes, inside small, *big or a primed slice
+	got   atomic.Int64 // bytes read from the source
 }
 
 // ErrWouldBlock is ReadReady's answer when the socket has nothing ready.
