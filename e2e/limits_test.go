@@ -8,7 +8,6 @@ package e2e
 // the window and block flags are small so the suite stays fast, except in TestLimitDefaultsRedis.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -710,63 +709,5 @@ func waitLong(t testing.TB, what string, limit time.Duration, cond func() bool) 
 			t.Fatalf("timed out after %v waiting for %s", limit, what)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// TestRedisWaitLeavesOthersRelaying: message decisions that wait for Redis do not hold up the
-// connections that need none. The gate relays on a pool of 64 workers; with Redis holding
-// every script (CLIENT PAUSE WRITE) and more connections than that waiting for their
-// decisions, a neighbour's ping is still answered, while Redis still holds the others'
-// messages, which are then relayed once it lets them through.
-func TestRedisWaitLeavesOthersRelaying(t *testing.T) {
-	t.Parallel()
-	rs := startRedisServer(t)
-	b := newRecordingBackend(t)
-	g := limitGate(t, b.URL, "--redis-url", rs.URL(), "--redis-timeout", "60s", "--limit-mode", "exact",
-		"--user-rate", "1000/1m", "--ip-rate", "0")
-	const waiting = 100 // more than the pool's 64 workers
-	cs := make([]*websocket.Conn, waiting)
-	for i := range cs {
-		cs[i] = dialAs(t, g.URL+"/echo", peer{})
-	}
-	probe := dialAs(t, g.URL+"/echo", peer{})
-	echoOK(t, probe, "before the pause")
-	pctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	probe.CloseRead(pctx) // reads the pongs
-
-	// Long enough that a pool stalled by it would answer the ping only after the
-	// assertions below; the test lifts it as soon as they are made.
-	if _, err := redisDo(rs.Addr, "CLIENT", "PAUSE", "40000", "WRITE"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = redisDo(rs.Addr, "CLIENT", "UNPAUSE") })
-	for i, c := range cs {
-		if err := c.Write(pctx, websocket.MessageText, []byte("held-"+strconv.Itoa(i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Until the gate has read them all and sent their decisions to Redis (which holds
-	// them), so that the ping comes after: the pool is as busy as it gets.
-	sent := b.msgs.Load()
-	waitFor(t, "Redis to hold the gate's scripts", func() bool {
-		clients, err := redisDo(rs.Addr, "CLIENT", "LIST")
-		return err == nil && strings.Contains(strings.Join(clients, "\n"), "cmd=evalsha")
-	})
-	time.Sleep(300 * time.Millisecond) // the rest of the messages reach the gate's pool
-	if err := probe.Ping(pctx); err != nil {
-		t.Fatalf("ping while decisions wait for Redis: %v", err)
-	}
-	if got := b.msgs.Load(); got != sent {
-		t.Fatalf("the ping was answered only after %d held messages were decided: the waiting decisions held the relay's pool", got-sent)
-	}
-	if _, err := redisDo(rs.Addr, "CLIENT", "UNPAUSE"); err != nil {
-		t.Fatal(err)
-	}
-	for i, c := range cs {
-		_, p, err := c.Read(pctx)
-		if err != nil || string(p) != "held-"+strconv.Itoa(i) {
-			t.Fatalf("connection %d after Redis let go: %q, %v", i, p, err)
-		}
 	}
 }

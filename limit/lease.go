@@ -149,11 +149,14 @@ func newLeases(user, ip *rule, prefix string, size int) *leases {
 // slightly different rates.
 func windowMargin(ttl time.Duration) time.Duration { return time.Millisecond + ttl/1000 }
 
-// decide decides up to n messages when the slices could not (spend
-// returned 0): it reserves more, and decides as many as the slices then
-// hold, or as the new grant allows. Refusals come from Redis: the cached
-// block check, or the script finding the window's budget spent.
+// decide decides up to n messages from the slices, reserving more when one
+// is spent: as many as the slices hold, or as the new grant allows.
+// Refusals come from Redis: the cached block check, or the script finding
+// the window's budget spent.
 func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int) (Decision, error) {
+	if g := ls.spend(cs, n); g > 0 {
+		return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
+	}
 check:
 	for checks := 1; ; checks++ {
 		es, gens := ls.entries(cs)
@@ -292,8 +295,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 	}
 }
 
-// spend is the fast path of a lease-mode decision (Limiter.decide, before
-// decide): when every enabled counter of cs has a
+// spend is decide's fast path: when every enabled counter of cs has a
 // usable slice, it spends up to n units from them, without a block check,
 // and returns how many (0: take the full path). That is safe by the
 // invariant of leases: a usable slice is dropped by the first write to its

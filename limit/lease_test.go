@@ -392,39 +392,3 @@ func TestLeaseKeepsAnotherDecisionsSlice(t *testing.T) {
 		t.Fatalf("user slice after the second decision: %d, want 8 (9 less the message)", got)
 	}
 }
-
-// TestWithWaitOnlyBeforeRedis: a decision calls the WithWait function right
-// before it waits for Redis, and only then: not on the memory store, not
-// when a lease slice decides.
-func TestWithWaitOnlyBeforeRedis(t *testing.T) {
-	s := startRedis(t)
-	rules := Rules{
-		UserMessages: rate(1000, time.Minute, time.Second),
-		IPMessages:   rate(1000, time.Minute, time.Second),
-	}
-	waits := 0
-	ctx := WithWait(context.Background(), func() { waits++ })
-	for _, tc := range []struct {
-		name string
-		cfg  Config
-		want []int // waits after each of three messages
-	}{
-		{"memory", Config{}, []int{0, 0, 0}},
-		{"exact", Config{RedisURL: s.url(), Mode: ModeExact}, []int{1, 2, 3}},
-		{"lease", Config{RedisURL: s.url(), Mode: ModeLease, LeaseSize: 2}, []int{1, 1, 2}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.cfg.KeyPrefix, tc.cfg.Timeout, tc.cfg.Rules = keyPrefix(t), testTimeout, rules
-			l := newLimiter(t, tc.cfg)
-			waits = 0
-			for i, want := range tc.want {
-				if d := l.Message(ctx, "u", "192.0.2.1"); !d.Allowed || d.Fallback {
-					t.Fatalf("message %d: %+v", i+1, d)
-				}
-				if waits != want {
-					t.Fatalf("after message %d: %d waits, want %d", i+1, waits, want)
-				}
-			}
-		})
-	}
-}

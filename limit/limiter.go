@@ -547,26 +547,6 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }
 
-// waitKey is the context key of WithWait's function.
-type waitKey struct{}
-
-// WithWait returns a copy of ctx under which a decision (Messages,
-// Handshake, Charge) calls fn on the deciding goroutine right before it
-// waits for Redis, and not when the memory store or a lease slice decides
-// at once. The gate's relay decides on a bounded pool of workers; fn lets
-// the worker's place go to another connection for the wait, as before any
-// other wait that may be long.
-func WithWait(ctx context.Context, fn func()) context.Context {
-	return context.WithValue(ctx, waitKey{}, fn)
-}
-
-// beforeWait calls the function WithWait put in ctx, if any.
-func beforeWait(ctx context.Context) {
-	if fn, ok := ctx.Value(waitKey{}).(func()); ok {
-		fn()
-	}
-}
-
 // Handshake decides one WebSocket handshake: refused while a message rule
 // blocks user or ip (a refusal of that message rule: Kind KindMessage,
 // Blocked), or over a connection rule (Kind KindConnection).
@@ -632,12 +612,6 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
-	if kind == KindMessage && l.lease != nil {
-		if g := l.lease.spend(cs, n); g > 0 {
-			return Decision{Allowed: true, Kind: KindMessage, Granted: g, Store: storeRedis}
-		}
-	}
-	beforeWait(ctx)
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var err error

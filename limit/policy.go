@@ -112,7 +112,6 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 			nodes = append(nodes, nd)
 		}
 	}
-	beforeWait(ctx)
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var failed []bool

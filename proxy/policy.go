@@ -71,14 +71,14 @@ func (d *direction) limited(h ws.Header) verdict {
 	}
 	var dec limit.Decision
 	if cr == nil {
-		dec = pr.p.decide(d.limitCtx(), false, pr.info.userKey, pr.info.ipKey, n)
+		dec = pr.p.decide(context.Background(), false, pr.info.userKey, pr.info.ipKey, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {
 			a.class = d.classOf(h, cr.pol)
 		}
 		cr.class = a.class
-		dec = pr.p.decideRules(d.limitCtx(), cr, a)
+		dec = pr.p.decideRules(context.Background(), cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())
 	if !dec.Allowed {
@@ -106,24 +106,6 @@ func (d *direction) limited(h ws.Header) verdict {
 	return refused
 }
 
-// limitCtx is the context of d's limiter calls: a call that waits for
-// Redis first lets d's pool worker go (limit.WithWait), as d does before
-// it waits for a socket, so that connections whose decisions wait for
-// Redis do not hold the pool from the others (at 8,000 connections in
-// exact mode, the 64 workers all waited for Redis while sockets had
-// frames to relay). Made at the pair's first decision; only the direction
-// from the client decides.
-func (d *direction) limitCtx() context.Context {
-	info := d.pr.info
-	if info.limitCtx == nil {
-		info.limitCtx = context.Background()
-		if pl := d.pr.p.pl; pl != nil && d.pr.p.limiterWaits {
-			info.limitCtx = limit.WithWait(info.limitCtx, func() { pl.Detach(&d.desc) })
-		}
-	}
-	return info.limitCtx
-}
-
 // limitedMore charges the later frame h of a client message to the byte
 // rules that cover the message. Half a message cannot be taken back: over
 // a budget, the pair ends as under a close action, whatever the rule's.
@@ -133,7 +115,7 @@ func (d *direction) limitedMore(h ws.Header) bool {
 		return false
 	}
 	cr := pr.info.rules
-	dec := pr.p.decideRules(d.limitCtx(), cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+	dec := pr.p.decideRules(context.Background(), cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
 	if !dec.Allowed {
 		pr.refused(dec)
 	}

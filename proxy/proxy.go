@@ -237,9 +237,6 @@ type Proxy struct {
 
 	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
 	tick time.Duration   // the keeper's period
-	// limiterWaits is set when the limiter's decisions may wait for a store
-	// (Redis): they then get a context that lets the pool worker go first.
-	limiterWaits bool
 
 	dial func(ctx context.Context, network, addr string) (net.Conn, error) // to the upstream
 
@@ -316,9 +313,6 @@ func New(cfg Config) (*Proxy, error) {
 	p.decisions = p.newDecisionCounters("")
 	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
 	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
-	if n, ok := cfg.Limiter.(interface{ StoreName() string }); ok && n.StoreName() == "redis" {
-		p.limiterWaits = true // limit.Limiter on Redis
-	}
 	p.dial = (&net.Dialer{KeepAlive: upstreamKeepAlive(u)}).DialContext
 	p.pass = p.newPassThrough()
 	p.tick = keeperTick(&p.cfg)

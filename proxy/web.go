@@ -195,9 +195,6 @@ type connInfo struct {
 	// rules is the connection's admission under the rules file; nil under
 	// the flag rules. Only the direction from the client uses it.
 	rules *connRules
-	// limitCtx is the context of the limiter's message decisions
-	// (direction.limitCtx); nil until the first.
-	limitCtx context.Context
 	// notice is a text frame the direction to the client sends at its next
 	// message boundary (the 429 frame of a dropped message), published by
 	// the direction from the client.
