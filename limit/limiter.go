@@ -479,12 +479,15 @@ func New(cfg Config) (*Limiter, error) {
 		// the invalidations; lease mode cannot do this (its scripts and
 		// the invalidations must share a connection, see above).
 		opt.DisableAutoPipelining = true
-		// Each pool connection holds rueidis's read and write buffers
-		// (0.5 MiB each by default): a burst of handshakes once grew the
-		// pool to tens of connections and the gate's RSS with it. A
-		// decision holds its connection for one round trip, so a few per
-		// core serve far more decisions than the gate takes.
-		opt.BlockingPoolSize = max(8, 4*runtime.GOMAXPROCS(0))
+		// A decision holds a pool connection for one round trip, and the
+		// relay decides on up to 64 workers at once (internal/netpoll's
+		// pool): with fewer connections the others queue for one inside
+		// --redis-timeout. At 8,000 busy connections on 2 CPUs, a pool of
+		// 8 made one decision in eight miss it and fall back, one of 64
+		// one in 25, at the same CPU per message. Each connection holds
+		// poolBufferBytes of buffers rather than rueidis's 0.5 MiB
+		// defaults, and the pool shrinks back after a quiet minute.
+		opt.BlockingPoolSize = max(64, 4*runtime.GOMAXPROCS(0))
 		opt.ReadBufferEachConn = poolBufferBytes
 		opt.WriteBufferEachConn = poolBufferBytes
 		opt.BlockingPoolCleanup = time.Minute
