@@ -266,6 +266,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 		p("### S1 at scale (medians of %d)\n\n", cfg.scaleReps)
 		p("The S1 shape at more connections: round trips per second and proxy CPU per 1,000 round trips, with nginx's ratio.\n\n")
 		p("%s\n", scaleTable(cfg, targets, r))
+		p("%s\n", scaleFallbacks(cfg, targets, r))
 	}
 	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
 	p("- **S2 p50/p99**: one message in flight on one connection. **added** = the target's figure minus the direct-to-backend figure of the same repetition (median of the per-repetition differences).\n")
@@ -542,7 +543,8 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		header = append(header, h+" rt/s", "×nginx", h+" CPU ms/1k", "×nginx")
 	}
 	med := func(sh scaleShape, key string, f func(s1Result) float64) float64 {
-		return medianOf(r.scale[sh][key], f)
+		xs, _ := redisDecided(r.scale[sh][key])
+		return medianOf(xs, f)
 	}
 	rate := func(x s1Result) float64 { return x.rate }
 	cpu := func(x s1Result) float64 { return x.cpuPer1k }
@@ -555,11 +557,67 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		for _, sh := range cfg.scale {
 			v, ng := med(sh, t.key, rate), med(sh, "nginx", rate)
 			c, ngc := med(sh, t.key, cpu), med(sh, "nginx", cpu)
-			row = append(row, fmtNum(v, 0), ratio(v, ng), dash(t.proxy, fmtNum(c, 2)), dash(t.proxy, ratio(c, ngc)))
+			mark := ""
+			if _, all := redisDecided(r.scale[sh][t.key]); all {
+				mark = " †"
+			}
+			row = append(row, fmtNum(v, 0)+mark, ratio(v, ng), dash(t.proxy, fmtNum(c, 2)+mark), dash(t.proxy, ratio(c, ngc)))
 		}
 		cells = append(cells, row)
 	}
 	return mdTable(header, cells)
+}
+
+// fallbackShare is the most decisions without Redis, per message, an S1 repetition of a gate on
+// Redis may have and still measure Redis: past it, it measures the memory store (the failure
+// mode) for part of its messages.
+const fallbackShare = 0.01
+
+// redisDecided returns the repetitions in which Redis decided nearly every message (the
+// failure mode at most fallbackShare of them), or all of them, with all true, when none
+// qualifies. Repetitions of a target without Redis all qualify.
+func redisDecided(xs []s1Result) (ls []s1Result, all bool) {
+	for _, x := range xs {
+		if x.fallbacks <= fallbackShare*float64(x.redis.messages) {
+			ls = append(ls, x)
+		}
+	}
+	if len(ls) == 0 {
+		return xs, len(xs) > 0
+	}
+	return ls, false
+}
+
+// scaleFallbacks is the footnote of the S1-at-scale table: the share of messages decided without
+// Redis in each repetition of each gate on Redis that had any.
+func scaleFallbacks(cfg config, targets []*target, r *results) string {
+	var parts []string
+	for _, t := range targets {
+		if t.skip != "" || t.redis == "" {
+			continue
+		}
+		for _, sh := range cfg.scale {
+			xs := r.scale[sh][t.key]
+			shares := make([]string, len(xs))
+			some := false
+			for i, x := range xs {
+				f := 0.0
+				if x.redis.messages > 0 {
+					f = x.fallbacks / float64(x.redis.messages)
+				}
+				some = some || x.fallbacks > 0
+				shares[i] = fmtNum(100*f, 1) + "%"
+			}
+			if some {
+				parts = append(parts, fmt.Sprintf("%s %d×%d: %s", t.name, sh.conns, sh.inflight, strings.Join(shares, ", ")))
+			}
+		}
+	}
+	s := fmt.Sprintf("A gate on Redis decides a message with its failure mode (`local`: the memory store) when the Redis call outlasts `--redis-timeout` (50ms) or the node is marked down after three such calls in a row. A repetition in which more than %.0f%% of the messages were decided so measures the memory store for part of them: it is left out of the gate's figures at that row, unless every repetition of the row is, which marks the figures †.", 100*fallbackShare)
+	if len(parts) == 0 {
+		return s + " No repetition here had any.\n"
+	}
+	return s + " Messages decided without Redis, per repetition: " + strings.Join(parts, "; ") + ".\n"
 }
 
 // scaleTargetLines checks S1 at scale: throughput (memory and lease ≥ 1.0× nginx, exact ≥
@@ -573,18 +631,24 @@ func scaleTargetLines(cfg config, r *results) [][3]string {
 		var figs []string
 		okRate, okCPU, seen := true, true, false
 		for _, sh := range cfg.scale {
-			v := medianOf(r.scale[sh][g.key], func(x s1Result) float64 { return x.rate })
+			xs, all := redisDecided(r.scale[sh][g.key])
+			v := medianOf(xs, func(x s1Result) float64 { return x.rate })
 			ng := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.rate })
-			c := medianOf(r.scale[sh][g.key], func(x s1Result) float64 { return x.cpuPer1k })
+			c := medianOf(xs, func(x s1Result) float64 { return x.cpuPer1k })
 			ngc := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.cpuPer1k })
 			if !has(v, ng, c, ngc) {
 				okRate, okCPU = false, false
 				continue
 			}
 			seen = true
+			mark := ""
+			if all {
+				// Not a figure of Redis deciding: it cannot meet the target.
+				mark, okRate = " † (not decided by Redis)", false
+			}
 			okRate = okRate && v/ng >= g.min
 			okCPU = okCPU && c/ngc <= 1.1
-			figs = append(figs, fmt.Sprintf("%d×%d: %s, CPU %s", sh.conns, sh.inflight, ratio(v, ng), ratio(c, ngc)))
+			figs = append(figs, fmt.Sprintf("%d×%d: %s, CPU %s%s", sh.conns, sh.inflight, ratio(v, ng), ratio(c, ngc), mark))
 		}
 		out = append(out, [3]string{
 			fmt.Sprintf("S1 at scale, %s: ≥ %.1f× nginx at every row, CPU per round trip ≤ 1.1× nginx's", g.name, g.min),
@@ -837,7 +901,7 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 	p("- *×flag rules*: against the flag-rule gate of the same mode. *of which EVALSHA* counts EVAL and EVALSHA.\n")
 	p("- *gate CPU µs/msg*: user+system CPU of the gate's process per message under load (10 ms ticks), not Redis's.\n")
 	p("- *Redis µs per script call*: the time Redis spent in EVALSHA and EVAL (the commands the script runs included) per call, from `INFO commandstats`, at 1 in flight.\n")
-	p("- *decisions without Redis*: `holo_ws_limiter_fallback_total` per repetition of the load: decisions the failure mode (`local`) took because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*rules6FallbackShare, load)
+	p("- *decisions without Redis*: `holo_ws_limiter_fallback_total` per repetition of the load: decisions the failure mode (`local`) took because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*fallbackShare, load)
 	p("- The flag rules decide every message already buffered on a connection in one call (up to 64); a rules file with a byte rule or a class decides one message per call, so under load its requests per message stay at 1 where the flag rules' fall well under 1.\n\n")
 
 	byCommand := func(title string, rows []*rules6Row, phases func(*rules6Row) []rules6Phase) {

@@ -443,23 +443,10 @@ func perMsg(n, msgs int64) float64 {
 	return float64(n) / float64(msgs)
 }
 
-// rules6FallbackShare is the most decisions without Redis, per message, a load repetition may
-// have and still measure Redis.
-const rules6FallbackShare = 0.01
-
-// redisLoad returns the load repetitions in which Redis decided nearly every message (the
-// failure mode at most rules6FallbackShare of them), or all of them, with all true, when none
-// qualifies: a repetition with more fallbacks measures the memory store for part of its messages.
+// redisLoad returns the load repetitions in which Redis decided nearly every message (see
+// redisDecided).
 func (w *rules6Row) redisLoad() (ls []s1Result, all bool) {
-	for _, x := range w.load {
-		if x.fallbacks <= rules6FallbackShare*float64(x.redis.messages) {
-			ls = append(ls, x)
-		}
-	}
-	if len(ls) == 0 {
-		return w.load, len(w.load) > 0
-	}
-	return ls, false
+	return redisDecided(w.load)
 }
 
 // loadPhases returns redisLoad's repetitions as phases.
