@@ -156,6 +156,7 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 		return s1Result{}, err
 	}
 	defer closeAll(cs)
+	t.redisSettled()
 
 	var pids []int
 	if t.proc != nil {

@@ -404,6 +404,28 @@ func (e *env) launch(t *target) error {
 // fallbacks returns the gate's holo_ws_limiter_fallback_total: decisions taken by
 // --failure-mode because Redis failed or answered after --redis-timeout. 0 for other targets.
 func (t *target) fallbacks() (float64, error) {
+	return t.metric("holo_ws_limiter_fallback_total")
+}
+
+// redisSettled waits, at most 10 s, until a gate on Redis reports its Redis up
+// (holo_ws_redis_up): the decisions of a storm of handshakes, such as the one that opens an S1
+// at thousands of connections, can outlast --redis-timeout on a machine this busy, and three
+// in a row mark the node down until the gate's probe finds it again, a few hundred
+// milliseconds during which every message is decided by the failure mode. The window measures
+// relaying, so it starts once that is over; a gate that stays down is measured as it is.
+func (t *target) redisSettled() {
+	if t.redis == "" || t.admin == "" {
+		return
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if up, err := t.metric("holo_ws_redis_up"); err == nil && up == 1 {
+			return
+		}
+	}
+}
+
+// metric returns the sum of the samples of the gate's metric name. 0 for other targets.
+func (t *target) metric(name string) (float64, error) {
 	if t.admin == "" {
 		return 0, nil
 	}
@@ -419,7 +441,7 @@ func (t *target) fallbacks() (float64, error) {
 	}
 	var sum float64
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "holo_ws_limiter_fallback_total"); ok {
+		if v, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(v, " ") || strings.HasPrefix(v, "{")) {
 			f := strings.Fields(v)
 			if len(f) > 0 {
 				n, _ := strconv.ParseFloat(f[len(f)-1], 64)
