@@ -138,7 +138,7 @@ type s1Result struct {
 	redisPerMsg float64 // Redis requests per round trip; NaN without Redis
 	redis       redisCounts
 	cmds        cmdStats // every command Redis ran over the repetition, by name; nil without Redis
-	fallbacks   float64  // decisions the gate took without Redis (--failure-mode) in the repetition
+	fallbacks   float64  // messages the gate decided without Redis (--failure-mode) in the repetition
 }
 
 // runS1 keeps conns×inflight messages of size bytes in flight for d: each echo read is

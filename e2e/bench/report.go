@@ -452,7 +452,7 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 			for i, f := range w.fallbacks {
 				fb[i] = fmtNum(f, 0)
 			}
-			s += "; decisions taken without Redis (`holo_ws_limiter_fallback_total`, Redis slower than `--redis-timeout` 50ms) per repetition: " + strings.Join(fb, ", ")
+			s += "; messages decided without Redis (`holo_ws_limiter_decisions_total{cause=\"fallback\"}`: Redis slower than `--redis-timeout` 50ms, or marked down) per repetition: " + strings.Join(fb, ", ")
 		}
 		return s
 	}
@@ -613,7 +613,7 @@ func scaleFallbacks(cfg config, targets []*target, r *results) string {
 			}
 		}
 	}
-	s := fmt.Sprintf("A gate on Redis decides a message with its failure mode (`local`: the memory store) when the Redis call outlasts `--redis-timeout` (50ms) or the node is marked down after three such calls in a row. A repetition in which more than %.0f%% of the messages were decided so measures the memory store for part of them: it is left out of the gate's figures at that row, unless every repetition of the row is, which marks the figures †.", 100*fallbackShare)
+	s := fmt.Sprintf("A gate on Redis decides a message with its failure mode (`local`: the memory store) when the Redis call outlasts `--redis-timeout` (50ms) or the node is marked down after three such calls in a row (counted from `holo_ws_limiter_decisions_total{cause=\"fallback\"}`). A repetition in which more than %.0f%% of the messages were decided so measures the memory store for part of them: it is left out of the gate's figures at that row, unless every repetition of the row is, which marks the figures †.", 100*fallbackShare)
 	if len(parts) == 0 {
 		return s + " No repetition here had any.\n"
 	}
@@ -901,7 +901,7 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 	p("- *×flag rules*: against the flag-rule gate of the same mode. *of which EVALSHA* counts EVAL and EVALSHA.\n")
 	p("- *gate CPU µs/msg*: user+system CPU of the gate's process per message under load (10 ms ticks), not Redis's.\n")
 	p("- *Redis µs per script call*: the time Redis spent in EVALSHA and EVAL (the commands the script runs included) per call, from `INFO commandstats`, at 1 in flight.\n")
-	p("- *decisions without Redis*: `holo_ws_limiter_fallback_total` per repetition of the load: decisions the failure mode (`local`) took because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*fallbackShare, load)
+	p("- *decisions without Redis*: `holo_ws_limiter_decisions_total{cause=\"fallback\"}` per repetition of the load: messages the failure mode (`local`) decided because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*fallbackShare, load)
 	p("- The flag rules decide every message already buffered on a connection in one call (up to 64); a rules file with a byte rule or a class decides one message per call, so under load its requests per message stay at 1 where the flag rules' fall well under 1.\n\n")
 
 	byCommand := func(title string, rows []*rules6Row, phases func(*rules6Row) []rules6Phase) {

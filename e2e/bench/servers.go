@@ -401,10 +401,13 @@ func (e *env) launch(t *target) error {
 	return waitReady(t.proc, "http://"+t.admin+"/readyz")
 }
 
-// fallbacks returns the gate's holo_ws_limiter_fallback_total: decisions taken by
-// --failure-mode because Redis failed or answered after --redis-timeout. 0 for other targets.
+// fallbacks returns the messages and handshakes the gate decided with --failure-mode because
+// Redis failed, answered after --redis-timeout or was marked down: its
+// holo_ws_limiter_decisions_total{cause="fallback"}, which counts each message a decision
+// covers (holo_ws_limiter_fallback_total counts decisions, and one may cover several
+// messages). 0 for other targets.
 func (t *target) fallbacks() (float64, error) {
-	return t.metric("holo_ws_limiter_fallback_total")
+	return t.metric("holo_ws_limiter_decisions_total", `cause="fallback"`)
 }
 
 // redisSettled waits, at most 10 s, until a gate on Redis reports its Redis up
@@ -418,14 +421,15 @@ func (t *target) redisSettled() {
 		return
 	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if up, err := t.metric("holo_ws_redis_up"); err == nil && up == 1 {
+		if up, err := t.metric("holo_ws_redis_up", ""); err == nil && up == 1 {
 			return
 		}
 	}
 }
 
-// metric returns the sum of the samples of the gate's metric name. 0 for other targets.
-func (t *target) metric(name string) (float64, error) {
+// metric returns the sum of the samples of the gate's metric name whose labels contain label
+// (any sample when it is ""). 0 for other targets.
+func (t *target) metric(name, label string) (float64, error) {
 	if t.admin == "" {
 		return 0, nil
 	}
@@ -441,7 +445,7 @@ func (t *target) metric(name string) (float64, error) {
 	}
 	var sum float64
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(v, " ") || strings.HasPrefix(v, "{")) {
+		if v, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(v, " ") || strings.HasPrefix(v, "{")) && strings.Contains(v, label) {
 			f := strings.Fields(v)
 			if len(f) > 0 {
 				n, _ := strconv.ParseFloat(f[len(f)-1], 64)
