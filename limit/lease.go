@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -217,7 +218,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			case <-wait:
 				continue
 			case <-ctx.Done():
-				return Decision{}, false, ctx.Err()
+				return Decision{}, false, waitedErr(ctx)
 			}
 		}
 		if size == [2]int{} {
@@ -293,6 +294,18 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			return Decision{}, false, ctx.Err()
 		}
 	}
+}
+
+// errWaited marks a decision that ran out of time waiting for another
+// decision's lease of the same key: that decision's own call counts for
+// the node's health (failAfter), the ones that waited for it do not, or
+// one slow lease with many waiters would mark the node down at once.
+var errWaited = errors.New("waited for another decision's lease")
+
+// waitedErr is the error of a decision whose ctx ended while it waited
+// for another decision's lease.
+func waitedErr(ctx context.Context) error {
+	return fmt.Errorf("%w: %w", errWaited, ctx.Err())
 }
 
 // spend is decide's fast path: when every enabled counter of cs has a

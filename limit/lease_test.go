@@ -392,3 +392,44 @@ func TestLeaseKeepsAnotherDecisionsSlice(t *testing.T) {
 		t.Fatalf("user slice after the second decision: %d, want 8 (9 less the message)", got)
 	}
 }
+
+// TestLeaseWaitersAreNotFailures: when a lease outlasts the deadline, the
+// decisions that waited for it fall back too, but only the decision that
+// called Redis counts against the node: four waiters more must not mark it
+// down (three failures in a row do), or one slow lease on a busy key would
+// send every decision of the gate to the failure mode until the next probe.
+func TestLeaseWaitersAreNotFailures(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: 200 * time.Millisecond,
+		Mode: ModeLease, LeaseSize: 1, Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	ctx := context.Background()
+	if d := l.Message(ctx, "u", "192.0.2.1"); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d) // its slice of 1 is spent; the block key is cached
+	}
+	s.pause()
+	t.Cleanup(s.resume)
+	decide := func(out chan<- Decision) { out <- l.Message(ctx, "u", "192.0.2.1") }
+	leaser := make(chan Decision, 1)
+	go decide(leaser)
+	waitFor(t, "the first decision to lease", func() bool {
+		l.lease.mu.Lock()
+		defer l.lease.mu.Unlock()
+		e := l.lease.m[memKey{&l.userMsg, "u"}]
+		return e != nil && e.refill != nil
+	})
+	waiters := make(chan Decision, 4)
+	for range cap(waiters) {
+		go decide(waiters)
+	}
+	if d := <-leaser; !d.Fallback {
+		t.Fatalf("the leasing decision with Redis stopped: %+v, want a fallback", d)
+	}
+	for range cap(waiters) {
+		if d := <-waiters; !d.Fallback {
+			t.Fatalf("a waiting decision: %+v, want a fallback", d)
+		}
+	}
+	if !l.RedisUp() {
+		t.Fatalf("Redis marked down after one slow lease and its waiters: the waiters counted as failures")
+	}
+}

@@ -630,7 +630,9 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	}
 	cancel()
 	if err != nil {
-		if ctx.Err() == nil { // a caller that gave up is not Redis's fault
+		// A caller that gave up is not Redis's fault, nor a decision that
+		// waited for another's lease (that one's call counts).
+		if ctx.Err() == nil && !errors.Is(err, errWaited) {
 			failed := [2]bool{true, true}
 			var ne *nodeError
 			if errors.As(err, &ne) {

@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -123,7 +124,9 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 	}
 	cancel()
 	if err != nil {
-		if ctx.Err() == nil { // a caller that gave up is not Redis's fault
+		// Not Redis's fault: a caller that gave up, or a decision that
+		// waited for another's lease (errWaited).
+		if ctx.Err() == nil && !errors.Is(err, errWaited) {
 			for _, nd := range nodes {
 				// One failure per node and decision, however many of
 				// its charges failed.

@@ -507,7 +507,7 @@ check:
 				case <-wait:
 					continue
 				case <-ctx.Done():
-					return Decision{}, nil, ctx.Err()
+					return Decision{}, nil, waitedErr(ctx)
 				}
 			case p == nil:
 				continue check
