@@ -542,10 +542,6 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		h := fmt.Sprintf("%d×%d", sh.conns, sh.inflight)
 		header = append(header, h+" rt/s", "×nginx", h+" CPU ms/1k", "×nginx")
 	}
-	med := func(sh scaleShape, key string, f func(s1Result) float64) float64 {
-		xs, _ := redisDecided(r.scale[sh][key])
-		return medianOf(xs, f)
-	}
 	rate := func(x s1Result) float64 { return x.rate }
 	cpu := func(x s1Result) float64 { return x.cpuPer1k }
 	var cells [][]string
@@ -555,10 +551,11 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		}
 		row := []string{t.name}
 		for _, sh := range cfg.scale {
-			v, ng := med(sh, t.key, rate), med(sh, "nginx", rate)
-			c, ngc := med(sh, t.key, cpu), med(sh, "nginx", cpu)
+			xs, all := redisDecided(r.scale[sh][t.key])
+			v, ng := medianOf(xs, rate), medianOf(r.scale[sh]["nginx"], rate)
+			c, ngc := medianOf(xs, cpu), medianOf(r.scale[sh]["nginx"], cpu)
 			mark := ""
-			if _, all := redisDecided(r.scale[sh][t.key]); all {
+			if all {
 				mark = " †"
 			}
 			row = append(row, fmtNum(v, 0)+mark, ratio(v, ng), dash(t.proxy, fmtNum(c, 2)+mark), dash(t.proxy, ratio(c, ngc)))
@@ -861,7 +858,7 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 				loadReq: nan, loadDec: nan, loadTake: nan, seqReq: nan}
 		}
 		lp := w.loadPhases()
-		ls, all := w.redisLoad()
+		ls, all := redisDecided(w.load)
 		f := figs{
 			seqRate:     medianOf(w.seq, func(x rules6Phase) float64 { return float64(x.msgs) / x.secs }),
 			loadRate:    medianOf(ls, func(x s1Result) float64 { return x.rate }),

@@ -443,15 +443,9 @@ func perMsg(n, msgs int64) float64 {
 	return float64(n) / float64(msgs)
 }
 
-// redisLoad returns the load repetitions in which Redis decided nearly every message (see
-// redisDecided).
-func (w *rules6Row) redisLoad() (ls []s1Result, all bool) {
-	return redisDecided(w.load)
-}
-
-// loadPhases returns redisLoad's repetitions as phases.
+// loadPhases returns the load repetitions that Redis decided (redisDecided) as phases.
 func (w *rules6Row) loadPhases() []rules6Phase {
-	ls, _ := w.redisLoad()
+	ls, _ := redisDecided(w.load)
 	out := make([]rules6Phase, len(ls))
 	for i, x := range ls {
 		out[i] = rules6Phase{msgs: x.redis.messages, cmds: x.cmds, fallbacks: x.fallbacks}
