@@ -497,6 +497,12 @@ func New(cfg Config) (*Limiter, error) {
 		opt.WriteBufferEachConn = poolBufferBytes
 		opt.BlockingPoolCleanup = time.Minute
 		opt.BlockingPoolMinSize = 8
+		// The pipelined connections only serve the cached block checks.
+		// With rueidis's default of four, a message's two block keys
+		// (different slots) land on two of them, and DoMultiCache asks
+		// them in parallel: a goroutine and a channel per decision, even
+		// when both are cache hits (3.4 µs against 0.9 µs on one).
+		opt.PipelineMultiplex = -1
 	}
 	l.redisOpt = opt
 	l.useRedis = true
