@@ -127,13 +127,14 @@ func (l *Limiter) OpenConn(ctx context.Context, ip string) (d Decision, release 
 	}
 	key := cn.prefix + ip + "}"
 	id := cn.idBase + strconv.FormatUint(cn.seq.Add(1), 36)
+	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
 	ok, err := connOpenScript.exec1(rctx, rs.client, []string{key}, []string{cn.args[0], cn.args[1], id}).AsInt64()
 	cancel()
 	if err != nil {
 		// An admission that timed out here may still have registered the
 		// id in Redis: nothing refreshes it, so it ages out.
-		if ctx.Err() == nil && rs.health.failed(nd, err) && l.lease != nil {
+		if ctx.Err() == nil && rs.health.failed(nd, start, err) && l.lease != nil {
 			l.lease.flush()
 		}
 		return l.connFallback(ip, fmt.Errorf("open conn: %w", err))

@@ -7,13 +7,14 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/rueidis"
 )
 
-// failAfter is how many decisions in a row must fail on a node before the
-// node is marked down: one slow reply sends only its own decision to the
-// failure mode.
+// failAfter is how many failures in a row mark a node down: one slow reply
+// sends only its own decision to the failure mode. Only a call that began
+// after the streak's previous failure extends it (see health.failed).
 const failAfter = 3
 
 // numSlots is the number of Redis Cluster hash slots.
@@ -25,7 +26,15 @@ type node struct {
 	addr  string // "" for the only node of a standalone client, or for slots no master serves
 	fails atomic.Int32
 	down  atomic.Bool
+	// lastFail is when the streak's latest counted failure was recorded,
+	// in nanoseconds since clockBase.
+	lastFail atomic.Int64
 }
+
+// clockBase is the origin of node.lastFail's monotonic clock.
+var clockBase = time.Now()
+
+func sinceBase(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 
 func (n *node) isDown() bool { return n != nil && n.down.Load() }
 
@@ -99,10 +108,23 @@ func (h *health) ok(n *node) {
 	}
 }
 
-// failed records a call that failed on n and reports whether that marked
-// n down.
-func (h *health) failed(n *node, err error) bool {
-	if n == nil || n.fails.Add(1) < failAfter || !n.down.CompareAndSwap(false, true) {
+// failed records a call begun at start that failed on n, and reports
+// whether that marked n down. The calls caught in one stall (a pause of
+// Redis or of this process, a burst queued behind a slow reply) fail
+// together and count once: a failure counts only when its call began after
+// the streak's previous counted failure, so a node that stays unreachable
+// is marked down by the third call in a row to fail after the one before it
+// failed, and a busy gate's concurrent timeouts do not mark a node down
+// that answers the calls that follow.
+func (h *health) failed(n *node, start time.Time, err error) bool {
+	if n == nil {
+		return false
+	}
+	last := n.lastFail.Load()
+	if sinceBase(start) < last || !n.lastFail.CompareAndSwap(last, sinceBase(time.Now())) {
+		return false
+	}
+	if n.fails.Add(1) < failAfter || !n.down.CompareAndSwap(false, true) {
 		return false
 	}
 	h.log.Warn("redis node unreachable, limiting its keys with the failure mode",
@@ -179,8 +201,9 @@ func (h *health) probe(ctx context.Context, c rueidis.Client) {
 		if nc == nil {
 			continue
 		}
+		start := time.Now()
 		if err := nc.Do(ctx, nc.B().Ping().Build()).Error(); err != nil {
-			h.failed(n, err)
+			h.failed(n, start, err)
 		} else {
 			h.up(n)
 		}

@@ -50,6 +50,39 @@ func TestRedisOneSlowReply(t *testing.T) {
 	waitFor(t, "a decision by redis", func() bool { return !l.Message(ctx, "u", "a").Fallback })
 }
 
+// TestRedisOneStallCountsOnce: decisions caught together in one stall fail
+// together and count as one failure, however many they are: a busy gate's
+// concurrent timeouts do not mark down a node that answers the next call.
+func TestRedisOneStallCountsOnce(t *testing.T) {
+	s := startRedis(t)
+	p := startProxy(t, s.addr())
+	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: faultTimeout, FailureMode: FailClosed,
+		Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	ctx := context.Background()
+	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+		t.Fatalf("before the stall: %+v", d)
+	}
+	p.setLatency(3 * faultTimeout)
+	const caught = 2 * failAfter
+	out := make(chan Decision, caught)
+	for range caught {
+		go func() { out <- l.Message(ctx, "u", "a") }()
+	}
+	for range caught {
+		if d := <-out; !d.Fallback || errors.Is(d.Err, errRedisDown) {
+			t.Fatalf("a decision in the stall: %+v, want a fallback after trying Redis", d)
+		}
+	}
+	if !l.RedisUp() {
+		t.Fatalf("one stall of %d concurrent decisions marked Redis down", caught)
+	}
+	p.setLatency(0)
+	waitFor(t, "the late replies to pass the proxy", func() bool { return p.inFlight() == 0 })
+	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+		t.Fatalf("the decision after the stall: %+v, want Redis's", d)
+	}
+}
+
 // TestClusterNodeDown kills one master of a 3-master Cluster that serves
 // the slots it still has (cluster-require-full-coverage no): a user whose
 // keys live on a live master is decided by Redis, one whose keys lived on

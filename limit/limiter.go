@@ -95,10 +95,11 @@
 //
 // Health is kept per Redis node (on a Cluster, the master serving a key's
 // slot). A call that fails or outlasts Config.Timeout is decided by the
-// FailureMode, that call only; failAfter failures in a row mark its node
-// down, and then the decisions whose keys live on that node fall back
-// without trying it until a background probe sees the node answer. The
-// decisions whose keys live on healthy nodes go on with Redis. Background
+// FailureMode, that call only; failAfter failures in a row (the calls
+// caught in one stall count once) mark its node down, and then the
+// decisions whose keys live on that node fall back without trying it until
+// a background probe sees the node answer. The decisions whose keys live
+// on healthy nodes go on with Redis. Background
 // work (the refresh of open connections) never changes a node's health.
 //
 // # Concurrent connections per IP
@@ -626,6 +627,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
+	start := time.Now()
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var err error
@@ -645,7 +647,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 				failed = ne.failed
 			}
 			for i, nd := range nodes {
-				if failed[i] && rs.health.failed(nd, err) && l.lease != nil {
+				if failed[i] && rs.health.failed(nd, start, err) && l.lease != nil {
 					// Whether that node's connection still tracks the
 					// block keys is unknown: no slice outlives this.
 					l.lease.flush()

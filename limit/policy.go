@@ -113,6 +113,7 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 			nodes = append(nodes, nd)
 		}
 	}
+	start := time.Now()
 	rctx, cancel := l.deadlines.context(ctx)
 	var d Decision
 	var failed []bool
@@ -134,7 +135,7 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 				for i := range charges {
 					hit = hit || failed[i] && rs.health.of(ids[i]) == nd
 				}
-				if hit && rs.health.failed(nd, err) && l.lease != nil {
+				if hit && rs.health.failed(nd, start, err) && l.lease != nil {
 					// As in decide: no lease slice outlives a node whose
 					// connection may have stopped tracking block keys.
 					l.lease.flush()
