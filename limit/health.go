@@ -101,7 +101,8 @@ func (h *health) of(id string) *node {
 	return h.slots.Load()[slot(id)]
 }
 
-// ok records a call that succeeded on n (nil: no call).
+// ok records a call that succeeded on n (nil: no call). Only a decision
+// that Redis answered reports it (Decision.answered).
 func (h *health) ok(n *node) {
 	if n != nil && n.fails.Load() != 0 {
 		n.fails.Store(0)
@@ -120,9 +121,14 @@ func (h *health) failed(n *node, start time.Time, err error) bool {
 	if n == nil {
 		return false
 	}
-	last := n.lastFail.Load()
-	if sinceBase(start) < last || !n.lastFail.CompareAndSwap(last, sinceBase(time.Now())) {
-		return false
+	for {
+		last := n.lastFail.Load()
+		if sinceBase(start) < last {
+			return false
+		}
+		if n.lastFail.CompareAndSwap(last, sinceBase(time.Now())) {
+			break
+		}
 	}
 	if n.fails.Add(1) < failAfter || !n.down.CompareAndSwap(false, true) {
 		return false

@@ -8,18 +8,28 @@ import (
 	"time"
 )
 
+// proxiedLimiter returns a FailClosed Limiter of cfg's Mode and LeaseSize,
+// with a user message rule of 1000 a minute and the fault Timeout, on a
+// Redis behind a fault proxy, after a first message of user u from a that
+// Redis decided.
+func proxiedLimiter(t *testing.T, cfg Config) (*Limiter, *faultProxy) {
+	t.Helper()
+	s := startRedis(t)
+	p := startProxy(t, s.addr())
+	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: faultTimeout, FailureMode: FailClosed,
+		Mode: cfg.Mode, LeaseSize: cfg.LeaseSize, Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	if d := l.Message(context.Background(), "u", "a"); !d.Allowed || d.Fallback {
+		t.Fatalf("the first message, before any fault: %+v", d)
+	}
+	return l, p
+}
+
 // TestRedisOneSlowReply: one reply slower than the Timeout sends that
 // decision to the failure mode and no other; failAfter consecutive failures
 // mark Redis down, and then decisions fall back without trying it.
 func TestRedisOneSlowReply(t *testing.T) {
-	s := startRedis(t)
-	p := startProxy(t, s.addr())
-	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: faultTimeout, FailureMode: FailClosed,
-		Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	l, p := proxiedLimiter(t, Config{})
 	ctx := context.Background()
-	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
-		t.Fatalf("before the slow reply: %+v", d)
-	}
 	p.setLatency(3 * faultTimeout)
 	if d := l.Message(ctx, "u", "a"); !d.Fallback || errors.Is(d.Err, errRedisDown) {
 		t.Fatalf("the slow decision: %+v, want a fallback after trying Redis", d)
@@ -54,14 +64,8 @@ func TestRedisOneSlowReply(t *testing.T) {
 // together and count as one failure, however many they are: a busy gate's
 // concurrent timeouts do not mark down a node that answers the next call.
 func TestRedisOneStallCountsOnce(t *testing.T) {
-	s := startRedis(t)
-	p := startProxy(t, s.addr())
-	l := newLimiter(t, Config{RedisURL: p.url(), KeyPrefix: keyPrefix(t), Timeout: faultTimeout, FailureMode: FailClosed,
-		Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	l, p := proxiedLimiter(t, Config{})
 	ctx := context.Background()
-	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
-		t.Fatalf("before the stall: %+v", d)
-	}
 	p.setLatency(3 * faultTimeout)
 	const caught = 2 * failAfter
 	out := make(chan Decision, caught)
@@ -76,10 +80,37 @@ func TestRedisOneStallCountsOnce(t *testing.T) {
 	if !l.RedisUp() {
 		t.Fatalf("one stall of %d concurrent decisions marked Redis down", caught)
 	}
+	if l.rs.Load().health.single.lastFail.Load() == 0 {
+		t.Fatal("the stall's failures were not counted at all")
+	}
 	p.setLatency(0)
 	waitFor(t, "the late replies to pass the proxy", func() bool { return p.inFlight() == 0 })
 	if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
 		t.Fatalf("the decision after the stall: %+v, want Redis's", d)
+	}
+}
+
+// TestRedisLocalDecisionsKeepTheStreak: in lease mode most decisions spend
+// a local slice and ask Redis nothing; they say nothing about the node, so
+// they do not clear its failures: three leases in a row that Redis does not
+// answer mark it down, however many local decisions come between them.
+func TestRedisLocalDecisionsKeepTheStreak(t *testing.T) {
+	l, p := proxiedLimiter(t, Config{Mode: ModeLease, LeaseSize: 100}) // u now has a slice
+	ctx := context.Background()
+	p.setBlackhole(true)
+	t.Cleanup(func() { p.setBlackhole(false) })
+	for i := range failAfter {
+		if i > 0 {
+			if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+				t.Fatalf("u's message %d, from its slice: %+v", i, d)
+			}
+		}
+		if d := l.Message(ctx, fmt.Sprint("v", i), "a"); !d.Fallback || errors.Is(d.Err, errRedisDown) {
+			t.Fatalf("v%d's first message with Redis silent: %+v, want a fallback after trying Redis", i, d)
+		}
+	}
+	if l.RedisUp() {
+		t.Fatalf("RedisUp after %d leases in a row that Redis did not answer", failAfter)
 	}
 }
 

@@ -182,6 +182,7 @@ check:
 		if again {
 			continue check
 		}
+		d.answered = err == nil
 		return d, err
 	}
 }

@@ -146,8 +146,11 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 		// first event only, and Redis the rest when asked again.
 		return l.chargeFallback(kind, charges, 1, bytes, err)
 	}
-	for _, nd := range nodes {
-		rs.health.ok(nd)
+	if d.answered {
+		for _, nd := range nodes {
+			rs.health.ok(nd)
+		}
+		d.answered = false // callers compare Decisions
 	}
 	d.Store = storeRedis
 	return d

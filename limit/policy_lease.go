@@ -514,7 +514,9 @@ check:
 			case !p.reserve && !p.exact:
 				return Decision{Allowed: true, Kind: kind, Granted: p.n}, nil, nil
 			}
-			return pl.run(ctx, rs, kind, cs, ids, es, gens, p, bytes)
+			d, failed, err := pl.run(ctx, rs, kind, cs, ids, es, gens, p, bytes)
+			d.answered = err == nil
+			return d, failed, err
 		}
 	}
 }

@@ -345,16 +345,20 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 	}
 	groups := s.slotGroups(ids)
 	if len(groups) > 1 {
-		return s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
+		d, failed, err := s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
+		d.answered = err == nil
+		return d, failed, err
 	}
 	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil))[0], 0)
 	if err != nil {
 		return Decision{}, nil, err
 	}
+	d := Decision{Allowed: true, Kind: kind, Granted: r.granted, answered: true}
 	if r.refused > 0 {
-		return policyRefusal(&cs[groups[0][r.refused-1]], kind, r.blocked, r.retry, r.limit), nil, nil
+		d = policyRefusal(&cs[groups[0][r.refused-1]], kind, r.blocked, r.retry, r.limit)
+		d.answered = true
 	}
-	return Decision{Allowed: true, Kind: kind, Granted: r.granted}, nil, nil
+	return d, nil, nil
 }
 
 // chargeBlocked returns the first charge of cs blocked by a cached block
