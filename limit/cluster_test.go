@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -28,7 +29,14 @@ func TestCluster(t *testing.T) {
 	t.Run("exact", func(t *testing.T) { testExact(t, url) })
 	t.Run("semantics", func(t *testing.T) { runSemantics(t, redisHarness(url)) })
 	t.Run("refund", func(t *testing.T) { testRefund(t, url, cli) })
-	t.Run("lease semantics", func(t *testing.T) { runSemantics(t, leaseHarness(url, 2)) })
+	// rueidis dials every address of the URL at start and, when the slot
+	// map it read first already holds a connection to an address, closes
+	// the one dialed for it: a connection closing is a flush for lease
+	// mode (its block keys' tracking may be gone), which drops the slices
+	// with their units, and the cases count units exactly. One seed
+	// address leaves nothing to close.
+	seed, _, _ := strings.Cut(url, "?")
+	t.Run("lease semantics", func(t *testing.T) { runSemantics(t, leaseHarness(seed, 2)) })
 	t.Run("lease window", func(t *testing.T) { testLeaseWindow(t, url) })
 	t.Run("open conn", func(t *testing.T) { testOpenConn(t, url, cli) })
 	t.Run("admin", func(t *testing.T) { runAdminCases(t, redisAdminHarness(url)) })
