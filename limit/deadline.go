@@ -30,20 +30,22 @@ type sharedDeadline struct {
 
 func noCancel() {}
 
-// context returns the context of a Redis call made for parent. A parent
-// that can be canceled gets a context of its own.
-func (d *deadlines) context(parent context.Context) (context.Context, context.CancelFunc) {
-	if parent.Done() != nil {
-		return context.WithTimeout(parent, d.timeout)
-	}
+// context returns the context of a Redis call made for parent, and the
+// time the call starts (for the node's health, see health.failed). A
+// parent that can be canceled gets a context of its own.
+func (d *deadlines) context(parent context.Context) (context.Context, context.CancelFunc, time.Time) {
 	now := time.Now()
+	if parent.Done() != nil {
+		ctx, cancel := context.WithDeadline(parent, now.Add(d.timeout))
+		return ctx, cancel, now
+	}
 	if s := d.cur.Load(); s != nil {
 		if age := now.Sub(s.start); age >= 0 && age < deadlineStep {
-			return s.ctx, noCancel
+			return s.ctx, noCancel, now
 		}
 	}
 	// Two decisions may both start a step here; each then uses its own.
 	ctx, cancel := context.WithDeadline(context.Background(), now.Add(deadlineStep+d.timeout))
 	d.cur.Store(&sharedDeadline{ctx: ctx, cancel: cancel, start: now})
-	return ctx, noCancel
+	return ctx, noCancel, now
 }

@@ -635,8 +635,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
-	start := time.Now()
-	rctx, cancel := l.deadlines.context(ctx)
+	rctx, cancel, start := l.deadlines.context(ctx)
 	var d Decision
 	var err error
 	if kind == KindMessage && l.lease != nil {

@@ -113,8 +113,7 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 			nodes = append(nodes, nd)
 		}
 	}
-	start := time.Now()
-	rctx, cancel := l.deadlines.context(ctx)
+	rctx, cancel, start := l.deadlines.context(ctx)
 	var d Decision
 	var failed []bool
 	var err error
