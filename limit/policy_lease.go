@@ -585,7 +585,8 @@ func (pl *polLeases) run(ctx context.Context, rs *redisStore, kind string, cs []
 				}
 			}
 		}
-		o, e := parseCharge(r, leases)
+		vals, e := unframe(r)
+		o, e := parseCharge(vals, e, leases)
 		switch {
 		case e != nil:
 			if failed == nil {

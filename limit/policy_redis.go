@@ -53,17 +53,19 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 	return keyBase(prefix, c) + "{" + id + "}:blk"
 }
 
-// chargeScript decides the charges of one call atomically, exactly as the
-// memory store's charge does, and in ModeLease reserves slices of the
-// windows (policy_lease.go). KEYS holds, per charge, its keys as keysOf lists
-// them: block, strikes, then one counter per window (none for a charge
-// that only guards). ARGV holds, per charge:
+// chargeScript decides the charges of one or more calls, in order and
+// each atomically as if alone (several connections' calls sent together:
+// batcher), exactly as the memory store's charge does, and in ModeLease
+// reserves slices of the windows (policy_lease.go). A call's KEYS hold,
+// per charge, its keys as keysOf lists them: block, strikes, then one
+// counter per window (none for a charge that only guards). Its ARGV hold
+// the number of charges, then per charge:
 //
 //	gcra (0 or 1), cost of one event, burst (0: each window's limit),
 //	reset-strikes ms, ladder length, ladder steps in ms...,
 //	window count, then limit, ms, lease and back per window
 //
-// and last n. A window's lease is 0 to count exactly; > 0 to decide as
+// and last n. The calls' KEYS and ARGV follow one another. A window's lease is 0 to count exactly; > 0 to decide as
 // exactly but write a slice: what the granted events cost, or lease units
 // if more, as far as the limit (a GCRA window: the burst, from its TAT
 // now) allows; -1 when the caller decides the window from a slice it
@@ -71,7 +73,8 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 // others on a block. A GCRA window's back (a decimal, 0 otherwise) is the
 // caller's correction (polSlice.correction): units added to the window's
 // TAT, not below the present, and written before it is checked, refusal
-// or not. It returns {refusing charge (1-based, 0 when granted), blocked
+// or not. It answers each call with a frame (batcher): the number of
+// values, then {refusing charge (1-based, 0 when granted), blocked
 // (1: by a block in force), retry ms, limit, granted}, and when granted a
 // pair per window with a lease > 0, in order: units written, and the
 // window's ms left (fixed) or its TAT's lead in µs (GCRA).
@@ -87,7 +90,6 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 // Only GCRA reads the Redis clock (TIME); fixed windows live by their
 // keys' TTL, as in luaLib.
 var chargeScript = newScript(luaLib + `
-local n = tonumber(ARGV[#ARGV])
 local now
 local function clock()
   if not now then
@@ -95,27 +97,6 @@ local function clock()
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
   return now
-end
-local cs, a, k = {}, 1, 1
-while a < #ARGV do
-  local c = {gcra = ARGV[a] == '1', cost = tonumber(ARGV[a+1]), burst = tonumber(ARGV[a+2]),
-    reset = tonumber(ARGV[a+3]), ladder = {}, wins = {}, blk = KEYS[k], str = KEYS[k+1]}
-  local steps = tonumber(ARGV[a+4])
-  for j = 1, steps do c.ladder[j] = tonumber(ARGV[a+4+j]) end
-  a = a + 5 + steps
-  local nw = tonumber(ARGV[a])
-  a, k = a + 1, k + 2
-  for j = 1, nw do
-    c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1]), lease = tonumber(ARGV[a+2]),
-      back = tonumber(ARGV[a+3])}
-    c.leases = c.leases or c.wins[j].lease > 0
-    a, k = a + 4, k + 1
-  end
-  cs[#cs+1] = c
-end
-for i, c in ipairs(cs) do
-  local b = redis.call('PTTL', c.blk)
-  if b > 0 or b == 0 and c.leases then return {i, 1, math.max(b, 1), 0, 0} end
 end
 -- ahead returns how many units a GCRA window's arrival time is ahead of
 -- its rate now (a value of the other algorithm, left by a reload, is 0).
@@ -149,6 +130,12 @@ local function refuse(i, c, w)
   redis.call('SET', c.str, s + 1, 'PX', block + c.reset)
   for _, o in ipairs(c.wins) do redis.call('DEL', o.key) end
   return {i, 0, block, w.limit, 0}
+end
+-- decide answers the charges cs for n events.
+local function decide(cs, n)
+for i, c in ipairs(cs) do
+  local b = redis.call('PTTL', c.blk)
+  if b > 0 or b == 0 and c.leases then return {i, 1, math.max(b, 1), 0, 0} end
 end
 local granted = n
 for i, c in ipairs(cs) do
@@ -211,6 +198,39 @@ for _, c in ipairs(cs) do
   end
 end
 return res
+end
+-- charge reads the call whose ARGV start at a and KEYS at k and answers
+-- it; it returns the answer and where the next call's ARGV and KEYS start.
+local function charge(a, k)
+  local cs = {}
+  local nc = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, nc do
+    local c = {gcra = ARGV[a] == '1', cost = tonumber(ARGV[a+1]), burst = tonumber(ARGV[a+2]),
+      reset = tonumber(ARGV[a+3]), ladder = {}, wins = {}, blk = KEYS[k], str = KEYS[k+1]}
+    local steps = tonumber(ARGV[a+4])
+    for j = 1, steps do c.ladder[j] = tonumber(ARGV[a+4+j]) end
+    a = a + 5 + steps
+    local nw = tonumber(ARGV[a])
+    a, k = a + 1, k + 2
+    for j = 1, nw do
+      c.wins[j] = {key = KEYS[k], limit = tonumber(ARGV[a]), ms = tonumber(ARGV[a+1]), lease = tonumber(ARGV[a+2]),
+        back = tonumber(ARGV[a+3])}
+      c.leases = c.leases or c.wins[j].lease > 0
+      a, k = a + 4, k + 1
+    end
+    cs[#cs+1] = c
+  end
+  return decide(cs, tonumber(ARGV[a])), a + 1, k
+end
+local out, a, k = {}, 1, 1
+while a <= #ARGV do
+  local res
+  res, a, k = charge(a, k)
+  out[#out+1] = #res
+  for _, v in ipairs(res) do out[#out+1] = v end
+end
+return out
 `)
 
 // chargeRefundScript takes back what chargeScript counted for one event on
@@ -240,7 +260,7 @@ return 0
 // lease or lease[i] counts exactly, and a nil back or back[i] corrects
 // nothing.
 func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64, back [][]float64) call {
-	var k call
+	k := call{args: []string{strconv.Itoa(len(idx))}}
 	for _, i := range idx {
 		c := &cs[i]
 		k.keys = keysOf(k.keys, prefix, c, ids[i])
@@ -310,8 +330,7 @@ type chargeResult struct {
 
 // parseCharge reads chargeScript's answer to a call with leases windows
 // of a lease > 0.
-func parseCharge(r rueidis.RedisResult, leases int) (chargeResult, error) {
-	vs, err := r.AsIntSlice()
+func parseCharge(vs []int64, err error, leases int) (chargeResult, error) {
 	if err != nil {
 		return chargeResult{}, fmt.Errorf("charge: %w", err)
 	}
@@ -349,7 +368,14 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 		d.answered = err == nil
 		return d, failed, err
 	}
-	r, err := parseCharge(chargeScript.exec(ctx, s.client, chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil))[0], 0)
+	k := chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil)
+	var vals []int64
+	if s.charges != nil {
+		vals, err = s.charges.do(ctx, s.client, k)
+	} else {
+		vals, err = unframe(chargeScript.exec(ctx, s.client, k)[0])
+	}
+	r, err := parseCharge(vals, err, 0)
 	if err != nil {
 		return Decision{}, nil, err
 	}
@@ -456,7 +482,8 @@ func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []
 	refusal, res := -1, chargeResult{}
 	granted := make([]bool, len(groups))
 	for g, r := range chargeScript.exec(ctx, s.client, calls...) {
-		out, e := parseCharge(r, 0)
+		vals, e := unframe(r)
+		out, e := parseCharge(vals, e, 0)
 		switch {
 		case e != nil:
 			fail(g, e)

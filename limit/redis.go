@@ -49,11 +49,14 @@ const (
 // redisStore is the shared store. On a standalone or Sentinel Redis both
 // rules run in one script (one round trip); on a Cluster, where the two keys
 // live in different slots, the two scripts are pipelined in one DoMulti and
-// a refund undoes the allowed one when the other refuses.
+// a refund undoes the allowed one when the other refuses. Off a Cluster,
+// the calls that wait for a free one are grouped (batcher).
 type redisStore struct {
 	client  rueidis.Client
 	cluster bool
 	health  *health
+	takes   *batcher
+	charges *batcher
 }
 
 // blocked checks the block keys of the counters that can block, through
@@ -126,21 +129,19 @@ func (s *redisStore) take(ctx context.Context, cs [2]count, n int) (out [2]outco
 	case len(idx) == 0:
 		return out, n, nil
 	case len(idx) == 1 || !s.cluster:
-		var keys, guards, args []string
-		for _, i := range idx {
-			if k := cs[i]; k.enabled() {
-				keys = append(keys, k.key(), k.guardKey())
-				args = append(args, k.rule.limit, k.rule.window, k.rule.block)
-			} else {
-				guards = append(guards, k.guardKey())
-			}
-		}
 		// Counted rules come first in the script's answer.
 		if len(idx) == 2 && !cs[0].enabled() && cs[1].enabled() {
 			idx[0], idx[1] = 1, 0
 		}
+		k := takeOf(cs, idx, n)
+		var vals []int64
+		if s.takes != nil {
+			vals, err = s.takes.do(ctx, s.client, k)
+		} else {
+			vals, err = unframe(takeScript.exec(ctx, s.client, k)[0])
+		}
 		var res [2]outcome
-		granted, err = parseTake(takeScript.exec1(ctx, s.client, append(keys, guards...), append(args, strconv.Itoa(n))), res[:len(idx)])
+		granted, err = parseTake(vals, err, res[:len(idx)])
 		for j, i := range idx {
 			out[i] = res[j]
 		}
@@ -160,18 +161,16 @@ func (s *redisStore) take(ctx context.Context, cs [2]count, n int) (out [2]outco
 // other counted is taken back.
 func (s *redisStore) takeCluster(ctx context.Context, cs [2]count) (out [2]outcome, granted int, err error) {
 	var calls [2]call
-	for i, k := range cs {
-		if k.enabled() {
-			calls[i] = call{[]string{k.key(), k.guardKey()}, []string{k.rule.limit, k.rule.window, k.rule.block, "1"}}
-		} else {
-			calls[i] = call{[]string{k.guardKey()}, []string{"1"}}
-		}
+	for i := range cs {
+		calls[i] = takeOf(cs, []int{i}, 1)
 	}
 	rs := takeScript.exec(ctx, s.client, calls[:]...)
 	var got [2]int
 	var errs [2]error
-	got[0], errs[0] = parseTake(rs[0], out[0:1])
-	got[1], errs[1] = parseTake(rs[1], out[1:2])
+	for i, r := range rs {
+		vals, err := unframe(r)
+		got[i], errs[i] = parseTake(vals, err, out[i:i+1])
+	}
 	if err := failure(errs); err != nil {
 		// One side may have counted while the other is unknown: take back
 		// what it counted, as for a refusal, then report the failure.
@@ -202,11 +201,36 @@ func (s *redisStore) refund(ctx context.Context, k count, n int) error {
 	return nil
 }
 
-// parseTake reads takeScript's (refused, retry ms) pairs (refused 2: by a
-// block) into out, one per
-// key group, and returns the number of events it counted.
-func parseTake(r rueidis.RedisResult, out []outcome) (int, error) {
-	vs, err := r.AsIntSlice()
+// takeOf is the takeScript call of the counts cs[i], i in idx (counted
+// ones first), for n events.
+func takeOf(cs [2]count, idx []int, n int) call {
+	var t call
+	k := 0
+	for _, i := range idx {
+		if cs[i].enabled() {
+			k++
+		}
+	}
+	t.args = append(t.args, strconv.Itoa(k), strconv.Itoa(len(idx)))
+	for _, i := range idx {
+		if c := cs[i]; c.enabled() {
+			t.keys = append(t.keys, c.key(), c.guardKey())
+			t.args = append(t.args, c.rule.limit, c.rule.window, c.rule.block)
+		}
+	}
+	for _, i := range idx {
+		if c := cs[i]; !c.enabled() {
+			t.keys = append(t.keys, c.guardKey())
+		}
+	}
+	t.args = append(t.args, strconv.Itoa(n))
+	return t
+}
+
+// parseTake reads one take's values from takeScript, the (refused, retry
+// ms) pairs (refused 2: by a block) into out, one per key group, and
+// returns the number of events it counted. err is the error of the call.
+func parseTake(vs []int64, err error, out []outcome) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("take: %w", err)
 	}
@@ -237,6 +261,9 @@ func (l *Limiter) connect() error {
 	}
 	cluster := c.Mode() == rueidis.ClientModeCluster
 	rs := &redisStore{client: c, cluster: cluster, health: newHealth(l.log, l.mode, cluster)}
+	if !cluster {
+		rs.takes, rs.charges = newBatcher(takeScript), newBatcher(chargeScript)
+	}
 	if cluster {
 		if err := rs.health.refresh(ctx, c); err != nil {
 			l.log.Warn("redis cluster slots unknown, trying every key", "err", err)

@@ -34,53 +34,69 @@ local function refuse(c, g, window, block)
 end
 `
 
-// takeScript counts up to n events against up to two rules atomically.
-// KEYS holds (counter, guard block key) pairs, one per counted rule, then
+// takeScript decides one or more takes in order, each as if alone: the
+// takes of several connections sent together in one call (batcher). A
+// take counts up to n events against up to two rules atomically. Its
+// KEYS are (counter, guard block key) pairs, one per counted rule, then
 // the guard block keys of rules checked for blocks only (a handshake's
-// disabled connection rule under a message rule that blocks); ARGV holds a
-// (limit, window ms, block ms) triple per counted rule, then n. It returns
-// a (refused, retry ms) pair per key group (refused 0; 1 over its limit; 2
-// by its guard, a block in force), in the order of KEYS, then the number of events counted: as many as the rule closest
-// to its limit has left (n with no counted rule), and 0 when one refuses.
-// A guard that exists refuses its rule without counting; otherwise nothing
-// is written unless every rule allows, except that a rule refusing its
-// (limit+1)-th event refuses as luaLib's refuse does.
+// disabled connection rule under a message rule that blocks). Its ARGV are
+// k (counted rules) and m (key groups), a (limit, window ms, block ms)
+// triple per counted rule, then n; the takes' KEYS and ARGV follow one
+// another. For each take it returns a frame (batcher): the number of
+// values, then a (refused, retry ms) pair per key
+// group (refused 0; 1 over its limit; 2 by its guard, a block in force),
+// in the order of its KEYS, then the number of events counted: as many as
+// the rule closest to its limit has left (n with no counted rule), and 0
+// when one refuses. A guard that exists refuses its rule without
+// counting; otherwise nothing is written unless every rule allows, except
+// that a rule refusing its (limit+1)-th event refuses as luaLib's refuse
+// does.
 var takeScript = newScript(luaLib + `
-local k = (#ARGV - 1) / 3
-local m = #KEYS - k
-local want = tonumber(ARGV[3*k+1])
-local res = {}
-local denied = false
-for i = 1, m do
-  local g = KEYS[2*i]
-  if i > k then g = KEYS[k+i] end
-  local b = redis.call('PTTL', g)
-  res[2*i-1] = 0; res[2*i] = 0
-  if b > 0 then
-    res[2*i-1] = 2; res[2*i] = b; denied = true
+local function take(res, kb, ab, k, m)
+  local o = #res
+  local want = tonumber(ARGV[ab+3*k+1])
+  local denied = false
+  for i = 1, m do
+    local g = KEYS[kb+2*i]
+    if i > k then g = KEYS[kb+k+i] end
+    local b = redis.call('PTTL', g)
+    res[o+2*i-1] = 0; res[o+2*i] = 0
+    if b > 0 then
+      res[o+2*i-1] = 2; res[o+2*i] = b; denied = true
+    end
   end
-end
-res[2*m+1] = 0
-if denied then return res end
-for i = 1, k do
-  local c, limit = KEYS[2*i-1], tonumber(ARGV[3*i-2])
-  local used = tonumber(redis.call('GET', c) or '0')
-  if used >= limit then
-    denied = true
-    res[2*i-1] = 1
-    res[2*i] = refuse(c, KEYS[2*i], ARGV[3*i-1], tonumber(ARGV[3*i]))
-  else
-    want = math.min(want, limit - used)
+  res[o+2*m+1] = 0
+  if denied then return end
+  for i = 1, k do
+    local c, limit = KEYS[kb+2*i-1], tonumber(ARGV[ab+3*i-2])
+    local used = tonumber(redis.call('GET', c) or '0')
+    if used >= limit then
+      denied = true
+      res[o+2*i-1] = 1
+      res[o+2*i] = refuse(c, KEYS[kb+2*i], ARGV[ab+3*i-1], tonumber(ARGV[ab+3*i]))
+    else
+      want = math.min(want, limit - used)
+    end
   end
-end
-if denied then return res end
-for i = 1, k do
-  local c = KEYS[2*i-1]
-  if redis.call('INCRBY', c, want) == want then
-    redis.call('PEXPIRE', c, ARGV[3*i-1])
+  if denied then return end
+  for i = 1, k do
+    local c = KEYS[kb+2*i-1]
+    if redis.call('INCRBY', c, want) == want then
+      redis.call('PEXPIRE', c, ARGV[ab+3*i-1])
+    end
   end
+  res[o+2*m+1] = want
 end
-res[2*m+1] = want
+local res, kb, ab = {}, 0, 0
+while ab < #ARGV do
+  local k, m = tonumber(ARGV[ab+1]), tonumber(ARGV[ab+2])
+  local o = #res + 1
+  res[o] = 0
+  take(res, kb, ab+2, k, m)
+  res[o] = #res - o
+  kb = kb + k + m
+  ab = ab + 3 + 3*k
+end
 return res
 `)
 
