@@ -216,6 +216,53 @@ func TestEndWhileWriteBlocked(t *testing.T) {
 	}
 }
 
+// TestWriteTimeoutPerWrite: WriteTimeout bounds each write that waits for
+// a client, not the stream. A client with a 32 KiB receive buffer that
+// reads 24 MiB at about 10 MiB/s keeps the gate's writes waiting for
+// most of its 2.4 s (the kernel holds at most the gate's 4 MiB send
+// buffer and the client's), about ten WriteTimeouts, and receives it all;
+// when it then stops reading, it is dropped.
+func TestWriteTimeoutPerWrite(t *testing.T) {
+	const frameBytes, frames = 64 << 10, 384 // 24 MiB
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		big := serverFrame(ws.OpBinary, make([]byte, frameBytes))
+		for {
+			if _, err := c.Write(big); err != nil {
+				return
+			}
+		}
+	})
+	g := newGate(t, up.URL, func(c *Config) {
+		c.WriteTimeout = 250 * time.Millisecond
+		c.MaxMessageBytes = 1 << 20
+	})
+	conn, br := rawClient(t, g, "/")
+	if err := conn.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	read := 0
+	for i := range frames {
+		h, err := ws.ReadHeader(br)
+		if err != nil || h.OpCode != ws.OpBinary || h.Length != frameBytes {
+			t.Fatalf("frame %d (%d MiB read): %+v %v; want a %d-byte binary frame", i, read>>20, h, err, frameBytes)
+		}
+		for left := h.Length; left > 0; left -= 16 << 10 {
+			if _, err := io.CopyN(io.Discard, br, min(left, 16<<10)); err != nil {
+				t.Fatalf("frame %d: %v", i, err)
+			}
+			read += int(min(left, 16<<10))
+			if read%(256<<10) == 0 {
+				time.Sleep(25 * time.Millisecond)
+			}
+		}
+	}
+	if g.proxy.Active() != 1 {
+		t.Fatal("the reading client was dropped")
+	}
+	waitFor(t, func() bool { return g.proxy.Active() == 0 }) // stopped reading
+}
+
 // TestChurn opens and ends a few thousand connections in every way a pair
 // ends (client close, upstream close, a limit, idle timeout, ping timeout,
 // a client that vanishes, a protocol error, a message timeout, shutdown)
