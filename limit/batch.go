@@ -22,14 +22,20 @@ import (
 // others, so it waits no longer than a decision queued behind those would.
 const batchCalls = 2
 
+// groupMax bounds the calls of one group, so that a burst of handshakes
+// (a reconnect storm) is not one script run that holds Redis for every
+// replica; the calls beyond it form the next group.
+const groupMax = 128
+
 // batcher groups the calls of one script that wait for a free call. The
 // script must take its calls' KEYS and ARGV one after another and answer
 // each with its number of values, then the values (a frame).
 //
 // slots holds one token per call running; next is the group the next
 // waiting call joins, which mu guards. A group's first call is its
-// leader: it waits for a slot, closes the group to others (next = nil),
-// runs it, and hands each member its frame by closing done.
+// leader: it waits for a slot, closes the group to others (next = nil
+// unless a full group was replaced already), runs it, and hands each
+// member its frame by closing done.
 type batcher struct {
 	script *script
 	slots  chan struct{}
@@ -63,7 +69,7 @@ func (b *batcher) do(ctx context.Context, c rueidis.Client, k call) ([]int64, er
 	}
 	b.mu.Lock()
 	g := b.next
-	leader := g == nil
+	leader := g == nil || g.members == groupMax
 	if leader {
 		g = &callGroup{done: make(chan struct{})}
 		b.next = g
@@ -90,12 +96,20 @@ func (b *batcher) do(ctx context.Context, c rueidis.Client, k call) ([]int64, er
 	return g.parts[at], nil
 }
 
-// send waits for a free call, closes g to later calls and runs it. A
-// leader whose context ends first fails the whole group: its members came
-// later with the same timeout and are failed a little early rather than
-// left without a leader.
+// send waits for a free call, closes g to later calls and runs it, until
+// the leader's deadline (its members came later with the same timeout, and
+// are failed a little early rather than left without a leader) but not
+// its cancellation: a handshake whose client hung up still leads the
+// decisions of other connections.
 func (b *batcher) send(ctx context.Context, c rueidis.Client, g *callGroup) {
 	defer close(g.done)
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), dl)
+		defer cancel()
+	} else {
+		ctx = context.WithoutCancel(ctx)
+	}
 	var waited error
 	select {
 	case b.slots <- struct{}{}:
@@ -103,7 +117,9 @@ func (b *batcher) send(ctx context.Context, c rueidis.Client, g *callGroup) {
 		waited = ctx.Err()
 	}
 	b.mu.Lock()
-	b.next = nil
+	if b.next == g {
+		b.next = nil
+	}
 	b.mu.Unlock()
 	if waited != nil {
 		g.err = waited

@@ -11,19 +11,23 @@ import (
 	"github.com/holo/wsgate/policy"
 )
 
-// holdCalls takes every call slot of the batcher that l's Redis store
-// uses for takes (or for charges), as calls in flight would, so that the
-// calls started next wait in a group.
-func holdCalls(t *testing.T, l *Limiter, charges bool) *batcher {
+// The batchers of a Redis store.
+const (
+	takeCalls = iota
+	chargeCalls
+	leaseCalls
+)
+
+// holdCalls takes every call slot of one of the batchers of l's Redis
+// store, as calls in flight would, so that the calls started next wait in
+// a group.
+func holdCalls(t *testing.T, l *Limiter, which int) *batcher {
 	t.Helper()
 	rs := l.rs.Load()
 	if rs == nil || rs.takes == nil {
 		t.Fatal("no batcher on a standalone Redis")
 	}
-	b := rs.takes
-	if charges {
-		b = rs.charges
-	}
+	b := [...]*batcher{rs.takes, rs.charges, rs.leases}[which]
 	for range cap(b.slots) {
 		b.slots <- struct{}{}
 	}
@@ -68,24 +72,66 @@ func TestRedisCallsGroup(t *testing.T) {
 			UserMessages: rate(5, 10*time.Second, 3*time.Second),
 			IPMessages:   rate(1000, 10*time.Second, 0),
 		}})
-		testGroup(t, s, l, false, func(user string, n int) Decision { return l.Messages(ctx, user, "a", n) })
+		testGroup(t, s, l, takeCalls, func(user string, n int) Decision { return l.Messages(ctx, user, "a", n) })
 	})
 	t.Run("charges", func(t *testing.T) {
 		l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout})
 		chat := polRule("chat", policy.CountMessages, win(5, 10*time.Second), win(100, time.Minute))
 		chat.Block = []time.Duration{3 * time.Second}
-		testGroup(t, s, l, true, func(user string, n int) Decision {
+		testGroup(t, s, l, chargeCalls, func(user string, n int) Decision {
 			return l.Charge(ctx, KindMessage, charges(user, chat), n, 10)
 		})
 	})
 }
 
+// TestRedisLeasesGroup: in lease mode, the leases of several users that
+// find every call running go in one script call, each answered with its
+// own grant: users whose windows hold 0 to 4 units and a fresh one.
+func TestRedisLeasesGroup(t *testing.T) {
+	s := startRedis(t)
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: p, Timeout: testTimeout, Mode: ModeLease, LeaseSize: 4,
+		Rules: Rules{UserMessages: rate(10, 10*time.Second, 0)}})
+	ctx := context.Background()
+	l.Message(ctx, "warm", "a")
+	const users = 6
+	for i := range users - 1 { // user i has i units left
+		s.cli("set", fmt.Sprintf("%s:um:{u%d}", p, i), fmt.Sprint(10-i), "px", "10000")
+	}
+	b := holdCalls(t, l, leaseCalls)
+	ds := make([]Decision, users)
+	var wg sync.WaitGroup
+	for i := range ds {
+		wg.Go(func() { ds[i] = l.Message(ctx, fmt.Sprint("u", i), "a") })
+	}
+	waitGroupOf(t, b, users)
+	_, evals := countCommands(t, s, func() {
+		b.release()
+		wg.Wait()
+	})
+	if evals != 1 {
+		t.Errorf("%d script calls for %d waiting leases, want 1", evals, users)
+	}
+	for i, d := range ds {
+		if d.Fallback || d.Allowed != (i > 0) {
+			t.Errorf("u%d with %d units left: %+v", i, i, d)
+		}
+		want := "10" // leased up to the limit
+		if i == users-1 {
+			want = "4" // a fresh window: one slice
+		}
+		if got := s.cli("get", fmt.Sprintf("%s:um:{u%d}", p, i)); got != want {
+			t.Errorf("u%d's counter holds %s, want %s", i, got, want)
+		}
+	}
+}
+
 // testGroup holds l's calls, starts 8 decisions of one event for one user
 // at a limit of 5 and 4 of n events (1 to 4) for 4 others, waits until
 // they form a group, and lets it go.
-func testGroup(t *testing.T, s *redisServer, l *Limiter, charges bool, decide func(user string, n int) Decision) {
+func testGroup(t *testing.T, s *redisServer, l *Limiter, which int, decide func(user string, n int) Decision) {
 	decide("warm", 1) // loads the script: the group's call is one EVALSHA
-	b := holdCalls(t, l, charges)
+	b := holdCalls(t, l, which)
 	const same, others = 8, 4
 	type answer struct {
 		user string
@@ -141,7 +187,7 @@ func TestRedisGroupLeaderTimesOut(t *testing.T) {
 		UserMessages: rate(100, 10*time.Second, 0),
 	}})
 	ctx := context.Background()
-	b := holdCalls(t, l, false)
+	b := holdCalls(t, l, takeCalls)
 	var wg sync.WaitGroup
 	ds := make([]Decision, 3)
 	for i := range ds {
@@ -162,5 +208,69 @@ func TestRedisGroupLeaderTimesOut(t *testing.T) {
 	b.release()
 	if d := l.Message(ctx, "after", "a"); d.Fallback || !d.Allowed {
 		t.Fatalf("a take after the timeout: %+v", d)
+	}
+}
+
+// TestRedisGroupOutlivesItsLeader: a handshake whose client hung up while
+// it led a group still sends it; the others are decided by Redis.
+func TestRedisGroupOutlivesItsLeader(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Rules: Rules{
+		UserMessages: rate(100, 10*time.Second, 0),
+	}})
+	b := holdCalls(t, l, takeCalls)
+	hungUp, hangUp := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.Message(hungUp, "leader", "a") })
+	waitGroupOf(t, b, 1)
+	var d Decision
+	wg.Go(func() { d = l.Message(context.Background(), "member", "a") })
+	waitGroupOf(t, b, 2)
+	hangUp()
+	b.release()
+	wg.Wait()
+	if d.Fallback || !d.Allowed {
+		t.Fatalf("the member of a group whose leader hung up: %+v", d)
+	}
+}
+
+// TestRedisGroupsAreBounded: the calls beyond groupMax waiting at once
+// form the next group.
+func TestRedisGroupsAreBounded(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Rules: Rules{
+		UserMessages: rate(100, 10*time.Second, 0),
+	}})
+	ctx := context.Background()
+	l.Message(ctx, "warm", "a")
+	b := holdCalls(t, l, takeCalls)
+	ds := make([]Decision, groupMax+1)
+	var wg sync.WaitGroup
+	for i := range groupMax {
+		wg.Go(func() { ds[i] = l.Message(ctx, fmt.Sprint("u", i), "a") })
+	}
+	waitGroupOf(t, b, groupMax)
+	b.mu.Lock()
+	full := b.next
+	b.mu.Unlock()
+	wg.Go(func() { ds[groupMax] = l.Message(ctx, "last", "a") })
+	waitGroupOf(t, b, 1)
+	b.mu.Lock()
+	second := b.next
+	b.mu.Unlock()
+	if second == full || full.members != groupMax {
+		t.Fatalf("the full group holds %d calls and is still the one to join", full.members)
+	}
+	_, evals := countCommands(t, s, func() {
+		b.release()
+		wg.Wait()
+	})
+	if evals != 2 {
+		t.Errorf("%d script calls for %d waiting takes, want 2", evals, groupMax+1)
+	}
+	for i, d := range ds {
+		if d.Fallback || !d.Allowed {
+			t.Fatalf("take %d: %+v", i, d)
+		}
 	}
 }

@@ -26,24 +26,24 @@ type grant struct {
 // unused: it lapses with its window, which errs on the side of refusing.
 func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [2]grant, err error) {
 	var idx []int
-	var calls []call
-	for i, k := range cs {
+	for i := range cs {
 		if size[i] > 0 {
-			r := k.rule
 			idx = append(idx, i)
-			calls = append(calls, call{[]string{k.key(), k.blockKey()}, []string{r.limit, r.window, r.block, strconv.Itoa(size[i])}})
 		}
 	}
 	switch {
 	case len(idx) == 0:
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
-		var keys, args []string
-		for _, c := range calls {
-			keys, args = append(keys, c.keys...), append(args, c.args...)
+		k := leaseOf(cs, size, idx)
+		var vals []int64
+		if s.leases != nil {
+			vals, err = s.leases.do(ctx, s.client, k)
+		} else {
+			vals, err = unframe(leaseScript.exec(ctx, s.client, k)[0])
 		}
 		var out [2]grant
-		if err := parseLease(leaseScript.exec1(ctx, s.client, keys, args), out[:len(idx)]); err != nil {
+		if err := parseLease(vals, err, out[:len(idx)]); err != nil {
 			return g, err
 		}
 		for j, i := range idx {
@@ -51,17 +51,33 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 		}
 		return g, nil
 	}
-	rs := leaseScript.exec(ctx, s.client, calls...)
-	var errs [2]error
+	calls := make([]call, len(idx))
 	for j, i := range idx {
-		errs[i] = parseLease(rs[j], g[i:i+1])
+		calls[j] = leaseOf(cs, size, []int{i})
+	}
+	var errs [2]error
+	for j, r := range leaseScript.exec(ctx, s.client, calls...) {
+		vals, err := unframe(r)
+		errs[idx[j]] = parseLease(vals, err, g[idx[j]:idx[j]+1])
 	}
 	return g, failure(errs)
 }
 
-// parseLease reads leaseScript's (granted, ms) pairs into out.
-func parseLease(r rueidis.RedisResult, out []grant) error {
-	vs, err := r.AsIntSlice()
+// leaseOf is the leaseScript call reserving size[i] units of cs[i], i in
+// idx.
+func leaseOf(cs [2]counter, size [2]int, idx []int) call {
+	k := call{args: []string{strconv.Itoa(len(idx))}}
+	for _, i := range idx {
+		c, r := cs[i], cs[i].rule
+		k.keys = append(k.keys, c.key(), c.blockKey())
+		k.args = append(k.args, r.limit, r.window, r.block, strconv.Itoa(size[i]))
+	}
+	return k
+}
+
+// parseLease reads one call's (granted, ms) pairs from leaseScript into
+// out; err is the error of the call.
+func parseLease(vs []int64, err error, out []grant) error {
 	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}

@@ -487,15 +487,12 @@ func New(cfg Config) (*Limiter, error) {
 		// the invalidations; lease mode cannot do this (its scripts and
 		// the invalidations must share a connection, see above).
 		opt.DisableAutoPipelining = true
-		// A decision holds a connection of the pool (rueidis's spool)
-		// for one round trip, and the relay decides on its 64 pool
-		// workers at once (internal/netpoll), besides handshakes: with
-		// fewer connections the others queue for one inside
-		// --redis-timeout. At 8,000 busy connections on 2 CPUs, a pool of
-		// 8 made one decision in eight miss it and fall back, one of 64
-		// one in 25, at the same CPU per message. A connection holds a
-		// read and a write buffer of poolBufferBytes, not rueidis's 0.5
-		// MiB defaults. The pool grows on demand; a minute after a
+		// A call holds a connection of the pool (rueidis's spool) for
+		// one round trip. The decision scripts run at most two calls
+		// each at once (batcher), others (connection registrations,
+		// refunds, records) one per caller; the pool's bound only caps
+		// a burst of those. A connection holds a read and a write
+		// buffer of poolBufferBytes, not rueidis's 0.5 MiB defaults. The pool grows on demand; a minute after a
 		// connection came back while more than BlockingPoolMinSize were
 		// idle, rueidis closes the idle ones beyond that floor, busy or
 		// quiet gate alike, so the floor is the former pool's size: the

@@ -65,8 +65,9 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 //	reset-strikes ms, ladder length, ladder steps in ms...,
 //	window count, then limit, ms, lease and back per window
 //
-// and last n. The calls' KEYS and ARGV follow one another. A window's lease is 0 to count exactly; > 0 to decide as
-// exactly but write a slice: what the granted events cost, or lease units
+// and last n. The calls' KEYS and ARGV follow one another. A window's
+// lease is 0 to count exactly; > 0 to decide as exactly but write a slice:
+// what the granted events cost, or lease units
 // if more, as far as the limit (a GCRA window: the burst, from its TAT
 // now) allows; -1 when the caller decides the window from a slice it
 // holds: the script neither checks nor writes it, and drops it with the
@@ -87,7 +88,8 @@ func blockKeyOf(prefix string, c *Charge, id string) string {
 // is written unless every window allows, except that a refusal by a rule
 // with a ladder blocks the key for the ladder's next step and drops every
 // window of the charge, so that the budget is full when the block ends.
-// Only GCRA reads the Redis clock (TIME); fixed windows live by their
+// Only GCRA reads the Redis clock (TIME, once per script run: the calls
+// of a group are decided at one instant); fixed windows live by their
 // keys' TTL, as in luaLib.
 var chargeScript = newScript(luaLib + `
 local now

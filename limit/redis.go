@@ -57,6 +57,7 @@ type redisStore struct {
 	health  *health
 	takes   *batcher
 	charges *batcher
+	leases  *batcher
 }
 
 // blocked checks the block keys of the counters that can block, through
@@ -262,7 +263,7 @@ func (l *Limiter) connect() error {
 	cluster := c.Mode() == rueidis.ClientModeCluster
 	rs := &redisStore{client: c, cluster: cluster, health: newHealth(l.log, l.mode, cluster)}
 	if !cluster {
-		rs.takes, rs.charges = newBatcher(takeScript), newBatcher(chargeScript)
+		rs.takes, rs.charges, rs.leases = newBatcher(takeScript), newBatcher(chargeScript), newBatcher(leaseScript)
 	}
 	if cluster {
 		if err := rs.health.refresh(ctx, c); err != nil {

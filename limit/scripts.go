@@ -100,11 +100,14 @@ end
 return res
 `)
 
-// leaseScript reserves units of one or two rules' window budgets. KEYS
-// holds (counter, block key) pairs and ARGV (limit, window ms, block ms,
-// units) quadruples. It returns a (granted, ms) pair per rule: granted > 0
-// units with the window's remaining life, or 0 with the retry of a refusal
-// by the window, or -1 with the block's retry.
+// leaseScript reserves units of one or two rules' window budgets, for one
+// or more calls in order (several connections' calls sent together:
+// batcher). A call's KEYS hold (counter, block key) pairs and its ARGV the
+// number of rules, then (limit, window ms, block ms, units) quadruples; the
+// calls' KEYS and ARGV follow one another. It answers each call with a
+// frame (batcher): the number of values, then a (granted, ms) pair per
+// rule: granted > 0 units with the window's remaining life, or 0 with the
+// retry of a refusal by the window, or -1 with the block's retry.
 // A rule whose block key exists refuses, even with under a millisecond left,
 // which PTTL reports as 0, for a retry of 1ms: a slice taken then would be
 // dropped by the announcement of the key's deletion. A rule whose window
@@ -112,25 +115,31 @@ return res
 // Each rule is decided on its own: a grant is this replica's to spend
 // later, so one rule refusing leaves nothing to refund on the other.
 var leaseScript = newScript(luaLib + `
-local res = {}
-for i = 1, #KEYS / 2 do
-  local c, g = KEYS[2*i-1], KEYS[2*i]
-  local limit, window = tonumber(ARGV[4*i-3]), ARGV[4*i-2]
-  local block, want = tonumber(ARGV[4*i-1]), tonumber(ARGV[4*i])
-  local b = redis.call('PTTL', g)
-  res[2*i-1] = 0
-  if b >= 0 then
-    res[2*i-1] = -1; res[2*i] = math.max(b, 1)
-  else
-    local used = tonumber(redis.call('GET', c) or '0')
-    if used >= limit then
-      res[2*i] = refuse(c, g, window, block)
+local res, k, a = {}, 0, 0
+while a < #ARGV do
+  local r = tonumber(ARGV[a+1])
+  local o = #res + 1
+  res[o] = 2*r
+  for i = 1, r do
+    local c, g = KEYS[k+2*i-1], KEYS[k+2*i]
+    local limit, window = tonumber(ARGV[a+4*i-2]), ARGV[a+4*i-1]
+    local block, want = tonumber(ARGV[a+4*i]), tonumber(ARGV[a+4*i+1])
+    local b = redis.call('PTTL', g)
+    res[o+2*i-1] = 0
+    if b >= 0 then
+      res[o+2*i-1] = -1; res[o+2*i] = math.max(b, 1)
     else
-      local n = math.min(want, limit - used)
-      redis.call('INCRBY', c, n)
-      res[2*i-1] = n; res[2*i] = life(c, window)
+      local used = tonumber(redis.call('GET', c) or '0')
+      if used >= limit then
+        res[o+2*i] = refuse(c, g, window, block)
+      else
+        local n = math.min(want, limit - used)
+        redis.call('INCRBY', c, n)
+        res[o+2*i-1] = n; res[o+2*i] = life(c, window)
+      end
     end
   end
+  k, a = k + 2*r, a + 1 + 4*r
 end
 return res
 `)
