@@ -38,9 +38,12 @@ const groupMax = 128
 // member its frame by closing done.
 type batcher struct {
 	script *script
-	slots  chan struct{}
-	mu     sync.Mutex
-	next   *callGroup
+	// alone sends every call on its own: on a Cluster, where the calls'
+	// keys live in different slots.
+	alone bool
+	slots chan struct{}
+	mu    sync.Mutex
+	next  *callGroup
 }
 
 // callGroup is one script call made of several. parts and err are written
@@ -53,13 +56,16 @@ type callGroup struct {
 	err     error
 }
 
-func newBatcher(s *script) *batcher {
-	return &batcher{script: s, slots: make(chan struct{}, batchCalls)}
+func newBatcher(s *script, alone bool) *batcher {
+	return &batcher{script: s, alone: alone, slots: make(chan struct{}, batchCalls)}
 }
 
 // do runs k and returns its values: at once in a call of its own when one
 // is free, otherwise in the next group's call.
 func (b *batcher) do(ctx context.Context, c rueidis.Client, k call) ([]int64, error) {
+	if b.alone {
+		return unframe(b.script.exec(ctx, c, k)[0])
+	}
 	select {
 	case b.slots <- struct{}{}:
 		vals, err := unframe(b.script.exec(ctx, c, k)[0])

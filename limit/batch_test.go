@@ -24,8 +24,8 @@ const (
 func holdCalls(t *testing.T, l *Limiter, which int) *batcher {
 	t.Helper()
 	rs := l.rs.Load()
-	if rs == nil || rs.takes == nil {
-		t.Fatal("no batcher on a standalone Redis")
+	if rs == nil || rs.takes.alone {
+		t.Fatal("no grouping on a standalone Redis")
 	}
 	b := [...]*batcher{rs.takes, rs.charges, rs.leases}[which]
 	for range cap(b.slots) {

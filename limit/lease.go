@@ -36,12 +36,7 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
 		k := leaseOf(cs, size, idx)
-		var vals []int64
-		if s.leases != nil {
-			vals, err = s.leases.do(ctx, s.client, k)
-		} else {
-			vals, err = unframe(leaseScript.exec(ctx, s.client, k)[0])
-		}
+		vals, err := s.leases.do(ctx, s.client, k)
 		var out [2]grant
 		if err := parseLease(vals, err, out[:len(idx)]); err != nil {
 			return g, err

@@ -371,12 +371,7 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 		return d, failed, err
 	}
 	k := chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil)
-	var vals []int64
-	if s.charges != nil {
-		vals, err = s.charges.do(ctx, s.client, k)
-	} else {
-		vals, err = unframe(chargeScript.exec(ctx, s.client, k)[0])
-	}
+	vals, err := s.charges.do(ctx, s.client, k)
 	r, err := parseCharge(vals, err, 0)
 	if err != nil {
 		return Decision{}, nil, err

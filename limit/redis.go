@@ -50,7 +50,7 @@ const (
 // rules run in one script (one round trip); on a Cluster, where the two keys
 // live in different slots, the two scripts are pipelined in one DoMulti and
 // a refund undoes the allowed one when the other refuses. Off a Cluster,
-// the calls that wait for a free one are grouped (batcher).
+// the decision calls that wait for a free one are grouped (batcher).
 type redisStore struct {
 	client  rueidis.Client
 	cluster bool
@@ -135,12 +135,7 @@ func (s *redisStore) take(ctx context.Context, cs [2]count, n int) (out [2]outco
 			idx[0], idx[1] = 1, 0
 		}
 		k := takeOf(cs, idx, n)
-		var vals []int64
-		if s.takes != nil {
-			vals, err = s.takes.do(ctx, s.client, k)
-		} else {
-			vals, err = unframe(takeScript.exec(ctx, s.client, k)[0])
-		}
+		vals, err := s.takes.do(ctx, s.client, k)
 		var res [2]outcome
 		granted, err = parseTake(vals, err, res[:len(idx)])
 		for j, i := range idx {
@@ -261,10 +256,8 @@ func (l *Limiter) connect() error {
 		return err
 	}
 	cluster := c.Mode() == rueidis.ClientModeCluster
-	rs := &redisStore{client: c, cluster: cluster, health: newHealth(l.log, l.mode, cluster)}
-	if !cluster {
-		rs.takes, rs.charges, rs.leases = newBatcher(takeScript), newBatcher(chargeScript), newBatcher(leaseScript)
-	}
+	rs := &redisStore{client: c, cluster: cluster, health: newHealth(l.log, l.mode, cluster),
+		takes: newBatcher(takeScript, cluster), charges: newBatcher(chargeScript, cluster), leases: newBatcher(leaseScript, cluster)}
 	if cluster {
 		if err := rs.health.refresh(ctx, c); err != nil {
 			l.log.Warn("redis cluster slots unknown, trying every key", "err", err)
