@@ -334,7 +334,7 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 		if !c.enabled() {
 			continue
 		}
-		e := ls.m[memKey(c)]
+		e := ls.m[memKey{c.rule, c.id}]
 		if e == nil || e.refill != nil || !e.usable(now) {
 			return 0
 		}
@@ -382,7 +382,7 @@ func (ls *leases) entries(cs [2]counter) (es [2]*leaseEntry, gens [2]uint64) {
 	ls.tick(now)
 	for i, c := range cs {
 		if c.enabled() {
-			k := memKey(c)
+			k := memKey{c.rule, c.id}
 			e := ls.m[k]
 			if e == nil {
 				e = &leaseEntry{}

@@ -363,7 +363,7 @@ func TestLeaseKeepsAnotherDecisionsSlice(t *testing.T) {
 		t.Fatalf("first message: %+v", d)
 	}
 	rs := l.rs.Load()
-	cs := [2]counter{{&l.userMsg, "u"}, {&l.ipMsg, "192.0.2.1"}}
+	cs := [2]counter{{rule: &l.userMsg, id: "u"}, {rule: &l.ipMsg, id: "192.0.2.1"}}
 	ls := l.lease
 	es, gens := ls.entries(cs) // the second decision's view, before the invalidation
 	ls.mu.Lock()
@@ -372,7 +372,7 @@ func TestLeaseKeepsAnotherDecisionsSlice(t *testing.T) {
 	es[1].left = 0 // the IP slice spent meanwhile
 	ls.mu.Unlock()
 	// The first decision: a fresh check, then a user slice.
-	if d, err := ls.decide(ctx, rs, [2]counter{cs[0], {&l.ipMsg, "192.0.2.2"}}, 1); err != nil || !d.Allowed {
+	if d, err := ls.decide(ctx, rs, [2]counter{cs[0], {rule: &l.ipMsg, id: "192.0.2.2"}}, 1); err != nil || !d.Allowed {
 		t.Fatalf("first decision: %+v, %v", d, err)
 	}
 	if got := ls.held(0, "u"); got != 9 {

@@ -292,10 +292,13 @@ func (r *rule) key(id string) string { return r.prefix + id + "}" }
 func (r *rule) blockKey(id string) string { return r.prefix + id + "}:blk" }
 
 // counter is one rule applied to one identity or IP (safe inside a hash
-// tag, see safeID).
+// tag, see safeID). blk, when set (withKeys), is its block key, whose
+// beginning is its counter key: the keys of a Redis decision are built
+// once, in one string.
 type counter struct {
 	rule *rule
 	id   string
+	blk  string
 }
 
 func (c counter) enabled() bool { return c.rule.Enabled() }
@@ -303,8 +306,19 @@ func (c counter) enabled() bool { return c.rule.Enabled() }
 // blocks reports whether the rule can block, so its block key is worth a look.
 func (c counter) blocks() bool { return c.enabled() && c.rule.Block > 0 }
 
-func (c counter) key() string      { return c.rule.key(c.id) }
-func (c counter) blockKey() string { return c.rule.blockKey(c.id) }
+func (c counter) key() string {
+	if c.blk != "" {
+		return c.blk[:len(c.blk)-len(":blk")]
+	}
+	return c.rule.key(c.id)
+}
+
+func (c counter) blockKey() string {
+	if c.blk != "" {
+		return c.blk
+	}
+	return c.rule.blockKey(c.id)
+}
 
 // count is a counter as a take counts it: refused while its guard, a rule
 // that blocks the same id, blocks it. A message's counter is its own guard;
@@ -313,9 +327,34 @@ func (c counter) blockKey() string { return c.rule.blockKey(c.id) }
 type count struct {
 	counter
 	guard *rule
+	gblk  string // the guard's block key, when set (withKeys)
 }
 
-func (c count) guardKey() string { return c.guard.blockKey(c.id) }
+func (c count) guardKey() string {
+	if c.gblk != "" {
+		return c.gblk
+	}
+	return c.guard.blockKey(c.id)
+}
+
+// withKeys builds the keys a Redis decision on cs and ts will name, once
+// each: a message's count is its counter, a handshake's count is guarded
+// by its scope's message counter. Other keys are built when named.
+func withKeys(cs *[2]counter, ts *[2]count) {
+	for i := range cs {
+		c, t := &cs[i], &ts[i]
+		if !c.enabled() {
+			continue
+		}
+		c.blk = c.rule.blockKey(c.id)
+		if t.rule == c.rule && t.id == c.id {
+			t.blk = c.blk
+		}
+		if t.guard == c.rule && t.id == c.id {
+			t.gblk = c.blk
+		}
+	}
+}
 
 // guarded reports whether the guard can block, so a take must check it
 // even when the count's own rule is disabled.
@@ -562,8 +601,8 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 		}
 	}
 	user, ip = safeID(user), safeID(ip)
-	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
-	ts := [2]count{{cs[0], &l.userMsg}, {cs[1], &l.ipMsg}}
+	cs := [2]counter{{rule: &l.userMsg, id: user}, {rule: &l.ipMsg, id: ip}}
+	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }
 
@@ -577,8 +616,9 @@ func (l *Limiter) Handshake(ctx context.Context, user, ip string) Decision {
 		}
 	}
 	user, ip = safeID(user), safeID(ip)
-	cs := [2]counter{{&l.userMsg, user}, {&l.ipMsg, ip}}
-	ts := [2]count{{counter{&l.userConn, user}, &l.userMsg}, {counter{&l.ipConn, ip}, &l.ipMsg}}
+	cs := [2]counter{{rule: &l.userMsg, id: user}, {rule: &l.ipMsg, id: ip}}
+	ts := [2]count{{counter: counter{rule: &l.userConn, id: user}, guard: &l.userMsg},
+		{counter: counter{rule: &l.ipConn, id: ip}, guard: &l.ipMsg}}
 	return l.decide(ctx, KindConnection, cs, ts, 1)
 }
 
@@ -632,6 +672,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
+	withKeys(&cs, &ts)
 	rctx, cancel, start := l.deadlines.context(ctx)
 	var d Decision
 	var err error
@@ -713,7 +754,7 @@ func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]coun
 // blockCounts are the counts whose refusals a block check of cs reports:
 // each message counter guarded by its own block.
 func blockCounts(cs [2]counter) [2]count {
-	return [2]count{{cs[0], cs[0].rule}, {cs[1], cs[1].rule}}
+	return [2]count{{counter: cs[0], guard: cs[0].rule}, {counter: cs[1], guard: cs[1].rule}}
 }
 
 // blockOutcomes are the refusals of a block check that found the blocks

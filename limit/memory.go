@@ -59,7 +59,7 @@ func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duratio
 		if !c.blocks() {
 			continue
 		}
-		if e, ok := s.m[memKey(c)]; ok && e.blockEnd > now {
+		if e, ok := s.m[memKey{c.rule, c.id}]; ok && e.blockEnd > now {
 			left[i] = e.blockEnd - now
 		}
 	}

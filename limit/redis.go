@@ -200,13 +200,15 @@ func (s *redisStore) refund(ctx context.Context, k count, n int) error {
 // takeOf is the takeScript call of the counts cs[i], i in idx (counted
 // ones first), for n events.
 func takeOf(cs [2]count, idx []int, n int) call {
-	var t call
 	k := 0
 	for _, i := range idx {
 		if cs[i].enabled() {
 			k++
 		}
 	}
+	nk := k + len(idx)
+	buf := make([]string, 0, nk+3+3*k)
+	t := call{keys: buf[:0:nk], args: buf[nk:nk]}
 	t.args = append(t.args, strconv.Itoa(k), strconv.Itoa(len(idx)))
 	for _, i := range idx {
 		if c := cs[i]; c.enabled() {
