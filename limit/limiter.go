@@ -672,13 +672,14 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
-	withKeys(&cs, &ts)
 	rctx, cancel, start := l.deadlines.context(ctx)
 	var d Decision
 	var err error
 	if kind == KindMessage && l.lease != nil {
+		// Most messages spend from a slice and name no key.
 		d, err = l.lease.decide(rctx, rs, cs, n)
 	} else {
+		withKeys(&cs, &ts)
 		d, err = decide(rctx, rs, kind, cs, ts, n)
 	}
 	cancel()

@@ -963,7 +963,7 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 	for _, k := range []string{"r6-rules-exact", "r6-rules-lease"} {
 		w := byKey[k]
 		f := get(w)
-		p("| one Redis round trip per message matching all six rules, standalone Redis, %s mode: decision requests per message at 1 in flight ≤ 1.01 (above 1: the client-side cache refreshing a block read, each every 5 s) | %s (%s EVAL/EVALSHA, %s cached block reads missing); %s at %s | %s |\n",
+		p("| one Redis round trip per message matching all six rules, standalone Redis, %s mode: decision requests per message at 1 in flight ≤ 1.01 (above 1: the client-side cache refreshing a block read, each every minute) | %s (%s EVAL/EVALSHA, %s cached block reads missing); %s at %s | %s |\n",
 			strings.TrimPrefix(k, "r6-rules-"), fmtNum(f.seqDec, 4), fmtNum(f.seqTake, 4), fmtNum(f.seqMiss, 4), fmtNum(f.loadDec, 4), load,
 			verdict(f.seqDec <= 1.01, has(f.seqDec)))
 	}
