@@ -14,8 +14,8 @@ import (
 
 // failAfter is how many failures in a row mark a node down: one slow reply
 // sends only its own decisions (one, or a batcher's group) to the failure
-// mode. Only a call that began
-// after the streak's previous failure extends it (see health.failed).
+// mode. Only a call that began after the streak's previous failure extends
+// it (see health.failed).
 const failAfter = 3
 
 // numSlots is the number of Redis Cluster hash slots.

@@ -531,10 +531,10 @@ func New(cfg Config) (*Limiter, error) {
 		// each at once (batcher), others (connection registrations,
 		// refunds, records) one per caller; the pool's bound only caps
 		// a burst of those. A connection holds a read and a write
-		// buffer of poolBufferBytes, not rueidis's 0.5 MiB defaults. The pool grows on demand; a minute after a
-		// connection came back while more than BlockingPoolMinSize were
-		// idle, rueidis closes the idle ones beyond that floor, busy or
-		// quiet gate alike, so the floor is the former pool's size: the
+		// buffer of poolBufferBytes, not rueidis's 0.5 MiB defaults. The
+		// pool grows on demand; a minute after a connection came back
+		// while more than BlockingPoolMinSize were idle, rueidis closes
+		// the idle ones beyond that floor, busy or quiet gate alike: the
 		// connections a burst then dials again are the ones beyond it.
 		opt.BlockingPoolSize = max(64, 4*runtime.GOMAXPROCS(0))
 		opt.ReadBufferEachConn = poolBufferBytes

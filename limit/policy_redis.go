@@ -135,71 +135,71 @@ local function refuse(i, c, w)
 end
 -- decide answers the charges cs for n events.
 local function decide(cs, n)
-for i, c in ipairs(cs) do
-  local b = redis.call('PTTL', c.blk)
-  if b > 0 or b == 0 and c.leases then return {i, 1, math.max(b, 1), 0, 0} end
-end
-local granted = n
-for i, c in ipairs(cs) do
-  for _, w in ipairs(c.wins) do
-    local left = granted
-    if w.lease < 0 then
-      -- decided from the caller's slice
-    elseif c.gcra then
-      w.burst = c.burst
-      if w.burst == 0 then w.burst = w.limit end
-      w.ahead = ahead(w)
-      if w.back ~= 0 then
-        w.ahead = math.max(w.ahead + w.back, 0)
-        setAhead(w, w.ahead)
-      end
-      if c.cost > 0 then left = math.floor((w.burst - w.ahead) / c.cost) end
-    else
-      -- nil when the window is not open (or holds a GCRA value)
-      w.used = tonumber(redis.call('GET', w.key))
-      if c.cost > 0 then left = math.floor((w.limit - (w.used or 0)) / c.cost) end
-    end
-    if left < 1 then return refuse(i, c, w) end
-    granted = math.min(granted, left)
+  for i, c in ipairs(cs) do
+    local b = redis.call('PTTL', c.blk)
+    if b > 0 or b == 0 and c.leases then return {i, 1, math.max(b, 1), 0, 0} end
   end
-end
-local res = {0, 0, 0, 0, granted}
-for _, c in ipairs(cs) do
-  local units = granted * c.cost
-  for _, w in ipairs(c.wins) do
-    if w.lease < 0 then
-      -- decided from the caller's slice
-    elseif c.gcra then
-      local add = units
-      if w.lease > 0 then
-        -- left >= granted above: the burst leaves room for units at least
-        add = math.max(math.min(math.floor(w.burst - w.ahead), math.max(w.lease, units)), units)
-      end
-      local u = w.ahead + add
-      setAhead(w, u)
-      if w.lease > 0 then
-        res[#res+1] = add
-        res[#res+1] = math.floor(u * w.ms * 1000 / w.limit)
-      end
-    else
-      local add = units
-      if w.lease > 0 then
-        -- left >= granted above: the limit leaves room for units at least
-        add = math.max(math.min(w.limit - (w.used or 0), math.max(w.lease, units)), units)
-      end
-      if w.used then
-        redis.call('INCRBY', w.key, add)
+  local granted = n
+  for i, c in ipairs(cs) do
+    for _, w in ipairs(c.wins) do
+      local left = granted
+      if w.lease < 0 then
+        -- decided from the caller's slice
+      elseif c.gcra then
+        w.burst = c.burst
+        if w.burst == 0 then w.burst = w.limit end
+        w.ahead = ahead(w)
+        if w.back ~= 0 then
+          w.ahead = math.max(w.ahead + w.back, 0)
+          setAhead(w, w.ahead)
+        end
+        if c.cost > 0 then left = math.floor((w.burst - w.ahead) / c.cost) end
       else
-        redis.call('SET', w.key, add, 'PX', w.ms)
+        -- nil when the window is not open (or holds a GCRA value)
+        w.used = tonumber(redis.call('GET', w.key))
+        if c.cost > 0 then left = math.floor((w.limit - (w.used or 0)) / c.cost) end
       end
-      if w.lease > 0 then
-        res[#res+1] = add
-        res[#res+1] = life(w.key, w.ms)
+      if left < 1 then return refuse(i, c, w) end
+      granted = math.min(granted, left)
+    end
+  end
+  local res = {0, 0, 0, 0, granted}
+  for _, c in ipairs(cs) do
+    local units = granted * c.cost
+    for _, w in ipairs(c.wins) do
+      if w.lease < 0 then
+        -- decided from the caller's slice
+      elseif c.gcra then
+        local add = units
+        if w.lease > 0 then
+          -- left >= granted above: the burst leaves room for units at least
+          add = math.max(math.min(math.floor(w.burst - w.ahead), math.max(w.lease, units)), units)
+        end
+        local u = w.ahead + add
+        setAhead(w, u)
+        if w.lease > 0 then
+          res[#res+1] = add
+          res[#res+1] = math.floor(u * w.ms * 1000 / w.limit)
+        end
+      else
+        local add = units
+        if w.lease > 0 then
+          -- left >= granted above: the limit leaves room for units at least
+          add = math.max(math.min(w.limit - (w.used or 0), math.max(w.lease, units)), units)
+        end
+        if w.used then
+          redis.call('INCRBY', w.key, add)
+        else
+          redis.call('SET', w.key, add, 'PX', w.ms)
+        end
+        if w.lease > 0 then
+          res[#res+1] = add
+          res[#res+1] = life(w.key, w.ms)
+        end
       end
     end
   end
-end
-return res
+  return res
 end
 -- charge reads the call whose ARGV start at a and KEYS at k and answers
 -- it; it returns the answer and where the next call's ARGV and KEYS start.
