@@ -18,7 +18,8 @@
 //     rueidis's client-side cache, so Redis tracks the keys for this client
 //     and pushes an invalidation when one is written or deleted. A blocked
 //     identity is refused without a round trip, on every replica, until its
-//     block ends or an operator deletes the block key.
+//     block ends or an operator deletes the block key. Handshakes and lease
+//     mode's messages check; exact mode's messages leave it to the take.
 //   - take n: one Lua script counts up to n events against the counters,
 //     atomically, refusing when a guarding block key exists or a window's
 //     budget is spent; the refusal of a rule with a block sets its block
@@ -731,14 +732,22 @@ func (l *Limiter) fallback(ctx context.Context, kind string, cs [2]counter, ts [
 	return d
 }
 
-// decide checks the blocks of cs and then takes up to n events from ts.
+// decide takes up to n events from ts, after checking the blocks of cs
+// for a handshake. The take refuses while a guard blocks, so the check
+// only spares the store a take: on Redis it reads through the client-side
+// cache, and a blocked client that reconnects over and over costs no round
+// trip. A message is not checked first: a refusal ends its connection (or,
+// under shadow, lets it pass), so the check would save at most one take
+// per connection and block, at the price of a cache lookup per message.
 func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]count, n int) (Decision, error) {
-	left, err := s.blocked(ctx, cs)
-	if err != nil {
-		return Decision{}, err
-	}
-	if d, refused := verdict(kind, blockCounts(cs), blockOutcomes(left)); refused {
-		return d, nil
+	if kind != KindMessage {
+		left, err := s.blocked(ctx, cs)
+		if err != nil {
+			return Decision{}, err
+		}
+		if d, refused := verdict(kind, blockCounts(cs), blockOutcomes(left)); refused {
+			return d, nil
+		}
 	}
 	out, granted, err := s.take(ctx, ts, n)
 	if err != nil {
