@@ -97,15 +97,53 @@ type leaseEntry struct {
 	// small counts the leases that take a single unit, after this Limiter
 	// read the key's block key while it existed (see leases).
 	small int
-	// refill is non-nil while a call reserves units for the key, and
-	// closed when it returns: one call at a time, the others wait.
-	refill chan struct{}
+	// refill is non-nil while a call reserves units for the key: one call
+	// at a time, the others wait for it.
+	refill *refill
 	// touched is when a decision last looked the entry up.
 	touched time.Time
 }
 
 func (e *leaseEntry) usable(now time.Time) bool {
 	return e.left > 0 && now.Before(e.expires)
+}
+
+// usable reports whether every slice of es (nil: a rule not in use) can be
+// spent from now.
+func usable(es [2]*leaseEntry, now time.Time) bool {
+	return (es[0] == nil || es[0].usable(now)) && (es[1] == nil || es[1].usable(now))
+}
+
+// refill is a lease call under way, and the decisions waiting for it in the
+// order they came. The decision that made the call serves them from the
+// new slices (serve) before it closes done, so a waiter is decided at the
+// moment the slices arrive, not when it next runs: with many waiters on
+// one hot key (a shared client address) and busy CPUs, a waiter that ran
+// late used to find the slice spent again by decisions that came after it,
+// and ran out of time waiting for the next one.
+type refill struct {
+	done    chan struct{}
+	waiters []*waiter
+}
+
+// waiter is a decision waiting for a refill: n messages over the slices
+// es. Under leases.mu, granted is set by serve, and gone once the decision
+// stopped waiting, so that nothing is served to it after.
+type waiter struct {
+	es      [2]*leaseEntry
+	n       int
+	granted int
+	gone    bool
+}
+
+// serve spends the slices of each waiter of r in turn, as long as all of
+// its slices are usable. ls.mu is held.
+func (r *refill) serve(now time.Time) {
+	for _, w := range r.waiters {
+		if !w.gone && usable(w.es, now) {
+			w.granted, w.gone = spendFrom(w.es, w.n), true
+		}
+	}
 }
 
 // leases holds a Limiter's slices in ModeLease.
@@ -146,6 +184,11 @@ type leases struct {
 	m          map[memKey]*leaseEntry
 	calls      int
 	sweepEvery int
+
+	// woken, a test seam (nil otherwise), runs when a decision stopped
+	// waiting for a refill, before it looks whether it was served: it
+	// stands for a waiter that runs late.
+	woken func()
 }
 
 // newLeases returns the leases of the flag message rules user and ip, and
@@ -207,7 +250,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 		ls.mu.Lock()
 		now := time.Now()
 		var size [2]int
-		var wait chan struct{}
+		var wait *refill
 		moved := false
 		for i, e := range es {
 			switch {
@@ -225,13 +268,28 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			}
 		}
 		if wait != nil {
+			w := &waiter{es: es, n: n}
+			wait.waiters = append(wait.waiters, w)
 			ls.mu.Unlock()
 			select {
-			case <-wait:
-				continue
+			case <-wait.done:
 			case <-ctx.Done():
+			}
+			if ls.woken != nil {
+				ls.woken()
+			}
+			ls.mu.Lock()
+			g := w.granted
+			w.gone = true
+			ls.mu.Unlock()
+			switch {
+			case g > 0:
+				// Served even if ctx ended since: the units are spent.
+				return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
+			case ctx.Err() != nil:
 				return Decision{}, false, waitedErr(ctx)
 			}
+			continue
 		}
 		if size == [2]int{} {
 			g := spendFrom(es, n)
@@ -242,10 +300,10 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			ls.mu.Unlock()
 			return Decision{}, true, nil
 		}
-		done := make(chan struct{})
+		r := &refill{done: make(chan struct{})}
 		for i, e := range es {
 			if size[i] > 0 {
-				e.left, e.refill = 0, done
+				e.left, e.refill = 0, r
 			}
 		}
 		ls.mu.Unlock()
@@ -259,7 +317,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 				e.refill = nil
 			}
 		}
-		close(done)
+		close(r.done) // the waiters run once ls.mu is free
 		if err != nil {
 			ls.mu.Unlock()
 			return Decision{}, false, err
@@ -287,7 +345,8 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 		// current: this decision may spend them whatever came since. A
 		// slice not renewed here may have been spent or expired meanwhile.
 		granted := 0
-		if now := time.Now(); (es[0] == nil || es[0].usable(now)) && (es[1] == nil || es[1].usable(now)) {
+		now = time.Now()
+		if usable(es, now) {
 			granted = spendFrom(es, n)
 		}
 		for i, e := range es {
@@ -298,6 +357,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 				e.left = 0 // not tracked all along: the next message leases again
 			}
 		}
+		r.serve(now)
 		ls.mu.Unlock()
 		if granted > 0 {
 			return Decision{Allowed: true, Kind: KindMessage, Granted: granted}, false, nil

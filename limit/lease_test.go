@@ -433,3 +433,74 @@ func TestLeaseWaitersAreNotFailures(t *testing.T) {
 		t.Fatalf("Redis marked down after one slow lease and its waiters: the waiters counted as failures")
 	}
 }
+
+// TestLeaseServesItsWaiters: decisions that wait for another decision's
+// lease of the same key are served from the new slice by that decision,
+// before they run. A waiter that runs
+// late (the seam woken stands for busy CPUs) must not find its units spent
+// by a decision that came after it and have to lease again; here Redis is
+// stopped again by then, so a second lease would fall back. A waiter that
+// gave up is served nothing: its units stay in the slice.
+func TestLeaseServesItsWaiters(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: time.Second,
+		Mode: ModeLease, LeaseSize: 3, Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+	ls := l.lease
+	ctx := context.Background()
+	// The first slice of 3, spent: the block key is cached, the script loaded.
+	for i := range 3 {
+		if d := l.Message(ctx, "u", "192.0.2.1"); !d.Allowed || d.Fallback {
+			t.Fatalf("message %d: %+v", i+1, d)
+		}
+	}
+	waiters := func() int {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		if e := ls.m[memKey{&l.userMsg, "u"}]; e != nil && e.refill != nil {
+			return len(e.refill.waiters)
+		}
+		return -1
+	}
+	s.pause()
+	decide := func(ctx context.Context, out chan<- Decision) { out <- l.Message(ctx, "u", "192.0.2.1") }
+	leaser := make(chan Decision, 1)
+	go decide(ctx, leaser)
+	waitFor(t, "the first decision to lease", func() bool { return waiters() == 0 })
+	// One waiter gives up before the slice comes; two wait for it.
+	short, cancel := context.WithCancel(ctx)
+	gaveUp := make(chan Decision, 1)
+	go decide(short, gaveUp)
+	waitFor(t, "a waiter", func() bool { return waiters() == 1 })
+	cancel()
+	if d := <-gaveUp; !d.Fallback {
+		t.Fatalf("the waiter that gave up: %+v, want a fallback", d)
+	}
+	release := make(chan struct{})
+	ls.woken = func() { <-release }
+	served := make(chan Decision, 2)
+	for i := range 2 {
+		go decide(ctx, served)
+		waitFor(t, "the waiters", func() bool { return waiters() == 2+i })
+	}
+	s.resume()
+	if d := <-leaser; !d.Allowed || d.Fallback {
+		t.Fatalf("the leasing decision: %+v", d)
+	}
+	// The slice of 3 went to the leaser and the two waiters, none to the
+	// one that gave up: a decision now leases again.
+	if got := ls.held(0, "u"); got != 0 {
+		t.Fatalf("%d units left after the leaser and two waiters, want 0", got)
+	}
+	// A decision that came after the waiters, and ran before them.
+	if d := l.Message(ctx, "u", "192.0.2.1"); !d.Allowed || d.Fallback {
+		t.Fatalf("a later decision: %+v", d)
+	}
+	s.pause()
+	t.Cleanup(s.resume)
+	close(release)
+	for range 2 {
+		if d := <-served; !d.Allowed || d.Fallback || d.Granted != 1 {
+			t.Fatalf("a waiter: %+v, want served by the lease it waited for", d)
+		}
+	}
+}
