@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/holo/wsgate/policy"
@@ -26,13 +28,58 @@ import (
 // longer ahead. (Units rather than µs keep intervals shorter than a µs,
 // those of byte rules, exact.) The {id} hash tag keeps a charge's keys in
 // one Cluster slot.
+//
+// The keys are cut from one string: a message decides every charge's keys
+// anew, and at thousands of connections building each apart made the
+// rules file's decisions most of the gate's garbage.
 func keysOf(keys []string, prefix string, c *Charge, id string) []string {
-	base, tag := keyBase(prefix, c), "{"+id+"}"
-	keys = append(keys, base+tag+":blk", base+tag+":str")
-	if c.GuardOnly {
-		return keys
+	kind := keyTag(c.Rule.Key)
+	base := len(prefix) + len(":r:") + len(c.Rule.Name) + 1 + len(kind) + 1
+	tag := len(id) + 2
+	var ws []policy.Window
+	if !c.GuardOnly {
+		ws = c.Limits
 	}
-	return appendCounters(keys, base, tag, c.Limits)
+	size := 2 * (base + tag + len(":blk"))
+	var digits [20]byte
+	for _, w := range ws {
+		size += base + len(strconv.AppendInt(digits[:0], w.Per.Milliseconds(), 10)) + 1 + tag
+	}
+	var b strings.Builder
+	b.Grow(size)
+	ends := make([]int, 0, 8)
+	appendBase := func() {
+		b.WriteString(prefix)
+		b.WriteString(":r:")
+		b.WriteString(c.Rule.Name)
+		b.WriteByte(':')
+		b.WriteString(kind)
+		b.WriteByte(':')
+	}
+	appendTag := func() {
+		b.WriteByte('{')
+		b.WriteString(id)
+		b.WriteByte('}')
+	}
+	for _, suffix := range []string{":blk", ":str"} {
+		appendBase()
+		appendTag()
+		b.WriteString(suffix)
+		ends = append(ends, b.Len())
+	}
+	for _, w := range ws {
+		appendBase()
+		b.Write(strconv.AppendInt(digits[:0], w.Per.Milliseconds(), 10))
+		b.WriteByte(':')
+		appendTag()
+		ends = append(ends, b.Len())
+	}
+	all, start := b.String(), 0
+	for _, end := range ends {
+		keys = append(keys, all[start:end])
+		start = end
+	}
+	return keys
 }
 
 // keyBase is the start of every key of charge c.
@@ -50,7 +97,7 @@ func appendCounters(keys []string, base, tag string, ws []policy.Window) []strin
 
 // blockKeyOf returns the block key of charge c (the first of keysOf).
 func blockKeyOf(prefix string, c *Charge, id string) string {
-	return keyBase(prefix, c) + "{" + id + "}:blk"
+	return prefix + ":r:" + c.Rule.Name + ":" + keyTag(c.Rule.Key) + ":{" + id + "}:blk"
 }
 
 // chargeScript decides the charges of one or more calls, in order and
@@ -262,7 +309,18 @@ return 0
 // lease or lease[i] counts exactly, and a nil back or back[i] corrects
 // nothing.
 func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64, back [][]float64) call {
-	k := call{args: []string{strconv.Itoa(len(idx))}}
+	nk, na := 0, 2
+	for _, i := range idx {
+		c := &cs[i]
+		nk += 2
+		na += 6 + len(c.Rule.Block)
+		if !c.GuardOnly {
+			nk += len(c.Limits)
+			na += 4 * len(c.Limits)
+		}
+	}
+	k := call{keys: make([]string, 0, nk), args: make([]string, 0, na)}
+	k.args = append(k.args, strconv.Itoa(len(idx)))
 	for _, i := range idx {
 		c := &cs[i]
 		k.keys = keysOf(k.keys, prefix, c, ids[i])
@@ -270,10 +328,10 @@ func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, byte
 		if c.Rule.Algorithm == policy.GCRA {
 			gcra = "1"
 		}
-		k.args = append(k.args, gcra, strconv.FormatInt(cost(c, bytes), 10), strconv.FormatInt(c.Rule.Burst, 10),
-			millis(c.Rule.ResetStrikes), strconv.Itoa(len(c.Rule.Block)))
+		k.args = append(k.args, gcra, strconv.FormatInt(cost(c, bytes), 10), decimal(c.Rule.Burst),
+			decimal(c.Rule.ResetStrikes.Milliseconds()), strconv.Itoa(len(c.Rule.Block)))
 		for _, b := range c.Rule.Block {
-			k.args = append(k.args, millis(b))
+			k.args = append(k.args, decimal(b.Milliseconds()))
 		}
 		var ws []policy.Window
 		if !c.GuardOnly {
@@ -288,11 +346,37 @@ func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, byte
 			if back != nil && back[i] != nil && back[i][j] != 0 {
 				b = strconv.FormatFloat(back[i][j], 'g', -1, 64)
 			}
-			k.args = append(k.args, strconv.FormatInt(w.Limit, 10), millis(w.Per), l, b)
+			k.args = append(k.args, decimal(w.Limit), decimal(w.Per.Milliseconds()), l, b)
 		}
 	}
 	k.args = append(k.args, strconv.Itoa(n))
 	return k
+}
+
+// decimals caches the decimal strings of the rules' numbers (limits,
+// bursts, window and block lengths in ms), which every decision sends
+// again: a direct-mapped table, each slot the last number formatted there.
+// The rules of a gate hold a few such numbers, so they stay; two that share
+// a slot are formatted again in turn, as without the table.
+var decimals [64]atomic.Pointer[formatted]
+
+type formatted struct {
+	v int64
+	s string
+}
+
+// decimal returns v in decimal, from decimals when it was formatted before.
+func decimal(v int64) string {
+	if v >= 0 && v < 100 {
+		return strconv.FormatInt(v, 10) // strconv's own constants
+	}
+	slot := &decimals[uint64(v)*0x9e3779b97f4a7c15>>58]
+	if f := slot.Load(); f != nil && f.v == v {
+		return f.s
+	}
+	s := strconv.FormatInt(v, 10)
+	slot.Store(&formatted{v: v, s: s})
+	return s
 }
 
 // refundCall is the chargeRefundScript call that takes back one event of
@@ -315,8 +399,6 @@ func refundCall(prefix string, cs []Charge, ids []string, idx []int, bytes int64
 	}
 	return k, len(k.keys) > 0
 }
-
-func millis(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 
 // chargeResult is chargeScript's answer.
 type chargeResult struct {

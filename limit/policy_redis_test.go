@@ -3,6 +3,7 @@ package limit
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -377,5 +378,55 @@ func testChargeClusterRefund(t *testing.T, url string, cli func(...string) strin
 	}
 	if got := cli("get", p+":r:ip-messages:ip:10000:{192.0.2.1}"); got != "50" {
 		t.Fatalf("the IP counter %q, want 50", got)
+	}
+}
+
+// TestChargeKeys pins the key layout that keysOf cuts from one string, and
+// that blockKeyOf agrees with it.
+func TestChargeKeys(t *testing.T) {
+	chat := polRule("chat", policy.CountMessages, win(100, 10*time.Second), win(1000, time.Hour))
+	tenant := polRule("tenant", policy.CountMessages, win(5, time.Second))
+	tenant.Key = policy.Key{Kind: policy.KeyClaim, Name: "org"}
+	for _, tc := range []struct {
+		c    Charge
+		id   string
+		want []string
+	}{
+		{Charge{Rule: chat, Limits: chat.Limits}, "u1", []string{
+			"p:r:chat:u:{u1}:blk", "p:r:chat:u:{u1}:str", "p:r:chat:u:10000:{u1}", "p:r:chat:u:3600000:{u1}"}},
+		{Charge{Rule: chat, Limits: chat.Limits[:1], GuardOnly: true}, "u1", []string{
+			"p:r:chat:u:{u1}:blk", "p:r:chat:u:{u1}:str"}},
+		{Charge{Rule: tenant, Limits: tenant.Limits}, "acme", []string{
+			"p:r:tenant:cl.org:{acme}:blk", "p:r:tenant:cl.org:{acme}:str", "p:r:tenant:cl.org:1000:{acme}"}},
+	} {
+		got := keysOf([]string{"before"}, "p", &tc.c, tc.id)
+		if !slices.Equal(got, append([]string{"before"}, tc.want...)) {
+			t.Errorf("keysOf(%s, %q) = %q, want %q after \"before\"", tc.c.Rule.Name, tc.id, got, tc.want)
+		}
+		if b := blockKeyOf("p", &tc.c, tc.id); b != tc.want[0] {
+			t.Errorf("blockKeyOf(%s, %q) = %q, want %q", tc.c.Rule.Name, tc.id, b, tc.want[0])
+		}
+	}
+}
+
+// TestDecimal: the cached decimal strings are those of strconv, also for
+// numbers that share a slot of the table and replace each other.
+func TestDecimal(t *testing.T) {
+	vs := []int64{-1, 0, 99, 100, 10000, 3600000, 1 << 40}
+	// Two numbers of one slot: v and v plus the slot count's multiple that
+	// lands there again (found by search, bounded).
+	slotOf := func(v int64) uint64 { return uint64(v) * 0x9e3779b97f4a7c15 >> 58 }
+	for v := int64(101); v < 1_000_000; v++ {
+		if slotOf(v) == slotOf(100) {
+			vs = append(vs, v)
+			break
+		}
+	}
+	for range 3 {
+		for _, v := range vs {
+			if got, want := decimal(v), strconv.FormatInt(v, 10); got != want {
+				t.Fatalf("decimal(%d) = %q, want %q", v, got, want)
+			}
+		}
 	}
 }
