@@ -51,7 +51,8 @@ func keyTag(k policy.Key) string {
 // are refused by the hold, before any store is asked.
 //
 // With a RedisURL, Redis decides: the charges' block keys are read through
-// the client-side cache (a blocked key costs no round trip), then one
+// the client-side cache (a blocked key costs no round trip; skipped for a
+// message whose refusal by any charge would close its connection), then one
 // script decides every charge atomically, whatever the number of rules and
 // windows, on keys "<prefix>:r:<rule>:<key kind>:...{<key>}" (keysOf).
 // On a Cluster, charges whose keys live in different slots are decided one

@@ -434,17 +434,23 @@ func parseCharge(vs []int64, err error, leases int) (chargeResult, error) {
 // (nil: all of them).
 //
 // The block keys of the charges whose rule blocks are read first through
-// rueidis's client-side cache, as the flag rules' are: a blocked key is
-// refused with no round trip, and a block set or deleted by any replica
-// invalidates the cached reads. The script checks the blocks again, since
-// an invalidation may arrive after the write that caused it.
+// rueidis's client-side cache, as a handshake's flag rules' are: a blocked
+// key is refused with no round trip, and a block set or deleted by any
+// replica invalidates the cached reads. The script checks the blocks
+// again, since an invalidation may arrive after the write that caused it.
+// A message whose refusal by any of the charges closes its connection
+// skips the read, as the flag rules' messages do (decide): it would spare
+// at most one call per connection and block, at the price of a cache
+// lookup per message.
 func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charge, ids []string, n int, bytes int64) (Decision, []bool, error) {
-	first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids, nil)
-	if err != nil {
-		return Decision{}, failed, err
-	}
-	if first >= 0 {
-		return policyRefusal(&cs[first], kind, true, left, 0), nil, nil
+	if kind != KindMessage || !refusalsClose(cs) {
+		first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids, nil)
+		if err != nil {
+			return Decision{}, failed, err
+		}
+		if first >= 0 {
+			return policyRefusal(&cs[first], kind, true, left, 0), nil, nil
+		}
 	}
 	groups := s.slotGroups(ids)
 	if len(groups) > 1 {
@@ -464,6 +470,18 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 		d.answered = true
 	}
 	return d, nil, nil
+}
+
+// refusalsClose reports whether a refusal by any charge of cs ends the
+// client's connection: an enforced rule that closes (a dropped message's
+// connection stays, and a shadow rule's refusal lets it pass).
+func refusalsClose(cs []Charge) bool {
+	for i := range cs {
+		if r := cs[i].Rule; r.Action != policy.Close || r.Shadow {
+			return false
+		}
+	}
+	return true
 }
 
 // chargeBlocked returns the first charge of cs blocked by a cached block

@@ -144,7 +144,7 @@ func testChargeShared(t *testing.T, url string, mode Mode, cs []Charge) {
 
 // testChargeRoundTrips counts the commands Redis serves per decision: one
 // script whatever the number of rules and windows, and none for a key
-// whose block is known.
+// whose block is known, unless its refusal closes the connection.
 func testChargeRoundTrips(t *testing.T, s *redisServer) {
 	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout})
 	chat := polRule("chat", policy.CountMessages, win(25, 10*time.Second), win(1000, time.Minute))
@@ -169,8 +169,21 @@ func testChargeRoundTrips(t *testing.T, s *redisServer) {
 	}
 	for h.charge(t, l, KindMessage, cs, 1, 0).Allowed {
 	}
-	// The script refuses until the invalidation of the cached "not
-	// blocked" arrives; then one read caches the block.
+	// Every rule closes the connection at a refusal: a blocked message
+	// goes to the script, which refuses it.
+	if cmds, evals := count(func() {
+		for range 5 {
+			if d := h.charge(t, l, KindMessage, cs, 1, 0); d.Allowed || !d.Blocked || d.Rule != "chat" {
+				t.Fatalf("blocked: %+v", d)
+			}
+		}
+	}); cmds != 5 || evals != 5 {
+		t.Fatalf("5 blocked messages under rules that close: %d commands, %d scripts; want one script each", cmds, evals)
+	}
+	// A rule that drops keeps the connection: its blocked messages read the
+	// block through the cache. The script refuses until the invalidation
+	// of the cached "not blocked" arrives; then one read caches the block.
+	chat.Action = policy.Drop
 	waitFor(t, "a refusal from the cache", func() bool {
 		n, _ := count(func() {
 			if d := h.charge(t, l, KindMessage, cs, 1, 0); d.Allowed || !d.Blocked || d.Rule != "chat" {
