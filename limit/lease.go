@@ -115,9 +115,10 @@ func usable(es [2]*leaseEntry, now time.Time) bool {
 }
 
 // refill is a lease call under way, and the decisions waiting for it in the
-// order they came. The decision that made the call serves them from the
-// new slices (serve) before it closes done, so a waiter is decided at the
-// moment the slices arrive, not when it next runs: with many waiters on
+// order they came. When the call succeeds, the decision that made it serves
+// them from the new slices (serve) before it releases leases.mu, which the
+// woken waiters need to look, so a waiter is decided at the moment the
+// slices arrive, not when it next runs: with many waiters on
 // one hot key (a shared client address) and busy CPUs, a waiter that ran
 // late used to find the slice spent again by decisions that came after it,
 // and ran out of time waiting for the next one.
@@ -127,8 +128,8 @@ type refill struct {
 }
 
 // waiter is a decision waiting for a refill: n messages over the slices
-// es. Under leases.mu, granted is set by serve, and gone once the decision
-// stopped waiting, so that nothing is served to it after.
+// es. Under leases.mu, serve sets granted, and gone is set once the waiter
+// was served or stopped waiting, so that nothing is served to it after.
 type waiter struct {
 	es      [2]*leaseEntry
 	n       int
@@ -337,7 +338,20 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			e.left, e.expires = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl))
 			e.small = max(e.small-1, 0)
 		}
+		// untracked drops what is left of this decision's leases whose
+		// block key Redis may not have tracked all along (their gen
+		// moved): the next message leases again. Only this decision's: a
+		// slice another decision leased was checked by that decision, and
+		// a later invalidation dropped it already.
+		untracked := func() {
+			for i, e := range es {
+				if e != nil && size[i] > 0 && e.gen != gens[i] && cs[i].rule.Block > 0 {
+					e.left = 0
+				}
+			}
+		}
 		if d, refused := verdict(KindMessage, blockCounts(cs), out); refused {
+			untracked()
 			ls.mu.Unlock()
 			return d, false, nil
 		}
@@ -349,14 +363,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 		if usable(es, now) {
 			granted = spendFrom(es, n)
 		}
-		for i, e := range es {
-			// Only this decision's leases: a slice another decision
-			// leased was checked by that decision, and a later
-			// invalidation dropped it already.
-			if e != nil && size[i] > 0 && e.gen != gens[i] && cs[i].rule.Block > 0 {
-				e.left = 0 // not tracked all along: the next message leases again
-			}
-		}
+		untracked()
 		r.serve(now)
 		ls.mu.Unlock()
 		if granted > 0 {

@@ -503,4 +503,43 @@ func TestLeaseServesItsWaiters(t *testing.T) {
 			t.Fatalf("a waiter: %+v, want served by the lease it waited for", d)
 		}
 	}
+	// The later decision's slice, less its own message, is untouched.
+	if got := ls.held(0, "u"); got != 2 {
+		t.Fatalf("%d units left of the later decision's slice, want 2", got)
+	}
+}
+
+// TestLeaseRefusalDropsUntrackedSlice: a decision whose user lease is
+// refused while its IP lease is granted keeps the IP slice only if the IP
+// entry's block key was tracked all along (its gen did not move since the
+// decision read it); otherwise the slice could outlive a block it never
+// heard of.
+func TestLeaseRefusalDropsUntrackedSlice(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: time.Second, Mode: ModeLease, LeaseSize: 10,
+		Rules: Rules{
+			UserMessages: rate(2, time.Minute, time.Second),
+			IPMessages:   rate(1000, time.Minute, time.Second),
+		}})
+	ctx := context.Background()
+	for i := range 2 {
+		if d := l.Message(ctx, "u", "192.0.2.1"); !d.Allowed || d.Fallback {
+			t.Fatalf("message %d: %+v", i+1, d)
+		}
+	}
+	rs := l.rs.Load()
+	cs := [2]counter{{rule: &l.userMsg, id: "u"}, {rule: &l.ipMsg, id: "192.0.2.1"}}
+	ls := l.lease
+	es, gens := ls.entries(cs)
+	ls.mu.Lock()
+	es[1].gen++    // the announcement of the IP's block key
+	es[1].left = 0 // and its slice spent: the decision leases both
+	ls.mu.Unlock()
+	d, _, err := ls.reserve(ctx, rs, cs, es, gens, 1, false)
+	if err != nil || d.Allowed || d.Scope != ScopeUser {
+		t.Fatalf("reserve: %+v, %v; want refused by the user rule", d, err)
+	}
+	if got := ls.held(1, "192.0.2.1"); got != 0 {
+		t.Fatalf("the IP slice leased on a moved generation holds %d units, want 0", got)
+	}
 }
