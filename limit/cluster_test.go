@@ -55,4 +55,28 @@ func TestCluster(t *testing.T) {
 		time.Sleep(350 * ms)
 		h.allow(t, l, 2, "u", "a")
 	})
+	// A blocked user's message, from a stream that a refusal closes, must
+	// not reach its IP rule: on a Cluster that is a script of its own,
+	// which would count it (refunded later) and, at the IP's limit,
+	// refuse and block every client of the IP.
+	t.Run("blocked user, IP at its limit", func(t *testing.T) {
+		p := keyPrefix(t)
+		l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: testTimeout, Rules: Rules{
+			UserMessages: rate(1, 10*time.Second, 5*time.Second),
+			IPMessages:   rate(3, 10*time.Second, 7*time.Second),
+		}})
+		ctx := ClosesOnRefusal(context.Background())
+		h := &harness{store: "redis"}
+		h.allow(t, l, 1, "u", "a")
+		h.deny(t, l, "u", "a", ScopeUser, KindMessage, 5*time.Second)
+		h.allow(t, l, 1, "v", "a")
+		h.allow(t, l, 1, "w", "a") // the IP at its limit of 3
+		// The invalidation of the user's cached "not blocked" may land
+		// after the reply that blocked it.
+		time.Sleep(50 * ms)
+		h.check(t, l.Message(ctx, "u", "a"), ScopeUser, KindMessage, 5*time.Second)
+		if got := cli("pttl", p+":im:{a}:blk"); got != "-2" {
+			t.Fatalf("the IP's block key: pttl %s, want none: a blocked user's message blocked its IP", got)
+		}
+	})
 }

@@ -18,8 +18,8 @@
 //     rueidis's client-side cache, so Redis tracks the keys for this client
 //     and pushes an invalidation when one is written or deleted. A blocked
 //     identity is refused without a round trip, on every replica, until its
-//     block ends or an operator deletes the block key. Handshakes and lease
-//     mode's messages check; exact mode's messages leave it to the take.
+//     block ends or an operator deletes the block key. Messages whose
+//     refusal closes their stream (ClosesOnRefusal) leave it to the take.
 //   - take n: one Lua script counts up to n events against the counters,
 //     atomically, refusing when a guarding block key exists or a window's
 //     budget is spent; the refusal of a rule with a block sets its block
@@ -544,7 +544,7 @@ func New(cfg Config) (*Limiter, error) {
 		opt.BlockingPoolMinSize = 8
 		// The pipelined connections only serve the cached block checks.
 		// With rueidis's default on a standalone Redis (two with 2 CPUs,
-		// four from 4), a message's two block keys (different slots) land
+		// four from 4), a decision's two block keys (different slots) land
 		// on two of them, and DoMultiCache asks them in parallel: a
 		// goroutine and a channel per decision, even when both are cache
 		// hits (3.4 µs against 0.9 µs on one).
@@ -570,6 +570,31 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	return l, nil
 }
+
+// closesKey is the context key of ClosesOnRefusal.
+type closesKey struct{}
+
+// ClosesOnRefusal returns ctx marked for message decisions (Messages,
+// Charge) whose refusal ends the client's stream, as the gate's WebSocket
+// relay does with the 429 frame and close 4008. On a standalone or
+// Sentinel Redis such a decision leaves the block check to the counting
+// script, which checks the same block keys: a read through the client-side
+// cache first would spare at most one script call per connection and
+// block, and costs a cache lookup on every message. Without the mark (an
+// HTTP request refused with 429, a message let pass under shadow), a
+// blocked identity is refused from the cache with no round trip for as
+// long as it keeps asking. On a Cluster the check stays: there each rule
+// is a script of its own, and a blocked user's message would count
+// against its IP rule, and could block the IP. The memory store never
+// needs the check for a message: its take checks the same blocks.
+func ClosesOnRefusal(ctx context.Context) context.Context {
+	return context.WithValue(ctx, closesKey{}, true)
+}
+
+// closesOnRefusal reports whether ctx is marked by ClosesOnRefusal. It is
+// read from the caller's context: a decision's deadline may come from a
+// context shared by many (deadlines), which holds no value of theirs.
+func closesOnRefusal(ctx context.Context) bool { return ctx.Value(closesKey{}) != nil }
 
 // Message decides one data message of identity user from client IP ip.
 // Like Messages, Handshake and Charge, it is refused while an operator
@@ -656,7 +681,7 @@ func (l *Limiter) Close() error {
 
 func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]count, n int) Decision {
 	if !l.useRedis {
-		d, _ := decide(ctx, l.mem, kind, cs, ts, n)
+		d, _ := decide(ctx, l.mem, kind, cs, ts, n, kind != KindMessage)
 		d.Store = storeMemory
 		return d
 	}
@@ -681,7 +706,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 		d, err = l.lease.decide(rctx, rs, cs, n)
 	} else {
 		withKeys(&cs, &ts)
-		d, err = decide(rctx, rs, kind, cs, ts, n)
+		d, err = decide(rctx, rs, kind, cs, ts, n, kind != KindMessage || rs.cluster || !closesOnRefusal(ctx))
 	}
 	cancel()
 	if err != nil {
@@ -724,7 +749,7 @@ func (l *Limiter) fallback(ctx context.Context, kind string, cs [2]counter, ts [
 	case FailClosed:
 		d = Decision{Scope: ScopeUser, Kind: kind, RetryAfter: closedRetry}
 	default:
-		d, _ = decide(ctx, l.mem, kind, cs, ts, n)
+		d, _ = decide(ctx, l.mem, kind, cs, ts, n, kind != KindMessage)
 		d.Store = storeMemory
 	}
 	d.Fallback = true
@@ -733,14 +758,12 @@ func (l *Limiter) fallback(ctx context.Context, kind string, cs [2]counter, ts [
 }
 
 // decide takes up to n events from ts, after checking the blocks of cs
-// for a handshake. The take refuses while a guard blocks, so the check
+// when check is set. The take refuses while a guard blocks, so the check
 // only spares the store a take: on Redis it reads through the client-side
-// cache, and a blocked client that reconnects over and over costs no round
-// trip. A message is not checked first: a refusal ends its connection (or,
-// under shadow, lets it pass), so the check would save at most one take
-// per connection and block, at the price of a cache lookup per message.
-func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]count, n int) (Decision, error) {
-	if kind != KindMessage {
+// cache, and a blocked client that keeps asking (reconnects, HTTP requests)
+// costs no round trip. See ClosesOnRefusal for the messages that skip it.
+func decide(ctx context.Context, s store, kind string, cs [2]counter, ts [2]count, n int, check bool) (Decision, error) {
+	if check {
 		left, err := s.blocked(ctx, cs)
 		if err != nil {
 			return Decision{}, err

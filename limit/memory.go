@@ -28,8 +28,9 @@ type memEntry struct {
 // memory is the in-process store, with the semantics of the Redis scripts.
 // A connection rule's entry never has a blockEnd: only message rules block.
 // Expired entries are swept lazily: every max(minSweepEvery, len) calls, so
-// the sweep costs O(1) per call amortised and the map holds at most about
-// twice the keys live since the last sweep.
+// the sweep costs O(1) per call amortised and the map holds at most a small
+// multiple (a decision adds up to two keys) of the keys live since the last
+// sweep.
 type memory struct {
 	now  func() time.Time
 	base time.Time // entry times are offsets from it

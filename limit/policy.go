@@ -51,8 +51,8 @@ func keyTag(k policy.Key) string {
 // are refused by the hold, before any store is asked.
 //
 // With a RedisURL, Redis decides: the charges' block keys are read through
-// the client-side cache (a blocked key costs no round trip; skipped for a
-// message whose refusal by any charge would close its connection), then one
+// the client-side cache (a blocked key costs no round trip; skipped as
+// ClosesOnRefusal says for a message whose every rule closes), then one
 // script decides every charge atomically, whatever the number of rules and
 // windows, on keys "<prefix>:r:<rule>:<key kind>:...{<key>}" (keysOf).
 // On a Cluster, charges whose keys live in different slots are decided one
@@ -121,7 +121,7 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 	if l.lease != nil && anyLeasable(charges) {
 		d, failed, err = l.lease.pol.charge(rctx, rs, kind, charges, ids, n, bytes)
 	} else {
-		d, failed, err = rs.charge(rctx, l.prefix, kind, charges, ids, n, bytes)
+		d, failed, err = rs.charge(rctx, l.prefix, kind, charges, ids, n, bytes, closesOnRefusal(ctx))
 	}
 	cancel()
 	if err != nil {

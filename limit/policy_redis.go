@@ -438,12 +438,12 @@ func parseCharge(vs []int64, err error, leases int) (chargeResult, error) {
 // key is refused with no round trip, and a block set or deleted by any
 // replica invalidates the cached reads. The script checks the blocks
 // again, since an invalidation may arrive after the write that caused it.
-// A message whose refusal by any of the charges closes its connection
-// skips the read, as the flag rules' messages do (decide): it would spare
-// at most one call per connection and block, at the price of a cache
-// lookup per message.
-func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charge, ids []string, n int, bytes int64) (Decision, []bool, error) {
-	if kind != KindMessage || !refusalsClose(cs) {
+// A message whose refusal by any of the charges closes its stream (closes:
+// ClosesOnRefusal, and refusalsClose) skips the read when its keys live in
+// one slot, as the flag rules' messages do.
+func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charge, ids []string, n int, bytes int64, closes bool) (Decision, []bool, error) {
+	groups := s.slotGroups(ids)
+	if kind != KindMessage || len(groups) > 1 || !closes || !refusalsClose(cs) {
 		first, left, failed, err := s.chargeBlocked(ctx, prefix, cs, ids, nil)
 		if err != nil {
 			return Decision{}, failed, err
@@ -452,7 +452,6 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 			return policyRefusal(&cs[first], kind, true, left, 0), nil, nil
 		}
 	}
-	groups := s.slotGroups(ids)
 	if len(groups) > 1 {
 		d, failed, err := s.chargeSlots(ctx, prefix, kind, cs, ids, groups, bytes)
 		d.answered = err == nil
@@ -473,8 +472,9 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 }
 
 // refusalsClose reports whether a refusal by any charge of cs ends the
-// client's connection: an enforced rule that closes (a dropped message's
-// connection stays, and a shadow rule's refusal lets it pass).
+// client's stream where refusals may (ClosesOnRefusal): each is an enforced
+// rule that closes (a dropped message's connection stays, and a shadow
+// rule's refusal lets it pass).
 func refusalsClose(cs []Charge) bool {
 	for i := range cs {
 		if r := cs[i].Rule; r.Action != policy.Close || r.Shadow {

@@ -169,21 +169,36 @@ func testChargeRoundTrips(t *testing.T, s *redisServer) {
 	}
 	for h.charge(t, l, KindMessage, cs, 1, 0).Allowed {
 	}
-	// Every rule closes the connection at a refusal: a blocked message
-	// goes to the script, which refuses it.
-	if cmds, evals := count(func() {
-		for range 5 {
-			if d := h.charge(t, l, KindMessage, cs, 1, 0); d.Allowed || !d.Blocked || d.Rule != "chat" {
+	// Every rule closes the stream at a refusal, and the caller says so: a
+	// blocked message goes to the script, which refuses it.
+	closing := ClosesOnRefusal(context.Background())
+	blockedBy := func(ctx context.Context) func() {
+		return func() {
+			if d := l.Charge(ctx, KindMessage, cs, 1, 0); d.Allowed || !d.Blocked || d.Rule != "chat" || d.Fallback {
 				t.Fatalf("blocked: %+v", d)
 			}
+		}
+	}
+	if cmds, evals := count(func() {
+		for range 5 {
+			blockedBy(closing)()
 		}
 	}); cmds != 5 || evals != 5 {
 		t.Fatalf("5 blocked messages under rules that close: %d commands, %d scripts; want one script each", cmds, evals)
 	}
-	// A rule that drops keeps the connection: its blocked messages read the
-	// block through the cache. The script refuses until the invalidation
-	// of the cached "not blocked" arrives; then one read caches the block.
+	// A rule that drops, or a shadow rule, keeps the stream: the blocked
+	// messages read the block through the cache, as do those of a caller
+	// whose refusals do not close (an HTTP request).
 	chat.Action = policy.Drop
+	waitFor(t, "a refusal from the cache, a rule that drops", func() bool { n, _ := count(blockedBy(closing)); return n == 0 })
+	chat.Action, chat.Shadow = policy.Close, true
+	waitFor(t, "a refusal from the cache, a shadow rule", func() bool { n, _ := count(blockedBy(closing)); return n == 0 })
+	chat.Shadow = false
+	if cmds, _ := count(blockedBy(closing)); cmds != 1 {
+		t.Fatalf("a blocked message under rules that close: %d commands, want one script", cmds)
+	}
+	// The script refuses until the invalidation of the cached "not
+	// blocked" arrives; then one read caches the block.
 	waitFor(t, "a refusal from the cache", func() bool {
 		n, _ := count(func() {
 			if d := h.charge(t, l, KindMessage, cs, 1, 0); d.Allowed || !d.Blocked || d.Rule != "chat" {

@@ -25,9 +25,9 @@ const (
 	// writes or deletes the block key, rueidis caps it by the key's own
 	// TTL and drops the whole cache when its connection is lost, so this
 	// only bounds how often an identity's "not blocked" is read again: an
-	// identity that sends a message less often than this pays a second
-	// round trip for it (with 5 s, the first messages of 8,000 users that
-	// connected over the previous 5 s were 8,000 reads in one burst).
+	// identity checked less often than this pays a second round trip (with
+	// 5 s, the first lease-mode messages of 8,000 users that connected over
+	// the previous 5 s were 8,000 reads in one burst).
 	blockCacheTTL = time.Minute
 	// blockCacheBytes bounds rueidis's client-side cache per Redis
 	// connection. Its LRU drops an expired entry only when it is read again

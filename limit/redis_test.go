@@ -160,27 +160,38 @@ func TestRedisRoundTrips(t *testing.T) {
 	}
 	for l.Message(ctx, "u", "a").Allowed {
 	}
-	// A message is refused by the counting script, which counts nothing
-	// while the block lasts: its connection ends at the refusal.
-	if total, evals := measure("blocked message", 20, func(int) Decision {
-		d := l.Message(ctx, "u", "a")
+	// A message whose refusal closes its stream is refused by the counting
+	// script, which counts nothing while the block lasts.
+	closing := ClosesOnRefusal(ctx)
+	if total, evals := measure("blocked message, closing", 20, func(int) Decision {
+		d := l.Message(closing, "u", "a")
 		if d.Allowed || !d.Blocked || d.RetryAfter <= 0 || d.RetryAfter > 3*time.Second {
 			t.Fatalf("blocked message: %+v", d)
 		}
 		return d
 	}); total != 1 || evals != 1 {
-		t.Errorf("blocked message: %.2f commands, %.2f EVAL*; want 1 and 1", total, evals)
+		t.Errorf("blocked message, closing: %.2f commands, %.2f EVAL*; want 1 and 1", total, evals)
 	}
 	if got := s.cli("exists", prefix+":um:{u}"); got != "0" {
 		t.Fatalf("the blocked user's counter exists (%q): a blocked message counted", got)
 	}
-	// A handshake reads the blocks through the client-side cache. Redis
-	// invalidates the cached "not blocked" with a push that may land after
-	// the reply to the write; until it does the counting script refuses by
-	// itself. Then one read caches the block, and a client that reconnects
-	// over and over costs no round trip.
+	// Other messages (HTTP requests) and handshakes read the blocks through
+	// the client-side cache. Redis invalidates the cached "not blocked"
+	// with a push that may land after the reply to the write; until it does
+	// the counting script refuses by itself. Then one read caches the
+	// block, and a client that keeps asking costs no round trip.
 	time.Sleep(50 * time.Millisecond)
+	l.Message(ctx, "u", "a")
 	l.Handshake(ctx, "u", "b")
+	if total, _ := measure("blocked message", 100, func(int) Decision {
+		d := l.Message(ctx, "u", "a")
+		if d.Allowed || !d.Blocked || d.RetryAfter <= 0 || d.RetryAfter > 3*time.Second {
+			t.Fatalf("blocked message: %+v", d)
+		}
+		return d
+	}); total != 0 {
+		t.Errorf("blocked message: %.2f commands, want 0", total)
+	}
 	if total, _ := measure("blocked handshake", 20, func(int) Decision {
 		d := l.Handshake(ctx, "u", "b")
 		if d.Allowed || !d.Blocked {

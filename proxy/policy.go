@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -71,14 +70,14 @@ func (d *direction) limited(h ws.Header) verdict {
 	}
 	var dec limit.Decision
 	if cr == nil {
-		dec = pr.p.decide(context.Background(), false, pr.info.userKey, pr.info.ipKey, n)
+		dec = pr.p.decide(pr.p.relayCtx, false, pr.info.userKey, pr.info.ipKey, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {
 			a.class = d.classOf(h, cr.pol)
 		}
 		cr.class = a.class
-		dec = pr.p.decideRules(context.Background(), cr, a)
+		dec = pr.p.decideRules(pr.p.relayCtx, cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())
 	if !dec.Allowed {
@@ -115,7 +114,7 @@ func (d *direction) limitedMore(h ws.Header) bool {
 		return false
 	}
 	cr := pr.info.rules
-	dec := pr.p.decideRules(context.Background(), cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+	dec := pr.p.decideRules(pr.p.relayCtx, cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
 	if !dec.Allowed {
 		pr.refused(dec)
 	}

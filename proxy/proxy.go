@@ -244,6 +244,11 @@ type Proxy struct {
 
 	hooks testHooks
 
+	// relayCtx is the context of the relay's message decisions: a refusal
+	// closes the connection (limit.ClosesOnRefusal), unless Shadow lets the
+	// refused messages pass.
+	relayCtx context.Context
+
 	web web // the state of the web-app features (web.go)
 
 	// Counters of the per-frame path, resolved once.
@@ -301,6 +306,10 @@ func New(cfg Config) (*Proxy, error) {
 		pairs:      make(map[*pair]struct{}),
 		web:        w,
 		stopDrains: make(chan struct{}),
+	}
+	p.relayCtx = context.Background()
+	if !cfg.Shadow {
+		p.relayCtx = limit.ClosesOnRefusal(p.relayCtx)
 	}
 	p.wsBase.Scheme = "ws"
 	if u.Scheme == "https" {
