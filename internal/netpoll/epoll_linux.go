@@ -150,7 +150,7 @@ func (p *Poller) ready() (*Desc, error) {
 	if len(p.later) > 0 {
 		p.mu.Lock()
 		for i, d := range p.later {
-			p.queue = append(p.queue, d)
+			p.queue.push(d)
 			p.wakeOne()
 			p.later[i] = nil
 		}

@@ -309,3 +309,30 @@ func TestReadyDuringCallback(t *testing.T) {
 	p.Remove(&d1)
 	p.Remove(&d2)
 }
+
+// TestQueueStaysSmallUnderBacklog: a queue that never empties (callbacks
+// queued as fast as workers take them, a few always waiting) keeps an array
+// of a few times its backlog, however many callbacks go through it.
+func TestQueueStaysSmallUnderBacklog(t *testing.T) {
+	var q fifo
+	ds := make([]Desc, 8)
+	for i := range ds {
+		q.push(&ds[i])
+	}
+	for i := range 100_000 {
+		want := &ds[i%len(ds)]
+		if got := q.pop(); got != want {
+			t.Fatalf("pop %d: got Desc %p, want %p (first in, first out)", i, got, want)
+		}
+		q.push(want)
+	}
+	if c := cap(q.items); c > 4*len(ds) {
+		t.Errorf("queue of %d callbacks holds an array of %d after 100,000 went through", len(ds), c)
+	}
+	for range ds {
+		q.pop()
+	}
+	if !q.empty() {
+		t.Error("queue not empty after every callback was taken")
+	}
+}
