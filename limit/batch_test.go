@@ -274,3 +274,49 @@ func TestRedisGroupsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisCallBuffersAreNotShared: the batchers hand the slices of the
+// calls they took to the next calls (batcher.buffer). Decisions of many
+// users at once, alone and in groups, each count against their own keys
+// only: a buffer handed out again while a call still used it would mix
+// two users' keys and miscount both.
+func TestRedisCallBuffersAreNotShared(t *testing.T) {
+	s := startRedis(t)
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: p, Timeout: 5 * time.Second,
+		Rules: Rules{UserMessages: rate(1_000_000, time.Minute, 0)}})
+	chat := polRule("chat", policy.CountMessages, win(1_000_000, time.Minute))
+	ctx := context.Background()
+	const users, each = 16, 150
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Go(func() {
+			user := fmt.Sprint("u", u)
+			for i := range each {
+				// Flag rules (takes) and a rules file (charges), a
+				// different number of events each time.
+				if d := l.Messages(ctx, user, "a", 1+i%3); !d.Allowed || d.Fallback {
+					t.Errorf("%s: message decision %+v", user, d)
+					return
+				}
+				if d := l.Charge(ctx, KindMessage, charges(user, chat), 1, 10); !d.Allowed || d.Fallback {
+					t.Errorf("%s: charge decision %+v", user, d)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var want int
+	for i := range each {
+		want += 1 + i%3
+	}
+	for u := range users {
+		if got := s.cli("get", fmt.Sprintf("%s:um:{u%d}", p, u)); got != fmt.Sprint(want) {
+			t.Errorf("u%d: message counter %s, want %d", u, got, want)
+		}
+		if got := s.cli("get", fmt.Sprintf("%s:r:chat:u:60000:{u%d}", p, u)); got != fmt.Sprint(each) {
+			t.Errorf("u%d: charge counter %s, want %d", u, got, each)
+		}
+	}
+}

@@ -35,7 +35,7 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 	case len(idx) == 0:
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
-		k := leaseOf(cs, size, idx)
+		k := leaseOf(s.leases.buffer(), cs, size, idx)
 		vals, err := s.leases.do(ctx, s.client, k)
 		var out [2]grant
 		if err := parseLease(vals, err, out[:len(idx)]); err != nil {
@@ -48,7 +48,7 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 	}
 	calls := make([]call, len(idx))
 	for j, i := range idx {
-		calls[j] = leaseOf(cs, size, []int{i})
+		calls[j] = leaseOf(call{}, cs, size, []int{i})
 	}
 	var errs [2]error
 	for j, r := range leaseScript.exec(ctx, s.client, calls...) {
@@ -58,10 +58,10 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 	return g, failure(errs)
 }
 
-// leaseOf is the leaseScript call reserving size[i] units of cs[i], i in
-// idx.
-func leaseOf(cs [2]counter, size [2]int, idx []int) call {
-	k := call{args: []string{strconv.Itoa(len(idx))}}
+// leaseOf appends to k (empty, maybe with room: batcher.buffer) the
+// leaseScript call reserving size[i] units of cs[i], i in idx.
+func leaseOf(k call, cs [2]counter, size [2]int, idx []int) call {
+	k.args = append(k.args, strconv.Itoa(len(idx)))
 	for _, i := range idx {
 		c, r := cs[i], cs[i].rule
 		k.keys = append(k.keys, c.key(), c.blockKey())

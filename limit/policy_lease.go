@@ -558,7 +558,7 @@ func (pl *polLeases) run(ctx context.Context, rs *redisStore, kind string, cs []
 	for _, g := range groups {
 		for _, i := range g {
 			if needs(i) {
-				calls = append(calls, chargeCall(pl.prefix, cs, ids, g, n, bytes, p.lease, p.back))
+				calls = append(calls, chargeCall(call{}, pl.prefix, cs, ids, g, n, bytes, p.lease, p.back))
 				called = append(called, g)
 				break
 			}

@@ -303,12 +303,12 @@ end
 return 0
 `)
 
-// chargeCall is the chargeScript call deciding n events of the charges
-// cs[i] for i in idx, whose key values are ids[i]. lease[i][j] and
-// back[i][j] are the lease and back arguments of window j of cs[i]; a nil
-// lease or lease[i] counts exactly, and a nil back or back[i] corrects
-// nothing.
-func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64, back [][]float64) call {
+// chargeCall appends to k (empty, maybe with room: batcher.buffer) the
+// chargeScript call deciding n events of the charges cs[i] for i in idx,
+// whose key values are ids[i]. lease[i][j] and back[i][j] are the lease
+// and back arguments of window j of cs[i]; a nil lease or lease[i] counts
+// exactly, and a nil back or back[i] corrects nothing.
+func chargeCall(k call, prefix string, cs []Charge, ids []string, idx []int, n int, bytes int64, lease [][]int64, back [][]float64) call {
 	nk, na := 0, 2
 	for _, i := range idx {
 		c := &cs[i]
@@ -319,7 +319,7 @@ func chargeCall(prefix string, cs []Charge, ids []string, idx []int, n int, byte
 			na += 4 * len(c.Limits)
 		}
 	}
-	k := call{keys: make([]string, 0, nk), args: make([]string, 0, na)}
+	k.keys, k.args = slices.Grow(k.keys, nk), slices.Grow(k.args, na)
 	k.args = append(k.args, strconv.Itoa(len(idx)))
 	for _, i := range idx {
 		c := &cs[i]
@@ -457,7 +457,7 @@ func (s *redisStore) charge(ctx context.Context, prefix, kind string, cs []Charg
 		d.answered = err == nil
 		return d, failed, err
 	}
-	k := chargeCall(prefix, cs, ids, groups[0], n, bytes, nil, nil)
+	k := chargeCall(s.charges.buffer(), prefix, cs, ids, groups[0], n, bytes, nil, nil)
 	vals, err := s.charges.do(ctx, s.client, k)
 	r, err := parseCharge(vals, err, 0)
 	if err != nil {
@@ -525,14 +525,14 @@ func (s *redisStore) chargeBlocked(ctx context.Context, prefix string, cs []Char
 
 // slotGroups splits the charges (by their key values ids) into the groups
 // one script may decide: the charges whose keys share a Cluster slot, in
-// their order. Off a Cluster, one group holds them all.
+// their order. Off a Cluster, one group holds them all. The caller must
+// not change the groups.
 func (s *redisStore) slotGroups(ids []string) [][]int {
 	if !s.cluster {
-		all := make([]int, len(ids))
-		for i := range all {
-			all[i] = i
+		if len(ids) < len(oneGroup) {
+			return oneGroup[len(ids)]
 		}
-		return [][]int{all}
+		return allOf(len(ids))
 	}
 	var groups [][]int
 	var slots []uint16
@@ -546,6 +546,24 @@ func (s *redisStore) slotGroups(ids []string) [][]int {
 		}
 	}
 	return groups
+}
+
+// oneGroup[n] is slotGroups' answer for n charges off a Cluster, made once
+// (every message of a rules file needs one).
+var oneGroup = func() (gs [17][][]int) {
+	for n := range gs {
+		gs[n] = allOf(n)
+	}
+	return gs
+}()
+
+// allOf is one group of the charges 0 to n-1.
+func allOf(n int) [][]int {
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	return [][]int{all}
 }
 
 // chargeSlots decides one event of charges whose keys live in several
@@ -563,7 +581,7 @@ func (s *redisStore) slotGroups(ids []string) [][]int {
 func (s *redisStore) chargeSlots(ctx context.Context, prefix, kind string, cs []Charge, ids []string, groups [][]int, bytes int64) (Decision, []bool, error) {
 	calls := make([]call, len(groups))
 	for g, idx := range groups {
-		calls[g] = chargeCall(prefix, cs, ids, idx, 1, bytes, nil, nil)
+		calls[g] = chargeCall(call{}, prefix, cs, ids, idx, 1, bytes, nil, nil)
 	}
 	var failed []bool
 	var err error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -137,7 +138,7 @@ func (s *redisStore) take(ctx context.Context, cs [2]count, n int) (out [2]outco
 		if len(idx) == 2 && !cs[0].enabled() && cs[1].enabled() {
 			idx[0], idx[1] = 1, 0
 		}
-		k := takeOf(cs, idx, n)
+		k := takeOf(s.takes.buffer(), cs, idx, n)
 		vals, err := s.takes.do(ctx, s.client, k)
 		var res [2]outcome
 		granted, err = parseTake(vals, err, res[:len(idx)])
@@ -161,7 +162,7 @@ func (s *redisStore) take(ctx context.Context, cs [2]count, n int) (out [2]outco
 func (s *redisStore) takeCluster(ctx context.Context, cs [2]count) (out [2]outcome, granted int, err error) {
 	var calls [2]call
 	for i := range cs {
-		calls[i] = takeOf(cs, []int{i}, 1)
+		calls[i] = takeOf(call{}, cs, []int{i}, 1)
 	}
 	rs := takeScript.exec(ctx, s.client, calls[:]...)
 	var got [2]int
@@ -200,18 +201,17 @@ func (s *redisStore) refund(ctx context.Context, k count, n int) error {
 	return nil
 }
 
-// takeOf is the takeScript call of the counts cs[i], i in idx (counted
-// ones first), for n events.
-func takeOf(cs [2]count, idx []int, n int) call {
+// takeOf appends to t (empty, maybe with room: batcher.buffer) the
+// takeScript call of the counts cs[i], i in idx (counted ones first), for
+// n events.
+func takeOf(t call, cs [2]count, idx []int, n int) call {
 	k := 0
 	for _, i := range idx {
 		if cs[i].enabled() {
 			k++
 		}
 	}
-	nk := k + len(idx)
-	buf := make([]string, 0, nk+3+3*k)
-	t := call{keys: buf[:0:nk], args: buf[nk:nk]}
+	t.keys, t.args = slices.Grow(t.keys, k+len(idx)), slices.Grow(t.args, 3+3*k)
 	t.args = append(t.args, strconv.Itoa(k), strconv.Itoa(len(idx)))
 	for _, i := range idx {
 		if c := cs[i]; c.enabled() {

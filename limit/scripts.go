@@ -180,22 +180,17 @@ type call struct {
 // would send SCRIPT LOAD to every node of a Cluster on every call; EVALSHA
 // on its own reaches the node of the call's keys.)
 func (s *script) exec(ctx context.Context, c rueidis.Client, calls ...call) []rueidis.RedisResult {
-	evalsha := func(k call) rueidis.Completed {
-		return c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
-	}
-	var rs []rueidis.RedisResult
 	if len(calls) == 1 {
-		rs = []rueidis.RedisResult{c.Do(ctx, evalsha(calls[0]))}
-	} else {
-		cmds := make(rueidis.Commands, len(calls))
-		for i, k := range calls {
-			cmds[i] = evalsha(k)
-		}
-		rs = c.DoMulti(ctx, cmds...)
+		return []rueidis.RedisResult{s.one(ctx, c, calls[0])}
 	}
+	cmds := make(rueidis.Commands, len(calls))
+	for i, k := range calls {
+		cmds[i] = s.evalsha(c, k)
+	}
+	rs := c.DoMulti(ctx, cmds...)
 	var again []int
 	for i, r := range rs {
-		if re, ok := rueidis.IsRedisErr(r.Error()); ok && re.IsNoScript() {
+		if noScript(r) {
 			again = append(again, i)
 		}
 	}
@@ -204,8 +199,7 @@ func (s *script) exec(ctx context.Context, c rueidis.Client, calls ...call) []ru
 	}
 	eval := make(rueidis.Commands, len(again))
 	for j, i := range again {
-		k := calls[i]
-		eval[j] = c.B().Eval().Script(s.src).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
+		eval[j] = s.eval(c, calls[i])
 	}
 	for j, r := range c.DoMulti(ctx, eval...) {
 		rs[again[j]] = r
@@ -213,7 +207,30 @@ func (s *script) exec(ctx context.Context, c rueidis.Client, calls ...call) []ru
 	return rs
 }
 
+// one runs the script once, as exec does.
+func (s *script) one(ctx context.Context, c rueidis.Client, k call) rueidis.RedisResult {
+	r := c.Do(ctx, s.evalsha(c, k))
+	if noScript(r) {
+		r = c.Do(ctx, s.eval(c, k))
+	}
+	return r
+}
+
+func (s *script) evalsha(c rueidis.Client, k call) rueidis.Completed {
+	return c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
+}
+
+func (s *script) eval(c rueidis.Client, k call) rueidis.Completed {
+	return c.B().Eval().Script(s.src).Numkeys(int64(len(k.keys))).Key(k.keys...).Arg(k.args...).Build()
+}
+
+// noScript reports whether Redis did not know the script.
+func noScript(r rueidis.RedisResult) bool {
+	re, ok := rueidis.IsRedisErr(r.Error())
+	return ok && re.IsNoScript()
+}
+
 // exec1 runs the script once.
 func (s *script) exec1(ctx context.Context, c rueidis.Client, keys, args []string) rueidis.RedisResult {
-	return s.exec(ctx, c, call{keys, args})[0]
+	return s.one(ctx, c, call{keys, args})
 }
