@@ -91,10 +91,16 @@ func (b *batcher) buffer() call {
 // recycle keeps the slices of k, which do took, for buffer. b.mu is held.
 func (b *batcher) recycle(k call) {
 	if len(b.spare) < maxSpare {
-		clear(k.keys)
-		clear(k.args)
-		b.spare = append(b.spare, call{k.keys[:0], k.args[:0]})
+		b.spare = append(b.spare, k.emptied())
 	}
+}
+
+// emptied returns k's slices with no element, cleared so that they keep
+// no key or argument alive.
+func (k call) emptied() call {
+	clear(k.keys)
+	clear(k.args)
+	return call{k.keys[:0], k.args[:0]}
 }
 
 // do runs k and returns its values: at once in a call of its own when one
@@ -187,7 +193,7 @@ func (b *batcher) send(ctx context.Context, c rueidis.Client, g *callGroup) {
 	<-b.slots
 	b.mu.Lock()
 	if len(b.free) < batchCalls {
-		b.free = append(b.free, call{g.keys[:0], g.args[:0]})
+		b.free = append(b.free, g.call.emptied())
 	}
 	b.mu.Unlock()
 	if err != nil {
