@@ -210,7 +210,14 @@ func windowMargin(ttl time.Duration) time.Duration { return time.Millisecond + t
 // Refusals come from Redis: the cached block check, or the script finding
 // the window's budget spent.
 func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int) (Decision, error) {
-	if g := ls.spend(cs, n); g > 0 {
+	g, r, w := ls.spend(cs, n)
+	if w != nil {
+		var err error
+		if g, err = ls.await(ctx, r, w); err != nil {
+			return Decision{}, err
+		}
+	}
+	if g > 0 {
 		return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
 	}
 check:
@@ -272,23 +279,11 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			w := &waiter{es: es, n: n}
 			wait.waiters = append(wait.waiters, w)
 			ls.mu.Unlock()
-			select {
-			case <-wait.done:
-			case <-ctx.Done():
-			}
-			if ls.woken != nil {
-				ls.woken()
-			}
-			ls.mu.Lock()
-			g := w.granted
-			w.gone = true
-			ls.mu.Unlock()
-			switch {
+			switch g, err := ls.await(ctx, wait, w); {
+			case err != nil:
+				return Decision{}, false, err
 			case g > 0:
-				// Served even if ctx ended since: the units are spent.
 				return Decision{Allowed: true, Kind: KindMessage, Granted: g}, false, nil
-			case ctx.Err() != nil:
-				return Decision{}, false, waitedErr(ctx)
 			}
 			continue
 		}
@@ -392,7 +387,16 @@ func waitedErr(ctx context.Context) error {
 // and returns how many (0: take the full path). That is safe by the
 // invariant of leases: a usable slice is dropped by the first write to its
 // block key since it was granted.
-func (ls *leases) spend(cs [2]counter, n int) int {
+//
+// When the slices it misses are being refilled, by one call under way, it
+// queues w to be served by that call (r) instead, again without a block
+// check: the decision that made the call checked the missing slices'
+// block keys, its lease script refuses while one exists, and serve gives
+// w units only while w's other slices are still usable. A shared client
+// address's slice is refilled while most of its messages arrive; this
+// spares each of them a block check. w not served (the call failed or was
+// refused, or a slice was dropped meanwhile) takes the full path.
+func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
 	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -402,13 +406,18 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 			continue
 		}
 		e := ls.m[memKey{c.rule, c.id}]
-		if e == nil || e.refill != nil || !e.usable(now) {
-			return 0
+		switch {
+		case e == nil:
+			return 0, nil, nil
+		case e.refill != nil && (r == nil || r == e.refill):
+			r = e.refill
+		case !e.usable(now):
+			return 0, nil, nil
 		}
 		es[i] = e
 	}
 	if es[0] == nil && es[1] == nil {
-		return 0
+		return 0, nil, nil
 	}
 	ls.tick(now)
 	for _, e := range es {
@@ -416,7 +425,37 @@ func (ls *leases) spend(cs [2]counter, n int) int {
 			e.touched = now
 		}
 	}
-	return spendFrom(es, n)
+	if r != nil {
+		w = &waiter{es: es, n: n}
+		r.waiters = append(r.waiters, w)
+		return 0, r, w
+	}
+	return spendFrom(es, n), nil, nil
+}
+
+// await waits for refill r to serve w, or for ctx to end, and returns the
+// units w was granted: 0 with a nil error means w was not served, and its
+// decision looks again.
+func (ls *leases) await(ctx context.Context, r *refill, w *waiter) (int, error) {
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+	}
+	if ls.woken != nil {
+		ls.woken()
+	}
+	ls.mu.Lock()
+	g := w.granted
+	w.gone = true
+	ls.mu.Unlock()
+	switch {
+	case g > 0:
+		// Served even if ctx ended since: the units are spent.
+		return g, nil
+	case ctx.Err() != nil:
+		return 0, waitedErr(ctx)
+	}
+	return 0, nil
 }
 
 // spendFrom takes up to n units from every slice of es (nil: a rule not in

@@ -509,6 +509,65 @@ func TestLeaseServesItsWaiters(t *testing.T) {
 	}
 }
 
+// TestLeaseWaiterWithADroppedSliceLooksAgain: a decision whose own user
+// slice is usable while its client address's slice is being refilled by
+// another user's decision waits for that call without a block check of
+// its own. When its user slice is dropped meanwhile (a flush here; an
+// invalidation of the user's block key alike), the refill does not serve
+// it: it takes the full path and leases its user's units again, so no
+// message passes on a slice that may have outlived a block.
+func TestLeaseWaiterWithADroppedSliceLooksAgain(t *testing.T) {
+	s := startRedis(t)
+	prefix := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: prefix, Timeout: time.Second, Mode: ModeLease, LeaseSize: 3,
+		Rules: Rules{
+			UserMessages: rate(1000, time.Minute, time.Second),
+			IPMessages:   rate(1000, time.Minute, time.Second),
+		}})
+	ls := l.lease
+	ctx := context.Background()
+	const ip = "192.0.2.1"
+	// Slices of 3: u and the address leased, then v; the address's spent.
+	for _, user := range []string{"u", "v", "u"} {
+		if d := l.Message(ctx, user, ip); !d.Allowed || d.Fallback {
+			t.Fatalf("%s: %+v", user, d)
+		}
+	}
+	if u, v, a := ls.held(0, "u"), ls.held(0, "v"), ls.held(1, ip); u != 1 || v != 2 || a != 0 {
+		t.Fatalf("slices u %d, v %d, address %d; want 1, 2, 0", u, v, a)
+	}
+	waiters := func() int {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		if e := ls.m[memKey{&l.ipMsg, ip}]; e != nil && e.refill != nil {
+			return len(e.refill.waiters)
+		}
+		return -1
+	}
+	s.pause()
+	t.Cleanup(s.resume)
+	decide := func(user string, out chan<- Decision) { out <- l.Message(ctx, user, ip) }
+	leaser, waiter := make(chan Decision, 1), make(chan Decision, 1)
+	go decide("u", leaser)
+	waitFor(t, "u's decision to lease the address's slice", func() bool { return waiters() == 0 })
+	go decide("v", waiter)
+	waitFor(t, "v's decision to wait for it", func() bool { return waiters() == 1 })
+	ls.flush()
+	s.resume()
+	for _, c := range []chan Decision{leaser, waiter} {
+		if d := <-c; !d.Allowed || d.Fallback {
+			t.Fatalf("after the flush: %+v", d)
+		}
+	}
+	// v's second lease: 3 + 3 counted in Redis, 2 of the new slice left.
+	if got := s.cli("GET", prefix+":um:{v}"); got != "6" {
+		t.Fatalf("v's counter in Redis: %q, want 6 (a second lease after the flush)", got)
+	}
+	if got := ls.held(0, "v"); got != 2 {
+		t.Fatalf("v's slice: %d, want 2", got)
+	}
+}
+
 // TestLeaseRefusalDropsUntrackedSlice: a decision whose user lease is
 // refused while its IP lease is granted keeps the IP slice only if the IP
 // entry's block key was tracked all along (its gen did not move since the
