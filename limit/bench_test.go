@@ -24,14 +24,17 @@ func blockedRules() Rules {
 	}
 }
 
+// benchDecisions decides one message at a time as a connection does:
+// with its Client, made once.
 func benchDecisions(b *testing.B, l *Limiter, wantAllowed bool) {
 	ctx := context.Background()
 	l.Message(ctx, "user", "10.0.0.7")
 	l.Message(ctx, "user", "10.0.0.7")
+	c := l.Client("user", "10.0.0.7")
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if d := l.Message(ctx, "user", "10.0.0.7"); d.Allowed != wantAllowed || d.Fallback {
+		if d := l.MessagesOf(ctx, c, 1); d.Allowed != wantAllowed || d.Fallback {
 			b.Fatalf("decision %+v", d)
 		}
 	}

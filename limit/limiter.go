@@ -339,15 +339,18 @@ func (c count) guardKey() string {
 }
 
 // withKeys builds the keys a Redis decision on cs and ts will name, once
-// each: a message's count is its counter, a handshake's count is guarded
-// by its scope's message counter. Other keys are built when named.
+// each (a Client's come built): a message's count is its counter, a
+// handshake's count is guarded by its scope's message counter. Other keys
+// are built when named.
 func withKeys(cs *[2]counter, ts *[2]count) {
 	for i := range cs {
 		c, t := &cs[i], &ts[i]
 		if !c.enabled() {
 			continue
 		}
-		c.blk = c.rule.blockKey(c.id)
+		if c.blk == "" {
+			c.blk = c.rule.blockKey(c.id)
+		}
 		if t.rule == c.rule && t.id == c.id {
 			t.blk = c.blk
 		}
@@ -621,13 +624,46 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // Redis, counting up to n messages or blocking the key, and the caller's
 // next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
+	c := l.client(user, ip, false)
+	return l.MessagesOf(ctx, &c, n)
+}
+
+// Client is one client's user and address as a Limiter's message
+// decisions name them, made once (Limiter.Client) for every message of a
+// connection: the ids made safe for Redis keys and, in exact mode, the flag
+// message rules' block keys, whose beginnings are the counter keys. It is
+// read-only once made, and holds two short strings more than the ids.
+type Client struct {
+	user, ip string    // as given, for holds
+	ids      [2]string // user's and ip's, safe (safeID)
+	blk      [2]string // the user's and ip's block keys in exact mode; else ""
+}
+
+// Client returns user and ip made ready for MessagesOf.
+func (l *Limiter) Client(user, ip string) *Client {
+	c := l.client(user, ip, l.useRedis && l.lease == nil)
+	return &c
+}
+
+// client returns the Client of user and ip, with its block keys when keys
+// is set.
+func (l *Limiter) client(user, ip string, keys bool) Client {
+	c := Client{user: user, ip: ip, ids: [2]string{safeID(user), safeID(ip)}}
+	if keys {
+		c.blk = [2]string{l.userMsg.blockKey(c.ids[0]), l.ipMsg.blockKey(c.ids[1])}
+	}
+	return c
+}
+
+// MessagesOf is Messages for the user and address of c, made by this
+// Limiter.
+func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
 	if l.Holding() {
-		if d, held := l.heldMessage(KindMessage, user, ip); held {
+		if d, held := l.heldMessage(KindMessage, c.user, c.ip); held {
 			return d
 		}
 	}
-	user, ip = safeID(user), safeID(ip)
-	cs := [2]counter{{rule: &l.userMsg, id: user}, {rule: &l.ipMsg, id: ip}}
+	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0]}, {rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1]}}
 	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }

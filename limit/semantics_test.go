@@ -200,14 +200,16 @@ func (h *harness) allow(t *testing.T, l *Limiter, n int, user, ip string) {
 	}
 }
 
-// batch asks Messages about n messages, and again about the rest while
-// fewer were granted, until all passed or one was refused. want is how many
-// must pass; it returns the refusal, if any.
+// batch asks about n messages, and again about the rest while fewer were
+// granted, until all passed or one was refused, as a connection does: with
+// MessagesOf, its Client made once (allow asks Message, which makes one
+// each time). want is how many must pass; it returns the refusal, if any.
 func (h *harness) batch(t *testing.T, l *Limiter, n, want int, user, ip string) Decision {
 	t.Helper()
 	passed := 0
+	c := l.Client(user, ip)
 	for passed < n {
-		d := l.Messages(context.Background(), user, ip, n-passed)
+		d := l.MessagesOf(context.Background(), c, n-passed)
 		if !d.Allowed {
 			if d.Granted != 0 {
 				t.Fatalf("refusal with Granted %d", d.Granted)

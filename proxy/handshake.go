@@ -180,6 +180,9 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		subject: cl.identity.Subject, tokenID: cl.identity.TokenID,
 		ip: cl.ip, path: r.URL.Path, protocol: protocol})
 	pr.info.userKey, pr.info.ipKey = cl.userKey, cl.ipKey
+	if cr == nil && p.cfg.Limiter != nil {
+		pr.info.limits = p.cfg.Limiter.Client(cl.userKey, cl.ipKey)
+	}
 	pr.release = release
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {

@@ -22,13 +22,19 @@ import (
 // (store="fallback" for every fallback: its time is that of the failed or
 // skipped Redis call).
 func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n int) limit.Decision {
-	start := time.Now()
-	var d limit.Decision
-	if handshake {
-		d = p.cfg.Limiter.Handshake(ctx, user, ip)
-	} else {
-		d = p.cfg.Limiter.Messages(ctx, user, ip, n)
+	if !handshake {
+		return p.decideMessages(ctx, p.cfg.Limiter.Client(user, ip), n)
 	}
+	start := time.Now()
+	d := p.cfg.Limiter.Handshake(ctx, user, ip)
+	p.observe(d, start)
+	return d
+}
+
+// decideMessages is decide for n messages of c, a connection's client.
+func (p *Proxy) decideMessages(ctx context.Context, c *limit.Client, n int) limit.Decision {
+	start := time.Now()
+	d := p.cfg.Limiter.MessagesOf(ctx, c, n)
 	p.observe(d, start)
 	return d
 }

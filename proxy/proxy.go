@@ -36,9 +36,12 @@ import (
 // Limiter decides whether a data message or a handshake may pass.
 // *limit.Limiter implements it.
 type Limiter interface {
-	// Messages decides the next n messages of user that arrived together;
-	// Decision.Granted of them pass (see limit.Limiter.Messages).
-	Messages(ctx context.Context, user, ip string, n int) limit.Decision
+	// Client makes a user key and an IP key ready for MessagesOf, once per
+	// connection, and MessagesOf decides the next n messages of that
+	// client that arrived together; Decision.Granted of them pass (see
+	// limit.Limiter.Messages).
+	Client(user, ip string) *limit.Client
+	MessagesOf(ctx context.Context, c *limit.Client, n int) limit.Decision
 	Handshake(ctx context.Context, user, ip string) limit.Decision
 	// Charge decides n events of a rules file's policy against the rules
 	// that apply (see limit.Limiter.Charge).

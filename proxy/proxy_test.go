@@ -759,9 +759,9 @@ type countingLimiter struct {
 	calls atomic.Int64
 }
 
-func (c *countingLimiter) Messages(ctx context.Context, user, ip string, n int) limit.Decision {
+func (c *countingLimiter) MessagesOf(ctx context.Context, cl *limit.Client, n int) limit.Decision {
 	c.calls.Add(1)
-	return c.Limiter.Messages(ctx, user, ip, n)
+	return c.Limiter.MessagesOf(ctx, cl, n)
 }
 
 // TestMessageLimitBurst: messages that arrive together are decided by one

@@ -180,8 +180,10 @@ type connInfo struct {
 	ip               netip.Addr // the client's
 	path, protocol   string     // the request's path and the subprotocol agreed
 	// userKey and ipKey are the limiter's keys of the connection's user
-	// and client address.
+	// and client address; limits, the two as the flag rules' message
+	// decisions take them (nil under a rules file).
 	userKey, ipKey string
+	limits         *limit.Client
 
 	// freeStart and freeCount are the window of the engine.io control
 	// packets that pass without counting (sioFreeControl).
