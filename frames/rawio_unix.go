@@ -45,7 +45,7 @@ func (r *Reader) readReady() error {
 // socket (ENOTSOCK) is read and written plainly.
 func readNonblock(fd uintptr, p []byte) (int, error) {
 	buf := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
-	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, buf, uintptr(len(p)), 0, 0, 0)
+	n, _, e := syscall.RawSyscall6(sysRecvfrom, fd, buf, uintptr(len(p)), 0, 0, 0)
 	if e == syscall.ENOTSOCK {
 		n, _, e = syscall.RawSyscall(syscall.SYS_READ, fd, buf, uintptr(len(p)))
 	}
@@ -59,7 +59,7 @@ func readNonblock(fd uintptr, p []byte) (int, error) {
 // write(2) on a descriptor that is not a socket.
 func writeNonblock(fd uintptr, p []byte) (int, syscall.Errno) {
 	buf := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
-	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, buf, uintptr(len(p)), 0, 0, 0)
+	n, _, e := syscall.RawSyscall6(sysSendto, fd, buf, uintptr(len(p)), 0, 0, 0)
 	if e == syscall.ENOTSOCK {
 		n, _, e = syscall.RawSyscall(syscall.SYS_WRITE, fd, buf, uintptr(len(p)))
 	}

@@ -139,7 +139,7 @@ type Config struct {
 	// Limiter decides on messages and handshakes. Nil means no limits.
 	Limiter Limiter
 	// Rules is the rules file's policy in force, decided by Limiter.Charge;
-	// nil means the flag rules (Limiter.Messages and Limiter.Handshake).
+	// nil means the flag rules (Limiter.MessagesOf and Limiter.Handshake).
 	Rules *policy.Live
 	// Shadow evaluates limits and counts would-be refusals without
 	// refusing anything.
