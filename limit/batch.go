@@ -56,6 +56,12 @@ type batcher struct {
 	spare []call
 }
 
+// maxGroups bounds batcher.free: the groups under way at once, batchCalls
+// sent and the next one forming while they run. With batchCalls alone,
+// one group in each such round was dropped and the next grew its slices
+// anew: 12% of the bytes a rules file's decisions allocated at 8000×4.
+const maxGroups = batchCalls + 1
+
 // maxSpare bounds batcher.spare: about the decisions under way at once
 // (the relay's pool of workers).
 const maxSpare = 64
@@ -192,7 +198,7 @@ func (b *batcher) send(ctx context.Context, c rueidis.Client, g *callGroup) {
 	vals, err := b.script.one(ctx, c, g.call).AsIntSlice()
 	<-b.slots
 	b.mu.Lock()
-	if len(b.free) < batchCalls {
+	if len(b.free) < maxGroups {
 		b.free = append(b.free, g.call.emptied())
 	}
 	b.mu.Unlock()
