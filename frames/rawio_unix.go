@@ -37,31 +37,24 @@ func (r *Reader) readReady() error {
 // nothing is there), so there is no thread to hand the processor over from,
 // and entering a scheduled system call would also wake the runtime's
 // monitor thread each time the gate had been idle.
-//
-// A socket is read with recvfrom(2) and written with sendto(2), no address:
-// on Linux read(2) and write(2) pass through the file layer first (the
-// position lock, the write hooks), a tenth of the kernel's time in the
-// gate's system calls at 8000 busy connections. A descriptor that is not a
-// socket (ENOTSOCK) is read and written plainly.
 func readNonblock(fd uintptr, p []byte) (int, error) {
-	buf := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
-	n, _, e := syscall.RawSyscall6(sysRecvfrom, fd, buf, uintptr(len(p)), 0, 0, 0)
-	if e == syscall.ENOTSOCK {
-		n, _, e = syscall.RawSyscall(syscall.SYS_READ, fd, buf, uintptr(len(p)))
-	}
+	n, e := sockCall(sysRecvfrom, syscall.SYS_READ, fd, p)
 	if e != 0 {
 		return 0, e
 	}
-	return int(n), nil
+	return n, nil
 }
 
-// writeNonblock is readNonblock's write: sendto(2) with no address, or
-// write(2) on a descriptor that is not a socket.
-func writeNonblock(fd uintptr, p []byte) (int, syscall.Errno) {
+// sockCall makes the socket call sock (recvfrom, sendto) with p and no
+// address on fd, or the plain call plain (read, write) when fd is not a
+// socket (ENOTSOCK). On Linux read(2) and write(2) pass through the file
+// layer first (the position lock, the write hooks), a tenth of the
+// kernel's time in the gate's system calls at 8000 busy connections.
+func sockCall(sock, plain, fd uintptr, p []byte) (int, syscall.Errno) {
 	buf := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
-	n, _, e := syscall.RawSyscall6(sysSendto, fd, buf, uintptr(len(p)), 0, 0, 0)
+	n, _, e := syscall.RawSyscall6(sock, fd, buf, uintptr(len(p)), 0, 0, 0)
 	if e == syscall.ENOTSOCK {
-		n, _, e = syscall.RawSyscall(syscall.SYS_WRITE, fd, buf, uintptr(len(p)))
+		n, _, e = syscall.RawSyscall(plain, fd, buf, uintptr(len(p)))
 	}
 	return int(n), e
 }
@@ -74,7 +67,7 @@ func writeNonblock(fd uintptr, p []byte) (int, syscall.Errno) {
 func WriteReady(fd int, p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
-		k, e := writeNonblock(uintptr(fd), p[n:])
+		k, e := sockCall(sysSendto, syscall.SYS_WRITE, uintptr(fd), p[n:])
 		switch e {
 		case 0:
 			n += k

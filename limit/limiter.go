@@ -624,7 +624,7 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // Redis, counting up to n messages or blocking the key, and the caller's
 // next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
-	c := l.client(user, ip, false)
+	c := l.client(user, ip)
 	return l.MessagesOf(ctx, &c, n)
 }
 
@@ -641,15 +641,14 @@ type Client struct {
 
 // Client returns user and ip made ready for MessagesOf.
 func (l *Limiter) Client(user, ip string) *Client {
-	c := l.client(user, ip, l.useRedis && l.lease == nil)
+	c := l.client(user, ip)
 	return &c
 }
 
-// client returns the Client of user and ip, with its block keys when keys
-// is set.
-func (l *Limiter) client(user, ip string, keys bool) Client {
+// client returns the Client of user and ip.
+func (l *Limiter) client(user, ip string) Client {
 	c := Client{user: user, ip: ip, ids: [2]string{safeID(user), safeID(ip)}}
-	if keys {
+	if l.useRedis && l.lease == nil {
 		c.blk = [2]string{l.userMsg.blockKey(c.ids[0]), l.ipMsg.blockKey(c.ids[1])}
 	}
 	return c

@@ -17,22 +17,18 @@ import (
 	"github.com/holo/wsgate/metrics"
 )
 
-// decide asks the limiter about n messages that arrived together (or a
-// handshake, n 1) and records how long it took, by the store that decided
-// (store="fallback" for every fallback: its time is that of the failed or
-// skipped Redis call).
-func (p *Proxy) decide(ctx context.Context, handshake bool, user, ip string, n int) limit.Decision {
-	if !handshake {
-		return p.decideMessages(ctx, p.cfg.Limiter.Client(user, ip), n)
-	}
+// flagHandshake decides a handshake under the flag rules and records how
+// long the limiter took, by the store that decided (store="fallback" for
+// every fallback: its time is that of the failed or skipped Redis call).
+func (p *Proxy) flagHandshake(ctx context.Context, user, ip string) limit.Decision {
 	start := time.Now()
 	d := p.cfg.Limiter.Handshake(ctx, user, ip)
 	p.observe(d, start)
 	return d
 }
 
-// decideMessages is decide for n messages of c, a connection's client.
-func (p *Proxy) decideMessages(ctx context.Context, c *limit.Client, n int) limit.Decision {
+// flagMessages is flagHandshake for n messages of c that arrived together.
+func (p *Proxy) flagMessages(ctx context.Context, c *limit.Client, n int) limit.Decision {
 	start := time.Now()
 	d := p.cfg.Limiter.MessagesOf(ctx, c, n)
 	p.observe(d, start)

@@ -70,7 +70,7 @@ func (d *direction) limited(h ws.Header) verdict {
 	}
 	var dec limit.Decision
 	if cr == nil {
-		dec = pr.p.decideMessages(pr.p.relayCtx, pr.info.limits, n)
+		dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {

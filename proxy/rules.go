@@ -98,7 +98,7 @@ func (cr *connRules) tierName() string {
 // the rules file when there is one, else under the flag rules.
 func (p *Proxy) decideHandshake(ctx context.Context, cl client, cr *connRules) limit.Decision {
 	if cr == nil {
-		return p.decide(ctx, true, cl.userKey, cl.ipKey, 1)
+		return p.flagHandshake(ctx, cl.userKey, cl.ipKey)
 	}
 	return p.decideRules(ctx, cr, ask{handshake: true, n: 1, class: -1})
 }
@@ -108,7 +108,7 @@ func (p *Proxy) decideHandshake(ctx context.Context, cl client, cr *connRules) l
 // byte count.
 func (p *Proxy) decideRequest(ctx context.Context, cl client, cr *connRules, n int) limit.Decision {
 	if cr == nil {
-		return p.decide(ctx, false, cl.userKey, cl.ipKey, n)
+		return p.flagMessages(ctx, p.cfg.Limiter.Client(cl.userKey, cl.ipKey), n)
 	}
 	return p.decideRules(ctx, cr, ask{n: n, class: -1})
 }
