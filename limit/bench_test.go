@@ -95,7 +95,7 @@ func BenchmarkMemoryCharge(b *testing.B) {
 // served per message (MONITOR): exact mode, one script each; lease mode
 // with slices of 10 messages; and lease mode with the default slices (a
 // tenth of limits far above the load), where the decisions are the local
-// path's.
+// path's. The charges keep their keys (Charge.Keys), as a connection's do.
 func BenchmarkRedisCharge(b *testing.B) {
 	s := startRedis(b)
 	for _, c := range []struct {
@@ -107,6 +107,10 @@ func BenchmarkRedisCharge(b *testing.B) {
 			l := newLimiter(b, Config{RedisURL: s.url(), KeyPrefix: "bench-charge-" + strings.ReplaceAll(c.name, " ", "-"),
 				Timeout: time.Second, Mode: c.mode, LeaseSize: c.size})
 			cs := sixRules(1 << 40)
+			kept := make([]ChargeKeys, len(cs))
+			for i := range cs {
+				cs[i].Keys = &kept[i]
+			}
 			ctx := context.Background()
 			l.Charge(ctx, KindMessage, cs, 1, 64)
 			ops := 0

@@ -19,6 +19,9 @@ type Charge struct {
 	// GuardOnly: only the rule's block is checked, nothing is counted (a
 	// handshake of a key that a message rule blocks).
 	GuardOnly bool
+	// Keys, when not nil, keeps the charge's Redis keys for the next
+	// decision of the same connection (ChargeKeys).
+	Keys *ChargeKeys
 }
 
 // keyTag is a key kind inside a Redis key. A claim's name may hold '{' or
@@ -105,7 +108,7 @@ func (l *Limiter) Charge(ctx context.Context, kind string, charges []Charge, n i
 	ids := make([]string, len(charges))
 	var nodes []*node // distinct
 	for i := range charges {
-		ids[i] = safeID(charges[i].Key)
+		ids[i] = charges[i].id()
 		nd := rs.health.of(ids[i])
 		if nd.isDown() {
 			return l.chargeFallback(kind, charges, n, bytes, errRedisDown)

@@ -31,6 +31,11 @@ func redisChargeHarness(url string) *chargeHarness {
 func TestChargeRedis(t *testing.T) {
 	s := startRedis(t)
 	t.Run("semantics", func(t *testing.T) { runChargeCases(t, redisChargeHarness(s.url())) })
+	t.Run("semantics with kept keys", func(t *testing.T) {
+		h := redisChargeHarness(s.url())
+		h.keep = true
+		runChargeCases(t, h)
+	})
 	t.Run("keys", func(t *testing.T) { testChargeKeys(t, s) })
 	t.Run("shared", func(t *testing.T) { testChargeShared(t, s.url(), ModeExact, charges("user", sharedRules()...)) })
 	// Without a block, every unit the replicas lease is spent: exactly N.
@@ -433,6 +438,46 @@ func TestChargeKeys(t *testing.T) {
 		}
 		if b := blockKeyOf("p", &tc.c, tc.id); b != tc.want[0] {
 			t.Errorf("blockKeyOf(%s, %q) = %q, want %q", tc.c.Rule.Name, tc.id, b, tc.want[0])
+		}
+	}
+}
+
+// TestChargeKeysKept: a ChargeKeys hands back the keys keysOf builds for
+// the charge it is given, without building them again while the charge is
+// the same, and builds them anew for another key value, rule, prefix,
+// window or guard.
+func TestChargeKeysKept(t *testing.T) {
+	chat := polRule("chat", policy.CountMessages, win(100, 10*time.Second), win(1000, time.Hour))
+	reloaded := polRule("chat", policy.CountMessages, win(100, 10*time.Second), win(1000, time.Hour))
+	tier := []policy.Window{win(100, 10*time.Second), win(5000, 24*time.Hour)}
+	var kept ChargeKeys
+	for _, tc := range []struct {
+		prefix string
+		c      Charge
+	}{
+		{"p", Charge{Rule: chat, Limits: chat.Limits, Key: "u1"}},
+		{"p", Charge{Rule: chat, Limits: chat.Limits, Key: "u1"}},
+		{"p", Charge{Rule: chat, Limits: chat.Limits, Key: "u2"}},
+		{"p", Charge{Rule: chat, Limits: chat.Limits, Key: strings.Repeat("x", maxIDLen+1)}},
+		{"p", Charge{Rule: reloaded, Limits: reloaded.Limits, Key: "u2"}},
+		{"q", Charge{Rule: reloaded, Limits: reloaded.Limits, Key: "u2"}},
+		{"q", Charge{Rule: reloaded, Limits: tier, Key: "u2"}},
+		{"q", Charge{Rule: reloaded, Limits: tier[:1], Key: "u2"}},
+		{"q", Charge{Rule: reloaded, Limits: tier[:1], Key: "u2", GuardOnly: true}},
+	} {
+		c := tc.c
+		c.Keys = &kept
+		id := c.id()
+		if want := safeID(c.Key); id != want {
+			t.Fatalf("id of %q = %q, want %q", c.Key, id, want)
+		}
+		want := keysOf([]string{"before"}, tc.prefix, &c, id)
+		if got := c.appendKeys([]string{"before"}, tc.prefix, id); !slices.Equal(got, want) {
+			t.Fatalf("%s %q under %q: kept keys %q, want %q", c.Rule.Name, c.Key, tc.prefix, got, want)
+		}
+		buf := make([]string, 0, 8)
+		if allocs := testing.AllocsPerRun(10, func() { buf = c.appendKeys(buf[:0], tc.prefix, c.id()) }); allocs != 0 {
+			t.Fatalf("%s %q again: %v allocations, want the kept keys", c.Rule.Name, c.Key, allocs)
 		}
 	}
 }

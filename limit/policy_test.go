@@ -2,7 +2,9 @@ package limit
 
 import (
 	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +40,10 @@ type chargeHarness struct {
 	// every retry and rate is exact.
 	slack time.Duration
 	real  bool
+	// keep passes each charge's position a ChargeKeys of the Limiter's
+	// (kept), as the proxy does for a connection's rules.
+	keep bool
+	kept sync.Map // *Limiter → *[8]ChargeKeys
 }
 
 func memoryChargeHarness() *chargeHarness {
@@ -50,6 +56,13 @@ func memoryChargeHarness() *chargeHarness {
 // charge asks about n events and wants the decision from h's store.
 func (h *chargeHarness) charge(t *testing.T, l *Limiter, kind string, cs []Charge, n int, bytes int64) Decision {
 	t.Helper()
+	if h.keep {
+		v, _ := h.kept.LoadOrStore(l, new([8]ChargeKeys))
+		cs = slices.Clone(cs)
+		for i := range cs {
+			cs[i].Keys = &v.(*[8]ChargeKeys)[i]
+		}
+	}
 	d := l.Charge(context.Background(), kind, cs, n, bytes)
 	if d.Store != h.store || d.Fallback {
 		t.Fatalf("decision %+v, want one by the %s store", d, h.store)

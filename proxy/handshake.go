@@ -183,6 +183,11 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if cr == nil && p.cfg.Limiter != nil {
 		pr.info.limits = p.cfg.Limiter.Client(cl.userKey, cl.ipKey)
 	}
+	if cr != nil {
+		// Its messages keep their Redis keys: the relay decides them one
+		// after another, as a ChargeKeys needs.
+		cr.keepKeys = true
+	}
 	pr.release = release
 	if ext != nil {
 		if _, ok := ext.Accepted(); ok {

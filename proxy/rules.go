@@ -35,6 +35,11 @@ type connRules struct {
 	tier   string
 
 	charges []limit.Charge // scratch of one decision
+	// keys keeps, for a WebSocket pair's connection (keepKeys), the Redis
+	// keys of each rule in adm.Messages between its messages; made at its
+	// first message, dropped when a reload admits the connection again.
+	keys     []limit.ChargeKeys
+	keepKeys bool
 	// countsBytes: a message rule that applies counts bytes.
 	countsBytes bool
 	// class is the class of the client message being read (its later
@@ -143,6 +148,7 @@ func neededHeaders(pol *policy.Policy, h http.Header) http.Header {
 func (cr *connRules) admit(pol *policy.Policy) {
 	cr.pol = pol
 	cr.adm = pol.Admit(&cr.client)
+	cr.keys = nil
 	cr.tier = ""
 	if cr.adm.Tier != nil {
 		cr.tier = cr.adm.Tier.Name
@@ -219,27 +225,34 @@ func (p *Proxy) decideRules(ctx context.Context, cr *connRules, a ask) limit.Dec
 // that apply to a.
 func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, shadow bool) limit.Decision {
 	cs := cr.charges[:0]
-	add := func(ap *policy.Applied, guard bool) {
-		cs = append(cs, limit.Charge{Rule: ap.Rule, Limits: ap.Limits, Key: ap.Key, GuardOnly: guard})
+	add := func(ap *policy.Applied, guard bool, keys *limit.ChargeKeys) {
+		cs = append(cs, limit.Charge{Rule: ap.Rule, Limits: ap.Limits, Key: ap.Key, GuardOnly: guard, Keys: keys})
 	}
 	if a.handshake {
 		for i := range cr.adm.Handshake {
 			if ap := &cr.adm.Handshake[i]; ap.Rule.Shadow == shadow {
-				add(ap, false)
+				add(ap, false, nil)
 			}
 		}
 		// A block of a message rule over every message refuses the key's
 		// handshakes too, as the flag rules' blocks always did.
 		for i := range cr.adm.Messages {
 			if ap := &cr.adm.Messages[i]; ap.Rule.Shadow == shadow && ap.Rule.Class == "" && len(ap.Rule.Block) > 0 {
-				add(ap, true)
+				add(ap, true, nil)
 			}
 		}
 	} else {
+		if cr.keepKeys && cr.keys == nil {
+			cr.keys = make([]limit.ChargeKeys, len(cr.adm.Messages))
+		}
 		for i := range cr.adm.Messages {
 			ap := &cr.adm.Messages[i]
 			if ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) && (!a.more || ap.Rule.Count == policy.CountBytes) {
-				add(ap, false)
+				var keys *limit.ChargeKeys
+				if cr.keys != nil {
+					keys = &cr.keys[i]
+				}
+				add(ap, false, keys)
 			}
 		}
 	}
