@@ -180,9 +180,6 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		subject: cl.identity.Subject, tokenID: cl.identity.TokenID,
 		ip: cl.ip, path: r.URL.Path, protocol: protocol})
 	pr.info.userKey, pr.info.ipKey = cl.userKey, cl.ipKey
-	if cr == nil && p.cfg.Limiter != nil {
-		pr.info.limits = p.cfg.Limiter.Client(cl.userKey, cl.ipKey)
-	}
 	if cr != nil {
 		// Its messages keep their Redis keys: the relay decides them one
 		// after another, as a ChargeKeys needs.

@@ -70,6 +70,11 @@ func (d *direction) limited(h ws.Header) verdict {
 	}
 	var dec limit.Decision
 	if cr == nil {
+		if pr.info.limits == nil {
+			// Made at the first message: a connection that never sends
+			// one does not carry it.
+			pr.info.limits = pr.p.cfg.Limiter.Client(pr.info.userKey, pr.info.ipKey)
+		}
 		dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}

@@ -181,7 +181,8 @@ type connInfo struct {
 	path, protocol   string     // the request's path and the subprotocol agreed
 	// userKey and ipKey are the limiter's keys of the connection's user
 	// and client address; limits, the two as the flag rules' message
-	// decisions take them (nil under a rules file).
+	// decisions take them, made at the first (nil before it, and under a
+	// rules file).
 	userKey, ipKey string
 	limits         *limit.Client
 
