@@ -37,6 +37,7 @@ func TestChargeRedis(t *testing.T) {
 		runChargeCases(t, h)
 	})
 	t.Run("keys", func(t *testing.T) { testChargeKeys(t, s) })
+	t.Run("window of the other algorithm", func(t *testing.T) { testChargeOtherAlgorithm(t, s) })
 	t.Run("shared", func(t *testing.T) { testChargeShared(t, s.url(), ModeExact, charges("user", sharedRules()...)) })
 	// Without a block, every unit the replicas lease is spent: exactly N.
 	t.Run("shared lease mode", func(t *testing.T) { testChargeShared(t, s.url(), ModeLease, charges("user", sharedRules()...)) })
@@ -94,6 +95,32 @@ func testChargeKeys(t *testing.T, s *redisServer) {
 	}
 	if ttl, _ := strconv.Atoi(s.cli("pttl", chatKey("{alice}:blk"))); ttl <= 50_000 {
 		t.Fatalf("block key PTTL %d, want about a minute", ttl)
+	}
+}
+
+// testChargeOtherAlgorithm: a reload that turns a GCRA rule into a fixed
+// window one finds the rule's windows holding GCRA values ("<units> <µs>"),
+// which the fixed window counts as not open, and the other way round.
+func testChargeOtherAlgorithm(t *testing.T, s *redisServer) {
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: p, Timeout: testTimeout})
+	h := redisChargeHarness(s.url())
+	fixed := polRule("chat", policy.CountMessages, win(3, 10*time.Second))
+	smooth := polRule("chat", policy.CountMessages, win(3, 10*time.Second))
+	smooth.Algorithm = policy.GCRA
+	key := p + ":r:chat:u:10000:{alice}"
+	s.cli("set", key, "2.5 1700000000000000", "px", "60000")
+	if d := h.charge(t, l, KindMessage, charges("alice", fixed), 2, 0); d.Granted != 2 {
+		t.Fatalf("fixed window over a GCRA value: %+v, want 2 granted", d)
+	}
+	if got := s.cli("get", key); got != "2" {
+		t.Fatalf("%s = %q, want 2", key, got)
+	}
+	if ttl, _ := strconv.Atoi(s.cli("pttl", key)); ttl <= 5000 || ttl > 10000 {
+		t.Fatalf("the window's PTTL %d, want its own 10s", ttl)
+	}
+	if d := h.charge(t, l, KindMessage, charges("alice", smooth), 3, 0); d.Granted != 3 {
+		t.Fatalf("GCRA over a fixed window's count: %+v, want its burst of 3", d)
 	}
 }
 
