@@ -29,9 +29,10 @@ import (
 // those of byte rules, exact.) The {id} hash tag keeps a charge's keys in
 // one Cluster slot.
 //
-// The keys are cut from one string: a message decides every charge's keys
-// anew, and at thousands of connections building each apart made the
-// rules file's decisions most of the gate's garbage.
+// The keys are cut from one string: a decision without a ChargeKeys (a
+// handshake, an HTTP request) builds every charge's keys anew, and at
+// thousands of connections building each apart made the rules file's
+// decisions most of the gate's garbage.
 func keysOf(keys []string, prefix string, c *Charge, id string) []string {
 	kind := keyTag(c.Rule.Key)
 	base := len(prefix) + len(":r:") + len(c.Rule.Name) + 1 + len(kind) + 1

@@ -41,6 +41,66 @@ func TestRedisRefund(t *testing.T) {
 	testRefund(t, s.url(), s.cli)
 }
 
+// TestRedisRefusalWithoutBlockWritesNothing: under rules without a block,
+// every message over the limit is refused, and such a refusal must not
+// write to Redis (each write is replicated, and a Redis out of memory
+// refuses it): takeScript counts first only when every rule blocks. With a
+// block, the refusal writes the block and nothing else until it ends.
+func TestRedisRefusalWithoutBlockWritesNothing(t *testing.T) {
+	s := startRedis(t)
+	dirty := func() string {
+		for line := range strings.Lines(s.cli("info", "persistence")) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "rdb_changes_since_last_save:"); ok {
+				return v
+			}
+		}
+		t.Fatal("no rdb_changes_since_last_save in INFO persistence")
+		return ""
+	}
+	for _, block := range []time.Duration{0, time.Minute} {
+		l := newLimiter(t, Config{Rules: Rules{UserMessages: rate(2, time.Hour, block), IPMessages: rate(1000, time.Hour, block)},
+			RedisURL: s.url(), KeyPrefix: keyPrefix(t) + block.String(), Timeout: testTimeout})
+		ctx := context.Background()
+		for i := range 2 {
+			if d := l.Message(ctx, "alice", "192.0.2.1"); !d.Allowed || d.Fallback {
+				t.Fatalf("block %v, message %d: %+v", block, i+1, d)
+			}
+		}
+		if d := l.Message(ctx, "alice", "192.0.2.1"); d.Allowed || d.Fallback {
+			t.Fatalf("block %v, message 3: %+v, want refused by Redis", block, d)
+		}
+		before := dirty()
+		for i := range 5 {
+			if d := l.Message(ctx, "alice", "192.0.2.1"); d.Allowed || d.Fallback {
+				t.Fatalf("block %v, message %d: %+v, want refused by Redis", block, i+4, d)
+			}
+		}
+		if after := dirty(); after != before {
+			t.Fatalf("block %v: 5 refusals changed %s keys, then %s, want none", block, before, after)
+		}
+	}
+}
+
+// TestRedisPartialGrant: a batch that one rule grants in part counts only
+// what it granted against the other rule too, with and without blocks
+// (takeScript's two ways of counting).
+func TestRedisPartialGrant(t *testing.T) {
+	s := startRedis(t)
+	for _, block := range []time.Duration{0, time.Minute} {
+		l := newLimiter(t, Config{Rules: Rules{UserMessages: rate(3, time.Hour, block), IPMessages: rate(5, time.Hour, block)},
+			RedisURL: s.url(), KeyPrefix: keyPrefix(t) + block.String(), Timeout: testTimeout})
+		ctx := context.Background()
+		for _, c := range []struct {
+			user    string
+			n, want int
+		}{{"alice", 5, 3}, {"bob", 4, 2}, {"carol", 1, 0}} {
+			if d := l.Messages(ctx, c.user, "192.0.2.1", c.n); d.Granted != c.want || d.Fallback {
+				t.Fatalf("block %v, %s asks %d: %+v, want %d granted by Redis", block, c.user, c.n, d, c.want)
+			}
+		}
+	}
+}
+
 // testExact runs 1,000 attempts from 4 goroutines on each of 2 Limiters
 // sharing one Redis against a 100/10s rule, half of them asked about in
 // batches: exactly 100 pass.
