@@ -188,12 +188,10 @@ func TestRemovedNeverRuns(t *testing.T) {
 	}
 }
 
-// TestPoolIsBounded wakes many parked Descs at once whose callbacks wait on
-// a barrier: no more than the pool's size run at the same time.
-func TestPoolIsBounded(t *testing.T) {
-	const workers, n = 3, 40
-	p := newPoller(t, workers)
-	p.keepIdle = 1
+// storm wakes n parked Descs at once whose callbacks wait on a barrier
+// until want of them run, and returns how many ran at the same time.
+func storm(t *testing.T, p *Poller, n int, want int32) int32 {
+	t.Helper()
 	var running, peak atomic.Int32
 	release := make(chan struct{})
 	var done sync.WaitGroup
@@ -221,18 +219,32 @@ func TestPoolIsBounded(t *testing.T) {
 	for i := range descs {
 		p.Wake(&descs[i])
 	}
-	// The leading worker waits for readiness; Workers others run callbacks.
 	deadline := time.Now().Add(5 * time.Second)
-	for running.Load() < workers && time.Now().Before(deadline) {
+	for running.Load() < want && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(20 * time.Millisecond) // room for a callback too many, if the bound leaked
 	close(release)
 	done.Wait()
-	if got := peak.Load(); got != workers {
+	for i := range descs {
+		p.Remove(&descs[i])
+	}
+	return peak.Load()
+}
+
+// TestPoolIsBounded wakes many parked Descs at once whose callbacks wait on
+// a barrier: no more than the pool's size run at the same time, and once
+// the storm is over the workers beyond those the pool keeps end.
+func TestPoolIsBounded(t *testing.T) {
+	const workers, n = 3, 40
+	p := newPoller(t, workers)
+	p.mu.Lock()
+	p.keepIdle, p.linger = 1, 20*time.Millisecond
+	p.mu.Unlock()
+	// The leading worker waits for readiness; Workers others run callbacks.
+	if got := storm(t, p, n, workers); got != workers {
 		t.Fatalf("%d callbacks ran at once, want the pool's %d", got, workers)
 	}
-	// The storm is over: no more idle workers than the pool keeps.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		p.mu.Lock()
 		attached, keep := p.attached, p.keepIdle
@@ -244,8 +256,28 @@ func TestPoolIsBounded(t *testing.T) {
 			t.Fatalf("%d workers stay after the storm, want at most %d", attached, keep)
 		}
 	}
-	for i := range descs {
-		p.Remove(&descs[i])
+}
+
+// TestIdleWorkersLinger: the workers a storm started stay for the next
+// ones while they have been idle for less than the linger, so that bursts
+// close together do not start (and grow the stacks of) new goroutines.
+func TestIdleWorkersLinger(t *testing.T) {
+	const workers, n = 6, 40
+	p := newPoller(t, workers)
+	p.mu.Lock()
+	p.keepIdle, p.linger = 1, time.Minute
+	p.mu.Unlock()
+	for i := range 3 {
+		if got := storm(t, p, n, workers); got != workers {
+			t.Fatalf("storm %d: %d callbacks ran at once, want the pool's %d", i+1, got, workers)
+		}
+	}
+	p.mu.Lock()
+	started := p.spawned
+	p.mu.Unlock()
+	// New started the first; a full pool is Workers more (one of them leads).
+	if started > workers {
+		t.Errorf("three storms started %d workers; the %d of a full pool should have run them all", started, workers)
 	}
 }
 
