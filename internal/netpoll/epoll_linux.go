@@ -101,15 +101,19 @@ func (p *Poller) arm(d *Desc) error {
 	return nil
 }
 
-// forget takes d's socket out of the set, before the socket can be closed
-// (so that a reused descriptor number never reaches d).
+// forget makes events of d's socket reach nothing: they carry d's id,
+// which no Desc holds any more, and its descriptor number may be reused
+// (a new id) once the socket is closed. The socket stays in the set until
+// it is closed: Linux drops a socket from every epoll set when its last
+// descriptor closes, and an owned socket has one (Own closes the
+// runtime's), so an EPOLL_CTL_DEL first would be a system call for
+// nothing, two per connection.
 func (p *Poller) forget(d *Desc) {
 	p.regMu.Lock()
 	if p.byFD[d.fd] == d {
 		p.byFD[d.fd] = nil
 	}
 	p.regMu.Unlock()
-	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(d.fd), nil)
 }
 
 // ready waits for readiness and claims the Descs it finds: every one but

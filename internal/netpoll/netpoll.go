@@ -241,8 +241,9 @@ func claim(d *Desc) bool {
 }
 
 // Remove takes d out of the poller for good: its callback never runs
-// again, and its socket may be closed once Remove has returned. Only d's
-// owner calls it, when nobody blocks on d any more.
+// again, and its socket is to be closed once Remove has returned, which
+// ends its registration (see forget). Only d's owner calls it, when nobody
+// blocks on d any more.
 func (p *Poller) Remove(d *Desc) {
 	d.state.Store(removed)
 	if d.id != 0 {

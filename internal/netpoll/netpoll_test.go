@@ -188,6 +188,63 @@ func TestRemovedNeverRuns(t *testing.T) {
 	}
 }
 
+// TestReusedDescriptorNumber: a Desc removed and its socket closed with
+// data pending, a new socket on the same descriptor number registers, and
+// its events reach only its new Desc.
+func TestReusedDescriptorNumber(t *testing.T) {
+	p := newPoller(t, 4)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := fds[0], fds[1]
+	defer syscall.Close(b)
+	var old Desc
+	oldRan := make(chan struct{}, 8)
+	old.Init(a, func() { oldRan <- struct{}{} })
+	if parked, err := p.Wait(&old); !parked || err != nil {
+		t.Fatalf("Wait: %v, %v", parked, err)
+	}
+	if _, err := syscall.Write(b, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	within(t, oldRan, "the old Desc's callback")
+	p.Remove(&old)
+	if _, err := syscall.Write(b, []byte("y")); err != nil { // an event for nobody
+		t.Fatal(err)
+	}
+	syscall.Close(a)
+	fds, err = syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, d := fds[0], fds[1]
+	defer syscall.Close(d)
+	if c != a { // the new socket takes a's number
+		if err := syscall.Dup3(c, a, syscall.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(c)
+	}
+	defer syscall.Close(a)
+	var cur Desc
+	ran := make(chan struct{}, 8)
+	cur.Init(a, func() { ran <- struct{}{} })
+	if parked, err := p.Wait(&cur); !parked || err != nil {
+		t.Fatalf("Wait on the reused number: %v, %v", parked, err)
+	}
+	if _, err := syscall.Write(d, []byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	within(t, ran, "the new Desc's callback")
+	select {
+	case <-oldRan:
+		t.Fatal("the removed Desc's callback ran again")
+	case <-time.After(50 * time.Millisecond):
+	}
+	p.Remove(&cur)
+}
+
 // storm wakes n parked Descs at once whose callbacks wait on a barrier
 // until want of them run, and returns how many ran at the same time.
 func storm(t *testing.T, p *Poller, n int, want int32) int32 {
