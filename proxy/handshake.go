@@ -134,7 +134,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		Protocols: offered,
 		Header:    ws.HandshakeHeaderHTTP(header),
 		Host:      r.Host,
-		NetDial:   p.dial,
+		NetDial:   p.dialUpstream,
 		OnStatusError: func(status int, _ []byte, resp io.Reader) {
 			rejected = readUpstreamResponse(status, resp)
 		},

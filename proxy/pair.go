@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/holo/wsgate/internal/netpoll"
 	"github.com/holo/wsgate/metrics"
 )
 
@@ -116,6 +117,10 @@ func newPair(p *Proxy, client, upstream net.Conn, info *connInfo) *pair {
 	}
 	pr.fromClient.init(pr, &pr.client, true)
 	pr.fromUpstream.init(pr, &pr.upstream, false)
+	if nc, ok := upstream.(*netpoll.Conn); ok {
+		// Registered when it was dialed: register (below) has nothing to do.
+		nc.Handover(&pr.fromUpstream.desc)
+	}
 	return pr
 }
 
@@ -252,6 +257,11 @@ func (pr *pair) prime(client, upstream []byte) {
 
 // discard releases a pair that never ran.
 func (pr *pair) discard() {
+	if pl := pr.p.pl; pl != nil {
+		// A dialed upstream's socket is registered (newPair).
+		pl.Remove(&pr.fromClient.desc)
+		pl.Remove(&pr.fromUpstream.desc)
+	}
 	pr.client.close()
 	pr.upstream.close()
 	pr.fromClient.r.Release()

@@ -241,7 +241,10 @@ type Proxy struct {
 	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
 	tick time.Duration   // the keeper's period
 
-	dial func(ctx context.Context, network, addr string) (net.Conn, error) // to the upstream
+	// netDial dials the upstream with net.Dialer (dialUpstream), keepAlive
+	// its TCP keepalive period.
+	netDial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	keepAlive time.Duration
 
 	keeperStop, keeperDone chan struct{} // nil until the first pair
 
@@ -325,13 +328,83 @@ func New(cfg Config) (*Proxy, error) {
 	p.decisions = p.newDecisionCounters("")
 	p.durMemory = p.m.LimiterDuration.WithLabelValues("memory")
 	p.durRedis = p.m.LimiterDuration.WithLabelValues("redis")
-	p.dial = (&net.Dialer{KeepAlive: upstreamKeepAlive(u)}).DialContext
+	p.keepAlive = upstreamKeepAlive(u)
+	p.netDial = (&net.Dialer{KeepAlive: p.keepAlive}).DialContext
 	p.pass = p.newPassThrough()
 	p.tick = keeperTick(&p.cfg)
 	if cfg.MaxPendingHandshakes > 0 {
 		p.slots = make(handshakeSlots, cfg.MaxPendingHandshakes)
 	}
 	return p, nil
+}
+
+// dialUpstream connects to the upstream's address for a handshake: on a
+// socket of the gate's own, waited for in the poller (netpoll.DialTCP),
+// when there is a poller and the upstream speaks plain WebSocket, so that
+// the pair takes the socket as it is; with net.Dialer otherwise (TLS, a
+// zoned IPv6 address, no poller, a poller that has stopped). A host name
+// is resolved first, and its addresses are tried in turn until one
+// connects.
+func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+	pl := p.started()
+	if pl == nil || p.wsBase.Scheme != "ws" || p.draining.Load() {
+		return p.netDial(ctx, network, addr)
+	}
+	aps, err := resolveUpstream(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if aps == nil {
+		return p.netDial(ctx, network, addr)
+	}
+	var first error
+	for _, ap := range aps {
+		c, err := pl.DialTCP(ctx, ap, p.keepAlive)
+		if err == nil {
+			return c, nil
+		}
+		if errors.Is(err, netpoll.ErrClosed) {
+			return p.netDial(ctx, network, addr)
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+// resolveUpstream returns the addresses to dial for addr (host:port): nil when
+// only net.Dialer can dial it (a zoned address).
+func resolveUpstream(ctx context.Context, addr string) ([]netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		if ap.Addr().Zone() != "" {
+			return nil, nil
+		}
+		return []netip.AddrPort{ap}, nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	pn, err := net.DefaultResolver.LookupPort(ctx, "tcp", port)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	aps := make([]netip.AddrPort, 0, len(ips))
+	for _, ip := range ips {
+		if ip.Zone() != "" {
+			return nil, nil
+		}
+		aps = append(aps, netip.AddrPortFrom(ip, uint16(pn)))
+	}
+	return aps, nil
 }
 
 // upstreamKeepAlive is the TCP keepalive period of connections to the upstream: none to a

@@ -260,6 +260,26 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 }
 
+// TestUpstreamByName: an upstream given by host name is resolved and
+// dialed (on the gate's own socket, netpoll.DialTCP), and relays.
+func TestUpstreamByName(t *testing.T) {
+	be := backend(t)
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(be.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, "http://localhost:"+port, nil)
+	c := dial(t, wsURL(g.Server, "/echo"), nil)
+	ctx := ctx5(t)
+	if err := c.Write(ctx, websocket.MessageText, []byte("by name")); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := c.Read(ctx); err != nil || string(b) != "by name" {
+		t.Fatalf("echo %q, %v", b, err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
+
 func TestPassThrough(t *testing.T) {
 	g := newGate(t, backend(t).URL, nil)
 	res, err := http.Post(g.URL+"/post", "text/plain", strings.NewReader("payload"))

@@ -56,6 +56,12 @@ type halfCloser interface {
 // state costs about a kilobyte per connection.
 func (s *side) init(c net.Conn, masked, own bool) {
 	s.Conn, s.fd, s.masked = c, -1, masked
+	if nc, ok := c.(*netpoll.Conn); ok {
+		// Dialed in the poller: the gate's alone already (newPair hands its
+		// registration to the direction that reads it).
+		s.Conn, s.fd, s.owned = nil, int32(nc.FD()), true
+		return
+	}
 	sc, ok := c.(syscall.Conn)
 	if _, half := c.(halfCloser); !ok || !half {
 		return

@@ -43,6 +43,7 @@ type impl struct {
 	// finds nothing.
 	byFD    []*Desc
 	nextGen uint32
+	stopped bool // the epoll descriptor is closed: nothing registers any more
 }
 
 func (p *Poller) start() error {
@@ -65,8 +66,13 @@ func (p *Poller) start() error {
 	return nil
 }
 
-// stop ends the lead: the leading worker's wait returns an error.
+// stop ends the lead: the leading worker's wait returns an error. No
+// registration is under way then, nor made later: the descriptor's number
+// could belong to another file by then.
 func (p *Poller) stop() error {
+	p.regMu.Lock()
+	defer p.regMu.Unlock()
+	p.stopped = true
 	if err := p.file.Close(); err != nil {
 		return fmt.Errorf("netpoll: stop: %w", err)
 	}
@@ -79,6 +85,10 @@ func (p *Poller) arm(d *Desc) error {
 		return nil
 	}
 	p.regMu.Lock()
+	defer p.regMu.Unlock()
+	if p.stopped {
+		return ErrClosed
+	}
 	p.nextGen++
 	if p.nextGen == 0 {
 		p.nextGen++ // an id of 0 means "not registered"
@@ -88,13 +98,10 @@ func (p *Poller) arm(d *Desc) error {
 		p.byFD = append(p.byFD, nil)
 	}
 	p.byFD[d.fd] = d
-	p.regMu.Unlock()
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | edgeTriggered}
 	putID(&ev, d.id)
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(d.fd), &ev); err != nil {
-		p.regMu.Lock()
 		p.byFD[d.fd] = nil
-		p.regMu.Unlock()
 		d.id = 0
 		return fmt.Errorf("netpoll: epoll_ctl: %w", err)
 	}
