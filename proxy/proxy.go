@@ -357,14 +357,24 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	if aps == nil {
 		return p.netDial(ctx, network, addr)
 	}
+	c, err := dialAny(ctx, pl, aps, p.keepAlive)
+	if errors.Is(err, netpoll.ErrClosed) {
+		return p.netDial(ctx, network, addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// dialAny dials the addresses aps in turn until one connects, and returns
+// the first error when none does.
+func dialAny(ctx context.Context, pl *netpoll.Poller, aps []netip.AddrPort, keepAlive time.Duration) (*netpoll.Conn, error) {
 	var first error
-	for _, ap := range aps {
-		c, err := pl.DialTCP(ctx, ap, p.keepAlive)
-		if err == nil {
-			return c, nil
-		}
-		if errors.Is(err, netpoll.ErrClosed) {
-			return p.netDial(ctx, network, addr)
+	for i, ap := range aps {
+		c, err := dialPart(ctx, pl, ap, keepAlive, len(aps)-i)
+		if err == nil || errors.Is(err, netpoll.ErrClosed) {
+			return c, err
 		}
 		if first == nil {
 			first = err
@@ -374,6 +384,21 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 		}
 	}
 	return nil, first
+}
+
+// dialPart dials ap, one of the last left addresses to try, with a share
+// of ctx's time, as net.Dialer does: an address that never answers leaves
+// the others time to be tried.
+func dialPart(ctx context.Context, pl *netpoll.Poller, ap netip.AddrPort, keepAlive time.Duration, left int) (*netpoll.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok && left > 1 {
+		const least = 2 * time.Second // net.Dialer's floor for a share
+		if rest := time.Until(dl); rest > least {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, max(rest/time.Duration(left), least))
+			defer cancel()
+		}
+	}
+	return pl.DialTCP(ctx, ap, keepAlive)
 }
 
 // resolveUpstream returns the addresses to dial for addr (host:port): nil when
