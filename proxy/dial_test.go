@@ -4,11 +4,15 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/holo/wsgate/internal/netpoll"
 )
@@ -74,9 +78,125 @@ func TestDialAny(t *testing.T) {
 	}
 	c.Close()
 
-	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// Again and again: a socket registered before its connect(2) started
+	// reported itself writable at once, which read as connected now and then.
+	for i := range 50 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		c, err := dialAny(ctx, pl, []netip.AddrPort{hole}, 0)
+		cancel()
+		if err == nil || !isTimeout(err) {
+			t.Fatalf("dial %d of an address that never answers: connected %v, %v; want a timeout", i, c != nil, err)
+		}
+	}
+	if _, err := dialAny(context.Background(), pl, nil, 0); err == nil {
+		t.Fatal("dial of no address succeeded")
+	}
+}
+
+// TestDialCanceled: a dial that waits for the peer returns when its
+// context is canceled (the client went away), not at its deadline.
+func TestDialCanceled(t *testing.T) {
+	pl, err := netpoll.New(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	hole := blackhole(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := pl.DialTCP(ctx, hole, 0)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled dial: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the canceled dial still waits")
+	}
+}
+
+// TestPollerClosedUnderConn: a Conn that waits in a poller being closed
+// (a handshake under way at shutdown) returns at once, with an error.
+func TestPollerClosedUnderConn(t *testing.T) {
+	pl, err := netpoll.New(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := pl.DialTCP(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1)) // no deadline; the peer never writes
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := pl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, netpoll.ErrClosed) {
+			t.Fatalf("read in a closed poller: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read still waits in the closed poller")
+	}
+}
+
+// TestShutdownDuringUpstreamHandshake: a handshake waiting for the
+// upstream's answer when the gate shuts down gets 503 at once, not the
+// upstream timeout's 504 after --upstream-dial-timeout.
+func TestShutdownDuringUpstreamHandshake(t *testing.T) {
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := hang.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	g := newGate(t, "http://"+hang.Addr().String(), func(c *Config) { c.DialTimeout = 30 * time.Second })
+	type answer struct {
+		status int
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/"), nil)
+		if res == nil {
+			done <- answer{0, err}
+			return
+		}
+		done <- answer{res.StatusCode, err}
+	}()
+	select {
+	case c := <-accepted:
+		defer c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gate never dialed the upstream")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if c, err := dialAny(ctx, pl, []netip.AddrPort{hole}, 0); err == nil || !isTimeout(err) {
-		t.Fatalf("dial of an address that never answers: %v, %v; want a timeout", c, err)
+	if err := g.proxy.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.status != http.StatusServiceUnavailable {
+		t.Fatalf("handshake under way at shutdown: status %d (%v), want 503", a.status, a.err)
 	}
 }

@@ -273,6 +273,10 @@ func (p *Proxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error
 		_, _ = w.Write(rejected.body)
 		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultUpstreamStatus).Inc()
 		p.log.Info("upstream refused handshake", "status", rejected.status, "path", r.URL.Path)
+	case p.draining.Load():
+		// The poller stopped under the dial, or the upstream went away
+		// with everything else: the gate is shutting down.
+		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
 	case isTimeout(err):
 		p.refuse(w, http.StatusGatewayTimeout, "upstream timed out", metrics.ResultUpstreamTimeout)
 		p.log.Warn("upstream handshake timed out", "err", err, "path", r.URL.Path)

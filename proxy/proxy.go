@@ -367,6 +367,9 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	return c, nil
 }
 
+// errNoAddress is dialAny's answer to a name without addresses.
+var errNoAddress = errors.New("proxy: the upstream's name has no address")
+
 // dialAny dials the addresses aps in turn until one connects, and returns
 // the first error when none does.
 func dialAny(ctx context.Context, pl *netpoll.Poller, aps []netip.AddrPort, keepAlive time.Duration) (*netpoll.Conn, error) {
@@ -382,6 +385,9 @@ func dialAny(ctx context.Context, pl *netpoll.Poller, aps []netip.AddrPort, keep
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if first == nil {
+		first = &net.OpError{Op: "dial", Net: "tcp", Err: errNoAddress}
 	}
 	return nil, first
 }

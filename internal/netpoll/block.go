@@ -40,6 +40,9 @@ var pendingWrite = new(parker)
 // waker publishes the wake and then looks for a parker, so one of the two
 // always sees the other.
 func (p *Poller) Block(d *Desc, write bool, deadline int64) error {
+	if p.halted.Load() {
+		return ErrClosed
+	}
 	if takePending(d, write) {
 		return nil
 	}
@@ -98,6 +101,15 @@ func takePending(d *Desc, write bool) bool {
 		return d.wr.Load() == pendingWrite && d.wr.CompareAndSwap(pendingWrite, nil)
 	}
 	return d.state.Load() == kicked && d.state.CompareAndSwap(kicked, running)
+}
+
+// unblock wakes the goroutines blocked in Block on d, if any, and nothing
+// else: d's callback does not run.
+func unblock(d *Desc) {
+	if pk := d.rd.Swap(nil); pk != nil {
+		pk.ch <- struct{}{}
+	}
+	writable(d)
 }
 
 // writable wakes the goroutine blocked writing to d's socket, or leaves

@@ -14,7 +14,7 @@ import (
 )
 
 // Conn is a TCP connection the gate dialed on a socket of its own,
-// registered in a Poller from the start: its reads and writes wait in
+// registered in a Poller from its connect on: its reads and writes wait in
 // Block, never in the runtime's poller. A socket dialed by net.Dialer
 // costs a handshake six system calls that this one does not make (the
 // runtime's registration and its removal, getsockname and getpeername,
@@ -69,12 +69,12 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 		syscall.Close(fd)
 		return nil, dialError(addr, err)
 	}
-	if err := p.Register(&c.d); err != nil {
-		syscall.Close(fd)
-		return nil, dialError(addr, err)
-	}
 	if err := c.connect(ctx, sa); err != nil {
-		c.Close()
+		if c.d.id == 0 {
+			syscall.Close(fd)
+		} else {
+			c.Close()
+		}
 		return nil, dialError(addr, err)
 	}
 	return c, nil
@@ -103,22 +103,34 @@ func (c *Conn) setup(keepAlive time.Duration) error {
 	return nil
 }
 
-// connect connects the socket, waiting for it to become writable (the
-// outcome is then its SO_ERROR) until ctx's deadline; ctx being done is
-// seen at each wake.
+// connect connects the socket and registers it in the Poller, waiting
+// for it to become writable (the outcome is then its SO_ERROR) until ctx
+// is done or its deadline passes. The socket is registered once connect(2)
+// has started: before, an unconnected socket reports itself writable (and
+// hung up), and that event, taken for the connection's, read as connected
+// a socket still waiting for the peer's answer. Registered after, it has
+// no event until the connection is made or fails, and one at once (the
+// registration looks at its state) if that happened in between.
 func (c *Conn) connect(ctx context.Context, sa syscall.Sockaddr) error {
 	fd := int(c.d.fd)
 	var deadline int64
 	if t, ok := ctx.Deadline(); ok {
 		deadline = t.UnixNano()
 	}
-	switch err := syscall.Connect(fd, sa); err {
-	case nil:
-		return nil
-	case syscall.EINPROGRESS, syscall.EINTR:
+	started := syscall.Connect(fd, sa)
+	switch started {
+	case nil, syscall.EINPROGRESS, syscall.EINTR:
 	default:
-		return os.NewSyscallError("connect", err)
+		return os.NewSyscallError("connect", started)
 	}
+	if err := c.p.Register(&c.d); err != nil {
+		return err
+	}
+	if started == nil {
+		return nil // connected already
+	}
+	// A context ended early (the client went away) wakes the wait.
+	defer context.AfterFunc(ctx, func() { writable(&c.d) })()
 	for {
 		if err := c.p.Block(&c.d, true, deadline); err != nil {
 			return err // os.ErrDeadlineExceeded: a timeout

@@ -73,6 +73,14 @@ func (p *Poller) stop() error {
 	p.regMu.Lock()
 	defer p.regMu.Unlock()
 	p.stopped = true
+	p.halted.Store(true)
+	// Nothing wakes a wait in Block from now on: those under way (a dial's,
+	// a handshake's) return, and fail (Block sees halted).
+	for _, d := range p.byFD {
+		if d != nil {
+			unblock(d)
+		}
+	}
 	if err := p.file.Close(); err != nil {
 		return fmt.Errorf("netpoll: stop: %w", err)
 	}

@@ -131,6 +131,8 @@ type Poller struct {
 	trimming bool
 	trimT    *time.Timer
 	spawned  int // workers started, for tests
+
+	halted atomic.Bool // Close has begun: Block fails at once
 }
 
 // Linger is how long a worker beyond the few a Poller always keeps stays
