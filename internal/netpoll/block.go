@@ -73,6 +73,14 @@ func (p *Poller) Block(d *Desc, write bool, deadline int64) error {
 			return nil
 		}
 	}
+	if p.halted.Load() {
+		// Closed after the first look, maybe before the parker was there
+		// to be woken: take it back, or the wake on its way.
+		if !slot.CompareAndSwap(pk, nil) {
+			<-pk.ch
+		}
+		return ErrClosed
+	}
 	var timeout <-chan time.Time
 	if wait > 0 {
 		pk.t.Reset(wait)
