@@ -10,7 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/holo/wsgate/frames"
 )
 
 // Conn is a TCP connection the gate dialed on a socket of its own,
@@ -65,16 +66,12 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 	}
 	c := &Conn{p: p, remote: netip.AddrPortFrom(ip, addr.Port())}
 	c.d.Init(fd, nil) // never parked with Wait: its callback never runs
-	if err := c.setup(keepAlive); err != nil {
-		syscall.Close(fd)
-		return nil, dialError(addr, err)
+	err = c.setup(keepAlive)
+	if err == nil {
+		err = c.connect(ctx, sa)
 	}
-	if err := c.connect(ctx, sa); err != nil {
-		if c.d.id == 0 {
-			syscall.Close(fd)
-		} else {
-			c.Close()
-		}
+	if err != nil {
+		c.Close() // registered or not
 		return nil, dialError(addr, err)
 	}
 	return c, nil
@@ -163,19 +160,18 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(c.d.fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		n, err := frames.ReadSocket(int(c.d.fd), b)
 		switch {
-		case e == 0 && n == 0:
-			return 0, io.EOF
-		case e == 0:
-			return int(n), nil
-		case e == syscall.EINTR:
-			continue
-		case e != syscall.EAGAIN:
-			return 0, c.opError("read", os.NewSyscallError("read", e))
-		}
-		if err := c.wait(false); err != nil {
+		case err == io.EOF:
 			return 0, err
+		case err == frames.ErrWouldBlock:
+			if err := c.wait(false); err != nil {
+				return 0, err
+			}
+		case err != nil:
+			return 0, c.opError("read", err)
+		default:
+			return n, nil
 		}
 	}
 }
@@ -184,23 +180,19 @@ func (c *Conn) Read(b []byte) (int, error) {
 // full, until the write deadline.
 func (c *Conn) Write(b []byte) (int, error) {
 	done := 0
-	for done < len(b) {
-		p := b[done:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.d.fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		switch {
-		case e == 0:
-			done += int(n)
-			continue
-		case e == syscall.EINTR:
-			continue
-		case e != syscall.EAGAIN:
-			return done, c.opError("write", os.NewSyscallError("write", e))
+	for {
+		n, err := frames.WriteReady(int(c.d.fd), b[done:])
+		done += n
+		if err != nil {
+			return done, c.opError("write", err)
 		}
-		if err := c.wait(true); err != nil {
+		if done == len(b) {
+			return done, nil
+		}
+		if err := c.wait(true); err != nil { // the buffer is full
 			return done, err
 		}
 	}
-	return done, nil
 }
 
 // wait blocks until the socket may be ready to read (or write), a deadline
@@ -225,10 +217,10 @@ func (c *Conn) wait(write bool) error {
 	return nil
 }
 
-// unblock wakes a Read or Write that waits, if any may: one that reads
+// kick wakes a Read or Write that waits, if any may: one that reads
 // its deadline or checks closed afterwards needs no wake (waiting and the
 // value are both sequentially consistent: one of the two sees the other).
-func (c *Conn) unblock() {
+func (c *Conn) kick() {
 	if c.waiting.Load() > 0 {
 		c.p.Wake(&c.d)
 	}
@@ -251,7 +243,7 @@ func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	c.unblock()
+	c.kick()
 	c.p.Remove(&c.d)
 	return os.NewSyscallError("close", syscall.Close(int(c.d.fd)))
 }
@@ -306,21 +298,21 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	v := unixNano(t)
 	c.rdl.Store(v)
 	c.wdl.Store(v)
-	c.unblock()
+	c.kick()
 	return nil
 }
 
 // SetReadDeadline sets the read deadline, as SetDeadline.
 func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.rdl.Store(unixNano(t))
-	c.unblock()
+	c.kick()
 	return nil
 }
 
 // SetWriteDeadline sets the write deadline, as SetDeadline.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
 	c.wdl.Store(unixNano(t))
-	c.unblock()
+	c.kick()
 	return nil
 }
 
