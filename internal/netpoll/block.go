@@ -100,6 +100,11 @@ func (p *Poller) Block(d *Desc, write bool, deadline int64) error {
 	if !write {
 		takePending(d, false)
 	}
+	if p.halted.Load() {
+		// stop woke it: the socket is not ready, whatever it waited for
+		// (a connect still under way would read as connected).
+		return ErrClosed
+	}
 	return nil
 }
 

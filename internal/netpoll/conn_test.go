@@ -233,3 +233,62 @@ func TestHandover(t *testing.T) {
 	p.Remove(&d)
 	syscall.Close(fd)
 }
+
+// A dial waiting for a connect that does not come (the listener's accept
+// queue is full, so its SYNs are dropped) fails when the poller closes:
+// woken by the stop, it must not read the socket still connecting (SO_ERROR
+// 0) as connected.
+func TestDialTCPUnderClose(t *testing.T) {
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(lfd)
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
+	p, err := New(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // fill the accept queue
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		c, err := p.DialTCP(ctx, ap, 0)
+		cancel()
+		if err == nil {
+			defer c.Close()
+		}
+	}
+	type result struct {
+		c   *Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := p.DialTCP(ctx, ap, 0)
+		done <- result{c, err}
+	}()
+	time.Sleep(200 * time.Millisecond) // the dial waits in Block
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err == nil {
+		_, perr := syscall.Getpeername(r.c.FD())
+		r.c.Close()
+		t.Fatalf("DialTCP under Close returned a Conn (getpeername: %v), want ErrClosed", perr)
+	}
+	if !errors.Is(r.err, ErrClosed) {
+		t.Errorf("DialTCP under Close: %v, want ErrClosed", r.err)
+	}
+}

@@ -90,6 +90,9 @@ func (p *Poller) stop() error {
 // arm registers d's socket at its first Wait; later Waits need nothing.
 func (p *Poller) arm(d *Desc) error {
 	if d.id != 0 {
+		if p.halted.Load() {
+			return ErrClosed
+		}
 		return nil
 	}
 	p.regMu.Lock()

@@ -3,6 +3,7 @@
 package netpoll
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -423,5 +424,25 @@ func TestQueueStaysSmallUnderBacklog(t *testing.T) {
 	}
 	if !q.empty() {
 		t.Error("queue not empty after every callback was taken")
+	}
+}
+
+// Wait after Close fails with ErrClosed, also for a Desc registered before.
+func TestWaitAfterClose(t *testing.T) {
+	p, err := New(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := socketPair(t)
+	var d Desc
+	d.Init(a, func() {})
+	if err := p.Register(&d); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if parked, err := p.Wait(&d); parked || !errors.Is(err, ErrClosed) {
+		t.Errorf("Wait after Close: parked %v, %v; want ErrClosed", parked, err)
 	}
 }
