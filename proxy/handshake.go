@@ -62,10 +62,10 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	// Counted from here until the pair is released (pair.finish).
-	handedOver := false
+	handedOver, counted := false, true
 	n := p.conns.Add(1)
 	defer func() {
-		if !handedOver {
+		if !handedOver && counted {
 			p.conns.Add(-1)
 		}
 	}()
@@ -121,6 +121,13 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if refused {
+			// What is left, the refusal and the wait for the client's
+			// close (up to --close-timeout), holds neither a pending
+			// handshake's slot nor a place under --max-conns: a refused
+			// client that never answers must not lock others out.
+			slotHeld, counted = false, false
+			p.slots.give()
+			p.conns.Add(-1)
 			p.refuseUpgrade(w, r, splitProtocols(r.Header.Values("Sec-WebSocket-Protocol")), d, eio, isEIO)
 			p.m.ConnectionsTotal.WithLabelValues(metrics.ResultRateLimited).Inc()
 			return

@@ -712,3 +712,45 @@ func TestGoneMeansReleased(t *testing.T) {
 		t.Errorf("the pair is gone but closes_total{client,1000} = %v", got)
 	}
 }
+
+// A handshake refused by a limit is answered with 101, the 429 frame and
+// 4008, then waits up to the close timeout for the client's close. That
+// wait holds neither a pending handshake's slot nor a place under
+// --max-conns: a refused client that never answers does not keep an
+// unrelated one out.
+func TestRefusedHandshakeFreesItsPlaces(t *testing.T) {
+	lim, err := limit.New(limit.Config{IPMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g := newGate(t, backend(t).URL, func(c *Config) {
+		c.Limiter = lim
+		c.MaxPendingHandshakes = 1
+		c.MaxConns = 2
+		c.CloseTimeout = 3 * time.Second
+	})
+	host := strings.TrimPrefix(g.URL, "http://")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	refused := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c1, _, err := rawDial(ctx, refused, host) // holds the address's one connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, br, err := rawDial(ctx, refused, host) // refused; never answers the close
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if h, err := ws.ReadHeader(br); err != nil || h.OpCode != ws.OpText {
+		t.Fatalf("refused client: %v %v, want the 429 frame", h, err)
+	}
+	other := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}}
+	c3, _, err := rawDial(ctx, other, host)
+	if err != nil {
+		t.Fatalf("an unrelated client while the refused one waits: %v", err)
+	}
+	c3.Close()
+}
