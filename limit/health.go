@@ -186,12 +186,14 @@ func (h *health) suspects() []*node {
 	return out
 }
 
-// probe PINGs each suspect node: one that answers is up, with no failure
-// counted; one that does not counts a failure, as a decision would, so
-// that a node that died is marked down without waiting for traffic. On a
-// Cluster it first reloads the slot map; unserved is up again once every
-// slot has a master.
-func (h *health) probe(ctx context.Context, c rueidis.Client) {
+// probe PINGs each suspect node: one that answers within the decisions'
+// timeout is up, with no failure counted; one that does not counts a
+// failure, as a decision would, so that a node that died is marked down
+// without waiting for traffic, and a node slower than the decisions may
+// wait is not marked up only for the next decisions to wait out their
+// timeout again. On a Cluster it first reloads the slot map; unserved is
+// up again once every slot has a master.
+func (h *health) probe(ctx context.Context, c rueidis.Client, within time.Duration) {
 	clients := map[string]rueidis.Client{"": c}
 	if h.single == nil {
 		if err := h.refresh(ctx, c); err != nil {
@@ -209,7 +211,11 @@ func (h *health) probe(ctx context.Context, c rueidis.Client) {
 			continue
 		}
 		start := time.Now()
-		if err := nc.Do(ctx, nc.B().Ping().Build()).Error(); err != nil {
+		err := nc.Do(ctx, nc.B().Ping().Build()).Error()
+		if took := time.Since(start); err == nil && within > 0 && took > within {
+			err = fmt.Errorf("ping answered in %v, over the timeout %v", took.Round(time.Millisecond), within)
+		}
+		if err != nil {
 			h.failed(n, start, err)
 		} else {
 			h.up(n)

@@ -55,6 +55,13 @@ func TestRedisOneSlowReply(t *testing.T) {
 	if d := l.Message(ctx, "u", "a"); !d.Fallback || !errors.Is(d.Err, errRedisDown) {
 		t.Fatalf("a decision while marked down: %+v, want errRedisDown", d)
 	}
+	// Still slower than the Timeout: the probes (every probeEvery) get
+	// their PONG, too late for a decision, and leave it down.
+	for end := time.Now().Add(3*probeEvery + probeEvery/2); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if l.RedisUp() {
+			t.Fatal("a probe marked Redis up while it answers slower than the Timeout")
+		}
+	}
 	p.setLatency(0)
 	waitUp(t, l)
 	waitFor(t, "a decision by redis", func() bool { return !l.Message(ctx, "u", "a").Fallback })

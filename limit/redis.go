@@ -346,7 +346,7 @@ func (l *Limiter) watchRedis() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(l.bg, max(l.timeout, time.Second))
-		rs.health.probe(ctx, rs.client)
+		rs.health.probe(ctx, rs.client, l.timeout)
 		cancel()
 	}
 }
