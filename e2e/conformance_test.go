@@ -10,7 +10,7 @@ package e2e
 // reached it are listed exactly), and that the gate is still running and serving a neighbour
 // connection and a fresh one afterwards. Client faults also assert that a ping sent after the
 // fatal frame gets no pong and never reaches the backend, and that the backend is told 1001;
-// upstream faults assert client 1014 and backend 1002 (README, "What clients see").
+// upstream faults assert client 1014 and backend 1002, 1007 for UTF-8, 1009 for size (README, "What clients see").
 
 import (
 	"bytes"
@@ -881,9 +881,9 @@ func cfUpstreamCases() []cfCase {
 		{kind: "rsv", code: 1014, up: 1002},
 		{kind: "rsv-ping", code: 1014, up: 1002},
 		{kind: "opcode", code: 1014, up: 1002},
-		{kind: "utf8", code: 1014, up: 1002},
-		{kind: "utf8-frag", pass: []string{"ok-"}, code: 1014, up: 1002},
-		{kind: "len62", code: 1014, up: 1002},
+		{kind: "utf8", code: 1014, up: 1007},
+		{kind: "utf8-frag", pass: []string{"ok-"}, code: 1014, up: 1007},
+		{kind: "len62", code: 1014, up: 1009},
 		{kind: "len64msb", code: 1014, up: 1002},
 		{kind: "ping-long", code: 1014, up: 1002},
 		{kind: "ping-frag", code: 1014, up: 1002},
@@ -891,7 +891,7 @@ func cfUpstreamCases() []cfCase {
 		{kind: "new-in-frag", pass: []string{"one-"}, code: 1014, up: 1002},
 		{kind: "close-code", code: 1014, up: 1002},
 		{kind: "close-1byte", code: 1014, up: 1002},
-		{kind: "big-small-gate", small: true, code: 1014, up: 1002},
+		{kind: "big-small-gate", small: true, code: 1014, up: 1009},
 		// Not faults: a backend's own close codes reach the client, 1012-1014 included.
 		{kind: "close-1013", code: 1013, up: 1013},
 		{kind: "close-1014", code: 1014, up: 1014},

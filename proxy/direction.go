@@ -528,8 +528,10 @@ func (d *direction) classify(err error) (e ending, readOn bool) {
 	case errors.As(err, &we):
 		return clientGoneEnding, true
 	case errors.As(err, &ce):
+		// The upstream hears what it broke: 1002, 1007 for UTF-8, 1009
+		// for a message over the size limit.
 		return ending{initiator: byUpstream, clientCode: frames.StatusBadGateway, clientReason: "upstream protocol error",
-			upCode: ws.StatusProtocolError, upReason: ce.Reason}, false
+			upCode: ce.Code, upReason: ce.Reason}, false
 	default:
 		return upstreamGoneEnding, false
 	}

@@ -754,3 +754,43 @@ func TestRefusedHandshakeFreesItsPlaces(t *testing.T) {
 	}
 	c3.Close()
 }
+
+// TestUpstreamTooBig: an upstream message over --max-message-bytes closes
+// the upstream with 1009 (what it broke is the size limit, not the
+// protocol) and the client with 1014.
+func TestUpstreamTooBig(t *testing.T) {
+	got := make(chan int, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		_, _ = c.Write(serverFrame(ws.OpBinary, make([]byte, 2048)))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			h, err := ws.ReadHeader(br)
+			if err != nil {
+				got <- -1
+				return
+			}
+			payload := make([]byte, h.Length)
+			if _, err := io.ReadFull(br, payload); err != nil {
+				got <- -1
+				return
+			}
+			if h.OpCode == ws.OpClose {
+				ws.Cipher(payload, h.Mask, 0)
+				code := -1
+				if len(payload) >= 2 {
+					code = int(payload[0])<<8 | int(payload[1])
+				}
+				got <- code
+				return
+			}
+		}
+	})
+	g := newGate(t, up.URL, func(c *Config) { c.MaxMessageBytes = 1024 })
+	_, br := rawClient(t, g, "/")
+	if code, _ := readUntilClose(t, br); code != 1014 {
+		t.Errorf("client: close %d, want 1014", code)
+	}
+	if code := <-got; code != 1009 {
+		t.Errorf("upstream: close %d, want 1009", code)
+	}
+}
