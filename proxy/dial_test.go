@@ -200,3 +200,33 @@ func TestShutdownDuringUpstreamHandshake(t *testing.T) {
 		t.Fatalf("handshake under way at shutdown: status %d (%v), want 503", a.status, a.err)
 	}
 }
+
+// TestShutdownDuringUpstreamDial: a handshake whose upstream dial is still
+// connecting when the gate shuts down gets 503 at once; the poller's stop
+// does not send it on to another dial with net.Dialer.
+func TestShutdownDuringUpstreamDial(t *testing.T) {
+	up := blackhole(t)
+	g := newGate(t, "http://"+up.String(), func(c *Config) { c.DialTimeout = 30 * time.Second })
+	type answer struct {
+		status int
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/"), nil)
+		if res == nil {
+			done <- answer{0, err}
+			return
+		}
+		done <- answer{res.StatusCode, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the dial waits for its connect
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.proxy.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.status != http.StatusServiceUnavailable {
+		t.Fatalf("handshake dialing at shutdown: status %d (%v), want 503", a.status, a.err)
+	}
+}

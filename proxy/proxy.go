@@ -342,7 +342,8 @@ func New(cfg Config) (*Proxy, error) {
 // socket of the gate's own, waited for in the poller (netpoll.DialTCP),
 // when there is a poller and the upstream speaks plain WebSocket, so that
 // the pair takes the socket as it is; with net.Dialer otherwise (TLS, a
-// zoned IPv6 address, no poller, a poller that has stopped). A host name
+// zoned IPv6 address, no poller, a poller that has stopped; one that stops
+// under the dial because the gate shuts down fails it: 503). A host name
 // is resolved first, and its addresses are tried in turn until one
 // connects.
 func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -358,7 +359,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 		return p.netDial(ctx, network, addr)
 	}
 	c, err := dialAny(ctx, pl, aps, p.keepAlive)
-	if errors.Is(err, netpoll.ErrClosed) {
+	if errors.Is(err, netpoll.ErrClosed) && !p.draining.Load() {
 		return p.netDial(ctx, network, addr)
 	}
 	if err != nil {
