@@ -639,8 +639,16 @@ func (pl *polLeases) run(ctx context.Context, rs *redisStore, kind string, cs []
 				x := p.win(i, j, cs)
 				units := leased[0]
 				s := x.s
+				var carry int64
+				if !s.gcra && s.epoch == x.epoch && sent.Before(s.expires) {
+					// A fixed window's units left over, fewer than an
+					// event costs: Redis counted them with their slice, in
+					// this window, so they stay this Limiter's. (A GCRA
+					// slice's go back as the correction.)
+					carry = max(s.left, 0)
+				}
 				s.epoch++
-				s.left = units - int64(granted)*x.unit
+				s.left = carry + units - int64(granted)*x.unit
 				if s.gcra {
 					// leased[1] is the TAT's lead after the reservation,
 					// in µs: the unspent units are its last.
