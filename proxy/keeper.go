@@ -16,6 +16,7 @@ type keeperState struct {
 	in, out, heard       uint32 // bytes from the client (less the answers to pings), from the upstream, and from the client in all, at the last sweep
 	inAt, outAt, heardAt uint32 // when those counts last moved
 	nextPing             uint32 // when the next keepalive ping is due
+	asked                bool   // a ping asked for (pingDue), not yet seen taken
 	forced               bool   // the backstop ran
 }
 
@@ -75,6 +76,19 @@ func (p *Proxy) watch(pr *pair, now int64) {
 	if h := uint32(heard); h != k.heard {
 		k.heard, k.heardAt = h, at
 	}
+	if k.asked && !pr.fromUpstream.pingDue.Load() {
+		// Taken by the direction since the last sweep. Held back for
+		// more than half an interval (the direction was in one long
+		// frame), it leaves the client an interval to answer from now:
+		// silence counts from an interval before it went out at the
+		// latest. (It was asked for at nextPing - ping: no ping is asked
+		// for again while one is held back.)
+		k.asked = false
+		ping := uint32(p.cfg.PingInterval / time.Millisecond)
+		if since(at, k.nextPing-ping) > int32(ping/2) && since(at-ping, k.heardAt) > 0 {
+			k.heardAt = at - ping
+		}
+	}
 	if in := uint32(heard - pr.fromClient.consumed.Load()); in != k.in {
 		k.in, k.inAt = in, at
 	}
@@ -102,15 +116,20 @@ func (p *Proxy) watch(pr *pair, now int64) {
 		pr.end(&messageTimeoutEnding)
 	case pr.retire != 0 && now >= pr.retire:
 		pr.end(p.drainEnding())
-	case ping > 0 && since(at, k.heardAt) > 2*ping:
+	case ping > 0 && !k.asked && since(at, k.heardAt) > 2*ping:
 		// Two intervals without a byte from the client, not even a pong.
+		// Not while a ping is held back (the direction to the client is
+		// inside one long frame, or a compressed message whose next
+		// fragment has not come): the client cannot answer what it was
+		// not sent. A client that stops reading meets --write-timeout.
 		pr.end(&pingTimeoutEnding)
-	case ping > 0 && since(at, k.nextPing) >= 0:
+	case ping > 0 && !k.asked && since(at, k.nextPing) >= 0:
 		k.nextPing += uint32(ping)
 		if since(at, k.nextPing) >= 0 {
 			k.nextPing = at + uint32(ping)
 		}
 		pr.fromUpstream.pingDue.Store(true)
+		k.asked = true
 		p.wake(&pr.fromUpstream)
 	}
 }

@@ -794,3 +794,125 @@ func TestUpstreamTooBig(t *testing.T) {
 		t.Errorf("upstream: close %d, want 1009", code)
 	}
 }
+
+// TestNoPingTimeoutInLongFrame: while one upstream frame streams to the
+// client for longer than two ping intervals, no ping can go out, and a
+// client that answers every ping it gets is not closed as silent.
+func TestNoPingTimeoutInLongFrame(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		frame := serverFrame(ws.OpBinary, make([]byte, 40*256))
+		piece := (len(frame) + 39) / 40
+		for off := 0; off < len(frame); off += piece {
+			_, _ = c.Write(frame[off:min(off+piece, len(frame))])
+			time.Sleep(25 * time.Millisecond)
+		}
+		_, _ = io.Copy(io.Discard, c)
+	})
+	g := newGate(t, up.URL, func(c *Config) {
+		c.PingInterval = 100 * time.Millisecond
+		c.MessageTimeout = 0
+	})
+	conn, br := rawClient(t, g, "/")
+	start := time.Now()
+	data, pings := 0, 0
+	for time.Since(start) < 1500*time.Millisecond || data == 0 || pings == 0 {
+		h, err := ws.ReadHeader(br)
+		if err != nil {
+			t.Fatalf("read after %v: %v", time.Since(start), err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatal(err)
+		}
+		switch h.OpCode {
+		case ws.OpPing:
+			pings++
+			_, _ = conn.Write(maskedFrame(true, 0xA, p))
+		case ws.OpClose:
+			t.Fatalf("closed %d %q after %v, %d data frames and %d pings", int(p[0])<<8|int(p[1]), p[2:], time.Since(start), data, pings)
+		default:
+			data++
+		}
+	}
+}
+
+// rawDeflateClient opens a WebSocket to the gate offering permessage-deflate.
+func rawDeflateClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n\r\n")
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	if !strings.Contains(res.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		t.Fatalf("deflate not negotiated: %v", res.Header)
+	}
+	return conn, br
+}
+
+// TestNoPingTimeoutBetweenFragments: the upstream sends a fragmented text
+// message whose last fragment comes 800 ms after the first; the client
+// answers every ping and sends nothing else. With a 100 ms ping interval
+// the connection stays, also when compressed: a compressed message is
+// relayed whole inside one step, so no ping goes out until it ends, and a
+// held-back ping asks nothing of the client.
+func TestNoPingTimeoutBetweenFragments(t *testing.T) {
+	for _, compress := range []bool{false, true} {
+		t.Run(fmt.Sprint("compress=", compress), func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+				var b strings.Builder
+				_ = ws.WriteHeader(&b, ws.Header{Fin: false, OpCode: ws.OpText, Length: 5})
+				b.WriteString("hello")
+				_, _ = c.Write([]byte(b.String()))
+				time.Sleep(800 * time.Millisecond)
+				b.Reset()
+				_ = ws.WriteHeader(&b, ws.Header{Fin: true, OpCode: ws.OpContinuation, Length: 6})
+				b.WriteString(" world")
+				_, _ = c.Write([]byte(b.String()))
+				_, _ = io.Copy(io.Discard, c)
+			})
+			g := newGate(t, up.URL, func(c *Config) {
+				c.Compression = compress
+				c.PingInterval = 100 * time.Millisecond
+				c.CloseTimeout = 2 * time.Second
+			})
+			var conn net.Conn
+			var br *bufio.Reader
+			if compress {
+				conn, br = rawDeflateClient(t, g, "/")
+			} else {
+				conn, br = rawClient(t, g, "/")
+			}
+			start := time.Now()
+			pings, fins := 0, 0
+			for time.Since(start) < 1500*time.Millisecond || fins == 0 {
+				h, err := ws.ReadHeader(br)
+				if err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				p := make([]byte, h.Length)
+				if _, err := io.ReadFull(br, p); err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case h.OpCode == ws.OpPing:
+					pings++
+					_, _ = conn.Write(maskedFrame(true, 0xA, p))
+				case h.OpCode == ws.OpClose:
+					t.Fatalf("closed %d %q after %v; %d pings received", int(p[0])<<8|int(p[1]), p[2:], time.Since(start), pings)
+				case h.Fin:
+					fins++
+				}
+			}
+		})
+	}
+}
