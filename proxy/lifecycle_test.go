@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
@@ -914,5 +915,57 @@ func TestNoPingTimeoutBetweenFragments(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+
+// TestDrainTextNotInsideCompressedMessage: an upstream message being
+// compressed towards the client is cut short (close deadline) during a
+// drain; the drain's text frame must not be written inside the client's open
+// compressed message.
+func TestDrainTextNotInsideCompressedMessage(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		var hdr strings.Builder
+		_ = ws.WriteHeader(&hdr, ws.Header{Fin: true, OpCode: ws.OpBinary, Length: 200000})
+		payload := make([]byte, 100000)
+		_, _ = rand.Read(payload)
+		_, _ = c.Write(append([]byte(hdr.String()), payload...))
+		_, _ = io.Copy(io.Discard, c) // never sends the rest
+	})
+	g := newGate(t, up.URL, func(c *Config) {
+		c.Compression = true
+		c.CloseTimeout = 300 * time.Millisecond
+	})
+	_, br := rawDeflateClient(t, g, "/")
+	// First frame: compressed, not final.
+	h, err := ws.ReadHeader(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first frame: op %v fin %v rsv %v len %d", h.OpCode, h.Fin, h.Rsv, h.Length)
+	if _, err := io.CopyN(io.Discard, br, h.Length); err != nil {
+		t.Fatal(err)
+	}
+	open := !h.Fin
+	go g.proxy.Drain(context.Background(), 1, 0)
+	for {
+		h, err := ws.ReadHeader(br)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("frame: op %v fin %v len %d %q", h.OpCode, h.Fin, h.Length, p[:min(len(p), 80)])
+		switch {
+		case h.OpCode == ws.OpClose:
+			return
+		case h.OpCode.IsControl():
+		case h.OpCode != ws.OpContinuation && open:
+			t.Fatalf("a new %v data frame (%q) while a fragmented message is open: protocol error for the client", h.OpCode, p[:min(len(p), 80)])
+		default:
+			open = !h.Fin
+		}
 	}
 }
