@@ -28,6 +28,7 @@ type direction struct {
 	noPoll    bool  // the poller refused the socket: d blocks on it instead
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
 	deflating bool  // a compressed message to the client is open: its last frame not written
+	inHeader  bool  // blocked for the rest of a frame header, none of the frame relayed
 	dropping  bool  // the client message being read was dropped: its next frames are skipped
 	ctlCount  int32 // control frames in the window of ControlFrameRate
 	granted   int32 // messages the limiter has granted ahead
@@ -218,11 +219,15 @@ func (d *direction) readMore() (parked bool, err error) {
 	}
 	// Part of a header, or a source the poller cannot hold.
 	d.idle = d.r.Buffered() == 0
+	d.inHeader = true
 	err = d.r.ReadMore()
 	idle := d.idle
-	d.idle = false
+	d.idle, d.inHeader = false, false
 	if idle && isTimeout(err) && d.pr.life.load() != phaseAborted {
 		return false, nil // the tick passed: look at the pair's state again
+	}
+	if err == errLookAgain {
+		return false, nil
 	}
 	return false, err
 }

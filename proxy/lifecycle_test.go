@@ -969,3 +969,34 @@ func TestDrainTextNotInsideCompressedMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialHeaderDoesNotHoldUpstreamClose: a client that sent one byte
+// of a frame header, and no more, does not hold back the upstream's close
+// at a drain until the close deadline: nothing of that frame went
+// upstream, so the close goes at once and the upstream has the close
+// timeout to answer.
+func TestPartialHeaderDoesNotHoldUpstreamClose(t *testing.T) {
+	got := make(chan time.Time, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		h, err := ws.ReadHeader(br)
+		if err == nil && h.OpCode == ws.OpClose {
+			got <- time.Now()
+		}
+		_, _ = io.Copy(io.Discard, br)
+	})
+	g := newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 1500 * time.Millisecond })
+	conn, _ := rawClient(t, g, "/")
+	waitFor(t, func() bool { return g.proxy.Active() == 1 })
+	_, _ = conn.Write([]byte{0x81}) // first byte of a header
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	go g.proxy.Drain(context.Background(), 1, 0)
+	select {
+	case at := <-got:
+		if d := at.Sub(start); d > 500*time.Millisecond {
+			t.Fatalf("upstream got its close %v after the drain began (close timeout 1.5s)", d)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("no close upstream")
+	}
+}

@@ -128,6 +128,11 @@ func (s *side) step() {
 // pair was aborted: it must not wait for anything any more.
 var errAborted = errors.New("pair aborted")
 
+// errLookAgain is what a direction's blocking read for the rest of a frame
+// header returns when the pair's ending woke it: the header's bytes stay
+// buffered, and the direction looks at the ending before it reads on.
+var errLookAgain = errors.New("pair ending: look again")
+
 // source is the blocking reader of a direction's source: the Reader calls
 // it only when it must wait, after it found nothing ready.
 type source direction
@@ -152,6 +157,12 @@ func (s *source) Read(p []byte) (int, error) {
 		}
 		if err := d.block(false, &until); err != nil {
 			return 0, err
+		}
+		if d.inHeader && d.pr.life.load() == phaseEnding {
+			// Woken by the pair's ending between frames (the bytes of a
+			// header are only buffered, nothing of the frame relayed):
+			// the direction looks at it now, and owes its close at once.
+			return 0, errLookAgain
 		}
 	}
 }
