@@ -918,7 +918,6 @@ func TestNoPingTimeoutBetweenFragments(t *testing.T) {
 	}
 }
 
-
 // TestDrainTextNotInsideCompressedMessage: an upstream message being
 // compressed towards the client is cut short (close deadline) during a
 // drain; the drain's text frame must not be written inside the client's open
