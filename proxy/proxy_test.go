@@ -322,6 +322,14 @@ func TestTooBig(t *testing.T) {
 // no library would.
 func rawClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
 	t.Helper()
+	conn, br, _ := rawClientWith(t, g, path, "")
+	return conn, br
+}
+
+// rawClientWith is rawClient with extra request header lines (each ending
+// in CRLF); it also returns the 101 response.
+func rawClientWith(t *testing.T, g *gate, path, extra string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -329,13 +337,13 @@ func rawClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+extra+"\r\n")
 	br := bufio.NewReader(conn)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil || res.StatusCode != 101 {
 		t.Fatalf("handshake: %v %v", res, err)
 	}
-	return conn, br
+	return conn, br, res
 }
 
 // readClose reads frames until a close frame and returns its code.
