@@ -172,19 +172,7 @@ func TestShutdownDuringUpstreamHandshake(t *testing.T) {
 		}
 	}()
 	g := newGate(t, "http://"+hang.Addr().String(), func(c *Config) { c.DialTimeout = 30 * time.Second })
-	type answer struct {
-		status int
-		err    error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/"), nil)
-		if res == nil {
-			done <- answer{0, err}
-			return
-		}
-		done <- answer{res.StatusCode, err}
-	}()
+	done := handshakeAsync(t, g)
 	select {
 	case c := <-accepted:
 		defer c.Close()
@@ -207,19 +195,7 @@ func TestShutdownDuringUpstreamHandshake(t *testing.T) {
 func TestShutdownDuringUpstreamDial(t *testing.T) {
 	up := blackhole(t)
 	g := newGate(t, "http://"+up.String(), func(c *Config) { c.DialTimeout = 30 * time.Second })
-	type answer struct {
-		status int
-		err    error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/"), nil)
-		if res == nil {
-			done <- answer{0, err}
-			return
-		}
-		done <- answer{res.StatusCode, err}
-	}()
+	done := handshakeAsync(t, g)
 	time.Sleep(300 * time.Millisecond) // the dial waits for its connect
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -229,4 +205,26 @@ func TestShutdownDuringUpstreamDial(t *testing.T) {
 	if a := <-done; a.status != http.StatusServiceUnavailable {
 		t.Fatalf("handshake dialing at shutdown: status %d (%v), want 503", a.status, a.err)
 	}
+}
+
+// handshakeAnswer is the HTTP status a client's handshake got (0 if none)
+// and its error.
+type handshakeAnswer struct {
+	status int
+	err    error
+}
+
+// handshakeAsync starts a client's handshake with g and delivers its
+// answer.
+func handshakeAsync(t *testing.T, g *gate) <-chan handshakeAnswer {
+	done := make(chan handshakeAnswer, 1)
+	go func() {
+		_, res, err := websocket.Dial(ctx5(t), wsURL(g.Server, "/"), nil)
+		if res == nil {
+			done <- handshakeAnswer{0, err}
+			return
+		}
+		done <- handshakeAnswer{res.StatusCode, err}
+	}()
+	return done
 }
