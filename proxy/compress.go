@@ -272,6 +272,6 @@ func (e *emitter) flush(fin bool) error {
 	}
 	err := e.d.writeFrame(h, e.buf)
 	e.buf = e.buf[:0]
-	e.d.deflating = !fin
+	e.d.inDeflate = !fin
 	return err
 }

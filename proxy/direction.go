@@ -27,7 +27,7 @@ type direction struct {
 	quiet     bool  // the last read emptied the socket and nothing woke d since
 	noPoll    bool  // the poller refused the socket: d blocks on it instead
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
-	deflating bool  // a compressed message to the client is open: its last frame not written
+	inDeflate bool  // a compressed message to the client is open: its last frame not written
 	inHeader  bool  // blocked for the rest of a frame header, none of the frame relayed
 	dropping  bool  // the client message being read was dropped: its next frames are skipped
 	ctlCount  int32 // control frames in the window of ControlFrameRate

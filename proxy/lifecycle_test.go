@@ -33,18 +33,30 @@ import (
 // moments that used to lose them, and a churn soak after which nothing of
 // any pair remains.
 
+// readFrame reads one frame, its payload unmasked.
+func readFrame(br *bufio.Reader) (ws.Header, []byte, error) {
+	h, err := ws.ReadHeader(br)
+	if err != nil {
+		return h, nil, err
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(br, p); err != nil {
+		return h, nil, err
+	}
+	if h.Masked {
+		ws.Cipher(p, h.Mask, 0)
+	}
+	return h, p, nil
+}
+
 // readUntilClose reads frames until a close frame and returns its code and
 // the number of data frames before it.
 func readUntilClose(t *testing.T, br *bufio.Reader) (code, data int) {
 	t.Helper()
 	for {
-		h, err := ws.ReadHeader(br)
+		h, p, err := readFrame(br)
 		if err != nil {
 			t.Fatalf("no close frame after %d data frames: %v", data, err)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, p); err != nil {
-			t.Fatal(err)
 		}
 		switch {
 		case h.OpCode == ws.OpClose:
@@ -765,18 +777,12 @@ func TestUpstreamTooBig(t *testing.T) {
 		_, _ = c.Write(serverFrame(ws.OpBinary, make([]byte, 2048)))
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		for {
-			h, err := ws.ReadHeader(br)
+			h, payload, err := readFrame(br)
 			if err != nil {
 				got <- -1
 				return
 			}
-			payload := make([]byte, h.Length)
-			if _, err := io.ReadFull(br, payload); err != nil {
-				got <- -1
-				return
-			}
 			if h.OpCode == ws.OpClose {
-				ws.Cipher(payload, h.Mask, 0)
 				code := -1
 				if len(payload) >= 2 {
 					code = int(payload[0])<<8 | int(payload[1])
@@ -817,13 +823,9 @@ func TestNoPingTimeoutInLongFrame(t *testing.T) {
 	start := time.Now()
 	data, pings := 0, 0
 	for time.Since(start) < 1500*time.Millisecond || data == 0 || pings == 0 {
-		h, err := ws.ReadHeader(br)
+		h, p, err := readFrame(br)
 		if err != nil {
 			t.Fatalf("read after %v: %v", time.Since(start), err)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, p); err != nil {
-			t.Fatal(err)
 		}
 		switch h.OpCode {
 		case ws.OpPing:
@@ -884,13 +886,9 @@ func TestNoPingTimeoutBetweenFragments(t *testing.T) {
 			start := time.Now()
 			pings, fins := 0, 0
 			for time.Since(start) < 1500*time.Millisecond || fins == 0 {
-				h, err := ws.ReadHeader(br)
+				h, p, err := readFrame(br)
 				if err != nil {
 					t.Fatalf("read: %v", err)
-				}
-				p := make([]byte, h.Length)
-				if _, err := io.ReadFull(br, p); err != nil {
-					t.Fatal(err)
 				}
 				switch {
 				case h.OpCode == ws.OpPing:
@@ -925,24 +923,17 @@ func TestDrainTextNotInsideCompressedMessage(t *testing.T) {
 	})
 	_, br := rawDeflateClient(t, g, "/")
 	// First frame: compressed, not final.
-	h, err := ws.ReadHeader(br)
+	h, _, err := readFrame(br)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("first frame: op %v fin %v rsv %v len %d", h.OpCode, h.Fin, h.Rsv, h.Length)
-	if _, err := io.CopyN(io.Discard, br, h.Length); err != nil {
-		t.Fatal(err)
-	}
 	open := !h.Fin
 	go g.proxy.Drain(context.Background(), 1, 0)
 	for {
-		h, err := ws.ReadHeader(br)
+		h, p, err := readFrame(br)
 		if err != nil {
 			t.Fatalf("read: %v", err)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, p); err != nil {
-			t.Fatal(err)
 		}
 		t.Logf("frame: op %v fin %v len %d %q", h.OpCode, h.Fin, h.Length, p[:min(len(p), 80)])
 		switch {

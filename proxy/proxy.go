@@ -342,10 +342,10 @@ func New(cfg Config) (*Proxy, error) {
 // socket of the gate's own, waited for in the poller (netpoll.DialTCP),
 // when there is a poller and the upstream speaks plain WebSocket, so that
 // the pair takes the socket as it is; with net.Dialer otherwise (TLS, a
-// zoned IPv6 address, no poller, a poller that has stopped; one that stops
-// under the dial because the gate shuts down fails it: 503). A host name
-// is resolved first, and its addresses are tried in turn until one
-// connects.
+// zoned IPv6 address, no poller, a gate that drains: its poller stops at
+// shutdown, and a dial that the stop ends fails with netpoll.ErrClosed,
+// which upstreamFailed answers with 503). A host name is resolved first,
+// and its addresses are tried in turn until one connects.
 func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
 	pl := p.started()
 	if pl == nil || p.wsBase.Scheme != "ws" || p.draining.Load() {
@@ -359,9 +359,6 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 		return p.netDial(ctx, network, addr)
 	}
 	c, err := dialAny(ctx, pl, aps, p.keepAlive)
-	if errors.Is(err, netpoll.ErrClosed) && !p.draining.Load() {
-		return p.netDial(ctx, network, addr)
-	}
 	if err != nil {
 		return nil, err
 	}

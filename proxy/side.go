@@ -283,8 +283,7 @@ func (d *direction) deadline(write bool) (int64, error) {
 // writeClose writes the gate's own close frame to d's destination, after
 // text as a text frame when text is set and no message to that side is
 // open, relayed or compressed by the gate (a data frame cannot go inside
-// another message). Frames batched
-// for that side go first.
+// another message). Frames batched for that side go first.
 func (d *direction) writeClose(text []byte, code ws.StatusCode, reason string) {
 	dst := d.dst()
 	if dst.closeSent || dst.broken {
@@ -294,7 +293,7 @@ func (d *direction) writeClose(text []byte, code ws.StatusCode, reason string) {
 		return
 	}
 	w := (*sink)(d)
-	if text != nil && !d.s.InMessage() && !d.deflating {
+	if text != nil && !d.s.InMessage() && !d.inDeflate {
 		if err := frames.WriteFrame(w, ws.OpText, text, dst.masked); err != nil {
 			d.broke()
 			return
