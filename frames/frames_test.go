@@ -342,6 +342,55 @@ func TestForwardReturnsClose(t *testing.T) {
 	}
 }
 
+// TestSkipAfterFailedWrite skips the rest of a frame whose forwarding
+// failed partway: the next header read is the next frame's, and a frame
+// whose rest is unknown is not skipped.
+func TestSkipAfterFailedWrite(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte{0xff}, 3*BufferSize)
+	in := append(raw{fin: true, op: 2, masked: true, payload: big}.bytes(),
+		raw{fin: true, op: 8, masked: true, payload: closeBody(1000, "")}.bytes()...)
+	s := &Stream{From: Client}
+	r := NewReader(bytes.NewReader(in))
+	h, err := s.Next(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var we *WriteError
+	if _, err := s.Forward(&failAfter{1}, r, h); !errors.As(err, &we) || s.Unread() <= 0 {
+		t.Fatalf("Forward = %v, Unread %d; want a WriteError partway", err, s.Unread())
+	}
+	if err := s.Skip(r); err != nil || s.Unread() != 0 {
+		t.Fatalf("Skip = %v, Unread %d", err, s.Unread())
+	}
+	if h, err := s.Next(r); err != nil || h.OpCode != ws.OpClose {
+		t.Fatalf("next frame %+v, %v; want the close frame", h, err)
+	}
+
+	s = &Stream{From: Client}
+	r = NewReader(io.LimitReader(bytes.NewReader(in), 100))
+	if h, err = s.Next(r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forward(io.Discard, r, h); err == nil || s.Unread() != -1 {
+		t.Fatalf("Forward of a cut frame = %v, Unread %d", err, s.Unread())
+	}
+	if err := s.Skip(r); err == nil {
+		t.Fatal("Skip of a frame whose rest is unknown succeeded")
+	}
+}
+
+// failAfter takes n writes, then fails every write.
+type failAfter struct{ n int }
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if f.n == 0 {
+		return 0, errors.New("broken")
+	}
+	f.n--
+	return len(p), nil
+}
+
 // chopReader returns at most n bytes per Read, as a trickling peer would.
 type chopReader struct {
 	r io.Reader

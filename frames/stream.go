@@ -184,6 +184,25 @@ func (s *Stream) InMessage() bool { return s.fragmented }
 // violation found in a header.
 func (s *Stream) Unread() int64 { return s.unread }
 
+// Skip reads and drops the rest of the payload of the frame whose header
+// Next last returned (Unread bytes), so that the next header can be read.
+func (s *Stream) Skip(r io.Reader) error {
+	if s.unread < 0 {
+		return errUnknownRest
+	}
+	s.pending = false
+	n, err := io.CopyN(io.Discard, r, s.unread)
+	s.unread -= n
+	if err != nil {
+		s.unread = -1
+	}
+	return err
+}
+
+// errUnknownRest is Skip's error when a failed read left the rest of the
+// frame unknown.
+var errUnknownRest = errors.New("frames: the rest of the frame is unknown")
+
 // Compressed reports whether the current data message is compressed (its
 // first frame had RSV1).
 func (s *Stream) Compressed() bool { return s.compressed }

@@ -466,8 +466,7 @@ func (d *direction) skip() error {
 		return nil
 	}
 	d.discarded += int32(n)
-	_, err := io.CopyN(io.Discard, &d.r, n)
-	return err
+	return d.s.Skip(&d.r)
 }
 
 // drop skips the frame h of a message a rule dropped, under the message
@@ -475,7 +474,7 @@ func (d *direction) skip() error {
 // pair is open and the message is bounded by MaxMessageBytes.
 func (d *direction) drop(h ws.Header) error {
 	d.dropping = !h.Fin
-	if _, err := io.CopyN(io.Discard, &d.r, max(d.s.Unread(), 0)); err != nil {
+	if err := d.s.Skip(&d.r); err != nil {
 		return err
 	}
 	if h.Fin {
@@ -499,10 +498,11 @@ func (d *direction) stop(err error) {
 		d.srcDone = true
 		return
 	}
-	var ce *frames.CloseError
-	if errors.As(err, &ce) && !d.srcDone {
-		// A violation found in a header: skip that frame's payload and
-		// read on up to the peer's close frame.
+	if d.s.Unread() != 0 && !d.srcDone {
+		// The frame being read was cut short (a violation found in its
+		// header or payload, a write that failed): skip the rest of its
+		// payload, which is no header, and read on up to the peer's close
+		// frame.
 		if d.skip() != nil {
 			d.srcDone = true
 		}

@@ -978,3 +978,39 @@ func TestPartialHeaderDoesNotHoldUpstreamClose(t *testing.T) {
 		t.Fatal("no close upstream")
 	}
 }
+
+// TestWriteErrorMidFrameSkipsPayload cuts the upstream off while a large
+// client frame is being relayed: the rest of that frame's payload is
+// skipped, not read as frame headers, so the client's close frame after it
+// is found and the connection ends with a FIN, not a reset.
+func TestWriteErrorMidFrameSkipsPayload(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		var b [16]byte
+		_, _ = io.ReadFull(br, b[:]) // part of the big frame
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close() // a reset: the gate's next write fails
+	})
+	g := newGate(t, up.URL, nil)
+	conn, br := rawClient(t, g, "/")
+
+	const size = 256 << 10
+	frame := []byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, size >> 16, size >> 8 & 0xff, size & 0xff, 0, 0, 0, 0}
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = 0xff // read as a header, any byte of it is a bad one
+	}
+	const first = 64 << 10 // two whole chunks (frames.BufferSize): written before the reset
+	if _, err := conn.Write(append(frame, payload[:first]...)); err != nil {
+		t.Fatal(err)
+	}
+	if code := readClose(t, br); code != 1014 {
+		t.Fatalf("close %d, want 1014 (upstream went away)", code)
+	}
+	rest := append(payload[first:], maskedFrame(true, 0x8, []byte{0x03, 0xe8})...)
+	if _, err := conn.Write(rest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("after the client's close: %v, want the gate's FIN", err)
+	}
+}
