@@ -5,14 +5,19 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
 
 	"github.com/holo/wsgate/internal/netpoll"
 )
@@ -227,4 +232,71 @@ func handshakeAsync(t *testing.T, g *gate) <-chan handshakeAnswer {
 		done <- handshakeAnswer{res.StatusCode, err}
 	}()
 	return done
+}
+
+// TestShutdownWhileUpstreamAnswers: an upstream that accepts a handshake
+// after the gate began to shut down (while an open connection drains) does
+// not give the client a 101 that is then cut off (1006): the client gets
+// 503.
+func TestShutdownWhileUpstreamAnswers(t *testing.T) {
+	release := make(chan struct{})
+	asked := make(chan struct{}, 1)
+	var n atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 2 {
+			asked <- struct{}{}
+			<-release
+		}
+		conn, _, _, err := ws.UpgradeHTTP(r, w)
+		if err == nil {
+			defer conn.Close()
+			_, _ = io.Copy(io.Discard, conn)
+		}
+	}))
+	t.Cleanup(up.Close)
+	g := newGate(t, up.URL, nil)
+	rawClient(t, g, "/") // open, and slow to answer its drain: Shutdown waits
+	done := handshakeAsync(t, g)
+	<-asked
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopped <- g.proxy.Shutdown(ctx)
+	}()
+	waitFor(t, g.proxy.draining.Load)
+	close(release)
+	if a := <-done; a.status != http.StatusServiceUnavailable {
+		t.Fatalf("handshake the upstream accepted during shutdown: status %d (%v), want 503", a.status, a.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestShutdownWhileUpgrading: a handshake that Shutdown overtakes between
+// its reservation and its client's 101 is drained like every open
+// connection (the drain's notice and close), not cut off (1006).
+func TestShutdownWhileUpgrading(t *testing.T) {
+	g := newGate(t, backend(t).URL, nil)
+	stopped := make(chan error, 1)
+	g.proxy.hooks.upgrading = func() {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			stopped <- g.proxy.Shutdown(ctx)
+		}()
+		waitFor(t, g.proxy.draining.Load)
+	}
+	_, br := rawClient(t, g, "/echo")
+	h, p, err := readFrame(br)
+	if err != nil || h.OpCode != ws.OpText || !strings.Contains(string(p), `"code":1012`) {
+		t.Fatalf("first frame %v %q %v; want the drain's notice", h.OpCode, p, err)
+	}
+	if code := readClose(t, br); code != int(g.proxy.cfg.DrainCode) {
+		t.Fatalf("close %d, want the drain's %d", code, g.proxy.cfg.DrainCode)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
 }

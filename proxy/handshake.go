@@ -160,6 +160,25 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if protocol == "" && marker {
 		protocol = auth.MarkerProtocol
 	}
+	if !p.reserve() {
+		// Shutdown began while the upstream answered: no 101 for a
+		// connection that could only be closed at once.
+		_ = upConn.Close()
+		if upBuf != nil {
+			ws.PutReader(upBuf)
+		}
+		p.refuse(w, http.StatusServiceUnavailable, "shutting down", metrics.ResultShuttingDown)
+		return
+	}
+	reserved := true
+	defer func() {
+		if reserved {
+			p.wg.Done()
+		}
+	}()
+	if hook := p.hooks.upgrading; hook != nil {
+		hook()
+	}
 	up := ws.HTTPUpgrader{Timeout: p.cfg.HandshakeTimeout}
 	if protocol != "" {
 		up.Protocol = ws.SelectEqual(protocol)
@@ -214,11 +233,8 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if upBuf != nil {
 		ws.PutReader(upBuf)
 	}
-	if !p.track(pr) {
-		pr.discard()
-		p.m.ConnectionsTotal.WithLabelValues(metrics.ResultShuttingDown).Inc()
-		return
-	}
+	reserved = false // the pair's now: its finish says Done
+	p.track(pr)
 	if !cl.identity.Anonymous && p.cfg.Revoked != nil && p.cfg.Revoked(cl.identity.Subject, cl.identity.TokenID) {
 		// Revoked while this handshake dialed the upstream: the
 		// revocation's Disconnect found no pair to close then.

@@ -254,16 +254,3 @@ func (pr *pair) prime(client, upstream []byte) {
 	pr.fromClient.r.Prime(client)
 	pr.fromUpstream.r.Prime(upstream)
 }
-
-// discard releases a pair that never ran.
-func (pr *pair) discard() {
-	if pl := pr.p.pl; pl != nil {
-		// A dialed upstream's socket is registered (newPair).
-		pl.Remove(&pr.fromClient.desc)
-		pl.Remove(&pr.fromUpstream.desc)
-	}
-	pr.client.close()
-	pr.upstream.close()
-	pr.fromClient.r.Release()
-	pr.fromUpstream.r.Release()
-}

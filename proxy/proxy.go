@@ -553,15 +553,29 @@ func (p *Proxy) wake(d *direction) {
 	}
 }
 
-func (p *Proxy) track(pr *pair) bool {
+// reserve counts a handshake about to upgrade its client as a pair that
+// Shutdown waits for; it reports false once Shutdown has begun. The pair
+// made next is track's, or the reservation is given back (wg.Done).
+func (p *Proxy) reserve() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.draining.Load() {
 		return false
 	}
-	p.pairs[pr] = struct{}{}
 	p.wg.Add(1)
 	return true
+}
+
+// track shows a reserved pair to the keeper, drains and Shutdown. One that
+// Shutdown began to drain before it was tracked is drained at once: its
+// client has its 101 and gets the drain's notice and close.
+func (p *Proxy) track(pr *pair) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pairs[pr] = struct{}{}
+	if p.draining.Load() {
+		pr.end(p.drainEnding())
+	}
 }
 
 // started starts the keeper and the poller for the first pair, unless the
@@ -592,6 +606,7 @@ func (p *Proxy) started() *netpoll.Poller {
 type testHooks struct {
 	beforePark func(*direction) // right before the direction parks in the poller
 	afterBatch func(*direction) // right after a frame joined the direction's batch
+	upgrading  func()           // right before a handshake's 101 to the client
 }
 
 // peerOnly is the ClientIPResolver without trusted proxies.
