@@ -103,7 +103,7 @@ func (s *side) hangUp() {
 		_ = hc.CloseRead()
 	default:
 		// Not a socket the poller holds: closing it is safe.
-		_ = s.Conn.Close()
+		closeNow(s.Conn)
 	}
 }
 
@@ -113,7 +113,19 @@ func (s *side) close() {
 		netpoll.Close(int(s.fd))
 		return
 	}
-	_ = s.Conn.Close()
+	closeNow(s.Conn)
+}
+
+// closeNow closes c without waiting, as hangUp and close must: they may
+// run under the proxy's lock. A TLS connection's own Close first writes
+// its close_notify alert, waiting up to five seconds for a peer that does
+// not read; the connection under it is closed instead, after the closing
+// handshake has ended the WebSocket connection.
+func closeNow(c net.Conn) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn()
+	}
+	_ = c.Close()
 }
 
 // step records one half of the closing handshake and hangs the side up

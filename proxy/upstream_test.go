@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -225,6 +226,32 @@ func TestUpstreamKeepAlive(t *testing.T) {
 		}
 		if got := upstreamKeepAlive(u); got != want {
 			t.Errorf("%s: keepalive %v, want %v", raw, got, want)
+		}
+	}
+}
+
+// TestHangUpTLSAtOnce hangs up a TLS connection whose peer stopped
+// reading: hangUp and close run under the proxy's lock, and tls.Conn's own
+// Close would wait up to five seconds to write its close_notify alert.
+func TestHangUpTLSAtOnce(t *testing.T) {
+	ts := httptest.NewTLSServer(http.NotFoundHandler())
+	ts.Close()
+	a, b := net.Pipe()
+	defer b.Close()
+	server := tls.Server(b, &tls.Config{Certificates: ts.TLS.Certificates})
+	client := tls.Client(a, &tls.Config{InsecureSkipVerify: true})
+	go func() { _ = server.Handshake() }() // then it reads nothing more
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	for _, end := range []func(*side){(*side).hangUp, (*side).close} {
+		s := &side{Conn: client, fd: -1}
+		done := make(chan struct{})
+		go func() { end(s); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			t.Fatal("the side waited for a peer that does not read")
 		}
 	}
 }
