@@ -44,9 +44,11 @@ func (p *Proxy) upstreamRequest(r *http.Request, c client) (target string, h htt
 //     client cannot remove a header that the gate sets by naming it there.
 //  2. What the client must not tell the backend goes: the token (unless
 //     Config.Auth forwards it) and the marker subprotocol, StripHeaders, an
-//     inbound identity header, and Forwarded (whose entries nobody vouches
-//     for); on the WebSocket path also the handshake headers that the
-//     upstream dialer writes itself.
+//     inbound identity header, Forwarded (whose entries nobody vouches
+//     for) and the X-Forwarded-* headers, each also under any name that
+//     reads the same with '_' for '-' (dropGateHeaders); on the WebSocket
+//     path also the handshake headers that the upstream dialer writes
+//     itself.
 //  3. The gate's own headers are set: IdentityHeader for a verified
 //     subject; X-Forwarded-For (a trusted proxy's list with the peer
 //     appended, the peer alone otherwise); X-Forwarded-Proto and
@@ -84,13 +86,7 @@ func (p *Proxy) rewriteUpstream(h http.Header, u *url.URL, in *http.Request, c c
 	} else {
 		protocols = splitProtocols(h.Values("Sec-WebSocket-Protocol"))
 	}
-	for _, name := range p.cfg.StripHeaders {
-		h.Del(name)
-	}
-	if name := p.cfg.IdentityHeader; name != "" {
-		h.Del(name)
-	}
-	h.Del("Forwarded")
+	p.dropGateHeaders(h)
 	if handshake {
 		for _, name := range handshakeHeaders {
 			h.Del(name)
@@ -103,6 +99,65 @@ func (p *Proxy) rewriteUpstream(h http.Header, u *url.URL, in *http.Request, c c
 	}
 	p.setForwarded(h, in)
 	return protocols, marker
+}
+
+// forwardedHeaders are the headers of a proxy chain: the gate sets the
+// X-Forwarded-* ones itself (setForwarded) and drops Forwarded.
+var forwardedHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"}
+
+// dropGateHeaders removes from h what the client may not say to the
+// backend in the gate's name: the headers the gate sets or strips
+// (forwardedHeaders, IdentityHeader, StripHeaders). A name counts when it
+// reads the same with '_' taken for '-' and case ignored, since CGI, Rack
+// and WSGI backends see X_Auth_Subject and X-Auth-Subject as one variable
+// (HTTP_X_AUTH_SUBJECT), and whichever comes last would win there.
+func (p *Proxy) dropGateHeaders(h http.Header) {
+	for k := range h {
+		if p.isGateHeader(k) {
+			delete(h, k)
+		}
+	}
+}
+
+func (p *Proxy) isGateHeader(name string) bool {
+	if id := p.cfg.IdentityHeader; id != "" && sameVariable(name, id) {
+		return true
+	}
+	for _, g := range forwardedHeaders {
+		if sameVariable(name, g) {
+			return true
+		}
+	}
+	for _, s := range p.cfg.StripHeaders {
+		if sameVariable(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameVariable reports whether header names a and b become the same CGI
+// variable: equal once '_' is read as '-' and case is ignored.
+func sameVariable(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		if variableByte(a[i]) != variableByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func variableByte(c byte) byte {
+	switch {
+	case c == '_':
+		return '-'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // setForwarded sets the X-Forwarded-* headers of rewriteUpstream's step 3.
