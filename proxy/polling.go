@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -63,54 +64,120 @@ type session struct {
 	nsp       string
 	delivered bool
 	expires   time.Time
+	// answered are the namespaces a session of the gate's own has
+	// refused: a CONNECT repeated gets no second answer.
+	answered []string
 }
 
 // sessions are the gate's sessions by sid.
 type sessions struct {
 	mu sync.Mutex
-	m  map[string]*session
+	t  sidTable[*session]
 }
 
-func newSessions() *sessions { return &sessions{m: make(map[string]*session)} }
+func newSessions() *sessions {
+	return &sessions{t: newSidTable(func(s *session) time.Time { return s.expires })}
+}
 
-// add registers s under sid; false when the table is full.
-func (ss *sessions) add(sid string, s *session) bool {
+// add registers s under sid for the client whose IP key is ip; false when
+// the table, or that client's share of it, is full.
+func (ss *sessions) add(sid, ip string, s *session) bool {
 	now := time.Now()
 	s.expires = now.Add(sessionTTL)
 	s.wake = make(chan struct{}, 1)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if !roomFor(ss.m, now, func(s *session) time.Time { return s.expires }) {
-		return false
-	}
-	ss.m[sid] = s
-	return true
-}
-
-// roomFor reports whether m has room for one more entry under
-// maxSessions, dropping its expired entries (expires says when) when it
-// is full.
-func roomFor[V any](m map[string]V, now time.Time, expires func(V) time.Time) bool {
-	if len(m) < maxSessions {
-		return true
-	}
-	for k, v := range m {
-		if now.After(expires(v)) {
-			delete(m, k)
-		}
-	}
-	return len(m) < maxSessions
+	return ss.t.put(sid, ip, s, now)
 }
 
 func (ss *sessions) get(sid string) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	s := ss.m[sid]
-	if s != nil && time.Now().After(s.expires) {
-		delete(ss.m, sid)
+	s, ok := ss.t.get(sid)
+	if ok && time.Now().After(s.expires) {
+		ss.t.remove(sid)
 		return nil
 	}
 	return s
+}
+
+// maxSessionsPerIP bounds the entries one client IP holds in a sidTable:
+// a client that makes sessions up, or is refused again and again, cannot
+// fill the table for everyone else.
+const maxSessionsPerIP = 64
+
+// sidTable holds what the gate keeps per engine.io session, by sid,
+// bounded by maxSessions in all and maxSessionsPerIP per client IP key.
+// Expired entries (expires says when) go when a new one would not fit, at
+// most once a second, and once every sessionTTL: a session its client
+// never comes back to does not keep its memory. Callers hold a lock.
+type sidTable[V any] struct {
+	m       map[string]sidEntry[V]
+	perIP   map[string]int
+	expires func(V) time.Time
+	swept   time.Time // the last sweep
+}
+
+type sidEntry[V any] struct {
+	v  V
+	ip string
+}
+
+func newSidTable[V any](expires func(V) time.Time) sidTable[V] {
+	return sidTable[V]{m: make(map[string]sidEntry[V]), perIP: make(map[string]int), expires: expires}
+}
+
+func (t *sidTable[V]) get(sid string) (V, bool) {
+	e, ok := t.m[sid]
+	return e.v, ok
+}
+
+// put sets sid's entry to v, for the client whose IP key is ip; false
+// when it does not fit.
+func (t *sidTable[V]) put(sid, ip string, v V, now time.Time) bool {
+	if e, ok := t.m[sid]; ok {
+		t.drop(e.ip)
+	} else {
+		if now.Sub(t.swept) >= sessionTTL || !t.fits(ip) && now.Sub(t.swept) >= time.Second {
+			t.sweep(now)
+		}
+		if !t.fits(ip) {
+			return false
+		}
+	}
+	t.m[sid] = sidEntry[V]{v: v, ip: ip}
+	t.perIP[ip]++
+	return true
+}
+
+// fits reports whether a new entry of the client whose IP key is ip fits.
+func (t *sidTable[V]) fits(ip string) bool {
+	return len(t.m) < maxSessions && t.perIP[ip] < maxSessionsPerIP
+}
+
+func (t *sidTable[V]) remove(sid string) {
+	if e, ok := t.m[sid]; ok {
+		delete(t.m, sid)
+		t.drop(e.ip)
+	}
+}
+
+// drop takes one entry off ip's count.
+func (t *sidTable[V]) drop(ip string) {
+	if t.perIP[ip]--; t.perIP[ip] <= 0 {
+		delete(t.perIP, ip)
+	}
+}
+
+// sweep removes the expired entries.
+func (t *sidTable[V]) sweep(now time.Time) {
+	t.swept = now
+	for sid, e := range t.m {
+		if now.After(t.expires(e.v)) {
+			delete(t.m, sid)
+			t.drop(e.ip)
+		}
+	}
 }
 
 // signal wakes the GET waiting on s, if any. Callers hold ss.mu.
@@ -172,7 +239,7 @@ func (p *Proxy) pollOpen(w http.ResponseWriter, r *http.Request, cl client) bool
 	if !refused {
 		return false
 	}
-	if !p.web.sessions.add(sid, &session{d: d, fake: true}) {
+	if !p.web.sessions.add(sid, cl.ipKey, &session{d: d, fake: true}) {
 		p.writeLimited(w, r, d)
 		return true
 	}
@@ -233,8 +300,16 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 		writeError(w, http.StatusRequestTimeout, "request body timed out")
 		p.countHTTP(http.StatusRequestTimeout)
 		return true
-	case err != nil:
+	case err != nil && r.Context().Err() != nil:
 		return true // the client left
+	case err != nil:
+		// A body net/http could not read (a malformed chunk): engine.io
+		// would fail it too.
+		w.Header().Set("Connection", "close")
+		p.allowCORS(w, r)
+		writeError(w, http.StatusBadRequest, "malformed request body")
+		p.countHTTP(http.StatusBadRequest)
+		return true
 	case int64(len(body)) > p.pollBodyLimit():
 		p.allowCORS(w, r)
 		writeError(w, http.StatusRequestEntityTooLarge, "payload too large")
@@ -257,12 +332,12 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 			p.logRefusal(v.d, p.refusalOf(r, cl, "message", "polling", sid))
 		}
 		if v.notice != nil {
-			p.web.drops.notify(sid, v.notice)
+			p.web.drops.notify(sid, cl.ipKey, v.notice)
 		}
 		body = v.out
 		switch {
 		case v.refused != nil:
-			if !p.web.sessions.add(sid, &session{d: v.d, nsp: namespace(v.refused)}) {
+			if !p.web.sessions.add(sid, cl.ipKey, &session{d: v.d, nsp: namespace(v.refused)}) {
 				p.writeLimited(w, r, v.d)
 				return true
 			}
@@ -286,7 +361,9 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 }
 
 // ownPost reads the packets a client POSTs to a session of the gate's own:
-// a CONNECT gets a CONNECT_ERROR on the next GET, a close ends it.
+// a CONNECT gets a CONNECT_ERROR on the next GET, once per namespace and
+// for maxOwnAnswers namespaces at most (what the gate holds for a refused
+// client stays small whatever it sends), and a close ends the session.
 func (p *Proxy) ownPost(s *session, body []byte) {
 	ss := p.web.sessions
 	ss.mu.Lock()
@@ -294,7 +371,10 @@ func (p *Proxy) ownPost(s *session, body []byte) {
 	packets(body, func(pkt []byte, _ int) bool {
 		switch {
 		case len(pkt) >= 2 && pkt[0] == eioMessage && pkt[1] == sioTypeConnect && s.fake:
-			s.out = append(s.out, sioConnectError(namespace(pkt), s.d))
+			if nsp := namespace(pkt); len(s.answered) < maxOwnAnswers && !slices.Contains(s.answered, nsp) {
+				s.answered = append(s.answered, nsp)
+				s.out = append(s.out, sioConnectError(nsp, s.d))
+			}
 		case len(pkt) == 1 && pkt[0] == eioClose:
 			s.ended = true
 		}
@@ -302,6 +382,10 @@ func (p *Proxy) ownPost(s *session, body []byte) {
 	})
 	s.signal()
 }
+
+// maxOwnAnswers bounds the namespaces a session of the gate's own answers:
+// a socket.io client asks for a few.
+const maxOwnAnswers = 16
 
 // pollVerdict is what the limits decided for the packets of a POST.
 type pollVerdict struct {
@@ -341,7 +425,7 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 				return true
 			}
 			cut = true
-			if p.dropsPacket(sid, cr.ruleOf(v.d), pkt) {
+			if p.dropsPacket(sid, cl.ipKey, cr.ruleOf(v.d), pkt) {
 				v.notice = p.sioEvent(namespace(pkt), v.d)
 				return true
 			}

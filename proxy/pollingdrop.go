@@ -29,27 +29,31 @@ type pollDrop struct {
 	expires time.Time
 }
 
-// pollDrops are the pollDrops by sid, bounded by maxSessions.
+// pollDrops are the pollDrops by sid, bounded as every sidTable.
 type pollDrops struct {
 	mu sync.Mutex
-	m  map[string]*pollDrop
+	t  sidTable[*pollDrop]
 }
 
-func newPollDrops() *pollDrops { return &pollDrops{m: make(map[string]*pollDrop)} }
+func newPollDrops() *pollDrops {
+	return &pollDrops{t: newSidTable(func(e *pollDrop) time.Time { return e.expires })}
+}
 
-// dropped counts a drop by rule r in session sid, as connRules.dropped
-// does for a WebSocket (dropCounts), and reports whether it is one too many: the
-// session is then closed instead. A session the gate cannot keep track of
-// (over maxSessions) is closed.
-func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
-	pd.mu.Lock()
-	defer pd.mu.Unlock()
-	e := pd.entry(sid, now)
-	if e == nil {
-		return true
-	}
+// dropped counts a drop by rule r in session sid of the client whose IP
+// key is ip, as connRules.dropped does for a WebSocket (dropCounts), and
+// reports whether it is one too many: the session is then closed instead.
+// Only a rule with a close-after keeps count. A session the gate cannot
+// keep track of (its client holds maxSessionsPerIP others, or the table is
+// full) is closed.
+func (pd *pollDrops) dropped(sid, ip string, r *policy.Rule, now time.Time) bool {
 	if r.CloseAfter == 0 {
 		return false
+	}
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	e := pd.entry(sid, ip, now)
+	if e == nil {
+		return true
 	}
 	closes, until := e.drops.add(r, now)
 	e.expires = later(e.expires, until)
@@ -57,15 +61,14 @@ func (pd *pollDrops) dropped(sid string, r *policy.Rule, now time.Time) bool {
 }
 
 // entry returns sid's entry, made if need be and alive for sessionTTL
-// more; nil when the table is full. Callers hold pd.mu.
-func (pd *pollDrops) entry(sid string, now time.Time) *pollDrop {
-	e := pd.m[sid]
-	if e == nil {
-		if !roomFor(pd.m, now, func(e *pollDrop) time.Time { return e.expires }) {
+// more; nil when it does not fit. Callers hold pd.mu.
+func (pd *pollDrops) entry(sid, ip string, now time.Time) *pollDrop {
+	e, ok := pd.t.get(sid)
+	if !ok {
+		e = &pollDrop{drops: make(dropCounts), expires: now.Add(sessionTTL)}
+		if !pd.t.put(sid, ip, e, now) {
 			return nil
 		}
-		e = &pollDrop{drops: make(dropCounts)}
-		pd.m[sid] = e
 	}
 	e.expires = later(e.expires, now.Add(sessionTTL))
 	return e
@@ -79,10 +82,10 @@ func later(a, b time.Time) time.Time {
 }
 
 // notify sets notice for sid's next GET, in place of one not sent yet.
-func (pd *pollDrops) notify(sid string, notice []byte) {
+func (pd *pollDrops) notify(sid, ip string, notice []byte) {
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
-	if e := pd.entry(sid, time.Now()); e != nil {
+	if e := pd.entry(sid, ip, time.Now()); e != nil {
 		e.notice = notice
 	}
 }
@@ -91,8 +94,8 @@ func (pd *pollDrops) notify(sid string, notice []byte) {
 func (pd *pollDrops) take(sid string) []byte {
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
-	e := pd.m[sid]
-	if e == nil {
+	e, ok := pd.t.get(sid)
+	if !ok {
 		return nil
 	}
 	out := e.notice
@@ -101,17 +104,20 @@ func (pd *pollDrops) take(sid string) []byte {
 }
 
 // dropsPacket reports whether the refusal of pkt by rule r drops it rather
-// than closing the session: the rule drops, pkt carries no binary
-// attachments (the app would read the packets after it as garbage), and
+// than closing the session: the rule drops, pkt neither carries nor
+// announces binary attachments (the app would read the packets after it
+// as garbage), and
 // the session has not reached the rule's close-after.
-func (p *Proxy) dropsPacket(sid string, r *policy.Rule, pkt []byte) bool {
+func (p *Proxy) dropsPacket(sid, ip string, r *policy.Rule, pkt []byte) bool {
 	if r == nil || r.Action != policy.Drop {
 		return false
 	}
-	if len(pkt) >= 2 && pkt[0] == eioMessage && (pkt[1] == sioTypeBinaryEvent || pkt[1] == sioTypeBinaryAck) {
+	if len(pkt) >= 1 && pkt[0] == eioBinary ||
+		len(pkt) >= 2 && pkt[0] == eioMessage && (pkt[1] == sioTypeBinaryEvent || pkt[1] == sioTypeBinaryAck) {
+		// An attachment ('b' and base64), or a packet that announces some.
 		return false
 	}
-	return !p.web.drops.dropped(sid, r, time.Now())
+	return !p.web.drops.dropped(sid, ip, r, time.Now())
 }
 
 // addPollNotice adds the refusal event of the packets dropped from sid to

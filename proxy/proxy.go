@@ -454,6 +454,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
 		return
 	}
+	if p.ambiguousEIO(r) {
+		writeError(w, http.StatusBadRequest, "EIO, transport or sid given more than once")
+		return
+	}
 	if isWebSocket(r) {
 		p.serveWebSocket(w, r)
 		return

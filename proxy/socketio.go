@@ -91,6 +91,21 @@ func (p *Proxy) engineIO(r *http.Request) (eioRequest, bool) {
 	return eioRequest{sid: q.Get("sid"), transport: q.Get("transport")}, true
 }
 
+// ambiguousEIO reports whether r, a request under Config.SocketIOPath,
+// names EIO, transport or sid more than once: the gate reads the first
+// value and engine.io the last, so the two could disagree on what the
+// request is (a session's open or one of its POSTs counted as a plain
+// request, another session's key). Such a request gets 400.
+func (p *Proxy) ambiguousEIO(r *http.Request) bool {
+	base := p.web.sioBase
+	path := r.URL.Path
+	if base == "" || path != base && !strings.HasPrefix(path, base+"/") || r.URL.RawQuery == "" {
+		return false
+	}
+	q := r.URL.Query()
+	return len(q["EIO"]) > 1 || len(q["transport"]) > 1 || len(q["sid"]) > 1
+}
+
 // isControlPacket reports whether p, a whole engine.io packet, is a
 // transport packet that carries nothing for the app: close, ping, pong,
 // upgrade, noop, or a probe ("2probe", "3probe").

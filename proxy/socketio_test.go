@@ -429,8 +429,8 @@ func TestAddPollNotice(t *testing.T) {
 		{"1", "N2" + sep + "1"},
 		{"42[\"a\"]" + sep + "1", "42[\"a\"]" + sep + "N2" + sep + "1"},
 	} {
-		p.web.drops.notify("s", []byte("N1"))
-		p.web.drops.notify("s", []byte("N2"))
+		p.web.drops.notify("s", "ip", []byte("N1"))
+		p.web.drops.notify("s", "ip", []byte("N2"))
 		res := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.upstream))}
 		if err := p.addPollNotice(res, "s"); err != nil {
 			t.Fatal(err)

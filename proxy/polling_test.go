@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/policy"
+)
+
+// TestAmbiguousEIOQuery: a request under the socket.io path that names
+// EIO, transport or sid twice gets 400; the gate reads the first value and
+// engine.io the last, so a POST of many packets could count as one plain
+// request, or a session's open skip the connection rules.
+func TestAmbiguousEIOQuery(t *testing.T) {
+	reached := 0
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { reached++ }))
+	t.Cleanup(up.Close)
+	g := newGate(t, up.URL, func(c *Config) { c.SocketIOPath = "/socket.io/" })
+	for _, q := range []string{
+		"EIO=3&EIO=4&transport=polling&sid=s",
+		"EIO&EIO=4&transport=polling&sid=s",
+		"EIO=4&transport=websocket&transport=polling",
+		"EIO=4&transport=polling&sid=a&sid=b",
+	} {
+		res, err := http.Post(g.URL+"/socket.io/?"+q, "text/plain", strings.NewReader("4x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: status %d, want 400", q, res.StatusCode)
+		}
+	}
+	if reached != 0 {
+		t.Fatalf("%d ambiguous requests reached the upstream", reached)
+	}
+	res, err := http.Get(g.URL + "/other/?sid=a&sid=b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if reached != 1 {
+		t.Fatalf("a repeated parameter outside the socket.io path was refused (%d)", res.StatusCode)
+	}
+}
+
+// TestOwnSessionBounded: a refused client POSTing CONNECTs to the gate's
+// own session gets one CONNECT_ERROR per namespace, whatever it sends.
+func TestOwnSessionBounded(t *testing.T) {
+	p := &Proxy{web: web{sessions: newSessions(), sioEventHead: []byte(`["wsgate:limited",`)}}
+	s := &session{fake: true, d: limit.Decision{Scope: "user", RetryAfter: 5 * time.Second}}
+	if !p.web.sessions.add("sid", "ip", s) {
+		t.Fatal("no room")
+	}
+	body := []byte(strings.Repeat("40\x1e", (1<<20)/3) + "40/chat,")
+	for range 3 {
+		p.ownPost(s, body)
+	}
+	if len(s.out) != 2 {
+		t.Fatalf("3 POSTs of 350k CONNECTs to two namespaces queued %d answers, want 2", len(s.out))
+	}
+	var many strings.Builder
+	for i := range 100 {
+		many.WriteString("40/n" + strconv.Itoa(i) + ",\x1e")
+	}
+	p.ownPost(s, []byte(many.String()))
+	if len(s.out) != maxOwnAnswers {
+		t.Fatalf("%d answers for 102 namespaces, want %d", len(s.out), maxOwnAnswers)
+	}
+}
+
+// TestSidTableBounds: one client IP holds maxSessionsPerIP entries at most,
+// others still get theirs, and expired entries go without their sid being
+// asked for again.
+func TestSidTableBounds(t *testing.T) {
+	ss := newSessions()
+	for i := range maxSessionsPerIP {
+		if !ss.add("a"+strconv.Itoa(i), "attacker", &session{}) {
+			t.Fatalf("entry %d refused", i)
+		}
+	}
+	if ss.add("one-more", "attacker", &session{}) {
+		t.Fatal("one client IP went past its share")
+	}
+	if !ss.add("v", "victim", &session{}) {
+		t.Fatal("another client refused")
+	}
+	ss.mu.Lock()
+	for _, e := range ss.t.m {
+		e.v.expires = time.Now().Add(-time.Second)
+	}
+	ss.t.swept = time.Now().Add(-sessionTTL)
+	ss.mu.Unlock()
+	if !ss.add("w", "victim", &session{}) {
+		t.Fatal("refused after every entry expired")
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.t.m) != 1 || ss.t.perIP["attacker"] != 0 || ss.t.perIP["victim"] != 1 {
+		t.Fatalf("after expiry: %d entries, counts %v; want only the new one", len(ss.t.m), ss.t.perIP)
+	}
+}
+
+// TestPollDropsOneClientCannotFill: made-up sids of one client do not turn
+// another client's drops into closes.
+func TestPollDropsOneClientCannotFill(t *testing.T) {
+	p := &Proxy{web: web{drops: newPollDrops()}}
+	every := &policy.Rule{Name: "chat", Action: policy.Drop, CloseAfter: 3,
+		Limits: []policy.Window{{Limit: 1, Per: time.Second}}}
+	never := &policy.Rule{Name: "chat", Action: policy.Drop, Limits: []policy.Window{{Limit: 1, Per: time.Second}}}
+	for i := range maxSessions {
+		p.dropsPacket("made-up-"+strconv.Itoa(i), "attacker", every, []byte("42[]"))
+		p.web.drops.notify("made-up-"+strconv.Itoa(i), "attacker", []byte("N"))
+	}
+	if !p.dropsPacket("victim-sid", "victim", every, []byte("42[]")) {
+		t.Fatal("a drop under close-after 3 closed another client's session")
+	}
+	if !p.dropsPacket("other-sid", "victim", never, []byte("42[]")) {
+		t.Fatal("a drop under a rule without close-after closed the session")
+	}
+	if p.dropsPacket("s", "victim", never, []byte("bAQID")) {
+		t.Fatal("an attachment ('b', base64) was dropped alone: the app would read what follows as garbage")
+	}
+}
+
+// TestPollBodyUnreadable: a POST whose body cannot be read gets 400, not
+// an empty 200.
+func TestPollBodyUnreadable(t *testing.T) {
+	up := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(up.Close)
+	g := newGate(t, up.URL, func(c *Config) { c.SocketIOPath = "/socket.io/" })
+	rr := httptest.NewRecorder()
+	r := httptest.NewRequest(http.MethodPost, "/socket.io/?EIO=4&transport=polling&sid=abc", nil)
+	r.Body = badBody{}
+	g.proxy.ServeHTTP(rr, r)
+	if rr.Code != http.StatusBadRequest {
+		t.Fatalf("status %d %q, want 400", rr.Code, rr.Body.String())
+	}
+}
+
+type badBody struct{}
+
+func (badBody) Read([]byte) (int, error) { return 0, errors.New("malformed chunked encoding") }
+func (badBody) Close() error             { return nil }
