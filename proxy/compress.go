@@ -63,6 +63,10 @@ func inflateHead(in, out []byte) int {
 // connection before its last frame: the close frame has been forwarded.
 var errCloseInMessage = errors.New("close frame inside a message")
 
+// errRefusedMore stops a compressed message whose later frame a byte rule
+// refused (limitedMore): the pair is ending with the refusal.
+var errRefusedMore = errors.New("later frame refused by a byte rule")
+
 // inflate relays a compressed client message that starts with h: its
 // frames' payloads are inflated as they arrive and sent upstream as an
 // uncompressed message. The inflated size counts against MaxMessageBytes
@@ -86,6 +90,12 @@ func (d *direction) inflate(h ws.Header) error {
 	out := ws.Header{OpCode: h.OpCode}
 	for {
 		n, err := io.ReadFull(fr, buf)
+		if mr.err == errRefusedMore {
+			// As for a plain message (onClientData): the pair ends with the
+			// refusal, the rest of the refused frame is skipped and nothing
+			// more of the message goes upstream.
+			return d.skip()
+		}
 		if mr.err != nil {
 			// The frames failed, not the inflation.
 			return mr.err
@@ -166,9 +176,19 @@ func (m *messageReader) Read(p []byte) (int, error) {
 	}
 }
 
-// next reads headers up to the message's next data frame.
+// next reads headers up to the message's next data frame, which it charges
+// to the byte rules as onClientData charges a plain message's later frames:
+// a byte rule counts what the client sent, compressed, frame by frame.
 func (m *messageReader) next() error {
-	return m.d.nextInMessage(func(h ws.Header) { m.cur, m.fin = m.d.s.Payload(&m.d.r, h), h.Fin })
+	var h ws.Header
+	if err := m.d.nextInMessage(func(next ws.Header) { h = next }); err != nil {
+		return err
+	}
+	if m.d.pr.p.cfg.Limiter != nil && m.d.limitedMore(h) {
+		return errRefusedMore
+	}
+	m.cur, m.fin = m.d.s.Payload(&m.d.r, h), h.Fin
+	return nil
 }
 
 // nextInMessage reads the frames of an open message up to its next data

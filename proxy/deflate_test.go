@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/policy"
+)
+
+// Tests of permessage-deflate on the client leg (compress.go): a
+// compressed message must be held to the same rules as a plain one.
+
+// upstreamSaw is what a recordingUpstream received: its data frames, their
+// payloads unmasked, and the code of the gate's close frame.
+type upstreamSaw struct {
+	data  []ws.Header
+	bytes []byte
+	close int
+}
+
+// recordingUpstream is a backend that reads frames up to the gate's close
+// frame, answers that close with the same code, and then reports what it
+// received.
+func recordingUpstream(t *testing.T) (url string, saw <-chan upstreamSaw) {
+	t.Helper()
+	ch := make(chan upstreamSaw, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		var s upstreamSaw
+		defer func() { ch <- s }()
+		for {
+			h, p, err := readFrame(br)
+			if err != nil {
+				s.close = -1
+				return
+			}
+			if h.OpCode == ws.OpClose {
+				if len(p) >= 2 {
+					s.close = int(binary.BigEndian.Uint16(p))
+				}
+				_, _ = c.Write(serverFrame(ws.OpClose, p[:min(len(p), 2)]))
+				_, _ = io.Copy(io.Discard, c)
+				return
+			}
+			if !h.OpCode.IsControl() {
+				s.data = append(s.data, h)
+				s.bytes = append(s.bytes, p...)
+			}
+		}
+	})
+	return up.URL, ch
+}
+
+// nextSaw waits for what the recording upstream received.
+func nextSaw(t *testing.T, saw <-chan upstreamSaw) upstreamSaw {
+	t.Helper()
+	select {
+	case s := <-saw:
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream never got a close frame")
+		return upstreamSaw{}
+	}
+}
+
+// clientFrame encodes a masked client frame (zero mask key) with any
+// payload length, RSV1 set when rsv1.
+func clientFrame(fin, rsv1 bool, op ws.OpCode, p []byte) []byte {
+	var b bytes.Buffer
+	_ = ws.WriteHeader(&b, ws.Header{Fin: fin, Rsv: ws.Rsv(rsv1, false, false), OpCode: op, Masked: true, Length: int64(len(p))})
+	b.Write(p)
+	return b.Bytes()
+}
+
+// storedBlock is p as one non-final stored (uncompressed) deflate block:
+// deflate data whose length the test controls exactly.
+func storedBlock(p []byte) []byte {
+	n := uint16(len(p))
+	return append([]byte{0, byte(n), byte(n >> 8), ^byte(n), ^byte(n >> 8)}, p...)
+}
+
+// byteRules is a rules file with one byte rule: 4 KiB per 30 s per IP.
+func byteRules(t *testing.T) *policy.Live {
+	t.Helper()
+	f := t.TempDir() + "/rules.yaml"
+	if err := os.WriteFile(f, []byte("rules:\n  - {name: bytes, key: ip, count: bytes, limits: [4KiB/30s]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live
+}
+
+// TestByteRuleChargesCompressedFragments sends an 8 KiB message in 1 KiB
+// fragments under a 4 KiB byte rule, plain and compressed. A byte rule
+// charges every frame of a message, so both are refused the same way: the
+// upstream never gets the whole message and both sides get 4008.
+func TestByteRuleChargesCompressedFragments(t *testing.T) {
+	kib := bytes.Repeat([]byte("y"), 1024)
+	for _, compressed := range []bool{false, true} {
+		t.Run(fmt.Sprint("compressed=", compressed), func(t *testing.T) {
+			lim, err := limit.New(limit.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { lim.Close() })
+			url, saw := recordingUpstream(t)
+			live := byteRules(t)
+			g := newGate(t, url, func(c *Config) { c.Compression = true; c.Limiter = lim; c.Rules = live })
+			conn, br := rawDeflateClient(t, g, "/")
+
+			first := []byte("x")
+			if compressed {
+				first = storedBlock(first)
+			}
+			msg := clientFrame(false, compressed, ws.OpBinary, first)
+			for i := range 8 {
+				p := kib
+				if compressed {
+					p = storedBlock(kib)
+					if i == 7 {
+						p = append(p, 0) // the empty block that RFC 7692's sender leaves before the stripped tail
+					}
+				}
+				msg = append(msg, clientFrame(i == 7, false, ws.OpContinuation, p)...)
+			}
+			// Past a refusal the client's close is discarded; a message let
+			// through is followed by the client's own close 1000.
+			msg = append(msg, clientFrame(true, false, ws.OpClose, []byte{0x03, 0xe8})...)
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+
+			if code, _ := readUntilClose(t, br); code != 4008 {
+				t.Errorf("client: close %d, want 4008", code)
+			}
+			s := nextSaw(t, saw)
+			if s.close != 4008 {
+				t.Errorf("upstream: close %d, want 4008", s.close)
+			}
+			for _, h := range s.data {
+				if h.Fin {
+					t.Errorf("upstream got the message whole (%d bytes) past a 4 KiB byte rule", len(s.bytes))
+				}
+			}
+		})
+	}
+}
