@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -68,6 +69,55 @@ func TestUnderscoreAliasesDoNotReachBackend(t *testing.T) {
 			}
 			if o := got.header.Values("X_Other"); len(o) != 1 || o[0] != "kept" {
 				t.Errorf("the backend saw X_Other %q, want it kept", o)
+			}
+		})
+	}
+}
+
+// TestSkipAuthRouteNeedsCleanPath: a route that skips authentication
+// admits a request without a token only when its path is clean; one with
+// dot segments, doubled slashes or an encoded slash, which a backend may
+// resolve to a path outside the route, needs a token like any other.
+func TestSkipAuthRouteNeedsCleanPath(t *testing.T) {
+	be, reqs := recordingBackend(t)
+	v, token := hmacAuth(t)
+	rt, err := ParseRoute("GET=^/public/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, be.URL, func(c *Config) { c.Auth = v; c.SkipAuth = []Route{rt} })
+	bearer := "Authorization: Bearer " + token("alice") + "\r\n"
+	for _, tc := range []struct {
+		path string
+		open bool // admitted without a token
+	}{
+		{"/public/app.js", true},
+		{"/public/", true},
+		{"/public/dir/", true},
+		{"/public/a%20b", true},
+		{"/secret", false},
+		{"/public/../secret", false},
+		{"/public/%2e%2e/secret", false},
+		{"/public/%2E%2E/secret", false},
+		{"/public/..%2fsecret", false},
+		{"/public/a%2Fb", false},
+		{"/public/./app.js", false},
+		{"/public//app.js", false},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			for _, header := range []string{"", bearer} {
+				res := rawRequest(t, g, "GET "+tc.path+" HTTP/1.1\r\nHost: gate.test\r\n"+header+"\r\n")
+				res.Body.Close()
+				want := http.StatusUnauthorized
+				if tc.open || header != "" {
+					want = http.StatusOK
+				}
+				if res.StatusCode != want {
+					t.Fatalf("token %v: status %d, want %d", header != "", res.StatusCode, want)
+				}
+				if res.StatusCode == http.StatusOK {
+					nextSeen(t, reqs)
+				}
 			}
 		})
 	}

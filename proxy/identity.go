@@ -23,9 +23,9 @@ type client struct {
 // admit checks a request's origin and token before anything is dialed. It
 // answers the request itself (403, 401) and returns false when it refuses.
 // The backend's health check (Config.HealthPaths) is admitted with no
-// check at all; a route that skips authentication (Config.SkipAuth,
-// Config.SkipAuthPreflight) is admitted without a token, as an anonymous
-// client, after the origin check.
+// check at all; a route that skips authentication (Config.SkipAuth, whose
+// routes only a clean path matches, and Config.SkipAuthPreflight) is
+// admitted without a token, as an anonymous client, after the origin check.
 func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (client, bool) {
 	var c client
 	c.ip = p.cfg.ClientIP.ClientIP(peerAddr(r), r.Header.Values("X-Forwarded-For"))

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"path"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -106,9 +108,23 @@ func ParseRoute(s string) (Route, error) {
 
 func notLetter(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') }
 
-// Match reports whether r is on the route.
+// Match reports whether r is on the route. A request whose path is not
+// clean (cleanPath) is on no route: "/public/../secret" matches "^/public/"
+// as text, but the backend may well serve /secret for it.
 func (rt Route) Match(r *http.Request) bool {
-	return (rt.Method == "" || rt.Method == r.Method) && rt.Path.MatchString(r.URL.Path)
+	return (rt.Method == "" || rt.Method == r.Method) && cleanPath(r.URL) && rt.Path.MatchString(r.URL.Path)
+}
+
+// cleanPath reports whether u's path is what path.Clean makes of it, but
+// for a trailing slash, and encodes no slash: a path with dot segments,
+// doubled slashes or a %2F names something else for a backend that
+// resolves or decodes it, so a pattern matched against it proves nothing.
+func cleanPath(u *url.URL) bool {
+	p := u.Path
+	if c := path.Clean(p); c != p && c+"/" != p {
+		return false
+	}
+	return !strings.Contains(strings.ToLower(u.RawPath), "%2f")
 }
 
 // isHealth reports whether r is the backend's health check, passed
