@@ -328,8 +328,10 @@ func (p *Proxy) pollPost(w http.ResponseWriter, r *http.Request, cl client, sid 
 	}
 	if n := countPackets(body); n > 0 && p.cfg.Limiter != nil {
 		v := p.decideAll(r.Context(), cl, cr, sid, body, n)
-		if !v.d.Allowed {
-			p.logRefusal(v.d, p.refusalOf(r, cl, "message", "polling", sid))
+		if !v.first.Allowed {
+			// One line per POST, as per connection and block on a
+			// WebSocket: a dropped packet among allowed ones too.
+			p.logRefusal(v.first, p.refusalOf(r, cl, "message", "polling", sid))
 		}
 		if v.notice != nil {
 			p.web.drops.notify(sid, cl.ipKey, v.notice)
@@ -399,6 +401,9 @@ type pollVerdict struct {
 	refused []byte
 	// notice is the refusal event of the last packet a rule dropped.
 	notice []byte
+	// first is the first decision that refused a packet (dropped, closing
+	// or under Shadow): the POST's log line. Not Allowed when none did.
+	first limit.Decision
 }
 
 // decideAll decides the n messages of a POST to session sid, in as many
@@ -409,7 +414,7 @@ type pollVerdict struct {
 // that drops is cut out of the payload and its refusal event queued for
 // the session's next GET (pollingdrop.go), up to the rule's close-after.
 func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid string, body []byte, n int) pollVerdict {
-	v := pollVerdict{out: body}
+	v := pollVerdict{out: body, first: limit.Decision{Allowed: true}}
 	if cr != nil && cr.perMessage() {
 		v.d = limit.Decision{Allowed: true, Kind: limit.KindMessage}
 		var kept [][]byte
@@ -420,6 +425,9 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 				return true
 			}
 			v.d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.Classify(pkt), bytes: int64(len(pkt))})
+			if !v.d.Allowed && v.first.Allowed {
+				v.first = v.d
+			}
 			if !p.enforce(v.d, cr.tier) {
 				kept = append(kept, pkt)
 				return true
@@ -440,6 +448,9 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 	granted := 0
 	for granted < n {
 		v.d = p.decideRequest(ctx, cl, cr, n-granted)
+		if !v.d.Allowed && v.first.Allowed {
+			v.first = v.d
+		}
 		if p.enforce(v.d, cr.tierName()) {
 			var end int
 			end, v.refused = cutAfter(body, granted)

@@ -2,10 +2,14 @@ package proxy
 
 import (
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,3 +152,53 @@ type badBody struct{}
 
 func (badBody) Read([]byte) (int, error) { return 0, errors.New("malformed chunked encoding") }
 func (badBody) Close() error             { return nil }
+
+// TestPollDropLogged: a POST whose dropped packet is followed by an
+// allowed one still writes the refusal's log line.
+func TestPollDropLogged(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	t.Cleanup(up.Close)
+	f := t.TempDir() + "/rules.yaml"
+	rules := "classes:\n  - {name: chat, socketio-event: chat}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n"
+	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limit.New(limit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	var logs strings.Builder
+	var mu sync.Mutex
+	g := newGate(t, up.URL, func(c *Config) {
+		c.SocketIOPath, c.Limiter, c.Rules = "/socket.io/", lim, live
+		c.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	})
+	body := `42["chat","a"]` + "\x1e" + `42["chat","b"]` + "\x1e" + `42["other"]`
+	res, err := http.Post(g.URL+"/socket.io/?EIO=4&transport=polling&sid=s1", "text/plain", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(logs.String(), `msg="rate limited"`); n != 1 {
+		t.Fatalf("%d refusal log lines for a POST with one dropped packet, want 1:\n%s", n, logs.String())
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
