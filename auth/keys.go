@@ -169,13 +169,18 @@ func loadKeyFile(path string) ([]verifyKey, error) {
 	for i := range set.Len() {
 		k, _ := set.Key(i)
 		vk, err := keyFromJWK(k)
+		if errors.Is(err, errSkipKey) {
+			// An encryption key of the issuer's set ("use": "enc"), as
+			// a JWKS fetch skips it.
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("key %d: %w", i, err)
 		}
 		keys = append(keys, vk)
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("no keys")
+		return nil, errors.New("no signature verification keys")
 	}
 	return keys, nil
 }
