@@ -89,7 +89,15 @@ func (d *direction) inflate(h ws.Header) error {
 	var total int64
 	out := ws.Header{OpCode: h.OpCode}
 	for {
-		n, err := io.ReadFull(fr, buf)
+		n, end, err := readChunk(fr, buf)
+		if end && !mr.done && mr.err == nil {
+			// The deflate data ended with a final block (BFINAL) before
+			// the message's last frame, which RFC 7692 section 7.2.3.4
+			// allows: what follows it (from a conforming sender, an empty
+			// block's byte) is read and dropped, within the message size
+			// checked on each header.
+			_, err = io.Copy(io.Discard, mr)
+		}
 		if mr.err == errRefusedMore {
 			// As for a plain message (onClientData): the pair ends with the
 			// refusal, the rest of the refused frame is skipped and nothing
@@ -100,12 +108,9 @@ func (d *direction) inflate(h ws.Header) error {
 			// The frames failed, not the inflation.
 			return mr.err
 		}
-		end := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
-		if err != nil && !end {
-			return frames.ErrBadDeflate
-		}
-		if end && !mr.done {
-			// The deflate stream ended before the message's last frame.
+		if err != nil {
+			// Corrupt deflate data, or frames that ended inside it: the
+			// inflater read past the tail it was given.
 			return frames.ErrBadDeflate
 		}
 		total += int64(n)
@@ -125,6 +130,24 @@ func (d *direction) inflate(h ws.Header) error {
 		}
 		out.OpCode = ws.OpContinuation
 	}
+}
+
+// readChunk reads from r into p until p is full or r ends, and reports
+// whether r ended (io.EOF). Unlike io.ReadFull it keeps io.EOF apart from
+// an io.ErrUnexpectedEOF of r's own: the inflater's for deflate data cut
+// short, which must not pass for the end of a message.
+func readChunk(r io.Reader, p []byte) (n int, ended bool, err error) {
+	for n < len(p) {
+		k, err := r.Read(p[n:])
+		n += k
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
 }
 
 // writeFrame writes one frame the gate made to d's destination.

@@ -157,3 +157,62 @@ func TestByteRuleChargesCompressedFragments(t *testing.T) {
 		})
 	}
 }
+
+// TestFinalDeflateBlock: RFC 7692 section 7.2.3.4 lets a sender end a
+// message's deflate data with a final block (BFINAL set) followed by an
+// empty block's byte. The inflater stops at the final block; the message
+// still ends where its frames do, and is relayed. A message whose frames
+// end inside the deflate data is not.
+func TestFinalDeflateBlock(t *testing.T) {
+	hello := []byte{0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00} // "Hello", RFC 7692 section 7.2.3.4
+	cut := storedBlock(bytes.Repeat([]byte("c"), 100))[:15]
+	tests := []struct {
+		name   string
+		frames [][]byte
+		want   string // what the upstream gets; "" for a refusal with 1007
+	}{
+		{name: "one frame", frames: [][]byte{clientFrame(true, true, ws.OpText, hello)}, want: "Hello"},
+		{name: "padding in a later frame", frames: [][]byte{
+			clientFrame(false, true, ws.OpText, hello[:7]),
+			clientFrame(true, false, ws.OpContinuation, hello[7:]),
+		}, want: "Hello"},
+		{name: "empty frames after the final block", frames: [][]byte{
+			clientFrame(false, true, ws.OpText, hello[:7]),
+			clientFrame(false, false, ws.OpContinuation, nil),
+			clientFrame(true, false, ws.OpContinuation, hello[7:]),
+		}, want: "Hello"},
+		// A stored block that announces 100 bytes and holds 10: the
+		// inflater runs out of data, even with the tail it is given.
+		// Binary, so that no UTF-8 check can refuse it first.
+		{name: "frames end inside a block", frames: [][]byte{clientFrame(true, true, ws.OpBinary, cut)}},
+		{name: "frames end inside a block, fragmented", frames: [][]byte{
+			clientFrame(false, true, ws.OpBinary, cut[:7]),
+			clientFrame(true, false, ws.OpContinuation, cut[7:]),
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url, saw := recordingUpstream(t)
+			g := newGate(t, url, func(c *Config) { c.Compression = true })
+			conn, br := rawDeflateClient(t, g, "/")
+			msg := bytes.Join(tt.frames, nil)
+			// A message the gate lets through is followed by the client's close.
+			msg = append(msg, clientFrame(true, false, ws.OpClose, []byte{0x03, 0xe8})...)
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			code, _ := readUntilClose(t, br)
+			s := nextSaw(t, saw)
+			if tt.want == "" {
+				if code != 1007 || len(s.data) != 0 {
+					t.Fatalf("client close %d, upstream got %q; want 1007 and nothing", code, s.bytes)
+				}
+				return
+			}
+			if code != 1000 || string(s.bytes) != tt.want || len(s.data) == 0 || !s.data[len(s.data)-1].Fin ||
+				s.data[0].OpCode != ws.OpText {
+				t.Fatalf("client close %d, upstream got %q in %v; want 1000 and %q", code, s.bytes, s.data, tt.want)
+			}
+		})
+	}
+}
