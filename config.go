@@ -319,8 +319,8 @@ func authConfig(c *cli.Context, cfg *config) error {
 		// reload may add them: keep them whenever there is a file.
 		KeepClaims: c.String("rules-file") != "",
 	}
-	if cfg.auth.QueryParam == "" {
-		return &flagError{"token-query-param", fmt.Errorf("must not be empty")}
+	if q := cfg.auth.QueryParam; q == "" || url.QueryEscape(q) != q {
+		return &flagError{"token-query-param", fmt.Errorf("%q: want a name that needs no escaping in a URL", q)}
 	}
 	trusted, err := clientip.ParsePrefixes(splitList(c.StringSlice("trusted-proxies")))
 	if err != nil {
@@ -338,6 +338,11 @@ func authConfig(c *cli.Context, cfg *config) error {
 	cfg.proxy.IdentityHeader = c.String("identity-header")
 	cfg.proxy.StripHeaders = splitList(c.StringSlice("strip-header"))
 	cfg.proxy.AllowedOrigins = splitList(c.StringSlice("allowed-origins"))
+	for _, o := range cfg.proxy.AllowedOrigins {
+		if err := auth.CheckOriginPattern(o); err != nil {
+			return &flagError{"allowed-origins", err}
+		}
+	}
 	cfg.proxy.CloseOnTokenExpiry = c.Bool("close-on-token-expiry")
 	for _, h := range append([]string{cfg.proxy.IdentityHeader}, cfg.proxy.StripHeaders...) {
 		if h != "" && !validHeaderName(h) {

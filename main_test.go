@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -82,6 +83,10 @@ func TestCheckConfig(t *testing.T) {
 		{name: "bad failure mode", args: append(up, "--failure-mode", "maybe"), flag: "--failure-mode"},
 		{name: "bad trusted proxy", args: append(up, "--trusted-proxies", "10.0.0.0/99"), flag: "--trusted-proxies"},
 		{name: "proxy protocol without trusted", args: append(up, "--proxy-protocol"), flag: "--proxy-protocol"},
+		{name: "origin without a scheme", args: append(up, "--allowed-origins", "app.example.com"), flag: "--allowed-origins"},
+		{name: "origin with a slash", args: append(up, "--allowed-origins", "https://app.example.com/"), flag: "--allowed-origins"},
+		{name: "origins", args: append(up, "--allowed-origins", "https://app.example.com,https://*.example.com")},
+		{name: "query param that needs escaping", args: append(up, "--token-query-param", "a b"), flag: "--token-query-param"},
 		{name: "unknown flag", args: append(up, "--frobnicate"), flag: "frobnicate"},
 		{name: "sub-millisecond block", args: append(up, "--user-block", "1500us"), flag: "--user-block"},
 		{name: "sub-millisecond ip block", args: append(up, "--ip-block", "2.5ms"), flag: "--ip-block"},
@@ -344,6 +349,37 @@ func TestAdminClean(t *testing.T) {
 	for _, s := range []string{"/ws\x1b[31mRED", "a\tb", "a\nFAKE ROW"} {
 		if got := clean(s); strings.ContainsAny(got, "\x1b\t\n") {
 			t.Errorf("%q printed as %q", s, got)
+		}
+	}
+}
+
+// TestWarnUnsafe: settings that work but leave a door open are named at
+// start.
+func TestWarnUnsafe(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string // "" = no warning
+	}{
+		{[]string{"--token-cookie", "session"}, "--token-cookie without --allowed-origins"},
+		{[]string{"--token-cookie", "session", "--allowed-origins", "https://app.example.com"}, ""},
+		{[]string{"--trusted-proxies", "0.0.0.0/0"}, "trusts every peer"},
+		{[]string{"--trusted-proxies", "10.0.0.0/8"}, ""},
+	} {
+		var cfg *config
+		app := newApp()
+		app.Commands = nil
+		app.Action = func(c *cli.Context) error {
+			var err error
+			cfg, err = configFrom(c, false)
+			return err
+		}
+		if err := app.Run(append([]string{"wsgate", "--upstream", "http://x:1"}, tt.args...)); err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		warnUnsafe(slog.New(slog.NewTextHandler(&out, nil)), cfg)
+		if tt.want == "" && out.Len() > 0 || tt.want != "" && !strings.Contains(out.String(), tt.want) {
+			t.Errorf("%v: warned %q, want %q", tt.args, out.String(), tt.want)
 		}
 	}
 }

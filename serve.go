@@ -78,6 +78,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	if !verifier.Enabled() {
 		log.Warn("authentication is off: no --jwt-hmac-secret-file, --jwt-key-file or --jwks-url, so every client is anonymous and limited by IP alone (--require-auth refuses to start like this)")
 	}
+	warnUnsafe(log, cfg)
 	for _, reason := range auth.Reasons() {
 		m.AuthFailures.WithLabelValues(reason)
 	}
@@ -318,4 +319,16 @@ func replicaName() string {
 		host = "wsgate"
 	}
 	return fmt.Sprintf("%s/%d", host, os.Getpid())
+}
+
+// warnUnsafe names settings that work but leave a door open.
+func warnUnsafe(log *slog.Logger, cfg *config) {
+	if cfg.auth.Cookie != "" && len(cfg.proxy.AllowedOrigins) == 0 {
+		log.Warn("--token-cookie without --allowed-origins: any site a signed-in user visits can open a WebSocket that carries the cookie (cross-site WebSocket hijacking); name the app's origins")
+	}
+	for _, p := range cfg.ip.Trusted {
+		if p.Bits() == 0 {
+			log.Warn("--trusted-proxies "+p.String()+" trusts every peer: any client can name its own IP in X-Forwarded-For", "prefix", p.String())
+		}
+	}
 }

@@ -1,6 +1,10 @@
 package auth
 
-import "strings"
+import (
+	"fmt"
+	"net/url"
+	"strings"
+)
 
 // OriginAllowed reports whether a browser Origin may open a connection.
 // Patterns are exact origins ("https://app.example.com"), one-label-or-more
@@ -47,4 +51,28 @@ func hostLabels(s string) bool {
 		}
 	}
 	return !strings.Contains(s, "..")
+}
+
+// CheckOriginPattern says why p can never match a browser's Origin, which
+// is a scheme, a host and maybe a port, nothing else: a pattern without a
+// scheme, with a path (a trailing slash too), a query or user info, or a
+// wildcard anywhere but at the start of the host. "*" matches every origin.
+func CheckOriginPattern(p string) error {
+	if p == "*" {
+		return nil
+	}
+	u, err := url.Parse(strings.Replace(p, "*.", "wildcard.", 1))
+	switch {
+	case err != nil:
+		return fmt.Errorf("origin %q: %w", p, err)
+	case u.Scheme == "" || u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("origin %q: want scheme://host[:port], e.g. https://app.example.com", p)
+	case u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return fmt.Errorf("origin %q: an Origin has no path, query or user info (no trailing slash either)", p)
+	case strings.Contains(p, "*") && !strings.HasPrefix(p, u.Scheme+"://*."):
+		return fmt.Errorf("origin %q: a wildcard only as the first label, e.g. https://*.example.com", p)
+	case strings.Count(p, "*") > 1:
+		return fmt.Errorf("origin %q: one wildcard at most", p)
+	}
+	return nil
 }
