@@ -335,6 +335,11 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 // Set.
 func (v *Verifier) nextID() uint64 { return v.ids.Add(1) }
 
+// Leeway is Config.Leeway: how long past its exp a token is still
+// accepted, which is how long a connection opened with it may outlive its
+// exp.
+func (v *Verifier) Leeway() time.Duration { return v.cfg.Leeway }
+
 // Enabled reports whether any key source is configured; when false,
 // Authenticate admits every request as anonymous.
 func (v *Verifier) Enabled() bool { return v.files != nil || v.jwks != nil }

@@ -1,9 +1,20 @@
 package proxy
 
 import (
+	"context"
+	"math"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/holo/wsgate/auth"
 )
 
 // sameVariableName is how a CGI, Rack or WSGI backend compares header
@@ -118,6 +129,96 @@ func TestSkipAuthRouteNeedsCleanPath(t *testing.T) {
 				if res.StatusCode == http.StatusOK {
 					nextSeen(t, reqs)
 				}
+			}
+		})
+	}
+}
+
+// TestTokenExpiryHonoursLeeway: under CloseOnTokenExpiry a connection lives
+// as long as its token would still be accepted, until exp plus the
+// verifier's leeway, not only until exp: a token accepted within the leeway
+// is not followed by an immediate close, and is closed with 1008 once the
+// leeway has run out.
+func TestTokenExpiryHonoursLeeway(t *testing.T) {
+	const leeway = 3 * time.Second
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}, Leeway: leeway})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	// A short close timeout makes the keeper sweep every 10ms.
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Auth = v; c.CloseOnTokenExpiry = true; c.CloseTimeout = 40 * time.Millisecond })
+
+	exp := time.Now().Add(-time.Second).Truncate(time.Second)
+	tok, err := jwt.NewBuilder().Subject("svc").Expiration(exp).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + string(signed)}}})
+	time.Sleep(100 * time.Millisecond) // ten sweeps
+	if time.Now().After(exp.Add(leeway - 200*time.Millisecond)) {
+		t.Skip("too slow to see the connection inside its leeway")
+	}
+	if err := c.Write(ctx5(t), websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatalf("a token inside its leeway: write: %v", err)
+	}
+	if _, b, err := c.Read(ctx5(t)); err != nil || string(b) != "hi" {
+		t.Fatalf("a token inside its leeway: read %q, %v; want the echo", b, err)
+	}
+	_, _, err = c.Read(ctx5(t))
+	if code := websocket.CloseStatus(err); code != websocket.StatusPolicyViolation {
+		t.Fatalf("after the leeway: %v, want close 1008", err)
+	}
+	if late := time.Since(exp.Add(leeway)); late < 0 {
+		t.Errorf("closed %v before exp plus the leeway", -late)
+	}
+}
+
+// TestTokenExpiryArithmetic: the keeper's expiry check allows the
+// verifier's leeway without wrapping near the end of int64, and an exp
+// that int64 nanoseconds cannot hold is kept as no expiry (after) or long
+// past (before), never as UnixNano's wrapped value.
+func TestTokenExpiryArithmetic(t *testing.T) {
+	const leeway = 30 * time.Second
+	v, err := auth.NewVerifier(context.Background(), auth.Config{Leeway: leeway})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		exp     time.Time
+		nanos   int64
+		expired bool
+	}{
+		{name: "none", exp: time.Time{}, nanos: 0},
+		{name: "in an hour", exp: now.Add(time.Hour), nanos: now.Add(time.Hour).UnixNano()},
+		{name: "inside the leeway", exp: now.Add(-leeway + time.Second), nanos: now.Add(-leeway + time.Second).UnixNano()},
+		{name: "at the leeway's end", exp: now.Add(-leeway), nanos: now.Add(-leeway).UnixNano(), expired: true},
+		{name: "last nanosecond of int64", exp: time.Unix(0, math.MaxInt64), nanos: math.MaxInt64},
+		{name: "past int64", exp: time.Unix(0, math.MaxInt64).Add(time.Nanosecond), nanos: 0},
+		{name: "year 2600", exp: time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC), nanos: 0},
+		{name: "year 9999", exp: time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), nanos: 0},
+		{name: "year 1000", exp: time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC), nanos: math.MinInt64, expired: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nanos := expiryNanos(tc.exp)
+			if nanos != tc.nanos {
+				t.Errorf("expiryNanos %d, want %d", nanos, tc.nanos)
+			}
+			p := &Proxy{cfg: Config{Auth: v}}
+			if got := p.tokenExpired(&pair{expiry: nanos}, now.UnixNano()); got != tc.expired {
+				t.Errorf("tokenExpired %v, want %v", got, tc.expired)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"math"
 	"time"
 )
 
@@ -110,7 +111,7 @@ func (p *Proxy) watch(pr *pair, now int64) {
 	switch {
 	case idle > 0 && min(since(at, k.inAt), since(at, k.outAt)) >= idle:
 		pr.end(&idleEnding)
-	case p.cfg.CloseOnTokenExpiry && pr.expiry != 0 && now >= pr.expiry:
+	case p.cfg.CloseOnTokenExpiry && p.tokenExpired(pr, now):
 		pr.end(&expiredEnding)
 	case pr.fromClient.msgDeadline.Load() != 0 && now >= pr.fromClient.msgDeadline.Load():
 		pr.end(&messageTimeoutEnding)
@@ -150,4 +151,48 @@ func (p *Proxy) backstop(pr *pair) {
 	pr.client.hangUp()
 	pr.upstream.hangUp()
 	pr.kick()
+}
+
+// leewayReporter is what Config.Auth may also implement (auth.Verifier
+// does): the clock skew it tolerates past a token's exp.
+type leewayReporter interface {
+	Leeway() time.Duration
+}
+
+// tokenExpired reports whether pr's token is past its exp and the leeway of
+// Config.Auth: the handshake accepted it until then, and a connection lives
+// no shorter than a new handshake with the same token would be let in.
+// An Authenticator that reports no leeway allows none.
+func (p *Proxy) tokenExpired(pr *pair, now int64) bool {
+	if pr.expiry == 0 {
+		return false
+	}
+	var leeway time.Duration
+	if l, ok := p.cfg.Auth.(leewayReporter); ok {
+		leeway = l.Leeway()
+	}
+	// now - leeway, not expiry + leeway: an expiry near the end of int64
+	// would wrap.
+	return now-int64(leeway) >= pr.expiry
+}
+
+// lastNano and firstNano bound the times whose UnixNano fits in an int64
+// (the years 1678 to 2262); time.Time.UnixNano is undefined outside them.
+var (
+	lastNano  = time.Unix(0, math.MaxInt64)
+	firstNano = time.Unix(0, math.MinInt64)
+)
+
+// expiryNanos is a token's exp as pair.expiry holds it, in Unix
+// nanoseconds: 0, for no expiry, when exp is zero or after lastNano, since
+// a token that outlives int64 nanoseconds never expires while the gate
+// runs; math.MinInt64, long past, when exp is before firstNano.
+func expiryNanos(exp time.Time) int64 {
+	switch {
+	case exp.IsZero() || exp.After(lastNano):
+		return 0
+	case exp.Before(firstNano):
+		return math.MinInt64
+	}
+	return exp.UnixNano()
 }
