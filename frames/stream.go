@@ -212,8 +212,9 @@ const rsv1 = 4
 
 // Payload returns a reader of the payload of h, the header Next just
 // returned: unmasked and, in an uncompressed text message, checked as UTF-8
-// as it is read. It returns io.EOF at the end of the frame. The reader is
-// part of s and valid until the next call of Next.
+// as it is read; a read whose bytes break the UTF-8 returns none of them,
+// with ErrInvalidUTF8. It returns io.EOF at the end of the frame. The reader
+// is part of s and valid until the next call of Next.
 func (s *Stream) Payload(r io.Reader, h ws.Header) io.Reader {
 	s.pending = false
 	if s.pay == nil {
@@ -249,7 +250,10 @@ func (p *payloadReader) Read(b []byte) (int, error) {
 		p.s.unread = p.remaining
 		if p.s.text && !p.h.OpCode.IsControl() {
 			if !p.s.utf8.valid(b) || p.h.Fin && p.remaining == 0 && !p.s.utf8.complete() {
-				return n, ErrInvalidUTF8
+				// None of the chunk, as in Forward: a caller that writes
+				// what a read returned before it looks at the error
+				// (io.Copy) passes on nothing past the last valid chunk.
+				return 0, ErrInvalidUTF8
 			}
 		}
 	}

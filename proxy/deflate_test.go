@@ -3,9 +3,11 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"testing"
@@ -214,5 +216,61 @@ func TestFinalDeflateBlock(t *testing.T) {
 				t.Fatalf("client close %d, upstream got %q in %v; want 1000 and %q", code, s.bytes, s.data, tt.want)
 			}
 		})
+	}
+}
+
+// TestDeflateWithholdsInvalidUTF8: an upstream text message with an
+// invalid byte, bound for a client that gets compressed messages. As on
+// the plain path, no byte of the chunk that holds the violation reaches
+// the client: the compressor never sees it, so it cannot be flushed with a
+// block that the rest of the chunk completes.
+func TestDeflateWithholdsInvalidUTF8(t *testing.T) {
+	const alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	rng := rand.New(rand.NewPCG(1, 2))
+	msg := make([]byte, 140000)
+	for i := range msg {
+		msg[i] = alpha[rng.IntN(len(alpha))]
+	}
+	// The violation is in the chunk that takes the compressor past its
+	// second 64 KiB block, which it then encodes and writes.
+	const split, bad = 125000, 125100
+	msg[bad] = 0xff
+	up := rawUpstream(t, func(c net.Conn, _ *bufio.Reader) {
+		_ = ws.WriteHeader(c, ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(len(msg))})
+		_, _ = c.Write(msg[:split])
+		// The gate reads the rest as one chunk.
+		time.Sleep(200 * time.Millisecond)
+		_, _ = c.Write(msg[split:])
+		_, _ = io.Copy(io.Discard, c)
+	})
+	g := newGate(t, up.URL, func(c *Config) { c.Compression = true })
+	_, br := rawDeflateClient(t, g, "/")
+	var deflated []byte
+	code := 0
+	for code == 0 {
+		h, p, err := readFrame(br)
+		if err != nil {
+			t.Fatalf("no close frame: %v", err)
+		}
+		switch {
+		case h.OpCode == ws.OpClose && len(p) >= 2:
+			code = int(binary.BigEndian.Uint16(p))
+		case h.OpCode == ws.OpClose:
+			code = 1005
+		case !h.OpCode.IsControl():
+			deflated = append(deflated, p...)
+		}
+	}
+	if code != 1014 {
+		t.Errorf("close %d, want 1014", code)
+	}
+	// What the client can inflate of the message it got.
+	fr := flate.NewReader(bytes.NewReader(deflated))
+	got, _ := io.ReadAll(fr)
+	if i := bytes.IndexByte(got, 0xff); i >= 0 {
+		t.Fatalf("the invalid byte reached the client, at %d of the %d bytes it could inflate", i, len(got))
+	}
+	if len(got) > bad {
+		t.Fatalf("the client inflated %d bytes, past the violation at %d", len(got), bad)
 	}
 }
