@@ -82,6 +82,9 @@ func (d *direction) limited(h ws.Header) verdict {
 			a.class = d.classOf(h, cr.pol)
 		}
 		cr.class = a.class
+		if sio && cr.countsBytes {
+			cr.nsp = frameNamespace(h, d.r.Peek())
+		}
 		dec = pr.p.decideRules(pr.p.relayCtx, cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())
@@ -128,7 +131,7 @@ func (d *direction) limitedMore(h ws.Header) bool {
 	}
 	text := limitBody(dec)
 	if pr.info.sio {
-		text = pr.p.sioEvent("", dec)
+		text = pr.p.sioEvent(cr.nsp, dec)
 	}
 	pr.end(limitEnding(text))
 	return true

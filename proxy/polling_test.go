@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
 
 	"github.com/holo/wsgate/limit"
 	"github.com/holo/wsgate/policy"
@@ -201,4 +205,49 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestByteRefusalKeepsNamespace: a socket.io message refused by a byte
+// rule at a later frame gets its refusal event in the namespace it was
+// sent in, where the app listens.
+func TestByteRefusalKeepsNamespace(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			h, _, err := readFrame(br)
+			if err != nil {
+				return
+			}
+			if h.OpCode == ws.OpClose {
+				_, _ = c.Write(serverFrame(ws.OpClose, []byte{0x0f, 0xa8}))
+				return
+			}
+		}
+	})
+	f := t.TempDir() + "/rules.yaml"
+	if err := os.WriteFile(f, []byte("rules:\n  - {name: bytes, key: ip, count: bytes, limits: [100B/30s]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limit.New(limit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g := newGate(t, up.URL, func(c *Config) { c.SocketIOPath, c.Limiter, c.Rules = "/socket.io/", lim, live })
+	conn, br := rawClient(t, g, "/socket.io/?EIO=4&transport=websocket")
+	first := maskedFrame(false, 0x1, []byte(`42/chat,["msg","`))
+	more := maskedFrame(true, 0x0, []byte(strings.Repeat("x", 120)+`"]`))
+	if _, err := conn.Write(append(first, more...)); err != nil {
+		t.Fatal(err)
+	}
+	h, p, err := readFrame(br)
+	if err != nil || h.OpCode != ws.OpText {
+		t.Fatalf("first frame %v %v", h.OpCode, err)
+	}
+	if !strings.HasPrefix(string(p), `42/chat,["wsgate:limited"`) {
+		t.Fatalf("refusal %q, want it in the message's namespace /chat", p)
+	}
 }

@@ -43,8 +43,11 @@ type connRules struct {
 	// countsBytes: a message rule that applies counts bytes.
 	countsBytes bool
 	// class is the class of the client message being read (its later
-	// frames are charged to the byte rules that cover it).
+	// frames are charged to the byte rules that cover it), and nsp its
+	// socket.io namespace, kept under byte rules only: a refusal at a
+	// later frame goes to the namespace the message was sent in.
 	class int
+	nsp   string
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds).
 	quietUntil int64
