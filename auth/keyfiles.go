@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,6 +76,9 @@ func readKeyFiles(files []keyFile) (keys []verifyKey, notes []fileNote, stamps [
 		if len(secret) == 0 {
 			return nil, nil, nil, &ConfigError{Field: f.field, Err: fmt.Errorf("hmac secret file %q is empty", f.path)}
 		}
+		if what := keyLike(secret); what != "" {
+			return nil, nil, nil, &ConfigError{Field: f.field, Err: fmt.Errorf("hmac secret file %q holds %s, not a secret: give keys with --jwt-key-file", f.path, what)}
+		}
 		if len(secret) < 32 {
 			notes = append(notes, fileNote{"auth: hmac secret is shorter than 32 bytes", []any{"file", f.path, "bytes", len(secret)}})
 		}
@@ -88,6 +92,27 @@ func readKeyFiles(files []keyFile) (keys []verifyKey, notes []fileNote, stamps [
 		keys = append(keys, verifyKey{fam: famHMAC, raw: secret})
 	}
 	return keys, notes, stamps, nil
+}
+
+// keyLike names what secret is when it is a key written out, PEM or a JWK
+// or JWK Set, and is "" otherwise. Such a file is refused as an HMAC
+// secret: it is usually the issuer's public key, and with a public key as
+// the secret anyone who can read it signs HS256 tokens the gate accepts.
+func keyLike(secret []byte) string {
+	s := bytes.TrimSpace(secret)
+	if bytes.HasPrefix(s, []byte("-----BEGIN")) {
+		return "a PEM block"
+	}
+	var obj map[string]json.RawMessage
+	if len(s) > 0 && s[0] == '{' && json.Unmarshal(s, &obj) == nil {
+		if _, ok := obj["kty"]; ok {
+			return "a JWK"
+		}
+		if _, ok := obj["keys"]; ok {
+			return "a JWK Set"
+		}
+	}
+	return ""
 }
 
 // keyFiles holds the keys read from the configured files and re-reads them
