@@ -218,9 +218,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			pr.fromClient.s.Compression = true
 		}
 	}
-	if !cl.identity.Expiry.IsZero() {
-		pr.expiry = cl.identity.Expiry.UnixNano()
-	}
+	pr.expiry = expiryNanos(cl.identity.Expiry)
 	var early []byte
 	if n := clBuf.Reader.Buffered(); n > 0 {
 		early, _ = clBuf.Reader.Peek(n)

@@ -223,3 +223,38 @@ func TestTokenExpiryArithmetic(t *testing.T) {
 		})
 	}
 }
+
+// TestFarTokenExpiryStaysOpen: a token whose exp is past what int64
+// nanoseconds hold (year 9999) is one that never expires while the gate
+// runs, not one whose wrapped exp has passed.
+func TestFarTokenExpiryStaysOpen(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Auth = v; c.CloseOnTokenExpiry = true; c.CloseTimeout = 40 * time.Millisecond })
+	for _, exp := range []time.Time{time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)} {
+		tok, err := jwt.NewBuilder().Subject("svc").Expiration(exp).Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + string(signed)}}})
+		time.Sleep(100 * time.Millisecond) // ten sweeps
+		if err := c.Write(ctx5(t), websocket.MessageText, []byte("hi")); err != nil {
+			t.Fatalf("exp %v: write: %v", exp.Year(), err)
+		}
+		if _, b, err := c.Read(ctx5(t)); err != nil || string(b) != "hi" {
+			t.Fatalf("exp %v: read %q, %v; want the echo", exp.Year(), b, err)
+		}
+	}
+}

@@ -175,7 +175,9 @@ type Config struct {
 	// patterns (auth.OriginAllowed) with 403. Empty means any origin.
 	AllowedOrigins []string
 	// CloseOnTokenExpiry closes a connection with 1008 "token expired" when
-	// its token's exp passes.
+	// its token's exp passes, plus the leeway Auth reports (a Leeway
+	// method, as auth.Verifier has): the handshake took the token until
+	// then.
 	CloseOnTokenExpiry bool
 	// ClientIP resolves the client address behind trusted proxies. Nil
 	// means the socket peer, no proxy trusted, IPv6 grouped by /64.
