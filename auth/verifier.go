@@ -261,11 +261,18 @@ func (c Config) load() (loaded, error) {
 			return bad("JWKSURL", fmt.Errorf("jwks url %q: want an http or https URL", redact.URL(c.JWKSURL)))
 		}
 	}
-	if l.allowed != nil && c.JWKSURL == "" && len(l.static) > 0 {
+	if l.allowed != nil && (c.JWKSURL != "" || len(l.static) > 0) {
 		for _, a := range c.Algorithms {
-			if !fitsAny(l.static, jwa.SignatureAlgorithm(a)) {
-				return bad("Algorithms", fmt.Errorf("algorithm %s fits none of the configured keys", a))
+			alg := jwa.SignatureAlgorithm(a)
+			if fam, _ := algFamily(alg); fitsAny(l.static, alg) || c.JWKSURL != "" && fam != famHMAC {
+				// A JWK Set may hold a key for any asymmetric algorithm.
+				continue
 			}
+			why := ""
+			if c.JWKSURL != "" {
+				why = " (a JWKS URL's symmetric keys are never used)"
+			}
+			return bad("Algorithms", fmt.Errorf("algorithm %s fits none of the configured keys%s", a, why))
 		}
 	}
 	return l, nil
