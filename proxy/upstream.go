@@ -162,8 +162,10 @@ func variableByte(c byte) byte {
 
 // setForwarded sets the X-Forwarded-* headers of rewriteUpstream's step 3.
 // It reads the values a trusted proxy sent from in, not from h: the reverse
-// proxy has removed them from its copy, and a value that in's Connection
-// names was meant for the gate alone.
+// proxy has removed them from its copy, and a -Proto or -Host that in's
+// Connection names was meant for the gate alone. X-Forwarded-For is passed
+// on even then: the gate took the client's address from it (admit), and
+// the backend must see the client the gate saw, not the proxy.
 func (p *Proxy) setForwarded(h http.Header, in *http.Request) {
 	peer := peerAddr(in)
 	trusted := peer.IsValid() && p.cfg.ClientIP.IsTrusted(peer)
@@ -174,7 +176,11 @@ func (p *Proxy) setForwarded(h http.Header, in *http.Request) {
 		return in.Header.Values(name)
 	}
 	if peer.IsValid() {
-		h.Set("X-Forwarded-For", p.cfg.ClientIP.ForwardedFor(peer, received("X-Forwarded-For")))
+		var chain []string
+		if trusted {
+			chain = in.Header.Values("X-Forwarded-For")
+		}
+		h.Set("X-Forwarded-For", p.cfg.ClientIP.ForwardedFor(peer, chain))
 	} else {
 		h.Del("X-Forwarded-For")
 	}

@@ -255,3 +255,28 @@ func TestHangUpTLSAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionNamedForwardedFor: a trusted proxy that names
+// X-Forwarded-For in Connection still has its list passed on: the gate
+// took the client's address from it, and the backend sees that client,
+// not the proxy.
+func TestConnectionNamedForwardedFor(t *testing.T) {
+	for _, path := range upstreamPaths {
+		t.Run(path.name, func(t *testing.T) {
+			be, reqs := recordingBackend(t)
+			trusted, err := clientip.ParsePrefixes([]string{"127.0.0.0/8"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := newGate(t, be.URL, func(c *Config) { c.ClientIP = clientip.Resolver{Trusted: trusted} })
+			res := rawRequest(t, g, path.request("/x", path.connection+", X-Forwarded-For", "X-Forwarded-For: 203.0.113.9\r\n"))
+			res.Body.Close()
+			if res.StatusCode != path.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, path.status)
+			}
+			if v := nextSeen(t, reqs).header.Values("X-Forwarded-For"); len(v) != 1 || v[0] != "203.0.113.9, 127.0.0.1" {
+				t.Errorf("the backend saw X-Forwarded-For %q, want the client the gate keyed, then the proxy", v)
+			}
+		})
+	}
+}
