@@ -29,8 +29,9 @@ LABEL org.opencontainers.image.title="wsgate" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/wsgate /wsgate
+# On distroless's PATH, so that `kubectl exec ... -- wsgate admin ...` (README) finds it.
+COPY --from=build /out/wsgate /usr/local/bin/wsgate
 USER 65532:65532
 # Clients, then /healthz, /readyz and /metrics.
 EXPOSE 8080 9090
-ENTRYPOINT ["/wsgate"]
+ENTRYPOINT ["/usr/local/bin/wsgate"]

@@ -488,7 +488,9 @@ var serviceLink = regexp.MustCompile(`^WSGATE(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVIC
 // gate running without what it was meant to set. Service links are
 // returned, to be logged as ignored.
 func checkEnv(environ []string, fs []cli.Flag) (serviceLinks []string, err error) {
-	known := map[string]bool{}
+	// The admin command's own variable: set in the gate's container, it
+	// points `wsgate admin` run there at a non-default admin port.
+	known := map[string]bool{env("admin-url")[0]: true}
 	var names []string
 	for _, f := range fs {
 		if ev, ok := f.(interface{ GetEnvVars() []string }); ok {

@@ -80,6 +80,7 @@ func TestCheckConfig(t *testing.T) {
 		{name: "bad size", args: append(up, "--max-message-bytes", "1XB"), flag: "--max-message-bytes"},
 		{name: "bad env", args: up, env: map[string]string{"WSGATE_IP_RATE": "many"}, flag: "--ip-rate"},
 		{name: "env ok", env: map[string]string{"WSGATE_UPSTREAM": "http://x:1", "WSGATE_MAX_MESSAGE_BYTES": "64KiB"}},
+		{name: "admin command's variable", args: up, env: map[string]string{"WSGATE_ADMIN_URL": "http://127.0.0.1:9191"}},
 		{name: "bad failure mode", args: append(up, "--failure-mode", "maybe"), flag: "--failure-mode"},
 		{name: "bad trusted proxy", args: append(up, "--trusted-proxies", "10.0.0.0/99"), flag: "--trusted-proxies"},
 		{name: "proxy protocol without trusted", args: append(up, "--proxy-protocol"), flag: "--proxy-protocol"},

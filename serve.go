@@ -145,9 +145,15 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          errLog,
 	}
+	// The admin port answers small calls: a peer that sends a body
+	// slowly, or holds a connection idle, does not keep a goroutine and a
+	// descriptor of the process's for ever.
 	adminSrv := &http.Server{
 		Handler:           adminHandler,
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
 		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
