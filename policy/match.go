@@ -9,6 +9,11 @@ import (
 type Client struct {
 	Path string
 	IP   netip.Addr
+	// IPKey is what rules keyed by ip count under: the address, or the
+	// IPv6 prefix it belongs to (--ipv6-prefix), as the flag rules do, so
+	// that a client cannot get a budget per address of its prefix.
+	// IP.String() when empty.
+	IPKey string
 	// User is the key of the verified identity (the client IP's when the
 	// connection has no token); Subject is the token's subject, "" without.
 	User, Subject string
@@ -105,6 +110,9 @@ func (p *Policy) Admit(c *Client) Admission {
 func keyOf(k Key, c *Client) (string, bool) {
 	switch k.Kind {
 	case KeyIP:
+		if c.IPKey != "" {
+			return c.IPKey, true
+		}
 		return c.IP.String(), c.IP.IsValid()
 	case KeyConnection:
 		return c.Conn, c.Conn != ""

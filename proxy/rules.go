@@ -85,7 +85,7 @@ func (p *Proxy) rulesFor(r *http.Request, cl client, connID string) *connRules {
 		return nil
 	}
 	cr := &connRules{client: policy.Client{
-		Path: r.URL.Path, IP: cl.ip, User: cl.userKey, Subject: cl.identity.Subject,
+		Path: r.URL.Path, IP: cl.ip, IPKey: cl.ipKey, User: cl.userKey, Subject: cl.identity.Subject,
 		Claims: cl.identity.Claims, Conn: connID,
 	}}
 	pol := p.cfg.Rules.Load()

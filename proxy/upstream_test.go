@@ -21,6 +21,8 @@ import (
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
+	"github.com/holo/wsgate/limit"
+	"github.com/holo/wsgate/policy"
 )
 
 // seen is what a backend saw of one request.
@@ -278,5 +280,42 @@ func TestConnectionNamedForwardedFor(t *testing.T) {
 				t.Errorf("the backend saw X-Forwarded-For %q, want the client the gate keyed, then the proxy", v)
 			}
 		})
+	}
+}
+
+// TestRulesIPKeyGroupsIPv6: a rules file's key: ip counts an IPv6 client
+// under its prefix (--ipv6-prefix), as the flag rules do: addresses of one
+// /64 share one budget.
+func TestRulesIPKeyGroupsIPv6(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(f, []byte("rules:\n  - {name: ip-handshakes, key: ip, count: handshakes, limits: [2/30s]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limit.New(limit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	trusted, err := clientip.ParsePrefixes([]string{"127.0.0.1/32"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, reqs := recordingBackend(t)
+	g := newGate(t, be.URL, func(c *Config) {
+		c.Limiter, c.Rules = lim, live
+		c.ClientIP = clientip.Resolver{Trusted: trusted, IPv6Prefix: 64}
+	})
+	ws := upstreamPaths[0]
+	for i := 1; i <= 4; i++ {
+		res := rawRequest(t, g, ws.request("/", ws.connection, fmt.Sprintf("X-Forwarded-For: 2001:db8:1:2::%d\r\n", i)))
+		res.Body.Close()
+	}
+	// An allowed handshake reached the backend before its client got 101.
+	if n := len(reqs); n != 2 {
+		t.Fatalf("%d of 4 handshakes from one IPv6 /64 reached the backend, want 2", n)
 	}
 }
