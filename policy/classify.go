@@ -84,28 +84,42 @@ func EventEquals(prefix []byte, want string) bool {
 // objects, outermost first) of the JSON object that starts prefix, after
 // optional JSON whitespace. It walks the members in order, skipping the
 // values of others without decoding them; keys compare with their escapes
-// decoded, and the first of duplicate keys wins. value aliases prefix: for a
-// string, the raw bytes between the quotes (escapes not decoded) with str
-// true; for a number, true, false or null, its literal text. ok is false
-// when the value is an object or array, when the member is not there, when
-// prefix ends before the value and the ',' or '}' after it, when the JSON is
-// malformed up to there, and when a skipped value nests more than 64 deep.
+// decoded, and the last of duplicate keys wins, as in the parsers the apps
+// behind the gate use (JavaScript's JSON.parse, Go's, Python's). value
+// aliases prefix: for a string, the raw bytes between the quotes (escapes
+// not decoded) with str true; for a number, true, false or null, its
+// literal text. ok is false when the value is an object or array, when the
+// member is not there, when prefix ends before the value and the ',' or '}'
+// after it, when the JSON is malformed up to there, and when a skipped
+// value nests more than 64 deep.
 func JSONField(prefix []byte, path []string) (value []byte, str bool, ok bool) {
+	value, str, ok, _ = jsonField(prefix, path)
+	return value, str, ok
+}
+
+// jsonField is JSONField, and whole reports whether every object on the
+// path ends within prefix: only then can no later member of the same name
+// replace the value found.
+func jsonField(prefix []byte, path []string) (value []byte, str, ok, whole bool) {
 	if len(path) == 0 {
-		return nil, false, false
+		return nil, false, false, false
 	}
 	i := skipJSONSpace(prefix, 0)
+	whole = true
 	for _, key := range path {
 		// prefix[i] opens the object that holds key: the outermost, then the
 		// value of the previous key.
 		if i >= len(prefix) || prefix[i] != '{' {
-			return nil, false, false
+			return nil, false, false, false
 		}
-		if i, ok = findJSONMember(prefix, i+1, key); !ok {
-			return nil, false, false
+		var closed bool
+		if i, closed, ok = findJSONMember(prefix, i+1, key); !ok {
+			return nil, false, false, false
 		}
+		whole = whole && closed
 	}
-	return jsonScalar(prefix, i)
+	value, str, ok = jsonScalar(prefix, i)
+	return value, str, ok, whole && ok
 }
 
 // FieldEquals reports whether JSONField(prefix, path) found a value equal to
@@ -114,35 +128,50 @@ func JSONField(prefix []byte, path []string) (value []byte, str bool, ok bool) {
 // null. A number compares as written (17.0 does not equal "17"), and the
 // string "17" equals "17" as the number 17 does.
 func FieldEquals(prefix []byte, path []string, want string) bool {
-	value, str, ok := JSONField(prefix, path)
-	switch {
-	case !ok:
-		return false
-	case str:
-		return decodedEquals(value, want)
-	}
-	return string(value) == want
+	eq, _ := fieldEquals(prefix, path, want)
+	return eq
 }
 
-// findJSONMember returns the index of the value of the first member named key
-// of the object whose members start at b[i], just after its '{'. ok is false
-// when the object ends without one, when b ends first, or when b is not JSON.
-func findJSONMember(b []byte, i int, key string) (int, bool) {
+// fieldEquals is FieldEquals, and whole is jsonField's.
+func fieldEquals(prefix []byte, path []string, want string) (eq, whole bool) {
+	value, str, ok, whole := jsonField(prefix, path)
+	switch {
+	case !ok:
+		return false, false
+	case str:
+		return decodedEquals(value, want), whole
+	}
+	return string(value) == want, whole
+}
+
+// findJSONMember returns the index of the value of the last member named key
+// of the object whose members start at b[i], just after its '{', and
+// whether the object's '}' is in b (closed): when it is not, a later member
+// of that name could still replace the one found. ok is false when no
+// member so named is in b, and when b is not JSON up to there.
+func findJSONMember(b []byte, i int, key string) (v int, closed, ok bool) {
 	i = skipJSONSpace(b, i)
 	for {
-		start, end, v, ok := scanJSONKey(b, i)
-		if !ok {
-			return 0, false // also the '}' of an empty object
+		start, end, vi, isKey := scanJSONKey(b, i)
+		if !isKey {
+			// b ends, or the '}' of an empty object, or not JSON.
+			return v, false, ok
 		}
 		if decodedEquals(b[start:end], key) {
-			return v, true
+			v, ok = vi, true
 		}
-		if i, ok = skipJSONValue(b, v); !ok {
-			return 0, false
+		next, skipped := skipJSONValue(b, vi)
+		if !skipped {
+			return v, false, ok
 		}
-		i = skipJSONSpace(b, i)
-		if i >= len(b) || b[i] != ',' {
-			return 0, false // the '}' that ends the object without key, or not JSON
+		i = skipJSONSpace(b, next)
+		switch {
+		case i >= len(b):
+			return v, false, ok
+		case b[i] == '}':
+			return v, true, ok
+		case b[i] != ',':
+			return 0, false, false // not JSON
 		}
 		i = skipJSONSpace(b, i+1)
 	}

@@ -135,7 +135,9 @@ func TestJSONField(t *testing.T) {
 		{`{"method":"subscribe"}`, "method", "subscribe", true, true},
 		{" \r\n\t{ \n\"method\"\t:\r \"subscribe\" \n,\"x\":1}", "method", "subscribe", true, true},
 		{`{"id":1,"method":"subscribe"}`, "method", "subscribe", true, true},
-		{`{"id":1,"method":"subscribe","method":"x"}`, "method", "subscribe", true, true},
+		{`{"id":1,"method":"subscribe","method":"x"}`, "method", "x", true, true},
+		{`{"method":{"a":1},"method":"x"}`, "method", "x", true, true},
+		{`{"method":"x","method":{"a":1}}`, "method", "", false, false},
 		{`{"a":{"method":"x"},"method":"y"}`, "method", "y", true, true},
 		{`{"a":[1,{"method":"x"},"}"],"method":"y"}`, "method", "y", true, true},
 		{`{"a":"}\"method\":\"x\"","method":"y"}`, "method", "y", true, true},
@@ -155,7 +157,7 @@ func TestJSONField(t *testing.T) {
 		{`{"params":["channel"]}`, "params.channel", "", false, false},
 		{`{"params":{"other":1}}`, "params.channel", "", false, false},
 		{`{"params":{"other":1},"channel":"x"}`, "params.channel", "", false, false},
-		{`{"p":1,"p":{"c":2}}`, "p.c", "", false, false},
+		{`{"p":1,"p":{"c":2}}`, "p.c", "2", false, true},
 		{`{"n":-1.5e3}`, "n", "-1.5e3", false, true},
 		{`{"n":0}`, "n", "0", false, true},
 		{`{"n":-0.0e-0 }`, "n", "-0.0e-0", false, true},
@@ -457,12 +459,17 @@ func FuzzJSONField(f *testing.F) {
 		if two {
 			path = append(path, key2)
 		}
-		value, str, ok := JSONField(prefix, path)
+		value, str, ok, decided := jsonField(prefix, path)
 		checkReference(t, prefix, path, value, str, ok)
 		if !ok {
 			if value != nil || str || FieldEquals(prefix, path, "") {
 				t.Fatalf("%q %q: not found, but the value %q", prefix, path, value)
 			}
+			return
+		}
+		if !decided {
+			// An object on the path goes on past prefix: a later member
+			// of the same name may still replace the value.
 			return
 		}
 		whole := append(bytes.Clone(prefix), more...)
@@ -504,33 +511,27 @@ func checkReference(t *testing.T, doc []byte, path []string, value []byte, str, 
 	}
 }
 
-// refJSONField is JSONField by encoding/json's tokenizer, for a valid
-// document: a string's decoded value, or a literal's text.
+// refJSONField is JSONField by encoding/json, for a valid document: a
+// string's decoded value, or a literal's text. Decoding into maps, it
+// keeps the last of duplicate keys, as the apps' parsers do.
 func refJSONField(doc []byte, path []string) (value string, str, ok bool) {
 	d := json.NewDecoder(bytes.NewReader(doc))
 	d.UseNumber()
-	for _, key := range path {
-		if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
-			return "", false, false
-		}
-		for {
-			tok, err := d.Token()
-			if name, isKey := tok.(string); err != nil || !isKey {
-				return "", false, false // the object ended without key
-			} else if name == key {
-				break
-			}
-			var skip json.RawMessage
-			if err := d.Decode(&skip); err != nil {
-				return "", false, false
-			}
-		}
-	}
-	tok, err := d.Token()
-	if err != nil {
+	var v any
+	if d.Decode(&v) != nil {
 		return "", false, false
 	}
-	switch v := tok.(type) {
+	for _, key := range path {
+		m, isObject := v.(map[string]any)
+		if !isObject {
+			return "", false, false
+		}
+		var found bool
+		if v, found = m[key]; !found {
+			return "", false, false
+		}
+	}
+	switch v := v.(type) {
 	case string:
 		return v, true, true
 	case json.Number:
@@ -541,4 +542,30 @@ func refJSONField(doc []byte, path []string) (value string, str, ok bool) {
 		return "null", false, true
 	}
 	return "", false, false // an object or array
+}
+
+// TestUnlimitedClassNeedsWholeObject: a message passes uncounted (an
+// unlimited class) only when the object that names it ends within the
+// bytes the gate saw: a duplicate key further on would name it otherwise
+// for the app, whose parser keeps the last.
+func TestUnlimitedClassNeedsWholeObject(t *testing.T) {
+	heartbeat := &Class{Name: "heartbeat", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true}
+	chat := &Class{Name: "chat", FieldPath: []string{"type"}, FieldEquals: "chat"}
+	for _, tc := range []struct {
+		head            string
+		heartbeat, chat bool
+	}{
+		{`{"type":"ping"}`, true, false},
+		{`{"type":"ping","type":"chat"}`, false, true},
+		{`{"type":"chat","type":"ping"}`, true, false},
+		{`{"type":"ping","text":"and the rest not seen yet`, false, false},
+		{`{"type":"chat","text":"and the rest not seen yet`, false, true},
+	} {
+		if got := heartbeat.Matches([]byte(tc.head)); got != tc.heartbeat {
+			t.Errorf("%s: heartbeat %v, want %v", tc.head, got, tc.heartbeat)
+		}
+		if got := chat.Matches([]byte(tc.head)); got != tc.chat {
+			t.Errorf("%s: chat %v, want %v", tc.head, got, tc.chat)
+		}
+	}
 }

@@ -252,7 +252,11 @@ func (c *Class) Matches(head []byte) bool {
 	case c.SocketIOEvent != "":
 		return EventEquals(head, c.SocketIOEvent)
 	case len(c.FieldPath) > 0:
-		return FieldEquals(head, c.FieldPath, c.FieldEquals)
+		eq, whole := fieldEquals(head, c.FieldPath, c.FieldEquals)
+		// A message passes uncounted only when no member further on, past
+		// head, could name it otherwise for the app (the last of
+		// duplicate keys wins); counting one too many is the safe error.
+		return eq && (whole || !c.Unlimited)
 	}
 	return len(head) >= len(c.Prefix) && string(head[:len(c.Prefix)]) == c.Prefix
 }
