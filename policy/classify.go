@@ -40,9 +40,11 @@ func SocketIOEvent(prefix []byte) (name []byte, ok bool) {
 	switch b[1] {
 	case '2':
 	case '5':
-		// The count of attachments, which follow as binary frames.
-		j := skipDecimal(b, i)
-		if j == i || j >= len(b) || b[j] != '-' {
+		// The count of attachments, which follow as binary frames, up to
+		// the '-': digits, around which socket.io-parser's Number() takes
+		// white space.
+		j := skipAckID(b, i)
+		if j >= len(b) || b[j] != '-' || bytes.IndexFunc(b[i:j], isDigit) < 0 {
 			return nil, false
 		}
 		i = j + 1
@@ -58,7 +60,7 @@ func SocketIOEvent(prefix []byte) (name []byte, ok bool) {
 		}
 		i += j + 1
 	}
-	i = skipDecimal(b, i) // the ack id
+	i = skipAckID(b, i)
 	if i >= len(b) || b[i] != '[' {
 		return nil, false
 	}
@@ -430,6 +432,44 @@ func scanJSONLiteral(b []byte, i int) (int, bool) {
 	}
 	return i + len(lit), true
 }
+
+// skipAckID returns the index of the first byte at or after b[i] that
+// socket.io-parser does not take into a packet's ack id: it takes each
+// character c for which JavaScript's Number(c) == c holds, a decimal digit
+// or any JavaScript white space (which converts to 0), so that
+// `42 ["chat"]` is the event chat with an ack id, and the name must be
+// looked for after them.
+func skipAckID(b []byte, i int) int {
+	for i < len(b) {
+		c := b[i]
+		switch {
+		case '0' <= c && c <= '9', c == ' ', '\t' <= c && c <= '\r':
+			i++
+			continue
+		case c < utf8.RuneSelf:
+			return i
+		}
+		r, n := utf8.DecodeRune(b[i:])
+		if !jsSpace(r) {
+			return i
+		}
+		i += n
+	}
+	return i
+}
+
+// jsSpace reports whether r, outside ASCII, is JavaScript white space or a
+// line terminator: U+00A0, U+FEFF, U+2028, U+2029 and the space separators
+// (Unicode's Zs).
+func jsSpace(r rune) bool {
+	switch r {
+	case 0xa0, 0xfeff, 0x2028, 0x2029, 0x1680, 0x202f, 0x205f, 0x3000:
+		return true
+	}
+	return 0x2000 <= r && r <= 0x200a
+}
+
+func isDigit(r rune) bool { return '0' <= r && r <= '9' }
 
 // skipDecimal returns the index of the first byte at or after b[i] that is
 // not a decimal digit.
