@@ -251,3 +251,67 @@ func TestByteRefusalKeepsNamespace(t *testing.T) {
 		t.Fatalf("refusal %q, want it in the message's namespace /chat", p)
 	}
 }
+
+// TestClassifySplitAndBinary: a message whose first bytes come apart from
+// its header (a TCP split, or a client that writes them so), and a binary
+// one, are classified as a text message in one piece is: a class's rule
+// cannot be dodged that way.
+func TestClassifySplitAndBinary(t *testing.T) {
+	f := t.TempDir() + "/rules.yaml"
+	rules := "classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n"
+	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		op    byte
+		split bool
+	}{{"split text", 0x1, true}, {"binary", 0x2, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lim, err := limit.New(limit.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { lim.Close() })
+			g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
+			conn, br := rawClient(t, g, "/echo")
+			for _, m := range []string{"chat:1", "chat:2"} {
+				frame := maskedFrame(true, tc.op, []byte(m))
+				if tc.split {
+					if _, err := conn.Write(frame[:7]); err != nil { // the header and "c"
+						t.Fatal(err)
+					}
+					time.Sleep(50 * time.Millisecond)
+					frame = frame[7:]
+				}
+				if _, err := conn.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := conn.Write(maskedFrame(true, 0x1, []byte("end"))); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for {
+				_, p, err := readFrame(br)
+				if err != nil {
+					t.Fatalf("after %q: %v", got, err)
+				}
+				if got = append(got, string(p)); string(p) == "end" {
+					break
+				}
+			}
+			// The notice goes out at the upstream's next message boundary:
+			// before or after chat:1's echo.
+			joined := strings.Join(got, "\n")
+			if len(got) != 3 || !strings.Contains(joined, "chat:1\n") || strings.Contains(joined, "chat:2") ||
+				!strings.Contains(joined, `"rule":"chat"`) {
+				t.Fatalf("frames %q; want chat:1's echo and the drop's notice, then end", got)
+			}
+		})
+	}
+}

@@ -19,7 +19,8 @@ import (
 // changes, an open connection is admitted again at its next message.
 
 // classifyBytes bounds the first bytes of a message that classification
-// reads: the ones buffered with its first header, unmasked on the stack.
+// reads, unmasked on the stack: its first frame's, waited for when they
+// did not come with the header.
 const classifyBytes = 512
 
 // connRules is a connection's (or a request's) place in the policy. Its
@@ -311,15 +312,26 @@ func (cr *connRules) ruleOf(d limit.Decision) *policy.Rule {
 	return cr.pol.Rule(d.Rule)
 }
 
-// classify returns the class of the message whose first header, h, was
-// just read, from the bytes of its payload already buffered: -1 for a
-// binary or compressed message, or when the policy has no classes.
+// classOf returns the class of the message whose first header, h, was
+// just read, from the first classifyBytes of its first frame: -1 when the
+// policy has no classes, and for a binary message on a socket.io
+// connection (an attachment: its event was classified). A binary message
+// is classified as a text one is: apps often parse either as JSON. The
+// bytes a client split from the header are waited for, as relaying the
+// frame would wait for them; a message whose first frame is shorter is
+// classified from that frame.
 func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
-	if len(pol.Classes) == 0 || h.OpCode != ws.OpText {
+	if len(pol.Classes) == 0 || h.OpCode == ws.OpBinary && d.pr.info.sio {
 		return -1
 	}
+	want := min(int64(classifyBytes), h.Length)
+	for int64(d.r.Buffered()) < want {
+		if d.r.ReadMore() != nil {
+			break // the relay meets the error when it reads the frame
+		}
+	}
 	var head [classifyBytes]byte
-	n := copy(head[:min(int64(len(head)), h.Length)], d.r.Peek())
+	n := copy(head[:want], d.r.Peek())
 	if h.Masked {
 		ws.Cipher(head[:n], h.Mask, 0)
 	}
