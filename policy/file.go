@@ -1,10 +1,12 @@
 package policy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path"
@@ -58,12 +60,27 @@ func Load(file string) (*Policy, error) {
 // with its line and column.
 func Parse(file string, data []byte) (*Policy, error) {
 	p := &parser{file: file}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
 		return nil, &Error{File: file, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, &Error{File: file, Msg: "the file is empty: it needs at least a rules: list"}
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); err != io.EOF {
+		// A second document would be ignored: say so rather than apply
+		// half of what the file says.
+		e := &Error{File: file, Msg: "a rules file is one YAML document: a second one (after ---) would be ignored"}
+		if err == nil {
+			e.Line, e.Col = more.Line, more.Column
+		}
+		return nil, e
+	}
+	p.noAliases(doc.Content[0])
+	if len(p.errs) > 0 {
+		return nil, errors.Join(p.errs...)
 	}
 	pol := p.policy(doc.Content[0])
 	if len(p.errs) > 0 {
@@ -73,6 +90,26 @@ func Parse(file string, data []byte) (*Policy, error) {
 	pol.Source, pol.Hash = file, hex.EncodeToString(sum[:])
 	return pol, nil
 }
+
+// noAliases reports each YAML alias (*name) and merge key (<<) under n:
+// the parser reads the tree as written, so they would otherwise be met as
+// a value of the wrong kind or an unknown field.
+func (p *parser) noAliases(n *yaml.Node) {
+	switch {
+	case n.Kind == yaml.AliasNode:
+		p.errorf(n, "YAML aliases (*%s) are not supported: write the value out", n.Value)
+		return
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!merge":
+		p.errorf(n, "YAML merge keys (<<) are not supported: write the fields out")
+	}
+	for _, c := range n.Content {
+		p.noAliases(c)
+	}
+}
+
+// maxBurstSpan bounds how long a GCRA burst lasts at its rate: a year
+// keeps the stores' time arithmetic far from overflowing.
+const maxBurstSpan = 365 * 24 * time.Hour
 
 // parser walks a rules file's YAML tree and collects every problem.
 type parser struct {
@@ -489,6 +526,9 @@ func (p *parser) rule(n *yaml.Node, pol *Policy) (Rule, bool) {
 			p.errorf(v, "%s: burst is for algorithm: gcra (a fixed window's burst is its limit)", what)
 		case len(r.Limits) != 1 || len(r.Tiers) > 0:
 			p.errorf(v, "%s: burst needs exactly one limit and no tiers (say which window it belongs to)", what)
+		case r.Limits[0].Limit > 0 && float64(b)*float64(r.Limits[0].Per)/float64(r.Limits[0].Limit) > float64(maxBurstSpan):
+			p.errorf(v, "%s: burst %d is more than a year of the rate %s: at most %d", what, b, r.Limits[0],
+				int64(float64(maxBurstSpan)*float64(r.Limits[0].Limit)/float64(r.Limits[0].Per)))
 		}
 		r.Burst = b
 	}

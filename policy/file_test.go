@@ -85,6 +85,14 @@ func TestParseErrors(t *testing.T) {
 		{"empty", "", []string{"rules.yaml: the file is empty"}},
 		{"not yaml", "rules: [", []string{"rules.yaml: "}},
 		{"no rules list", "classes: []", []string{"rules.yaml:1:1: the rules file has no rules: list"}},
+		{"two documents", "rules: [{name: a, limits: 1/s}]\n---\nrules: [{name: b, limits: 1/s}]\n", []string{
+			"rules.yaml:2:1: a rules file is one YAML document"}},
+		{"alias", "rules:\n  - {name: a, limits: &l [1/s]}\n  - {name: b, limits: *l}\n", []string{
+			"rules.yaml:3:23: YAML aliases (*l) are not supported"}},
+		{"merge key", "rules:\n  - &base {name: a, limits: [1/s]}\n  - {<<: *base, name: b}\n", []string{
+			"rules.yaml:3:6: YAML merge keys (<<) are not supported", "rules.yaml:3:10: YAML aliases (*base)"}},
+		{"burst too long", "rules:\n  - {name: a, limits: [1/1s], algorithm: gcra, burst: 10000000000}\n", []string{
+			`rule "a": burst 10000000000 is more than a year of the rate 1/1s: at most 31536000`}},
 		{"top-level typo", "rule: []\n", []string{`rules.yaml:1:1: the rules file: unknown field "rule" (did you mean "rules"?)`}},
 		{"field typo", "rules:\n  - {name: a, limts: [1/s]}\n", []string{
 			`rules.yaml:2:15: a rule: unknown field "limts" (did you mean "limits"?)`,

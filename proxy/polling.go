@@ -433,7 +433,7 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 				return true
 			}
 			cut = true
-			if p.dropsPacket(sid, cl.ipKey, cr.ruleOf(v.d), pkt) {
+			if p.dropsPacket(sid, cl.ipKey, cr.ruleOf(v.d), cr.tier, pkt) {
 				v.notice = p.sioEvent(namespace(pkt), v.d)
 				return true
 			}

@@ -123,16 +123,16 @@ func TestPollDropsOneClientCannotFill(t *testing.T) {
 		Limits: []policy.Window{{Limit: 1, Per: time.Second}}}
 	never := &policy.Rule{Name: "chat", Action: policy.Drop, Limits: []policy.Window{{Limit: 1, Per: time.Second}}}
 	for i := range maxSessions {
-		p.dropsPacket("made-up-"+strconv.Itoa(i), "attacker", every, []byte("42[]"))
+		p.dropsPacket("made-up-"+strconv.Itoa(i), "attacker", every, "", []byte("42[]"))
 		p.web.drops.notify("made-up-"+strconv.Itoa(i), "attacker", []byte("N"))
 	}
-	if !p.dropsPacket("victim-sid", "victim", every, []byte("42[]")) {
+	if !p.dropsPacket("victim-sid", "victim", every, "", []byte("42[]")) {
 		t.Fatal("a drop under close-after 3 closed another client's session")
 	}
-	if !p.dropsPacket("other-sid", "victim", never, []byte("42[]")) {
+	if !p.dropsPacket("other-sid", "victim", never, "", []byte("42[]")) {
 		t.Fatal("a drop under a rule without close-after closed the session")
 	}
-	if p.dropsPacket("s", "victim", never, []byte("bAQID")) {
+	if p.dropsPacket("s", "victim", never, "", []byte("bAQID")) {
 		t.Fatal("an attachment ('b', base64) was dropped alone: the app would read what follows as garbage")
 	}
 }
@@ -313,5 +313,25 @@ func TestClassifySplitAndBinary(t *testing.T) {
 				t.Fatalf("frames %q; want chat:1's echo and the drop's notice, then end", got)
 			}
 		})
+	}
+}
+
+// TestCloseAfterUsesTiersWindow: close-after counts drops in the first
+// window of the limits that applied to the client: a tier's, when it has
+// its own.
+func TestCloseAfterUsesTiersWindow(t *testing.T) {
+	r := &policy.Rule{Name: "chat", Action: policy.Drop, CloseAfter: 3,
+		Limits: []policy.Window{{Limit: 5, Per: time.Second}},
+		Tiers:  map[string][]policy.Window{"pro": {{Limit: 1000, Per: time.Minute}}}}
+	for tier, closes := range map[string]bool{"pro": true, "": false} {
+		dc := make(dropCounts)
+		now := time.Now()
+		var closed bool
+		for i := range 3 {
+			closed, _ = dc.add(r, tier, now.Add(time.Duration(i)*2*time.Second))
+		}
+		if closed != closes {
+			t.Errorf("tier %q: three drops 2 s apart close %v, want %v", tier, closed, closes)
+		}
 	}
 }

@@ -45,7 +45,7 @@ func newPollDrops() *pollDrops {
 // Only a rule with a close-after keeps count. A session the gate cannot
 // keep track of (its client holds maxSessionsPerIP others, or the table is
 // full) is closed.
-func (pd *pollDrops) dropped(sid, ip string, r *policy.Rule, now time.Time) bool {
+func (pd *pollDrops) dropped(sid, ip string, r *policy.Rule, tier string, now time.Time) bool {
 	if r.CloseAfter == 0 {
 		return false
 	}
@@ -55,7 +55,7 @@ func (pd *pollDrops) dropped(sid, ip string, r *policy.Rule, now time.Time) bool
 	if e == nil {
 		return true
 	}
-	closes, until := e.drops.add(r, now)
+	closes, until := e.drops.add(r, tier, now)
 	e.expires = later(e.expires, until)
 	return closes
 }
@@ -108,7 +108,7 @@ func (pd *pollDrops) take(sid string) []byte {
 // announces binary attachments (the app would read the packets after it
 // as garbage), and
 // the session has not reached the rule's close-after.
-func (p *Proxy) dropsPacket(sid, ip string, r *policy.Rule, pkt []byte) bool {
+func (p *Proxy) dropsPacket(sid, ip string, r *policy.Rule, tier string, pkt []byte) bool {
 	if r == nil || r.Action != policy.Drop {
 		return false
 	}
@@ -117,7 +117,7 @@ func (p *Proxy) dropsPacket(sid, ip string, r *policy.Rule, pkt []byte) bool {
 		// An attachment ('b' and base64), or a packet that announces some.
 		return false
 	}
-	return !p.web.drops.dropped(sid, ip, r, time.Now())
+	return !p.web.drops.dropped(sid, ip, r, tier, time.Now())
 }
 
 // addPollNotice adds the refusal event of the packets dropped from sid to

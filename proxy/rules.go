@@ -66,13 +66,13 @@ type dropCount struct {
 	until time.Time
 }
 
-// add records a drop by rule r, which has a close-after, and reports
-// whether it is the one that closes the connection, and when r's count
-// ends.
-func (dc dropCounts) add(r *policy.Rule, now time.Time) (closes bool, until time.Time) {
+// add records a drop by rule r, which has a close-after, of a client of
+// tier, and reports whether it is the one that closes the connection, and
+// when r's count ends: the first window of the limits that applied.
+func (dc dropCounts) add(r *policy.Rule, tier string, now time.Time) (closes bool, until time.Time) {
 	c := dc[r.Name]
 	if c == nil || !now.Before(c.until) {
-		c = &dropCount{until: now.Add(r.Limits[0].Per)}
+		c = &dropCount{until: now.Add(r.LimitsFor(tier)[0].Per)}
 		dc[r.Name] = c
 	}
 	c.n++
@@ -351,7 +351,7 @@ func (cr *connRules) dropped(r *policy.Rule, now time.Time) bool {
 	if cr.drops == nil {
 		cr.drops = make(dropCounts)
 	}
-	closes, _ := cr.drops.add(r, now)
+	closes, _ := cr.drops.add(r, cr.tier, now)
 	return closes
 }
 
