@@ -28,8 +28,15 @@ func (c *Condition) Holds(claims map[string]any) bool {
 }
 
 // Claim returns the claim at path (a name, or keys into nested objects) of
-// a token's claims; ok is false when it is absent or null.
+// a token's claims; ok is false when it is absent or null. A claim whose
+// name holds the dots itself (a namespaced claim such as
+// "https://example.com/plan") is found first.
 func Claim(claims map[string]any, path []string) (any, bool) {
+	if len(path) > 1 {
+		if v, ok := claims[strings.Join(path, ".")]; ok {
+			return v, v != nil
+		}
+	}
 	var v any = claims
 	for _, k := range path {
 		m, ok := v.(map[string]any)
@@ -55,9 +62,19 @@ func ClaimString(claims map[string]any, path []string) (string, bool) {
 }
 
 // scalar is a claim value as the text a condition compares: a string as it
-// is, a number or boolean as its JSON text.
+// is, a number or boolean as its JSON text (a number in its shortest form:
+// 2.0 is "2"), and a list of one value as that value: a token's single
+// audience comes as a list (RFC 7519 lets aud be either).
 func scalar(v any) (string, bool) {
 	switch x := v.(type) {
+	case []string:
+		if len(x) == 1 {
+			return x[0], true
+		}
+	case []any:
+		if len(x) == 1 {
+			return scalar(x[0])
+		}
 	case string:
 		return x, true
 	case bool:
