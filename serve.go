@@ -110,6 +110,9 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 			return cli.Exit("wsgate: --admin-token-file: "+err.Error(), exitBadConfig)
 		}
 		adminHandler = api.Handler(adminHandler)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go api.Watch(watchCtx, 0)
 	}
 
 	var lc net.ListenConfig

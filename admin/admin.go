@@ -95,6 +95,43 @@ func (a *API) Reload() error {
 	return nil
 }
 
+// tokenCheck is how often Watch reads the token file, as the key files
+// are looked at.
+const tokenCheck = 10 * time.Second
+
+// Watch reads the token file every interval (0: every 10 s) until ctx is
+// done: a Secret rotated in Kubernetes reaches the mounted file with no
+// signal to say so, and a token that leaked must stop working without a
+// restart. A file that cannot be read keeps the token in use, with one
+// warning per different failure.
+func (a *API) Watch(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = tokenCheck
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var failed string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		old := a.hash.Load()
+		err := a.Reload()
+		switch {
+		case err != nil && err.Error() != failed:
+			failed = err.Error()
+			a.log.Warn("admin: the token file cannot be read; keeping the token in use", "err", err)
+		case err == nil:
+			failed = ""
+			if *a.hash.Load() != *old {
+				a.log.Info("admin: token file re-read: a new token is in force")
+			}
+		}
+	}
+}
+
 // Handler serves the API under /v1/ and passes every other path to next
 // (/metrics, /healthz and /readyz stay open).
 func (a *API) Handler(next http.Handler) http.Handler {

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/policy"
@@ -124,5 +126,53 @@ func TestParseKey(t *testing.T) {
 	a.cfg.Issuer = ""
 	if _, err := a.parseKey("user:alice", nil, nil); err == nil || !strings.Contains(err.Error(), "issuer") {
 		t.Errorf("user:alice without any issuer: %v", err)
+	}
+}
+
+// TestWatchToken: a token file rewritten in place (a Secret rotated) is
+// taken without a signal; an emptied one keeps the token in use.
+func TestWatchToken(t *testing.T) {
+	file := tokenFile(t, "first")
+	a, err := New(Config{TokenFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Watch(ctx, 5*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	h := a.Handler(http.NotFoundHandler())
+	status := func(tok string) int {
+		r := httptest.NewRequest(http.MethodGet, "/v1/nothing", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	waitToken := func(tok string) {
+		t.Helper()
+		for range 1000 {
+			if status(tok) != http.StatusUnauthorized {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("token %q never taken", tok)
+	}
+	for _, step := range []string{"second", "", "third"} {
+		if err := os.WriteFile(file, []byte(step), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if step == "" {
+			time.Sleep(50 * time.Millisecond) // ten reads of the empty file
+			if status("second") == http.StatusUnauthorized {
+				t.Fatal("an emptied token file dropped the token in use")
+			}
+			continue
+		}
+		waitToken(step)
+	}
+	if status("first") != http.StatusUnauthorized {
+		t.Fatal("the first token still works")
 	}
 }
