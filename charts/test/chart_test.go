@@ -892,3 +892,39 @@ func TestRulesConfigMap(t *testing.T) {
 		t.Error("a change of gate.rules changes the pod template's checksum: it would restart the pods")
 	}
 }
+
+// TestBackendOutlivesTheDrain: the standalone backend sleeps in preStop
+// through the gate's shutdown delay and drain spread, so that drained
+// clients get the drain's close, not 1014 from a backend already gone; on
+// a cluster without the sleep action, and with lifecycle {}, nothing.
+func TestBackendOutlivesTheDrain(t *testing.T) {
+	vals := func(override string) map[string]any {
+		return values(t, filepath.Join(chartDir, "ci", "default-values.yaml"), override)
+	}
+	for _, tc := range []struct {
+		name, override, kube string
+		sleep                int64 // 0: no lifecycle
+	}{
+		{"default", `{gate: {shutdown: {delay: 5s, drainSpread: 30s}}}`, "v1.30.0", 35},
+		{"before 1.30", `{gate: {shutdown: {delay: 5s, drainSpread: 30s}}}`, "v1.29.4", 0},
+		{"none", `{backend: {lifecycle: {}}}`, "v1.30.0", 0},
+		{"as written", `{backend: {lifecycle: {preStop: {sleep: {seconds: 7}}}}}`, "v1.30.0", 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := tryRenderOn(t, wsgateChart(t), vals(tc.override), tc.kube, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dep := m.get(t, "Deployment", "ci-wsgate").(*appsv1.Deployment)
+			var got int64
+			for _, c := range dep.Spec.Template.Spec.Containers {
+				if c.Name == "backend" && c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
+					got = c.Lifecycle.PreStop.Sleep.Seconds
+				}
+			}
+			if got != tc.sleep {
+				t.Errorf("backend preStop sleep %d s, want %d", got, tc.sleep)
+			}
+		})
+	}
+}

@@ -59,11 +59,24 @@ var fakeSecrets = map[string]string{
 	"WSGATE_REDIS_URL": "redis://:s3cret@redis-master.chat.svc:6379/0",
 }
 
-// fakeKeyFile is the content of every mounted Secret and ConfigMap item:
-// check-config reads them as start does, and a JWK Set with one public key
-// is both a valid key file and a non-empty HMAC secret.
+// fakeKeyFile is the content of every mounted Secret and ConfigMap item
+// but an HMAC secret's: check-config reads them as start does, and a JWK
+// Set with one public key is a valid key file.
 const fakeKeyFile = `{"keys":[{"kty":"EC","crv":"P-256","kid":"chart-test",` +
 	`"x":"fIxSR3FKFOmcRguTfDwiM45pti8eCIgNzf-Ora2mb-M","y":"fk5al5n_UPg4g0eiq3T_H4QeBbYXdHeLxkPqUvnuigk"}]}`
+
+// fakeHMACSecret is an HMAC secret's content (the gate refuses a key
+// given as a secret).
+const fakeHMACSecret = "chart-test-secret-of-32-bytes-ok"
+
+// fakeContent is what a mounted item at path holds: an HMAC secret under
+// the chart's HMAC secret volume, else fakeKeyFile.
+func fakeContent(path string) string {
+	if strings.Contains(path, "jwt-hmac") {
+		return fakeHMACSecret
+	}
+	return fakeKeyFile
+}
 
 // checkConfig runs `wsgate check-config` with the gate container's rendered
 // arguments and environment, the way the pod would start it. Mounted Secret
@@ -97,7 +110,7 @@ func checkConfig(t *testing.T, spec *corev1.PodSpec, c *corev1.Container, extraE
 			for _, it := range items {
 				content, ok := data[it.Key]
 				if !ok {
-					content = fakeKeyFile
+					content = fakeContent(vm.Name)
 				}
 				if err := os.WriteFile(filepath.Join(local, it.Path), []byte(content), 0o600); err != nil {
 					t.Fatal(err)

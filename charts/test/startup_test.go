@@ -231,7 +231,7 @@ func startAsKubelet(t *testing.T, bin string, spec *corev1.PodSpec, c *corev1.Co
 // (the kubelet adds 0440 to read-only volumes' files).
 func projectItem(t *testing.T, path string, mode os.FileMode, fsGroup *int64) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte(fakeKeyFile), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(fakeContent(path)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	gid := 0
