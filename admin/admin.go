@@ -136,16 +136,30 @@ func (a *API) Watch(ctx context.Context, interval time.Duration) {
 // (/metrics, /healthz and /readyz stay open).
 func (a *API) Handler(next http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/keys", a.inspect)
-	mux.HandleFunc("POST /v1/keys/reset", a.reset)
-	mux.HandleFunc("POST /v1/keys/block", a.block)
-	mux.HandleFunc("GET /v1/connections", a.connections)
-	mux.HandleFunc("POST /v1/disconnect", a.disconnect)
-	mux.HandleFunc("POST /v1/drain", a.drain)
-	mux.HandleFunc("GET /v1/revocations", a.revocations)
-	mux.HandleFunc("POST /v1/revocations", a.revoke)
-	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
+	allow := map[string][]string{} // the methods of each call's path
+	for _, c := range []struct {
+		method, path string
+		fn           http.HandlerFunc
+	}{
+		{"GET", "/v1/keys", a.inspect},
+		{"POST", "/v1/keys/reset", a.reset},
+		{"POST", "/v1/keys/block", a.block},
+		{"GET", "/v1/connections", a.connections},
+		{"POST", "/v1/disconnect", a.disconnect},
+		{"POST", "/v1/drain", a.drain},
+		{"GET", "/v1/revocations", a.revocations},
+		{"POST", "/v1/revocations", a.revoke},
+		{"DELETE", "/v1/revocations", a.unrevoke},
+	} {
+		mux.HandleFunc(c.method+" "+c.path, c.fn)
+		allow[c.path] = append(allow[c.path], c.method)
+	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if methods, ok := allow[r.URL.Path]; ok {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			fail(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": the call takes "+strings.Join(methods, " or "))
+			return
+		}
 		fail(w, http.StatusNotFound, "no such admin call: "+r.Method+" "+r.URL.Path)
 	})
 	api := a.authorized(mux)

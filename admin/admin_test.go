@@ -53,6 +53,13 @@ func TestToken(t *testing.T) {
 	if w := call("/v1/nothing", "Bearer s3cret"); w.Code != http.StatusNotFound {
 		t.Errorf("the right token on an unknown call: %d, want 404", w.Code)
 	}
+	r := httptest.NewRequest(http.MethodGet, "/v1/drain", nil)
+	r.Header.Set("Authorization", "Bearer s3cret")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "POST" {
+		t.Errorf("GET of a POST call: %d, Allow %q; want 405, POST", w.Code, w.Header().Get("Allow"))
+	}
 	if w := call("/metrics", ""); w.Code != http.StatusTeapot {
 		t.Errorf("/metrics without a token: %d, want the next handler's", w.Code)
 	}
