@@ -105,19 +105,21 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.cfg.Limiter != nil {
 		d := p.decideHandshake(ctx, cl, cr)
-		refused, openConn := p.enforce(d, cr.tierName()), false
+		refused := p.refuses(d)
 		if !d.Allowed {
+			p.enforce(d, cr.tierName())
 			p.logRefusal(d, p.refusalOf(r, cl, "handshake", "websocket", connID))
 		}
 		if !refused {
 			// The concurrent-connection bound (--ip-max-conns): registered
 			// until the pair is released.
-			d, release = p.cfg.Limiter.OpenConn(ctx, cl.ipKey)
-			refused, openConn = p.enforceOpenConn(d, cr.tierName()), true
-			if !d.Allowed {
+			od, refusedConn, rel := p.openConn(ctx, cl.ipKey, d, cr.tierName())
+			refused, release = refusedConn, rel
+			if !od.Allowed {
 				rf := p.refusalOf(r, cl, "handshake", "websocket", connID)
-				rf.openConn = openConn
-				p.logRefusal(d, rf)
+				rf.openConn = true
+				p.logRefusal(od, rf)
+				d = od
 			}
 		}
 		if refused {

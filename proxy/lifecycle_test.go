@@ -1014,3 +1014,30 @@ func TestWriteErrorMidFrameSkipsPayload(t *testing.T) {
 		t.Fatalf("after the client's close: %v, want the gate's FIN", err)
 	}
 }
+
+// TestIPMaxConnsRefusalIsOneDecision: a handshake the rates allow and
+// --ip-max-conns refuses is one decision of limiter_decisions_total, a
+// limited one, not an allowed one and a limited one.
+func TestIPMaxConnsRefusalIsOneDecision(t *testing.T) {
+	lim, err := limit.New(limit.Config{IPMaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter = lim })
+	rawClient(t, g, "/echo") // holds the address's one connection
+	_, br := rawClient(t, g, "/echo")
+	if h, err := ws.ReadHeader(br); err != nil || h.OpCode != ws.OpText {
+		t.Fatalf("second client: %v %v, want the 429 frame", h, err)
+	}
+	sum := func(decision string) float64 {
+		var n float64
+		for _, cause := range []string{metrics.CauseRules, metrics.CauseFallback} {
+			n += testutil.ToFloat64(g.m.LimiterDecisions.WithLabelValues(decision, cause, ""))
+		}
+		return n
+	}
+	if a, l := sum(metrics.DecisionAllowed), sum(metrics.DecisionLimited); a != 1 || l != 1 {
+		t.Fatalf("two handshakes, one refused by --ip-max-conns: allowed %v, limited %v; want 1 and 1", a, l)
+	}
+}

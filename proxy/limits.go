@@ -101,6 +101,36 @@ func (p *Proxy) enforceOpenConn(d limit.Decision, tier string) bool {
 	return p.enforceRule(d, ruleName(d, true), tier)
 }
 
+// openConn registers under --ip-max-conns a handshake of the client whose
+// IP key is ip, which the rates let through with d, and counts the
+// handshake's one decision in the metrics: the registration's when it
+// refuses, else d's (already counted when it refused under Shadow). It
+// returns the registration's decision, whether the gate refuses the
+// handshake, and the registration's release.
+func (p *Proxy) openConn(ctx context.Context, ip string, d limit.Decision, tier string) (limit.Decision, bool, func()) {
+	od, release := p.cfg.Limiter.OpenConn(ctx, ip)
+	if od.Allowed {
+		if od.Fallback {
+			p.m.LimiterFallback.Inc()
+		}
+		if d.Allowed {
+			p.enforce(d, tier)
+		}
+		return od, false, release
+	}
+	if d.Allowed && d.Fallback {
+		p.m.LimiterFallback.Inc() // the rates' decision fell back too
+	}
+	od.Granted = d.Granted
+	return od, p.enforceOpenConn(od, tier), release
+}
+
+// refuses reports whether the gate refuses an event decided d, as
+// enforce does, without counting it.
+func (p *Proxy) refuses(d limit.Decision) bool {
+	return !d.Allowed && (!p.cfg.Shadow || d.Rule == limit.HoldRule)
+}
+
 // enforceRule is enforce with the refusing rule's name for the metrics.
 func (p *Proxy) enforceRule(d limit.Decision, rule, tier string) bool {
 	c := p.decisionsOf(d, tier)
