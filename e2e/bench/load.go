@@ -137,20 +137,21 @@ type s1Result struct {
 	cpuPer1k    float64 // ms of proxy CPU per 1,000 round trips
 	redisPerMsg float64 // Redis requests per round trip; NaN without Redis
 	redis       redisCounts
-	cmds        cmdStats // every command Redis ran over the repetition, by name; nil without Redis
-	fallbacks   float64  // messages the gate decided without Redis (--failure-mode) in the repetition
+	cmds        cmdStats // every command Redis ran over the window, by name; nil without Redis
+	fallbacks   float64  // messages the gate decided without Redis (--failure-mode) in the window
 }
 
-// runS1 keeps conns×inflight messages of size bytes in flight for d: each echo read is
-// answered by a new message on the same connection. Round trips are counted up to the end of
-// the window; the messages still in flight then are drained but not counted. CPU and Redis
-// counters are read at both ends of the window.
-func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int, d time.Duration) (s1Result, error) {
-	return runS1With(ctx, t, benchDialer(t.addr, s), clientFrame(opText, bytes.Repeat([]byte{'m'}, size)), conns, inflight, d)
+// runS1 keeps conns×inflight messages of size bytes in flight: each echo read is answered by a
+// new message on the same connection. The load runs for warm, then for the window d, at both
+// ends of which the proxy's CPU, Redis's commands and the gate's fallbacks are read; the round
+// trips are those whose echo arrived within the window. The messages still in flight at its
+// end are drained but not counted.
+func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int, warm, d time.Duration) (s1Result, error) {
+	return runS1With(ctx, t, benchDialer(t.addr, s), clientFrame(opText, bytes.Repeat([]byte{'m'}, size)), conns, inflight, warm, d)
 }
 
 // runS1With is runS1 with its own connections (dial) and message (one, a whole client frame).
-func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, inflight int, d time.Duration) (s1Result, error) {
+func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, inflight int, warm, d time.Duration) (s1Result, error) {
 	cs, err := dialManyWith(ctx, t.addr, dial, conns, min(conns, 256))
 	if err != nil {
 		return s1Result{}, err
@@ -162,45 +163,45 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 	if t.proc != nil {
 		pids = tree(t.proc.pid())
 	}
-	cpu0 := cpuTicks(pids, false)
-	redis0, err := t.redisCalls()
-	if err != nil {
-		return s1Result{}, err
-	}
-	fb0, err := t.fallbacks()
-	if err != nil {
-		return s1Result{}, err
-	}
-	start := time.Now()
+	// The window starts warm after the first messages are sent, not with them: a window that
+	// started with the pipeline empty would count the ramp (each connection's first messages,
+	// e.g. a lease slice taken per user) and end with conns×inflight messages half relayed, so
+	// that its round trips read low and its CPU per round trip high, the more so the more
+	// connections and the slower the target. With the load running at both ends, every counter
+	// (CPU, Redis, fallbacks, round trips) is read in the same steady state at both.
+	start := time.Now().Add(warm)
 	end := start.Add(d)
-	var total, echoed atomic.Int64
+	var total atomic.Int64
 	errs := make(chan error, len(cs))
 	var wg sync.WaitGroup
 	for _, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, all, err := s1Loop(c, one, inflight, end)
+			n, err := s1Loop(c, one, inflight, start, end)
 			total.Add(n)
-			echoed.Add(all)
 			if err != nil {
 				errs <- err
 			}
 		}()
 	}
+	// Each end reads the counters in the same order, so that each counter's window is d long.
+	read := func() (cpu int64, redis cmdStats, fb float64, err error) {
+		cpu = cpuTicks(pids, false)
+		redis, rerr := t.redisCalls()
+		fb, ferr := t.fallbacks()
+		return cpu, redis, fb, errors.Join(rerr, ferr)
+	}
+	time.Sleep(time.Until(start))
+	cpu0, redis0, fb0, err0 := read()
 	time.Sleep(time.Until(end))
-	cpu1 := cpuTicks(pids, false)
+	cpu1, redis1, fb1, err1 := read()
 	wg.Wait()
-	// Redis is read once every message sent has come back, so that requests and messages are
-	// counted over the same set: the messages still in flight at the end of the window were
-	// decided too.
-	redis1, rerr := t.redisCalls()
-	fb1, ferr := t.fallbacks()
 	close(errs)
 	if err := <-errs; err != nil {
 		return s1Result{}, fmt.Errorf("S1 on %s: %w", t.name, err)
 	}
-	if err := errors.Join(rerr, ferr); err != nil {
+	if err := errors.Join(err0, err1); err != nil {
 		return s1Result{}, err
 	}
 	n := float64(total.Load())
@@ -214,45 +215,50 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 		fallbacks:   fb1 - fb0,
 	}
 	if t.redis != "" {
+		// Redis was read at both ends of the window with the load running, so its requests
+		// are divided by the round trips of the same window: the messages in flight at the
+		// start that were decided before it are matched by those in flight at the end that
+		// were decided within it.
 		r.cmds = redis1.sub(redis0)
 		r.redis = r.cmds.counts()
-		r.redis.messages = echoed.Load()
+		r.redis.messages = total.Load()
 		r.redisPerMsg = float64(r.redis.total()) / float64(r.redis.messages)
 	}
 	return r, nil
 }
 
-// s1Loop runs one S1 connection and returns the round trips completed before end, and all
-// of them, the drained ones included.
-func s1Loop(c wsConn, one []byte, inflight int, end time.Time) (got, all int64, err error) {
+// s1Loop runs one S1 connection and returns the round trips whose echo arrived from start to
+// end; it keeps sending until end, then drains what is still in flight.
+func s1Loop(c wsConn, one []byte, inflight int, start, end time.Time) (got int64, err error) {
 	// A proxy that stops answering fails the repetition instead of hanging the run.
 	_ = c.conn.SetDeadline(end.Add(10 * time.Second))
 	for range inflight {
 		if _, err := c.conn.Write(one); err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 	}
 	var buf []byte
 	for pending := inflight; pending > 0; {
 		k, err := readEchoes(c.conn, c.br, &buf)
-		all += int64(k)
 		if err != nil {
-			return got, all, err
+			return got, err
 		}
 		pending -= k
-		if time.Now().Before(end) {
-			got += int64(k)
+		if now := time.Now(); now.Before(end) {
+			if !now.Before(start) {
+				got += int64(k)
+			}
 			// One write per message, as WebSocket clients send them; batching them here would
 			// favour proxies that relay bytes over ones that relay frames.
 			for range k {
 				if _, err := c.conn.Write(one); err != nil {
-					return got, all, err
+					return got, err
 				}
 			}
 			pending += k
 		}
 	}
-	return got, all, nil
+	return got, nil
 }
 
 // s2Result is one repetition of S2 on one target.

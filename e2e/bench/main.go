@@ -52,6 +52,7 @@ var nan = math.NaN()
 type config struct {
 	reps                      int
 	s1Dur                     time.Duration
+	s1Warm                    time.Duration // load before each S1 window starts
 	s1Conns                   int
 	s1Inflight                int
 	size                      int
@@ -82,6 +83,7 @@ func main() {
 	backend := flag.String("backend", "", "run only the echo backend on this address (used by the harness itself)")
 	flag.IntVar(&cfg.reps, "reps", 5, "repetitions of each measurement, interleaved across targets; figures are medians")
 	flag.DurationVar(&cfg.s1Dur, "s1-duration", 5*time.Second, "length of one S1 repetition")
+	flag.DurationVar(&cfg.s1Warm, "s1-warmup", time.Second, "load before each S1 window (and each six-rule load window) is measured, so that the window starts with every message in flight")
 	flag.IntVar(&cfg.s1Conns, "s1-conns", 50, "S1 connections")
 	flag.IntVar(&cfg.s1Inflight, "s1-inflight", 16, "S1 messages in flight per connection")
 	flag.IntVar(&cfg.size, "size", 64, "message payload bytes (text frames)")
@@ -113,7 +115,7 @@ func main() {
 	flag.IntVar(&cfg.rules6.seq, "rules6-seq", 1500, "six rules on one message: messages sent one at a time per repetition")
 	flag.IntVar(&cfg.rules6.blocked, "rules6-blocked", 1000, "six rules on one message: messages sent into a block")
 	flag.Parse()
-	cfg.rules6.conns, cfg.rules6.inflight, cfg.rules6.size = cfg.s1Conns, cfg.s1Inflight, cfg.size
+	cfg.rules6.conns, cfg.rules6.inflight, cfg.rules6.size, cfg.rules6.warm = cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Warm
 	var err error
 	if cfg.scale, err = parseShapes(*scale); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -268,7 +270,7 @@ func run(ctx context.Context, cfg config) (err error) {
 
 	fmt.Fprintln(os.Stderr, "bench: warm-up")
 	for _, t := range live {
-		if _, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, time.Second); err != nil {
+		if _, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, 0, time.Second); err != nil {
 			r.fail(t.key, fmt.Errorf("warm-up: %w", err))
 		}
 	}
@@ -358,7 +360,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			if cfg.skipS1 {
 				break
 			}
-			res, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur)
+			res, err := runS1(ctx, t, s, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Warm, cfg.s1Dur)
 			if err != nil {
 				r.fail(t.key, err)
 				continue
@@ -411,7 +413,7 @@ func run(ctx context.Context, cfg config) (err error) {
 				r.scale[sh] = map[string][]s1Result{}
 			}
 			for _, t := range order {
-				res, err := runS1(ctx, t, s, sh.conns, sh.inflight, cfg.size, cfg.s1Dur)
+				res, err := runS1(ctx, t, s, sh.conns, sh.inflight, cfg.size, cfg.s1Warm, cfg.s1Dur)
 				if err != nil {
 					r.fail(t.key, fmt.Errorf("S1 at %d x %d: %w", sh.conns, sh.inflight, err))
 					continue

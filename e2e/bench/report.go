@@ -239,9 +239,9 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/ ./auth/clientip/\n")
 	p("go -C e2e/bench build -o /tmp/bench . && /tmp/bench -micro <that output>   # the load harness, this report\n```\n\n")
 	p("Harness settings: %d repetitions, interleaved (each repetition starts at the next target); S1 = %d connections × %d "+
-		"messages in flight × %d B for %v per repetition; S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
+		"messages in flight × %d B, measured for %v per repetition after %v of the same load unmeasured (the window starts with every message in flight); S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
 		"per target and repetition after 200 untimed, the targets taking turns every %d round trips; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, and %d "+
-		"connections that send a message first, once per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.size, cfg.s2Rounds, s2Chunk,
+		"connections that send a message first, once per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.s1Warm, cfg.size, cfg.s2Rounds, s2Chunk,
 		cfg.upgWorkers, cfg.upgDur, cfg.idleConns, cfg.activeConns)
 	p("The processes under test, each on its own loopback port (temp paths shortened to `$TMP`):\n\n```sh\n")
 	for _, t := range targets {
@@ -273,7 +273,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("- **CPU ms/1k rt**: user+system CPU of the proxy's processes (nginx: master and workers; the gate alone, not Redis) per 1,000 round trips during S1; a round trip is one message relayed each way. Read from `/proc/<pid>/stat` at both ends of each S1 window (10 ms ticks).\n")
 	p("- **KiB/idle conn**: (VmRSS with %d idle WebSockets open through the proxy − VmRSS before) / %d, summed over the proxy's processes, read once the backend held every connection and RSS had settled. These connections never sent anything.\n", cfg.idleConns, cfg.idleConns)
 	p("- **KiB/conn after a message**: the state a chat's connections spend most of their life in. %d connections each send one message and read its echo, then sit idle, answering the proxy's pings (the gate's default `--ping-interval 30s`), while the gate's `/metrics` is scraped every 10 s; from %v after the last echo, VmRSS is read every second for %v, and the figure is (the highest reading − VmRSS before the first bulk of connections, the same base as the idle figure's) / %d.\n", cfg.activeConns, cfg.activeSettle, cfg.activeWatch, cfg.activeConns)
-	p("- **Redis req/rt**: requests Redis served per round trip over an S1 repetition (from the first message to the last echo, the ones in flight at the end of the window included), counted from `INFO commandstats` as the calls of commands that only a client sends (EVAL/EVALSHA, CLIENT CACHING, which rueidis sends with each block check it caches, ZREM, PING), so a script counts once however many commands it runs. The targets below split the figure by kind. Both message rules (user and IP) are on.\n")
+	p("- **Redis req/rt**: requests Redis served per round trip over an S1 window (`INFO commandstats` read at both ends of the window, as the CPU is, with the load running), counted from `INFO commandstats` as the calls of commands that only a client sends (EVAL/EVALSHA, CLIENT CACHING, which rueidis sends with each block check it caches, ZREM, PING), so a script counts once however many commands it runs. The targets below split the figure by kind. Both message rules (user and IP) are on.\n")
 	p("- **upgrades/s**: WebSocket handshakes per second with an HS256 token in `Authorization: Bearer`, from %d concurrent clients, each connection dropped right after the 101 and replaced. Through a gate every handshake has a new token (a full verification); *same token* reuses one per client (the verifier's cache). nginx, HAProxy and the backend verify nothing: their figure is the plain upgrade rate.\n", cfg.upgWorkers)
 	if !math.IsNaN(rtt.p50) {
 		p("- One EVALSHA round trip to this Redis (one-key INCR+PEXPIRE script, timed by the harness): p50 %s µs, p99 %s µs.\n", fmtNum(rtt.p50, 1), fmtNum(rtt.p99, 1))
@@ -820,8 +820,8 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 	p("```yaml\n%s```\n\n", rules6File)
 	p("- **1 in flight**: one connection sends %s messages one at a time, each after the echo of the last (after 100 untimed, "+
 		"so that its block reads are in the client-side cache); each request is its own round trip.\n", fmtNum(float64(rc.seq), 0))
-	p("- **%d×%d**: S1's shape, %d connections × %d messages in flight for %v; rueidis pipelines the requests of many "+
-		"connections into shared round trips.\n", rc.conns, rc.inflight, rc.conns, rc.inflight, rc.dur)
+	p("- **%d×%d**: S1's shape, %d connections × %d messages in flight, measured for %v after %v of the same load unmeasured; rueidis pipelines the requests of many "+
+		"connections into shared round trips.\n", rc.conns, rc.inflight, rc.conns, rc.inflight, rc.dur, rc.warm)
 	p("- **blocked** (six-rule gates, once): a client whose token has `\"plan\":\"capped\"` sends chat messages until the chat "+
 		"rule (%d/1m for that tier, `action: drop`, `block: 30s`) drops one, then %d more and %s more, each answered by "+
 		"the 429 notice while the connection stays; Redis is read around each run: the first read of the block key after "+

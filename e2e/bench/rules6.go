@@ -54,6 +54,7 @@ func rules6Message(size int) []byte {
 type rules6Config struct {
 	reps     int           // repetitions of both loads, interleaved across the gates; 0 skips the scenario
 	dur      time.Duration // one repetition of the load at conns × inflight
+	warm     time.Duration // load before each of those windows is measured (S1's -s1-warmup)
 	seq      int           // messages one at a time, per repetition
 	blocked  int           // messages of a blocked key
 	conns    int           // S1's shape
@@ -151,7 +152,7 @@ func runRules6(ctx context.Context, e *env, s *signer, rc rules6Config) *rules6R
 	for _, w := range live {
 		// The first call of each script loads it (NOSCRIPT, then EVAL); the figures are of
 		// the calls after.
-		if _, err := runS1With(ctx, w.t, rules6Dialer(w.t.addr, s, "warm"), msg, rc.conns, rc.inflight, rules6Warm); err != nil {
+		if _, err := runS1With(ctx, w.t, rules6Dialer(w.t.addr, s, "warm"), msg, rc.conns, rc.inflight, 0, rules6Warm); err != nil {
 			w.fail(fmt.Errorf("warm-up: %w", err))
 		}
 	}
@@ -168,7 +169,7 @@ func runRules6(ctx context.Context, e *env, s *signer, rc rules6Config) *rules6R
 			} else {
 				w.seq = append(w.seq, ph)
 			}
-			ld, err := runS1With(ctx, w.t, rules6Dialer(w.t.addr, s, "load"), msg, rc.conns, rc.inflight, rc.dur)
+			ld, err := runS1With(ctx, w.t, rules6Dialer(w.t.addr, s, "load"), msg, rc.conns, rc.inflight, rc.warm, rc.dur)
 			if err != nil {
 				w.fail(err)
 				continue
