@@ -178,7 +178,9 @@ func (d *direction) sendNotice() {
 // starts with h and has not arrived whole.
 func (d *direction) timeMessage(h ws.Header) {
 	t := d.pr.p.cfg.MessageTimeout
-	if t <= 0 || h.Fin && int64(d.r.Buffered()) >= h.Length {
+	if t <= 0 || h.Fin && int64(d.r.Buffered()) >= h.Length || d.msgDeadline.Load() != 0 {
+		// Not timed, whole already, or timed since classification
+		// waited for its first bytes.
 		return
 	}
 	d.msgDeadline.Store(time.Now().Add(t).UnixNano())

@@ -335,3 +335,31 @@ func TestCloseAfterUsesTiersWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestClassifyWaitIsTimed: the wait for a message's first bytes, to
+// classify it, runs under the message timeout like the rest of the
+// message: a client that sends a header and stalls is closed with 1008.
+func TestClassifyWaitIsTimed(t *testing.T) {
+	f := t.TempDir() + "/rules.yaml"
+	if err := os.WriteFile(f, []byte("classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [5/30s]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := limit.New(limit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter, c.Rules, c.MessageTimeout = lim, live, 200*time.Millisecond })
+	conn, br := rawClient(t, g, "/echo")
+	frame := maskedFrame(true, 0x1, []byte("chat: a message that never comes whole"))
+	if _, err := conn.Write(frame[:8]); err != nil { // the header and two bytes
+		t.Fatal(err)
+	}
+	if got := readClose(t, br); got != 1008 {
+		t.Fatalf("close %d, want 1008 (message timeout)", got)
+	}
+}

@@ -325,6 +325,10 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 		return -1
 	}
 	want := min(int64(classifyBytes), h.Length)
+	if int64(d.r.Buffered()) < want {
+		// The wait is the message's: its timeout runs from here.
+		d.timeMessage(h)
+	}
 	for int64(d.r.Buffered()) < want {
 		if d.r.ReadMore() != nil {
 			break // the relay meets the error when it reads the frame
