@@ -139,6 +139,7 @@ type s1Result struct {
 	redis       redisCounts
 	cmds        cmdStats // every command Redis ran over the window, by name; nil without Redis
 	fallbacks   float64  // messages the gate decided without Redis (--failure-mode) in the window
+	rep         int      // the repetition it belongs to, which pairs it with the other targets' (set by the caller)
 }
 
 // runS1 keeps conns×inflight messages of size bytes in flight: each echo read is answered by a

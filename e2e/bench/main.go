@@ -143,8 +143,8 @@ type results struct {
 	s1       map[string][]s1Result
 	s2       map[string][]s2Result
 	added    map[string][]s2Result // proxy minus direct, same repetition
-	upgFresh map[string][]float64
-	upgSame  map[string][]float64
+	upgFresh map[string][]upgRate
+	upgSame  map[string][]upgRate
 	idle     map[string]idleResult
 	active   map[string]idleResult
 	scale    map[scaleShape]map[string][]s1Result
@@ -263,7 +263,7 @@ func run(ctx context.Context, cfg config) (err error) {
 
 	r := &results{
 		s1: map[string][]s1Result{}, s2: map[string][]s2Result{}, added: map[string][]s2Result{},
-		upgFresh: map[string][]float64{}, upgSame: map[string][]float64{},
+		upgFresh: map[string][]upgRate{}, upgSame: map[string][]upgRate{},
 		idle: map[string]idleResult{}, active: map[string]idleResult{}, errs: map[string][]string{},
 		scale: map[scaleShape]map[string][]s1Result{},
 	}
@@ -365,6 +365,7 @@ func run(ctx context.Context, cfg config) (err error) {
 				r.fail(t.key, err)
 				continue
 			}
+			res.rep = rep
 			r.s1[t.key] = append(r.s1[t.key], res)
 			fmt.Fprintf(os.Stderr, "  S1 %-16s %8.0f rt/s  %6.2f ms CPU/1k", t.name, res.rate, res.cpuPer1k)
 			if !math.IsNaN(res.redisPerMsg) {
@@ -388,16 +389,16 @@ func run(ctx context.Context, cfg config) (err error) {
 					continue
 				}
 				if fresh {
-					r.upgFresh[t.key] = append(r.upgFresh[t.key], rate)
+					r.upgFresh[t.key] = append(r.upgFresh[t.key], upgRate{rep, rate})
 				} else {
-					r.upgSame[t.key] = append(r.upgSame[t.key], rate)
+					r.upgSame[t.key] = append(r.upgSame[t.key], upgRate{rep, rate})
 				}
 			}
 			if t.gate {
 				fmt.Fprintf(os.Stderr, "  handshakes %-16s new token %6.0f/s  same token %6.0f/s\n", t.name,
-					last(r.upgFresh[t.key]), last(r.upgSame[t.key]))
+					lastRate(r.upgFresh[t.key]), lastRate(r.upgSame[t.key]))
 			} else {
-				fmt.Fprintf(os.Stderr, "  handshakes %-16s plain %6.0f/s\n", t.name, last(r.upgFresh[t.key]))
+				fmt.Fprintf(os.Stderr, "  handshakes %-16s plain %6.0f/s\n", t.name, lastRate(r.upgFresh[t.key]))
 			}
 		}
 		if err := ctx.Err(); err != nil {
@@ -418,6 +419,7 @@ func run(ctx context.Context, cfg config) (err error) {
 					r.fail(t.key, fmt.Errorf("S1 at %d x %d: %w", sh.conns, sh.inflight, err))
 					continue
 				}
+				res.rep = rep
 				r.scale[sh][t.key] = append(r.scale[sh][t.key], res)
 				fmt.Fprintf(os.Stderr, "  S1 %-16s %8.0f rt/s  %6.2f ms CPU/1k\n", t.name, res.rate, res.cpuPer1k)
 				if err := ctx.Err(); err != nil {
@@ -476,11 +478,17 @@ func run(ctx context.Context, cfg config) (err error) {
 	return nil
 }
 
-func last(v []float64) float64 {
+// upgRate is one repetition's handshake rate on one target.
+type upgRate struct {
+	rep  int // the repetition, which pairs it with nginx's
+	rate float64
+}
+
+func lastRate(v []upgRate) float64 {
 	if len(v) == 0 {
 		return nan
 	}
-	return v[len(v)-1]
+	return v[len(v)-1].rate
 }
 
 // median ignores NaNs; NaN when nothing is left.

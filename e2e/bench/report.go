@@ -95,6 +95,9 @@ type row struct {
 	idle               float64 // never-used connections
 	active             float64 // connections that sent a message, then idle with pings
 	upgFresh, upgSame  float64
+	// Against nginx, each the median of the per-repetition ratios (pairedRatio).
+	s1x, cpux, upgx float64
+	s1res           []s1Result // the S1 repetitions, to pair with another row's
 }
 
 func medianOf[T any](v []T, f func(T) float64) float64 {
@@ -130,20 +133,58 @@ func ratio(v, ref float64) string {
 	if math.IsNaN(v) || math.IsNaN(ref) || ref <= 0 {
 		return "—"
 	}
-	return strconv.FormatFloat(v/ref, 'f', 2, 64) + "×"
+	return fmtRatio(v / ref)
 }
+
+// fmtRatio shows a ratio already taken, such as pairedRatio's.
+func fmtRatio(q float64) string {
+	if math.IsNaN(q) || math.IsInf(q, 0) {
+		return "—"
+	}
+	return strconv.FormatFloat(q, 'f', 2, 64) + "×"
+}
+
+// pairedRatio is the median over the repetitions of xs of f(x) / f(ref), ref being the figure
+// of refs from the same repetition (rep says which one a figure belongs to); NaN when no
+// repetition has both. A ratio of the two medians would divide figures of different
+// repetitions, while the targets measured in one repetition share its conditions (which CPUs
+// the processes landed on, a neighbour's burst): the paired ratio cancels them.
+func pairedRatio[T any](xs, refs []T, rep func(T) int, f func(T) float64) float64 {
+	byRep := map[int]float64{}
+	for _, r := range refs {
+		byRep[rep(r)] = f(r)
+	}
+	var q []float64
+	for _, x := range xs {
+		if ref, ok := byRep[rep(x)]; ok && ref > 0 && !math.IsNaN(ref) {
+			q = append(q, f(x)/ref)
+		}
+	}
+	return median(q)
+}
+
+func s1Rep(x s1Result) int       { return x.rep }
+func s1Rate(x s1Result) float64  { return x.rate }
+func s1CPU(x s1Result) float64   { return x.cpuPer1k }
+func upgRep(x upgRate) int       { return x.rep }
+func upgValue(x upgRate) float64 { return x.rate }
 
 func buildReport(cfg config, m machine, e *env, targets []*target, r *results) report {
 	rows := make([]row, len(targets))
 	byKey := map[string]*row{}
 	for i, t := range targets {
-		w := row{t: t, s1: nan, cpu: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, p50: nan, p99: nan, add50: nan, add99: nan, idle: nan, active: nan, upgFresh: nan, upgSame: nan}
+		w := row{t: t, s1: nan, cpu: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, p50: nan, p99: nan, add50: nan, add99: nan, idle: nan, active: nan, upgFresh: nan, upgSame: nan,
+			s1x: nan, cpux: nan, upgx: nan}
 		if t.skip == "" {
+			w.s1res = r.s1[t.key]
 			w.s1 = medianOf(r.s1[t.key], func(x s1Result) float64 { return x.rate })
+			w.s1x = pairedRatio(r.s1[t.key], r.s1["nginx"], s1Rep, s1Rate)
+			w.upgx = pairedRatio(r.upgFresh[t.key], r.upgFresh["nginx"], upgRep, upgValue)
 			w.p50 = medianOf(r.s2[t.key], func(x s2Result) float64 { return x.p50 })
 			w.p99 = medianOf(r.s2[t.key], func(x s2Result) float64 { return x.p99 })
 			if t.proxy {
 				w.cpu = medianOf(r.s1[t.key], func(x s1Result) float64 { return x.cpuPer1k })
+				w.cpux = pairedRatio(r.s1[t.key], r.s1["nginx"], s1Rep, s1CPU)
 				w.add50 = medianOf(r.added[t.key], func(x s2Result) float64 { return x.p50 })
 				w.add99 = medianOf(r.added[t.key], func(x s2Result) float64 { return x.p99 })
 				if res, ok := r.idle[t.key]; ok {
@@ -165,9 +206,9 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 					w.fallbacks = append(w.fallbacks, x.fallbacks)
 				}
 			}
-			w.upgFresh = median(r.upgFresh[t.key])
+			w.upgFresh = medianOf(r.upgFresh[t.key], upgValue)
 			if t.gate {
-				w.upgSame = median(r.upgSame[t.key])
+				w.upgSame = medianOf(r.upgSame[t.key], upgValue)
 			}
 		}
 		rows[i] = w
@@ -189,15 +230,15 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 			continue
 		}
 		c := []string{name,
-			fmtNum(w.s1, 0), ratio(w.s1, ng.s1),
+			fmtNum(w.s1, 0), fmtRatio(w.s1x),
 			fmtNum(w.p50, 1), fmtNum(w.p99, 1),
 			dash(w.t.proxy, fmtNum(w.add50, 1)), dash(w.t.proxy, ratio(w.add50, ng.add50)),
 			dash(w.t.proxy, fmtNum(w.add99, 1)), dash(w.t.proxy, ratio(w.add99, ng.add99)),
-			dash(w.t.proxy, fmtNum(w.cpu, 2)), dash(w.t.proxy, ratio(w.cpu, ng.cpu)),
+			dash(w.t.proxy, fmtNum(w.cpu, 2)), dash(w.t.proxy, fmtRatio(w.cpux)),
 			dash(w.t.proxy && cfg.idleConns > 0, fmtNum(w.idle, 2)), dash(w.t.proxy && cfg.idleConns > 0, ratio(w.idle, ng.idle)),
 			dash(w.t.proxy && cfg.activeConns > 0, fmtNum(w.active, 2)), dash(w.t.proxy && cfg.activeConns > 0, ratio(w.active, ng.active)),
 			dash(w.t.redis != "", fmtNum(w.redisCmds, 4)),
-			fmtNum(w.upgFresh, 0), ratio(w.upgFresh, ng.upgFresh), dash(w.t.gate, fmtNum(w.upgSame, 0)),
+			fmtNum(w.upgFresh, 0), fmtRatio(w.upgx), dash(w.t.gate, fmtNum(w.upgSame, 0)),
 		}
 		cells = append(cells, c)
 	}
@@ -264,11 +305,12 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("%s\n", table)
 	if len(cfg.scale) > 0 {
 		p("### S1 at scale (medians of %d)\n\n", cfg.scaleReps)
-		p("The S1 shape at more connections: round trips per second and proxy CPU per 1,000 round trips, with nginx's ratio.\n\n")
+		p("The S1 shape at more connections: round trips per second and proxy CPU per 1,000 round trips, with the ratio to nginx's (the median of the per-repetition ratios).\n\n")
 		p("%s\n", scaleTable(cfg, targets, r))
 		p("%s\n", scaleFallbacks(cfg, targets, r))
 	}
 	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
+	p("- **×nginx** of S1, CPU and upgrades: the median over the repetitions of the target's figure divided by nginx's of the same repetition, so it need not equal the ratio of the two medians shown.\n")
 	p("- **S2 p50/p99**: one message in flight on one connection. **added** = the target's figure minus the direct-to-backend figure of the same repetition (median of the per-repetition differences).\n")
 	p("- **CPU ms/1k rt**: user+system CPU of the proxy's processes (nginx: master and workers; the gate alone, not Redis) per 1,000 round trips during S1; a round trip is one message relayed each way. Read from `/proc/<pid>/stat` at both ends of each S1 window (10 ms ticks).\n")
 	p("- **KiB/idle conn**: (VmRSS with %d idle WebSockets open through the proxy − VmRSS before) / %d, summed over the proxy's processes, read once the backend held every connection and RSS had settled. These connections never sent anything.\n", cfg.idleConns, cfg.idleConns)
@@ -416,7 +458,8 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 		if w := byKey[k]; w != nil && w.t.skip == "" {
 			return w
 		}
-		return &row{s1: nan, add50: nan, add99: nan, idle: nan, active: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, upgFresh: nan, t: &target{}}
+		return &row{s1: nan, add50: nan, add99: nan, idle: nan, active: nan, redisCmds: nan, redisTake: nan, redisCheck: nan, redisOther: nan, upgFresh: nan,
+			s1x: nan, cpux: nan, upgx: nan, t: &target{}}
 	}
 	ng, hp := get("nginx"), get("haproxy")
 	var out [][3]string
@@ -425,9 +468,9 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 		s1Min     float64
 	}{{"gate-memory", "memory store", 1.0}, {"gate-lease", "lease mode", 1.0}, {"gate-exact", "exact mode", 0.7}} {
 		w := get(g.key)
-		v := w.s1 / ng.s1
+		v := w.s1x // the median of the per-repetition ratios, as in the table
 		out = append(out, [3]string{fmt.Sprintf("S1 throughput, %s ≥ %.1f× nginx", g.name, g.s1Min),
-			fmt.Sprintf("%s rt/s vs %s = %s", fmtNum(w.s1, 0), fmtNum(ng.s1, 0), ratio(w.s1, ng.s1)),
+			fmt.Sprintf("%s rt/s vs %s = %s", fmtNum(w.s1, 0), fmtNum(ng.s1, 0), fmtRatio(v)),
 			verdict(v >= g.s1Min, has(v))})
 	}
 	for _, k := range []string{"gate-memory", "gate-lease"} {
@@ -487,9 +530,11 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 	}
 	for _, pair := range [][2]string{{"gate-rules", "gate-memory"}, {"gate-rules-exact", "gate-exact"}} {
 		w, flags := get(pair[0]), get(pair[1])
-		v := w.s1 / flags.s1
+		// Both gates run in every repetition of the main table: the ratio pairs them per
+		// repetition, as the ×nginx ratios do.
+		v := pairedRatio(w.s1res, flags.s1res, s1Rep, s1Rate)
 		out = append(out, [3]string{fmt.Sprintf("S1 with a rules file equal to the flag rules within 5%%, %s", strings.TrimPrefix(pair[1], "gate-")),
-			fmt.Sprintf("%s rt/s vs %s with the flags = %s", fmtNum(w.s1, 0), fmtNum(flags.s1, 0), ratio(w.s1, flags.s1)),
+			fmt.Sprintf("%s rt/s vs %s with the flags = %s", fmtNum(w.s1, 0), fmtNum(flags.s1, 0), fmtRatio(v)),
 			verdict(v >= 0.95, has(v))})
 	}
 	allocs := "no micro-benchmark output"
@@ -542,8 +587,7 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		h := fmt.Sprintf("%d×%d", sh.conns, sh.inflight)
 		header = append(header, h+" rt/s", "×nginx", h+" CPU ms/1k", "×nginx")
 	}
-	rate := func(x s1Result) float64 { return x.rate }
-	cpu := func(x s1Result) float64 { return x.cpuPer1k }
+	rate, cpu := s1Rate, s1CPU
 	var cells [][]string
 	for _, t := range targets {
 		if t.skip != "" {
@@ -552,13 +596,15 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		row := []string{t.name}
 		for _, sh := range cfg.scale {
 			xs, all := redisDecided(r.scale[sh][t.key])
-			v, ng := medianOf(xs, rate), medianOf(r.scale[sh]["nginx"], rate)
-			c, ngc := medianOf(xs, cpu), medianOf(r.scale[sh]["nginx"], cpu)
+			ngs := r.scale[sh]["nginx"]
+			v, c := medianOf(xs, rate), medianOf(xs, cpu)
+			// The ratios pair each repetition kept with nginx's of the same repetition.
+			vx, cx := pairedRatio(xs, ngs, s1Rep, rate), pairedRatio(xs, ngs, s1Rep, cpu)
 			mark := ""
 			if all {
 				mark = " †"
 			}
-			row = append(row, fmtNum(v, 0)+mark, ratio(v, ng), dash(t.proxy, fmtNum(c, 2)+mark), dash(t.proxy, ratio(c, ngc)))
+			row = append(row, fmtNum(v, 0)+mark, fmtRatio(vx), dash(t.proxy, fmtNum(c, 2)+mark), dash(t.proxy, fmtRatio(cx)))
 		}
 		cells = append(cells, row)
 	}
@@ -629,11 +675,10 @@ func scaleTargetLines(cfg config, r *results) [][3]string {
 		okRate, okCPU, seen := true, true, false
 		for _, sh := range cfg.scale {
 			xs, all := redisDecided(r.scale[sh][g.key])
-			v := medianOf(xs, func(x s1Result) float64 { return x.rate })
-			ng := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.rate })
-			c := medianOf(xs, func(x s1Result) float64 { return x.cpuPer1k })
-			ngc := medianOf(r.scale[sh]["nginx"], func(x s1Result) float64 { return x.cpuPer1k })
-			if !has(v, ng, c, ngc) {
+			// Medians of the per-repetition ratios, as in the table.
+			vx := pairedRatio(xs, r.scale[sh]["nginx"], s1Rep, s1Rate)
+			cx := pairedRatio(xs, r.scale[sh]["nginx"], s1Rep, s1CPU)
+			if !has(vx, cx) {
 				okRate, okCPU = false, false
 				continue
 			}
@@ -643,9 +688,9 @@ func scaleTargetLines(cfg config, r *results) [][3]string {
 				// Not a figure of Redis deciding: it cannot meet the target.
 				mark, okRate = " † (not decided by Redis)", false
 			}
-			okRate = okRate && v/ng >= g.min
-			okCPU = okCPU && c/ngc <= 1.1
-			figs = append(figs, fmt.Sprintf("%d×%d: %s, CPU %s%s", sh.conns, sh.inflight, ratio(v, ng), ratio(c, ngc), mark))
+			okRate = okRate && vx >= g.min
+			okCPU = okCPU && cx <= 1.1
+			figs = append(figs, fmt.Sprintf("%d×%d: %s, CPU %s%s", sh.conns, sh.inflight, fmtRatio(vx), fmtRatio(cx), mark))
 		}
 		out = append(out, [3]string{
 			fmt.Sprintf("S1 at scale, %s: ≥ %.1f× nginx at every row, CPU per round trip ≤ 1.1× nginx's", g.name, g.min),
@@ -884,18 +929,28 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 			cells = append(cells, append([]string{w.name, w.skip}, make([]string, len(header)-2)...))
 			continue
 		}
-		f, ref := get(w), get(byKey[flagsOf[w.key]])
-		rel := func(v, r float64) string { return dash(flagsOf[w.key] != "", ratio(v, r)) }
+		f := get(w)
+		// ×flag rules: the median of the per-repetition ratios to the flag-rule gate of the same
+		// mode (the gates take turns in each repetition), over the repetitions both kept.
+		seqx, loadx := nan, nan
+		if ref := byKey[flagsOf[w.key]]; ref != nil && ref.skip == "" {
+			seqRate := func(x rules6Phase) float64 { return float64(x.msgs) / x.secs }
+			seqx = pairedRatio(w.seq, ref.seq, func(x rules6Phase) int { return x.rep }, seqRate)
+			ls, _ := redisDecided(w.load)
+			rs, _ := redisDecided(ref.load)
+			loadx = pairedRatio(ls, rs, s1Rep, s1Rate)
+		}
+		rel := func(q float64) string { return dash(flagsOf[w.key] != "", fmtRatio(q)) }
 		mark := ""
 		if f.allFellBack {
 			mark = " †"
 		}
-		cells = append(cells, []string{w.name + mark, fmtNum(f.seqRate, 0), rel(f.seqRate, ref.seqRate), fmtNum(f.loadRate, 0), rel(f.loadRate, ref.loadRate),
+		cells = append(cells, []string{w.name + mark, fmtNum(f.seqRate, 0), rel(seqx), fmtNum(f.loadRate, 0), rel(loadx),
 			fmtNum(f.cpu, 1), fmtNum(f.micros, 1), fmtNum(f.seqDec, 4), fmtNum(f.seqTake, 4), fmtNum(f.seqReq, 4),
 			fmtNum(f.loadDec, 4), fmtNum(f.loadTake, 4), fmtNum(f.loadReq, 4), strings.Join(f.fallbacks, ", ")})
 	}
 	p("%s\n", mdTable(header, cells))
-	p("- *×flag rules*: against the flag-rule gate of the same mode. *of which EVALSHA* counts EVAL and EVALSHA.\n")
+	p("- *×flag rules*: against the flag-rule gate of the same mode, the median of the per-repetition ratios. *of which EVALSHA* counts EVAL and EVALSHA.\n")
 	p("- *gate CPU µs/msg*: user+system CPU of the gate's process per message under load (10 ms ticks), not Redis's.\n")
 	p("- *Redis µs per script call*: the time Redis spent in EVALSHA and EVAL (the commands the script runs included) per call, from `INFO commandstats`, at 1 in flight.\n")
 	p("- *decisions without Redis*: `holo_ws_limiter_decisions_total{cause=\"fallback\"}` per repetition of the load: messages the failure mode (`local`) decided because a call outlasted `--redis-timeout` (50ms) or the node was marked down. A repetition where they exceed %.0f%% of its messages is left out of the msg/s, CPU and Redis figures at %s (it measures the memory store for part of its messages), unless every repetition of the row is: such a row is marked †.\n", 100*fallbackShare, load)

@@ -69,6 +69,7 @@ type rules6Phase struct {
 	secs      float64
 	cmds      cmdStats
 	fallbacks float64
+	rep       int // the repetition, which pairs it with the other gates'
 }
 
 // rules6Row is one gate of the scenario: the six-rule file or the flag rules, exact or lease,
@@ -167,6 +168,7 @@ func runRules6(ctx context.Context, e *env, s *signer, rc rules6Config) *rules6R
 			if err != nil {
 				w.fail(err)
 			} else {
+				ph.rep = rep
 				w.seq = append(w.seq, ph)
 			}
 			ld, err := runS1With(ctx, w.t, rules6Dialer(w.t.addr, s, "load"), msg, rc.conns, rc.inflight, rc.warm, rc.dur)
@@ -174,6 +176,7 @@ func runRules6(ctx context.Context, e *env, s *signer, rc rules6Config) *rules6R
 				w.fail(err)
 				continue
 			}
+			ld.rep = rep
 			w.load = append(w.load, ld)
 			fmt.Fprintf(os.Stderr, "  %-18s 1 in flight: %.3f Redis requests/msg;  %dx%d: %8.0f msg/s, %.4f Redis requests/msg\n",
 				w.name, perMsg(requests(ph.cmds), ph.msgs), rc.conns, rc.inflight, ld.rate, perMsg(requests(ld.cmds), ld.redis.messages))
