@@ -329,8 +329,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 
 	for rep := range cfg.reps {
-		// Each repetition starts at a different target so that none always follows another.
-		order := append(slices.Clone(live[rep%len(live):]), live[:rep%len(live)]...)
+		order := repOrder(live, rep, cfg.reps)
 		fmt.Fprintf(os.Stderr, "bench: repetition %d/%d\n", rep+1, cfg.reps)
 		if e.redisAddr != "" {
 			if rtt, err := evalshaRTT(e.redisAddr, 3000); err == nil {
@@ -407,7 +406,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 
 	for rep := range cfg.scaleReps {
-		order := append(slices.Clone(live[rep%len(live):]), live[:rep%len(live)]...)
+		order := repOrder(live, rep, cfg.scaleReps)
 		for _, sh := range cfg.scale {
 			fmt.Fprintf(os.Stderr, "bench: S1 at %d connections x %d in flight, repetition %d/%d\n", sh.conns, sh.inflight, rep+1, cfg.scaleReps)
 			if r.scale[sh] == nil {
@@ -482,6 +481,37 @@ func run(ctx context.Context, cfg config) (err error) {
 type upgRate struct {
 	rep  int // the repetition, which pairs it with nginx's
 	rate float64
+}
+
+// repOrder is the order of the targets in repetition rep of reps: a row of a Williams design,
+// the sequence 0, 1, n-1, 2, n-2, … shifted by the row's number, the rows spread over the n
+// there are when there are fewer repetitions. A rotation (each repetition starting at the next
+// target) let only the first few targets of the list go first when there were fewer
+// repetitions than targets, and kept each target right after the same one in every
+// repetition, so that whatever one left behind (closes still arriving, a heap to collect, a
+// warm CPU cache) always weighed on the same next one. Here the first targets are spread over
+// the list and, for an even n, no target follows the same one twice in n repetitions: each
+// ordered pair is in one row of the design only (for an odd n, see below).
+func repOrder[T any](xs []T, rep, reps int) []T {
+	n := len(xs)
+	row := rep % max(1, n)
+	if reps <= n {
+		row = rep * n / reps // distinct rows, spread out
+	}
+	out := make([]T, 0, n)
+	for i := range n {
+		k := (i + 1) / 2 // 0, 1, 1, 2, 2, …: odd positions go up from 1
+		if i%2 == 0 {
+			k = (n - i/2) % n // even positions go down from n-1 (0 first)
+		}
+		out = append(out, xs[(k+row)%n])
+	}
+	if n%2 == 1 && rep%2 == 1 {
+		// For an odd n the rows alone repeat pairs sooner (at n = 3 they are a rotation); the
+		// design for odd n adds the rows reversed.
+		slices.Reverse(out)
+	}
+	return out
 }
 
 func lastRate(v []upgRate) float64 {

@@ -279,7 +279,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("```sh\nmake bench   # as root: apt-get installs nginx and haproxy when missing, then runs:\n")
 	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/ ./auth/clientip/\n")
 	p("go -C e2e/bench build -o /tmp/bench . && /tmp/bench -micro <that output>   # the load harness, this report\n```\n\n")
-	p("Harness settings: %d repetitions, interleaved (each repetition starts at the next target); S1 = %d connections × %d "+
+	p("Harness settings: %d repetitions, interleaved (each repetition in its own order of the targets, a row of a Williams design: no target after the same one twice in as many repetitions as targets); S1 = %d connections × %d "+
 		"messages in flight × %d B, measured for %v per repetition after %v of the same load unmeasured (the window starts with every message in flight); S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
 		"per target and repetition after 200 untimed, the targets taking turns every %d round trips; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, and %d "+
 		"connections that send a message first, once per proxy, after the warm-up.\n\n", cfg.reps, cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Dur, cfg.s1Warm, cfg.size, cfg.s2Rounds, s2Chunk,
@@ -873,7 +873,7 @@ func rules6Section(res *rules6Result, m machine, tmp string, leaseArgs []string,
 		"rule (%d/1m for that tier, `action: drop`, `block: 30s`) drops one, then %d more and %s more, each answered by "+
 		"the 429 notice while the connection stays; Redis is read around each run: the first read of the block key after "+
 		"the refusal misses the client-side cache, which the block's write invalidated.\n\n", rules6CappedLimit, rules6BlockedFirst, fmtNum(float64(rc.blocked), 0))
-	p("The first two phases run %d times, the gates taking turns (each repetition starts at the next gate), after %v of the "+
+	p("The first two phases run %d times, the gates taking turns (each repetition in its own order, as in the main table), after %v of the "+
 		"load per gate as a warm-up (the first call of each script loads it). Each phase reads `INFO commandstats` before and "+
 		"after; calls per message are medians over the repetitions of calls / messages, as are msg/s. **Requests** are the "+
 		"commands the gate sent: every command but those the limiter's scripts run (GET, SET, PTTL, INCRBY, TIME, …) and the "+

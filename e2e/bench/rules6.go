@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"time"
 )
@@ -158,7 +157,7 @@ func runRules6(ctx context.Context, e *env, s *signer, rc rules6Config) *rules6R
 		}
 	}
 	for rep := range rc.reps {
-		order := append(slices.Clone(live[rep%max(1, len(live)):]), live[:rep%max(1, len(live))]...)
+		order := repOrder(live, rep, rc.reps) // see repOrder: not a rotation, which kept the same gate after each
 		fmt.Fprintf(os.Stderr, "bench: six rules on one message, repetition %d/%d\n", rep+1, rc.reps)
 		for _, w := range order {
 			if err := ctx.Err(); err != nil {
