@@ -153,11 +153,23 @@ func runS1(ctx context.Context, t *target, s *signer, conns, inflight, size int,
 
 // runS1With is runS1 with its own connections (dial) and message (one, a whole client frame).
 func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, inflight int, warm, d time.Duration) (s1Result, error) {
+	base, berr := 0, errors.New("no backend")
+	if t.backend != "" {
+		base, berr = backendCount(t.backend)
+	}
 	cs, err := dialManyWith(ctx, t.addr, dial, conns, min(conns, 256))
 	if err != nil {
 		return s1Result{}, err
 	}
-	defer closeAll(cs)
+	defer func() {
+		closeAll(cs)
+		// Return once the backend has seen these connections go, as runIdle does: at
+		// thousands of connections the proxy's and the backend's teardown would otherwise
+		// run into the next target's window.
+		if berr == nil {
+			waitBackendDown(t.backend, base)
+		}
+	}()
 	t.redisSettled()
 
 	var pids []int
@@ -404,13 +416,7 @@ func runIdle(ctx context.Context, t *target, s *signer, backendAddr string, n in
 	defer func() {
 		closeAll(cs)
 		// The next target starts once the backend has seen these go, bounded.
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
-			if c, err := backendCount(backendAddr); err == nil && c <= base {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		waitBackendDown(backendAddr, base)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -522,6 +528,17 @@ func percentile(v []float64, p float64) float64 {
 	slices.Sort(v)
 	i := int(p/100*float64(len(v))+0.5) - 1
 	return v[max(0, min(i, len(v)-1))]
+}
+
+// waitBackendDown waits until the backend holds at most base connections, at most 30 s.
+func waitBackendDown(backendAddr string, base int) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := backendCount(backendAddr); err == nil && c <= base {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // settledCount returns the backend's connection count once the closes of

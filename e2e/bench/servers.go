@@ -19,16 +19,19 @@ const startLimit = 20 * time.Second
 
 // target is one thing the load clients talk to: the backend itself or a proxy in front of it.
 type target struct {
-	key   string // short name used in flags and file names
-	name  string // row label
-	addr  string // host:port the clients dial
-	proc  *proc  // nil when the row is skipped
-	proxy bool   // false for the direct-to-backend row
-	gate  bool
-	redis string   // address of the Redis the gate uses; "" for none
-	admin string   // the gate's admin address (/metrics); "" for others
-	argv  []string // command line, for BENCHMARKS.md
-	skip  string   // why the row has no figures; "" when it runs
+	key  string // short name used in flags and file names
+	name string // row label
+	addr string // host:port the clients dial
+	// backend is the echo backend's address, whose /count says when this target's
+	// connections to it have closed; "" when unknown.
+	backend string
+	proc    *proc // nil when the row is skipped
+	proxy   bool  // false for the direct-to-backend row
+	gate    bool
+	redis   string   // address of the Redis the gate uses; "" for none
+	admin   string   // the gate's admin address (/metrics); "" for others
+	argv    []string // command line, for BENCHMARKS.md
+	skip    string   // why the row has no figures; "" when it runs
 }
 
 // redisCalls returns the commands Redis has served so far, or nil for a target without Redis.
@@ -73,7 +76,7 @@ func (e *env) startBackend() (*target, error) {
 	if err := waitTCP(p, e.backendAddr, startLimit); err != nil {
 		return nil, err
 	}
-	return &target{key: "direct", name: "direct (backend)", addr: e.backendAddr, proc: p,
+	return &target{key: "direct", name: "direct (backend)", addr: e.backendAddr, backend: e.backendAddr, proc: p,
 		argv: []string{"bench", "-backend", e.backendAddr}}, nil
 }
 
@@ -142,7 +145,7 @@ func fill(tmpl string, kv ...string) string {
 }
 
 func (e *env) startNginx() (*target, error) {
-	t := &target{key: "nginx", name: "nginx", proxy: true}
+	t := &target{key: "nginx", name: "nginx", proxy: true, backend: e.backendAddr}
 	bin, err := lookPath("nginx")
 	if err != nil {
 		t.skip = "nginx not installed"
@@ -170,7 +173,7 @@ func (e *env) startNginx() (*target, error) {
 }
 
 func (e *env) startHAProxy() (*target, error) {
-	t := &target{key: "haproxy", name: "HAProxy", proxy: true}
+	t := &target{key: "haproxy", name: "HAProxy", proxy: true, backend: e.backendAddr}
 	bin, err := lookPath("haproxy")
 	if err != nil {
 		t.skip = "haproxy not installed"
@@ -382,7 +385,7 @@ func (e *env) newGate(key, name string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &target{key: key, name: name, proxy: true, gate: true,
+	t := &target{key: key, name: name, proxy: true, gate: true, backend: e.backendAddr,
 		addr: "127.0.0.1:" + strconv.Itoa(port), admin: "127.0.0.1:" + strconv.Itoa(admin)}
 	t.argv = []string{e.gateBin, "--listen", t.addr, "--admin-listen", t.admin,
 		"--upstream", "http://" + e.backendAddr, "--jwt-hmac-secret-file", e.secretFile}
