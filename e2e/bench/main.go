@@ -8,7 +8,8 @@
 //	go -C e2e/bench build -o /tmp/bench . && /tmp/bench
 //
 // It builds the gate from the working tree, starts a backend (this binary with -backend), nginx,
-// HAProxy, redis-server and three gates (memory store, Redis exact, Redis lease), each on its
+// HAProxy, redis-server and five gates (memory store, Redis exact, Redis lease, and the memory
+// and exact gates with their rules as a rules file), each on its
 // own loopback port, and measures, interleaved over -reps repetitions and reported as medians:
 //
 //   - S1: 50 connections × 16 messages in flight × 64 B, round trips per second;
@@ -75,7 +76,8 @@ type config struct {
 	rolling                   rollingConfig
 	rollingOnly               bool // run only the rolling restart; its section replaces the one in the report
 	rules6                    rules6Config
-	rules6Only                bool // run only the six-rule scenario; its section replaces the one in the report
+	rules6Only                bool     // run only the six-rule scenario; its section replaces the one in the report
+	flags                     []string // the flags given, name and value, for the report's command line
 }
 
 func main() {
@@ -115,6 +117,14 @@ func main() {
 	flag.IntVar(&cfg.rules6.seq, "rules6-seq", 1500, "six rules on one message: messages sent one at a time per repetition")
 	flag.IntVar(&cfg.rules6.blocked, "rules6-blocked", 1000, "six rules on one message: messages sent into a block")
 	flag.Parse()
+	// The report shows the command that made it, so the flags given, not the defaults.
+	flag.Visit(func(f *flag.Flag) {
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && f.Value.String() == "true" {
+			cfg.flags = append(cfg.flags, "-"+f.Name)
+			return
+		}
+		cfg.flags = append(cfg.flags, "-"+f.Name, f.Value.String())
+	})
 	cfg.rules6.conns, cfg.rules6.inflight, cfg.rules6.size, cfg.rules6.warm = cfg.s1Conns, cfg.s1Inflight, cfg.size, cfg.s1Warm
 	var err error
 	if cfg.scale, err = parseShapes(*scale); err != nil {

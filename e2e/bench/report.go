@@ -278,7 +278,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 	p("## Commands\n\n")
 	p("```sh\nmake bench   # as root: apt-get installs nginx and haproxy when missing, then runs:\n")
 	p("go test -run '^$' -bench . -benchmem ./frames/ ./limit/ ./auth/ ./auth/clientip/\n")
-	p("go -C e2e/bench build -o /tmp/bench . && /tmp/bench -micro <that output>   # the load harness, this report\n```\n\n")
+	p("go -C e2e/bench build -o /tmp/bench . && /tmp/bench%s   # the load harness, this report\n```\n\n", commandFlags(e.tmp, cfg.flags))
 	p("Harness settings: %d repetitions, interleaved (each repetition in its own order of the targets, a row of a Williams design: no target after the same one twice in as many repetitions as targets); S1 = %d connections × %d "+
 		"messages in flight × %d B, measured for %v per repetition after %v of the same load unmeasured (the window starts with every message in flight); S2 = 1 connection × 1 message in flight × %d B, %d timed round trips "+
 		"per target and repetition after 200 untimed, the targets taking turns every %d round trips; handshakes: %d concurrent clients for %v per token kind; idle: %d connections, and %d "+
@@ -338,7 +338,19 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 
 	p("%s", profileSection)
 	p("## How the gates were run, and what that costs them\n\n")
-	p("- All three gates verify a JWT at each handshake (`--jwt-hmac-secret-file`) and apply all four rules (`--user-rate 100000000/10s --ip-rate 100000000/10s --user-conn-rate 1000000/1m --ip-conn-rate 1000000/1m`): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n")
+	// Name the gates that ran (-only and a missing redis-server or lease mode leave some out).
+	var gates []string
+	rulesFile := ""
+	for _, t := range targets {
+		if t.gate && t.skip == "" && (cfg.only == "" || slices.Contains(strings.Split(cfg.only, ","), t.key)) {
+			gates = append(gates, t.name)
+			if strings.HasPrefix(t.key, "gate-rules") {
+				rulesFile = "; the rules-file gates have the same four in `--rules-file`"
+			}
+		}
+	}
+	p("- %s (%s) verif%s a JWT at each handshake (`--jwt-hmac-secret-file`) and appl%s all four rules (`%s`%s): limits on, far above the load. Each S1 connection is its own user (its own `sub`), all from one IP.\n",
+		gatesWord(len(gates)), strings.Join(gates, ", "), plural(len(gates), "ies", "y"), plural(len(gates), "ies", "y"), strings.Join(gateLimits, " "), rulesFile)
 	p("- Every other gate flag is at its default, notably `--ping-interval 30s` (the gate pings clients; the load clients answer, nginx and HAProxy send nothing), `--log-level info` (one log line per closed connection, to a file; nginx has `access_log off`, HAProxy no `log`), `--max-message-bytes 1MiB`, `--control-frame-rate 50/1s`, and text frames are UTF-8-checked (the messages are ASCII text frames).\n")
 	if e.leaseArgs != nil {
 		p("- Lease mode runs with `%s`: with a limit of 10⁸ a slice of N/10 would never go back to Redis during the run, so a smaller slice keeps Redis in the measurement.\n", strings.Join(e.leaseArgs, " "))
@@ -365,6 +377,41 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 		chartHeading: fmt.Sprintf("wsgate vs nginx vs HAProxy - medians of %d - %s - %d CPUs", cfg.reps, m.date.Format("2006-01-02"), m.ncpu),
 		panels:       chartPanels(rows),
 	}
+}
+
+// gatesWord is the subject of the gates' line: "The gate", "Both gates", "All five gates".
+func gatesWord(n int) string {
+	words := []string{"No", "The", "Both", "All three", "All four", "All five", "All six", "All seven", "All eight"}
+	switch {
+	case n == 1:
+		return "The gate"
+	case n < len(words):
+		return words[n] + " gates"
+	}
+	return "All " + strconv.Itoa(n) + " gates"
+}
+
+// plural is one when n is 1, many otherwise.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// commandFlags is the harness's flags as given, for its command line: -micro's file stands as
+// <that output> (the micro-benchmarks' output, the line above), the rest quoted for a shell.
+func commandFlags(tmp string, flags []string) string {
+	var b strings.Builder
+	for i := 0; i < len(flags); i++ {
+		if flags[i] == "-micro" && i+1 < len(flags) {
+			b.WriteString(" -micro <that output>")
+			i++
+			continue
+		}
+		b.WriteString(" " + shellJoin(tmp, flags[i:i+1]))
+	}
+	return b.String()
 }
 
 func dash(ok bool, s string) string {
