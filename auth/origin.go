@@ -56,9 +56,12 @@ func hostLabels(s string) bool {
 // CheckOriginPattern says why p can never match a browser's Origin, which
 // is a scheme, a host and maybe a port, nothing else: a pattern without a
 // scheme, with a path (a trailing slash too), a query or user info, or a
-// wildcard anywhere but at the start of the host. "*" matches every origin.
+// wildcard anywhere but at the start of the host. "*" matches every
+// origin, and "null" the opaque one.
 func CheckOriginPattern(p string) error {
-	if p == "*" {
+	if p == "*" || p == "null" {
+		// "null" is what browsers send from sandboxed frames and file://
+		// pages: it matches, if weakly.
 		return nil
 	}
 	u, err := url.Parse(strings.Replace(p, "*.", "wildcard.", 1))

@@ -36,7 +36,7 @@ func TestOriginAllowed(t *testing.T) {
 // TestCheckOriginPattern: patterns that can never match a browser's
 // Origin are refused at start, not met by every browser as a 403.
 func TestCheckOriginPattern(t *testing.T) {
-	for _, p := range []string{"*", "https://app.example.com", "http://localhost:8080", "https://*.example.com"} {
+	for _, p := range []string{"*", "null", "https://app.example.com", "http://localhost:8080", "https://*.example.com"} {
 		if err := CheckOriginPattern(p); err != nil {
 			t.Errorf("%q refused: %v", p, err)
 		}

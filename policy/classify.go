@@ -41,13 +41,14 @@ func SocketIOEvent(prefix []byte) (name []byte, ok bool) {
 	case '2':
 	case '5':
 		// The count of attachments, which follow as binary frames, up to
-		// the '-': digits, around which socket.io-parser's Number() takes
-		// white space.
-		j := skipAckID(b, i)
-		if j >= len(b) || b[j] != '-' || bytes.IndexFunc(b[i:j], isDigit) < 0 {
+		// the '-': socket.io-parser reads it with JavaScript's Number(),
+		// which takes 1, " 1", 1e0, 0x1 or 1.0 alike, so any count is
+		// taken (one it refuses only makes the packet fail in the app).
+		j := bytes.IndexByte(b[i:], '-')
+		if j <= 0 {
 			return nil, false
 		}
-		i = j + 1
+		i += j + 1
 	default:
 		return nil, false
 	}
@@ -468,8 +469,6 @@ func jsSpace(r rune) bool {
 	}
 	return 0x2000 <= r && r <= 0x200a
 }
-
-func isDigit(r rune) bool { return '0' <= r && r <= '9' }
 
 // skipDecimal returns the index of the first byte at or after b[i] that is
 // not a decimal digit.

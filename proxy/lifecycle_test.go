@@ -1040,4 +1040,18 @@ func TestIPMaxConnsRefusalIsOneDecision(t *testing.T) {
 	if a, l := sum(metrics.DecisionAllowed), sum(metrics.DecisionLimited); a != 1 || l != 1 {
 		t.Fatalf("two handshakes, one refused by --ip-max-conns: allowed %v, limited %v; want 1 and 1", a, l)
 	}
+
+	// Under --shadow, a handshake the rates refuse (counted as shadow)
+	// and --ip-max-conns refuses too is still one decision.
+	lim, err = limit.New(limit.Config{IPMaxConns: 1, Rules: limit.Rules{IPConns: limit.Rule{Limit: 1, Window: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	g = newGate(t, backend(t).URL, func(c *Config) { c.Limiter, c.Shadow = lim, true })
+	rawClient(t, g, "/echo")
+	rawClient(t, g, "/echo")
+	if a, s, l := sum(metrics.DecisionAllowed), sum(metrics.DecisionShadow), sum(metrics.DecisionLimited); a+s+l != 2 {
+		t.Fatalf("two handshakes under --shadow: allowed %v, shadow %v, limited %v; want two decisions", a, s, l)
+	}
 }

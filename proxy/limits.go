@@ -118,7 +118,11 @@ func (p *Proxy) openConn(ctx context.Context, ip string, d limit.Decision, tier 
 		}
 		return od, false, release
 	}
-	if d.Allowed && d.Fallback {
+	if !d.Allowed {
+		// The rates refused under Shadow: counted already.
+		return od, p.refuses(od), release
+	}
+	if d.Fallback {
 		p.m.LimiterFallback.Inc() // the rates' decision fell back too
 	}
 	od.Granted = d.Granted

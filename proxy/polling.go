@@ -108,9 +108,10 @@ const maxSessionsPerIP = 64
 
 // sidTable holds what the gate keeps per engine.io session, by sid,
 // bounded by maxSessions in all and maxSessionsPerIP per client IP key.
-// Expired entries (expires says when) go when a new one would not fit, at
-// most once a second, and once every sessionTTL: a session its client
-// never comes back to does not keep its memory. Callers hold a lock.
+// A new entry sweeps the expired ones (expires says when) when it would
+// not fit, at most once a second, and otherwise when sessionTTL has passed
+// since the last sweep: a session its client never comes back to leaves
+// with the next entry after its expiry. Callers hold a lock.
 type sidTable[V any] struct {
 	m       map[string]sidEntry[V]
 	perIP   map[string]int

@@ -336,10 +336,11 @@ func TestCloseAfterUsesTiersWindow(t *testing.T) {
 	}
 }
 
-// TestClassifyWaitIsTimed: the wait for a message's first bytes, to
-// classify it, runs under the message timeout like the rest of the
-// message: a client that sends a header and stalls is closed with 1008.
-func TestClassifyWaitIsTimed(t *testing.T) {
+// classGate is a gate in front of the echo backend under a rules file
+// with one class, chat (messages that start with "chat:"), and a rule for
+// it.
+func classGate(t *testing.T, mod func(*Config)) *gate {
+	t.Helper()
 	f := t.TempDir() + "/rules.yaml"
 	if err := os.WriteFile(f, []byte("classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [5/30s]}\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -353,7 +354,34 @@ func TestClassifyWaitIsTimed(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lim.Close() })
-	g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter, c.Rules, c.MessageTimeout = lim, live, 200*time.Millisecond })
+	return newGate(t, backend(t).URL, func(c *Config) {
+		c.Limiter, c.Rules = lim, live
+		if mod != nil {
+			mod(c)
+		}
+	})
+}
+
+// TestClassifyWaitFlushesBatch: frames batched for the upstream go out
+// before the wait for the next message's first bytes: a client whose next
+// message waits on a reply to the one before gets that reply.
+func TestClassifyWaitFlushesBatch(t *testing.T) {
+	g := classGate(t, nil)
+	conn, br := rawClient(t, g, "/echo")
+	b := maskedFrame(true, 0x1, []byte("chat: sent when the reply came"))
+	if _, err := conn.Write(append(maskedFrame(true, 0x1, []byte("hello")), b[:7]...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := readFrame(br); err != nil || string(p) != "hello" {
+		t.Fatalf("the first message's echo while the second waits: %q %v", p, err)
+	}
+}
+
+// TestClassifyWaitIsTimed: the wait for a message's first bytes, to
+// classify it, runs under the message timeout like the rest of the
+// message: a client that sends a header and stalls is closed with 1008.
+func TestClassifyWaitIsTimed(t *testing.T) {
+	g := classGate(t, func(c *Config) { c.MessageTimeout = 200 * time.Millisecond })
 	conn, br := rawClient(t, g, "/echo")
 	frame := maskedFrame(true, 0x1, []byte("chat: a message that never comes whole"))
 	if _, err := conn.Write(frame[:8]); err != nil { // the header and two bytes

@@ -326,8 +326,12 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 	}
 	want := min(int64(classifyBytes), h.Length)
 	if int64(d.r.Buffered()) < want {
-		// The wait is the message's: its timeout runs from here.
+		// The wait is the message's: its timeout runs from here. What
+		// was batched goes out first, as before any wait.
 		d.timeMessage(h)
+		if d.flush() != nil {
+			want = 0 // the relay meets the error when it writes again
+		}
 	}
 	for int64(d.r.Buffered()) < want {
 		if d.r.ReadMore() != nil {
