@@ -9,14 +9,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
-
-	"github.com/holo/wsgate/limit"
-	"github.com/holo/wsgate/policy"
 )
 
 // Tests of permessage-deflate on the client leg (compress.go): a
@@ -90,20 +86,6 @@ func storedBlock(p []byte) []byte {
 	return append([]byte{0, byte(n), byte(n >> 8), ^byte(n), ^byte(n >> 8)}, p...)
 }
 
-// byteRules is a rules file with one byte rule: 4 KiB per 30 s per IP.
-func byteRules(t *testing.T) *policy.Live {
-	t.Helper()
-	f := t.TempDir() + "/rules.yaml"
-	if err := os.WriteFile(f, []byte("rules:\n  - {name: bytes, key: ip, count: bytes, limits: [4KiB/30s]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return live
-}
-
 // TestByteRuleChargesCompressedFragments sends an 8 KiB message in 1 KiB
 // fragments under a 4 KiB byte rule, plain and compressed. A byte rule
 // charges every frame of a message, so both are refused the same way: the
@@ -112,13 +94,8 @@ func TestByteRuleChargesCompressedFragments(t *testing.T) {
 	kib := bytes.Repeat([]byte("y"), 1024)
 	for _, compressed := range []bool{false, true} {
 		t.Run(fmt.Sprint("compressed=", compressed), func(t *testing.T) {
-			lim, err := limit.New(limit.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { lim.Close() })
+			live, lim := rulesAndLimiter(t, "rules:\n  - {name: bytes, key: ip, count: bytes, limits: [4KiB/30s]}\n")
 			url, saw := recordingUpstream(t)
-			live := byteRules(t)
 			g := newGate(t, url, func(c *Config) { c.Compression = true; c.Limiter = lim; c.Rules = live })
 			conn, br := rawDeflateClient(t, g, "/")
 

@@ -4,15 +4,11 @@ import (
 	"context"
 	"math"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwt"
 
 	"github.com/holo/wsgate/auth"
 )
@@ -140,33 +136,17 @@ func TestSkipAuthRouteNeedsCleanPath(t *testing.T) {
 // is not followed by an immediate close, and is closed with 1008 once the
 // leeway has run out.
 func TestTokenExpiryHonoursLeeway(t *testing.T) {
-	const leeway = 3 * time.Second
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	file := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(file, secret, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}, Leeway: leeway})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(v.Close)
+	const leeway = 4 * time.Second
+	v, sign := hmacAuthWith(t, leeway)
 	// A short close timeout makes the keeper sweep every 10ms.
 	g := newGate(t, backend(t).URL, func(c *Config) { c.Auth = v; c.CloseOnTokenExpiry = true; c.CloseTimeout = 40 * time.Millisecond })
 
 	exp := time.Now().Add(-time.Second).Truncate(time.Second)
-	tok, err := jwt.NewBuilder().Subject("svc").Expiration(exp).Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, secret))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + string(signed)}}})
+	c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + sign("svc", exp)}}})
 	time.Sleep(100 * time.Millisecond) // ten sweeps
 	if time.Now().After(exp.Add(leeway - 200*time.Millisecond)) {
-		t.Skip("too slow to see the connection inside its leeway")
+		// exp+leeway was 2 s away at least: the machine stalled that long.
+		t.Fatal("too slow to see the connection inside its leeway")
 	}
 	if err := c.Write(ctx5(t), websocket.MessageText, []byte("hi")); err != nil {
 		t.Fatalf("a token inside its leeway: write: %v", err)
@@ -174,7 +154,7 @@ func TestTokenExpiryHonoursLeeway(t *testing.T) {
 	if _, b, err := c.Read(ctx5(t)); err != nil || string(b) != "hi" {
 		t.Fatalf("a token inside its leeway: read %q, %v; want the echo", b, err)
 	}
-	_, _, err = c.Read(ctx5(t))
+	_, _, err := c.Read(ctx5(t))
 	if code := websocket.CloseStatus(err); code != websocket.StatusPolicyViolation {
 		t.Fatalf("after the leeway: %v, want close 1008", err)
 	}
@@ -228,27 +208,10 @@ func TestTokenExpiryArithmetic(t *testing.T) {
 // nanoseconds hold (year 9999) is one that never expires while the gate
 // runs, not one whose wrapped exp has passed.
 func TestFarTokenExpiryStaysOpen(t *testing.T) {
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	file := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(file, secret, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(v.Close)
+	v, sign := hmacAuthWith(t, 0)
 	g := newGate(t, backend(t).URL, func(c *Config) { c.Auth = v; c.CloseOnTokenExpiry = true; c.CloseTimeout = 40 * time.Millisecond })
 	for _, exp := range []time.Time{time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)} {
-		tok, err := jwt.NewBuilder().Subject("svc").Expiration(exp).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256, secret))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + string(signed)}}})
+		c := dial(t, wsURL(g.Server, "/echo"), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + sign("svc", exp)}}})
 		time.Sleep(100 * time.Millisecond) // ten sweeps
 		if err := c.Write(ctx5(t), websocket.MessageText, []byte("hi")); err != nil {
 			t.Fatalf("exp %v: write: %v", exp.Year(), err)

@@ -162,20 +162,7 @@ func (badBody) Close() error             { return nil }
 func TestPollDropLogged(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	t.Cleanup(up.Close)
-	f := t.TempDir() + "/rules.yaml"
-	rules := "classes:\n  - {name: chat, socketio-event: chat}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n"
-	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limit.New(limit.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
+	live, lim := rulesAndLimiter(t, "classes:\n  - {name: chat, socketio-event: chat}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n")
 	var logs strings.Builder
 	var mu sync.Mutex
 	g := newGate(t, up.URL, func(c *Config) {
@@ -223,19 +210,7 @@ func TestByteRefusalKeepsNamespace(t *testing.T) {
 			}
 		}
 	})
-	f := t.TempDir() + "/rules.yaml"
-	if err := os.WriteFile(f, []byte("rules:\n  - {name: bytes, key: ip, count: bytes, limits: [100B/30s]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limit.New(limit.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
+	live, lim := rulesAndLimiter(t, "rules:\n  - {name: bytes, key: ip, count: bytes, limits: [100B/30s]}\n")
 	g := newGate(t, up.URL, func(c *Config) { c.SocketIOPath, c.Limiter, c.Rules = "/socket.io/", lim, live })
 	conn, br := rawClient(t, g, "/socket.io/?EIO=4&transport=websocket")
 	first := maskedFrame(false, 0x1, []byte(`42/chat,["msg","`))
@@ -257,26 +232,14 @@ func TestByteRefusalKeepsNamespace(t *testing.T) {
 // one, are classified as a text message in one piece is: a class's rule
 // cannot be dodged that way.
 func TestClassifySplitAndBinary(t *testing.T) {
-	f := t.TempDir() + "/rules.yaml"
-	rules := "classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n"
-	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	const rules = "classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [1/30s], action: drop}\n"
 	for _, tc := range []struct {
 		name  string
 		op    byte
 		split bool
 	}{{"split text", 0x1, true}, {"binary", 0x2, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			lim, err := limit.New(limit.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { lim.Close() })
+			live, lim := rulesAndLimiter(t, rules)
 			g := newGate(t, backend(t).URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
 			conn, br := rawClient(t, g, "/echo")
 			for _, m := range []string{"chat:1", "chat:2"} {
@@ -341,19 +304,7 @@ func TestCloseAfterUsesTiersWindow(t *testing.T) {
 // it.
 func classGate(t *testing.T, mod func(*Config)) *gate {
 	t.Helper()
-	f := t.TempDir() + "/rules.yaml"
-	if err := os.WriteFile(f, []byte("classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [5/30s]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limit.New(limit.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
+	live, lim := rulesAndLimiter(t, "classes:\n  - {name: chat, prefix: \"chat:\"}\nrules:\n  - {name: chat, class: chat, key: user, limits: [5/30s]}\n")
 	return newGate(t, backend(t).URL, func(c *Config) {
 		c.Limiter, c.Rules = lim, live
 		if mod != nil {
@@ -390,4 +341,30 @@ func TestClassifyWaitIsTimed(t *testing.T) {
 	if got := readClose(t, br); got != 1008 {
 		t.Fatalf("close %d, want 1008 (message timeout)", got)
 	}
+}
+
+// rulesAndLimiter returns the policy of a rules file holding yaml and a
+// memory-store limiter, closed when the test ends.
+func rulesAndLimiter(t *testing.T, yaml string) (*policy.Live, *limit.Limiter) {
+	t.Helper()
+	f := t.TempDir() + "/rules.yaml"
+	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	live, err := policy.NewLive(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live, memoryLimiter(t)
+}
+
+// memoryLimiter is a memory-store limiter, closed when the test ends.
+func memoryLimiter(t *testing.T) *limit.Limiter {
+	t.Helper()
+	lim, err := limit.New(limit.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	return lim
 }

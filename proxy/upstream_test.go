@@ -21,8 +21,6 @@ import (
 
 	"github.com/holo/wsgate/auth"
 	"github.com/holo/wsgate/auth/clientip"
-	"github.com/holo/wsgate/limit"
-	"github.com/holo/wsgate/policy"
 )
 
 // seen is what a backend saw of one request.
@@ -58,18 +56,26 @@ func recordingBackend(t *testing.T) (*httptest.Server, <-chan seen) {
 // for a subject.
 func hmacAuth(t *testing.T) (*auth.Verifier, func(sub string) string) {
 	t.Helper()
+	v, sign := hmacAuthWith(t, 0)
+	return v, func(sub string) string { return sign(sub, time.Now().Add(time.Hour)) }
+}
+
+// hmacAuthWith is hmacAuth with the verifier's leeway, and a signer of
+// tokens that expire at a given time.
+func hmacAuthWith(t *testing.T, leeway time.Duration) (*auth.Verifier, func(sub string, exp time.Time) string) {
+	t.Helper()
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	file := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(file, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}})
+	v, err := auth.NewVerifier(context.Background(), auth.Config{HMACSecretFiles: []string{file}, Leeway: leeway})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
-	return v, func(sub string) string {
-		tok, err := jwt.NewBuilder().Subject(sub).Expiration(time.Now().Add(time.Hour)).Build()
+	return v, func(sub string, exp time.Time) string {
+		tok, err := jwt.NewBuilder().Subject(sub).Expiration(exp).Build()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,19 +293,7 @@ func TestConnectionNamedForwardedFor(t *testing.T) {
 // under its prefix (--ipv6-prefix), as the flag rules do: addresses of one
 // /64 share one budget.
 func TestRulesIPKeyGroupsIPv6(t *testing.T) {
-	f := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(f, []byte("rules:\n  - {name: ip-handshakes, key: ip, count: handshakes, limits: [2/30s]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live, err := policy.NewLive(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := limit.New(limit.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
+	live, lim := rulesAndLimiter(t, "rules:\n  - {name: ip-handshakes, key: ip, count: handshakes, limits: [2/30s]}\n")
 	trusted, err := clientip.ParsePrefixes([]string{"127.0.0.1/32"})
 	if err != nil {
 		t.Fatal(err)
