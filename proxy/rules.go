@@ -327,15 +327,11 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 	want := min(int64(classifyBytes), h.Length)
 	if int64(d.r.Buffered()) < want {
 		// The wait is the message's: its timeout runs from here. What
-		// was batched goes out first, as before any wait.
+		// was batched goes out first, as before any wait. An error ends
+		// the wait; the relay meets it again when it reads or writes.
 		d.timeMessage(h)
-		if d.flush() != nil {
-			want = 0 // the relay meets the error when it writes again
-		}
-	}
-	for int64(d.r.Buffered()) < want {
-		if d.r.ReadMore() != nil {
-			break // the relay meets the error when it reads the frame
+		for err := d.flush(); err == nil && int64(d.r.Buffered()) < want; {
+			err = d.r.ReadMore()
 		}
 	}
 	var head [classifyBytes]byte

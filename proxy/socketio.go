@@ -79,9 +79,7 @@ type eioRequest struct {
 // engineIO reports whether r is an engine.io 4 request under
 // Config.SocketIOPath, and what it is.
 func (p *Proxy) engineIO(r *http.Request) (eioRequest, bool) {
-	base := p.web.sioBase
-	path := r.URL.Path
-	if base == "" || path != base && !strings.HasPrefix(path, base+"/") {
+	if !p.underSocketIO(r.URL.Path) {
 		return eioRequest{}, false
 	}
 	q := r.URL.Query()
@@ -97,13 +95,17 @@ func (p *Proxy) engineIO(r *http.Request) (eioRequest, bool) {
 // request is (a session's open or one of its POSTs counted as a plain
 // request, another session's key). Such a request gets 400.
 func (p *Proxy) ambiguousEIO(r *http.Request) bool {
-	base := p.web.sioBase
-	path := r.URL.Path
-	if base == "" || path != base && !strings.HasPrefix(path, base+"/") || r.URL.RawQuery == "" {
+	if r.URL.RawQuery == "" || !p.underSocketIO(r.URL.Path) {
 		return false
 	}
 	q := r.URL.Query()
 	return len(q["EIO"]) > 1 || len(q["transport"]) > 1 || len(q["sid"]) > 1
+}
+
+// underSocketIO reports whether path is Config.SocketIOPath or under it.
+func (p *Proxy) underSocketIO(path string) bool {
+	base := p.web.sioBase
+	return base != "" && (path == base || strings.HasPrefix(path, base+"/"))
 }
 
 // isControlPacket reports whether p, a whole engine.io packet, is a
