@@ -67,6 +67,7 @@ type config struct {
 	upgWorkers                int
 	leaseSize                 int
 	gateBin                   string
+	gateBinB                  string // a second build, measured as one more memory-store gate
 	out                       string
 	chart                     string
 	micro                     string
@@ -100,6 +101,7 @@ func main() {
 	scale := flag.String("scale", "50x16,500x16,2000x16,8000x4", "S1 at scale: comma-separated CONNSxINFLIGHT shapes; empty skips it")
 	flag.IntVar(&cfg.scaleReps, "scale-reps", 3, "repetitions of each S1-at-scale shape, interleaved across targets")
 	flag.StringVar(&cfg.gateBin, "gate-bin", "", "gate binary to measure; empty builds the working tree")
+	flag.StringVar(&cfg.gateBinB, "gate-bin-b", "", "a second gate binary, measured as one more memory-store gate (gate-memory-b) in the same repetitions, for an A/B of two builds; the report adds their paired ratios")
 	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "report file")
 	flag.StringVar(&cfg.chart, "chart", "BENCHMARKS.png", "chart image, next to the report")
 	flag.StringVar(&cfg.micro, "micro", "", "file with the micro-benchmark output to include in the report")
@@ -205,7 +207,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 	}()
 
-	e.gateBin = cfg.gateBin
+	e.gateBin, e.gateBinB = cfg.gateBin, cfg.gateBinB
 	if e.gateBin == "" {
 		fmt.Fprintln(os.Stderr, "bench: building the gate (go build .)")
 		if err := e.buildGate(ctx); err != nil {
@@ -259,9 +261,16 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 		targets = append(targets, t)
 	}
+	if e.gateBinB != "" {
+		t, err := e.startGateAs(keyB, "wsgate memory B", "memory")
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
 	var live []*target
 	for _, t := range targets {
-		if cfg.only != "" && t.key != "direct" && !slices.Contains(strings.Split(cfg.only, ","), t.key) {
+		if cfg.only != "" && t.key != "direct" && t.key != keyB && !slices.Contains(strings.Split(cfg.only, ","), t.key) {
 			continue
 		}
 		if t.skip == "" {

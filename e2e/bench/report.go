@@ -309,6 +309,9 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 		p("%s\n", scaleTable(cfg, targets, r))
 		p("%s\n", scaleFallbacks(cfg, targets, r))
 	}
+	if cfg.gateBinB != "" {
+		p("### B against A\n\n%s\n", abTable(cfg, r))
+	}
 	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
 	p("- **×nginx** of S1, CPU and upgrades: the median over the repetitions of the target's figure divided by nginx's of the same repetition, so it need not equal the ratio of the two medians shown.\n")
 	p("- **S2 p50/p99**: one message in flight on one connection. **added** = the target's figure minus the direct-to-backend figure of the same repetition (median of the per-repetition differences).\n")
@@ -658,6 +661,23 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 		cells = append(cells, row)
 	}
 	return mdTable(header, cells)
+}
+
+// abTable compares the gate of -gate-bin-b (B) with the memory-store gate (A) measured in the
+// same repetitions: for S1 and each shape at scale, the median of B's per-repetition ratios to
+// A; for S2, the difference of their added latencies' medians (S2 keeps no repetitions).
+func abTable(cfg config, r *results) string {
+	a, b := "gate-memory", keyB
+	header := []string{"measurement", "rt/s B÷A", "CPU ms/1k B÷A"}
+	row := func(name string, as, bs []s1Result) []string {
+		return []string{name, fmtRatio(pairedRatio(bs, as, s1Rep, s1Rate)), fmtRatio(pairedRatio(bs, as, s1Rep, s1CPU))}
+	}
+	cells := [][]string{row(fmt.Sprintf("S1 %d×%d", cfg.s1Conns, cfg.s1Inflight), r.s1[a], r.s1[b])}
+	for _, sh := range cfg.scale {
+		cells = append(cells, row(fmt.Sprintf("at scale %d×%d", sh.conns, sh.inflight), r.scale[sh][a], r.scale[sh][b]))
+	}
+	p50 := func(k string) float64 { return medianOf(r.added[k], func(x s2Result) float64 { return x.p50 }) }
+	return mdTable(header, cells) + fmt.Sprintf("\nS2 added p50: B %s µs, A %s µs.\n", fmtNum(p50(b), 1), fmtNum(p50(a), 1))
 }
 
 // fallbackShare is the most decisions without Redis, per message, an S1 repetition of a gate on
