@@ -220,7 +220,7 @@ func (p *Proxy) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			pr.fromClient.s.Compression = true
 		}
 	}
-	pr.expiry = expiryNanos(cl.identity.Expiry)
+	pr.expiry = p.tokenExpiry(cl.identity.Expiry)
 	var early []byte
 	if n := clBuf.Reader.Buffered(); n > 0 {
 		early, _ = clBuf.Reader.Peek(n)

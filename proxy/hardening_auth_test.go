@@ -197,7 +197,7 @@ func TestTokenExpiryArithmetic(t *testing.T) {
 				t.Errorf("expiryNanos %d, want %d", nanos, tc.nanos)
 			}
 			p := &Proxy{cfg: Config{Auth: v}}
-			if got := p.tokenExpired(&pair{expiry: nanos}, now.UnixNano()); got != tc.expired {
+			if got := (&pair{expiry: p.tokenExpiry(tc.exp)}).tokenExpired(now.UnixNano()); got != tc.expired {
 				t.Errorf("tokenExpired %v, want %v", got, tc.expired)
 			}
 		})

@@ -111,7 +111,7 @@ func (p *Proxy) watch(pr *pair, now int64) {
 	switch {
 	case idle > 0 && min(since(at, k.inAt), since(at, k.outAt)) >= idle:
 		pr.end(&idleEnding)
-	case p.cfg.CloseOnTokenExpiry && p.tokenExpired(pr, now):
+	case p.cfg.CloseOnTokenExpiry && pr.tokenExpired(now):
 		pr.end(&expiredEnding)
 	case pr.fromClient.msgDeadline.Load() != 0 && now >= pr.fromClient.msgDeadline.Load():
 		pr.end(&messageTimeoutEnding)
@@ -159,21 +159,24 @@ type leewayReporter interface {
 	Leeway() time.Duration
 }
 
-// tokenExpired reports whether pr's token is past its exp and the leeway of
-// Config.Auth: the handshake accepted it until then, and a connection lives
-// no shorter than a new handshake with the same token would be let in.
-// An Authenticator that reports no leeway allows none.
-func (p *Proxy) tokenExpired(pr *pair, now int64) bool {
-	if pr.expiry == 0 {
-		return false
+// tokenExpiry is when a connection whose token expires at exp ends under
+// CloseOnTokenExpiry, as pair.expiry holds it: exp plus the leeway of
+// Config.Auth, since the handshake accepted the token until then and a
+// connection lives no shorter than a new handshake with the same token
+// would be let in. An Authenticator that reports no leeway allows none.
+func (p *Proxy) tokenExpiry(exp time.Time) int64 {
+	if exp.IsZero() {
+		return 0
 	}
-	var leeway time.Duration
 	if l, ok := p.cfg.Auth.(leewayReporter); ok {
-		leeway = l.Leeway()
+		exp = exp.Add(l.Leeway())
 	}
-	// now - leeway, not expiry + leeway: an expiry near the end of int64
-	// would wrap.
-	return now-int64(leeway) >= pr.expiry
+	return expiryNanos(exp)
+}
+
+// tokenExpired reports whether pr's token is past its exp and the leeway.
+func (pr *pair) tokenExpired(now int64) bool {
+	return pr.expiry != 0 && now >= pr.expiry
 }
 
 // lastNano and firstNano bound the times whose UnixNano fits in an int64

@@ -95,7 +95,7 @@ type pair struct {
 
 	start  int64 // unix nanoseconds
 	retire int64 // unix nanoseconds: closed then as a drain closes (MaxConnAge); 0: never
-	expiry int64 // unix nanoseconds: the client's token's exp; zero without one
+	expiry int64 // unix nanoseconds: the client's token's exp plus the leeway; zero without one
 	// info is what the logs, the admin API and the rules need of the
 	// connection beyond the relay's own state: out of the pair, which every
 	// connection holds, to keep it in the 768-byte size class
