@@ -29,11 +29,10 @@ type impl struct {
 	file *os.File        // epfd, for Go's poller; closing it ends the lead
 	rc   syscall.RawConn // file's
 
-	// The leading worker's: the batch of events, its size, the claimed
-	// Descs for other workers, and take (p.take, made once).
+	// The leading worker's: the batch of events, its size, and take
+	// (p.take, made once).
 	events []syscall.EpollEvent
 	n      int
-	later  []*Desc
 	takeFn func(uintptr) bool
 
 	regMu sync.Mutex
@@ -134,17 +133,16 @@ func (p *Poller) forget(d *Desc) {
 	p.regMu.Unlock()
 }
 
-// ready waits for readiness and claims the Descs it finds: every one but
-// the first goes to the queue, and the first is returned for the caller to
-// run (nil when none could be claimed: each was running, and is kicked).
-// It returns an error once the poller is closed. Only the leading worker
-// calls it.
-func (p *Poller) ready() (*Desc, error) {
+// ready waits for readiness and appends the Descs it claims to batch, in
+// the order of their events; a Desc that was running is kicked instead. It
+// returns an error once the poller is closed. Only the leading worker calls
+// it.
+func (p *Poller) ready(batch []*Desc) ([]*Desc, error) {
 	if err := p.rc.Read(p.takeFn); err != nil {
-		return nil, err
+		return batch, err
 	}
-	var first *Desc
 	p.regMu.Lock()
+	defer p.regMu.Unlock()
 	for i := range p.events[:p.n] {
 		id := getID(&p.events[i])
 		fd := int(uint32(id))
@@ -159,27 +157,11 @@ func (p *Poller) ready() (*Desc, error) {
 		if ev&(syscall.EPOLLOUT|syscall.EPOLLERR|syscall.EPOLLHUP) != 0 {
 			writable(d)
 		}
-		if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLERR|syscall.EPOLLHUP) == 0 || !claim(d) {
-			continue
+		if ev&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLERR|syscall.EPOLLHUP) != 0 && claim(d) {
+			batch = append(batch, d)
 		}
-		if first == nil {
-			first = d
-			continue
-		}
-		p.later = append(p.later, d)
 	}
-	p.regMu.Unlock()
-	if len(p.later) > 0 {
-		p.mu.Lock()
-		for i, d := range p.later {
-			p.queue.push(d)
-			p.wakeOne()
-			p.later[i] = nil
-		}
-		p.mu.Unlock()
-		p.later = p.later[:0]
-	}
-	return first, nil
+	return batch, nil
 }
 
 // take is ready's attempt to collect events. It must look every time

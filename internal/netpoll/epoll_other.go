@@ -12,7 +12,7 @@ func (p *Poller) stop() error     { return nil }
 func (p *Poller) arm(*Desc) error { return ErrUnsupported }
 func (p *Poller) forget(*Desc)    {}
 
-func (p *Poller) ready() (*Desc, error) { return nil, ErrUnsupported }
+func (p *Poller) ready(batch []*Desc) ([]*Desc, error) { return batch, ErrUnsupported }
 
 // Own is not available here: connections stay with the runtime.
 func Own(net.Conn) (int, error) { return -1, ErrUnsupported }

@@ -29,12 +29,14 @@
 //
 // # Workers
 //
-// Callbacks run on at most Workers goroutines at a time, which stay for the
-// next callback when they finish one: a storm of wakes (every connection's
-// keepalive answer in the same second) costs Workers stacks, not one per
-// connection. Once a storm is over, workers beyond a few per processor end
-// rather than keep their stacks idle: those that stayed idle for a whole
-// Linger. (Ending a worker as soon as it found nothing to do had the next
+// One worker leads: it waits for readiness, claims the Descs it finds and
+// runs a small batch of them itself, in turn; a large one it hands to the
+// others (leadBatch). Callbacks run on at most Workers goroutines at a
+// time, which stay for the next callback when they finish one: a storm of
+// wakes (every connection's keepalive answer in the same second) costs
+// Workers stacks, not one per connection. Once a storm is over, workers
+// beyond a few per processor end rather than keep their stacks idle: those
+// that stayed idle for a whole Linger. (Ending a worker as soon as it found nothing to do had the next
 // burst start it again, and grow its new stack again: with decisions that
 // wait for Redis at 50 busy connections, 1,600 workers a second started and
 // ended, 4% of the gate's CPU.) A callback that is about to block (a write
@@ -103,6 +105,9 @@ type Desc struct {
 type worker struct {
 	leading  bool // it waits for readiness for the pool
 	detached bool // its callback is blocking; it no longer counts in the pool
+	// batch holds what it claimed as the lead (kept for the next batch),
+	// rest the part of it not run yet. Only w's goroutine uses them.
+	batch, rest []*Desc
 }
 
 // Poller waits for readability of registered sockets and runs their
@@ -272,6 +277,10 @@ func (p *Poller) Detach(d *Desc) {
 		w.leading = false
 		p.leading = false
 		p.wakeOne()
+		// The rest of the batch w claimed is owed a run, and w is
+		// about to block.
+		p.queueAll(w.rest)
+		w.rest = nil
 	}
 	p.spawnIfNeeded()
 	p.mu.Unlock()
@@ -290,6 +299,21 @@ func (p *Poller) dispatch(d *Desc) {
 	p.queue.push(d)
 	p.wakeOne()
 	p.mu.Unlock()
+}
+
+// dispatchAll queues the callbacks of ds, a worker for each.
+func (p *Poller) dispatchAll(ds []*Desc) {
+	p.mu.Lock()
+	p.queueAll(ds)
+	p.mu.Unlock()
+}
+
+// queueAll is dispatchAll with p.mu held.
+func (p *Poller) queueAll(ds []*Desc) {
+	for _, d := range ds {
+		p.queue.push(d)
+		p.wakeOne()
+	}
 }
 
 // wakeOne gets a worker going for queued callbacks or the lead: an idle
@@ -400,11 +424,25 @@ func (p *Poller) trimIdle() {
 	}
 }
 
+// leadBatch is the most claimed Descs the leading worker runs itself, one
+// after the other, before it looks for readiness again; it queues a larger
+// batch for the other workers but its first. A batch this small costs less
+// run in turn than spread: each callback handed over wakes a worker, most
+// often on another processor, and a worker back at a connection sooner
+// finds fewer bytes to read. At 50 busy connections (batches of a few
+// events), running them in turn cut the gate's CPU per message by 9 to 17%
+// against handing them over (two runs, each measuring both builds); running
+// every batch in turn cost 15% more at 8,000 connections, where batches
+// fill the event array; with 32 that row moved no more than an A/A run of
+// one build against itself does (4%).
+const leadBatch = 32
+
 // lead waits for readiness and runs what it finds until the poller closes
 // or w's callback detaches it. It reports whether w stays in the pool.
 func (p *Poller) lead(w *worker) bool {
 	for w.leading {
-		d, err := p.ready()
+		batch, err := p.ready(w.batch[:0])
+		w.batch = batch
 		if err != nil {
 			p.mu.Lock()
 			w.leading, p.leading, p.closed = false, false, true
@@ -412,9 +450,21 @@ func (p *Poller) lead(w *worker) bool {
 			p.mu.Unlock()
 			return true
 		}
-		if d != nil && !p.run(w, d) {
-			return false
+		if len(batch) > leadBatch {
+			p.dispatchAll(batch[1:])
+			batch = batch[:1]
 		}
+		// A callback that detaches w hands w.rest to the queue (Detach).
+		w.rest = batch
+		for len(w.rest) > 0 {
+			d := w.rest[0]
+			w.rest = w.rest[1:]
+			if !p.run(w, d) {
+				clear(w.batch)
+				return false
+			}
+		}
+		clear(w.batch)
 	}
 	return true
 }

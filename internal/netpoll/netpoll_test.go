@@ -4,6 +4,7 @@ package netpoll
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -444,5 +445,53 @@ func TestWaitAfterClose(t *testing.T) {
 	}
 	if parked, err := p.Wait(&d); parked || !errors.Is(err, ErrClosed) {
 		t.Errorf("Wait after Close: parked %v, %v; want ErrClosed", parked, err)
+	}
+}
+
+// TestBatchOutlivesADetach makes several sockets ready while the leading
+// worker runs a callback, so that the next lead claims them in one batch,
+// and has each of their callbacks detach and block until all have started:
+// what the lead claimed and had not run when a callback detached it must
+// go to other workers, not wait for the blocked one.
+func TestBatchOutlivesADetach(t *testing.T) {
+	const n = 6 // fewer than leadBatch: the lead runs the batch itself
+	p := newPoller(t, 2)
+	started := make(chan struct{}, n+1)
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	descs := make([]Desc, n+1)
+	writers := make([]int, n+1)
+	for i := range descs {
+		a, b := socketPair(t)
+		writers[i] = b
+		d := &descs[i]
+		fn := func() {
+			if d == &descs[0] {
+				// The others become ready while the lead runs this.
+				for _, w := range writers[1:] {
+					if _, err := syscall.Write(w, []byte("x")); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			p.Detach(d)
+			started <- struct{}{}
+			<-release
+		}
+		d.Init(a, fn)
+		if parked, err := p.Wait(d); !parked || err != nil {
+			t.Fatalf("Wait: %v, %v", parked, err)
+		}
+	}
+	if _, err := syscall.Write(writers[0], []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range descs {
+		within(t, started, fmt.Sprintf("callback %d of %d to start while the others block", i+1, n+1))
+	}
+	once.Do(func() { close(release) })
+	for i := range descs {
+		p.Remove(&descs[i])
 	}
 }
