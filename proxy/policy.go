@@ -75,6 +75,7 @@ func (d *direction) limited(h ws.Header) verdict {
 			// one does not carry it.
 			pr.info.limits = pr.p.cfg.Limiter.Client(pr.info.userKey, pr.info.ipKey)
 		}
+		d.yield()
 		dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
@@ -85,6 +86,7 @@ func (d *direction) limited(h ws.Header) verdict {
 		if sio && cr.countsBytes {
 			cr.nsp = frameNamespace(h, d.r.Peek())
 		}
+		d.yield()
 		dec = pr.p.decideRules(pr.p.relayCtx, cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())
@@ -122,6 +124,7 @@ func (d *direction) limitedMore(h ws.Header) bool {
 		return false
 	}
 	cr := pr.info.rules
+	d.yield()
 	dec := pr.p.decideRules(pr.p.relayCtx, cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
 	if !dec.Allowed {
 		pr.refused(dec)
@@ -244,4 +247,14 @@ func (d *direction) clientControl(h ws.Header) (bool, error) {
 		return true, &frames.WriteError{Err: err}
 	}
 	return true, nil
+}
+
+// yield hands what is left of the lead's batch to other workers before a
+// decision that may wait for Redis: the connections behind d in the batch
+// would otherwise wait for d's round trip, one after another, where spread
+// over workers their decisions go to Redis together (netpoll.Poller.Yield).
+func (d *direction) yield() {
+	if p := d.pr.p; p.remoteLimits && p.pl != nil {
+		p.pl.Yield(&d.desc)
+	}
 }

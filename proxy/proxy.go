@@ -56,6 +56,12 @@ type Limiter interface {
 	Held(kind, user, ip string) (limit.Decision, bool)
 }
 
+// storeNamer is what Config.Limiter may also implement (limit.Limiter
+// does): "memory" when no decision waits for another process.
+type storeNamer interface {
+	StoreName() string
+}
+
 // Authenticator verifies the token of a handshake or request and cleans
 // what goes upstream. *auth.Verifier implements it.
 type Authenticator interface {
@@ -242,6 +248,9 @@ type Proxy struct {
 
 	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
 	tick time.Duration   // the keeper's period
+	// remoteLimits: a message's decision may wait for Redis, so a direction
+	// yields its poller worker's batch first (direction.yield).
+	remoteLimits bool
 
 	// netDial dials the upstream with net.Dialer (dialUpstream), keepAlive
 	// its TCP keepalive period.
@@ -314,6 +323,10 @@ func New(cfg Config) (*Proxy, error) {
 		pairs:      make(map[*pair]struct{}),
 		web:        w,
 		stopDrains: make(chan struct{}),
+	}
+	p.remoteLimits = cfg.Limiter != nil
+	if s, ok := cfg.Limiter.(storeNamer); ok && s.StoreName() == "memory" {
+		p.remoteLimits = false
 	}
 	p.relayCtx = context.Background()
 	if !cfg.Shadow {

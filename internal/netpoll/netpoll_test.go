@@ -495,3 +495,65 @@ func TestBatchOutlivesADetach(t *testing.T) {
 		p.Remove(&descs[i])
 	}
 }
+
+// TestYieldHandsTheBatchOver: a callback of the lead's batch that calls
+// Yield and then waits (as for Redis, without blocking on its socket or
+// detaching) lets the rest of the batch run meanwhile on other workers.
+func TestYieldHandsTheBatchOver(t *testing.T) {
+	const n = 6
+	p := newPoller(t, 2)
+	started := make(chan struct{}, n)
+	waited := make(chan bool, 1)
+	busy := make(chan struct{})
+	descs := make([]Desc, n+2) // descs[n+1] keeps the lead busy
+	writers := make([]int, n+2)
+	for i := range descs {
+		a, b := socketPair(t)
+		writers[i] = b
+		d := &descs[i]
+		var fn func()
+		switch i {
+		case n + 1:
+			fn = func() {
+				// The others become ready while the lead runs this, in
+				// order, so that the next batch starts with descs[0].
+				for _, w := range writers[:n+1] {
+					if _, err := syscall.Write(w, []byte("x")); err != nil {
+						t.Error(err)
+					}
+				}
+				close(busy)
+			}
+		case 0:
+			fn = func() {
+				p.Yield(d)
+				deadline := time.After(5 * time.Second)
+				for range n {
+					select {
+					case <-started:
+					case <-deadline:
+						waited <- false
+						return
+					}
+				}
+				waited <- true
+			}
+		default:
+			fn = func() { started <- struct{}{} }
+		}
+		d.Init(a, fn)
+		if parked, err := p.Wait(d); !parked || err != nil {
+			t.Fatalf("Wait: %v, %v", parked, err)
+		}
+	}
+	if _, err := syscall.Write(writers[n+1], []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	within(t, busy, "the first callback")
+	if !within(t, waited, "the yielding callback") {
+		t.Fatal("the rest of the batch did not run while a callback that yielded waited")
+	}
+	for i := range descs {
+		p.Remove(&descs[i])
+	}
+}
