@@ -31,19 +31,19 @@
 //
 // One worker leads: it waits for readiness, claims the Descs it finds and
 // runs a small batch of them itself, in turn; a large one it hands to the
-// others (leadBatch). Callbacks run on at most Workers goroutines at a
-// time, which stay for the next callback when they finish one: a storm of
-// wakes (every connection's keepalive answer in the same second) costs
-// Workers stacks, not one per connection. Once a storm is over, workers
-// beyond a few per processor end rather than keep their stacks idle: those
-// that stayed idle for a whole Linger. (Ending a worker as soon as it found nothing to do had the next
-// burst start it again, and grow its new stack again: with decisions that
-// wait for Redis at 50 busy connections, 1,600 workers a second started and
-// ended, 4% of the gate's CPU.) A callback that is about to block (a write
-// to a slow peer, the rest of a frame that has not arrived) calls Detach
-// first: its worker is replaced, so blocked connections never starve the
-// pool, and the detached goroutine rejoins the pool when the callback
-// returns, if the pool has room, and ends otherwise.
+// others (leadBatch). Callbacks run on at most Workers goroutines at a time,
+// which stay for the next callback when they finish one: a storm of wakes
+// (every connection's keepalive answer in the same second) costs Workers
+// stacks, not one per connection. Once a storm is over, workers beyond a few
+// per processor end rather than keep their stacks idle: those that stayed
+// idle for a whole Linger. (Ending a worker as soon as it found nothing to
+// do had the next burst start it again, and grow its new stack again: with
+// decisions that wait for Redis at 50 busy connections, 1,600 workers a
+// second started and ended, 4% of the gate's CPU.) A callback that is about
+// to block (a write to a slow peer, the rest of a frame that has not
+// arrived) calls Detach first: its worker is replaced, so blocked
+// connections never starve the pool, and the detached goroutine rejoins the
+// pool when the callback returns, if the pool has room, and ends otherwise.
 //
 // # Blocking waits and owned sockets
 //
