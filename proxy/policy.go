@@ -68,6 +68,7 @@ func (d *direction) limited(h ws.Header) verdict {
 			n += frames.CountMessages(buf[h.Length:], maxDecide-1)
 		}
 	}
+	d.yield() // the decision may wait for Redis
 	var dec limit.Decision
 	if cr == nil {
 		if pr.info.limits == nil {
@@ -75,7 +76,6 @@ func (d *direction) limited(h ws.Header) verdict {
 			// one does not carry it.
 			pr.info.limits = pr.p.cfg.Limiter.Client(pr.info.userKey, pr.info.ipKey)
 		}
-		d.yield()
 		dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
@@ -86,7 +86,6 @@ func (d *direction) limited(h ws.Header) verdict {
 		if sio && cr.countsBytes {
 			cr.nsp = frameNamespace(h, d.r.Peek())
 		}
-		d.yield()
 		dec = pr.p.decideRules(pr.p.relayCtx, cr, a)
 	}
 	enforced := pr.p.enforce(dec, cr.tierName())

@@ -277,11 +277,7 @@ func (p *Poller) Detach(d *Desc) {
 		w.leading = false
 		p.leading = false
 		p.wakeOne()
-		// The rest of the batch w claimed is owed a run, and w is
-		// about to block.
-		p.queueAll(w.rest)
-		w.rest = nil
-		clear(w.batch)
+		p.giveRest(w) // owed a run, and w is about to block
 	}
 	p.spawnIfNeeded()
 	p.mu.Unlock()
@@ -293,10 +289,18 @@ func (p *Poller) Detach(d *Desc) {
 // instead of waiting behind it. It does nothing elsewhere.
 func (p *Poller) Yield(d *Desc) {
 	if w := d.w; w != nil && w.leading && len(w.rest) > 0 {
-		p.dispatchAll(w.rest)
-		clear(w.rest)
-		w.rest = nil
+		p.mu.Lock()
+		p.giveRest(w)
+		p.mu.Unlock()
 	}
+}
+
+// giveRest queues what is left of the batch w claimed as the lead, and
+// drops w's references to the batch. Called with p.mu held.
+func (p *Poller) giveRest(w *worker) {
+	p.queueAll(w.rest)
+	w.rest = nil
+	clear(w.batch)
 }
 
 // Go runs d's callback on a worker now, as a Wake of a parked Desc would.
