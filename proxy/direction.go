@@ -87,14 +87,31 @@ func (d *direction) other() *direction {
 	return &d.pr.fromClient
 }
 
+// runBudget bounds the steps (frames handled, reads) of one run of a
+// direction on the poller's workers. A source that always has bytes ready
+// (a client sending small frames faster than the gate relays them, to an
+// upstream that takes them at once) would otherwise keep its worker for as
+// long as it sends; on the leading worker, no other socket's readiness
+// would be looked at meanwhile, not even a new connection's dial. Past its
+// budget a run goes to the back of the queue. A direction at a busy
+// connection takes a few steps per run (the frames of one read); 256 small
+// frames cost tens of microseconds, to which one hand-over adds about one.
+const runBudget = 256
+
 // run relays frames until d parks or finishes. It is the only way into a
 // direction: its first run and every wake of the poller call it.
 func (d *direction) run() {
 	d.quiet = false // woken: there may be bytes
-	for {
+	for steps := 0; ; steps++ {
 		if d.look() {
 			d.finish()
 			return
+		}
+		if steps == runBudget {
+			if d.requeue() {
+				return
+			}
+			steps = 0
 		}
 		var err error
 		if d.r.HeaderReady() {
@@ -109,6 +126,23 @@ func (d *direction) run() {
 			d.stop(err)
 		}
 	}
+}
+
+// requeue ends a run that used its budget: d's batch is written, and its
+// next run is queued behind the callbacks that wait for a worker. It
+// reports whether it queued the run: the caller must then leave d alone.
+// A direction on a goroutine of its own runs on.
+func (d *direction) requeue() bool {
+	p := d.pr.p
+	if !p.pooled(d) {
+		return false
+	}
+	if err := d.flush(); err != nil {
+		d.stop(err)
+		return false
+	}
+	p.pl.Go(&d.desc)
+	return true
 }
 
 // look acts on what others published: a keepalive ping asked for, the pair

@@ -145,6 +145,12 @@ func onlyPair(p *Proxy) *pair {
 // handshake and then runs serve on the connection.
 func rawUpstream(t *testing.T, serve func(net.Conn, *bufio.Reader)) *httptest.Server {
 	t.Helper()
+	return rawUpstreamFor(t, func(_ *http.Request, c net.Conn, br *bufio.Reader) { serve(c, br) })
+}
+
+// rawUpstreamFor is rawUpstream whose serve also gets the request.
+func rawUpstreamFor(t *testing.T, serve func(*http.Request, net.Conn, *bufio.Reader)) *httptest.Server {
+	t.Helper()
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, rw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
@@ -154,7 +160,7 @@ func rawUpstream(t *testing.T, serve func(net.Conn, *bufio.Reader)) *httptest.Se
 		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 		_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 			"Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:])+"\r\n\r\n")
-		serve(conn, rw.Reader)
+		serve(r, conn, rw.Reader)
 	}))
 	t.Cleanup(s.Close)
 	return s

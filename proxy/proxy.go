@@ -556,7 +556,7 @@ func (p *Proxy) countRelayed(fromClient bool, msgs, bytes int64) {
 // spawn starts a direction's first run: on a worker of the poller's pool,
 // or, for a source the poller cannot hold, on a goroutine of its own.
 func (p *Proxy) spawn(d *direction) {
-	if p.pl != nil && d.src().fd >= 0 {
+	if p.pooled(d) {
 		p.pl.Go(&d.desc)
 		return
 	}
@@ -567,9 +567,15 @@ func (p *Proxy) spawn(d *direction) {
 // pair's state before it parks again. A direction the poller cannot hold
 // looks at it once per keeper tick on its own.
 func (p *Proxy) wake(d *direction) {
-	if p.pl != nil && d.src().fd >= 0 {
+	if p.pooled(d) {
 		p.pl.Wake(&d.desc)
 	}
+}
+
+// pooled reports whether d runs on the poller's workers: there is a
+// poller, and d's source is a socket it can hold.
+func (p *Proxy) pooled(d *direction) bool {
+	return p.pl != nil && d.src().fd >= 0
 }
 
 // reserve counts a handshake about to upgrade its client as a pair that

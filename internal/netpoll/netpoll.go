@@ -305,7 +305,10 @@ func (p *Poller) giveRest(w *worker) {
 
 // Go runs d's callback on a worker now, as a Wake of a parked Desc would.
 // d's owner hands it over: after Go, the callback owns d. It is how a new
-// connection's first run is started.
+// connection's first run is started, and how a callback that has run long
+// enough with bytes still to read gives its worker back: it calls Go on
+// its own Desc and returns at once, and its next run waits behind the
+// callbacks already queued.
 func (p *Poller) Go(d *Desc) {
 	p.dispatch(d)
 }
