@@ -95,7 +95,7 @@ func (d *direction) other() *direction {
 // would be looked at meanwhile, not even a new connection's dial. Past its
 // budget a run goes to the back of the queue. A direction at a busy
 // connection takes a few steps per run (the frames of one read); 256 small
-// frames cost tens of microseconds, to which one hand-over adds about one.
+// frames cost tens of microseconds, to which a hand-over adds a few.
 const runBudget = 256
 
 // run relays frames until d parks or finishes. It is the only way into a

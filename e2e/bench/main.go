@@ -67,7 +67,8 @@ type config struct {
 	upgWorkers                int
 	leaseSize                 int
 	gateBin                   string
-	gateBinB                  string // a second build, measured as one more memory-store gate
+	gateBinB                  string // a second build, measured as one more gate of gateBMode
+	gateBMode                 string // memory, exact or lease
 	out                       string
 	chart                     string
 	micro                     string
@@ -101,7 +102,8 @@ func main() {
 	scale := flag.String("scale", "50x16,500x16,2000x16,8000x4", "S1 at scale: comma-separated CONNSxINFLIGHT shapes; empty skips it")
 	flag.IntVar(&cfg.scaleReps, "scale-reps", 3, "repetitions of each S1-at-scale shape, interleaved across targets")
 	flag.StringVar(&cfg.gateBin, "gate-bin", "", "gate binary to measure; empty builds the working tree")
-	flag.StringVar(&cfg.gateBinB, "gate-bin-b", "", "a second gate binary, measured as one more memory-store gate (gate-memory-b) in the same repetitions, for an A/B of two builds; the report adds their paired ratios")
+	flag.StringVar(&cfg.gateBinB, "gate-bin-b", "", "a second gate binary, measured as one more gate (gate-b, of -gate-b-mode) in the same repetitions, for an A/B of two builds; the report adds their paired ratios to the gate of that mode")
+	flag.StringVar(&cfg.gateBMode, "gate-b-mode", "memory", "the limit mode of -gate-bin-b's gate: memory, exact or lease (its own Redis key prefix)")
 	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "report file")
 	flag.StringVar(&cfg.chart, "chart", "BENCHMARKS.png", "chart image, next to the report")
 	flag.StringVar(&cfg.micro, "micro", "", "file with the micro-benchmark output to include in the report")
@@ -131,6 +133,10 @@ func main() {
 	var err error
 	if cfg.scale, err = parseShapes(*scale); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if !slices.Contains([]string{"memory", "exact", "lease"}, cfg.gateBMode) {
+		fmt.Fprintf(os.Stderr, "bench: -gate-b-mode %q: want memory, exact or lease\n", cfg.gateBMode)
 		os.Exit(2)
 	}
 
@@ -262,7 +268,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		targets = append(targets, t)
 	}
 	if e.gateBinB != "" {
-		t, err := e.startGateAs(keyB, "wsgate memory B", "memory")
+		t, err := e.startGateAs(keyB, "wsgate "+cfg.gateBMode+" B", cfg.gateBMode)
 		if err != nil {
 			return err
 		}

@@ -310,7 +310,7 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 		p("%s\n", scaleFallbacks(cfg, targets, r))
 	}
 	if cfg.gateBinB != "" {
-		p("### B against A\n\n%s\n", abTable(cfg, r))
+		p("### B against A\n\nA is the gate-%s target, B the same mode from `-gate-bin-b`.\n\n%s\n", cfg.gateBMode, abTable(cfg, r))
 	}
 	p("- **S1 rt/s**: round trips per second (a 64 B text message to the backend and its echo back) with 50 connections × 16 in flight.\n")
 	p("- **×nginx** of S1, CPU and upgrades: the median over the repetitions of the target's figure divided by nginx's of the same repetition, so it need not equal the ratio of the two medians shown.\n")
@@ -663,11 +663,11 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 	return mdTable(header, cells)
 }
 
-// abTable compares the gate of -gate-bin-b (B) with the memory-store gate (A) measured in the
+// abTable compares the gate of -gate-bin-b (B) with the gate of its mode (A) measured in the
 // same repetitions: for S1 and each shape at scale, the median of B's per-repetition ratios to
-// A; for S2, the difference of their added latencies' medians (S2 keeps no repetitions).
+// A; for S2, their added latencies' medians (S2 keeps no repetitions).
 func abTable(cfg config, r *results) string {
-	a, b := "gate-memory", keyB
+	a, b := "gate-"+cfg.gateBMode, keyB
 	header := []string{"measurement", "rt/s B÷A", "CPU ms/1k B÷A"}
 	row := func(name string, as, bs []s1Result) []string {
 		return []string{name, fmtRatio(pairedRatio(bs, as, s1Rep, s1Rate)), fmtRatio(pairedRatio(bs, as, s1Rep, s1CPU))}

@@ -358,15 +358,20 @@ func (e *env) startGateAs(key, name, mode string, extra ...string) (*target, err
 	} else {
 		t.argv = append(t.argv, gateLimits...)
 	}
+	// Each gate on Redis counts under keys of its own.
+	prefix := "bench-" + mode
+	if key == keyB {
+		prefix += "-b"
+	}
 	switch mode {
 	case "rules-exact":
 		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-rules", "--limit-mode", "exact")
 		t.redis = e.redisAddr
 	case "exact":
-		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-exact", "--limit-mode", "exact")
+		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", prefix, "--limit-mode", "exact")
 		t.redis = e.redisAddr
 	case "lease":
-		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", "bench-lease")
+		t.argv = append(t.argv, "--redis-url", "redis://"+e.redisAddr, "--key-prefix", prefix)
 		t.argv = append(t.argv, e.leaseArgs...)
 		t.redis = e.redisAddr
 	}
@@ -374,11 +379,11 @@ func (e *env) startGateAs(key, name, mode string, extra ...string) (*target, err
 	return t, e.launch(t)
 }
 
-// keyB is the target of -gate-bin-b: a memory-store gate like gate-memory, from another
-// build. Two builds measured in the same repetitions, their ratios paired, differ by less
-// than the run-to-run noise of a shared machine does: separate runs of one build here moved
-// its ratios to nginx by 10 to 15%.
-const keyB = "gate-memory-b"
+// keyB is the target of -gate-bin-b: a gate like gate-memory (or gate-exact, gate-lease:
+// -gate-b-mode), from another build. Two builds measured in the same repetitions, their
+// ratios paired, differ by less than the run-to-run noise of a shared machine does: separate
+// runs of one build here moved its ratios to nginx by 10 to 15%.
+const keyB = "gate-b"
 
 // newGate returns a gate on two free ports (its listener and its admin listener) with the
 // flags every gate has: the backend as upstream and the run's JWT secret. The caller adds its
