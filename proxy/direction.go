@@ -98,20 +98,15 @@ func (d *direction) other() *direction {
 // frames cost tens of microseconds, to which a hand-over adds a few.
 const runBudget = 256
 
-// run relays frames until d parks or finishes. It is the only way into a
-// direction: its first run and every wake of the poller call it.
+// run relays frames until d parks, finishes or, on a worker of the poller,
+// has used its budget (requeue). It is the only way into a direction: its
+// first run and every wake of the poller call it.
 func (d *direction) run() {
 	d.quiet = false // woken: there may be bytes
-	for steps := 0; ; steps++ {
+	for steps := 1; ; steps++ {
 		if d.look() {
 			d.finish()
 			return
-		}
-		if steps == runBudget {
-			if d.requeue() {
-				return
-			}
-			steps = 0
 		}
 		var err error
 		if d.r.HeaderReady() {
@@ -125,24 +120,26 @@ func (d *direction) run() {
 		if err != nil {
 			d.stop(err)
 		}
+		if steps%runBudget == 0 && d.requeue() {
+			return
+		}
 	}
 }
 
 // requeue ends a run that used its budget: d's batch is written, and its
-// next run is queued behind the callbacks that wait for a worker. It
-// reports whether it queued the run: the caller must then leave d alone.
-// A direction on a goroutine of its own runs on.
+// next run, which begins with a look at the pair, is queued behind the
+// callbacks that wait for a worker. It reports whether it queued the run:
+// the caller must then leave d alone. A direction on a goroutine that
+// holds no worker (its own, or one that detached to block) runs on.
 func (d *direction) requeue() bool {
 	p := d.pr.p
 	if !p.pooled(d) {
 		return false
 	}
 	if err := d.flush(); err != nil {
-		d.stop(err)
-		return false
+		d.stop(err) // the next look, in this run or the next, acts on it
 	}
-	p.pl.Go(&d.desc)
-	return true
+	return p.pl.Requeue(&d.desc)
 }
 
 // look acts on what others published: a keepalive ping asked for, the pair

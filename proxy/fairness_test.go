@@ -50,6 +50,7 @@ func TestFloodDoesNotHoldTheLead(t *testing.T) {
 	// this machine the client, the gate and the upstream share the cores.
 	parked := make(chan struct{})
 	var flooding atomic.Pointer[direction]
+	var relayed atomic.Int64 // frames of the flood relayed
 	g.proxy.hooks.beforePark = func(d *direction) {
 		if d.client && flooding.CompareAndSwap(nil, d) {
 			close(parked)
@@ -57,6 +58,7 @@ func TestFloodDoesNotHoldTheLead(t *testing.T) {
 	}
 	g.proxy.hooks.afterBatch = func(d *direction) {
 		if d == flooding.Load() {
+			relayed.Add(1)
 			time.Sleep(10 * time.Microsecond)
 		}
 	}
@@ -64,17 +66,21 @@ func TestFloodDoesNotHoldTheLead(t *testing.T) {
 	// The flooding client parks first, so that its flood wakes it on the
 	// leading worker.
 	flood, _ := rawClient(t, g, "/flood")
-	<-parked
+	select {
+	case <-parked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the flooding client's direction never parked")
+	}
 	var burst []byte
 	for len(burst) < 64<<10 {
 		burst = append(burst, maskedFrame(true, 1, []byte("x"))...)
 	}
 	stop := make(chan struct{})
 	flooded := make(chan error, 1)
+	// Bounded: until the other client is answered, or for 10 s.
+	end := time.Now().Add(10 * time.Second)
+	_ = flood.SetWriteDeadline(end)
 	go func() {
-		// Bounded: until the other client is answered, or for 10 s.
-		end := time.Now().Add(10 * time.Second)
-		_ = flood.SetWriteDeadline(end)
 		for time.Now().Before(end) {
 			if _, err := flood.Write(burst); err != nil {
 				select {
@@ -102,6 +108,10 @@ func TestFloodDoesNotHoldTheLead(t *testing.T) {
 	}
 	if !bytes.Equal(got, []byte("hello")) {
 		t.Fatalf("echo %q", got)
+	}
+	if n := relayed.Load(); n < runBudget/2 {
+		// Not a measure of the fix: the flood must have been under way.
+		t.Fatalf("only %d frames of the flood relayed before the echo: it had not begun", n)
 	}
 	if err := <-flooded; err != nil {
 		t.Fatalf("the flooding client was cut off: %v", err)

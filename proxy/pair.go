@@ -125,7 +125,9 @@ func newPair(p *Proxy, client, upstream net.Conn, info *connInfo) *pair {
 }
 
 // run starts both directions and returns as soon as the client's direction
-// has parked or finished; the last direction to finish releases the pair.
+// has parked or finished (it runs on, past its budget, on this goroutine,
+// which holds no worker of the poller); the last direction to finish
+// releases the pair.
 func (pr *pair) run() {
 	p := pr.p
 	p.m.ConnectionsActive.Inc()

@@ -295,6 +295,22 @@ func (p *Poller) Yield(d *Desc) {
 	}
 }
 
+// Requeue is called by d's callback, on the goroutine that runs it, when
+// it has run long enough with work still to do (bytes that keep coming):
+// d's next run is queued behind the callbacks already waiting, and the
+// callback must then return at once and leave d alone. Its worker, the
+// lead included, goes on with other work. It reports false, and queues
+// nothing, when the callback does not hold a worker of the pool (it
+// detached, or was not started by the poller): that goroutine keeps no one
+// waiting, and runs on.
+func (p *Poller) Requeue(d *Desc) bool {
+	if d.w == nil {
+		return false
+	}
+	p.dispatch(d)
+	return true
+}
+
 // giveRest queues what is left of the batch w claimed as the lead, and
 // drops w's references to the batch. Called with p.mu held.
 func (p *Poller) giveRest(w *worker) {
@@ -305,10 +321,7 @@ func (p *Poller) giveRest(w *worker) {
 
 // Go runs d's callback on a worker now, as a Wake of a parked Desc would.
 // d's owner hands it over: after Go, the callback owns d. It is how a new
-// connection's first run is started, and how a callback that has run long
-// enough with bytes still to read gives its worker back: it calls Go on
-// its own Desc and returns at once, and its next run waits behind the
-// callbacks already queued.
+// connection's first run is started.
 func (p *Poller) Go(d *Desc) {
 	p.dispatch(d)
 }

@@ -557,3 +557,68 @@ func TestYieldHandsTheBatchOver(t *testing.T) {
 		p.Remove(&descs[i])
 	}
 }
+
+// TestRequeueLetsTheLeadGoOn: a callback that the lead runs and that
+// keeps requeuing itself (a connection whose bytes keep coming) must not
+// keep the lead from the readiness of other sockets; it runs again on
+// a worker until the other socket's callback has run.
+func TestRequeueLetsTheLeadGoOn(t *testing.T) {
+	p := newPoller(t, 1)
+	a1, b1 := socketPair(t)
+	a2, b2 := socketPair(t)
+	var d1, d2 Desc
+	ran2 := make(chan struct{})
+	done := make(chan int, 1)
+	runs := 0
+	d1.Init(a1, func() {
+		runs++
+		select {
+		case <-ran2:
+			done <- runs
+			return
+		default:
+		}
+		if runs == 1 {
+			// Ready while the lead runs d1: only its next look finds it.
+			if _, err := syscall.Write(b2, []byte("x")); err != nil {
+				t.Error(err)
+			}
+		}
+		if runs > 100000 {
+			done <- -1
+			return
+		}
+		if !p.Requeue(&d1) {
+			t.Error("Requeue refused a callback that runs on a worker")
+			done <- -1
+		}
+	})
+	d2.Init(a2, func() { close(ran2) })
+	for _, d := range []*Desc{&d1, &d2} {
+		if parked, err := p.Wait(d); !parked || err != nil {
+			t.Fatalf("Wait: %v, %v", parked, err)
+		}
+	}
+	if _, err := syscall.Write(b1, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n := within(t, done, "the requeued callback's end"); n < 2 {
+		t.Fatalf("the requeued callback ended after %d runs", n)
+	}
+
+	// A callback that detached holds no worker: Requeue leaves it be.
+	a3, _ := socketPair(t)
+	var d3 Desc
+	refused := make(chan bool, 1)
+	d3.Init(a3, func() {
+		p.Detach(&d3)
+		refused <- !p.Requeue(&d3)
+	})
+	p.Go(&d3)
+	if !within(t, refused, "the detached callback") {
+		t.Fatal("Requeue queued a callback that had detached")
+	}
+	for _, d := range []*Desc{&d1, &d2, &d3} {
+		p.Remove(d)
+	}
+}
