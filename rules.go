@@ -85,7 +85,10 @@ func explainClient(c *cli.Context) (*policy.Client, error) {
 	}
 	cl := &policy.Client{Path: c.String("path"), IP: ip, User: ip.String(), Header: http.Header{}, Conn: "this-connection"}
 	if s := c.String("claims"); s != "" {
-		if err := json.Unmarshal([]byte(s), &cl.Claims); err != nil || cl.Claims == nil {
+		// Numbers as a verified token's claims hold them (json.Number).
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.UseNumber()
+		if err := dec.Decode(&cl.Claims); err != nil || cl.Claims == nil || dec.More() {
 			return nil, errors.New("--claims must be a JSON object")
 		}
 		sub, _ := cl.Claims["sub"].(string)

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
@@ -35,6 +36,15 @@ const MaxTokenBytes = 8 << 10
 // ErrInvalidConfig matches every error Validate and NewVerifier return for a
 // bad Config.
 var ErrInvalidConfig = errors.New("invalid auth config")
+
+// A token's numbers come as json.Number, their text as the token has it:
+// decoded as float64, jwx's default, two numeric user ids above 2^53 can
+// become one, and a rule keyed on that claim would count both users as
+// one. The setting is jwx's, for the whole process: its own claims (exp,
+// nbf, iat) accept either.
+func init() {
+	jwx.DecoderSettings(jwx.WithUseNumber(true))
+}
 
 // Config configures a Verifier. The zero value disables authentication.
 type Config struct {

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -495,5 +496,37 @@ func TestKeepClaims(t *testing.T) {
 				t.Fatalf("call %d: claims %v", call, id.Claims)
 			}
 		}
+	}
+}
+
+// TestLargeNumericClaims: numeric user ids above 2^53 (64-bit ids, as many
+// apps issue) reach the claims exactly, so that two users whose ids differ
+// in the last digit are never one key of a rule keyed on that claim. The
+// payload is written by hand: these numbers must not pass through a float.
+func TestLargeNumericClaims(t *testing.T) {
+	k := mustKeys(t)
+	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: newClock(t0).Now, KeepClaims: true})
+	seen := map[string]bool{}
+	for _, uid := range []string{"9007199254740993", "9007199254740992", "1234567890123456789"} {
+		payload := fmt.Sprintf(`{"sub":"user-%s","exp":%d,"uid":%s,"exp2":1.5e0}`, uid, t0.Add(time.Hour).Unix(), uid)
+		tok, err := jws.Sign([]byte(payload), jws.WithKey(jwa.HS256, k.secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := v.Authenticate(context.Background(), reqWith(string(tok), "header"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := fmt.Sprint(id.Claims["uid"])
+		if got != uid {
+			t.Errorf("claim uid %s came as %s (%T)", uid, got, id.Claims["uid"])
+		}
+		seen[got] = true
+		if id.Expiry.Unix() != t0.Add(time.Hour).Unix() {
+			t.Errorf("exp %v, want %v", id.Expiry, t0.Add(time.Hour))
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("three user ids came as %d distinct values", len(seen))
 	}
 }

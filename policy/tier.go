@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
@@ -62,9 +63,10 @@ func ClaimString(claims map[string]any, path []string) (string, bool) {
 }
 
 // scalar is a claim value as the text a condition compares: a string as it
-// is, a number or boolean as its JSON text (a number in its shortest form:
-// 2.0 is "2"), and a list of one value as that value: a token's single
-// audience comes as a list (RFC 7519 lets aud be either).
+// is, a number or boolean as its JSON text (an integer exactly, whatever its
+// size; another number in its shortest form: 2.0 is "2"), and a list of one
+// value as that value: a token's single audience comes as a list (RFC 7519
+// lets aud be either).
 func scalar(v any) (string, bool) {
 	switch x := v.(type) {
 	case []string:
@@ -79,6 +81,8 @@ func scalar(v any) (string, bool) {
 		return x, true
 	case bool:
 		return strconv.FormatBool(x), true
+	case json.Number:
+		return numberText(string(x)), true
 	case float64:
 		return strconv.FormatFloat(x, 'f', -1, 64), true
 	case int64:
@@ -110,3 +114,22 @@ func contains(v any, want string) bool {
 
 // splitPath splits a claim path "realm_access.roles" into its keys.
 func splitPath(s string) []string { return strings.Split(s, ".") }
+
+// numberText is the text of the JSON number s that conditions and keys
+// compare: an integer literal as it is (JSON allows no leading zeros, so
+// its text is already the shortest), any other number as its float64 in the
+// shortest form ("2.0" and "2e0" are "2").
+func numberText(s string) string {
+	digits := strings.TrimPrefix(s, "-")
+	if digits != "" && strings.Trim(digits, "0123456789") == "" {
+		if digits == "0" {
+			return "0"
+		}
+		return s
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return s
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64)
+}

@@ -1,6 +1,9 @@
 package policy
 
-import "testing"
+import (
+	"encoding/json"
+	"testing"
+)
 
 // TestClaimShapes: claims as a verifier hands them over: a single audience
 // as a list of one, a namespaced claim whose name holds dots, nested
@@ -34,5 +37,32 @@ func TestClaimShapes(t *testing.T) {
 	}
 	if k, ok := ClaimString(claims, []string{"aud"}); !ok || k != "myapp" {
 		t.Errorf("key claim:aud = %q, %v; want myapp", k, ok)
+	}
+}
+
+// TestClaimNumbers: numbers as a verifier hands them over (json.Number, the
+// token's text) compare as their JSON text: integers exactly whatever
+// their size, other numbers in their shortest form, as float64 claims did.
+func TestClaimNumbers(t *testing.T) {
+	for in, want := range map[string]string{
+		"9007199254740993":      "9007199254740993",
+		"9007199254740992":      "9007199254740992",
+		"-18446744073709551617": "-18446744073709551617",
+		"0":                     "0",
+		"-0":                    "0",
+		"2.0":                   "2",
+		"2e0":                   "2",
+		"1E3":                   "1000",
+		"0.5":                   "0.5",
+		"-1.25e-1":              "-0.125",
+	} {
+		claims := map[string]any{"uid": json.Number(in)}
+		if got, ok := ClaimString(claims, []string{"uid"}); !ok || got != want {
+			t.Errorf("claim %s: key %q, %v; want %q", in, got, ok, want)
+		}
+		eq := want
+		if !(&Condition{Claim: []string{"uid"}, Equals: &eq}).Holds(claims) {
+			t.Errorf("claim %s does not equal %q", in, want)
+		}
 	}
 }
