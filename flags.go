@@ -89,7 +89,7 @@ func flags(upstreamRequired bool) []cli.Flag {
 		strs("jwt-algorithms", catAuth, "allowed signature algorithms (default: those that fit the configured keys)"),
 		str("jwt-issuer", "", catAuth, "required iss claim"),
 		strs("jwt-audience", catAuth, "accepted aud values (repeatable); the token must carry one"),
-		str("jwt-subject-claim", "sub", catAuth, "claim that identifies the user"),
+		str("jwt-subject-claim", "sub", catAuth, "claim that identifies the user: a string, or an integer id"),
 		dur("jwt-leeway", 30*time.Second, catAuth, "clock skew tolerated for exp, nbf and iat"),
 		str("token-query-param", "access_token", catAuth, "query parameter that may carry the token (browsers cannot set headers on a WebSocket)"),
 		str("token-cookie", "", catAuth, "cookie that may carry the token; empty = off"),

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,7 +79,8 @@ type Config struct {
 	// Audiences, when set, lists the accepted "aud" values; the token must
 	// carry at least one of them.
 	Audiences []string
-	// SubjectClaim names the string claim that identifies the user.
+	// SubjectClaim names the claim that identifies the user: a string, or
+	// an integer (a numeric user id), which is the identity as its text.
 	// "" means "sub".
 	SubjectClaim string
 	// Leeway is the clock skew tolerated for exp, nbf and iat. 0 means none.
@@ -198,7 +200,7 @@ var (
 	errCritical  = errors.New(`"crit" header not supported`)
 	errNested    = errors.New("nested tokens not supported")
 	errExpZero   = errors.New(`"exp" not satisfied`)
-	errNoSubject = errors.New("subject claim missing or not a string")
+	errNoSubject = errors.New("subject claim missing or not a string or an integer")
 )
 
 // ConfigError is a Config field that Validate and NewVerifier refuse. It
@@ -439,7 +441,7 @@ func (v *Verifier) verify(ctx context.Context, tok string) (Identity, error) {
 	if v.cfg.SubjectClaim == "sub" {
 		id.Subject = t.Subject()
 	} else if raw, ok := t.Get(v.cfg.SubjectClaim); ok {
-		id.Subject, _ = raw.(string)
+		id.Subject = subjectText(raw)
 	}
 	if id.Subject == "" {
 		return Identity{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("%w: %q", errNoSubject, v.cfg.SubjectClaim)}
@@ -526,4 +528,24 @@ func isCompactJWS(s string) bool {
 	i := strings.IndexByte(s, '.')
 	j := strings.LastIndexByte(s, '.')
 	return i > 0 && j > i+1
+}
+
+// subjectText is the identity a subject claim names: a string, or an
+// integer (a numeric user id) as its exact text; "" for anything else.
+func subjectText(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case json.Number:
+		if isIntegerText(string(x)) {
+			return string(x)
+		}
+	}
+	return ""
+}
+
+// isIntegerText reports whether s is a JSON integer literal, of any size.
+func isIntegerText(s string) bool {
+	digits := strings.TrimPrefix(s, "-")
+	return digits != "" && strings.Trim(digits, "0123456789") == ""
 }

@@ -530,3 +530,24 @@ func TestLargeNumericClaims(t *testing.T) {
 		t.Errorf("three user ids came as %d distinct values", len(seen))
 	}
 }
+
+// TestNumericSubjectClaim: --jwt-subject-claim may name a numeric user id;
+// an integer is the identity as its exact text, and a fraction is not one.
+func TestNumericSubjectClaim(t *testing.T) {
+	k := mustKeys(t)
+	v := newTestVerifier(t, Config{HMACSecretFiles: []string{writeFile(t, "s", k.secret)}, Now: newClock(t0).Now, SubjectClaim: "uid"})
+	for uid, want := range map[string]string{"9007199254740993": "9007199254740993", "-12": "-12", "1.5": "", `"u-7"`: "u-7"} {
+		payload := fmt.Sprintf(`{"uid":%s,"exp":%d}`, uid, t0.Add(time.Hour).Unix())
+		tok, err := jws.Sign([]byte(payload), jws.WithKey(jwa.HS256, k.secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := v.Authenticate(context.Background(), reqWith(string(tok), "header"))
+		switch {
+		case want == "" && reasonOf(err) != ReasonMalformed:
+			t.Errorf("uid %s: %v, want a malformed token", uid, err)
+		case want != "" && (err != nil || id.Subject != want):
+			t.Errorf("uid %s: subject %q, %v; want %q", uid, id.Subject, err, want)
+		}
+	}
+}
