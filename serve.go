@@ -128,12 +128,13 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 	if cfg.proxyProtocol {
 		ln = clientip.NewProxyListener(ln, cfg.ip.Trusted, cfg.proxy.HandshakeTimeout)
 	}
+	var accepted func(net.Addr)
 	if len(cfg.ip.Trusted) == 0 {
-		ln = clientip.WatchSinglePeer(ln, singlePeerSample, func(peer netip.Addr) {
+		accepted = clientip.NewPeerWatch(singlePeerSample, func(peer netip.Addr) {
 			log.Warn("every connection so far came from one private address and --trusted-proxies is empty: "+
 				"if it is a proxy (an ingress, a load balancer), every per-IP rule applies to all of its clients at once; "+
 				"name it in --trusted-proxies", "peer", peer.String(), "connections", singlePeerSample)
-		})
+		}).Observe
 	}
 	adminLn, err := net.Listen("tcp", cfg.adminListen)
 	if err != nil {
@@ -160,7 +161,7 @@ func serve(ctx context.Context, cfg *config, started func(addr string)) error {
 		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- px.Serve(ln, srv, accepted) }()
 	go func() { serveErr <- adminSrv.Serve(adminLn) }()
 	if len(cfg.serviceLinks) > 0 {
 		log.Debug("ignoring the Kubernetes service-link variables that share the WSGATE_ prefix", "variables", cfg.serviceLinks)

@@ -117,8 +117,12 @@ func newPair(p *Proxy, client, upstream net.Conn, info *connInfo) *pair {
 	}
 	pr.fromClient.init(pr, &pr.client, true)
 	pr.fromUpstream.init(pr, &pr.upstream, false)
+	// Registered when it was dialed (or accepted, by Serve): register
+	// (below) has nothing to do.
+	if nc, ok := client.(*netpoll.Conn); ok {
+		nc.Handover(&pr.fromClient.desc)
+	}
 	if nc, ok := upstream.(*netpoll.Conn); ok {
-		// Registered when it was dialed: register (below) has nothing to do.
 		nc.Handover(&pr.fromUpstream.desc)
 	}
 	return pr

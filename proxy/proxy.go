@@ -465,12 +465,7 @@ func upstreamKeepAlive(u *url.URL) time.Duration {
 // ServeHTTP upgrades WebSocket handshakes (detected by token match on
 // Connection and Upgrade) and passes every other request through.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if max := p.cfg.MaxHeaderBytes; max > 0 && headerSize(r) > max {
-		writeError(w, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
-		return
-	}
-	if p.ambiguousEIO(r) {
-		writeError(w, http.StatusBadRequest, "EIO, transport or sid given more than once")
+	if !p.checkRequest(w, r) {
 		return
 	}
 	if isWebSocket(r) {
@@ -478,6 +473,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.servePassThrough(w, r)
+}
+
+// checkRequest answers a request that no route takes, and reports
+// whether r may go on.
+func (p *Proxy) checkRequest(w http.ResponseWriter, r *http.Request) bool {
+	if max := p.cfg.MaxHeaderBytes; max > 0 && headerSize(r) > max {
+		writeError(w, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
+		return false
+	}
+	if p.ambiguousEIO(r) {
+		writeError(w, http.StatusBadRequest, "EIO, transport or sid given more than once")
+		return false
+	}
+	return true
 }
 
 // Active reports how many connection pairs are open.
@@ -632,6 +641,7 @@ type testHooks struct {
 	beforePark func(*direction) // right before the direction parks in the poller
 	afterBatch func(*direction) // right after a frame joined the direction's batch
 	upgrading  func()           // right before a handshake's 101 to the client
+	handed     func()           // when Serve hands a connection to net/http
 }
 
 // peerOnly is the ClientIPResolver without trusted proxies.

@@ -89,6 +89,27 @@ type gate struct {
 
 func newGate(t testing.TB, upstream string, mod func(*Config)) *gate {
 	t.Helper()
+	return buildGate(t, upstream, mod, serveGate)
+}
+
+// newHTTPGate is newGate serving through net/http alone (the Proxy as an
+// http.Handler, as a program that embeds it may serve it).
+func newHTTPGate(t testing.TB, upstream string, mod func(*Config)) *gate {
+	t.Helper()
+	return buildGate(t, upstream, mod, func(t testing.TB, p *Proxy) *httptest.Server {
+		s := httptest.NewServer(p)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = p.Shutdown(ctx)
+			s.Close()
+		})
+		return s
+	})
+}
+
+func buildGate(t testing.TB, upstream string, mod func(*Config), serve func(testing.TB, *Proxy) *httptest.Server) *gate {
+	t.Helper()
 	u, _ := url.Parse(upstream)
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, "test", "test")
@@ -100,14 +121,40 @@ func newGate(t testing.TB, upstream string, mod func(*Config)) *gate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := httptest.NewServer(p)
+	return &gate{Server: serve(t, p), proxy: p, reg: reg, m: m}
+}
+
+// dialSync orders what a test set before it dialed (a hook) before what
+// the gate does with the connection, for the race detector: the gate reads
+// its sockets with system calls of its own, which carry none of the
+// ordering the net package's reads and writes give to the detector.
+var dialSync sync.Mutex
+
+func dialPoint() {
+	dialSync.Lock()
+	//lint:ignore SA2001 an empty critical section: the order is the point
+	dialSync.Unlock()
+}
+
+// serveGate serves p as the gate's binary does (Proxy.Serve: handshakes
+// on sockets of its own, the rest through net/http) and stops it when
+// the test ends.
+func serveGate(t testing.TB, p *Proxy) *httptest.Server {
+	t.Helper()
+	s := httptest.NewUnstartedServer(p)
+	s.URL = "http://" + s.Listener.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(s.Listener, s.Config, func(net.Addr) { dialPoint() }) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = p.Shutdown(ctx)
-		s.Close()
+		_ = s.Config.Close()
+		if err := <-served; err != http.ErrServerClosed {
+			t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
+		}
 	})
-	return &gate{Server: s, proxy: p, reg: reg, m: m}
+	return s
 }
 
 func wsURL(s *httptest.Server, path string) string {
@@ -330,6 +377,7 @@ func rawClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
 // in CRLF); it also returns the 101 response.
 func rawClientWith(t *testing.T, g *gate, path, extra string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
+	dialPoint()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -401,11 +449,12 @@ func TestClientProtocolErrors(t *testing.T) {
 
 // TestShutdownDrains: shutdown tells each client why and when to come
 // back, a text frame {"code":1012,"error":"Service restart","retryAfterMs":N}
-// then close 1012 (or the configured 1001), and refuses new handshakes.
+// then close 1012 (or the configured 1001), and refuses new handshakes
+// (with 503 through net/http; Serve stops accepting: TestServeStops).
 func TestShutdownDrains(t *testing.T) {
 	for _, code := range []websocket.StatusCode{websocket.StatusServiceRestart, websocket.StatusGoingAway} {
 		t.Run(strconv.Itoa(int(code)), func(t *testing.T) {
-			g := newGate(t, backend(t).URL, func(c *Config) {
+			g := newHTTPGate(t, backend(t).URL, func(c *Config) {
 				if code == websocket.StatusGoingAway {
 					c.DrainCode = 1001
 				}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -75,6 +76,53 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 		return nil, dialError(addr, err)
 	}
 	return c, nil
+}
+
+// addrPortOf is a peer's socket address; an IPv4 peer of an IPv6 socket
+// is its IPv4 address.
+func addrPortOf(sa syscall.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *syscall.SockaddrInet6:
+		ip := netip.AddrFrom16(sa.Addr).Unmap()
+		if sa.ZoneId != 0 && ip.Is6() {
+			ip = ip.WithZone(strconv.Itoa(int(sa.ZoneId)))
+		}
+		return netip.AddrPortFrom(ip, uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// Release gives the socket back to the runtime: it leaves p's set and
+// returns as a net.Conn of the runtime's (a duplicate descriptor; c's is
+// closed), for code that needs one (net/http). Nothing may wait on c
+// meanwhile, and c must not be used after.
+func (c *Conn) Release() (net.Conn, error) {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil, net.ErrClosed
+	}
+	fd := int(c.d.fd)
+	p := c.p
+	p.regMu.Lock()
+	if c.d.id != 0 && !p.stopped {
+		// Out of the set before the duplicate: Linux keeps a socket in an
+		// epoll set while any descriptor of it is open, and its events
+		// would wake the lead for nothing.
+		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	}
+	p.regMu.Unlock()
+	p.Remove(&c.d)
+	f := os.NewFile(uintptr(fd), "")
+	nc, err := net.FileConn(f)
+	_ = f.Close()
+	return nc, err
+}
+
+// CloseWrite shuts the sending half down: the peer reads EOF after what
+// was written.
+func (c *Conn) CloseWrite() error {
+	return os.NewSyscallError("shutdown", syscall.Shutdown(int(c.d.fd), syscall.SHUT_WR))
 }
 
 // setup sets the socket options net.Dialer sets: no Nagle delay, and

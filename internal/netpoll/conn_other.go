@@ -18,6 +18,20 @@ func (p *Poller) DialTCP(context.Context, netip.AddrPort, time.Duration) (*Conn,
 	return nil, ErrUnsupported
 }
 
-// Handover and FD are never called here: no Conn is ever made.
+// Listener is not available here.
+type Listener struct{ net.Listener }
+
+// Listen fails here; callers serve with net/http.
+func (p *Poller) Listen(*net.TCPListener, time.Duration) (*Listener, error) {
+	return nil, ErrUnsupported
+}
+
+func (l *Listener) Accept() (*Conn, error) { return nil, ErrUnsupported }
+
+// Handover, FD, Release and CloseWrite are never called here: no Conn is
+// ever made.
 func (c *Conn) Handover(*Desc) {}
 func (c *Conn) FD() int        { return -1 }
+
+func (c *Conn) Release() (net.Conn, error) { return nil, ErrUnsupported }
+func (c *Conn) CloseWrite() error          { return ErrUnsupported }

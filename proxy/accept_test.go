@@ -1,0 +1,252 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
+)
+
+const handshakeHead = "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+// servedGate is a gate served by Serve that counts the connections Serve
+// hands to net/http.
+func servedGate(t *testing.T, mod func(*Config)) (*gate, *atomic.Int32) {
+	t.Helper()
+	var handed atomic.Int32
+	g := newGate(t, backend(t).URL, func(c *Config) {
+		if mod != nil {
+			mod(c)
+		}
+	})
+	g.proxy.hooks.handed = func() { handed.Add(1) }
+	return g, &handed
+}
+
+func dialRaw(t *testing.T, g *gate) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	return conn, bufio.NewReader(conn)
+}
+
+// echoes sends one masked text frame and wants it back.
+func echoes(t *testing.T, conn net.Conn, br *bufio.Reader, msg string) {
+	t.Helper()
+	if _, err := conn.Write(maskedFrame(true, 1, []byte(msg))); err != nil {
+		t.Fatal(err)
+	}
+	wantFrame(t, br, msg)
+}
+
+func wantFrame(t *testing.T, br *bufio.Reader, msg string) {
+	t.Helper()
+	h, p, err := readFrame(br)
+	if err != nil || h.OpCode != ws.OpText || string(p) != msg {
+		t.Fatalf("got %v %q %v, want the echo %q", h.OpCode, p, err, msg)
+	}
+}
+
+func want101(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v, want 101", res, err)
+	}
+}
+
+// TestServeHandshakes: Serve answers handshakes itself however their
+// bytes come (one at a time, with bare LF line ends, with a frame right
+// behind them), and gives net/http whatever it does not take whole: a
+// head over its buffer, a request that is not a handshake, and the
+// requests after it on the same connection (a handshake included).
+func TestServeHandshakes(t *testing.T) {
+	g, handed := servedGate(t, nil)
+
+	t.Run("whole", func(t *testing.T) {
+		before := handed.Load()
+		conn, br := dialRaw(t, g)
+		_, _ = io.WriteString(conn, handshakeHead+"\r\n")
+		want101(t, br)
+		echoes(t, conn, br, "one")
+		if handed.Load() != before {
+			t.Fatal("a plain handshake went to net/http")
+		}
+	})
+	t.Run("byte by byte, LF line ends, a frame behind", func(t *testing.T) {
+		before := handed.Load()
+		conn, br := dialRaw(t, g)
+		head := strings.ReplaceAll(handshakeHead, "\r\n", "\n") + "\n"
+		for i := range len(head) {
+			if _, err := conn.Write([]byte{head[i]}); err != nil {
+				t.Fatal(err)
+			}
+			if i%16 == 0 {
+				time.Sleep(time.Millisecond) // separate segments
+			}
+		}
+		_, _ = conn.Write(maskedFrame(true, 1, []byte("early")))
+		want101(t, br)
+		wantFrame(t, br, "early")
+		echoes(t, conn, br, "two")
+		if handed.Load() != before {
+			t.Fatal("a handshake in pieces went to net/http")
+		}
+	})
+	t.Run("head over the buffer", func(t *testing.T) {
+		before := handed.Load()
+		conn, br := dialRaw(t, g)
+		_, _ = io.WriteString(conn, handshakeHead+"X-Pad: "+strings.Repeat("p", 6000)+"\r\n\r\n")
+		_, _ = conn.Write(maskedFrame(true, 1, []byte("early")))
+		want101(t, br)
+		wantFrame(t, br, "early")
+		echoes(t, conn, br, "three")
+		if handed.Load() != before+1 {
+			t.Fatal("a head of 6 KB was not given to net/http")
+		}
+	})
+	t.Run("keep-alive, then a handshake", func(t *testing.T) {
+		before := handed.Load()
+		conn, br := dialRaw(t, g)
+		for i := range 2 {
+			body := "payload" + strconv.Itoa(i)
+			_, _ = io.WriteString(conn, "POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 || string(b) != body || res.Header.Get("X-Backend") != "go" {
+				t.Fatalf("pass-through %d: %d %q", i, res.StatusCode, b)
+			}
+		}
+		_, _ = io.WriteString(conn, handshakeHead+"\r\n")
+		want101(t, br)
+		echoes(t, conn, br, "four")
+		if handed.Load() != before+1 {
+			t.Fatalf("%d connections given to net/http, want 1", handed.Load()-before)
+		}
+	})
+	t.Run("a client library", func(t *testing.T) {
+		c := dial(t, wsURL(g.Server, "/echo"), nil)
+		ctx := ctx5(t)
+		if err := c.Write(ctx, websocket.MessageText, []byte("five")); err != nil {
+			t.Fatal(err)
+		}
+		if _, b, err := c.Read(ctx); err != nil || string(b) != "five" {
+			t.Fatalf("echo %q %v", b, err)
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	})
+	waitFor(t, func() bool { return g.proxy.Active() == 0 })
+}
+
+// TestServeRefusals: a handshake Serve refuses gets a whole HTTP answer
+// (its status, headers and body, with its length) and then the end of the
+// connection.
+func TestServeRefusals(t *testing.T) {
+	g, handed := servedGate(t, func(c *Config) { c.MaxHeaderBytes = 2048 })
+	tests := []struct {
+		name, head string
+		status     int
+		header     string // a header the answer must carry
+	}{
+		{"version", strings.Replace(handshakeHead, "Version: 13", "Version: 8", 1), http.StatusUpgradeRequired, "Sec-Websocket-Version"},
+		{"header size", handshakeHead + "X-Pad: " + strings.Repeat("p", 3000) + "\r\n", http.StatusRequestHeaderFieldsTooLarge, "Content-Type"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := dialRaw(t, g)
+			_, _ = io.WriteString(conn, tt.head+"\r\n")
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			if err != nil || res.StatusCode != tt.status || res.Header.Get(tt.header) == "" || len(b) == 0 ||
+				res.ContentLength != int64(len(b)) || !res.Close {
+				t.Fatalf("%d %v %q %v, want %d with %s, a body of its length and Connection: close",
+					res.StatusCode, res.Header, b, err, tt.status, tt.header)
+			}
+			if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("after the answer: %d bytes, %v; want EOF", n, err)
+			}
+		})
+	}
+	if handed.Load() != 0 {
+		t.Fatalf("%d refusals went to net/http", handed.Load())
+	}
+}
+
+// TestServeSilentClients: a connection that sends no head, or half of
+// one, is closed at the handshake timeout, without an answer.
+func TestServeSilentClients(t *testing.T) {
+	g, _ := servedGate(t, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
+	for _, sent := range []string{"", "GET /echo HTTP/1.1\r\nHost: x\r\n"} {
+		conn, br := dialRaw(t, g)
+		_, _ = io.WriteString(conn, sent)
+		if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("sent %q: %d bytes, %v; want the connection closed", sent, n, err)
+		}
+	}
+}
+
+// TestServeStops: Serve returns http.ErrServerClosed when the server is
+// closed, or the proxy shut down (its poller holds the listener), and the
+// address no longer takes connections.
+func TestServeStops(t *testing.T) {
+	for _, how := range []string{"server", "proxy"} {
+		t.Run(how, func(t *testing.T) {
+			p, err := New(Config{Upstream: mustURL(t, backend(t).URL), CloseTimeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := httptest.NewUnstartedServer(p)
+			addr := s.Listener.Addr().String()
+			served := make(chan error, 1)
+			go func() { served <- p.Serve(s.Listener, s.Config, nil) }()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if how == "server" {
+				_ = s.Config.Close()
+			}
+			_ = p.Shutdown(ctx)
+			select {
+			case err := <-served:
+				if !errors.Is(err, http.ErrServerClosed) {
+					t.Fatalf("Serve returned %v, want http.ErrServerClosed", err)
+				}
+			case <-ctx.Done():
+				t.Fatal("Serve did not return")
+			}
+			_ = s.Config.Close()
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				t.Fatal("the address still takes connections")
+			}
+		})
+	}
+}
