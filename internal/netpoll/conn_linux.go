@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,13 +52,9 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 	if ip.Zone() != "" {
 		return nil, errors.New("netpoll: dial: addresses with a zone are not supported")
 	}
-	var sa syscall.Sockaddr
 	family := syscall.AF_INET
-	if ip.Is4() {
-		sa = &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: ip.As4()}
-	} else {
+	if !ip.Is4() {
 		family = syscall.AF_INET6
-		sa = &syscall.SockaddrInet6{Port: int(addr.Port()), Addr: ip.As16()}
 	}
 	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -69,29 +64,13 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 	c.d.Init(fd, nil) // never parked with Wait: its callback never runs
 	err = c.setup(keepAlive)
 	if err == nil {
-		err = c.connect(ctx, sa)
+		err = c.connect(ctx, c.remote)
 	}
 	if err != nil {
 		c.Close() // registered or not
 		return nil, dialError(addr, err)
 	}
 	return c, nil
-}
-
-// addrPortOf is a peer's socket address; an IPv4 peer of an IPv6 socket
-// is its IPv4 address.
-func addrPortOf(sa syscall.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *syscall.SockaddrInet6:
-		ip := netip.AddrFrom16(sa.Addr).Unmap()
-		if sa.ZoneId != 0 && ip.Is6() {
-			ip = ip.WithZone(strconv.Itoa(int(sa.ZoneId)))
-		}
-		return netip.AddrPortFrom(ip, uint16(sa.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // Release gives the socket back to the runtime: it leaves p's set and
@@ -122,14 +101,14 @@ func (c *Conn) Release() (net.Conn, error) {
 // CloseWrite shuts the sending half down: the peer reads EOF after what
 // was written.
 func (c *Conn) CloseWrite() error {
-	return os.NewSyscallError("shutdown", syscall.Shutdown(int(c.d.fd), syscall.SHUT_WR))
+	return os.NewSyscallError("shutdown", sysShutdown(int(c.d.fd), syscall.SHUT_WR))
 }
 
 // setup sets the socket options net.Dialer sets: no Nagle delay, and
 // keepalive when asked.
 func (c *Conn) setup(keepAlive time.Duration) error {
 	fd := int(c.d.fd)
-	if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
+	if err := sysSetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
 		return os.NewSyscallError("setsockopt", err)
 	}
 	if keepAlive <= 0 {
@@ -141,7 +120,7 @@ func (c *Conn) setup(keepAlive time.Duration) error {
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, secs},
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, secs},
 	} {
-		if err := syscall.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+		if err := sysSetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
 			return os.NewSyscallError("setsockopt", err)
 		}
 	}
@@ -156,13 +135,13 @@ func (c *Conn) setup(keepAlive time.Duration) error {
 // a socket still waiting for the peer's answer. Registered after, it has
 // no event until the connection is made or fails, and one at once (the
 // registration looks at its state) if that happened in between.
-func (c *Conn) connect(ctx context.Context, sa syscall.Sockaddr) error {
+func (c *Conn) connect(ctx context.Context, addr netip.AddrPort) error {
 	fd := int(c.d.fd)
 	var deadline int64
 	if t, ok := ctx.Deadline(); ok {
 		deadline = t.UnixNano()
 	}
-	started := syscall.Connect(fd, sa)
+	started := sysConnect(fd, addr)
 	switch started {
 	case nil, syscall.EINPROGRESS, syscall.EINTR:
 	default:
@@ -183,7 +162,7 @@ func (c *Conn) connect(ctx context.Context, sa syscall.Sockaddr) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		n, err := sysGetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
 		if err != nil {
 			return os.NewSyscallError("getsockopt", err)
 		}
@@ -293,7 +272,7 @@ func (c *Conn) Close() error {
 	}
 	c.kick()
 	c.p.Remove(&c.d)
-	return os.NewSyscallError("close", syscall.Close(int(c.d.fd)))
+	return os.NewSyscallError("close", sysClose(int(c.d.fd)))
 }
 
 // Handover gives the socket and its registration to d, which must have

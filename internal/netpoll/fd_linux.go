@@ -40,10 +40,10 @@ func Own(c net.Conn) (int, error) {
 // descriptor: the peer sees it end, writes fail, reads return what was
 // received and then EOF, and a goroutine blocked on it returns.
 func Shutdown(fd int) {
-	_ = syscall.Shutdown(fd, syscall.SHUT_RDWR)
+	_ = sysShutdown(fd, syscall.SHUT_RDWR)
 }
 
 // Close closes an owned descriptor.
 func Close(fd int) {
-	_ = syscall.Close(fd)
+	_ = sysClose(fd)
 }

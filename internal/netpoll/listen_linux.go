@@ -68,7 +68,7 @@ func (l *Listener) Accept() (*Conn, error) {
 			l.release()
 			return nil, net.ErrClosed
 		}
-		fd, sa, err := syscall.Accept4(int(l.d.fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		fd, remote, err := sysAccept(int(l.d.fd))
 		switch err {
 		case nil:
 		case syscall.EINTR, syscall.ECONNABORTED:
@@ -82,7 +82,7 @@ func (l *Listener) Accept() (*Conn, error) {
 		default:
 			return nil, os.NewSyscallError("accept4", err)
 		}
-		c := &Conn{p: l.p, remote: addrPortOf(sa)}
+		c := &Conn{p: l.p, remote: remote}
 		c.d.Init(fd, nil)
 		err = c.setup(l.keepAlive)
 		if err == nil {
@@ -100,7 +100,7 @@ func (l *Listener) release() {
 	if !l.released {
 		l.released = true
 		l.p.Remove(&l.d)
-		_ = syscall.Close(int(l.d.fd))
+		_ = sysClose(int(l.d.fd))
 	}
 }
 
