@@ -78,12 +78,14 @@ func (p *Proxy) Serve(ln net.Listener, srv *http.Server, accepted func(net.Addr)
 	rest := &handedListener{own: own, conns: make(chan net.Conn), done: make(chan struct{})}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(rest) }()
+	idle := make(chan *netpoll.Conn) // to a handshaker waiting for its next connection
 	var backoff time.Duration
 	for {
 		c, err := own.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				// srv's Shutdown or Close, or the proxy's (its poller).
+				// rest.done also ends the idle handshakers.
 				rest.Close()
 				if err := <-served; !errors.Is(err, net.ErrClosed) {
 					return err
@@ -100,7 +102,36 @@ func (p *Proxy) Serve(ln net.Listener, srv *http.Server, accepted func(net.Addr)
 		if accepted != nil {
 			accepted(c.RemoteAddr())
 		}
-		go p.serveConn(c, rest)
+		select {
+		case idle <- c:
+		default:
+			go p.handshaker(c, idle, rest)
+		}
+	}
+}
+
+// handshakerLinger is how long a handshaker waits for another connection
+// before it ends.
+const handshakerLinger = 2 * time.Second
+
+// handshaker serves c, then the connections Serve gives it while it
+// waits, until none came for handshakerLinger or Serve ended. A
+// handshake grows its goroutine's stack to 32 KiB (JWT verification, the
+// upstream's dial): a new goroutine for each grew a new stack each time,
+// a twentieth of a handshake's CPU.
+func (p *Proxy) handshaker(c *netpoll.Conn, idle <-chan *netpoll.Conn, rest *handedListener) {
+	t := time.NewTimer(handshakerLinger)
+	defer t.Stop()
+	for {
+		p.serveConn(c, rest)
+		t.Reset(handshakerLinger)
+		select {
+		case c = <-idle:
+		case <-t.C:
+			return
+		case <-rest.done:
+			return
+		}
 	}
 }
 
