@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -50,9 +51,17 @@ var (
 // ln is not a plain TCP listener (the PROXY protocol's). accepted, when
 // set, sees each connection's peer as it is accepted.
 //
-// A handshake served here answers a refusal with Connection: close,
-// where net/http would keep the connection for another request; a
-// browser's WebSocket opens a new connection for each handshake anyway.
+// A handshake served here is served by the proxy itself: srv's Handler,
+// ConnState, contexts and timeouts apply only to what srv serves (the
+// proxy's HandshakeTimeout bounds the head, its MaxHeaderBytes the
+// headers). A refusal is answered with Connection: close, where net/http
+// would keep the connection for another request; a browser's WebSocket
+// opens a new connection for each handshake anyway. Nothing reads the
+// client's socket while its handshake is under way, so a client that
+// leaves then is noticed when its 101 is written (net/http cancels the
+// request at once); until then it holds its pending handshake's place,
+// as a client that stays would, bounded by the dial and handshake
+// timeouts.
 func (p *Proxy) Serve(ln net.Listener, srv *http.Server, accepted func(net.Addr)) error {
 	var own *netpoll.Listener
 	if tl, ok := ln.(*net.TCPListener); ok {
@@ -139,11 +148,15 @@ func (p *Proxy) handshaker(c *netpoll.Conn, idle <-chan *netpoll.Conn, rest *han
 // serves, anything else it hands to net/http through rest.
 func (p *Proxy) serveConn(c *netpoll.Conn, rest *handedListener) {
 	defer func() {
-		// As net/http: a handler's panic ends its connection, not the process.
-		if v := recover(); v != nil && v != http.ErrAbortHandler {
-			buf := make([]byte, 64<<10)
-			p.log.Error("panic serving a handshake", "peer", c.RemoteAddr().String(), "panic", fmt.Sprint(v),
-				"stack", string(buf[:runtime.Stack(buf, false)]))
+		// As net/http: a handler's panic ends its connection, not the
+		// process (Close does nothing once the relay has the socket).
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				p.log.Error("panic serving a handshake", "peer", c.RemoteAddr().String(), "panic", fmt.Sprint(v),
+					"stack", string(buf[:runtime.Stack(buf, false)]))
+			}
+			_ = c.Close()
 		}
 	}()
 	_ = c.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
@@ -229,10 +242,13 @@ func peekBuffered(br *bufio.Reader) []byte {
 // net/http requires of a request it serves.
 func ownsRequest(r *http.Request) bool {
 	if !isWebSocket(r) || r.Method != http.MethodGet || r.ProtoMajor != 1 || r.ProtoMinor != 1 ||
-		r.ContentLength != 0 || len(r.TransferEncoding) != 0 {
+		r.ContentLength != 0 || len(r.TransferEncoding) != 0 || len(r.Header["Expect"]) != 0 {
 		return false
 	}
-	if r.Host == "" || !httpguts.ValidHostHeader(r.Host) { // http.ReadRequest moved it there
+	// In origin form, r.Host is the Host header (http.ReadRequest moved it
+	// there); net/http answers a missing or malformed one, and any other
+	// form, as it does.
+	if !strings.HasPrefix(r.RequestURI, "/") || r.Host == "" || !httpguts.ValidHostHeader(r.Host) {
 		return false
 	}
 	for k, vs := range r.Header {
@@ -427,6 +443,9 @@ func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.read) > 0 {
 		n := copy(b, c.read)
 		c.read = c.read[n:]
+		if len(c.read) == 0 {
+			c.read = nil // not kept for the connection's life
+		}
 		return n, nil
 	}
 	return c.TCPConn.Read(b)
@@ -439,6 +458,9 @@ func (c *replayConn) WriteTo(w io.Writer) (int64, error) {
 	if len(c.read) > 0 {
 		n, err := w.Write(c.read)
 		c.read = c.read[n:]
+		if len(c.read) == 0 {
+			c.read = nil
+		}
 		done = int64(n)
 		if err != nil {
 			return done, err

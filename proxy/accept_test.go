@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -37,6 +38,7 @@ func servedGate(t *testing.T, mod func(*Config)) (*gate, *atomic.Int32) {
 
 func dialRaw(t *testing.T, g *gate) (net.Conn, *bufio.Reader) {
 	t.Helper()
+	dialPoint()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +196,63 @@ func TestServeRefusals(t *testing.T) {
 	if handed.Load() != 0 {
 		t.Fatalf("%d refusals went to net/http", handed.Load())
 	}
+}
+
+// TestServeLeavesToNetHTTP: a handshake net/http would refuse is left to
+// it: a missing Host (the absolute form carries one in its URI), a
+// malformed Host, an Expect.
+func TestServeLeavesToNetHTTP(t *testing.T) {
+	g, handed := servedGate(t, nil)
+	rest := strings.TrimPrefix(handshakeHead, "GET /echo HTTP/1.1\r\nHost: x\r\n")
+	tests := []struct {
+		name, head string
+		status     int
+	}{
+		{"absolute form, no Host", "GET http://x/echo HTTP/1.1\r\n" + rest, http.StatusBadRequest},
+		{"malformed Host", "GET /echo HTTP/1.1\r\nHost: a b\r\n" + rest, http.StatusBadRequest},
+		{"Expect", handshakeHead + "Expect: nothing\r\n", http.StatusExpectationFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := handed.Load()
+			conn, br := dialRaw(t, g)
+			_, _ = io.WriteString(conn, tt.head+"\r\n")
+			res, err := http.ReadResponse(br, nil)
+			if err != nil || res.StatusCode != tt.status {
+				t.Fatalf("%v %v, want %d", res, err, tt.status)
+			}
+			res.Body.Close()
+			if handed.Load() != before+1 {
+				t.Fatal("not given to net/http")
+			}
+		})
+	}
+}
+
+// panicky is the client-IP resolver of the peer, which panics when the
+// request names X-Panic in its X-Forwarded-For.
+type panicky struct{ peerOnly }
+
+func (panicky) ClientIP(peer netip.Addr, xff []string) netip.Addr {
+	if len(xff) > 0 && xff[0] == "X-Panic" {
+		panic("as asked")
+	}
+	return peer.Unmap()
+}
+
+// TestServePanic: a panic while a handshake is served ends that
+// connection (the client reads EOF), and the gate serves the next.
+func TestServePanic(t *testing.T) {
+	g, _ := servedGate(t, func(c *Config) { c.ClientIP = panicky{} })
+	conn, br := dialRaw(t, g)
+	_, _ = io.WriteString(conn, handshakeHead+"X-Forwarded-For: X-Panic\r\n\r\n")
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after the panic: %d bytes, %v; want EOF", n, err)
+	}
+	conn, br = dialRaw(t, g)
+	_, _ = io.WriteString(conn, handshakeHead+"\r\n")
+	want101(t, br)
+	echoes(t, conn, br, "after the panic")
 }
 
 // TestServeSilentClients: a connection that sends no head, or half of

@@ -1,0 +1,40 @@
+//go:build linux && 386
+
+package netpoll
+
+import (
+	"net/netip"
+	"syscall"
+)
+
+// On linux/386 the socket calls go through socketcall(2), which the
+// syscall package does not number: they are syscall's own.
+
+func sysClose(fd int) error                        { return syscall.Close(fd) }
+func sysShutdown(fd, how int) error                { return syscall.Shutdown(fd, how) }
+func sysSetsockoptInt(fd, level, opt, v int) error { return syscall.SetsockoptInt(fd, level, opt, v) }
+func sysGetsockoptInt(fd, level, opt int) (int, error) {
+	return syscall.GetsockoptInt(fd, level, opt)
+}
+
+func sysConnect(fd int, ap netip.AddrPort) error {
+	if ip := ap.Addr(); ip.Is4() {
+		return syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()})
+	}
+	return syscall.Connect(fd, &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+}
+
+func sysAccept(fd int) (int, netip.AddrPort, error) {
+	nfd, sa, err := syscall.Accept4(fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+	if err != nil {
+		return -1, netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *syscall.SockaddrInet6:
+		ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return nfd, ap, nil
+}
