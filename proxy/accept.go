@@ -159,7 +159,8 @@ func (p *Proxy) serveConn(c *netpoll.Conn, rest *handedListener) {
 			_ = c.Close()
 		}
 	}()
-	_ = c.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+	headBy := time.Now().Add(p.cfg.HandshakeTimeout)
+	_ = c.SetReadDeadline(headBy)
 	br := headReaders.Get().(*bufio.Reader)
 	br.Reset(c)
 	defer func() {
@@ -185,7 +186,7 @@ func (p *Proxy) serveConn(c *netpoll.Conn, rest *handedListener) {
 			hook()
 		}
 		// The head as it came, then what came after it.
-		rest.hand(c, append(*headp, peekBuffered(br)...))
+		rest.hand(c, append(*headp, peekBuffered(br)...), headBy)
 		return
 	}
 	headCopies.Put(headp)
@@ -412,16 +413,19 @@ func (l *handedListener) Close() error {
 func (l *handedListener) Addr() net.Addr { return l.own.Addr() }
 
 // hand gives c to net/http, which first reads read, the bytes already
-// taken from c.
-func (l *handedListener) hand(c *netpoll.Conn, read []byte) {
+// taken from c, and must have the first request's head by headBy.
+func (l *handedListener) hand(c *netpoll.Conn, read []byte, headBy time.Time) {
 	nc, err := c.Release()
 	if err != nil {
 		_ = c.Close()
 		return
 	}
 	var rc net.Conn = nc
-	if tc, ok := nc.(*net.TCPConn); ok && len(read) > 0 {
-		rc = &replayConn{TCPConn: tc, read: read}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		// The head is due when it was; a net/http without a header timeout
+		// clears the deadline once it has the head.
+		_ = tc.SetReadDeadline(headBy)
+		rc = &replayConn{TCPConn: tc, read: read, headBy: headBy}
 	}
 	select {
 	case l.conns <- rc:
@@ -437,6 +441,24 @@ func (l *handedListener) hand(c *netpoll.Conn, read []byte) {
 type replayConn struct {
 	*net.TCPConn
 	read []byte
+	// headBy is when the first head is due, for net/http's first read
+	// deadline (its header timeout, started again at the hand-over).
+	headBy time.Time
+}
+
+// SetReadDeadline is TCPConn's, except that a first deadline that is not
+// zero, net/http's header timeout for the first request, is no later
+// than headBy: a slow head handed over gets the header timeout once, not
+// twice. (Without a header timeout, net/http's first call comes after the
+// head, and clears the deadline.)
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	if by := c.headBy; !by.IsZero() {
+		c.headBy = time.Time{}
+		if !t.IsZero() && t.After(by) {
+			t = by
+		}
+	}
+	return c.TCPConn.SetReadDeadline(t)
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {

@@ -255,15 +255,25 @@ func TestServePanic(t *testing.T) {
 	echoes(t, conn, br, "after the panic")
 }
 
-// TestServeSilentClients: a connection that sends no head, or half of
-// one, is closed at the handshake timeout, without an answer.
+// TestServeSilentClients: a connection that sends no head, or part of
+// one, is closed at the handshake timeout, without an answer; so is one
+// whose head outgrew Serve's buffer and went to net/http, whether
+// net/http has no header timeout or a longer one than the client's wait.
 func TestServeSilentClients(t *testing.T) {
-	g, _ := servedGate(t, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
-	for _, sent := range []string{"", "GET /echo HTTP/1.1\r\nHost: x\r\n"} {
-		conn, br := dialRaw(t, g)
-		_, _ = io.WriteString(conn, sent)
-		if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-			t.Fatalf("sent %q: %d bytes, %v; want the connection closed", sent, n, err)
+	for _, headerTimeout := range []time.Duration{0, time.Minute} {
+		p, err := New(Config{Upstream: mustURL(t, backend(t).URL), CloseTimeout: time.Second,
+			HandshakeTimeout: 300 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &gate{Server: serveGateWith(t, p, func(srv *http.Server) { srv.ReadHeaderTimeout = headerTimeout }), proxy: p}
+		for _, sent := range []string{"", "GET /echo HTTP/1.1\r\nHost: x\r\n", handshakeHead + "X-Pad: " + strings.Repeat("p", 5000)} {
+			conn, br := dialRaw(t, g)
+			_, _ = io.WriteString(conn, sent)
+			if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("net/http's header timeout %v, sent %.60q: %d bytes, %v; want the connection closed",
+					headerTimeout, sent, n, err)
+			}
 		}
 	}
 }

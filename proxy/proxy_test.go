@@ -141,7 +141,16 @@ func dialPoint() {
 // the test ends.
 func serveGate(t testing.TB, p *Proxy) *httptest.Server {
 	t.Helper()
+	return serveGateWith(t, p, nil)
+}
+
+// serveGateWith is serveGate with srv set up by mod first.
+func serveGateWith(t testing.TB, p *Proxy, mod func(srv *http.Server)) *httptest.Server {
+	t.Helper()
 	s := httptest.NewUnstartedServer(p)
+	if mod != nil {
+		mod(s.Config)
+	}
 	s.URL = "http://" + s.Listener.Addr().String()
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(s.Listener, s.Config, func(net.Addr) { dialPoint() }) }()
