@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/gobwas/ws"
 )
 
@@ -77,7 +76,8 @@ func want101(t *testing.T, br *bufio.Reader) {
 // bytes come (one at a time, with bare LF line ends, with a frame right
 // behind them), and gives net/http whatever it does not take whole: a
 // head over its buffer, a request that is not a handshake, and the
-// requests after it on the same connection (a handshake included).
+// requests after it on the same connection (a handshake included). (The
+// other tests, TestEcho first, go through Serve with client libraries.)
 func TestServeHandshakes(t *testing.T) {
 	g, handed := servedGate(t, nil)
 
@@ -145,17 +145,6 @@ func TestServeHandshakes(t *testing.T) {
 		if handed.Load() != before+1 {
 			t.Fatalf("%d connections given to net/http, want 1", handed.Load()-before)
 		}
-	})
-	t.Run("a client library", func(t *testing.T) {
-		c := dial(t, wsURL(g.Server, "/echo"), nil)
-		ctx := ctx5(t)
-		if err := c.Write(ctx, websocket.MessageText, []byte("five")); err != nil {
-			t.Fatal(err)
-		}
-		if _, b, err := c.Read(ctx); err != nil || string(b) != "five" {
-			t.Fatalf("echo %q %v", b, err)
-		}
-		c.Close(websocket.StatusNormalClosure, "")
 	})
 	waitFor(t, func() bool { return g.proxy.Active() == 0 })
 }
