@@ -42,8 +42,8 @@ var (
 // is a WebSocket handshake is served here, on a socket the gate owns from
 // accept on: no registration in the runtime's poller to undo, no
 // duplicate to take at the upgrade, none of net/http's buffers left with
-// a hijacked connection (a handshake through net/http made nine more
-// system calls and left 8 KiB more garbage). Any other connection goes to
+// a hijacked connection (through net/http a handshake made about seven
+// more system calls and left 8 KiB more garbage). Any other connection goes to
 // srv, with the bytes read so far, and srv serves it and the requests
 // that follow on it, as srv.Serve(ln) would. So does a handshake this
 // reader does not take whole: a head over headSize, a body, a header
