@@ -1,4 +1,4 @@
-//go:build linux && !386
+//go:build linux && !386 && !s390x
 
 package netpoll
 
@@ -12,7 +12,8 @@ import (
 // The socket calls of a connection's life (accept, connect, its options,
 // shutdown, close) on non-blocking sockets, made without telling the
 // scheduler (RawSyscall), as the relay's reads and writes are: none of
-// them waits. Made through syscall's own wrappers, each one marked its
+// them waits (close(2) would, on a socket with SO_LINGER and a timeout,
+// which the gate never sets: its listener is its own). Made through syscall's own wrappers, each one marked its
 // processor as in a system call; on loopback connect(2) and shutdown(2)
 // run the peer's side of the TCP exchange inline and outlast the
 // runtime monitor's 20 µs tick, so the monitor kept retaking processors

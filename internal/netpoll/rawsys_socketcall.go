@@ -1,14 +1,16 @@
-//go:build linux && 386
+//go:build linux && (386 || s390x)
 
 package netpoll
 
 import (
 	"net/netip"
+	"strconv"
 	"syscall"
 )
 
-// On linux/386 the socket calls go through socketcall(2), which the
-// syscall package does not number: they are syscall's own.
+// On linux/386 and linux/s390x the syscall package makes the socket calls
+// through socketcall(2) (on s390x the direct calls came with Linux 4.3):
+// they are syscall's own here.
 
 func sysClose(fd int) error                        { return syscall.Close(fd) }
 func sysShutdown(fd, how int) error                { return syscall.Shutdown(fd, how) }
@@ -34,7 +36,11 @@ func sysAccept(fd int) (int, netip.AddrPort, error) {
 	case *syscall.SockaddrInet4:
 		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 	case *syscall.SockaddrInet6:
-		ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+		ip := netip.AddrFrom16(sa.Addr).Unmap()
+		if sa.ZoneId != 0 && ip.Is6() {
+			ip = ip.WithZone(strconv.FormatUint(uint64(sa.ZoneId), 10))
+		}
+		ap = netip.AddrPortFrom(ip, uint16(sa.Port))
 	}
 	return nfd, ap, nil
 }
