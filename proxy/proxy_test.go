@@ -386,16 +386,9 @@ func rawClient(t *testing.T, g *gate, path string) (net.Conn, *bufio.Reader) {
 // in CRLF); it also returns the 101 response.
 func rawClientWith(t *testing.T, g *gate, path, extra string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	dialPoint()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn, br := dialRaw(t, g)
 	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+extra+"\r\n")
-	br := bufio.NewReader(conn)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil || res.StatusCode != 101 {
 		t.Fatalf("handshake: %v %v", res, err)

@@ -64,7 +64,7 @@ func (p *Poller) DialTCP(ctx context.Context, addr netip.AddrPort, keepAlive tim
 	c.d.Init(fd, nil) // never parked with Wait: its callback never runs
 	err = c.setup(keepAlive)
 	if err == nil {
-		err = c.connect(ctx, c.remote)
+		err = c.connect(ctx)
 	}
 	if err != nil {
 		c.Close() // registered or not
@@ -135,13 +135,13 @@ func (c *Conn) setup(keepAlive time.Duration) error {
 // a socket still waiting for the peer's answer. Registered after, it has
 // no event until the connection is made or fails, and one at once (the
 // registration looks at its state) if that happened in between.
-func (c *Conn) connect(ctx context.Context, addr netip.AddrPort) error {
+func (c *Conn) connect(ctx context.Context) error {
 	fd := int(c.d.fd)
 	var deadline int64
 	if t, ok := ctx.Deadline(); ok {
 		deadline = t.UnixNano()
 	}
-	started := sysConnect(fd, addr)
+	started := sysConnect(fd, c.remote)
 	switch started {
 	case nil, syscall.EINPROGRESS, syscall.EINTR:
 	default:

@@ -3,6 +3,7 @@ package netpoll
 import (
 	"fmt"
 	"net"
+	"os"
 	"syscall"
 )
 
@@ -18,19 +19,9 @@ func Own(c net.Conn) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("netpoll: own: %T is not a socket", c)
 	}
-	rc, err := sc.SyscallConn()
+	fd, err := dup(sc)
 	if err != nil {
 		return -1, fmt.Errorf("netpoll: own: %w", err)
-	}
-	fd, errno := -1, syscall.Errno(0)
-	if err := rc.Control(func(f uintptr) {
-		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, f, syscall.F_DUPFD_CLOEXEC, 0)
-		fd, errno = int(r), e
-	}); err != nil {
-		return -1, fmt.Errorf("netpoll: own: %w", err)
-	}
-	if errno != 0 {
-		return -1, fmt.Errorf("netpoll: own: fcntl: %w", errno)
 	}
 	_ = c.Close()
 	return fd, nil
@@ -46,4 +37,24 @@ func Shutdown(fd int) {
 // Close closes an owned descriptor.
 func Close(fd int) {
 	_ = sysClose(fd)
+}
+
+// dup returns a duplicate of sc's descriptor, close-on-exec, sharing its
+// file status (non-blocking).
+func dup(sc syscall.Conn) (int, error) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, errno := -1, syscall.Errno(0)
+	if err := rc.Control(func(f uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, f, syscall.F_DUPFD_CLOEXEC, 0)
+		fd, errno = int(r), e
+	}); err != nil {
+		return -1, err
+	}
+	if errno != 0 {
+		return -1, os.NewSyscallError("fcntl", errno)
+	}
+	return fd, nil
 }

@@ -32,21 +32,10 @@ type Listener struct {
 // Accepted connections get TCP_NODELAY, and TCP keepalive with keepAlive
 // as its idle time and interval when it is positive.
 func (p *Poller) Listen(ln *net.TCPListener, keepAlive time.Duration) (*Listener, error) {
-	rc, err := ln.SyscallConn()
+	fd, err := dup(ln)
 	if err != nil {
 		return nil, err
 	}
-	fd, errno := -1, syscall.Errno(0)
-	if err := rc.Control(func(f uintptr) {
-		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, f, syscall.F_DUPFD_CLOEXEC, 0)
-		fd, errno = int(r), e
-	}); err != nil {
-		return nil, err
-	}
-	if errno != 0 {
-		return nil, os.NewSyscallError("fcntl", errno)
-	}
-	// The duplicate shares the original's file status: non-blocking.
 	l := &Listener{p: p, addr: ln.Addr(), keepAlive: keepAlive}
 	l.d.Init(fd, nil) // never parked with Wait: its callback never runs
 	if err := p.Register(&l.d); err != nil {
