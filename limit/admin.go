@@ -247,6 +247,9 @@ func (s *memory) inspect(k holdKey, rules []adminRule, out []RuleState) {
 		o := &out[i]
 		if r.flag != nil {
 			e := s.m[memKey{r.flag, safeID(k.id)}]
+			if e == nil {
+				continue
+			}
 			if e.windowEnd > now {
 				o.Windows[0].Count, o.Windows[0].LeftMs = int64(e.n), ceilMs(e.windowEnd-now)
 			}
@@ -461,7 +464,7 @@ func (s *memory) resetKey(k holdKey) {
 	defer s.mu.Unlock()
 	for mk := range s.m {
 		if mk.id == id && mk.rule.scope == scope {
-			delete(s.m, mk)
+			s.remove(mk)
 		}
 	}
 	for pk := range s.pol {
@@ -478,7 +481,7 @@ func (s *memory) resetRules(k holdKey, rules []adminRule) {
 	defer s.mu.Unlock()
 	for _, r := range rules {
 		if r.flag != nil {
-			delete(s.m, memKey{r.flag, id})
+			s.remove(memKey{r.flag, id})
 		} else {
 			delete(s.pol, polKey{rule: r.pol.Name, kind: r.pol.Key, id: k.id})
 		}

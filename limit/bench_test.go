@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,33 @@ func BenchmarkRedisCharge(b *testing.B) {
 				b.StopTimer()
 			})
 			b.ReportMetric(float64(cmds)/float64(ops), "round-trips/op")
+		})
+	}
+}
+
+// BenchmarkMemoryMessageUsers decides one message at a time for each of
+// many connected users in turn, as a busy gate does: the store's entries
+// then no longer sit in the processor's caches.
+func BenchmarkMemoryMessageUsers(b *testing.B) {
+	for _, n := range []int{50, 8000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			l := newLimiter(b, Config{Rules: benchRules()})
+			ctx := context.Background()
+			cs := make([]*Client, n)
+			for i := range cs {
+				cs[i] = l.Client("user-"+strconv.Itoa(i), "10.0.0.7")
+				l.MessagesOf(ctx, cs[i], 1)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if d := l.MessagesOf(ctx, cs[i], 1); !d.Allowed {
+					b.Fatalf("decision %+v", d)
+				}
+				if i++; i == n {
+					i = 0
+				}
+			}
 		})
 	}
 }

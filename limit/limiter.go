@@ -300,6 +300,7 @@ type counter struct {
 	rule *rule
 	id   string
 	blk  string
+	slot **memEntry // the memory store's entry, kept by a Client; or nil
 }
 
 func (c counter) enabled() bool { return c.rule.Enabled() }
@@ -637,6 +638,10 @@ type Client struct {
 	user, ip string    // as given, for holds
 	ids      [2]string // user's and ip's, safe (safeID)
 	blk      [2]string // the user's and ip's block keys in exact mode; else ""
+	// mem points at the memory store's entries of the user's and ip's
+	// message rules, so that a decision finds them without the map; the
+	// store reads and sets them under its lock (memory.lookup).
+	mem [2]*memEntry
 }
 
 // Client returns user and ip made ready for MessagesOf.
@@ -662,7 +667,8 @@ func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
 			return d
 		}
 	}
-	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0]}, {rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1]}}
+	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0], slot: &c.mem[0]},
+		{rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1], slot: &c.mem[1]}}
 	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }

@@ -348,3 +348,51 @@ func (s *memory) len() int {
 	defer s.mu.Unlock()
 	return len(s.m)
 }
+
+// A Client keeps pointers to the memory store's entries of its user and
+// address; an entry that left the map must not be counted on any more.
+func TestMemoryClientEntries(t *testing.T) {
+	ctx := context.Background()
+	t.Run("swept", func(t *testing.T) {
+		c := newClock()
+		l := newLimiter(t, Config{Now: c.Now, Rules: Rules{UserMessages: rate(3, time.Second, 0)}})
+		old := l.Client("u", "a")
+		if d := l.MessagesOf(ctx, old, 1); !d.Allowed {
+			t.Fatalf("first message refused: %+v", d)
+		}
+		c.Advance(1500 * ms)
+		for i := range minSweepEvery {
+			l.Message(ctx, fmt.Sprint("other", i), "b") // calls enough for a sweep
+		}
+		// The user's entry of old's window is gone; a new connection of
+		// the same user starts the new window, and old counts in it.
+		if d := l.MessagesOf(ctx, l.Client("u", "c"), 2); !d.Allowed {
+			t.Fatalf("new connection refused: %+v", d)
+		}
+		if d := l.MessagesOf(ctx, old, 1); !d.Allowed {
+			t.Fatalf("third message of the window refused: %+v", d)
+		}
+		if d := l.MessagesOf(ctx, old, 1); d.Allowed || d.Scope != ScopeUser {
+			t.Fatalf("fourth message of the window: %+v, want refused for the user", d)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		l := newLimiter(t, Config{Rules: Rules{UserMessages: rate(3, time.Hour, 0)}})
+		cl := l.Client("u", "a")
+		if d := l.MessagesOf(ctx, cl, 3); !d.Allowed {
+			t.Fatalf("three messages refused: %+v", d)
+		}
+		if d := l.MessagesOf(ctx, cl, 1); d.Allowed {
+			t.Fatalf("fourth message allowed: %+v", d)
+		}
+		if err := l.Reset(ctx, KeyRef{Scope: ScopeUser, ID: "u"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if d := l.MessagesOf(ctx, cl, 3); !d.Allowed {
+			t.Fatalf("after the reset: %+v, want allowed", d)
+		}
+		if d := l.MessagesOf(ctx, l.Client("u", "b"), 1); d.Allowed {
+			t.Fatalf("a fourth message after the reset, on another connection: %+v, want refused", d)
+		}
+	})
+}
