@@ -131,29 +131,38 @@ func BenchmarkRedisCharge(b *testing.B) {
 	}
 }
 
-// BenchmarkMemoryMessageUsers decides one message at a time for each of
-// many connected users in turn, as a busy gate does: the store's entries
-// then no longer sit in the processor's caches.
-func BenchmarkMemoryMessageUsers(b *testing.B) {
-	for _, n := range []int{50, 8000} {
-		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			l := newLimiter(b, Config{Rules: benchRules()})
-			ctx := context.Background()
-			cs := make([]*Client, n)
-			for i := range cs {
-				cs[i] = l.Client("user-"+strconv.Itoa(i), "10.0.0.7")
-				l.MessagesOf(ctx, cs[i], 1)
-			}
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if d := l.MessagesOf(ctx, cs[i], 1); !d.Allowed {
-					b.Fatalf("decision %+v", d)
+// BenchmarkMessageUsers decides one message at a time for each of many
+// connected users in turn, as a busy gate does: the store's entries then no
+// longer sit in the processor's caches. On the memory store, and in lease
+// mode (limits far above the load: the decisions are the local path's).
+func BenchmarkMessageUsers(b *testing.B) {
+	s := startRedis(b)
+	for _, mode := range []string{"memory", "lease"} {
+		for _, n := range []int{50, 8000} {
+			b.Run(mode+"/"+strconv.Itoa(n), func(b *testing.B) {
+				cfg := Config{Rules: benchRules()}
+				if mode == "lease" {
+					cfg = Config{RedisURL: s.url(), KeyPrefix: "bench-users-" + strconv.Itoa(n), Rules: benchRules(),
+						Timeout: time.Second, Mode: ModeLease}
 				}
-				if i++; i == n {
-					i = 0
+				l := newLimiter(b, cfg)
+				ctx := context.Background()
+				cs := make([]*Client, n)
+				for i := range cs {
+					cs[i] = l.Client("user-"+strconv.Itoa(i), "10.0.0.7")
+					l.MessagesOf(ctx, cs[i], 1)
 				}
-			}
-		})
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if d := l.MessagesOf(ctx, cs[i], 1); !d.Allowed || d.Fallback {
+						b.Fatalf("decision %+v", d)
+					}
+					if i++; i == n {
+						i = 0
+					}
+				}
+			})
+		}
 	}
 }

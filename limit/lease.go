@@ -102,6 +102,9 @@ type leaseEntry struct {
 	refill *refill
 	// touched is when a decision last looked the entry up.
 	touched time.Time
+	// gone marks an entry swept from the map: a Client's slot that holds
+	// it looks the key up again (as memEntry's).
+	gone bool
 }
 
 func (e *leaseEntry) usable(now time.Time) bool {
@@ -205,20 +208,20 @@ func newLeases(user, ip *rule, prefix string, size int) *leases {
 // slightly different rates.
 func windowMargin(ttl time.Duration) time.Duration { return time.Millisecond + ttl/1000 }
 
-// decide decides up to n messages from the slices, reserving more when one
-// is spent: as many as the slices hold, or as the new grant allows.
-// Refusals come from Redis: the cached block check, or the script finding
-// the window's budget spent.
-func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int) (Decision, error) {
-	g, r, w := ls.spend(cs, n)
+// decide decides up to n messages that spend could not grant from the
+// slices, reserving more: as many as the slices hold, or as the new grant
+// allows. w, when spend queued it, waits for refill r first. Refusals come
+// from Redis: the cached block check, or the script finding the window's
+// budget spent.
+func (ls *leases) decide(ctx context.Context, rs *redisStore, cs [2]counter, n int, r *refill, w *waiter) (Decision, error) {
 	if w != nil {
-		var err error
-		if g, err = ls.await(ctx, r, w); err != nil {
+		g, err := ls.await(ctx, r, w)
+		if err != nil {
 			return Decision{}, err
 		}
-	}
-	if g > 0 {
-		return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
+		if g > 0 {
+			return Decision{Allowed: true, Kind: KindMessage, Granted: g}, nil
+		}
 	}
 check:
 	for checks := 1; ; checks++ {
@@ -396,6 +399,8 @@ func waitedErr(ctx context.Context) error {
 // address's slice is refilled while most of its messages arrive; this
 // spares each of them a block check. w not served (the call failed or was
 // refused, or a slice was dropped meanwhile) takes the full path.
+// Limiter.decide calls it before it makes the deadline of a call, which
+// most decisions never need.
 func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
 	now := time.Now()
 	ls.mu.Lock()
@@ -405,7 +410,7 @@ func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
 		if !c.enabled() {
 			continue
 		}
-		e := ls.m[memKey{c.rule, c.id}]
+		e := ls.lookup(c)
 		switch {
 		case e == nil:
 			return 0, nil, nil
@@ -431,6 +436,22 @@ func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
 		return 0, r, w
 	}
 	return spendFrom(es, n), nil, nil
+}
+
+// lookup returns the entry of c, or nil. c's slot, when it has one, holds
+// a Client's pointer to the entry: used while the entry is in the map, set
+// to what the map holds otherwise. ls.mu is held.
+func (ls *leases) lookup(c counter) *leaseEntry {
+	if c.lease != nil {
+		if e := *c.lease; e != nil && !e.gone {
+			return e
+		}
+	}
+	e := ls.m[memKey{c.rule, c.id}]
+	if c.lease != nil {
+		*c.lease = e
+	}
+	return e
 }
 
 // await waits for refill r to serve w, or for ctx to end, and returns the
@@ -488,11 +509,13 @@ func (ls *leases) entries(cs [2]counter) (es [2]*leaseEntry, gens [2]uint64) {
 	ls.tick(now)
 	for i, c := range cs {
 		if c.enabled() {
-			k := memKey{c.rule, c.id}
-			e := ls.m[k]
+			e := ls.lookup(c)
 			if e == nil {
 				e = &leaseEntry{}
-				ls.m[k] = e
+				ls.m[memKey{c.rule, c.id}] = e
+				if c.lease != nil {
+					*c.lease = e
+				}
 			}
 			e.touched = now
 			es[i], gens[i] = e, e.gen
@@ -562,6 +585,7 @@ func (ls *leases) tick(now time.Time) {
 	}
 	for k, e := range ls.m {
 		if e.refill == nil && !e.usable(now) && now.Sub(e.touched) > leaseIdle {
+			e.gone = true
 			delete(ls.m, k)
 		}
 	}

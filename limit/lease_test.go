@@ -372,7 +372,7 @@ func TestLeaseKeepsAnotherDecisionsSlice(t *testing.T) {
 	es[1].left = 0 // the IP slice spent meanwhile
 	ls.mu.Unlock()
 	// The first decision: a fresh check, then a user slice.
-	if d, err := ls.decide(ctx, rs, [2]counter{cs[0], {rule: &l.ipMsg, id: "192.0.2.2"}}, 1); err != nil || !d.Allowed {
+	if d, err := ls.decide(ctx, rs, [2]counter{cs[0], {rule: &l.ipMsg, id: "192.0.2.2"}}, 1, nil, nil); err != nil || !d.Allowed {
 		t.Fatalf("first decision: %+v, %v", d, err)
 	}
 	if got := ls.held(0, "u"); got != 9 {
@@ -600,5 +600,39 @@ func TestLeaseRefusalDropsUntrackedSlice(t *testing.T) {
 	}
 	if got := ls.held(1, "192.0.2.1"); got != 0 {
 		t.Fatalf("the IP slice leased on a moved generation holds %d units, want 0", got)
+	}
+}
+
+// A Client keeps pointers to its slices' entries; once a sweep dropped an
+// entry, the Client's decisions use the one that replaced it, which every
+// other connection of the key shares.
+func TestLeaseClientEntries(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: time.Second,
+		Mode: ModeLease, LeaseSize: 1, Rules: Rules{UserMessages: rate(1000, time.Minute, 0)}})
+	ctx := context.Background()
+	old := l.Client("u", "192.0.2.1")
+	if d := l.MessagesOf(ctx, old, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d) // its slice of 1 is spent
+	}
+	key := memKey{&l.userMsg, "u"}
+	l.lease.mu.Lock()
+	swept := l.lease.m[key]
+	swept.touched = time.Now().Add(-2 * leaseIdle) // idle long enough to go
+	l.lease.sweepEvery = 1
+	l.lease.mu.Unlock()
+	if d := l.Message(ctx, "v", "192.0.2.2"); !d.Allowed || d.Fallback {
+		t.Fatalf("another user's message: %+v", d) // and the sweep
+	}
+	if d := l.MessagesOf(ctx, l.Client("u", "192.0.2.3"), 1); !d.Allowed || d.Fallback {
+		t.Fatalf("a new connection's message: %+v", d)
+	}
+	if d := l.MessagesOf(ctx, old, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("the old connection's message: %+v", d)
+	}
+	l.lease.mu.Lock()
+	defer l.lease.mu.Unlock()
+	if e := l.lease.m[key]; e == nil || e == swept || old.lease[0] != e {
+		t.Fatalf("the old connection keeps entry %p (swept %p), the map holds %p", old.lease[0], swept, e)
 	}
 }

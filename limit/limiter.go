@@ -300,7 +300,10 @@ type counter struct {
 	rule *rule
 	id   string
 	blk  string
-	slot **memEntry // the memory store's entry, kept by a Client; or nil
+	// A Client's pointers to the counter's entries, or nil: the memory
+	// store's (memory.lookup) and lease mode's (leases.lookup).
+	mem   **memEntry
+	lease **leaseEntry
 }
 
 func (c counter) enabled() bool { return c.rule.Enabled() }
@@ -638,10 +641,12 @@ type Client struct {
 	user, ip string    // as given, for holds
 	ids      [2]string // user's and ip's, safe (safeID)
 	blk      [2]string // the user's and ip's block keys in exact mode; else ""
-	// mem points at the memory store's entries of the user's and ip's
-	// message rules, so that a decision finds them without the map; the
-	// store reads and sets them under its lock (memory.lookup).
-	mem [2]*memEntry
+	// mem and lease point at the memory store's and lease mode's entries
+	// of the user's and ip's message rules, so that a decision finds them
+	// without the maps; the stores read and set them under their locks
+	// (memory.lookup, leases.lookup).
+	mem   [2]*memEntry
+	lease [2]*leaseEntry
 }
 
 // Client returns user and ip made ready for MessagesOf.
@@ -667,8 +672,8 @@ func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
 			return d
 		}
 	}
-	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0], slot: &c.mem[0]},
-		{rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1], slot: &c.mem[1]}}
+	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0], mem: &c.mem[0], lease: &c.lease[0]},
+		{rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1], mem: &c.mem[1], lease: &c.lease[1]}}
 	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }
@@ -739,12 +744,21 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
+	var r *refill
+	var w *waiter
+	if kind == KindMessage && l.lease != nil {
+		// Most messages spend from a slice: no call, so no deadline.
+		var g int
+		if g, r, w = l.lease.spend(cs, n); g > 0 {
+			return Decision{Allowed: true, Kind: KindMessage, Granted: g, Store: storeRedis}
+		}
+	}
 	rctx, cancel, start := l.deadlines.context(ctx)
 	var d Decision
 	var err error
 	if kind == KindMessage && l.lease != nil {
-		// Most messages spend from a slice and name no key.
-		d, err = l.lease.decide(rctx, rs, cs, n)
+		// What the slices could not grant: a wait for a refill, or a lease.
+		d, err = l.lease.decide(rctx, rs, cs, n, r, w)
 	} else {
 		withKeys(&cs, &ts)
 		d, err = decide(rctx, rs, kind, cs, ts, n, kind != KindMessage || rs.cluster || !closesOnRefusal(ctx))

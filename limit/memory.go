@@ -66,7 +66,7 @@ func (s *memory) blocked(_ context.Context, cs [2]counter) (left [2]time.Duratio
 		if !c.blocks() {
 			continue
 		}
-		if e := s.lookup(c.rule, c.id, c.slot); e != nil && e.blockEnd > now {
+		if e := s.lookup(c.rule, c.id, c.mem); e != nil && e.blockEnd > now {
 			left[i] = e.blockEnd - now
 		}
 	}
@@ -82,7 +82,7 @@ func (s *memory) take(_ context.Context, cs [2]count, n int) (out [2]outcome, gr
 	denied := false
 	for i, c := range cs {
 		if c.enabled() {
-			es[i] = s.lookup(c.rule, c.id, c.slot)
+			es[i] = s.lookup(c.rule, c.id, c.mem)
 		}
 		if !c.enabled() && !c.guarded() {
 			continue
@@ -135,7 +135,7 @@ func (s *memory) take(_ context.Context, cs [2]count, n int) (out [2]outcome, gr
 		}
 		e := es[i]
 		if e == nil {
-			e = s.entry(c.rule, c.id, c.slot)
+			e = s.entry(c.rule, c.id, c.mem)
 		}
 		if e.windowEnd <= now {
 			e.n, e.windowEnd = 0, now+c.rule.Window
