@@ -131,38 +131,45 @@ func BenchmarkRedisCharge(b *testing.B) {
 	}
 }
 
-// BenchmarkMessageUsers decides one message at a time for each of many
-// connected users in turn, as a busy gate does: the store's entries then no
-// longer sit in the processor's caches. On the memory store, and in lease
-// mode (limits far above the load: the decisions are the local path's).
-func BenchmarkMessageUsers(b *testing.B) {
+// BenchmarkMemoryMessageUsers decides one message at a time for each of
+// many connected users in turn, as a busy gate does: the store's entries
+// then no longer sit in the processor's caches.
+func BenchmarkMemoryMessageUsers(b *testing.B) {
+	benchUsers(b, func(b *testing.B, n int) *Limiter { return newLimiter(b, Config{Rules: benchRules()}) })
+}
+
+// BenchmarkLeaseMessageUsers is BenchmarkMemoryMessageUsers in lease mode,
+// with limits far above the load: the decisions are the local path's.
+func BenchmarkLeaseMessageUsers(b *testing.B) {
 	s := startRedis(b)
-	for _, mode := range []string{"memory", "lease"} {
-		for _, n := range []int{50, 8000} {
-			b.Run(mode+"/"+strconv.Itoa(n), func(b *testing.B) {
-				cfg := Config{Rules: benchRules()}
-				if mode == "lease" {
-					cfg = Config{RedisURL: s.url(), KeyPrefix: "bench-users-" + strconv.Itoa(n), Rules: benchRules(),
-						Timeout: time.Second, Mode: ModeLease}
+	benchUsers(b, func(b *testing.B, n int) *Limiter {
+		return newLimiter(b, Config{RedisURL: s.url(), KeyPrefix: "bench-users-" + strconv.Itoa(n), Rules: benchRules(),
+			Timeout: time.Second, Mode: ModeLease})
+	})
+}
+
+// benchUsers decides messages of 50 and of 8,000 users in turn, on the
+// Limiter newL makes for each.
+func benchUsers(b *testing.B, newL func(b *testing.B, users int) *Limiter) {
+	for _, n := range []int{50, 8000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			l := newL(b, n)
+			ctx := context.Background()
+			cs := make([]*Client, n)
+			for i := range cs {
+				cs[i] = l.Client("user-"+strconv.Itoa(i), "10.0.0.7")
+				l.MessagesOf(ctx, cs[i], 1)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if d := l.MessagesOf(ctx, cs[i], 1); !d.Allowed || d.Fallback {
+					b.Fatalf("decision %+v", d)
 				}
-				l := newLimiter(b, cfg)
-				ctx := context.Background()
-				cs := make([]*Client, n)
-				for i := range cs {
-					cs[i] = l.Client("user-"+strconv.Itoa(i), "10.0.0.7")
-					l.MessagesOf(ctx, cs[i], 1)
+				if i++; i == n {
+					i = 0
 				}
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if d := l.MessagesOf(ctx, cs[i], 1); !d.Allowed || d.Fallback {
-						b.Fatalf("decision %+v", d)
-					}
-					if i++; i == n {
-						i = 0
-					}
-				}
-			})
-		}
+			}
+		})
 	}
 }

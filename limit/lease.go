@@ -385,7 +385,7 @@ func waitedErr(ctx context.Context) error {
 	return fmt.Errorf("%w: %w", errWaited, ctx.Err())
 }
 
-// spend is decide's fast path: when every enabled counter of cs has a
+// spend is Limiter.decide's fast path: when every enabled counter of cs has a
 // usable slice, it spends up to n units from them, without a block check,
 // and returns how many (0: take the full path). That is safe by the
 // invariant of leases: a usable slice is dropped by the first write to its

@@ -635,8 +635,11 @@ func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision
 // Client is one client's user and address as a Limiter's message
 // decisions name them, made once (Limiter.Client) for every message of a
 // connection: the ids made safe for Redis keys and, in exact mode, the flag
-// message rules' block keys, whose beginnings are the counter keys. It is
-// read-only once made, and holds two short strings more than the ids.
+// message rules' block keys, whose beginnings are the counter keys; and
+// pointers to the entries of the memory store and of lease mode that its
+// decisions counted on, which the stores keep up to date under their
+// locks. It belongs to the Limiter that made it, and is used with no
+// other.
 type Client struct {
 	user, ip string    // as given, for holds
 	ids      [2]string // user's and ip's, safe (safeID)
@@ -665,7 +668,7 @@ func (l *Limiter) client(user, ip string) Client {
 }
 
 // MessagesOf is Messages for the user and address of c, made by this
-// Limiter.
+// Limiter (c points into its stores).
 func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
 	if l.Holding() {
 		if d, held := l.heldMessage(KindMessage, c.user, c.ip); held {

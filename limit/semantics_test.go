@@ -361,8 +361,12 @@ func TestMemoryClientEntries(t *testing.T) {
 			t.Fatalf("first message refused: %+v", d)
 		}
 		c.Advance(1500 * ms)
+		swept := old.mem[0]
 		for i := range minSweepEvery {
 			l.Message(ctx, fmt.Sprint("other", i), "b") // calls enough for a sweep
+		}
+		if swept == nil || !swept.gone {
+			t.Fatal("the user's entry was not swept")
 		}
 		// The user's entry of old's window is gone; a new connection of
 		// the same user starts the new window, and old counts in it.
@@ -393,6 +397,25 @@ func TestMemoryClientEntries(t *testing.T) {
 		}
 		if d := l.MessagesOf(ctx, l.Client("u", "b"), 1); d.Allowed {
 			t.Fatalf("a fourth message after the reset, on another connection: %+v, want refused", d)
+		}
+	})
+	t.Run("reset lifts a block", func(t *testing.T) {
+		l := newLimiter(t, Config{Rules: Rules{UserMessages: rate(2, time.Hour, time.Hour)}})
+		cl := l.Client("u", "a")
+		if d := l.MessagesOf(ctx, cl, 2); !d.Allowed {
+			t.Fatalf("two messages refused: %+v", d)
+		}
+		if d := l.MessagesOf(ctx, cl, 1); d.Allowed {
+			t.Fatalf("third message allowed: %+v", d)
+		}
+		if d := l.MessagesOf(ctx, cl, 1); d.Allowed || !d.Blocked {
+			t.Fatalf("during the block: %+v, want blocked", d)
+		}
+		if err := l.Reset(ctx, KeyRef{Scope: ScopeUser, ID: "u"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if d := l.MessagesOf(ctx, cl, 2); !d.Allowed {
+			t.Fatalf("after the reset: %+v, want allowed", d)
 		}
 	})
 }
