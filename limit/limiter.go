@@ -628,8 +628,10 @@ func (l *Limiter) Message(ctx context.Context, user, ip string) Decision {
 // Redis, counting up to n messages or blocking the key, and the caller's
 // next call for the rest is decided by Redis as that left it.
 func (l *Limiter) Messages(ctx context.Context, user, ip string, n int) Decision {
+	// Its Client keeps no entries: their pointers would move it to the
+	// heap, one allocation per call.
 	c := l.client(user, ip)
-	return l.MessagesOf(ctx, &c, n)
+	return l.messages(ctx, c.user, c.ip, c.ids, c.blk, nil, nil, n)
 }
 
 // Client is one client's user and address as a Limiter's message
@@ -670,13 +672,23 @@ func (l *Limiter) client(user, ip string) Client {
 // MessagesOf is Messages for the user and address of c, made by this
 // Limiter (c points into its stores).
 func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
+	return l.messages(ctx, c.user, c.ip, c.ids, c.blk, &c.mem, &c.lease, n)
+}
+
+// messages decides n messages of a Client's fields, with the pointers to
+// its entries when it keeps them (mem and lease not nil).
+func (l *Limiter) messages(ctx context.Context, user, ip string, ids, blk [2]string, mem *[2]*memEntry, lease *[2]*leaseEntry, n int) Decision {
 	if l.Holding() {
-		if d, held := l.heldMessage(KindMessage, c.user, c.ip); held {
+		if d, held := l.heldMessage(KindMessage, user, ip); held {
 			return d
 		}
 	}
-	cs := [2]counter{{rule: &l.userMsg, id: c.ids[0], blk: c.blk[0], mem: &c.mem[0], lease: &c.lease[0]},
-		{rule: &l.ipMsg, id: c.ids[1], blk: c.blk[1], mem: &c.mem[1], lease: &c.lease[1]}}
+	cs := [2]counter{{rule: &l.userMsg, id: ids[0], blk: blk[0]}, {rule: &l.ipMsg, id: ids[1], blk: blk[1]}}
+	for i := range cs {
+		if mem != nil {
+			cs[i].mem, cs[i].lease = &mem[i], &lease[i]
+		}
+	}
 	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }

@@ -419,3 +419,25 @@ func TestMemoryClientEntries(t *testing.T) {
 		}
 	})
 }
+
+// TestMessageDecisionsDoNotAllocate: a flag-rule decision on the memory
+// store allocates nothing, through a Client or without one (a Client's
+// pointers to its entries must not move a Messages call's to the heap).
+func TestMessageDecisionsDoNotAllocate(t *testing.T) {
+	l := newLimiter(t, Config{Rules: Rules{UserMessages: rate(1<<30, time.Hour, time.Second), IPMessages: rate(1<<30, time.Hour, 0)}})
+	ctx := context.Background()
+	c := l.Client("u", "a")
+	l.MessagesOf(ctx, c, 1)
+	for name, decide := range map[string]func() Decision{
+		"MessagesOf": func() Decision { return l.MessagesOf(ctx, c, 1) },
+		"Message":    func() Decision { return l.Message(ctx, "u", "a") },
+	} {
+		if n := testing.AllocsPerRun(1000, func() {
+			if d := decide(); !d.Allowed {
+				t.Fatalf("%s: %+v", name, d)
+			}
+		}); n != 0 {
+			t.Errorf("%s: %.1f allocations per decision, want 0", name, n)
+		}
+	}
+}
