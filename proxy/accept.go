@@ -464,13 +464,18 @@ func (c *replayConn) SetReadDeadline(t time.Time) error {
 func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.read) > 0 {
 		n := copy(b, c.read)
-		c.read = c.read[n:]
-		if len(c.read) == 0 {
-			c.read = nil // not kept for the connection's life
-		}
+		c.replayed(n)
 		return n, nil
 	}
 	return c.TCPConn.Read(b)
+}
+
+// replayed drops the first n bytes read ahead; the buffer is not kept for
+// the connection's life once they are all replayed.
+func (c *replayConn) replayed(n int) {
+	if c.read = c.read[n:]; len(c.read) == 0 {
+		c.read = nil
+	}
 }
 
 // WriteTo is TCPConn's, after the bytes read ahead (TCPConn's own would
@@ -479,10 +484,7 @@ func (c *replayConn) WriteTo(w io.Writer) (int64, error) {
 	var done int64
 	if len(c.read) > 0 {
 		n, err := w.Write(c.read)
-		c.read = c.read[n:]
-		if len(c.read) == 0 {
-			c.read = nil
-		}
+		c.replayed(n)
 		done = int64(n)
 		if err != nil {
 			return done, err

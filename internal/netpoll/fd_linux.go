@@ -3,7 +3,9 @@ package netpoll
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 )
 
@@ -57,4 +59,14 @@ func dup(sc syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("fcntl", errno)
 	}
 	return fd, nil
+}
+
+// peerAddr is an accepted peer's address from its socket address's parts:
+// an IPv4 peer of an IPv6 socket as IPv4, a link-local one with its zone.
+func peerAddr(ip netip.Addr, port uint16, scope uint32) netip.AddrPort {
+	ip = ip.Unmap()
+	if scope != 0 && ip.Is6() {
+		ip = ip.WithZone(strconv.FormatUint(uint64(scope), 10))
+	}
+	return netip.AddrPortFrom(ip, port)
 }

@@ -4,7 +4,6 @@ package netpoll
 
 import (
 	"net/netip"
-	"strconv"
 	"syscall"
 	"unsafe"
 )
@@ -85,15 +84,11 @@ func sysAccept(fd int) (int, netip.AddrPort, error) {
 	case syscall.AF_INET:
 		sa := (*syscall.RawSockaddrInet4)(unsafe.Pointer(&rsa))
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+		ap = peerAddr(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]), 0)
 	case syscall.AF_INET6:
 		sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(&rsa))
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		ip := netip.AddrFrom16(sa.Addr).Unmap()
-		if sa.Scope_id != 0 && ip.Is6() {
-			ip = ip.WithZone(strconv.FormatUint(uint64(sa.Scope_id), 10))
-		}
-		ap = netip.AddrPortFrom(ip, uint16(p[0])<<8|uint16(p[1]))
+		ap = peerAddr(netip.AddrFrom16(sa.Addr), uint16(p[0])<<8|uint16(p[1]), sa.Scope_id)
 	}
 	return int(r), ap, nil
 }

@@ -4,7 +4,6 @@ package netpoll
 
 import (
 	"net/netip"
-	"strconv"
 	"syscall"
 )
 
@@ -34,13 +33,9 @@ func sysAccept(fd int) (int, netip.AddrPort, error) {
 	var ap netip.AddrPort
 	switch sa := sa.(type) {
 	case *syscall.SockaddrInet4:
-		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		ap = peerAddr(netip.AddrFrom4(sa.Addr), uint16(sa.Port), 0)
 	case *syscall.SockaddrInet6:
-		ip := netip.AddrFrom16(sa.Addr).Unmap()
-		if sa.ZoneId != 0 && ip.Is6() {
-			ip = ip.WithZone(strconv.FormatUint(uint64(sa.ZoneId), 10))
-		}
-		ap = netip.AddrPortFrom(ip, uint16(sa.Port))
+		ap = peerAddr(netip.AddrFrom16(sa.Addr), uint16(sa.Port), sa.ZoneId)
 	}
 	return nfd, ap, nil
 }
