@@ -254,6 +254,110 @@ func TestRulesCompressedAndFragmented(t *testing.T) {
 	waitMetric(t, g, mRateLimited, map[string]string{"rule": "bytes"}, 1)
 }
 
+// TestRulesClassPastTheHead: a message whose first 512 bytes do not settle
+// its class is followed to its end, and charged to the class the app sees
+// before its last frame goes upstream: a member past those bytes, a
+// duplicate key further on (the last one wins in the app's parser), in a
+// plain, a compressed and a fragmented message. The third chat message of
+// each client is refused: half of it has gone upstream, so the connection
+// ends with the 429 frame and 4008 whatever the rule's action, and the app
+// never gets it.
+func TestRulesClassPastTheHead(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, frameRules, secretFile, "--compression")
+	pad := `"pad":"` + strings.Repeat("p", 600) + `"`
+	late := `{` + pad + `,"type":"chat"}`
+	renamed := `{"type":"typing",` + pad + `,"type":"chat"}`
+
+	refusedAtEnd := func(t *testing.T, c *websocket.Conn, msg string) {
+		t.Helper()
+		send(t, c, msg)
+		ruleRefusal(t, []byte(readText(t, c)), "chat", "user")
+		_, _, err := c.Read(testCtx(t))
+		if code := websocket.CloseStatus(err); code != 4008 {
+			t.Fatalf("after the refusal: %v, want close 4008", err)
+		}
+	}
+	t.Run("plain", func(t *testing.T) {
+		c, _, err := websocket.Dial(testCtx(t), g.URL+"/echo", bearer(hsToken(t, secret, "late-chat")).options(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		echoOK(t, c, `{"type":"typing",`+pad+`}`) // not chat: not counted
+		echoOK(t, c, late)
+		echoOK(t, c, renamed)
+		refusedAtEnd(t, c, late)
+	})
+	t.Run("compressed", func(t *testing.T) {
+		opts := bearer(hsToken(t, secret, "late-squeezed")).options(t)
+		opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
+		c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+			t.Fatalf("compression not negotiated: %q", ext)
+		}
+		echoOK(t, c, renamed)
+		echoOK(t, c, late)
+		refusedAtEnd(t, c, renamed)
+	})
+	t.Run("fragmented", func(t *testing.T) {
+		rc, resp := rawDial(t, atkHostPort(g), "/echo",
+			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "late-fragments")}})
+		defer rc.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("handshake: %d", resp.StatusCode)
+		}
+		_ = rc.SetDeadline(time.Now().Add(waitLimit))
+		// A first frame that ends before the object does: the class is
+		// named again in the last one.
+		for i := range 3 {
+			if err := rc.writeFrame(false, 0x1, []byte(`{"type":"note",`)); err != nil {
+				t.Fatal(err)
+			}
+			if err := rc.writeFrame(true, 0x0, []byte(`"type":"chat"}`)); err != nil {
+				t.Fatal(err)
+			}
+			if i == 2 {
+				break
+			}
+			var echo []byte
+			for {
+				f, err := rc.readFrame()
+				if err != nil {
+					t.Fatalf("echo %d: %v", i, err)
+				}
+				echo = append(echo, f.payload...)
+				if f.fin {
+					break
+				}
+			}
+			if string(echo) != `{"type":"note","type":"chat"}` {
+				t.Fatalf("echo %d: %q", i, echo)
+			}
+		}
+		if code, _ := rc.readCloseCode(); code != 4008 {
+			t.Fatalf("the third chat message in fragments: close %d, want 4008", code)
+		}
+	})
+	// Each client's first two chat messages and the typing one reached the
+	// app, the third of none; each connection ended upstream with 4008.
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 3)
+	if got := b.msgs.Load(); got != 7 {
+		t.Errorf("the backend received %d messages, want 7", got)
+	}
+	for range 3 {
+		if c := b.nextClose(t); c.Code != 4008 {
+			t.Errorf("the backend saw close %d, want 4008", c.Code)
+		}
+	}
+}
+
 // TestRulesDropKeepsReading: dropped messages are skipped without the
 // budget of a pair that ends, however many bytes they add up to (here 1.2
 // MiB, past the 1 MiB a closing pair drains), and a dropped message that

@@ -174,6 +174,10 @@ func (s *Stream) check(h ws.Header) error {
 	return nil
 }
 
+// MessageSize reports the payload bytes of the current data message's
+// frames whose headers have been read.
+func (s *Stream) MessageSize() int64 { return s.size }
+
 // InMessage reports whether a fragmented data message is open: its first
 // frames have passed, its final frame has not.
 func (s *Stream) InMessage() bool { return s.fragmented }

@@ -280,6 +280,9 @@ func (p *parser) policy(root *yaml.Node) *Policy {
 	if len(pol.Rules) > MaxRules {
 		p.errorf(rules, "%d rules: at most %d", len(pol.Rules), MaxRules)
 	}
+	if len(pol.Classes) > MaxClasses {
+		p.errorf(f["classes"], "%d classes: at most %d", len(pol.Classes), MaxClasses)
+	}
 	return pol
 }
 
@@ -313,8 +316,11 @@ func (p *parser) class(n *yaml.Node) (Class, bool) {
 		default:
 			ps, _ := p.str(jf["path"], what+": json-field path")
 			c.FieldPath = strings.Split(ps, ".")
-			if slices.Contains(c.FieldPath, "") {
+			switch {
+			case slices.Contains(c.FieldPath, ""):
 				p.errorf(jf["path"], "%s: json-field path %q: keys separated by dots, none empty", what, ps)
+			case len(c.FieldPath) > MaxFieldDepth:
+				p.errorf(jf["path"], "%s: json-field path %q: at most %d keys", what, ps, MaxFieldDepth)
 			}
 			c.FieldEquals, _ = p.str(jf["equals"], what+": json-field equals")
 		}

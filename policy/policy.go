@@ -35,6 +35,10 @@ var ErrInvalid = errors.New("invalid rules")
 // the gate's metrics.
 const MaxRules = 64
 
+// MaxClasses bounds the classes of one policy: a message's scan past its
+// first bytes (FieldScan) keeps a bit per class.
+const MaxClasses = 64
+
 // Count is what a rule counts.
 type Count int
 

@@ -36,14 +36,18 @@ var (
 	heads  = sync.Pool{New: func() any { h := new(headReader); h.fr = flate.NewReader(&h.src); return h }}
 )
 
-// headReader inflates the first bytes of a compressed message.
+// headReader inflates the first bytes of a compressed message. It holds
+// copies of them and of what they inflate to, so that its callers' buffers
+// stay on their stacks.
 type headReader struct {
-	src bytes.Reader
-	fr  io.ReadCloser
+	src     bytes.Reader
+	fr      io.ReadCloser
+	in, out [classifyBytes]byte
 }
 
 // inflateHead inflates into out what of a compressed message's deflate
-// data in (its first bytes) gives, and returns how many bytes it wrote. The
+// data in (its first bytes, up to classifyBytes of them) gives, up to
+// classifyBytes, and returns how many bytes it wrote. The
 // message's own state is untouched: the gate negotiates no context
 // takeover, so its first bytes inflate on their own. Without the message's
 // tail nothing is read past in: the bytes decoded up to where in ends are
@@ -51,12 +55,12 @@ type headReader struct {
 func inflateHead(in, out []byte) int {
 	h := heads.Get().(*headReader)
 	defer heads.Put(h)
-	h.src.Reset(in)
+	h.src.Reset(h.in[:copy(h.in[:], in)])
 	if err := h.fr.(flate.Resetter).Reset(&h.src, nil); err != nil {
 		return 0
 	}
-	n, _ := io.ReadFull(h.fr, out)
-	return n
+	n, _ := io.ReadFull(h.fr, h.out[:min(len(out), len(h.out))])
+	return copy(out, h.out[:n])
 }
 
 // errCloseInMessage stops a compressed message whose sender closed the
@@ -119,6 +123,14 @@ func (d *direction) inflate(h ws.Header) error {
 		}
 		if text && (!utf.Valid(buf[:n]) || end && !utf.Complete()) {
 			return frames.ErrInvalidUTF8
+		}
+		if cr := d.pr.info.rules; cr != nil && cr.scan != nil {
+			// The class its first bytes could not settle, as in
+			// forwardScanned.
+			cr.scan.Write(buf[:n])
+			if end && d.reclassed() {
+				return nil
+			}
 		}
 		out.Fin = end
 		if err := d.writeFrame(out, buf[:n]); err != nil {

@@ -353,11 +353,16 @@ func (d *direction) onClientData(h ws.Header) error {
 		return d.skip()
 	}
 	if starts {
+		// A scan is started by the message's class (classOf) and ended
+		// by its last frame (reclassed), or when the message goes nowhere.
+		d.pr.info.rules.endScan()
 		if d.pr.p.cfg.Limiter != nil {
 			switch d.limited(h) {
 			case refused:
+				d.pr.info.rules.endScan()
 				return d.skip()
 			case dropped:
+				d.pr.info.rules.endScan()
 				d.timeMessage(h)
 				return d.drop(h)
 			}
@@ -365,9 +370,12 @@ func (d *direction) onClientData(h ws.Header) error {
 		d.timeMessage(h)
 	}
 	var err error
-	if starts && d.s.Compressed() {
+	switch {
+	case starts && d.s.Compressed():
 		err = d.inflate(h)
-	} else {
+	case d.pr.info.rules != nil && d.pr.info.rules.scan != nil:
+		err = d.forwardScanned(h)
+	default:
 		err = d.forward(h)
 	}
 	if err == nil && (h.Fin || starts && d.s.Compressed()) {
@@ -412,6 +420,46 @@ func (d *direction) forward(h ws.Header) error {
 	}
 	d.count(frames.StartsMessage(h), h)
 	return nil
+}
+
+// forwardScanned relays the frame h of a client message whose class its
+// first bytes could not settle (connRules.scan): its payload goes upstream
+// as it is read, through the scan, in frames of up to a chunk, and the
+// frame that ends the message goes only once the class of the whole
+// message has been charged (reclassed). Every frame written is whole, so
+// a refusal leaves the upstream able to take the close.
+func (d *direction) forwardScanned(h ws.Header) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	scan := d.pr.info.rules.scan
+	bp := chunks.Get().(*[]byte)
+	defer chunks.Put(bp)
+	buf := *bp
+	pay := d.s.Payload(&d.r, h)
+	out := ws.Header{OpCode: h.OpCode}
+	for first := true; ; first = false {
+		n, end, err := readChunk(pay, buf)
+		if err != nil {
+			return err
+		}
+		scan.Write(buf[:n])
+		end = end || d.s.Unread() == 0
+		if end && h.Fin && d.reclassed() {
+			return nil
+		}
+		if n > 0 || first || end && h.Fin {
+			out.Fin = end && h.Fin
+			if err := d.writeFrame(out, buf[:n]); err != nil {
+				return err
+			}
+			out.OpCode = ws.OpContinuation
+		}
+		if end {
+			d.count(frames.StartsMessage(h), h)
+			return nil
+		}
+	}
 }
 
 // writeFailed marks the destination broken when err cut a frame short or

@@ -118,13 +118,38 @@ func (d *direction) limited(h ws.Header) verdict {
 // rules that cover the message. Half a message cannot be taken back: over
 // a budget, the pair ends as under a close action, whatever the rule's.
 func (d *direction) limitedMore(h ws.Header) bool {
-	pr := d.pr
-	if h.Length == 0 || pr.info.rules == nil || !pr.info.rules.countsBytes {
+	cr := d.pr.info.rules
+	if h.Length == 0 || cr == nil || !cr.countsBytes {
 		return false
 	}
+	return d.limitedPart(ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+}
+
+// reclassed charges the client message being relayed to the rules of the
+// class the app sees in its whole bytes, when they show another class than
+// its first bytes did (a member further on, or named again: the last of
+// duplicate keys wins), and reports whether that refused it. It is asked
+// before the message's last frame goes upstream: what went before is held
+// by the app's WebSocket library until that frame, so a refusal keeps the
+// message from the app, and ends the pair as a later frame's does.
+func (d *direction) reclassed() bool {
+	cr := d.pr.info.rules
+	class, ok := cr.scan.Class()
+	cr.endScan()
+	if !ok || class == cr.class {
+		return false
+	}
+	return d.limitedPart(ask{n: 1, class: class, bytes: d.s.MessageSize(), reclassed: true, shown: cr.class})
+}
+
+// limitedPart decides a, asked when part of a client message has gone
+// upstream. Half a message cannot be taken back: a refusal ends the pair
+// as under a close action, whatever the rule's.
+func (d *direction) limitedPart(a ask) bool {
+	pr := d.pr
 	cr := pr.info.rules
 	d.yield()
-	dec := pr.p.decideRules(pr.p.relayCtx, cr, ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+	dec := pr.p.decideRules(pr.p.relayCtx, cr, a)
 	if !dec.Allowed {
 		pr.refused(dec)
 	}

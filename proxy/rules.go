@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -49,6 +50,9 @@ type connRules struct {
 	// later frame goes to the namespace the message was sent in.
 	class int
 	nsp   string
+	// scan follows the client message being read when its first bytes
+	// could not settle its class (nil otherwise): forwardScanned.
+	scan *policy.FieldScan
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds).
 	quietUntil int64
@@ -189,6 +193,11 @@ type ask struct {
 	n         int
 	class     int
 	bytes     int64
+	// reclassed: a message charged as of class shown at its first bytes
+	// whose whole bytes show class; only the rules that cover class and
+	// not shown are charged.
+	reclassed bool
+	shown     int
 }
 
 // decideRules decides a under cr's admission: the enforced rules in one
@@ -251,7 +260,8 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 		}
 		for i := range cr.adm.Messages {
 			ap := &cr.adm.Messages[i]
-			if ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) && (!a.more || ap.Rule.Count == policy.CountBytes) {
+			if ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) && (!a.more || ap.Rule.Count == policy.CountBytes) &&
+				!(a.reclassed && ap.Covers(cr.pol, a.shown)) {
 				var keys *limit.ChargeKeys
 				if cr.keys != nil {
 					keys = &cr.keys[i]
@@ -334,16 +344,42 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 			err = d.r.ReadMore()
 		}
 	}
-	var head [classifyBytes]byte
-	n := copy(head[:want], d.r.Peek())
+	var buf, plain [classifyBytes]byte
+	n := copy(buf[:want], d.r.Peek())
 	if h.Masked {
-		ws.Cipher(head[:n], h.Mask, 0)
+		ws.Cipher(buf[:n], h.Mask, 0)
 	}
+	head := buf[:n]
+	whole := h.Fin && h.Length <= classifyBytes
 	if h.Rsv1() {
-		var plain [classifyBytes]byte
-		return pol.Classify(plain[:inflateHead(head[:n], plain[:])])
+		head = plain[:inflateHead(head, plain[:])]
+		whole = whole && len(head) < classifyBytes
 	}
-	return pol.Classify(head[:n])
+	if !whole && pol.NeedsFieldScan(head) {
+		d.pr.info.rules.startScan(pol, head)
+	}
+	return pol.Classify(head)
+}
+
+// fieldScans are the scans of messages being relayed whose class their
+// first bytes could not settle.
+var fieldScans = sync.Pool{New: func() any { return new(policy.FieldScan) }}
+
+// startScan follows the client message whose first bytes are head past
+// them: the class the app sees may be named further on.
+func (cr *connRules) startScan(pol *policy.Policy, head []byte) {
+	if cr.scan == nil {
+		cr.scan = fieldScans.Get().(*policy.FieldScan)
+	}
+	cr.scan.Start(pol, head)
+}
+
+// endScan stops following the message (cr may be nil: no rules file).
+func (cr *connRules) endScan() {
+	if cr != nil && cr.scan != nil {
+		fieldScans.Put(cr.scan)
+		cr.scan = nil
+	}
 }
 
 // dropped records a drop of a message by rule r and reports whether it is

@@ -1,0 +1,198 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// scanPolicy has classes of every kind, in an order where a prefix class
+// sits between json-field ones.
+func scanPolicy() *Policy {
+	return &Policy{Classes: []Class{
+		{Name: "chat", FieldPath: []string{"type"}, FieldEquals: "chat"},
+		{Name: "pre", Prefix: `{"pre`},
+		{Name: "deep", FieldPath: []string{"data", "kind"}, FieldEquals: "x"},
+		{Name: "num", FieldPath: []string{"n"}, FieldEquals: "17"},
+		{Name: "ping", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true},
+	}}
+}
+
+// scanClass runs a FieldScan over msg in pieces of step bytes.
+func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
+	var s FieldScan
+	s.Start(pol, msg[:min(len(msg), 512)])
+	for i := 0; i < len(msg); i += step {
+		s.Write(msg[i:min(len(msg), i+step)])
+	}
+	return s.Class()
+}
+
+func TestFieldScan(t *testing.T) {
+	pad := `"pad":"` + strings.Repeat("x", 600) + `"`
+	cases := []struct {
+		name  string
+		msg   string
+		class int
+		ok    bool
+	}{
+		{"member past the head", `{` + pad + `,"type":"chat"}`, 0, true},
+		{"duplicate past the head", `{"type":"ping",` + pad + `,"type":"chat"}`, 0, true},
+		{"duplicate back to unlimited", `{"type":"chat",` + pad + `,"type":"ping"}`, 4, true},
+		{"duplicate to nothing", `{"type":"chat",` + pad + `,"type":"other"}`, -1, true},
+		{"escaped key", `{` + pad + `,"\u0074ype":"chat"}`, 0, true},
+		{"escaped value", `{` + pad + `,"type":"ch\u0061t"}`, 0, true},
+		{"nested", `{"data":{` + pad + `,"kind":"x"}}`, 2, true},
+		{"nested object replaced", `{"data":{"kind":"x"},` + pad + `,"data":{"other":1}}`, -1, true},
+		{"nested value replaced by a scalar", `{"data":{"kind":"x"},` + pad + `,"data":5}`, -1, true},
+		{"nested under another key", `{"other":{"kind":"x"},` + pad + `}`, -1, true},
+		{"path inside an array is not the path", `{"list":[{"type":"chat"}],` + pad + `}`, -1, true},
+		{"number literal", `{` + pad + `,"n":17}`, 3, true},
+		{"number written otherwise", `{` + pad + `,"n":17.0}`, -1, true},
+		{"string number", `{` + pad + `,"n":"17"}`, 3, true},
+		{"value is an object", `{` + pad + `,"type":{"chat":1}}`, -1, true},
+		{"quotes and braces in strings", `{"s":"}\"{[","type":"chat","t":"` + strings.Repeat(`\"}`, 300) + `"}`, 0, true},
+		{"white space everywhere", " {\n\t\"type\" :\r \"chat\" ,  " + pad + " } \n", 0, true},
+		{"prefix class keeps its place", `{"pre":1,` + pad + `,"type":"chat"}`, 0, true},
+		{"prefix class before a later json class", `{"pre":1,` + pad + `,"n":17}`, 1, true},
+		{"long value", `{"type":"` + strings.Repeat("c", 1000) + `",` + pad + `}`, -1, true},
+		{"long key", `{"` + strings.Repeat("t", 1000) + `":"chat",` + pad + `}`, -1, true},
+		{"bytes after the object", `{` + pad + `,"type":"chat"} x`, 0, false},
+		{"object never ends", `{` + pad + `,"type":"chat"`, 0, false},
+		{"top-level array", `[` + pad + `]`, 0, false},
+	}
+	pol := scanPolicy()
+	for _, c := range cases {
+		if c.ok && !json.Valid([]byte(c.msg)) {
+			t.Fatalf("%s: the case is not JSON", c.name)
+		}
+		for _, step := range []int{1, 3, 7, 512, len(c.msg)} {
+			class, ok := scanClass(pol, []byte(c.msg), step)
+			if ok != c.ok || ok && class != c.class {
+				t.Errorf("%s (pieces of %d): class %d, %v; want %d, %v", c.name, step, class, ok, c.class, c.ok)
+			}
+		}
+	}
+}
+
+// TestFieldScanReuse checks that a scan started again forgets the last
+// message's values.
+func TestFieldScanReuse(t *testing.T) {
+	pol := scanPolicy()
+	var s FieldScan
+	first := []byte(`{"type":"chat","x":"` + strings.Repeat("y", 600) + `"}`)
+	s.Start(pol, first[:512])
+	s.Write(first)
+	if c, ok := s.Class(); !ok || c != 0 {
+		t.Fatalf("first message: class %d, %v", c, ok)
+	}
+	second := []byte(`{"x":"` + strings.Repeat("y", 600) + `"}`)
+	s.Start(pol, second[:512])
+	s.Write(second)
+	if c, ok := s.Class(); !ok || c != -1 {
+		t.Fatalf("second message: class %d, %v; want -1", c, ok)
+	}
+}
+
+func TestNeedsFieldScan(t *testing.T) {
+	pol := scanPolicy()
+	cases := []struct {
+		head string
+		want bool
+	}{
+		{`{"type":"chat","x":"yyy`, true},
+		{`  {"type":"chat"}`, false}, // the object ends: the head settles it
+		{`{"type":"chat"} `, false},
+		{`42["chat"`, false}, // not an object
+		{`["type"`, false},
+	}
+	for _, c := range cases {
+		if got := pol.NeedsFieldScan([]byte(c.head)); got != c.want {
+			t.Errorf("NeedsFieldScan(%q) = %v", c.head, got)
+		}
+	}
+	noFields := &Policy{Classes: []Class{{Name: "p", Prefix: "{"}}}
+	if noFields.NeedsFieldScan([]byte(`{"a":"b`)) {
+		t.Error("a policy without json-field classes needs no scan")
+	}
+}
+
+// FuzzFieldScan checks a FieldScan, fed in pieces, against encoding/json
+// (which keeps the last of duplicate keys, as the apps' parsers do) on
+// every JSON object the fuzzer makes.
+func FuzzFieldScan(f *testing.F) {
+	pad := strings.Repeat("x", 520)
+	for _, s := range []string{
+		`{"type":"chat"}`,
+		`{"pad":"` + pad + `","type":"chat"}`,
+		`{"type":"ping","pad":"` + pad + `","type":"chat"}`,
+		`{"data":{"kind":"x"},"pad":"` + pad + `","data":{"kind":"y"}}`,
+		`{"pre":[1,{"type":"chat"}],"n":17,"\u0074ype":"ch\u0061t"}`,
+		`{"n":"17","type":null,"data":{"kind":"x","kind":true}}`,
+	} {
+		f.Add([]byte(s), uint8(7))
+	}
+	pol := scanPolicy()
+	f.Fuzz(func(t *testing.T, msg []byte, step uint8) {
+		class, ok := scanClass(pol, msg, int(step)+1)
+		var top map[string]any
+		dec := json.NewDecoder(bytes.NewReader(msg))
+		dec.UseNumber()
+		if !json.Valid(msg) || dec.Decode(&top) != nil || top == nil {
+			return // not an object: any answer will do, as long as there is no panic
+		}
+		if !ok {
+			t.Fatalf("a JSON object was not followed: %q", msg)
+		}
+		want := -1
+		for i := range pol.Classes {
+			c := &pol.Classes[i]
+			if len(c.FieldPath) == 0 {
+				if c.Matches(msg[:min(len(msg), 512)]) {
+					want = i
+					break
+				}
+				continue
+			}
+			if v, found := valueAt(top, c.FieldPath); found && v == c.FieldEquals {
+				want = i
+				break
+			}
+		}
+		if class != want {
+			t.Fatalf("class %d, encoding/json says %d: %q", class, want, msg)
+		}
+	})
+}
+
+// valueAt returns the text of the scalar at path in v: a string's value, or
+// the literal text of a number, true, false or null.
+func valueAt(v map[string]any, path []string) (string, bool) {
+	for i, key := range path {
+		x, ok := v[key]
+		if !ok {
+			return "", false
+		}
+		if i < len(path)-1 {
+			if v, ok = x.(map[string]any); !ok {
+				return "", false
+			}
+			continue
+		}
+		switch x := x.(type) {
+		case string:
+			return x, true
+		case json.Number:
+			return string(x), true
+		case bool:
+			if x {
+				return "true", true
+			}
+			return "false", true
+		case nil:
+			return "null", true
+		}
+	}
+	return "", false
+}
