@@ -13,7 +13,7 @@ ROOT      := $(shell id -u 2>/dev/null)
 # Fuzz targets run by `make test` for FUZZTIME each (package:target). A count, not a
 # duration: a duration races the Go 1.26 fuzz coordinator at its deadline and fails
 # with a bare "context deadline exceeded" that found nothing.
-FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth/clientip:FuzzXFF ./auth/clientip:FuzzProxyHeader ./auth:FuzzExtractToken ./proxy:FuzzCountSocketIOMessages ./proxy:FuzzPollingPayload ./policy:FuzzSocketIOEvent ./policy:FuzzJSONField ./policy:FuzzFieldScan ./policy:FuzzParse
+FUZZ_TARGETS := ./frames:FuzzStream ./frames:FuzzUTF8 ./auth/clientip:FuzzXFF ./auth/clientip:FuzzProxyHeader ./auth:FuzzExtractToken ./proxy:FuzzCountSocketIOMessages ./proxy:FuzzPollingPayload ./policy:FuzzSocketIOEvent ./policy:FuzzJSONField ./policy:FuzzClassScan ./policy:FuzzParse
 
 .PHONY: all build demo demo-rules test unit fuzz e2e deps e2e-deps lint clean
 

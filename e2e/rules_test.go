@@ -641,6 +641,42 @@ func TestRulesSocketIOClasses(t *testing.T) {
 	}
 }
 
+// TestRulesSocketIOEventPastTheHead: a socket.io event whose name comes
+// after the first 512 bytes (socket.io-parser takes any run of digits into
+// the ack id) is charged to its class before the packet's last frame goes
+// upstream; over the class's budget the connection ends with the refusal
+// event and 4008, and the app never gets the packet.
+func TestRulesSocketIOEventPastTheHead(t *testing.T) {
+	t.Parallel()
+	secret, secretFile := newHMACSecret(t)
+	b := newRecordingBackend(t)
+	g, _ := rulesGate(t, b.URL, classRules, secretFile)
+	c, _, err := websocket.Dial(testCtx(t), g.URL+"/socket.io/?EIO=4&transport=websocket",
+		bearer(hsToken(t, secret, "sio-late")).options(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	chat := `42` + strings.Repeat("0", 600) + `["chat","hi"]`
+	echoOK(t, c, `42`+strings.Repeat(" ", 600)+`["typing"]`) // unlimited, past the head too
+	for range 3 {
+		echoOK(t, c, chat)
+	}
+	send(t, c, chat)
+	if ev := readText(t, c); !strings.HasPrefix(ev, `42["wsgate:limited",`) || !strings.Contains(ev, `"rule":"chat"`) {
+		t.Fatalf("want the refusal event of rule chat, got %q", ev)
+	}
+	if _, _, err := c.Read(testCtx(t)); websocket.CloseStatus(err) != 4008 {
+		t.Fatalf("after the refusal: %v, want close 4008", err)
+	}
+	if got := b.msgs.Load(); got != 4 {
+		t.Errorf("the backend received %d messages, want 4", got)
+	}
+	if cl := b.nextClose(t); cl.Code != 4008 {
+		t.Errorf("the backend saw close %d, want 4008", cl.Code)
+	}
+}
+
 // TestDemoRules: `make demo-rules` runs the demo under docs/rules.example.yaml:
 // a fourth "!" message in 10 s is dropped with the 429 frame naming the
 // rule, and the socket goes on echoing.

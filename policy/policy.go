@@ -36,7 +36,7 @@ var ErrInvalid = errors.New("invalid rules")
 const MaxRules = 64
 
 // MaxClasses bounds the classes of one policy: a message's scan past its
-// first bytes (FieldScan) keeps a bit per class.
+// first bytes (ClassScan) keeps a bit per class.
 const MaxClasses = 64
 
 // Count is what a rule counts.

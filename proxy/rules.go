@@ -52,7 +52,7 @@ type connRules struct {
 	nsp   string
 	// scan follows the client message being read when its first bytes
 	// could not settle its class (nil otherwise): forwardScanned.
-	scan *policy.FieldScan
+	scan *policy.ClassScan
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds).
 	quietUntil int64
@@ -355,21 +355,21 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 		head = plain[:inflateHead(head, plain[:])]
 		whole = whole && len(head) < classifyBytes
 	}
-	if !whole && pol.NeedsFieldScan(head) {
+	if !whole && pol.NeedsClassScan(head) {
 		d.pr.info.rules.startScan(pol, head)
 	}
 	return pol.Classify(head)
 }
 
-// fieldScans are the scans of messages being relayed whose class their
+// classScans are the scans of messages being relayed whose class their
 // first bytes could not settle.
-var fieldScans = sync.Pool{New: func() any { return new(policy.FieldScan) }}
+var classScans = sync.Pool{New: func() any { return new(policy.ClassScan) }}
 
 // startScan follows the client message whose first bytes are head past
 // them: the class the app sees may be named further on.
 func (cr *connRules) startScan(pol *policy.Policy, head []byte) {
 	if cr.scan == nil {
-		cr.scan = fieldScans.Get().(*policy.FieldScan)
+		cr.scan = classScans.Get().(*policy.ClassScan)
 	}
 	cr.scan.Start(pol, head)
 }
@@ -377,7 +377,7 @@ func (cr *connRules) startScan(pol *policy.Policy, head []byte) {
 // endScan stops following the message (cr may be nil: no rules file).
 func (cr *connRules) endScan() {
 	if cr != nil && cr.scan != nil {
-		fieldScans.Put(cr.scan)
+		classScans.Put(cr.scan)
 		cr.scan = nil
 	}
 }

@@ -16,12 +16,15 @@ func scanPolicy() *Policy {
 		{Name: "deep", FieldPath: []string{"data", "kind"}, FieldEquals: "x"},
 		{Name: "num", FieldPath: []string{"n"}, FieldEquals: "17"},
 		{Name: "ping", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true},
+		{Name: "send", SocketIOEvent: "chat:send"},
+		{Name: "bin", Prefix: "45"},
+		{Name: "typing", SocketIOEvent: "typing"},
 	}}
 }
 
-// scanClass runs a FieldScan over msg in pieces of step bytes.
+// scanClass runs a ClassScan over msg in pieces of step bytes.
 func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
-	var s FieldScan
+	var s ClassScan
 	s.Start(pol, msg[:min(len(msg), 512)])
 	for i := 0; i < len(msg); i += step {
 		s.Write(msg[i:min(len(msg), i+step)])
@@ -29,7 +32,7 @@ func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
 	return s.Class()
 }
 
-func TestFieldScan(t *testing.T) {
+func TestClassScan(t *testing.T) {
 	pad := `"pad":"` + strings.Repeat("x", 600) + `"`
 	cases := []struct {
 		name  string
@@ -76,11 +79,11 @@ func TestFieldScan(t *testing.T) {
 	}
 }
 
-// TestFieldScanReuse checks that a scan started again forgets the last
+// TestClassScanReuse checks that a scan started again forgets the last
 // message's values.
-func TestFieldScanReuse(t *testing.T) {
+func TestClassScanReuse(t *testing.T) {
 	pol := scanPolicy()
-	var s FieldScan
+	var s ClassScan
 	first := []byte(`{"type":"chat","x":"` + strings.Repeat("y", 600) + `"}`)
 	s.Start(pol, first[:512])
 	s.Write(first)
@@ -95,7 +98,40 @@ func TestFieldScanReuse(t *testing.T) {
 	}
 }
 
-func TestNeedsFieldScan(t *testing.T) {
+func TestClassScanEvents(t *testing.T) {
+	cases := []struct {
+		name  string
+		msg   string
+		class int
+	}{
+		{"a long ack id", `42` + strings.Repeat("0", 600) + `["chat:send","hi"]`, 5},
+		{"white space", `42` + strings.Repeat(" ", 300) + `[` + strings.Repeat("\n", 300) + `"typing"]`, 7},
+		{"JavaScript white space in the ack id", "42" + strings.Repeat("\u00a0\u2028", 100) + `["typing",1]`, 7},
+		{"a namespace", `42/` + strings.Repeat("n", 600) + `,["chat:send"]`, 5},
+		{"escaped", `42` + strings.Repeat("1", 600) + `["chat\u003asend"]`, 5},
+		{"binary event", `45` + strings.Repeat("1", 600) + `-["chat:send",{"_placeholder":true,"num":0}]`, 5},
+		{"binary event without the scan's class", `451-["other"]` + strings.Repeat(" ", 600), 6},
+		{"another event", `42` + strings.Repeat("0", 600) + `["chat:sent"]`, -1},
+		{"no name", `42` + strings.Repeat("0", 600) + `[17,"chat:send"]`, -1},
+		{"a letter in the ack id", `42` + strings.Repeat("0", 600) + `x["chat:send"]`, -1},
+		{"the name not ended", `42` + strings.Repeat("0", 600) + `["chat:send`, -1},
+		{"not delimited", `42` + strings.Repeat("0", 600) + `["chat:send"x]`, -1},
+	}
+	pol := scanPolicy()
+	for _, c := range cases {
+		for _, step := range []int{1, 2, 5, 512, len(c.msg)} {
+			class, ok := scanClass(pol, []byte(c.msg), step)
+			if !ok || class != c.class {
+				t.Errorf("%s (pieces of %d): class %d, %v; want %d", c.name, step, class, ok, c.class)
+			}
+		}
+		if name, ok := SocketIOEvent([]byte(c.msg)); c.class >= 0 && c.class != 6 && (!ok || !decodedEquals(name, pol.Classes[c.class].SocketIOEvent)) {
+			t.Errorf("%s: SocketIOEvent on the whole packet: %q, %v", c.name, name, ok)
+		}
+	}
+}
+
+func TestNeedsClassScan(t *testing.T) {
 	pol := scanPolicy()
 	cases := []struct {
 		head string
@@ -104,24 +140,27 @@ func TestNeedsFieldScan(t *testing.T) {
 		{`{"type":"chat","x":"yyy`, true},
 		{`  {"type":"chat"}`, false}, // the object ends: the head settles it
 		{`{"type":"chat"} `, false},
-		{`42["chat"`, false}, // not an object
 		{`["type"`, false},
+		{`42["chat"`, true}, // the name may go on
+		{`42` + strings.Repeat("0", 510), true},
+		{`42["chat",`, false}, // named
+		{`43["chat"`, false},  // an ack: no event
 	}
 	for _, c := range cases {
-		if got := pol.NeedsFieldScan([]byte(c.head)); got != c.want {
-			t.Errorf("NeedsFieldScan(%q) = %v", c.head, got)
+		if got := pol.NeedsClassScan([]byte(c.head)); got != c.want {
+			t.Errorf("NeedsClassScan(%q) = %v", c.head, got)
 		}
 	}
 	noFields := &Policy{Classes: []Class{{Name: "p", Prefix: "{"}}}
-	if noFields.NeedsFieldScan([]byte(`{"a":"b`)) {
-		t.Error("a policy without json-field classes needs no scan")
+	if noFields.NeedsClassScan([]byte(`{"a":"b`)) || noFields.NeedsClassScan([]byte(`42["chat`)) {
+		t.Error("a policy without json-field or socketio-event classes needs no scan")
 	}
 }
 
-// FuzzFieldScan checks a FieldScan, fed in pieces, against encoding/json
+// FuzzClassScan checks a ClassScan, fed in pieces, against encoding/json
 // (which keeps the last of duplicate keys, as the apps' parsers do) on
 // every JSON object the fuzzer makes.
-func FuzzFieldScan(f *testing.F) {
+func FuzzClassScan(f *testing.F) {
 	pad := strings.Repeat("x", 520)
 	for _, s := range []string{
 		`{"type":"chat"}`,
@@ -130,12 +169,32 @@ func FuzzFieldScan(f *testing.F) {
 		`{"data":{"kind":"x"},"pad":"` + pad + `","data":{"kind":"y"}}`,
 		`{"pre":[1,{"type":"chat"}],"n":17,"\u0074ype":"ch\u0061t"}`,
 		`{"n":"17","type":null,"data":{"kind":"x","kind":true}}`,
+		`42` + strings.Repeat("0", 520) + `["chat:send","hi"]`,
+		`42/chat,` + strings.Repeat(" ", 520) + `[ "typing" ]`,
+		`451-/a,7["chat:send",{"_placeholder":true,"num":0}]`,
+		"42\u00a0\u3000[\"ch\\u0061t:send\"]",
 	} {
 		f.Add([]byte(s), uint8(7))
 	}
 	pol := scanPolicy()
 	f.Fuzz(func(t *testing.T, msg []byte, step uint8) {
 		class, ok := scanClass(pol, msg, int(step)+1)
+		if head := msg[:min(len(msg), 512)]; isEventPacket(head) {
+			name, named := SocketIOEvent(msg)
+			want := -1
+			for i := range pol.Classes {
+				c := &pol.Classes[i]
+				if c.SocketIOEvent != "" && named && decodedEquals(name, c.SocketIOEvent) ||
+					c.SocketIOEvent == "" && c.Matches(head) {
+					want = i
+					break
+				}
+			}
+			if !ok || class != want {
+				t.Fatalf("class %d, %v; SocketIOEvent on the whole packet says %d: %q", class, ok, want, msg)
+			}
+			return
+		}
 		var top map[string]any
 		dec := json.NewDecoder(bytes.NewReader(msg))
 		dec.UseNumber()

@@ -3,14 +3,15 @@ package policy
 import "math/bits"
 
 // Following a message past its first bytes. The classes are decided from a
-// message's first bytes, before any of it goes upstream; for a JSON object
-// those bytes do not always settle a json-field class: the member may come
-// later, or come again (the last of duplicate keys wins in the app's
-// parser). A FieldScan reads the whole message as it is relayed and gives
-// the class the app will see, so that the gate can charge it to the rules
-// of that class before the message's last bytes go upstream.
+// message's first bytes, before any of it goes upstream, and those bytes do
+// not always settle them: in a JSON object a json-field class's member may
+// come later, or come again (the last of duplicate keys wins in the app's
+// parser); in a socket.io event packet the name may come after a long ack
+// id or white space. A ClassScan reads the whole message as it is relayed
+// and gives the class the app will see, so that the gate can charge it to
+// the rules of that class before the message's last bytes go upstream.
 //
-// The scan is lenient where it can be and gives up where it cannot: it
+// The scan of an object is lenient where it can be and gives up where it cannot: it
 // follows strings (escapes included), the members of the objects on the
 // classes' paths and the nesting of everything else, without checking the
 // syntax of what it skips. Any byte it cannot place makes the message not
@@ -43,19 +44,24 @@ type scanned struct {
 	raw []byte // the literal's text or the string's raw bytes
 }
 
-// A FieldScan follows the members on the json-field paths of a policy
-// through a message's bytes, written in order from its first. Start it
-// with the message's first bytes, Write every byte of the message, then
-// ask Class. It is reused from message to message; one goroutine uses it.
-type FieldScan struct {
+// A ClassScan follows the members on the json-field paths of a policy, or
+// a socket.io event's name, through a message's bytes, written in order
+// from its first. Start it with the message's first bytes, Write every byte
+// of the message, then ask Class. It is reused from message to message;
+// one goroutine uses it.
+type ClassScan struct {
 	pol     *Policy
 	paths   [][]string // the distinct json-field paths of pol
 	pathOf  []int      // for each class, its path's index, or -1
 	keyCap  int        // the longest raw key that can equal a path's key
 	valCap  int        // the longest raw value that can equal a class's value
+	nameCap int        // the longest raw event name that can equal a class's
 	vals    []scanned
-	head    uint64 // the classes without a path that the first bytes matched
+	head    uint64 // the classes the scan does not decide that the first bytes matched
 	unknown bool   // pol has more classes or deeper paths than a scan follows
+
+	events bool // the message is a socket.io packet: ev follows its event's name
+	ev     eventScan
 
 	state  scanState
 	esc    bool                      // the last byte in a string was an unpaired backslash
@@ -70,43 +76,65 @@ type FieldScan struct {
 	valLen int
 }
 
-// NeedsFieldScan reports whether the class of a message whose first bytes
+// NeedsClassScan reports whether the class of a message whose first bytes
 // are head, with more to come, can be changed by its later bytes: pol has a
 // json-field class and head opens a JSON object that does not end within
-// head.
-func (p *Policy) NeedsFieldScan(head []byte) bool {
-	if !hasFieldClass(p.Classes) {
-		return false
+// head, or pol has a socketio-event class and head starts a socket.io
+// EVENT or BINARY_EVENT packet whose name it does not hold.
+func (p *Policy) NeedsClassScan(head []byte) bool {
+	if isEventPacket(head) {
+		_, named := SocketIOEvent(head)
+		return !named && p.has(func(c *Class) bool { return c.SocketIOEvent != "" })
 	}
 	i := skipJSONSpace(head, 0)
-	if i >= len(head) || head[i] != '{' {
+	if i >= len(head) || head[i] != '{' || !p.has(func(c *Class) bool { return len(c.FieldPath) > 0 }) {
 		return false
 	}
 	_, whole := skipJSONValue(head, i)
 	return !whole
 }
 
-// hasFieldClass reports whether a class has a json-field path.
-func hasFieldClass(cs []Class) bool {
-	for i := range cs {
-		if len(cs[i].FieldPath) > 0 {
+// isEventPacket reports whether b starts as an engine.io message carrying a
+// socket.io EVENT or BINARY_EVENT packet does.
+func isEventPacket(b []byte) bool {
+	return len(b) >= 2 && b[0] == '4' && (b[1] == '2' || b[1] == '5')
+}
+
+// has reports whether a class of p's is so.
+func (p *Policy) has(so func(*Class) bool) bool {
+	for i := range p.Classes {
+		if so(&p.Classes[i]) {
 			return true
 		}
 	}
 	return false
 }
 
+// decides reports whether the scan, rather than the first bytes, decides
+// class c.
+func (s *ClassScan) decides(c *Class) bool {
+	if s.events {
+		return c.SocketIOEvent != ""
+	}
+	return len(c.FieldPath) > 0
+}
+
 // Start readies s for a message of pol's whose first bytes are head (those
 // bytes are written again with the rest).
-func (s *FieldScan) Start(pol *Policy, head []byte) {
+func (s *ClassScan) Start(pol *Policy, head []byte) {
 	if s.pol != pol {
 		s.index(pol)
 	}
+	s.events = isEventPacket(head)
 	s.head = 0
 	for i := range pol.Classes {
-		if c := &pol.Classes[i]; len(c.FieldPath) == 0 && i < MaxClasses && c.Matches(head) {
+		if c := &pol.Classes[i]; !s.decides(c) && i < MaxClasses && c.Matches(head) {
 			s.head |= 1 << i
 		}
+	}
+	if s.events {
+		s.ev.start(s.nameCap)
+		return
 	}
 	for i := range s.vals {
 		s.vals[i].set = false
@@ -116,13 +144,14 @@ func (s *FieldScan) Start(pol *Policy, head []byte) {
 }
 
 // index finds pol's distinct paths and what a raw key or value can be.
-func (s *FieldScan) index(pol *Policy) {
+func (s *ClassScan) index(pol *Policy) {
 	s.pol = pol
 	s.paths, s.pathOf = s.paths[:0], s.pathOf[:0]
-	s.keyCap, s.valCap = 0, 0
+	s.keyCap, s.valCap, s.nameCap = 0, 0, 0
 	s.unknown = len(pol.Classes) > MaxClasses
 	for i := range pol.Classes {
 		c := &pol.Classes[i]
+		s.nameCap = max(s.nameCap, rawCap(c.SocketIOEvent))
 		if len(c.FieldPath) == 0 {
 			s.pathOf = append(s.pathOf, -1)
 			continue
@@ -171,7 +200,11 @@ func slicesEqual(a, b []string) bool {
 
 // Write follows the message through b, the bytes after those written
 // before.
-func (s *FieldScan) Write(b []byte) {
+func (s *ClassScan) Write(b []byte) {
+	if s.events {
+		s.ev.write(b)
+		return
+	}
 	for i := 0; i < len(b); {
 		i = s.step(b, i)
 	}
@@ -179,7 +212,7 @@ func (s *FieldScan) Write(b []byte) {
 
 // step handles b[i] (and any bytes after it it can take at once) and
 // returns the index of the next byte to handle.
-func (s *FieldScan) step(b []byte, i int) int {
+func (s *ClassScan) step(b []byte, i int) int {
 	c := b[i]
 	switch s.state {
 	case scanValue:
@@ -320,7 +353,7 @@ func (s *FieldScan) step(b []byte, i int) int {
 func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // keep appends p to *buf up to limit bytes, and counts all of it in *n.
-func (s *FieldScan) keep(buf *[]byte, n *int, limit int, p []byte) {
+func (s *ClassScan) keep(buf *[]byte, n *int, limit int, p []byte) {
 	if room := limit - len(*buf); room > 0 {
 		*buf = append(*buf, p[:min(room, len(p))]...)
 	}
@@ -330,7 +363,7 @@ func (s *FieldScan) keep(buf *[]byte, n *int, limit int, p []byte) {
 // open enters an object value: the top level, or a member's value, which
 // the paths the member continues go into. An object no path enters is
 // skipped whole.
-func (s *FieldScan) open() {
+func (s *ClassScan) open() {
 	var next uint64
 	if s.depth == 0 {
 		next = 1<<len(s.paths) - 1
@@ -351,7 +384,7 @@ func (s *FieldScan) open() {
 }
 
 // close ends the innermost object.
-func (s *FieldScan) close() {
+func (s *ClassScan) close() {
 	s.depth--
 	s.state = scanAfter
 	if s.depth == 0 {
@@ -362,7 +395,7 @@ func (s *FieldScan) close() {
 // keyEnded finds the paths the key just read names at this depth. A new
 // member of a path's name replaces the old one for the app: what the path
 // had found through the old one is forgotten.
-func (s *FieldScan) keyEnded() {
+func (s *ClassScan) keyEnded() {
 	s.state = scanColon
 	s.member = 0
 	if s.keyLen > s.keyCap {
@@ -379,7 +412,7 @@ func (s *FieldScan) keyEnded() {
 
 // startValue begins a string or literal member value, captured for the
 // paths it ends.
-func (s *FieldScan) startValue(st scanState) {
+func (s *ClassScan) startValue(st scanState) {
 	s.state = st
 	s.capt = 0
 	for m := s.member; m != 0; m &= m - 1 {
@@ -391,7 +424,7 @@ func (s *FieldScan) startValue(st scanState) {
 }
 
 // valueEnded records a captured value for the paths it ends.
-func (s *FieldScan) valueEnded(str bool) {
+func (s *ClassScan) valueEnded(str bool) {
 	s.state = scanAfter
 	if s.depth == 0 {
 		s.state = scanBroken
@@ -407,23 +440,27 @@ func (s *FieldScan) valueEnded(str bool) {
 }
 
 // Class returns the class the app sees in the whole message: the first of
-// pol's classes whose path's last member has the class's value, or that
-// the first bytes matched. ok is false when the bytes were not one JSON
-// object: the class is then the first bytes'.
-func (s *FieldScan) Class() (class int, ok bool) {
-	if s.state != scanDone || s.unknown {
+// pol's classes whose path's last member has the class's value, or whose
+// event the packet is, or that the first bytes matched. ok is false when
+// the bytes of an object were not one JSON object: the class is then the
+// first bytes'.
+func (s *ClassScan) Class() (class int, ok bool) {
+	if !s.events && s.state != scanDone || s.unknown {
 		return 0, false
 	}
 	for i := range s.pol.Classes {
 		c := &s.pol.Classes[i]
-		if p := s.pathOf[i]; p < 0 {
-			if s.head>>i&1 == 1 {
-				return i, true
-			}
-			continue
+		var match bool
+		switch {
+		case !s.decides(c):
+			match = s.head>>i&1 == 1
+		case s.events:
+			match = s.ev.named(c.SocketIOEvent)
+		default:
+			v := &s.vals[s.pathOf[i]]
+			match = v.set && (v.str && decodedEquals(v.raw, c.FieldEquals) || !v.str && string(v.raw) == c.FieldEquals)
 		}
-		v := &s.vals[s.pathOf[i]]
-		if v.set && (v.str && decodedEquals(v.raw, c.FieldEquals) || !v.str && string(v.raw) == c.FieldEquals) {
+		if match {
 			return i, true
 		}
 	}
