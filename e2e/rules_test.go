@@ -255,13 +255,15 @@ func TestRulesCompressedAndFragmented(t *testing.T) {
 }
 
 // TestRulesClassPastTheHead: a message whose first 512 bytes do not settle
-// its class is followed to its end, and charged to the class the app sees
-// before its last frame goes upstream: a member past those bytes, a
-// duplicate key further on (the last one wins in the app's parser), in a
-// plain, a compressed and a fragmented message. The third chat message of
-// each client is refused: half of it has gone upstream, so the connection
-// ends with the 429 frame and 4008 whatever the rule's action, and the app
-// never gets it.
+// its class is followed as it is relayed, and charged to the class the app
+// sees before the bytes that settle it go upstream: a member past those
+// bytes, a key named again further on (the last one wins in JavaScript's
+// parser), a name in another case (Go's decoder into a struct matches it),
+// bytes after the object (Go's json.Decoder stops at its end), in a plain,
+// a compressed and a fragmented message, and one whose first fragment is
+// empty. The third chat message of each client is refused: part of it has
+// gone upstream, so the connection ends with the 429 frame and 4008
+// whatever the rule's action, and the app never gets it.
 func TestRulesClassPastTheHead(t *testing.T) {
 	t.Parallel()
 	secret, secretFile := newHMACSecret(t)
@@ -270,8 +272,9 @@ func TestRulesClassPastTheHead(t *testing.T) {
 	pad := `"pad":"` + strings.Repeat("p", 600) + `"`
 	late := `{` + pad + `,"type":"chat"}`
 	renamed := `{"type":"typing",` + pad + `,"type":"chat"}`
+	recased := `{"type":"typing",` + pad + `,"TYPE":"chat"}`
 
-	refusedAtEnd := func(t *testing.T, c *websocket.Conn, msg string) {
+	refusedAt := func(t *testing.T, c *websocket.Conn, msg string) {
 		t.Helper()
 		send(t, c, msg)
 		ruleRefusal(t, []byte(readText(t, c)), "chat", "user")
@@ -288,8 +291,8 @@ func TestRulesClassPastTheHead(t *testing.T) {
 		defer c.CloseNow()
 		echoOK(t, c, `{"type":"typing",`+pad+`}`) // not chat: not counted
 		echoOK(t, c, late)
-		echoOK(t, c, renamed)
-		refusedAtEnd(t, c, late)
+		echoOK(t, c, recased)
+		refusedAt(t, c, late+" trailing bytes")
 	})
 	t.Run("compressed", func(t *testing.T) {
 		opts := bearer(hsToken(t, secret, "late-squeezed")).options(t)
@@ -304,24 +307,28 @@ func TestRulesClassPastTheHead(t *testing.T) {
 		}
 		echoOK(t, c, renamed)
 		echoOK(t, c, late)
-		refusedAtEnd(t, c, renamed)
+		refusedAt(t, c, renamed)
 	})
-	t.Run("fragmented", func(t *testing.T) {
+	// fragments sends each message in frames, reads the echo of the first
+	// two and expects the third to end the connection with 4008.
+	fragments := func(t *testing.T, sub string, frames ...string) {
+		t.Helper()
 		rc, resp := rawDial(t, atkHostPort(g), "/echo",
-			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "late-fragments")}})
+			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, sub)}})
 		defer rc.Close()
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			t.Fatalf("handshake: %d", resp.StatusCode)
 		}
 		_ = rc.SetDeadline(time.Now().Add(waitLimit))
-		// A first frame that ends before the object does: the class is
-		// named again in the last one.
 		for i := range 3 {
-			if err := rc.writeFrame(false, 0x1, []byte(`{"type":"note",`)); err != nil {
-				t.Fatal(err)
-			}
-			if err := rc.writeFrame(true, 0x0, []byte(`"type":"chat"}`)); err != nil {
-				t.Fatal(err)
+			for k, f := range frames {
+				op := byte(0x0)
+				if k == 0 {
+					op = 0x1
+				}
+				if err := rc.writeFrame(k == len(frames)-1, op, []byte(f)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if i == 2 {
 				break
@@ -337,21 +344,30 @@ func TestRulesClassPastTheHead(t *testing.T) {
 					break
 				}
 			}
-			if string(echo) != `{"type":"note","type":"chat"}` {
+			if string(echo) != strings.Join(frames, "") {
 				t.Fatalf("echo %d: %q", i, echo)
 			}
 		}
 		if code, _ := rc.readCloseCode(); code != 4008 {
-			t.Fatalf("the third chat message in fragments: close %d, want 4008", code)
+			t.Fatalf("the third chat message in fragments %q: close %d, want 4008", frames, code)
 		}
-	})
-	// Each client's first two chat messages and the typing one reached the
-	// app, the third of none; each connection ended upstream with 4008.
-	waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 3)
-	if got := b.msgs.Load(); got != 7 {
-		t.Errorf("the backend received %d messages, want 7", got)
 	}
-	for range 3 {
+	t.Run("fragmented", func(t *testing.T) {
+		// The first frame ends before the object does, and the object ends
+		// before the message: the class is named again in between.
+		fragments(t, "late-fragments", `{"type":"note",`, `"type":"chat"}`, ``)
+	})
+	t.Run("empty first fragment", func(t *testing.T) {
+		fragments(t, "late-empty-first", ``, ` {"type":"chat"}`)
+	})
+	// Each client's first two chat messages and the others reached the app,
+	// the third chat message of none; each connection ended upstream with
+	// 4008.
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 4)
+	if got := b.msgs.Load(); got != 9 {
+		t.Errorf("the backend received %d messages, want 9", got)
+	}
+	for range 4 {
 		if c := b.nextClose(t); c.Code != 4008 {
 			t.Errorf("the backend saw close %d, want 4008", c.Code)
 		}

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -25,7 +26,7 @@ func scanPolicy() *Policy {
 // scanClass runs a ClassScan over msg in pieces of step bytes.
 func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
 	var s ClassScan
-	s.Start(pol, msg[:min(len(msg), 512)])
+	s.Start(pol)
 	for i := 0; i < len(msg); i += step {
 		s.Write(msg[i:min(len(msg), i+step)])
 	}
@@ -38,7 +39,7 @@ func TestClassScan(t *testing.T) {
 		name  string
 		msg   string
 		class int
-		ok    bool
+		json  bool
 	}{
 		{"member past the head", `{` + pad + `,"type":"chat"}`, 0, true},
 		{"duplicate past the head", `{"type":"ping",` + pad + `,"type":"chat"}`, 0, true},
@@ -47,12 +48,16 @@ func TestClassScan(t *testing.T) {
 		{"escaped key", `{` + pad + `,"\u0074ype":"chat"}`, 0, true},
 		{"escaped value", `{` + pad + `,"type":"ch\u0061t"}`, 0, true},
 		{"nested", `{"data":{` + pad + `,"kind":"x"}}`, 2, true},
-		{"nested object replaced", `{"data":{"kind":"x"},` + pad + `,"data":{"other":1}}`, -1, true},
-		{"nested value replaced by a scalar", `{"data":{"kind":"x"},` + pad + `,"data":5}`, -1, true},
+		// A Go struct merges an object named twice, and keeps a field
+		// when the new value has the wrong type: limited classes match.
+		{"nested object named again", `{"data":{"kind":"x"},` + pad + `,"data":{"other":1}}`, 2, true},
+		{"nested value replaced by a scalar", `{"data":{"kind":"x"},` + pad + `,"data":5}`, 2, true},
+		{"nested value replaced by null", `{"data":{"kind":"x"},` + pad + `,"data":null}`, 2, true},
 		{"nested under another key", `{"other":{"kind":"x"},` + pad + `}`, -1, true},
 		{"path inside an array is not the path", `{"list":[{"type":"chat"}],` + pad + `}`, -1, true},
 		{"number literal", `{` + pad + `,"n":17}`, 3, true},
-		{"number written otherwise", `{` + pad + `,"n":17.0}`, -1, true},
+		{"number written otherwise", `{` + pad + `,"n":1.7e1}`, 3, true},
+		{"another number", `{` + pad + `,"n":17.5}`, -1, true},
 		{"string number", `{` + pad + `,"n":"17"}`, 3, true},
 		{"value is an object", `{` + pad + `,"type":{"chat":1}}`, -1, true},
 		{"quotes and braces in strings", `{"s":"}\"{[","type":"chat","t":"` + strings.Repeat(`\"}`, 300) + `"}`, 0, true},
@@ -61,20 +66,30 @@ func TestClassScan(t *testing.T) {
 		{"prefix class before a later json class", `{"pre":1,` + pad + `,"n":17}`, 1, true},
 		{"long value", `{"type":"` + strings.Repeat("c", 1000) + `",` + pad + `}`, -1, true},
 		{"long key", `{"` + strings.Repeat("t", 1000) + `":"chat",` + pad + `}`, -1, true},
+		// Go's struct decoding: names without regard to case, null leaves a
+		// field as it was. An unlimited class needs every parser to agree.
+		{"a name in another case", `{"type":"ping",` + pad + `,"TYPE":"chat"}`, 0, true},
+		{"a name folded", `{"data":{` + pad + `,"\u212aIND":"x"}}`, 2, true},
+		{"null after the value", `{"type":"chat",` + pad + `,"type":null}`, 0, true},
+		{"unlimited for one parser only", `{"type":"ping",` + pad + `,"Type":"other"}`, -1, true},
+		// Bytes after the object: Go's json.Decoder reads up to its end.
 		{"bytes after the object", `{` + pad + `,"type":"chat"} x`, 0, false},
-		{"object never ends", `{` + pad + `,"type":"chat"`, 0, false},
-		{"top-level array", `[` + pad + `]`, 0, false},
+		{"object never ends", `{` + pad + `,"type":"chat"`, -1, false},
+		{"top-level array", `["type","chat",` + pad[6:] + `]`, -1, true},
 	}
 	pol := scanPolicy()
 	for _, c := range cases {
-		if c.ok && !json.Valid([]byte(c.msg)) {
-			t.Fatalf("%s: the case is not JSON", c.name)
+		if c.json != json.Valid([]byte(c.msg)) {
+			t.Fatalf("%s: json.Valid says %v", c.name, !c.json)
 		}
 		for _, step := range []int{1, 3, 7, 512, len(c.msg)} {
 			class, ok := scanClass(pol, []byte(c.msg), step)
-			if ok != c.ok || ok && class != c.class {
-				t.Errorf("%s (pieces of %d): class %d, %v; want %d, %v", c.name, step, class, ok, c.class, c.ok)
+			if !ok || class != c.class {
+				t.Errorf("%s (pieces of %d): class %d, %v; want %d", c.name, step, class, ok, c.class)
 			}
+		}
+		if got := pol.ClassOf([]byte(c.msg)); got != c.class {
+			t.Errorf("%s: ClassOf %d, want %d", c.name, got, c.class)
 		}
 	}
 }
@@ -85,13 +100,13 @@ func TestClassScanReuse(t *testing.T) {
 	pol := scanPolicy()
 	var s ClassScan
 	first := []byte(`{"type":"chat","x":"` + strings.Repeat("y", 600) + `"}`)
-	s.Start(pol, first[:512])
+	s.Start(pol)
 	s.Write(first)
 	if c, ok := s.Class(); !ok || c != 0 {
 		t.Fatalf("first message: class %d, %v", c, ok)
 	}
 	second := []byte(`{"x":"` + strings.Repeat("y", 600) + `"}`)
-	s.Start(pol, second[:512])
+	s.Start(pol)
 	s.Write(second)
 	if c, ok := s.Class(); !ok || c != -1 {
 		t.Fatalf("second message: class %d, %v; want -1", c, ok)
@@ -111,6 +126,7 @@ func TestClassScanEvents(t *testing.T) {
 		{"escaped", `42` + strings.Repeat("1", 600) + `["chat\u003asend"]`, 5},
 		{"binary event", `45` + strings.Repeat("1", 600) + `-["chat:send",{"_placeholder":true,"num":0}]`, 5},
 		{"binary event without the scan's class", `451-["other"]` + strings.Repeat(" ", 600), 6},
+		{"binary event without attachments", `45-` + strings.Repeat("0", 600) + `["chat:send"]`, 5},
 		{"another event", `42` + strings.Repeat("0", 600) + `["chat:sent"]`, -1},
 		{"no name", `42` + strings.Repeat("0", 600) + `[17,"chat:send"]`, -1},
 		{"a letter in the ack id", `42` + strings.Repeat("0", 600) + `x["chat:send"]`, -1},
@@ -145,15 +161,25 @@ func TestNeedsClassScan(t *testing.T) {
 		{`42` + strings.Repeat("0", 510), true},
 		{`42["chat",`, false}, // named
 		{`43["chat"`, false},  // an ack: no event
+		// Too short to tell yet: nothing, white space, the engine.io
+		// message's type, a prefix class's start.
+		{``, true},
+		{"  \n", true},
+		{`4`, true},
+		{`{"pr`, true},
+		{`{"pre`, true}, // an object
+		{`x`, false},
 	}
 	for _, c := range cases {
 		if got := pol.NeedsClassScan([]byte(c.head)); got != c.want {
 			t.Errorf("NeedsClassScan(%q) = %v", c.head, got)
 		}
 	}
-	noFields := &Policy{Classes: []Class{{Name: "p", Prefix: "{"}}}
-	if noFields.NeedsClassScan([]byte(`{"a":"b`)) || noFields.NeedsClassScan([]byte(`42["chat`)) {
-		t.Error("a policy without json-field or socketio-event classes needs no scan")
+	prefixOnly := &Policy{Classes: []Class{{Name: "p", Prefix: "!cmd"}}}
+	for head, want := range map[string]bool{`{"a":"b`: false, `42["chat`: false, `!c`: true, `!cmd`: false, ``: true, `x`: false} {
+		if got := prefixOnly.NeedsClassScan([]byte(head)); got != want {
+			t.Errorf("prefix classes only: NeedsClassScan(%q) = %v", head, got)
+		}
 	}
 }
 
@@ -173,6 +199,8 @@ func FuzzClassScan(f *testing.F) {
 		`42/chat,` + strings.Repeat(" ", 520) + `[ "typing" ]`,
 		`451-/a,7["chat:send",{"_placeholder":true,"num":0}]`,
 		"42\u00a0\u3000[\"ch\\u0061t:send\"]",
+		`{"Type":"chat","type":"ping","TYPE":null,"n":1.7E1}`,
+		`{"data":{"kind":"x"},"DATA":{"o":1},"daTa":null,"data":7}`,
 	} {
 		f.Add([]byte(s), uint8(7))
 	}
@@ -201,6 +229,9 @@ func FuzzClassScan(f *testing.F) {
 		if !json.Valid(msg) || dec.Decode(&top) != nil || top == nil {
 			return // not an object: any answer will do, as long as there is no panic
 		}
+		var st structRef
+		_ = json.Unmarshal(msg, &st) // type errors leave fields as they were, as in an app
+		structVals := map[string]fieldRef{"type": st.Type, "data.kind": st.Data.Kind, "n": st.N}
 		if !ok {
 			t.Fatalf("a JSON object was not followed: %q", msg)
 		}
@@ -214,7 +245,11 @@ func FuzzClassScan(f *testing.F) {
 				}
 				continue
 			}
-			if v, found := valueAt(top, c.FieldPath); found && v == c.FieldEquals {
+			v, found := valueAt(top, c.FieldPath)
+			inMap := found && valueEquals(v, c.FieldEquals)
+			sv := structVals[strings.Join(c.FieldPath, ".")]
+			inStruct := sv.set && valueEquals(sv.text, c.FieldEquals)
+			if inMap && inStruct || !c.Unlimited && (inMap || inStruct) {
 				want = i
 				break
 			}
@@ -223,6 +258,50 @@ func FuzzClassScan(f *testing.F) {
 			t.Fatalf("class %d, encoding/json says %d: %q", class, want, msg)
 		}
 	})
+}
+
+// structRef is scanPolicy's paths as a Go app declares them.
+type structRef struct {
+	Type fieldRef `json:"type"`
+	Data struct {
+		Kind fieldRef `json:"kind"`
+	} `json:"data"`
+	N fieldRef `json:"n"`
+}
+
+// fieldRef is a struct field of a scalar: null leaves it as it was, as it
+// leaves a string or number field.
+type fieldRef struct {
+	set  bool
+	text string
+}
+
+func (f *fieldRef) UnmarshalJSON(b []byte) error {
+	switch {
+	case string(b) == "null":
+	case b[0] == '"':
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*f = fieldRef{true, s}
+	case b[0] == '{' || b[0] == '[':
+		return &json.UnmarshalTypeError{Value: "object", Type: nil}
+	default:
+		*f = fieldRef{true, string(b)}
+	}
+	return nil
+}
+
+// valueEquals compares a scalar's text with a class's value: numbers by
+// value.
+func valueEquals(text, want string) bool {
+	if text == want {
+		return true
+	}
+	a, errA := strconv.ParseFloat(text, 64)
+	b, errB := strconv.ParseFloat(want, 64)
+	return errA == nil && errB == nil && a == b && json.Valid([]byte(text))
 }
 
 // valueAt returns the text of the scalar at path in v: a string's value, or
@@ -254,4 +333,44 @@ func valueAt(v map[string]any, path []string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// benchPolicy is rules6's classes: a socket.io event and a JSON-RPC method.
+func benchPolicy() *Policy {
+	return &Policy{Classes: []Class{
+		{Name: "chat", SocketIOEvent: "chat:send"},
+		{Name: "subscribe", FieldPath: []string{"method"}, FieldEquals: "subscribe"},
+	}}
+}
+
+func BenchmarkClassOf(b *testing.B) {
+	pol := benchPolicy()
+	for _, c := range []struct {
+		name  string
+		msg   []byte
+		class int
+	}{
+		{"SocketIO512", socketIO512(), 0},
+		{"JSON512", json512(), 1},
+		{"JSONSmall", []byte(`{"jsonrpc":"2.0","id":7,"method":"subscribe","params":["news"]}`), 1},
+	} {
+		b.Run("ClassOf"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.msg)))
+			for b.Loop() {
+				if pol.ClassOf(c.msg) != c.class {
+					b.Fatal("wrong class")
+				}
+			}
+		})
+		b.Run("Classify"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.msg)))
+			for b.Loop() {
+				if pol.Classify(c.msg) != c.class {
+					b.Fatal("wrong class")
+				}
+			}
+		})
+	}
 }

@@ -44,11 +44,11 @@ func (p *Policy) Explain(w io.Writer, c *Client, message []byte) error {
 	}
 	tw.Flush()
 	if message != nil {
-		class := p.Classify(message)
+		class := p.ClassOf(message)
 		ew.printf("message: %s (%d bytes)\n", quoteShort(message), len(message))
 		switch {
 		case class < 0 && len(p.Classes) > 0:
-			ew.printf("  class: none (no class matches its first bytes)\n")
+			ew.printf("  class: none (no class matches it)\n")
 		case class >= 0 && p.Classes[class].Unlimited:
 			ew.printf("  class: %s, unlimited: it passes every rule uncounted\n", p.Classes[class].Name)
 		case class >= 0:

@@ -128,8 +128,8 @@ func (d *direction) inflate(h ws.Header) error {
 			// The class its first bytes could not settle, as in
 			// forwardScanned.
 			cr.scan.Write(buf[:n])
-			if end && d.reclassed() {
-				return nil
+			if (cr.scan.Settled() || end) && d.reclassed() {
+				return d.skip()
 			}
 		}
 		out.Fin = end

@@ -354,7 +354,8 @@ func (d *direction) onClientData(h ws.Header) error {
 	}
 	if starts {
 		// A scan is started by the message's class (classOf) and ended
-		// by its last frame (reclassed), or when the message goes nowhere.
+		// where it settles the class (reclassed), or when the message goes
+		// nowhere; one a message left (its pair ends) goes here.
 		d.pr.info.rules.endScan()
 		if d.pr.p.cfg.Limiter != nil {
 			switch d.limited(h) {
@@ -374,6 +375,7 @@ func (d *direction) onClientData(h ws.Header) error {
 	case starts && d.s.Compressed():
 		err = d.inflate(h)
 	case d.pr.info.rules != nil && d.pr.info.rules.scan != nil:
+		// Once its scan settles, the rest of the message goes by forward.
 		err = d.forwardScanned(h)
 	default:
 		err = d.forward(h)
@@ -425,14 +427,14 @@ func (d *direction) forward(h ws.Header) error {
 // forwardScanned relays the frame h of a client message whose class its
 // first bytes could not settle (connRules.scan): its payload goes upstream
 // as it is read, through the scan, in frames of up to a chunk, and the
-// frame that ends the message goes only once the class of the whole
-// message has been charged (reclassed). Every frame written is whole, so
-// a refusal leaves the upstream able to take the close.
+// chunk that settles the class (at the latest, the message's last) goes
+// only once that class has been charged (reclassed). Every frame written
+// is whole, so a refusal leaves the upstream able to take the close.
 func (d *direction) forwardScanned(h ws.Header) error {
 	if err := d.flush(); err != nil {
 		return err
 	}
-	scan := d.pr.info.rules.scan
+	cr := d.pr.info.rules
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)
 	buf := *bp
@@ -443,10 +445,12 @@ func (d *direction) forwardScanned(h ws.Header) error {
 		if err != nil {
 			return err
 		}
-		scan.Write(buf[:n])
 		end = end || d.s.Unread() == 0
-		if end && h.Fin && d.reclassed() {
-			return nil
+		if cr.scan != nil {
+			cr.scan.Write(buf[:n])
+			if (cr.scan.Settled() || end && h.Fin) && d.reclassed() {
+				return d.skip()
+			}
 		}
 		if n > 0 || first || end && h.Fin {
 			out.Fin = end && h.Fin

@@ -83,7 +83,7 @@ func (d *direction) limited(h ws.Header) verdict {
 			a.class = d.classOf(h, cr.pol)
 		}
 		cr.class = a.class
-		if sio && cr.countsBytes {
+		if sio && (cr.countsBytes || cr.scan != nil) {
 			cr.nsp = frameNamespace(h, d.r.Peek())
 		}
 		dec = pr.p.decideRules(pr.p.relayCtx, cr, a)
@@ -126,17 +126,18 @@ func (d *direction) limitedMore(h ws.Header) bool {
 }
 
 // reclassed charges the client message being relayed to the rules of the
-// class the app sees in its whole bytes, when they show another class than
-// its first bytes did (a member further on, or named again: the last of
-// duplicate keys wins), and reports whether that refused it. It is asked
-// before the message's last frame goes upstream: what went before is held
-// by the app's WebSocket library until that frame, so a refusal keeps the
-// message from the app, and ends the pair as a later frame's does.
+// class the app sees in it, once its scan has settled (or the message
+// ends), when that is another class than its first bytes showed (a member
+// further on, or named again), and reports whether that refused it. It is
+// asked before the bytes that settled it go upstream: an app that acts on a
+// JSON object at its closing brace (Go's json.Decoder on a streamed
+// message) has not seen it, and one that waits for the message's last
+// frame has not either. A refusal ends the pair as a later frame's does.
 func (d *direction) reclassed() bool {
 	cr := d.pr.info.rules
 	class, ok := cr.scan.Class()
 	cr.endScan()
-	if !ok || class == cr.class {
+	if !ok || class == cr.class || !cr.chargesMore(class, cr.class) {
 		return false
 	}
 	return d.limitedPart(ask{n: 1, class: class, bytes: d.s.MessageSize(), reclassed: true, shown: cr.class})

@@ -425,7 +425,7 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 				kept = append(kept, pkt)
 				return true
 			}
-			v.d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.Classify(pkt), bytes: int64(len(pkt))})
+			v.d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.ClassOf(pkt), bytes: int64(len(pkt))})
 			if !v.d.Allowed && v.first.Allowed {
 				v.first = v.d
 			}

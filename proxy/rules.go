@@ -46,12 +46,13 @@ type connRules struct {
 	countsBytes bool
 	// class is the class of the client message being read (its later
 	// frames are charged to the byte rules that cover it), and nsp its
-	// socket.io namespace, kept under byte rules only: a refusal at a
-	// later frame goes to the namespace the message was sent in.
+	// socket.io namespace, kept under byte rules or a scan only: a refusal
+	// after the first frame goes to the namespace the message was sent in.
 	class int
 	nsp   string
 	// scan follows the client message being read when its first bytes
-	// could not settle its class (nil otherwise): forwardScanned.
+	// could not settle its class (nil otherwise, and once the scan has
+	// settled it): forwardScanned.
 	scan *policy.ClassScan
 	// quietUntil is when the next shadow refusal may be logged (unix
 	// nanoseconds).
@@ -355,8 +356,11 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 		head = plain[:inflateHead(head, plain[:])]
 		whole = whole && len(head) < classifyBytes
 	}
-	if !whole && pol.NeedsClassScan(head) {
-		d.pr.info.rules.startScan(pol, head)
+	if whole {
+		return pol.ClassOf(head)
+	}
+	if cr := d.pr.info.rules; !cr.adm.Exempt() && pol.NeedsClassScan(head) {
+		cr.startScan(pol)
 	}
 	return pol.Classify(head)
 }
@@ -365,13 +369,25 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 // first bytes could not settle.
 var classScans = sync.Pool{New: func() any { return new(policy.ClassScan) }}
 
-// startScan follows the client message whose first bytes are head past
-// them: the class the app sees may be named further on.
-func (cr *connRules) startScan(pol *policy.Policy, head []byte) {
+// startScan follows the client message whose class its first bytes could
+// not settle: the class the app sees may be named further on.
+func (cr *connRules) startScan(pol *policy.Policy) {
 	if cr.scan == nil {
 		cr.scan = classScans.Get().(*policy.ClassScan)
 	}
-	cr.scan.Start(pol, head)
+	cr.scan.Start(pol)
+}
+
+// chargesMore reports whether a rule that applies covers class and not
+// shown: what a message charged as of class shown owes when its whole
+// bytes show class.
+func (cr *connRules) chargesMore(class, shown int) bool {
+	for i := range cr.adm.Messages {
+		if ap := &cr.adm.Messages[i]; ap.Covers(cr.pol, class) && !ap.Covers(cr.pol, shown) {
+			return true
+		}
+	}
+	return false
 }
 
 // endScan stops following the message (cr may be nil: no rules file).
