@@ -260,8 +260,8 @@ func TestRulesCompressedAndFragmented(t *testing.T) {
 // bytes, a key named again further on (the last one wins in JavaScript's
 // parser), a name in another case (Go's decoder into a struct matches it),
 // bytes after the object (Go's json.Decoder stops at its end), in a plain,
-// a compressed and a fragmented message, and one whose first fragment is
-// empty. The third chat message of each client is refused: part of it has
+// a compressed and a fragmented message, one whose first fragment is empty
+// and one whose first fragment holds the object whole. The third chat message of each client is refused: part of it has
 // gone upstream, so the connection ends with the 429 frame and 4008
 // whatever the rule's action, and the app never gets it.
 func TestRulesClassPastTheHead(t *testing.T) {
@@ -360,12 +360,39 @@ func TestRulesClassPastTheHead(t *testing.T) {
 	t.Run("empty first fragment", func(t *testing.T) {
 		fragments(t, "late-empty-first", ``, ` {"type":"chat"}`)
 	})
+	t.Run("object whole in a first fragment", func(t *testing.T) {
+		// Go's decoder into a struct reads TYPE as type. The first bytes
+		// settle the class, so the rule's drop action holds: the third is
+		// dropped with the 429 frame and the connection stays.
+		rc, resp := rawDial(t, atkHostPort(g), "/echo",
+			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "late-closed-first")}})
+		defer rc.Close()
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("handshake: %d", resp.StatusCode)
+		}
+		_ = rc.SetDeadline(time.Now().Add(waitLimit))
+		for i := range 3 {
+			if rc.writeFrame(false, 0x1, []byte(`{"TYPE":"chat"}`)) != nil || rc.writeFrame(true, 0x0, nil) != nil {
+				t.Fatal("write")
+			}
+			f, err := rc.readFrame()
+			if err != nil || !f.fin {
+				t.Fatalf("answer %d: %+v %v", i, f, err)
+			}
+			if i < 2 && string(f.payload) != `{"TYPE":"chat"}` {
+				t.Fatalf("echo %d: %q", i, f.payload)
+			}
+			if i == 2 {
+				ruleRefusal(t, f.payload, "chat", "user")
+			}
+		}
+	})
 	// Each client's first two chat messages and the others reached the app,
-	// the third chat message of none; each connection ended upstream with
-	// 4008.
-	waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 4)
-	if got := b.msgs.Load(); got != 9 {
-		t.Errorf("the backend received %d messages, want 9", got)
+	// the third chat message of none; each connection refused past the
+	// first bytes ended upstream with 4008.
+	waitMetric(t, g, mRateLimited, map[string]string{"rule": "chat"}, 5)
+	if got := b.msgs.Load(); got != 11 {
+		t.Errorf("the backend received %d messages, want 11", got)
 	}
 	for range 4 {
 		if c := b.nextClose(t); c.Code != 4008 {

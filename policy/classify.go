@@ -41,12 +41,11 @@ func SocketIOEvent(prefix []byte) (name []byte, ok bool) {
 	case '2':
 	case '5':
 		// The count of attachments, which follow as binary frames, up to
-		// the '-': socket.io-parser compares it with JavaScript's Number()
-		// of it, which takes 1, " 1", 1e0, 0x1 or 1.0 alike, and "" as 0,
-		// so any count is taken, none included (one it refuses only makes
-		// the packet fail in the app).
+		// the '-': socket.io-parser reads it with JavaScript's Number(),
+		// which takes 1, " 1", 1e0, 0x1 or 1.0 alike, so any count is
+		// taken (one it refuses only makes the packet fail in the app).
 		j := bytes.IndexByte(b[i:], '-')
-		if j < 0 {
+		if j <= 0 {
 			return nil, false
 		}
 		i += j + 1

@@ -18,13 +18,18 @@ import (
 // and gives the class the app will see, so that the gate can charge it to
 // the rules of that class before the app can act on the message.
 //
-// The apps' JSON parsers do not agree on duplicates: JavaScript's
+// The apps' JSON parsers do not agree on duplicates. JavaScript's
 // JSON.parse, Python's json and Go's encoding/json into a map keep the last
-// member of a name, null included (map semantics), while Go's decoder into
-// a struct matches names without regard to case, lets null leave a field as
-// it was, and merges an object named twice (struct semantics). The scan
-// follows both: a limited class matches when either finds its value, an
-// unlimited one only when both do. Numbers compare by value (17.0 is 17).
+// member of a name, null included, and an object named twice replaces the
+// first (the reading that decides the class, as the first bytes' did); Go's
+// decoder into a struct matches names in any case, lets null or a value of
+// the wrong type leave a field as it was, and merges an object named twice
+// (into a map field too). Rather than follow each, the scan also keeps every
+// value a member of a path's names takes anywhere in the message, names
+// matched in any case, through every object named on the way: a limited
+// class whose value is among them is charged too (Class's also), and an
+// unlimited class holds only when every such value is its own. Numbers
+// compare by value (17.0 is 17).
 //
 // The scan of an object is lenient where it can be and gives up where it
 // cannot: it follows strings (escapes included), the members of the objects
@@ -58,10 +63,11 @@ const (
 	scanBroken                   // not a JSON object
 )
 
-// The two ways parsers read duplicates (the scan's comment).
+// The two readings the scan follows (its comment): the one that decides
+// the class, and every value any parser could see.
 const (
-	mapSemantics = iota
-	structSemantics
+	lastReading = iota
+	anyReading
 )
 
 // scanned is the value a path's member has for one semantics.
@@ -86,18 +92,26 @@ type ClassScan struct {
 	nameCap  int        // the longest raw event name that can equal a class's
 	firstCap int        // the first bytes the prefix classes need
 	unknown  bool       // pol has more classes or deeper paths than a scan follows
+	on       []uint64   // per path, its classes
+	same     []uint64   // per class, the classes of its path with its value
+	numeric  []uint64   // per path, its classes whose value is a number
+	ascii    bool       // every path's keys are ASCII: no key shorter than one can match it
 
 	first []byte // the message's first bytes, up to firstCap
 	ev    eventScan
 
 	state  scanState
-	esc    bool // the last byte in a string was an unpaired backslash
-	depth  int  // objects open on the way from the top level
-	skip   int  // nesting inside scanSkip
-	vals   [2][]scanned
-	onPath [2][MaxFieldDepth + 1]uint64 // paths whose keys so far name the open objects, per depth
-	member [2]uint64                    // paths the current key continues or ends
-	capt   [2]uint64                    // paths whose value is being captured
+	esc    bool                         // the last byte in a string was an unpaired backslash
+	depth  int                          // objects open on the way from the top level
+	skip   int                          // nesting inside scanSkip
+	last   []scanned                    // per path, its value in the last reading
+	seen   []uint64                     // per path, the classes whose value it took in any reading
+	other  []bool                       // per path, whether it took another value (null, an object, ...)
+	named  []uint32                     // per path, the depths at which a member of its names was read
+	twice  bool                         // a name came twice at one depth, or in another case: parsers may disagree
+	onPath [2][MaxFieldDepth + 1]uint64 // per reading and depth, the paths whose keys name the open objects
+	member [2]uint64                    // per reading, the paths the current key continues or ends
+	capt   [2]uint64                    // per reading, the paths whose value is being captured
 	key    []byte
 	keyLen int // raw length of the current key, past the capture too
 	val    []byte
@@ -162,21 +176,21 @@ func isEventPacket(b []byte) bool {
 	return len(b) >= 2 && b[0] == '4' && (b[1] == '2' || b[1] == '5')
 }
 
-// ClassOf returns the class of the whole message msg, as a scan of it
-// gives: the first class msg matches, or -1.
-func (p *Policy) ClassOf(msg []byte) int {
+// ClassOf returns the class of the whole message msg, and the classes it
+// may also be, as a scan of it gives them (ClassScan.Class).
+func (p *Policy) ClassOf(msg []byte) (class int, also uint64) {
 	if !p.has(func(c *Class) bool { return len(c.FieldPath) > 0 }) {
-		return p.Classify(msg) // no semantics to choose between
+		return p.Classify(msg), 0 // the first bytes say all
 	}
 	s := scans.Get().(*ClassScan)
 	defer scans.Put(s)
 	s.Start(p)
 	s.Write(msg)
-	class, ok := s.Class()
+	class, also, ok := s.Class()
 	if !ok {
-		return p.Classify(msg)
+		return p.Classify(msg), 0
 	}
-	return class
+	return class, also
 }
 
 // scans serve ClassOf.
@@ -199,11 +213,10 @@ func (s *ClassScan) Start(pol *Policy) {
 	}
 	s.first = s.first[:0]
 	s.ev.start(s.nameCap)
-	for m := range s.vals {
-		for i := range s.vals[m] {
-			s.vals[m][i].set = false
-		}
+	for p := range s.paths {
+		s.last[p].set, s.seen[p], s.other[p], s.named[p] = false, 0, false, 0
 	}
+	s.twice = false
 	s.state, s.esc, s.depth, s.skip = scanValue, false, 0, 0
 	s.member, s.capt = [2]uint64{}, [2]uint64{}
 	if len(s.paths) == 0 {
@@ -219,8 +232,9 @@ func (s *ClassScan) index(pol *Policy) {
 	s.pol = pol
 	s.paths, s.pathOf = s.paths[:0], s.pathOf[:0]
 	s.keyCap, s.valCap, s.nameCap, s.firstCap = 0, 0, 0, 0
+	s.ascii = true
 	s.unknown = len(pol.Classes) > MaxClasses
-	for i := range pol.Classes {
+	for i := range pol.Classes[:min(len(pol.Classes), MaxClasses)] {
 		c := &pol.Classes[i]
 		s.nameCap = max(s.nameCap, rawCap(c.SocketIOEvent))
 		s.firstCap = max(s.firstCap, min(len(c.Prefix), maxFirstBytes))
@@ -239,16 +253,41 @@ func (s *ClassScan) index(pol *Policy) {
 		s.pathOf = append(s.pathOf, k)
 		for _, key := range c.FieldPath {
 			s.keyCap = max(s.keyCap, rawCap(key))
+			s.ascii = s.ascii && isASCII(key)
 		}
 		s.valCap = max(s.valCap, rawCap(c.FieldEquals))
 	}
-	if len(s.paths) > MaxClasses {
+	if len(s.paths) > MaxClasses || s.unknown {
 		s.unknown = true
-		s.paths = s.paths[:MaxClasses]
+		s.paths = s.paths[:0]
 	}
-	for m := range s.vals {
-		s.vals[m] = make([]scanned, len(s.paths))
+	n := len(s.paths)
+	s.last, s.seen, s.other, s.named = make([]scanned, n), make([]uint64, n), make([]bool, n), make([]uint32, n)
+	s.on, s.numeric, s.same = make([]uint64, n), make([]uint64, n), make([]uint64, len(pol.Classes))
+	for i, p := range s.pathOf {
+		if p < 0 || p >= n {
+			continue
+		}
+		c := &pol.Classes[i]
+		s.on[p] |= 1 << i
+		if _, ok := scanJSONNumber([]byte(c.FieldEquals), 0); ok {
+			s.numeric[p] |= 1 << i
+		}
+		for k, q := range s.pathOf {
+			if q == p && pol.Classes[k].FieldEquals == c.FieldEquals {
+				s.same[i] |= 1 << k
+			}
+		}
 	}
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // rawCap is the longest a JSON string's raw bytes can be and still decode
@@ -297,6 +336,7 @@ func (s *ClassScan) step(b []byte, i int) int {
 		case c == '{':
 			s.open()
 		case c == '[':
+			s.otherValue()
 			s.state, s.skip = scanSkip, 1
 		case c == '"':
 			s.startValue(scanString)
@@ -444,6 +484,7 @@ func (s *ClassScan) keep(buf *[]byte, n *int, limit int, p []byte) {
 // the paths the member continues go into. An object no path enters is
 // skipped whole.
 func (s *ClassScan) open() {
+	s.otherValue()
 	var next [2]uint64
 	for m := range next {
 		if s.depth == 0 {
@@ -461,7 +502,7 @@ func (s *ClassScan) open() {
 		return
 	}
 	s.depth++
-	s.onPath[mapSemantics][s.depth], s.onPath[structSemantics][s.depth] = next[0], next[1]
+	s.onPath[lastReading][s.depth], s.onPath[anyReading][s.depth] = next[0], next[1]
 	s.state = scanKey
 }
 
@@ -475,28 +516,35 @@ func (s *ClassScan) close() {
 }
 
 // keyEnded finds the paths the key just read names at this depth: by its
-// exact name, and (struct semantics) by its name without regard to case. In
-// map semantics a new member of a path's name replaces the old one: what
-// the path had found through the old one is forgotten; in struct semantics
-// only a value that is not null replaces anything.
+// exact name in the last reading, where a new member of a path's name
+// replaces the old one (what the path had found through it is forgotten),
+// and by its name in any case in the other, where nothing is forgotten.
 func (s *ClassScan) keyEnded() {
 	s.state = scanColon
 	s.member = [2]uint64{}
 	if s.keyLen > s.keyCap {
 		return
 	}
-	inMap, inStruct := s.onPath[mapSemantics][s.depth], s.onPath[structSemantics][s.depth]
-	for b := inMap | inStruct; b != 0; b &= b - 1 {
+	inLast, inAny := s.onPath[lastReading][s.depth], s.onPath[anyReading][s.depth]
+	for b := inLast | inAny; b != 0; b &= b - 1 {
 		p := trailing(b)
 		bit := uint64(1) << p
 		want := s.paths[p][s.depth-1]
-		exact := decodedEquals(s.key, want)
-		if exact && inMap&bit != 0 {
-			s.member[mapSemantics] |= bit
-			s.vals[mapSemantics][p].set = false
+		if s.ascii && s.keyLen < len(want) {
+			// Each byte of an ASCII name is a character of the key, in
+			// any case or escaped: at least as many bytes.
+			continue
 		}
-		if inStruct&bit != 0 && (exact || foldEquals(s.key, want)) {
-			s.member[structSemantics] |= bit
+		exact := decodedEquals(s.key, want)
+		if exact && inLast&bit != 0 {
+			s.member[lastReading] |= bit
+			s.last[p].set = false
+		}
+		if inAny&bit != 0 && (exact || foldEquals(s.key, want)) {
+			s.member[anyReading] |= bit
+			d := uint32(1) << s.depth
+			s.twice = s.twice || !exact || s.named[p]&d != 0
+			s.named[p] |= d
 		}
 	}
 }
@@ -516,24 +564,51 @@ func (s *ClassScan) startValue(st scanState) {
 	s.val, s.valLen = s.val[:0], 0
 }
 
-// valueEnded records a captured value for the paths it ends. A value too
-// long to equal any class's is recorded as a value that matches none.
+// valueEnded records a captured value for the paths it ends: in the last
+// reading as their value (a value too long to equal any class's matches
+// none), in the other among their values.
 func (s *ClassScan) valueEnded(str bool) {
 	s.state = scanAfter
 	if s.depth == 0 {
 		s.state = scanBroken
 	}
-	long := s.valLen > s.valCap
-	null := !str && string(s.val) == "null"
-	for m := range s.capt {
-		if m == structSemantics && null {
-			continue // null leaves a struct's field as it was
+	v := scanned{set: s.valLen <= s.valCap, str: str, raw: s.val}
+	for b := s.capt[lastReading]; b != 0; b &= b - 1 {
+		l := &s.last[trailing(b)]
+		l.set, l.str, l.raw = v.set, str, append(l.raw[:0], s.val...)
+	}
+	for b := s.capt[anyReading]; b != 0; b &= b - 1 {
+		p := trailing(b)
+		var eq uint64
+		switch {
+		case v.set:
+			for c := s.on[p]; c != 0; c &= c - 1 {
+				if i := trailing(c); v.equals(s.pol.Classes[i].FieldEquals) {
+					eq |= 1 << i
+				}
+			}
+		case !str:
+			// A number too long to keep may be any of them.
+			eq = s.numeric[p]
 		}
-		for b := s.capt[m]; b != 0; b &= b - 1 {
-			v := &s.vals[m][trailing(b)]
-			v.set, v.str, v.raw = !long, str, append(v.raw[:0], s.val...)
+		s.seen[p] |= eq
+		if eq == 0 || !v.set {
+			s.other[p] = true
 		}
-		s.capt[m] = 0
+	}
+	s.capt = [2]uint64{}
+}
+
+// otherValue records that the member whose value starts here, an object
+// or an array, gives the paths it ends a value no class has.
+func (s *ClassScan) otherValue() {
+	if s.depth == 0 {
+		return
+	}
+	for b := s.member[anyReading]; b != 0; b &= b - 1 {
+		if p := trailing(b); len(s.paths[p]) == s.depth {
+			s.other[p] = true
+		}
 	}
 }
 
@@ -566,8 +641,9 @@ func numbersEqual(lit []byte, want string) bool {
 }
 
 // foldEquals reports whether the JSON string raw (escapes not decoded) is
-// want as Go's encoding/json matches a member to a struct field: each
-// character compared as unicode.ToUpper(unicode.ToLower(r)).
+// want without regard to case: each character compared as
+// unicode.ToUpper(unicode.ToLower(r)), which matches whatever Go's
+// encoding/json matches to a struct field's name (and a few more).
 func foldEquals(raw []byte, want string) bool {
 	for len(raw) > 0 {
 		var r rune
@@ -591,7 +667,7 @@ func foldEquals(raw []byte, want string) bool {
 	return want == ""
 }
 
-// fold is the character encoding/json compares a struct field's name by.
+// fold is the character foldEquals compares.
 func fold(r rune) rune {
 	if r < utf8.RuneSelf {
 		if 'a' <= r && r <= 'z' {
@@ -604,15 +680,21 @@ func fold(r rune) rune {
 
 // Class returns the class the app sees in the message written: the first
 // of pol's classes that its bytes match. A json-field class matches when
-// its path's last member has the class's value (an unlimited class in both
-// semantics, a limited one in either), a socketio-event class when the
-// packet is its event, a prefix class when the first bytes start with it.
-// ok is false when pol has more classes or deeper paths than a scan follows.
-func (s *ClassScan) Class() (class int, ok bool) {
+// its path's last member has the class's value (an unlimited class only
+// when its path took no other value anywhere), a socketio-event class when
+// the packet is its event, a prefix class when the first bytes start with
+// it. also holds the limited json-field classes whose value a member of
+// their path's names took, when the last reading does not give them that
+// value, or when a name came twice or in another case anywhere on a path
+// (the parsers may then disagree on the first match): some parser may see
+// them. ok is false when pol has more classes or deeper paths than a scan
+// follows.
+func (s *ClassScan) Class() (class int, also uint64, ok bool) {
 	if s.unknown {
-		return 0, false
+		return 0, 0, false
 	}
 	done := s.state == scanDone
+	class = -1
 	for i := range s.pol.Classes {
 		c := &s.pol.Classes[i]
 		var match bool
@@ -622,18 +704,24 @@ func (s *ClassScan) Class() (class int, ok bool) {
 				continue
 			}
 			p := s.pathOf[i]
-			inMap, inStruct := s.vals[mapSemantics][p].equals(c.FieldEquals), s.vals[structSemantics][p].equals(c.FieldEquals)
-			match = inMap && inStruct || !c.Unlimited && (inMap || inStruct)
+			inLast := s.last[p].equals(c.FieldEquals)
+			match = inLast && (!c.Unlimited || !s.other[p] && s.seen[p]&^s.same[i] == 0)
+			if (!inLast || s.twice) && !c.Unlimited && s.seen[p]&(1<<i) != 0 {
+				also |= 1 << i
+			}
 		case c.SocketIOEvent != "":
 			match = s.ev.named(c.SocketIOEvent)
 		default:
 			match = len(s.first) >= len(c.Prefix) && string(s.first[:len(c.Prefix)]) == c.Prefix
 		}
-		if match {
-			return i, true
+		if match && class < 0 {
+			class = i
 		}
 	}
-	return -1, true
+	if class >= 0 {
+		also &^= 1 << class
+	}
+	return class, also, true
 }
 
 func trailing(m uint64) int { return bits.TrailingZeros64(m) }

@@ -24,7 +24,7 @@ func scanPolicy() *Policy {
 }
 
 // scanClass runs a ClassScan over msg in pieces of step bytes.
-func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
+func scanClass(pol *Policy, msg []byte, step int) (class int, also uint64, ok bool) {
 	var s ClassScan
 	s.Start(pol)
 	for i := 0; i < len(msg); i += step {
@@ -35,47 +35,55 @@ func scanClass(pol *Policy, msg []byte, step int) (int, bool) {
 
 func TestClassScan(t *testing.T) {
 	pad := `"pad":"` + strings.Repeat("x", 600) + `"`
+	const chat, deep, num = 1 << 0, 1 << 2, 1 << 3
 	cases := []struct {
 		name  string
 		msg   string
 		class int
+		also  uint64 // classes some parser may see too
 		json  bool
 	}{
-		{"member past the head", `{` + pad + `,"type":"chat"}`, 0, true},
-		{"duplicate past the head", `{"type":"ping",` + pad + `,"type":"chat"}`, 0, true},
-		{"duplicate back to unlimited", `{"type":"chat",` + pad + `,"type":"ping"}`, 4, true},
-		{"duplicate to nothing", `{"type":"chat",` + pad + `,"type":"other"}`, -1, true},
-		{"escaped key", `{` + pad + `,"\u0074ype":"chat"}`, 0, true},
-		{"escaped value", `{` + pad + `,"type":"ch\u0061t"}`, 0, true},
-		{"nested", `{"data":{` + pad + `,"kind":"x"}}`, 2, true},
-		// A Go struct merges an object named twice, and keeps a field
-		// when the new value has the wrong type: limited classes match.
-		{"nested object named again", `{"data":{"kind":"x"},` + pad + `,"data":{"other":1}}`, 2, true},
-		{"nested value replaced by a scalar", `{"data":{"kind":"x"},` + pad + `,"data":5}`, 2, true},
-		{"nested value replaced by null", `{"data":{"kind":"x"},` + pad + `,"data":null}`, 2, true},
-		{"nested under another key", `{"other":{"kind":"x"},` + pad + `}`, -1, true},
-		{"path inside an array is not the path", `{"list":[{"type":"chat"}],` + pad + `}`, -1, true},
-		{"number literal", `{` + pad + `,"n":17}`, 3, true},
-		{"number written otherwise", `{` + pad + `,"n":1.7e1}`, 3, true},
-		{"another number", `{` + pad + `,"n":17.5}`, -1, true},
-		{"string number", `{` + pad + `,"n":"17"}`, 3, true},
-		{"value is an object", `{` + pad + `,"type":{"chat":1}}`, -1, true},
-		{"quotes and braces in strings", `{"s":"}\"{[","type":"chat","t":"` + strings.Repeat(`\"}`, 300) + `"}`, 0, true},
-		{"white space everywhere", " {\n\t\"type\" :\r \"chat\" ,  " + pad + " } \n", 0, true},
-		{"prefix class keeps its place", `{"pre":1,` + pad + `,"type":"chat"}`, 0, true},
-		{"prefix class before a later json class", `{"pre":1,` + pad + `,"n":17}`, 1, true},
-		{"long value", `{"type":"` + strings.Repeat("c", 1000) + `",` + pad + `}`, -1, true},
-		{"long key", `{"` + strings.Repeat("t", 1000) + `":"chat",` + pad + `}`, -1, true},
-		// Go's struct decoding: names without regard to case, null leaves a
-		// field as it was. An unlimited class needs every parser to agree.
-		{"a name in another case", `{"type":"ping",` + pad + `,"TYPE":"chat"}`, 0, true},
-		{"a name folded", `{"data":{` + pad + `,"\u212aIND":"x"}}`, 2, true},
-		{"null after the value", `{"type":"chat",` + pad + `,"type":null}`, 0, true},
-		{"unlimited for one parser only", `{"type":"ping",` + pad + `,"Type":"other"}`, -1, true},
+		{"member past the head", `{` + pad + `,"type":"chat"}`, 0, 0, true},
+		// The last of duplicate names decides; an unlimited class holds
+		// only when its path took no other value; a limited class whose
+		// value came before the last is charged too.
+		{"duplicate past the head", `{"type":"ping",` + pad + `,"type":"chat"}`, 0, 0, true},
+		{"duplicate back to unlimited", `{"type":"chat",` + pad + `,"type":"ping"}`, -1, chat, true},
+		{"duplicate to nothing", `{"type":"chat",` + pad + `,"type":"other"}`, -1, chat, true},
+		{"unlimited for one parser only", `{"type":"ping",` + pad + `,"Type":"other"}`, -1, 0, true},
+		{"escaped key", `{` + pad + `,"\u0074ype":"chat"}`, 0, 0, true},
+		{"escaped value", `{` + pad + `,"type":"ch\u0061t"}`, 0, 0, true},
+		{"nested", `{"data":{` + pad + `,"kind":"x"}}`, 2, 0, true},
+		// A Go struct merges an object named twice (into a map field
+		// too), keeps a field when the new value is null or has the wrong
+		// type, and matches names in any case.
+		{"nested object named again", `{"data":{"kind":"x"},` + pad + `,"data":{"other":1}}`, -1, deep, true},
+		{"nested value replaced by a scalar", `{"data":{"kind":"x"},` + pad + `,"data":5}`, -1, deep, true},
+		{"nested value replaced by null", `{"data":{"kind":"x"},` + pad + `,"data":null}`, -1, deep, true},
+		{"a name in another case", `{"type":"ping",` + pad + `,"TYPE":"chat"}`, -1, chat, true},
+		{"a name in another case alone", `{"TYPE":"chat",` + pad + `}`, -1, chat, true},
+		{"a name folded", `{"data":{` + pad + `,"\u212aIND":"x"}}`, -1, deep, true},
+		{"null after the value", `{"type":"chat",` + pad + `,"type":null}`, -1, chat, true},
+		{"a number after the value", `{"type":"chat",` + pad + `,"type":1}`, -1, chat, true},
+		{"a name twice: every class it took", `{"type":"chat","n":17,` + pad + `,"N":17}`, 0, num, true},
+		{"nested under another key", `{"other":{"kind":"x"},` + pad + `}`, -1, 0, true},
+		{"path inside an array is not the path", `{"list":[{"type":"chat"}],` + pad + `}`, -1, 0, true},
+		{"number literal", `{` + pad + `,"n":17}`, 3, 0, true},
+		{"number written otherwise", `{` + pad + `,"n":1.7e1}`, 3, 0, true},
+		{"number written long", `{` + pad + `,"n":17.` + strings.Repeat("0", 100) + `}`, -1, num, true},
+		{"another number", `{` + pad + `,"n":17.5}`, -1, 0, true},
+		{"string number", `{` + pad + `,"n":"17"}`, 3, 0, true},
+		{"value is an object", `{` + pad + `,"type":{"chat":1}}`, -1, 0, true},
+		{"quotes and braces in strings", `{"s":"}\"{[","type":"chat","t":"` + strings.Repeat(`\"}`, 300) + `"}`, 0, 0, true},
+		{"white space everywhere", " {\n\t\"type\" :\r \"chat\" ,  " + pad + " } \n", 0, 0, true},
+		{"prefix class keeps its place", `{"pre":1,` + pad + `,"type":"chat"}`, 0, 0, true},
+		{"prefix class before a later json class", `{"pre":1,` + pad + `,"n":17}`, 1, 0, true},
+		{"long value", `{"type":"` + strings.Repeat("c", 1000) + `",` + pad + `}`, -1, 0, true},
+		{"long key", `{"` + strings.Repeat("t", 1000) + `":"chat",` + pad + `}`, -1, 0, true},
 		// Bytes after the object: Go's json.Decoder reads up to its end.
-		{"bytes after the object", `{` + pad + `,"type":"chat"} x`, 0, false},
-		{"object never ends", `{` + pad + `,"type":"chat"`, -1, false},
-		{"top-level array", `["type","chat",` + pad[6:] + `]`, -1, true},
+		{"bytes after the object", `{` + pad + `,"type":"chat"} x`, 0, 0, false},
+		{"object never ends", `{` + pad + `,"type":"chat"`, -1, 0, false},
+		{"top-level array", `["type","chat",` + pad[6:] + `]`, -1, 0, true},
 	}
 	pol := scanPolicy()
 	for _, c := range cases {
@@ -83,13 +91,13 @@ func TestClassScan(t *testing.T) {
 			t.Fatalf("%s: json.Valid says %v", c.name, !c.json)
 		}
 		for _, step := range []int{1, 3, 7, 512, len(c.msg)} {
-			class, ok := scanClass(pol, []byte(c.msg), step)
-			if !ok || class != c.class {
-				t.Errorf("%s (pieces of %d): class %d, %v; want %d", c.name, step, class, ok, c.class)
+			class, also, ok := scanClass(pol, []byte(c.msg), step)
+			if !ok || class != c.class || also != c.also {
+				t.Errorf("%s (pieces of %d): class %d also %b, %v; want %d also %b", c.name, step, class, also, ok, c.class, c.also)
 			}
 		}
-		if got := pol.ClassOf([]byte(c.msg)); got != c.class {
-			t.Errorf("%s: ClassOf %d, want %d", c.name, got, c.class)
+		if got, also := pol.ClassOf([]byte(c.msg)); got != c.class || also != c.also {
+			t.Errorf("%s: ClassOf %d also %b, want %d also %b", c.name, got, also, c.class, c.also)
 		}
 	}
 }
@@ -102,13 +110,13 @@ func TestClassScanReuse(t *testing.T) {
 	first := []byte(`{"type":"chat","x":"` + strings.Repeat("y", 600) + `"}`)
 	s.Start(pol)
 	s.Write(first)
-	if c, ok := s.Class(); !ok || c != 0 {
+	if c, _, ok := s.Class(); !ok || c != 0 {
 		t.Fatalf("first message: class %d, %v", c, ok)
 	}
 	second := []byte(`{"x":"` + strings.Repeat("y", 600) + `"}`)
 	s.Start(pol)
 	s.Write(second)
-	if c, ok := s.Class(); !ok || c != -1 {
+	if c, _, ok := s.Class(); !ok || c != -1 {
 		t.Fatalf("second message: class %d, %v; want -1", c, ok)
 	}
 }
@@ -126,7 +134,7 @@ func TestClassScanEvents(t *testing.T) {
 		{"escaped", `42` + strings.Repeat("1", 600) + `["chat\u003asend"]`, 5},
 		{"binary event", `45` + strings.Repeat("1", 600) + `-["chat:send",{"_placeholder":true,"num":0}]`, 5},
 		{"binary event without the scan's class", `451-["other"]` + strings.Repeat(" ", 600), 6},
-		{"binary event without attachments", `45-` + strings.Repeat("0", 600) + `["chat:send"]`, 5},
+		{"binary event without a count", `45-` + strings.Repeat("0", 600) + `["chat:send"]`, 6}, // the prefix class
 		{"another event", `42` + strings.Repeat("0", 600) + `["chat:sent"]`, -1},
 		{"no name", `42` + strings.Repeat("0", 600) + `[17,"chat:send"]`, -1},
 		{"a letter in the ack id", `42` + strings.Repeat("0", 600) + `x["chat:send"]`, -1},
@@ -136,9 +144,9 @@ func TestClassScanEvents(t *testing.T) {
 	pol := scanPolicy()
 	for _, c := range cases {
 		for _, step := range []int{1, 2, 5, 512, len(c.msg)} {
-			class, ok := scanClass(pol, []byte(c.msg), step)
-			if !ok || class != c.class {
-				t.Errorf("%s (pieces of %d): class %d, %v; want %d", c.name, step, class, ok, c.class)
+			class, also, ok := scanClass(pol, []byte(c.msg), step)
+			if !ok || class != c.class || also != 0 {
+				t.Errorf("%s (pieces of %d): class %d also %b, %v; want %d", c.name, step, class, also, ok, c.class)
 			}
 		}
 		if name, ok := SocketIOEvent([]byte(c.msg)); c.class >= 0 && c.class != 6 && (!ok || !decodedEquals(name, pol.Classes[c.class].SocketIOEvent)) {
@@ -206,8 +214,9 @@ func FuzzClassScan(f *testing.F) {
 	}
 	pol := scanPolicy()
 	f.Fuzz(func(t *testing.T, msg []byte, step uint8) {
-		class, ok := scanClass(pol, msg, int(step)+1)
-		if head := msg[:min(len(msg), 512)]; isEventPacket(head) {
+		class, also, ok := scanClass(pol, msg, int(step)+1)
+		head := msg[:min(len(msg), 512)]
+		if isEventPacket(head) {
 			name, named := SocketIOEvent(msg)
 			want := -1
 			for i := range pol.Classes {
@@ -218,8 +227,8 @@ func FuzzClassScan(f *testing.F) {
 					break
 				}
 			}
-			if !ok || class != want {
-				t.Fatalf("class %d, %v; SocketIOEvent on the whole packet says %d: %q", class, ok, want, msg)
+			if !ok || class != want || also != 0 {
+				t.Fatalf("class %d also %b, %v; SocketIOEvent on the whole packet says %d: %q", class, also, ok, want, msg)
 			}
 			return
 		}
@@ -229,33 +238,44 @@ func FuzzClassScan(f *testing.F) {
 		if !json.Valid(msg) || dec.Decode(&top) != nil || top == nil {
 			return // not an object: any answer will do, as long as there is no panic
 		}
-		var st structRef
-		_ = json.Unmarshal(msg, &st) // type errors leave fields as they were, as in an app
-		structVals := map[string]fieldRef{"type": st.Type, "data.kind": st.Data.Kind, "n": st.N}
 		if !ok {
 			t.Fatalf("a JSON object was not followed: %q", msg)
 		}
-		want := -1
+		// The first class as JSON.parse (a map) and as a Go struct see it.
+		var st structRef
+		_ = json.Unmarshal(msg, &st) // type errors leave fields as they were, as in an app
+		structVals := map[string]fieldRef{"type": st.Type, "data.kind": st.Data.Kind, "n": st.N}
+		inMap, inStruct := -1, -1
 		for i := range pol.Classes {
 			c := &pol.Classes[i]
+			var m, s bool
 			if len(c.FieldPath) == 0 {
-				if c.Matches(msg[:min(len(msg), 512)]) {
-					want = i
-					break
-				}
-				continue
+				m = c.Matches(head)
+				s = m
+			} else {
+				v, found := valueAt(top, c.FieldPath)
+				m = found && valueEquals(v, c.FieldEquals)
+				sv := structVals[strings.Join(c.FieldPath, ".")]
+				s = sv.set && valueEquals(sv.text, c.FieldEquals)
 			}
-			v, found := valueAt(top, c.FieldPath)
-			inMap := found && valueEquals(v, c.FieldEquals)
-			sv := structVals[strings.Join(c.FieldPath, ".")]
-			inStruct := sv.set && valueEquals(sv.text, c.FieldEquals)
-			if inMap && inStruct || !c.Unlimited && (inMap || inStruct) {
-				want = i
-				break
+			if m && inMap < 0 {
+				inMap = i
+			}
+			if s && inStruct < 0 {
+				inStruct = i
 			}
 		}
-		if class != want {
-			t.Fatalf("class %d, encoding/json says %d: %q", class, want, msg)
+		charged := func(i int) bool { return i == class || also>>i&1 == 1 }
+		for _, seen := range []int{inMap, inStruct} {
+			if seen >= 0 && !pol.Classes[seen].Unlimited && !charged(seen) {
+				t.Fatalf("class %d also %b: a parser sees class %d (map %d, struct %d): %q", class, also, seen, inMap, inStruct, msg)
+			}
+		}
+		if class >= 0 && pol.Classes[class].Unlimited && (inMap != class || inStruct != class) {
+			t.Fatalf("unlimited class %d, but the map sees %d and a struct %d: %q", class, inMap, inStruct, msg)
+		}
+		if class != inMap && (class < 0 || !pol.Classes[class].Unlimited) && inMap >= 0 && !pol.Classes[inMap].Unlimited {
+			t.Fatalf("class %d, the map (JSON.parse) sees %d: %q", class, inMap, msg)
 		}
 	})
 }
@@ -358,7 +378,7 @@ func BenchmarkClassOf(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(c.msg)))
 			for b.Loop() {
-				if pol.ClassOf(c.msg) != c.class {
+				if class, _ := pol.ClassOf(c.msg); class != c.class {
 					b.Fatal("wrong class")
 				}
 			}

@@ -4,8 +4,7 @@ import "unicode/utf8"
 
 // eventScan follows a socket.io EVENT or BINARY_EVENT packet to its event's
 // name, byte by byte, as SocketIOEvent reads it from a prefix: the packet
-// type (with a BINARY_EVENT's attachment count up to its '-', which may be
-// empty), a namespace
+// type (with a BINARY_EVENT's attachment count up to its '-'), a namespace
 // up to its ',', the ack id's characters (digits and JavaScript white
 // space, which socket.io-parser takes into it), the '[' and JSON white
 // space, then the name's string and the ',' or ']' after it. Past the name
@@ -23,18 +22,19 @@ type eventScan struct {
 type eventState uint8
 
 const (
-	evType       eventState = iota // the engine.io message's '4'
-	evKind                         // the socket.io packet's type
-	evAttach                       // a BINARY_EVENT's attachment count, up to '-'
-	evNamespace0                   // a '/' here opens a namespace
-	evNamespace                    // up to its ','
-	evAck                          // ack id characters
-	evOpen                         // the '['
-	evSpace                        // JSON white space before the name
-	evName                         // in the name's string
-	evAfter                        // JSON white space, then ',' or ']'
-	evNamed                        // the name is known
-	evNone                         // no event name: another packet, or not JSON
+	evType        eventState = iota // the engine.io message's '4'
+	evKind                          // the socket.io packet's type
+	evAttachFirst                   // a BINARY_EVENT's attachment count, first byte
+	evAttach                        // the rest of it, up to '-'
+	evNamespace0                    // a '/' here opens a namespace
+	evNamespace                     // up to its ','
+	evAck                           // ack id characters
+	evOpen                          // the '['
+	evSpace                         // JSON white space before the name
+	evName                          // in the name's string
+	evAfter                         // JSON white space, then ',' or ']'
+	evNamed                         // the name is known
+	evNone                          // no event name: another packet, or not JSON
 )
 
 func (e *eventScan) start(max int) {
@@ -56,9 +56,14 @@ func (e *eventScan) write(b []byte) {
 			case '2':
 				e.state = evNamespace0
 			case '5':
-				e.state = evAttach
+				e.state = evAttachFirst
 			default:
 				e.state = evNone
+			}
+		case evAttachFirst:
+			e.state = evAttach
+			if c == '-' {
+				e.state = evNone // socket.io-parser refuses an empty count
 			}
 		case evAttach:
 			if c == '-' {

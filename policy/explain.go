@@ -44,7 +44,7 @@ func (p *Policy) Explain(w io.Writer, c *Client, message []byte) error {
 	}
 	tw.Flush()
 	if message != nil {
-		class := p.ClassOf(message)
+		class, also := p.ClassOf(message)
 		ew.printf("message: %s (%d bytes)\n", quoteShort(message), len(message))
 		switch {
 		case class < 0 && len(p.Classes) > 0:
@@ -54,9 +54,19 @@ func (p *Policy) Explain(w io.Writer, c *Client, message []byte) error {
 		case class >= 0:
 			ew.printf("  class: %s\n", p.Classes[class].Name)
 		}
+		if also != 0 {
+			var names []string
+			for i := range p.Classes {
+				if also>>i&1 == 1 {
+					names = append(names, p.Classes[i].Name)
+				}
+			}
+			ew.printf("  also charged as: %s (a member of its name has that value elsewhere in the message,\n"+
+				"  which some JSON parsers read)\n", strings.Join(names, ", "))
+		}
 		var counted, refused []string
 		for _, ap := range a.Messages {
-			if !ap.Covers(p, class) {
+			if !ap.Covers(p, class) && !ap.CoversAny(p, also) {
 				continue
 			}
 			lim := ap.limits(tierName(a.Tier))

@@ -62,6 +62,21 @@ func (a *Applied) Covers(p *Policy, class int) bool {
 	return a.Rule.Class == "" || (class >= 0 && p.Classes[class].Name == a.Rule.Class)
 }
 
+// CoversAny reports whether a message rule of a class counts a message that
+// may also be of the classes in also (a bit per index into
+// Policy.Classes). A rule without a class is left to Covers.
+func (a *Applied) CoversAny(p *Policy, also uint64) bool {
+	if also == 0 || a.Rule.Class == "" {
+		return false
+	}
+	for b := also; b != 0; b &= b - 1 {
+		if p.Classes[trailing(b)].Name == a.Rule.Class {
+			return true
+		}
+	}
+	return false
+}
+
 // Admit applies the policy to a connection at its handshake. A rule keyed
 // by a claim or header the connection lacks does not apply to it (as an
 // Envoy rate-limit descriptor that is missing an entry): keying every such

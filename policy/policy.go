@@ -4,7 +4,8 @@
 // or from the four rule flags (FromFlags), which compile to the same model.
 //
 // The model: classes name kinds of messages, recognised from a message's
-// first bytes (a socket.io event name, a JSON field, a prefix); tiers are
+// bytes as they pass (a socket.io event name, a JSON field, a prefix:
+// Classify, ClassOf, ClassScan); tiers are
 // chosen from the verified token's claims and replace a rule's limits;
 // deny and allow lists match client IPs and subjects at the handshake;
 // rules count messages, payload bytes or handshakes per key (the user, the
@@ -250,16 +251,18 @@ type Class struct {
 }
 
 // Matches reports whether a text message that starts with head (the first
-// bytes available, unmasked) is of the class.
+// bytes available, unmasked) is of the class, in the reading that decides
+// it (the last of duplicate names, exact): a first guess where the bytes
+// after head can change it (ClassScan), the answer where they cannot.
 func (c *Class) Matches(head []byte) bool {
 	switch {
 	case c.SocketIOEvent != "":
 		return EventEquals(head, c.SocketIOEvent)
 	case len(c.FieldPath) > 0:
 		eq, whole := fieldEquals(head, c.FieldPath, c.FieldEquals)
-		// A message passes uncounted only when no member further on, past
-		// head, could name it otherwise for the app (the last of
-		// duplicate keys wins); counting one too many is the safe error.
+		// A first guess never passes a message uncounted: a member further
+		// on could name it otherwise; counting one too many is the safe
+		// error.
 		return eq && (whole || !c.Unlimited)
 	}
 	return len(head) >= len(c.Prefix) && string(head[:len(c.Prefix)]) == c.Prefix

@@ -40,27 +40,44 @@ var (
 // copies of them and of what they inflate to, so that its callers' buffers
 // stay on their stacks.
 type headReader struct {
-	src     bytes.Reader
-	fr      io.ReadCloser
-	in, out [classifyBytes]byte
+	src bytes.Reader
+	fr  io.ReadCloser
+	in  [classifyBytes + len(deflateTail)]byte
+	out [classifyBytes]byte
 }
+
+// deflateTail is what wsflate's reader appends to a message's deflate data
+// (RFC 7692 section 7.2.2): the 4 bytes the sender removed, then an empty
+// final block.
+var deflateTail = [...]byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}
 
 // inflateHead inflates into out what of a compressed message's deflate
 // data in (its first bytes, up to classifyBytes of them) gives, up to
-// classifyBytes, and returns how many bytes it wrote. The
-// message's own state is untouched: the gate negotiates no context
-// takeover, so its first bytes inflate on their own. Without the message's
-// tail nothing is read past in: the bytes decoded up to where in ends are
-// all there is.
-func inflateHead(in, out []byte) int {
+// classifyBytes, and returns how many bytes it wrote. The message's own
+// state is untouched: the gate negotiates no context takeover, so its first
+// bytes inflate on their own. Without the message's tail nothing is read
+// past in: the bytes decoded up to where in ends are all there is. When in
+// is all of the message's data (last), the tail the relay's inflater adds
+// is added too, so that the bytes are the ones the relay will send, and
+// whole reports whether they are all of them: the data ended, within out.
+func inflateHead(in, out []byte, last bool) (n int, whole bool) {
 	h := heads.Get().(*headReader)
 	defer heads.Put(h)
-	h.src.Reset(h.in[:copy(h.in[:], in)])
-	if err := h.fr.(flate.Resetter).Reset(&h.src, nil); err != nil {
-		return 0
+	k := copy(h.in[:classifyBytes], in)
+	if last {
+		k += copy(h.in[k:], deflateTail[:])
 	}
-	n, _ := io.ReadFull(h.fr, h.out[:min(len(out), len(h.out))])
-	return copy(out, h.out[:n])
+	h.src.Reset(h.in[:k])
+	if err := h.fr.(flate.Resetter).Reset(&h.src, nil); err != nil {
+		return 0, false
+	}
+	n, err := io.ReadFull(h.fr, h.out[:min(len(out), len(h.out))])
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		// out has room left: did the data end, or only the bytes given?
+		_, err = h.fr.Read(h.out[:0])
+		whole = last && err == io.EOF
+	}
+	return copy(out, h.out[:n]), whole
 }
 
 // errCloseInMessage stops a compressed message whose sender closed the

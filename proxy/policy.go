@@ -80,9 +80,9 @@ func (d *direction) limited(h ws.Header) verdict {
 	} else {
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {
-			a.class = d.classOf(h, cr.pol)
+			a.class, a.also = d.classOf(h, cr.pol)
 		}
-		cr.class = a.class
+		cr.class, cr.also = a.class, a.also
 		if sio && (cr.countsBytes || cr.scan != nil) {
 			cr.nsp = frameNamespace(h, d.r.Peek())
 		}
@@ -122,7 +122,7 @@ func (d *direction) limitedMore(h ws.Header) bool {
 	if h.Length == 0 || cr == nil || !cr.countsBytes {
 		return false
 	}
-	return d.limitedPart(ask{more: true, n: 1, class: cr.class, bytes: h.Length})
+	return d.limitedPart(ask{more: true, n: 1, class: cr.class, also: cr.also, bytes: h.Length})
 }
 
 // reclassed charges the client message being relayed to the rules of the
@@ -135,12 +135,18 @@ func (d *direction) limitedMore(h ws.Header) bool {
 // frame has not either. A refusal ends the pair as a later frame's does.
 func (d *direction) reclassed() bool {
 	cr := d.pr.info.rules
-	class, ok := cr.scan.Class()
+	class, also, ok := cr.scan.Class()
 	cr.endScan()
-	if !ok || class == cr.class || !cr.chargesMore(class, cr.class) {
+	if !ok {
 		return false
 	}
-	return d.limitedPart(ask{n: 1, class: class, bytes: d.s.MessageSize(), reclassed: true, shown: cr.class})
+	shown := cr.class
+	// Its later frames count toward the byte rules of what it is.
+	cr.class, cr.also = class, also
+	if !cr.chargesMore(class, also, shown) {
+		return false
+	}
+	return d.limitedPart(ask{n: 1, class: class, also: also, bytes: d.s.MessageSize(), reclassed: true, shown: shown})
 }
 
 // limitedPart decides a, asked when part of a client message has gone

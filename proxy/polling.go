@@ -425,7 +425,8 @@ func (p *Proxy) decideAll(ctx context.Context, cl client, cr *connRules, sid str
 				kept = append(kept, pkt)
 				return true
 			}
-			v.d = p.decideRules(ctx, cr, ask{n: 1, class: cr.pol.ClassOf(pkt), bytes: int64(len(pkt))})
+			class, also := cr.pol.ClassOf(pkt)
+			v.d = p.decideRules(ctx, cr, ask{n: 1, class: class, also: also, bytes: int64(len(pkt))})
 			if !v.d.Allowed && v.first.Allowed {
 				v.first = v.d
 			}

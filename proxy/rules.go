@@ -15,8 +15,9 @@ import (
 
 // The rules file (Config.Rules): a connection is admitted under the policy
 // in force at its handshake (deny, allow, tier, the rules that apply and
-// their keys); each message is classified from its first bytes and charged
-// to the message rules that cover its class. When the policy in force
+// their keys); each message is classified from its first bytes (and
+// followed further when those cannot tell) and charged to the message
+// rules that cover its class. When the policy in force
 // changes, an open connection is admitted again at its next message.
 
 // classifyBytes bounds the first bytes of a message that classification
@@ -49,6 +50,7 @@ type connRules struct {
 	// socket.io namespace, kept under byte rules or a scan only: a refusal
 	// after the first frame goes to the namespace the message was sent in.
 	class int
+	also  uint64 // the classes it may also be (ask.also)
 	nsp   string
 	// scan follows the client message being read when its first bytes
 	// could not settle its class (nil otherwise, and once the scan has
@@ -193,10 +195,13 @@ type ask struct {
 	more      bool
 	n         int
 	class     int
-	bytes     int64
+	// also: the classes some parser may see the message as besides class
+	// (a bit per index; policy.ClassScan.Class), whose rules count it too.
+	also  uint64
+	bytes int64
 	// reclassed: a message charged as of class shown at its first bytes
-	// whose whole bytes show class; only the rules that cover class and
-	// not shown are charged.
+	// whose bytes turned out to be of class (and also); only the rules
+	// that cover those and not shown are charged.
 	reclassed bool
 	shown     int
 }
@@ -261,7 +266,8 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 		}
 		for i := range cr.adm.Messages {
 			ap := &cr.adm.Messages[i]
-			if ap.Rule.Shadow == shadow && ap.Covers(cr.pol, a.class) && (!a.more || ap.Rule.Count == policy.CountBytes) &&
+			covers := ap.Covers(cr.pol, a.class) || ap.CoversAny(cr.pol, a.also)
+			if ap.Rule.Shadow == shadow && covers && (!a.more || ap.Rule.Count == policy.CountBytes) &&
 				!(a.reclassed && ap.Covers(cr.pol, a.shown)) {
 				var keys *limit.ChargeKeys
 				if cr.keys != nil {
@@ -324,16 +330,17 @@ func (cr *connRules) ruleOf(d limit.Decision) *policy.Rule {
 }
 
 // classOf returns the class of the message whose first header, h, was
-// just read, from the first classifyBytes of its first frame: -1 when the
-// policy has no classes, and for a binary message on a socket.io
-// connection (an attachment: its event was classified). A binary message
-// is classified as a text one is: apps often parse either as JSON. The
-// bytes a client split from the header are waited for, as relaying the
-// frame would wait for them; a message whose first frame is shorter is
-// classified from that frame.
-func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
+// just read, and the classes it may also be (policy.ClassScan.Class), from
+// the first classifyBytes of its first frame: -1 when the policy has no
+// classes, and for a binary message on a socket.io connection (an
+// attachment: its event was classified). A binary message is classified as
+// a text one is: apps often parse either as JSON. The bytes a client split
+// from the header are waited for, as relaying the frame would wait for
+// them. When those bytes cannot settle the class, it is a first guess and a
+// scan follows the message (forwardScanned).
+func (d *direction) classOf(h ws.Header, pol *policy.Policy) (class int, also uint64) {
 	if len(pol.Classes) == 0 || h.OpCode == ws.OpBinary && d.pr.info.sio {
-		return -1
+		return -1, 0
 	}
 	want := min(int64(classifyBytes), h.Length)
 	if int64(d.r.Buffered()) < want {
@@ -353,16 +360,15 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) int {
 	head := buf[:n]
 	whole := h.Fin && h.Length <= classifyBytes
 	if h.Rsv1() {
-		head = plain[:inflateHead(head, plain[:])]
-		whole = whole && len(head) < classifyBytes
+		k, all := inflateHead(head, plain[:], whole)
+		head, whole = plain[:k], all
 	}
-	if whole {
-		return pol.ClassOf(head)
-	}
-	if cr := d.pr.info.rules; !cr.adm.Exempt() && pol.NeedsClassScan(head) {
+	if cr := d.pr.info.rules; !whole && !cr.adm.Exempt() && pol.NeedsClassScan(head) {
+		// A first guess: the scan settles the class as the message passes.
 		cr.startScan(pol)
+		return pol.Classify(head), 0
 	}
-	return pol.Classify(head)
+	return pol.ClassOf(head)
 }
 
 // classScans are the scans of messages being relayed whose class their
@@ -378,12 +384,13 @@ func (cr *connRules) startScan(pol *policy.Policy) {
 	cr.scan.Start(pol)
 }
 
-// chargesMore reports whether a rule that applies covers class and not
-// shown: what a message charged as of class shown owes when its whole
-// bytes show class.
-func (cr *connRules) chargesMore(class, shown int) bool {
+// chargesMore reports whether a rule that applies covers class (or a class
+// of also) and not shown: what a message charged as of class shown owes
+// when its bytes show class.
+func (cr *connRules) chargesMore(class int, also uint64, shown int) bool {
 	for i := range cr.adm.Messages {
-		if ap := &cr.adm.Messages[i]; ap.Covers(cr.pol, class) && !ap.Covers(cr.pol, shown) {
+		ap := &cr.adm.Messages[i]
+		if (ap.Covers(cr.pol, class) || ap.CoversAny(cr.pol, also)) && !ap.Covers(cr.pol, shown) {
 			return true
 		}
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"compress/flate"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
 
 	"github.com/holo/wsgate/frames"
 )
@@ -400,20 +402,54 @@ func TestInflateHead(t *testing.T) {
 	}
 	deflated := b.Bytes()
 	var out [classifyBytes]byte
-	if n := inflateHead(deflated, out[:]); !bytes.Equal(out[:n], msg[:classifyBytes]) {
-		t.Fatalf("a whole message's head inflated to %q", out[:n])
+	if n, whole := inflateHead(deflated, out[:], false); !bytes.Equal(out[:n], msg[:classifyBytes]) || whole {
+		t.Fatalf("a whole message's head inflated to %q (whole %v)", out[:n], whole)
 	}
 	for cut := range len(deflated) {
-		n := inflateHead(deflated[:cut], out[:])
-		if !bytes.HasPrefix(msg, out[:n]) {
-			t.Fatalf("cut at %d: inflated %q, not a prefix of the message", cut, out[:n])
+		n, whole := inflateHead(deflated[:cut], out[:], false)
+		if !bytes.HasPrefix(msg, out[:n]) || whole {
+			t.Fatalf("cut at %d: inflated %q (whole %v), not a prefix of the message", cut, out[:n], whole)
 		}
 	}
 	if raceEnabled {
 		return
 	}
-	if a := testing.AllocsPerRun(100, func() { inflateHead(deflated, out[:]) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { inflateHead(deflated, out[:], true) }); a != 0 {
 		t.Errorf("inflateHead allocates %v times", a)
+	}
+}
+
+// TestInflateHeadWhole: a compressed message whose data the first bytes
+// hold whole inflates to what the relay sends (wsflate's reader, which
+// adds the tail the sender removed), even when the client's last block
+// does not end, so that the tail's bits decode as more of it. The
+// classifier must see those bytes: here the '}' that completes a chat
+// message (found by an independent review).
+func TestInflateHeadWhole(t *testing.T) {
+	unended, err := hex.DecodeString("05e0019024499224498639000080048002000000000000000050444444444444444444444444444444444444444444444444" +
+		"4444444444444444444444444444444444444444440447444444444444444444444444444444440000000000000000000000" +
+		"0000000000000000000000000000000000000000000000000000000000000000000000406626da56e0f2c6fc486066e0d0f8" +
+		"c072a0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	fw, _ := flate.NewWriter(&b, flate.BestSpeed)
+	fw.Write([]byte(`{"type":"chat","text":"hello"}`))
+	fw.Flush()
+	plain := bytes.TrimSuffix(b.Bytes(), []byte{0, 0, 0xff, 0xff})
+	for _, data := range [][]byte{unended, plain, {0}} { // {0}: an empty message
+		// Read as inflate reads a message (messageReader has no ReadByte).
+		src := struct{ io.Reader }{bytes.NewReader(data)}
+		relayed, err := io.ReadAll(wsflate.NewReader(src, func(r io.Reader) wsflate.Decompressor { return flate.NewReader(r) }))
+		if err != nil {
+			t.Fatalf("%x: the relay's inflater: %v", data, err)
+		}
+		var out [classifyBytes]byte
+		n, whole := inflateHead(data, out[:], true)
+		if !whole || !bytes.Equal(out[:n], relayed) {
+			t.Errorf("%x: inflated %q (whole %v), the relay sends %q", data, out[:n], whole, relayed)
+		}
 	}
 }
 
