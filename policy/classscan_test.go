@@ -230,6 +230,9 @@ func FuzzClassScan(f *testing.F) {
 			if !ok || class != want || also != 0 {
 				t.Fatalf("class %d also %b, %v; SocketIOEvent on the whole packet says %d: %q", class, also, ok, want, msg)
 			}
+			if c := pol.Classify(msg); c != class {
+				t.Fatalf("Classify %d, the scan %d: %q", c, class, msg)
+			}
 			return
 		}
 		var top map[string]any
