@@ -22,14 +22,15 @@ import (
 // JSON.parse, Python's json and Go's encoding/json into a map keep the last
 // member of a name, null included, and an object named twice replaces the
 // first (the reading that decides the class, as the first bytes' did); Go's
-// decoder into a struct matches names in any case, lets null or a value of
-// the wrong type leave a field as it was, and merges an object named twice
-// (into a map field too). Rather than follow each, the scan also keeps every
-// value a member of a path's names takes anywhere in the message, names
-// matched in any case, through every object named on the way: a limited
-// class whose value is among them is charged too (Class's also), and an
-// unlimited class holds only when every such value is its own. Numbers
-// compare by value (17.0 is 17).
+// decoder into a struct matches names in any case and, by the field's type,
+// keeps, merges or clears what a name given again, a null or a value of the
+// wrong type would replace. Rather than follow each, the scan also keeps
+// every value a member of a path's names takes anywhere in the message,
+// names matched in any case, through every object named on the way: a
+// limited class whose value is among them is charged too (Class's also),
+// and an unlimited class holds only when no name came twice or in another
+// case, its path took no other value and no limited class is among them.
+// Numbers compare by value (17.0 is 17) up to maxNumber characters.
 //
 // The scan of an object is lenient where it can be and gives up where it
 // cannot: it follows strings (escapes included), the members of the objects
@@ -42,6 +43,10 @@ import (
 // MaxFieldDepth bounds the keys of a json-field path: the scan keeps the
 // paths still open at each depth.
 const MaxFieldDepth = 16
+
+// maxNumber is the longest number literal a scan compares by value; a
+// longer one may round to any class's number.
+const maxNumber = 64
 
 // maxFirstBytes bounds the first bytes of a message a scan keeps for its
 // prefix classes: the 512 the gate classifies from.
@@ -88,7 +93,7 @@ type ClassScan struct {
 	paths    [][]string // the distinct json-field paths of pol
 	pathOf   []int      // for each class, its path's index, or -1
 	keyCap   int        // the longest raw key that can equal a path's key
-	valCap   int        // the longest raw value that can equal a class's value
+	valCap   int        // the longest raw string that can equal a class's value
 	nameCap  int        // the longest raw event name that can equal a class's
 	firstCap int        // the first bytes the prefix classes need
 	unknown  bool       // pol has more classes or deeper paths than a scan follows
@@ -415,7 +420,7 @@ func (s *ClassScan) step(b []byte, i int) int {
 			j++
 		}
 		if s.capt != [2]uint64{} {
-			s.keep(&s.val, &s.valLen, s.valCap, b[i:j])
+			s.keep(&s.val, &s.valLen, max(s.valCap, maxNumber), b[i:j])
 		}
 		if j < len(b) {
 			s.valueEnded(false) // the delimiter at b[j] is the next state's
@@ -574,7 +579,11 @@ func (s *ClassScan) valueEnded(str bool) {
 	if s.depth == 0 {
 		s.state = scanBroken
 	}
-	v := scanned{set: s.valLen <= s.valCap, str: str, raw: s.val}
+	limit := s.valCap
+	if !str {
+		limit = max(s.valCap, maxNumber)
+	}
+	v := scanned{set: s.valLen <= limit, str: str, raw: s.val}
 	for b := s.capt[lastReading]; b != 0; b &= b - 1 {
 		l := &s.last[trailing(b)]
 		l.set, l.str, l.raw = v.set, str, append(l.raw[:0], s.val...)
@@ -707,7 +716,10 @@ func (s *ClassScan) Class() (class int, also uint64, ok bool) {
 			}
 			p := s.pathOf[i]
 			inLast := s.last[p].equals(c.FieldEquals)
-			match = inLast && (!c.Unlimited || !s.other[p] && s.seen[p]&^s.same[i] == 0)
+			// An unlimited class: no other value on its path, no name twice
+			// or in another case anywhere (an object named again may be
+			// replaced by null for a pointer field).
+			match = inLast && (!c.Unlimited || !s.twice && !s.other[p] && s.seen[p]&^s.same[i] == 0)
 			if (!inLast || s.twice) && !c.Unlimited && s.seen[p]&(1<<i) != 0 {
 				also |= 1 << i
 			}
@@ -722,6 +734,9 @@ func (s *ClassScan) Class() (class int, also uint64, ok bool) {
 	}
 	if class >= 0 {
 		also &^= 1 << class
+		if also != 0 && s.pol.Classes[class].Unlimited {
+			class = -1 // some parser sees a limited class: not free
+		}
 	}
 	return class, also, true
 }

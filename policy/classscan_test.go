@@ -71,6 +71,10 @@ func TestClassScan(t *testing.T) {
 		{"number literal", `{` + pad + `,"n":17}`, 3, 0, true},
 		{"number written otherwise", `{` + pad + `,"n":1.7e1}`, 3, 0, true},
 		{"number written long", `{` + pad + `,"n":17.` + strings.Repeat("0", 100) + `}`, -1, num, true},
+		{"number written long beside a heartbeat", `{"n":17.` + strings.Repeat("0", 100) + `,"type":"ping"}`, -1, num, true},
+		{"number written longer than the class's", `{"n":1.70000000000000000000e1,"type":"ping"}`, 3, 0, true},
+		{"an ordinary long number", `{` + pad + `,"n":1234567890123.5}`, -1, 0, true},
+		{"a heartbeat with a name in another case", `{"type":"ping","N":17}`, -1, num, true},
 		{"another number", `{` + pad + `,"n":17.5}`, -1, 0, true},
 		{"string number", `{` + pad + `,"n":"17"}`, 3, 0, true},
 		{"value is an object", `{` + pad + `,"type":{"chat":1}}`, -1, 0, true},
@@ -98,6 +102,33 @@ func TestClassScan(t *testing.T) {
 		}
 		if got, also := pol.ClassOf([]byte(c.msg)); got != c.class || also != c.also {
 			t.Errorf("%s: ClassOf %d also %b, want %d also %b", c.name, got, also, c.class, c.also)
+		}
+	}
+}
+
+// TestClassScanUnlimited: an unlimited class passes a message uncounted
+// only when no parser can read it otherwise; found by an independent
+// review, each through the proxy.
+func TestClassScanUnlimited(t *testing.T) {
+	pol := &Policy{Classes: []Class{
+		{Name: "chat", FieldPath: []string{"kind"}, FieldEquals: "chat"},
+		{Name: "vote", FieldPath: []string{"n"}, FieldEquals: "1"},
+		{Name: "hb", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true},
+		{Name: "hb2", FieldPath: []string{"meta", "type"}, FieldEquals: "ping", Unlimited: true},
+	}}
+	for msg, want := range map[string]int{
+		`{"type":"ping","text":"hi"}`:                           2,
+		`{"meta":{"type":"ping"}}`:                              3,
+		`{"type":"ping","Kind":"chat","text":"spam"}`:           -1, // a Go struct reads Kind
+		`{"n":1.` + strings.Repeat("0", 70) + `,"type":"ping"}`: -1, // JSON.parse reads n as 1
+		`{"meta":{"type":"ping"},"Meta":null,"text":"spam"}`:    -1, // a pointer field is nil
+		`{"meta":{"type":"ping"},"meta":{"type":"pong"}}`:       -1,
+		`{"type":"ping","TYPE":"ping"}`:                         -1, // names twice: no free pass
+		`{"kind":"chat","type":"ping"}`:                         0,
+		`{"type":"ping","kind":"chat"}`:                         0,
+	} {
+		if got, _ := pol.ClassOf([]byte(msg)); got != want {
+			t.Errorf("ClassOf(%s) = %d, want %d", msg, got, want)
 		}
 	}
 }
@@ -244,22 +275,34 @@ func FuzzClassScan(f *testing.F) {
 		if !ok {
 			t.Fatalf("a JSON object was not followed: %q", msg)
 		}
-		// The first class as JSON.parse (a map) and as a Go struct see it.
+		// The first class as JSON.parse (a map) and as Go structs see it:
+		// one of plain fields (null keeps them), one of pointers (null
+		// clears them).
 		var st structRef
 		_ = json.Unmarshal(msg, &st) // type errors leave fields as they were, as in an app
+		var pt ptrRef
+		_ = json.Unmarshal(msg, &pt)
+		var ptrKind *fieldRef
+		if pt.Data != nil {
+			ptrKind = pt.Data.Kind
+		}
 		structVals := map[string]fieldRef{"type": st.Type, "data.kind": st.Data.Kind, "n": st.N}
-		inMap, inStruct := -1, -1
+		ptrVals := map[string]*fieldRef{"type": pt.Type, "data.kind": ptrKind, "n": pt.N}
+		inMap, inStruct, inPtr := -1, -1, -1
 		for i := range pol.Classes {
 			c := &pol.Classes[i]
-			var m, s bool
+			var m, s, ps bool
 			if len(c.FieldPath) == 0 {
 				m = c.Matches(head)
-				s = m
+				s, ps = m, m
 			} else {
+				path := strings.Join(c.FieldPath, ".")
 				v, found := valueAt(top, c.FieldPath)
 				m = found && valueEquals(v, c.FieldEquals)
-				sv := structVals[strings.Join(c.FieldPath, ".")]
+				sv := structVals[path]
 				s = sv.set && valueEquals(sv.text, c.FieldEquals)
+				pv := ptrVals[path]
+				ps = pv != nil && pv.set && valueEquals(pv.text, c.FieldEquals)
 			}
 			if m && inMap < 0 {
 				inMap = i
@@ -267,15 +310,18 @@ func FuzzClassScan(f *testing.F) {
 			if s && inStruct < 0 {
 				inStruct = i
 			}
-		}
-		charged := func(i int) bool { return i == class || also>>i&1 == 1 }
-		for _, seen := range []int{inMap, inStruct} {
-			if seen >= 0 && !pol.Classes[seen].Unlimited && !charged(seen) {
-				t.Fatalf("class %d also %b: a parser sees class %d (map %d, struct %d): %q", class, also, seen, inMap, inStruct, msg)
+			if ps && inPtr < 0 {
+				inPtr = i
 			}
 		}
-		if class >= 0 && pol.Classes[class].Unlimited && (inMap != class || inStruct != class) {
-			t.Fatalf("unlimited class %d, but the map sees %d and a struct %d: %q", class, inMap, inStruct, msg)
+		charged := func(i int) bool { return i == class || also>>i&1 == 1 }
+		for _, seen := range []int{inMap, inStruct, inPtr} {
+			if seen >= 0 && !pol.Classes[seen].Unlimited && !charged(seen) {
+				t.Fatalf("class %d also %b: a parser sees class %d (map %d, struct %d, pointers %d): %q", class, also, seen, inMap, inStruct, inPtr, msg)
+			}
+		}
+		if class >= 0 && pol.Classes[class].Unlimited && (inMap != class || inStruct != class || inPtr != class) {
+			t.Fatalf("unlimited class %d, but the map sees %d, a struct %d, pointers %d: %q", class, inMap, inStruct, inPtr, msg)
 		}
 		if class != inMap && (class < 0 || !pol.Classes[class].Unlimited) && inMap >= 0 && !pol.Classes[inMap].Unlimited {
 			t.Fatalf("class %d, the map (JSON.parse) sees %d: %q", class, inMap, msg)
@@ -290,6 +336,15 @@ type structRef struct {
 		Kind fieldRef `json:"kind"`
 	} `json:"data"`
 	N fieldRef `json:"n"`
+}
+
+// ptrRef is structRef as pointers: null clears a field.
+type ptrRef struct {
+	Type *fieldRef `json:"type"`
+	Data *struct {
+		Kind *fieldRef `json:"kind"`
+	} `json:"data"`
+	N *fieldRef `json:"n"`
 }
 
 // fieldRef is a struct field of a scalar: null leaves it as it was, as it
