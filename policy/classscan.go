@@ -28,9 +28,12 @@ import (
 // every value a member of a path's names takes anywhere in the message,
 // names matched in any case, through every object named on the way: a
 // limited class whose value is among them is charged too (Class's also),
-// and an unlimited class holds only when no name came twice or in another
-// case, its path took no other value and no limited class is among them.
-// Numbers compare by value (17.0 is 17) up to maxNumber characters.
+// and an unlimited class holds only when every reading agrees: its value as
+// written and of its type, no name twice or in another case, no other value
+// on its path, no limited class among them, nothing after the object.
+// Otherwise numbers compare by value (17.0 is 17) up to maxNumber
+// characters. A class whose value is a Go zero value (0, "", false) is not
+// found where a member is absent, though a Go struct reads it so.
 //
 // The scan of an object is lenient where it can be and gives up where it
 // cannot: it follows strings (escapes included), the members of the objects
@@ -100,27 +103,29 @@ type ClassScan struct {
 	on       []uint64   // per path, its classes
 	same     []uint64   // per class, the classes of its path with its value
 	numeric  []uint64   // per path, its classes whose value is a number
+	literal  uint64     // the classes whose value is a number, true, false or null
 	ascii    bool       // every path's keys are ASCII: no key shorter than one can match it
 
 	first []byte // the message's first bytes, up to firstCap
 	ev    eventScan
 
-	state  scanState
-	esc    bool                         // the last byte in a string was an unpaired backslash
-	depth  int                          // objects open on the way from the top level
-	skip   int                          // nesting inside scanSkip
-	last   []scanned                    // per path, its value in the last reading
-	seen   []uint64                     // per path, the classes whose value it took in any reading
-	other  []bool                       // per path, whether it took another value (null, an object, ...)
-	named  []uint32                     // per path, the depths at which a member of its names was read
-	twice  bool                         // a name came twice at one depth, or in another case: parsers may disagree
-	onPath [2][MaxFieldDepth + 1]uint64 // per reading and depth, the paths whose keys name the open objects
-	member [2]uint64                    // per reading, the paths the current key continues or ends
-	capt   [2]uint64                    // per reading, the paths whose value is being captured
-	key    []byte
-	keyLen int // raw length of the current key, past the capture too
-	val    []byte
-	valLen int
+	state    scanState
+	esc      bool                         // the last byte in a string was an unpaired backslash
+	depth    int                          // objects open on the way from the top level
+	skip     int                          // nesting inside scanSkip
+	last     []scanned                    // per path, its value in the last reading
+	seen     []uint64                     // per path, the classes whose value it took in any reading
+	other    []bool                       // per path, whether it took another value (null, an object, ...)
+	named    []uint32                     // per path, the depths at which a member of its names was read
+	twice    bool                         // a name came twice at one depth, or in another case: parsers may disagree
+	trailing bool                         // bytes other than white space followed the object
+	onPath   [2][MaxFieldDepth + 1]uint64 // per reading and depth, the paths whose keys name the open objects
+	member   [2]uint64                    // per reading, the paths the current key continues or ends
+	capt     [2]uint64                    // per reading, the paths whose value is being captured
+	key      []byte
+	keyLen   int // raw length of the current key, past the capture too
+	val      []byte
+	valLen   int
 }
 
 // NeedsClassScan reports whether the class of a message whose first bytes
@@ -223,7 +228,7 @@ func (s *ClassScan) Start(pol *Policy) {
 	for p := range s.paths {
 		s.last[p].set, s.seen[p], s.other[p], s.named[p] = false, 0, false, 0
 	}
-	s.twice = false
+	s.twice, s.trailing = false, false
 	s.state, s.esc, s.depth, s.skip = scanValue, false, 0, 0
 	s.member, s.capt = [2]uint64{}, [2]uint64{}
 	if len(s.paths) == 0 {
@@ -239,7 +244,7 @@ func (s *ClassScan) index(pol *Policy) {
 	s.pol = pol
 	s.paths, s.pathOf = s.paths[:0], s.pathOf[:0]
 	s.keyCap, s.valCap, s.nameCap, s.firstCap = 0, 0, 0, 0
-	s.ascii = true
+	s.ascii, s.literal = true, 0
 	s.unknown = len(pol.Classes) > MaxClasses
 	for i := range pol.Classes[:min(len(pol.Classes), MaxClasses)] {
 		c := &pol.Classes[i]
@@ -280,6 +285,9 @@ func (s *ClassScan) index(pol *Policy) {
 		if _, ok := scanJSONNumber([]byte(c.FieldEquals), 0); ok {
 			s.numeric[p] |= 1 << i
 		}
+		if isLiteral(c.FieldEquals) {
+			s.literal |= 1 << i
+		}
 		for k, q := range s.pathOf {
 			if q == p && pol.Classes[k].FieldEquals == c.FieldEquals {
 				s.same[i] |= 1 << k
@@ -305,7 +313,33 @@ func rawCap(s string) int { return 6 * len(s) }
 // class: the object ended (or is no object), the event's name is known (or
 // there is none), and the prefix classes have their bytes.
 func (s *ClassScan) Settled() bool {
-	return len(s.first) >= s.firstCap && s.state >= scanDone && s.ev.state >= evNamed
+	if s.ev.state < evNamed || !s.prefixSettled() {
+		return false
+	}
+	switch s.state {
+	case scanBroken:
+		return true
+	case scanDone:
+		// A message that would pass uncounted is followed to its end:
+		// bytes after the object take that away (strict parsers refuse it).
+		class, _, _ := s.Class()
+		return s.trailing || class < 0 || !s.pol.Classes[class].Unlimited
+	}
+	return false
+}
+
+// prefixSettled reports whether the first bytes kept settle every prefix
+// class: enough of them, or none that a longer prefix still starts with.
+func (s *ClassScan) prefixSettled() bool {
+	if len(s.first) >= s.firstCap {
+		return true
+	}
+	for i := range s.pol.Classes {
+		if c := s.pol.Classes[i].Prefix; len(c) > len(s.first) && c[:len(s.first)] == string(s.first) {
+			return false
+		}
+	}
+	return true
 }
 
 // Write follows the message through b, the bytes after those written
@@ -317,7 +351,8 @@ func (s *ClassScan) Write(b []byte) {
 	if s.ev.state < evNamed {
 		s.ev.write(b)
 	}
-	for i := 0; i < len(b) && s.state < scanDone; {
+	i := 0
+	for i < len(b) && s.state < scanDone {
 		if s.state == scanValue || s.state == scanKey || s.state == scanColon || s.state == scanAfter {
 			// White space between tokens, in bulk.
 			for i < len(b) && isJSONSpace(b[i]) {
@@ -328,6 +363,9 @@ func (s *ClassScan) Write(b []byte) {
 			}
 		}
 		i = s.step(b, i)
+	}
+	for ; s.state == scanDone && !s.trailing && i < len(b); i++ {
+		s.trailing = !isJSONSpace(b[i])
 	}
 }
 
@@ -637,6 +675,28 @@ func (v *scanned) equals(want string) bool {
 	return numbersEqual(v.raw, want)
 }
 
+// exactly reports whether v is the value want as written and of the type it
+// looks like (literal: a number, true, false or null, else a string).
+// Typed readers (o.op === 1, a Go int field) do not take "1" or 1.0 for 1.
+func (v *scanned) exactly(want string, literal bool) bool {
+	switch {
+	case !v.set:
+		return false
+	case literal:
+		return !v.str && string(v.raw) == want
+	}
+	return v.str && decodedEquals(v.raw, want)
+}
+
+// isLiteral reports whether s is a whole JSON number, true, false or null.
+func isLiteral(s string) bool {
+	if s == "" || s[0] == '"' {
+		return false
+	}
+	end, ok := scanJSONScalar([]byte(s), 0)
+	return ok && end == len(s)
+}
+
 // numbersEqual reports whether the JSON number lit and the number want
 // (as a class writes it) are the same number, as JavaScript compares them.
 func numbersEqual(lit []byte, want string) bool {
@@ -716,10 +776,12 @@ func (s *ClassScan) Class() (class int, also uint64, ok bool) {
 			}
 			p := s.pathOf[i]
 			inLast := s.last[p].equals(c.FieldEquals)
-			// An unlimited class: no other value on its path, no name twice
-			// or in another case anywhere (an object named again may be
-			// replaced by null for a pointer field).
-			match = inLast && (!c.Unlimited || !s.twice && !s.other[p] && s.seen[p]&^s.same[i] == 0)
+			// An unlimited class: its value as written and of the type it
+			// looks like, no other value on its path, no name twice or in
+			// another case anywhere (an object named again may be cleared
+			// by null for a pointer field), nothing after the object.
+			match = inLast && (!c.Unlimited || s.last[p].exactly(c.FieldEquals, s.literal>>i&1 == 1) &&
+				!s.twice && !s.trailing && !s.other[p] && s.seen[p]&^s.same[i] == 0)
 			if (!inLast || s.twice) && !c.Unlimited && s.seen[p]&(1<<i) != 0 {
 				also |= 1 << i
 			}

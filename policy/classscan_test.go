@@ -115,6 +115,7 @@ func TestClassScanUnlimited(t *testing.T) {
 		{Name: "vote", FieldPath: []string{"n"}, FieldEquals: "1"},
 		{Name: "hb", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true},
 		{Name: "hb2", FieldPath: []string{"meta", "type"}, FieldEquals: "ping", Unlimited: true},
+		{Name: "hbn", FieldPath: []string{"op"}, FieldEquals: "1", Unlimited: true},
 	}}
 	for msg, want := range map[string]int{
 		`{"type":"ping","text":"hi"}`:                           2,
@@ -126,10 +127,61 @@ func TestClassScanUnlimited(t *testing.T) {
 		`{"type":"ping","TYPE":"ping"}`:                         -1, // names twice: no free pass
 		`{"kind":"chat","type":"ping"}`:                         0,
 		`{"type":"ping","kind":"chat"}`:                         0,
+		// The fourth review: bytes after the object (JSON.parse refuses
+		// it), a value of another type or spelling than the class's.
+		`{"type":"ping"} `:     2,
+		`{"type":"ping"}x`:     -1,
+		`{"type":"ping"}{}`:    -1,
+		`{"op":1}`:             4,
+		`{"op":"1"}`:           -1,
+		`{"op":1.0}`:           -1,
+		`{"op":1e0}`:           -1,
+		`{"type":"\u0070ing"}`: 2,
 	} {
 		if got, _ := pol.ClassOf([]byte(msg)); got != want {
 			t.Errorf("ClassOf(%s) = %d, want %d", msg, got, want)
 		}
+	}
+}
+
+// TestClassScanSettled: the scan settles where no later byte can change
+// the class, so that the bytes that settle it wait for its charge: at the
+// object's end, whatever prefix class is longer (the fourth review's
+// case: a streaming decoder acts at the closing brace), and not before
+// the message's end when the class would pass uncounted.
+func TestClassScanSettled(t *testing.T) {
+	pol := &Policy{Classes: []Class{
+		{Name: "legacy", Prefix: "!cmd:some-long-command-name"},
+		{Name: "chat", FieldPath: []string{"type"}, FieldEquals: "chat"},
+		{Name: "hb", FieldPath: []string{"type"}, FieldEquals: "ping", Unlimited: true},
+	}}
+	var s ClassScan
+	steps := []struct {
+		start   bool
+		write   string
+		settled bool
+	}{
+		{true, `{"type":`, false},
+		{false, `"chat"`, false},
+		{false, `}`, true},
+		{true, `!cmd:some`, false}, // the prefix class may still match
+		{false, `-long-command-name and more`, true},
+		{true, `!cmd:x`, true},
+		{true, `{"type":"ping"}`, false}, // uncounted unless something follows
+		{false, "  \n", false},
+		{false, `x`, true},
+	}
+	for i, st := range steps {
+		if st.start {
+			s.Start(pol)
+		}
+		s.Write([]byte(st.write))
+		if got := s.Settled(); got != st.settled {
+			t.Errorf("step %d (%q): Settled %v, want %v", i, st.write, got, st.settled)
+		}
+	}
+	if class, _, _ := s.Class(); class != -1 {
+		t.Errorf("a heartbeat with bytes after it: class %d, want -1", class)
 	}
 }
 
