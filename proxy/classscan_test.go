@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
+)
+
+// TestClassChargedBeforeItsBrace: an app that decodes a streamed message
+// with json.Decoder (gorilla's ReadJSON, coder/websocket's Reader) acts at
+// the object's closing brace, before the message's last frame. The chunk
+// that holds the brace goes upstream only after the class it settles has
+// been charged, even when a longer prefix class could still have matched
+// the first bytes (an independent review's case): over the chat rule's
+// budget, the app never decodes the second chat message, and both sides
+// hear 4008.
+func TestClassChargedBeforeItsBrace(t *testing.T) {
+	decoded := make(chan string, 4)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			_, rd, err := c.Reader(r.Context())
+			if err != nil {
+				decoded <- "closed: " + err.Error()
+				return
+			}
+			var m map[string]any
+			if err := json.NewDecoder(rd).Decode(&m); err != nil {
+				decoded <- "not decoded: " + err.Error()
+				return
+			}
+			decoded <- "decoded " + m["type"].(string)
+		}
+	}))
+	t.Cleanup(up.Close)
+	live, lim := rulesAndLimiter(t, `classes:
+  - {name: legacy, prefix: "!cmd:some-long-command-name"}
+  - {name: chat, json-field: {path: type, equals: chat}}
+rules:
+  - {name: chat, class: chat, key: ip, limits: [1/1m]}
+`)
+	g := newGate(t, up.URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
+	conn, br := rawClient(t, g, "/")
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write(clientFrame(true, false, ws.OpText, []byte(`{"type":"chat"}`))); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-decoded; got != "decoded chat" {
+		t.Fatalf("the first chat message: %s", got)
+	}
+	// The second, split after its '{', its last frame never sent.
+	second := append(clientFrame(false, false, ws.OpText, []byte(`{`)),
+		clientFrame(false, false, ws.OpContinuation, []byte(`"type":"chat"}`))...)
+	if _, err := conn.Write(second); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := readUntilClose(t, br); code != 4008 {
+		t.Fatalf("client close %d, want 4008", code)
+	}
+	if got := <-decoded; got == "decoded chat" {
+		t.Fatal("the app decoded the second chat message over the rule's budget")
+	}
+}
