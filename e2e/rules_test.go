@@ -49,6 +49,37 @@ func ruleRefusal(t testing.TB, p []byte, rule, scope string) {
 	}
 }
 
+// rawEcho opens a raw WebSocket to g's /echo with token as a Bearer
+// credential, its reads and writes bounded by waitLimit.
+func rawEcho(t *testing.T, g *Gate, token string) *rawConn {
+	t.Helper()
+	rc, resp := rawDial(t, atkHostPort(g), "/echo", http.Header{"Authorization": {"Bearer " + token}})
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		rc.Close()
+		t.Fatalf("handshake: %d", resp.StatusCode)
+	}
+	_ = rc.SetDeadline(time.Now().Add(waitLimit))
+	return rc
+}
+
+// dialCompressed opens a WebSocket to g's /echo with token as a Bearer
+// credential and checks that permessage-deflate was negotiated (every
+// message compressed: threshold 1).
+func dialCompressed(t *testing.T, g *Gate, token string) *websocket.Conn {
+	t.Helper()
+	opts := bearer(token).options(t)
+	opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
+	c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		c.CloseNow()
+		t.Fatalf("compression not negotiated: %q", ext)
+	}
+	return c
+}
+
 // readText reads the next message of c as text.
 func readText(t *testing.T, c *websocket.Conn) string {
 	t.Helper()
@@ -173,16 +204,8 @@ func TestRulesDropCompressed(t *testing.T) {
 	secret, secretFile := newHMACSecret(t)
 	b := newRecordingBackend(t)
 	g, _ := rulesGate(t, b.URL, dropRules, secretFile, "--compression")
-	opts := bearer(hsToken(t, secret, "squeezer")).options(t)
-	opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
-	c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialCompressed(t, g, hsToken(t, secret, "squeezer"))
 	defer c.CloseNow()
-	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
-		t.Fatalf("compression not negotiated: %q", ext)
-	}
 	echoOK(t, c, strings.Repeat("one ", 20))
 	echoOK(t, c, strings.Repeat("two ", 20))
 	// Two drops, each answered on the same connection (the third would
@@ -214,16 +237,8 @@ func TestRulesCompressedAndFragmented(t *testing.T) {
 	b := newRecordingBackend(t)
 	g, _ := rulesGate(t, b.URL, frameRules, secretFile, "--compression")
 
-	opts := bearer(hsToken(t, secret, "squeezed-chat")).options(t)
-	opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
-	c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialCompressed(t, g, hsToken(t, secret, "squeezed-chat"))
 	defer c.CloseNow()
-	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
-		t.Fatalf("compression not negotiated: %q", ext)
-	}
 	chat := `{"type":"chat","text":"hello hello hello hello"}`
 	echoOK(t, c, chat)
 	echoOK(t, c, chat)
@@ -231,13 +246,8 @@ func TestRulesCompressedAndFragmented(t *testing.T) {
 	ruleRefusal(t, []byte(readText(t, c)), "chat", "user")
 	echoOK(t, c, `{"type":"typing","text":"hello hello hello hello"}`)
 
-	rc, resp2 := rawDial(t, atkHostPort(g), "/echo",
-		http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "fragmenter")}})
+	rc := rawEcho(t, g, hsToken(t, secret, "fragmenter"))
 	defer rc.Close()
-	if resp2.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %d", resp2.StatusCode)
-	}
-	_ = rc.SetDeadline(time.Now().Add(waitLimit))
 	kib := []byte(strings.Repeat("y", 1024))
 	if err := rc.writeFrame(false, 0x1, []byte(`{"type":"note"}`)); err != nil {
 		t.Fatal(err)
@@ -295,16 +305,8 @@ func TestRulesClassPastTheHead(t *testing.T) {
 		refusedAt(t, c, late+" trailing bytes")
 	})
 	t.Run("compressed", func(t *testing.T) {
-		opts := bearer(hsToken(t, secret, "late-squeezed")).options(t)
-		opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, 1
-		c, resp, err := websocket.Dial(testCtx(t), g.URL+"/echo", opts)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialCompressed(t, g, hsToken(t, secret, "late-squeezed"))
 		defer c.CloseNow()
-		if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
-			t.Fatalf("compression not negotiated: %q", ext)
-		}
 		echoOK(t, c, renamed)
 		echoOK(t, c, late)
 		refusedAt(t, c, renamed)
@@ -313,13 +315,8 @@ func TestRulesClassPastTheHead(t *testing.T) {
 	// two and expects the third to end the connection with 4008.
 	fragments := func(t *testing.T, sub string, frames ...string) {
 		t.Helper()
-		rc, resp := rawDial(t, atkHostPort(g), "/echo",
-			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, sub)}})
+		rc := rawEcho(t, g, hsToken(t, secret, sub))
 		defer rc.Close()
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("handshake: %d", resp.StatusCode)
-		}
-		_ = rc.SetDeadline(time.Now().Add(waitLimit))
 		for i := range 3 {
 			for k, f := range frames {
 				op := byte(0x0)
@@ -364,13 +361,8 @@ func TestRulesClassPastTheHead(t *testing.T) {
 		// Go's decoder into a struct reads TYPE as type. The first bytes
 		// settle the class, so the rule's drop action holds: the third is
 		// dropped with the 429 frame and the connection stays.
-		rc, resp := rawDial(t, atkHostPort(g), "/echo",
-			http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "late-closed-first")}})
+		rc := rawEcho(t, g, hsToken(t, secret, "late-closed-first"))
 		defer rc.Close()
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("handshake: %d", resp.StatusCode)
-		}
-		_ = rc.SetDeadline(time.Now().Add(waitLimit))
 		for i := range 3 {
 			if rc.writeFrame(false, 0x1, []byte(`{"TYPE":"chat"}`)) != nil || rc.writeFrame(true, 0x0, nil) != nil {
 				t.Fatal("write")
@@ -432,13 +424,8 @@ func TestRulesDropKeepsReading(t *testing.T) {
 		t.Errorf("%d log lines for 12 drops in one block, want 1", n)
 	}
 
-	rc, resp := rawDial(t, atkHostPort(g), "/echo",
-		http.Header{"Authorization": {"Bearer " + hsToken(t, secret, "trickler")}})
+	rc := rawEcho(t, g, hsToken(t, secret, "trickler"))
 	defer rc.Close()
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %d", resp.StatusCode)
-	}
-	_ = rc.SetDeadline(time.Now().Add(waitLimit))
 	if err := rc.writeFrame(true, 0x1, []byte("allowed")); err != nil {
 		t.Fatal(err)
 	}

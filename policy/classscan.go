@@ -403,24 +403,12 @@ func (s *ClassScan) step(b []byte, i int) int {
 			s.state = scanBroken
 		}
 	case scanKeyStr:
-		j := i
-		if !s.esc {
-			j = skipPlain(b, i)
-		}
-		if j > i {
-			s.keep(&s.key, &s.keyLen, s.keyCap, b[i:j])
-			return j
-		}
-		switch {
-		case s.esc:
-			s.esc = false
-		case c == '\\':
-			s.esc = true
-		case c == '"':
+		part, next, closed := s.inString(b, i)
+		s.keep(&s.key, &s.keyLen, s.keyCap, part)
+		if closed {
 			s.keyEnded()
-			return i + 1
 		}
-		s.keep(&s.key, &s.keyLen, s.keyCap, b[i:i+1])
+		return next
 	case scanColon:
 		switch {
 		case isJSONSpace(c):
@@ -430,28 +418,14 @@ func (s *ClassScan) step(b []byte, i int) int {
 			s.state = scanBroken
 		}
 	case scanString:
-		j := i
-		if !s.esc {
-			j = skipPlain(b, i)
-		}
-		if j > i {
-			if s.capt != [2]uint64{} {
-				s.keep(&s.val, &s.valLen, s.valCap, b[i:j])
-			}
-			return j
-		}
-		switch {
-		case s.esc:
-			s.esc = false
-		case c == '\\':
-			s.esc = true
-		case c == '"':
-			s.valueEnded(true)
-			return i + 1
-		}
+		part, next, closed := s.inString(b, i)
 		if s.capt != [2]uint64{} {
-			s.keep(&s.val, &s.valLen, s.valCap, b[i:i+1])
+			s.keep(&s.val, &s.valLen, s.valCap, part)
 		}
+		if closed {
+			s.valueEnded(true)
+		}
+		return next
 	case scanLiteral:
 		j := i
 		for j < len(b) && !isJSONSpace(b[j]) && b[j] != ',' && b[j] != '}' && b[j] != ']' {
@@ -494,25 +468,41 @@ func (s *ClassScan) step(b []byte, i int) int {
 		}
 		return i
 	case scanSkipStr:
-		j := i
-		if !s.esc {
-			j = skipPlain(b, i)
-		}
-		if j > i {
-			return j
-		}
-		switch {
-		case s.esc:
-			s.esc = false
-		case c == '\\':
-			s.esc = true
-		case c == '"':
+		_, next, closed := s.inString(b, i)
+		if closed {
 			s.state = scanSkip
 		}
+		return next
 	default: // scanDone, scanBroken
 		return len(b)
 	}
 	return i + 1
+}
+
+// inString walks the string s is in from b[i]: it returns the string's
+// bytes it passed (escapes raw, the closing quote left out), the index of
+// the next byte to handle, and whether the closing quote came.
+func (s *ClassScan) inString(b []byte, i int) (part []byte, next int, closed bool) {
+	j := i
+	for j < len(b) {
+		if s.esc {
+			s.esc = false
+			j++
+			continue
+		}
+		if k := skipPlain(b, j); k > j {
+			j = k
+			continue
+		}
+		switch b[j] {
+		case '\\':
+			s.esc = true
+		case '"':
+			return b[i:j], j + 1, true
+		}
+		j++
+	}
+	return b[i:j], j, false
 }
 
 func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
