@@ -32,7 +32,7 @@ import (
 // written and of its type, no name twice or in another case, no other value
 // on its path, no limited class among them, nothing after the object.
 // Otherwise numbers compare by value (17.0 is 17) up to maxNumber
-// characters. A class whose value is a Go zero value (0, "", false) is not
+// characters, and bytes after the object change nothing. A class whose value is a Go zero value (0, "", false) is not
 // found where a member is absent, though a Go struct reads it so.
 //
 // The scan of an object is lenient where it can be and gives up where it
@@ -40,8 +40,9 @@ import (
 // on the classes' paths and the nesting of everything else, without checking
 // the syntax of what it skips. Any byte it cannot place within the object
 // makes the message not JSON, which every parser refuses: no json-field class
-// matches. Bytes after the object are not looked at (Go's json.Decoder, as
-// gorilla/websocket's ReadJSON uses it, stops at the object's end).
+// matches. Bytes after the object do not change a limited class (Go's
+// json.Decoder, as gorilla/websocket's ReadJSON uses it, stops at the
+// object's end); they take an unlimited class's free pass away.
 
 // MaxFieldDepth bounds the keys of a json-field path: the scan keeps the
 // paths still open at each depth.
@@ -313,28 +314,29 @@ func rawCap(s string) int { return 6 * len(s) }
 // class: the object ended (or is no object), the event's name is known (or
 // there is none), and the prefix classes have their bytes.
 func (s *ClassScan) Settled() bool {
-	if s.ev.state < evNamed || !s.prefixSettled() {
+	if s.ev.state < evNamed || s.state < scanDone {
 		return false
 	}
-	switch s.state {
-	case scanBroken:
-		return true
-	case scanDone:
+	class, _, _ := s.Class()
+	if s.state == scanDone && !s.trailing && class >= 0 && s.pol.Classes[class].Unlimited {
 		// A message that would pass uncounted is followed to its end:
 		// bytes after the object take that away (strict parsers refuse it).
-		class, _, _ := s.Class()
-		return s.trailing || class < 0 || !s.pol.Classes[class].Unlimited
+		return false
 	}
-	return false
+	return s.prefixSettled(class)
 }
 
-// prefixSettled reports whether the first bytes kept settle every prefix
-// class: enough of them, or none that a longer prefix still starts with.
-func (s *ClassScan) prefixSettled() bool {
+// prefixSettled reports whether the first bytes kept settle the prefix
+// classes listed before class (all of them when it is -1): enough of
+// them, or none that a longer prefix still starts with.
+func (s *ClassScan) prefixSettled(class int) bool {
 	if len(s.first) >= s.firstCap {
 		return true
 	}
 	for i := range s.pol.Classes {
+		if class >= 0 && i >= class {
+			break
+		}
 		if c := s.pol.Classes[i].Prefix; len(c) > len(s.first) && c[:len(s.first)] == string(s.first) {
 			return false
 		}

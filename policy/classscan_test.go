@@ -183,6 +183,16 @@ func TestClassScanSettled(t *testing.T) {
 	if class, _, _ := s.Class(); class != -1 {
 		t.Errorf("a heartbeat with bytes after it: class %d, want -1", class)
 	}
+	// A prefix class listed after the class found cannot change it (the
+	// fifth review's case).
+	later := &Policy{Classes: []Class{
+		{Name: "chat", FieldPath: []string{"type"}, FieldEquals: "chat"},
+		{Name: "legacy", Prefix: `{"type":"chat"} and a long tail`},
+	}}
+	s.Start(later)
+	if s.Write([]byte(`{"type":"chat"}`)); !s.Settled() {
+		t.Error("a class found before a longer prefix class: not settled")
+	}
 }
 
 // TestClassScanReuse checks that a scan started again forgets the last

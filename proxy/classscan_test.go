@@ -11,6 +11,64 @@ import (
 	"github.com/gobwas/ws"
 )
 
+// TestClassFreeOnlyWhenNothingFollows: a message whose first frame holds a
+// heartbeat's object whole (an unlimited class) but goes on in a later
+// frame is followed to its end; bytes after the object (which strict
+// parsers refuse) take its free pass away, and the catch-all rule counts
+// it (the fifth independent review's case).
+func TestClassFreeOnlyWhenNothingFollows(t *testing.T) {
+	received := make(chan string, 8)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			_, p, err := c.Read(r.Context())
+			if err != nil {
+				received <- "closed"
+				return
+			}
+			received <- string(p)
+		}
+	}))
+	t.Cleanup(up.Close)
+	live, lim := rulesAndLimiter(t, `classes:
+  - {name: hb, json-field: {path: type, equals: ping}, unlimited: true}
+rules:
+  - {name: all, key: ip, limits: [1/1m]}
+`)
+	g := newGate(t, up.URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
+	conn, br := rawClient(t, g, "/")
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	heartbeat := []byte(`{"type":"ping"}`)
+	for range 3 { // free: past the rule's budget of one
+		if _, err := conn.Write(clientFrame(true, false, ws.OpText, heartbeat)); err != nil {
+			t.Fatal(err)
+		}
+		if got := <-received; got != string(heartbeat) {
+			t.Fatalf("a heartbeat: the app got %q", got)
+		}
+	}
+	trailed := append(clientFrame(false, false, ws.OpText, heartbeat), clientFrame(true, false, ws.OpContinuation, []byte("x"))...)
+	if _, err := conn.Write(trailed); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-received; got != string(heartbeat)+"x" {
+		t.Fatalf("the first heartbeat with bytes after it: the app got %q", got)
+	}
+	if _, err := conn.Write(trailed); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := readUntilClose(t, br); code != 4008 {
+		t.Fatalf("the second: client close %d, want 4008", code)
+	}
+	if got := <-received; got != "closed" {
+		t.Fatalf("the app got %q after the refusal", got)
+	}
+}
+
 // TestClassChargedBeforeItsBrace: an app that decodes a streamed message
 // with json.Decoder (gorilla's ReadJSON, coder/websocket's Reader) acts at
 // the object's closing brace, before the message's last frame. The chunk

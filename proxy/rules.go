@@ -363,12 +363,21 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) (class int, also ui
 		k, all := inflateHead(head, plain[:], whole)
 		head, whole = plain[:k], all
 	}
-	if cr := d.pr.info.rules; !whole && !cr.adm.Exempt() && pol.NeedsClassScan(head) {
+	cr := d.pr.info.rules
+	if whole || cr.adm.Exempt() {
+		return pol.ClassOf(head)
+	}
+	if pol.NeedsClassScan(head) {
 		// A first guess: the scan settles the class as the message passes.
 		cr.startScan(pol)
 		return pol.Classify(head), 0
 	}
-	return pol.ClassOf(head)
+	class, also = pol.ClassOf(head)
+	if class >= 0 && pol.Classes[class].Unlimited {
+		// Free only if nothing follows the object: the scan sees the rest.
+		cr.startScan(pol)
+	}
+	return class, also
 }
 
 // classScans are the scans of messages being relayed whose class their
