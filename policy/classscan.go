@@ -103,7 +103,7 @@ type ClassScan struct {
 	unknown  bool       // pol has more classes or deeper paths than a scan follows
 	on       []uint64   // per path, its classes
 	same     []uint64   // per class, the classes of its path with its value
-	numeric  []uint64   // per path, its classes whose value is a number
+	numbers  uint64     // the classes whose value is a number
 	literal  uint64     // the classes whose value is a number, true, false or null
 	ascii    bool       // every path's keys are ASCII: no key shorter than one can match it
 
@@ -195,9 +195,8 @@ func (p *Policy) ClassOf(msg []byte) (class int, also uint64) {
 		// scan's (FuzzClassScan holds them to it).
 		return p.Classify(msg), 0
 	}
-	s := scans.Get().(*ClassScan)
-	defer scans.Put(s)
-	s.Start(p)
+	s := NewClassScan(p)
+	defer s.Release()
 	s.Write(msg)
 	class, also, ok := s.Class()
 	if !ok {
@@ -206,8 +205,20 @@ func (p *Policy) ClassOf(msg []byte) (class int, also uint64) {
 	return class, also
 }
 
-// scans serve ClassOf.
+// scans keeps the scans not in use: a scan's slices stay sized for the
+// policy it last served.
 var scans = sync.Pool{New: func() any { return new(ClassScan) }}
+
+// NewClassScan returns a scan, Started for a message of pol's; Release
+// gives it back.
+func NewClassScan(pol *Policy) *ClassScan {
+	s := scans.Get().(*ClassScan)
+	s.Start(pol)
+	return s
+}
+
+// Release gives s back for another message; s is not used after.
+func (s *ClassScan) Release() { scans.Put(s) }
 
 // has reports whether a class of p's is so.
 func (p *Policy) has(so func(*Class) bool) bool {
@@ -276,7 +287,7 @@ func (s *ClassScan) index(pol *Policy) {
 	}
 	n := len(s.paths)
 	s.last, s.seen, s.other, s.named = make([]scanned, n), make([]uint64, n), make([]bool, n), make([]uint32, n)
-	s.on, s.numeric, s.same = make([]uint64, n), make([]uint64, n), make([]uint64, len(pol.Classes))
+	s.on, s.same, s.numbers = make([]uint64, n), make([]uint64, len(pol.Classes)), 0
 	for i, p := range s.pathOf {
 		if p < 0 || p >= n {
 			continue
@@ -284,7 +295,7 @@ func (s *ClassScan) index(pol *Policy) {
 		c := &pol.Classes[i]
 		s.on[p] |= 1 << i
 		if _, ok := scanJSONNumber([]byte(c.FieldEquals), 0); ok {
-			s.numeric[p] |= 1 << i
+			s.numbers |= 1 << i
 		}
 		if isLiteral(c.FieldEquals) {
 			s.literal |= 1 << i
@@ -529,7 +540,7 @@ func (s *ClassScan) open() {
 			continue
 		}
 		for b := s.member[m]; b != 0; b &= b - 1 {
-			if p := trailing(b); len(s.paths[p]) > s.depth {
+			if p := lowest(b); len(s.paths[p]) > s.depth {
 				next[m] |= 1 << p
 			}
 		}
@@ -564,7 +575,7 @@ func (s *ClassScan) keyEnded() {
 	}
 	inLast, inAny := s.onPath[lastReading][s.depth], s.onPath[anyReading][s.depth]
 	for b := inLast | inAny; b != 0; b &= b - 1 {
-		p := trailing(b)
+		p := lowest(b)
 		bit := uint64(1) << p
 		want := s.paths[p][s.depth-1]
 		if s.ascii && s.keyLen < len(want) {
@@ -593,7 +604,7 @@ func (s *ClassScan) startValue(st scanState) {
 	for m := range s.capt {
 		s.capt[m] = 0
 		for b := s.member[m]; b != 0; b &= b - 1 {
-			if p := trailing(b); len(s.paths[p]) == s.depth {
+			if p := lowest(b); len(s.paths[p]) == s.depth {
 				s.capt[m] |= 1 << p
 			}
 		}
@@ -615,22 +626,22 @@ func (s *ClassScan) valueEnded(str bool) {
 	}
 	v := scanned{set: s.valLen <= limit, str: str, raw: s.val}
 	for b := s.capt[lastReading]; b != 0; b &= b - 1 {
-		l := &s.last[trailing(b)]
+		l := &s.last[lowest(b)]
 		l.set, l.str, l.raw = v.set, str, append(l.raw[:0], s.val...)
 	}
 	for b := s.capt[anyReading]; b != 0; b &= b - 1 {
-		p := trailing(b)
+		p := lowest(b)
 		var eq uint64
 		switch {
 		case v.set:
 			for c := s.on[p]; c != 0; c &= c - 1 {
-				if i := trailing(c); v.equals(s.pol.Classes[i].FieldEquals) {
+				if i := lowest(c); v.equals(s.pol.Classes[i].FieldEquals) {
 					eq |= 1 << i
 				}
 			}
 		case !str:
 			// A number too long to keep may be any of them.
-			eq = s.numeric[p]
+			eq = s.on[p] & s.numbers
 		}
 		s.seen[p] |= eq
 		if eq == 0 || !v.set {
@@ -647,7 +658,7 @@ func (s *ClassScan) otherValue() {
 		return
 	}
 	for b := s.member[anyReading]; b != 0; b &= b - 1 {
-		if p := trailing(b); len(s.paths[p]) == s.depth {
+		if p := lowest(b); len(s.paths[p]) == s.depth {
 			s.other[p] = true
 		}
 	}
@@ -795,4 +806,5 @@ func (s *ClassScan) Class() (class int, also uint64, ok bool) {
 	return class, also, true
 }
 
-func trailing(m uint64) int { return bits.TrailingZeros64(m) }
+// lowest is the index of the lowest bit set in m.
+func lowest(m uint64) int { return bits.TrailingZeros64(m) }

@@ -70,7 +70,7 @@ func (a *Applied) CoversAny(p *Policy, also uint64) bool {
 		return false
 	}
 	for b := also; b != 0; b &= b - 1 {
-		if p.Classes[trailing(b)].Name == a.Rule.Class {
+		if p.Classes[lowest(b)].Name == a.Rule.Class {
 			return true
 		}
 	}

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -11,13 +14,11 @@ import (
 	"github.com/gobwas/ws"
 )
 
-// TestClassFreeOnlyWhenNothingFollows: a message whose first frame holds a
-// heartbeat's object whole (an unlimited class) but goes on in a later
-// frame is followed to its end; bytes after the object (which strict
-// parsers refuse) take its free pass away, and the catch-all rule counts
-// it (the fifth independent review's case).
-func TestClassFreeOnlyWhenNothingFollows(t *testing.T) {
-	received := make(chan string, 8)
+// appUpstream serves a WebSocket app: read takes one message from a
+// connection and says what the app made of it; each answer goes to the
+// channel, and "closed" when read fails.
+func appUpstream(t *testing.T, read func(context.Context, *websocket.Conn) (string, error)) (string, <-chan string) {
+	got := make(chan string, 8)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
@@ -25,23 +26,43 @@ func TestClassFreeOnlyWhenNothingFollows(t *testing.T) {
 		}
 		defer c.CloseNow()
 		for {
-			_, p, err := c.Read(r.Context())
+			s, err := read(r.Context(), c)
 			if err != nil {
-				received <- "closed"
+				got <- "closed"
 				return
 			}
-			received <- string(p)
+			got <- s
 		}
 	}))
 	t.Cleanup(up.Close)
-	live, lim := rulesAndLimiter(t, `classes:
+	return up.URL, got
+}
+
+// classClient starts a gate in front of upstream under the rules file
+// rules and opens a raw client to it, its reads and writes bounded.
+func classClient(t *testing.T, upstream, rules string) (net.Conn, *bufio.Reader) {
+	live, lim := rulesAndLimiter(t, rules)
+	g := newGate(t, upstream, func(c *Config) { c.Limiter, c.Rules = lim, live })
+	conn, br := rawClient(t, g, "/")
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn, br
+}
+
+// TestClassFreeOnlyWhenNothingFollows: a message whose first frame holds a
+// heartbeat's object whole (an unlimited class) but goes on in a later
+// frame is followed to its end; bytes after the object (which strict
+// parsers refuse) take its free pass away, and the catch-all rule counts
+// it (the fifth independent review's case).
+func TestClassFreeOnlyWhenNothingFollows(t *testing.T) {
+	upstream, received := appUpstream(t, func(ctx context.Context, c *websocket.Conn) (string, error) {
+		_, p, err := c.Read(ctx)
+		return string(p), err
+	})
+	conn, br := classClient(t, upstream, `classes:
   - {name: hb, json-field: {path: type, equals: ping}, unlimited: true}
 rules:
   - {name: all, key: ip, limits: [1/1m]}
 `)
-	g := newGate(t, up.URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
-	conn, br := rawClient(t, g, "/")
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	heartbeat := []byte(`{"type":"ping"}`)
 	for range 3 { // free: past the rule's budget of one
 		if _, err := conn.Write(clientFrame(true, false, ws.OpText, heartbeat)); err != nil {
@@ -78,37 +99,23 @@ rules:
 // budget, the app never decodes the second chat message, and both sides
 // hear 4008.
 func TestClassChargedBeforeItsBrace(t *testing.T) {
-	decoded := make(chan string, 4)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
+	upstream, decoded := appUpstream(t, func(ctx context.Context, c *websocket.Conn) (string, error) {
+		_, rd, err := c.Reader(ctx)
 		if err != nil {
-			return
+			return "", err
 		}
-		defer c.CloseNow()
-		for {
-			_, rd, err := c.Reader(r.Context())
-			if err != nil {
-				decoded <- "closed: " + err.Error()
-				return
-			}
-			var m map[string]any
-			if err := json.NewDecoder(rd).Decode(&m); err != nil {
-				decoded <- "not decoded: " + err.Error()
-				return
-			}
-			decoded <- "decoded " + m["type"].(string)
+		var m map[string]any
+		if err := json.NewDecoder(rd).Decode(&m); err != nil {
+			return "", err
 		}
-	}))
-	t.Cleanup(up.Close)
-	live, lim := rulesAndLimiter(t, `classes:
+		return "decoded " + m["type"].(string), nil
+	})
+	conn, br := classClient(t, upstream, `classes:
   - {name: legacy, prefix: "!cmd:some-long-command-name"}
   - {name: chat, json-field: {path: type, equals: chat}}
 rules:
   - {name: chat, class: chat, key: ip, limits: [1/1m]}
 `)
-	g := newGate(t, up.URL, func(c *Config) { c.Limiter, c.Rules = lim, live })
-	conn, br := rawClient(t, g, "/")
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := conn.Write(clientFrame(true, false, ws.OpText, []byte(`{"type":"chat"}`))); err != nil {
 		t.Fatal(err)
 	}

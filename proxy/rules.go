@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -380,15 +379,12 @@ func (d *direction) classOf(h ws.Header, pol *policy.Policy) (class int, also ui
 	return class, also
 }
 
-// classScans are the scans of messages being relayed whose class their
-// first bytes could not settle.
-var classScans = sync.Pool{New: func() any { return new(policy.ClassScan) }}
-
 // startScan follows the client message whose class its first bytes could
 // not settle: the class the app sees may be named further on.
 func (cr *connRules) startScan(pol *policy.Policy) {
 	if cr.scan == nil {
-		cr.scan = classScans.Get().(*policy.ClassScan)
+		cr.scan = policy.NewClassScan(pol)
+		return
 	}
 	cr.scan.Start(pol)
 }
@@ -409,7 +405,7 @@ func (cr *connRules) chargesMore(class int, also uint64, shown int) bool {
 // endScan stops following the message (cr may be nil: no rules file).
 func (cr *connRules) endScan() {
 	if cr != nil && cr.scan != nil {
-		classScans.Put(cr.scan)
+		cr.scan.Release()
 		cr.scan = nil
 	}
 }
