@@ -392,7 +392,8 @@ func waitedErr(ctx context.Context) error {
 // block key since it was granted.
 //
 // When the slices it misses are being refilled, by one call under way, it
-// queues w to be served by that call (r) instead, again without a block
+// queues w (with wait; without, it returns 0 and queues nothing) to be
+// served by that call (r) instead, again without a block
 // check: the decision that made the call checked the missing slices'
 // block keys, its lease script refuses while one exists, and serve gives
 // w units only while w's other slices are still usable. A shared client
@@ -401,7 +402,7 @@ func waitedErr(ctx context.Context) error {
 // refused, or a slice was dropped meanwhile) takes the full path.
 // Limiter.decide calls it before it makes the deadline of a call, which
 // most decisions never need.
-func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
+func (ls *leases) spend(cs [2]counter, n int, wait bool) (_ int, r *refill, w *waiter) {
 	now := time.Now()
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -413,6 +414,8 @@ func (ls *leases) spend(cs [2]counter, n int) (_ int, r *refill, w *waiter) {
 		e := ls.lookup(c)
 		switch {
 		case e == nil:
+			return 0, nil, nil
+		case e.refill != nil && !wait:
 			return 0, nil, nil
 		case e.refill != nil && (r == nil || r == e.refill):
 			r = e.refill

@@ -636,3 +636,73 @@ func TestLeaseClientEntries(t *testing.T) {
 		t.Fatalf("the old connection keeps entry %p (swept %p), the map holds %p", old.lease[0], swept, e)
 	}
 }
+
+// TestLeaseMessagesNow: MessagesNow decides only what a lease mode's
+// slices hold, and otherwise decides nothing and queues nothing, so that a
+// caller that must not wait (the relay's leading worker) can try it first.
+func TestLeaseMessagesNow(t *testing.T) {
+	s := startRedis(t)
+	rules := Rules{UserMessages: rate(1000, time.Minute, time.Second)}
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: time.Second,
+		Mode: ModeLease, LeaseSize: 3, Rules: rules})
+	ls := l.lease
+	ctx := context.Background()
+	c := l.Client("u", "192.0.2.1")
+	if d, ok := l.MessagesNow(c, 1); ok {
+		t.Fatalf("no slice yet: %+v, ok", d)
+	}
+	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d)
+	}
+	if got := ls.held(0, "u"); got != 2 {
+		t.Fatalf("%d units left of the first slice, want 2", got)
+	}
+	if d, ok := l.MessagesNow(c, 1); !ok || !d.Allowed || d.Granted != 1 || d.Fallback || d.Store != storeRedis {
+		t.Fatalf("a message the slice holds: %+v, %v", d, ok)
+	}
+	if d, ok := l.MessagesNow(c, 5); !ok || !d.Allowed || d.Granted != 1 {
+		t.Fatalf("five messages, one unit left: %+v, %v; want one granted", d, ok)
+	}
+	if d, ok := l.MessagesNow(c, 1); ok {
+		t.Fatalf("a spent slice: %+v, ok", d)
+	}
+	// A refill under way: MessagesNow neither waits for it nor joins it.
+	waiters := func() int {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		if e := ls.m[memKey{&l.userMsg, "u"}]; e != nil && e.refill != nil {
+			return len(e.refill.waiters)
+		}
+		return -1
+	}
+	s.pause()
+	leaser := make(chan Decision, 1)
+	go func() { leaser <- l.MessagesOf(ctx, c, 1) }()
+	waitFor(t, "a decision to lease", func() bool { return waiters() == 0 })
+	if d, ok := l.MessagesNow(c, 1); ok {
+		t.Fatalf("during a refill: %+v, ok", d)
+	}
+	if n := waiters(); n != 0 {
+		t.Fatalf("%d waiters queued by MessagesNow, want 0", n)
+	}
+	s.resume()
+	if d := <-leaser; !d.Allowed || d.Fallback {
+		t.Fatalf("the leasing decision: %+v", d)
+	}
+	if d, ok := l.MessagesNow(c, 1); !ok || !d.Allowed {
+		t.Fatalf("after the refill: %+v, %v", d, ok)
+	}
+	// Exact mode and the memory store always call their store.
+	for _, cfg := range []Config{{RedisURL: s.url(), KeyPrefix: keyPrefix(t) + "x", Rules: rules}, {Rules: rules}} {
+		o := newLimiter(t, cfg)
+		oc := o.Client("u", "192.0.2.1")
+		for range 2 {
+			if d := o.MessagesOf(ctx, oc, 1); !d.Allowed {
+				t.Fatalf("%s: %+v", o.StoreName(), d)
+			}
+			if d, ok := o.MessagesNow(oc, 1); ok {
+				t.Fatalf("%s: MessagesNow %+v, ok", o.StoreName(), d)
+			}
+		}
+	}
+}

@@ -675,6 +675,32 @@ func (l *Limiter) MessagesOf(ctx context.Context, c *Client, n int) Decision {
 	return l.messages(ctx, c.user, c.ip, c.ids, c.blk, &c.mem, &c.lease, n)
 }
 
+// MessagesNow is MessagesOf for a decision that asks Redis nothing: in
+// ModeLease, n messages of c that its slices hold (up to n are granted, as
+// by MessagesOf). ok is false, and nothing is decided, when the decision
+// would call Redis or wait for another's call (a slice to lease or being
+// refilled, exact mode, the memory store's fallback): MessagesOf decides
+// it then. A caller that must not wait behind Redis (the relay's leading
+// worker) tries it first.
+func (l *Limiter) MessagesNow(c *Client, n int) (d Decision, ok bool) {
+	if l.lease == nil || l.Holding() {
+		return Decision{}, false
+	}
+	rs := l.rs.Load()
+	if rs == nil {
+		return Decision{}, false
+	}
+	cs, ts := l.messageCounters(c.ids, c.blk, &c.mem, &c.lease)
+	if nodes := l.nodesOf(rs, cs, ts); nodes[0].isDown() || nodes[1].isDown() {
+		return Decision{}, false
+	}
+	g, _, _ := l.lease.spend(cs, max(n, 1), false)
+	if g == 0 {
+		return Decision{}, false
+	}
+	return Decision{Allowed: true, Kind: KindMessage, Granted: g, Store: storeRedis}, true
+}
+
 // messages decides n messages of a Client's fields, with the pointers to
 // its entries when it keeps them (mem and lease not nil).
 func (l *Limiter) messages(ctx context.Context, user, ip string, ids, blk [2]string, mem *[2]*memEntry, lease *[2]*leaseEntry, n int) Decision {
@@ -683,14 +709,21 @@ func (l *Limiter) messages(ctx context.Context, user, ip string, ids, blk [2]str
 			return d
 		}
 	}
+	cs, ts := l.messageCounters(ids, blk, mem, lease)
+	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
+}
+
+// messageCounters are the message rules' counters of ids and blk, with the
+// pointers to their entries when a Client keeps them (mem and lease not
+// nil), and what a message counts on them.
+func (l *Limiter) messageCounters(ids, blk [2]string, mem *[2]*memEntry, lease *[2]*leaseEntry) ([2]counter, [2]count) {
 	cs := [2]counter{{rule: &l.userMsg, id: ids[0], blk: blk[0]}, {rule: &l.ipMsg, id: ids[1], blk: blk[1]}}
 	for i := range cs {
 		if mem != nil {
 			cs[i].mem, cs[i].lease = &mem[i], &lease[i]
 		}
 	}
-	ts := [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
-	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
+	return cs, [2]count{{counter: cs[0], guard: &l.userMsg}, {counter: cs[1], guard: &l.ipMsg}}
 }
 
 // Handshake decides one WebSocket handshake: refused while a message rule
@@ -750,12 +783,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if rs == nil {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
-	var nodes [2]*node
-	for i := range ts {
-		if ts[i].enabled() || ts[i].guarded() || cs[i].blocks() {
-			nodes[i] = rs.health.of(ts[i].id)
-		}
-	}
+	nodes := l.nodesOf(rs, cs, ts)
 	if nodes[0].isDown() || nodes[1].isDown() {
 		return l.fallback(ctx, kind, cs, ts, n, errRedisDown)
 	}
@@ -764,7 +792,7 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	if kind == KindMessage && l.lease != nil {
 		// Most messages spend from a slice: no call, so no deadline.
 		var g int
-		if g, r, w = l.lease.spend(cs, n); g > 0 {
+		if g, r, w = l.lease.spend(cs, n, true); g > 0 {
 			return Decision{Allowed: true, Kind: KindMessage, Granted: g, Store: storeRedis}
 		}
 	}
@@ -808,6 +836,17 @@ func (l *Limiter) decide(ctx context.Context, kind string, cs [2]counter, ts [2]
 	}
 	d.Store = storeRedis
 	return d
+}
+
+// nodesOf returns the nodes that hold the keys a decision of cs and ts
+// uses (nil for a rule it does not use).
+func (l *Limiter) nodesOf(rs *redisStore, cs [2]counter, ts [2]count) (nodes [2]*node) {
+	for i := range ts {
+		if ts[i].enabled() || ts[i].guarded() || cs[i].blocks() {
+			nodes[i] = rs.health.of(ts[i].id)
+		}
+	}
+	return nodes
 }
 
 // fallback decides n events by the FailureMode.

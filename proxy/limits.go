@@ -35,6 +35,20 @@ func (p *Proxy) flagMessages(ctx context.Context, c *limit.Client, n int) limit.
 	return d
 }
 
+// flagMessagesNow is flagMessages when the decision asks Redis nothing (a
+// lease mode's slices hold the units): now is false, and nothing is
+// decided, otherwise.
+func (p *Proxy) flagMessagesNow(c *limit.Client, n int) (d limit.Decision, now bool) {
+	if p.nowLimits == nil || !p.remoteLimits {
+		return d, false
+	}
+	start := time.Now()
+	if d, now = p.nowLimits.MessagesNow(c, n); now {
+		p.observe(d, start)
+	}
+	return d, now
+}
+
 // observe records how long a limiter call that began at start took, by the
 // store that decided.
 func (p *Proxy) observe(d limit.Decision, start time.Time) {

@@ -68,7 +68,6 @@ func (d *direction) limited(h ws.Header) verdict {
 			n += frames.CountMessages(buf[h.Length:], maxDecide-1)
 		}
 	}
-	d.yield() // the decision may wait for Redis
 	var dec limit.Decision
 	if cr == nil {
 		if pr.info.limits == nil {
@@ -76,8 +75,13 @@ func (d *direction) limited(h ws.Header) verdict {
 			// one does not carry it.
 			pr.info.limits = pr.p.cfg.Limiter.Client(pr.info.userKey, pr.info.ipKey)
 		}
-		dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
+		var now bool
+		if dec, now = pr.p.flagMessagesNow(pr.info.limits, n); !now {
+			d.yield() // the decision may wait for Redis
+			dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
+		}
 	} else {
+		d.yield() // the decision may wait for Redis
 		a := ask{n: n, class: -1, bytes: h.Length}
 		if perMessage {
 			a.class, a.also = d.classOf(h, cr.pol)

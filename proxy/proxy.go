@@ -62,6 +62,13 @@ type storeNamer interface {
 	StoreName() string
 }
 
+// nowDecider is what Config.Limiter may also implement (limit.Limiter
+// does): a decision of messages that asks Redis nothing, when one can be
+// made (see limit.Limiter.MessagesNow).
+type nowDecider interface {
+	MessagesNow(c *limit.Client, n int) (limit.Decision, bool)
+}
+
 // Authenticator verifies the token of a handshake or request and cleans
 // what goes upstream. *auth.Verifier implements it.
 type Authenticator interface {
@@ -249,8 +256,10 @@ type Proxy struct {
 	pl   *netpoll.Poller // parks idle directions; nil when the platform has none
 	tick time.Duration   // the keeper's period
 	// remoteLimits: a message's decision may wait for Redis, so a direction
-	// yields its poller worker's batch first (direction.yield).
+	// yields its poller worker's batch first (direction.yield), unless
+	// nowLimits decides it without a call.
 	remoteLimits bool
+	nowLimits    nowDecider // Config.Limiter's, or nil
 
 	// netDial dials the upstream with net.Dialer (dialUpstream), keepAlive
 	// its TCP keepalive period.
@@ -328,6 +337,7 @@ func New(cfg Config) (*Proxy, error) {
 	if s, ok := cfg.Limiter.(storeNamer); ok && s.StoreName() == "memory" {
 		p.remoteLimits = false
 	}
+	p.nowLimits, _ = cfg.Limiter.(nowDecider)
 	p.relayCtx = context.Background()
 	if !cfg.Shadow {
 		p.relayCtx = limit.ClosesOnRefusal(p.relayCtx)
