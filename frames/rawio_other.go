@@ -2,8 +2,9 @@
 
 package frames
 
-// rawIO is false here: a Reader only reads its source with blocking reads.
-const rawIO = false
+// RawIO is false here: a Reader only reads its source with blocking reads,
+// and ReadSocket and WriteReady do nothing.
+const RawIO = false
 
 func (r *Reader) readReady() error { return ErrNotSocket }
 

@@ -9,8 +9,9 @@ import (
 	"unsafe"
 )
 
-// rawIO says whether sockets are read and written directly here.
-const rawIO = true
+// RawIO says whether sockets are read and written directly here (the
+// Reader of ResetSocket, ReadSocket, WriteReady).
+const RawIO = true
 
 // readReady is ReadReady for a socket: one read(2) on its descriptor, not
 // through the runtime's poller (its lock and state reset cost more than

@@ -91,7 +91,7 @@ func (r *Reader) ResetSocket(src io.Reader, fd int) {
 	r.data = nil
 	r.src = src
 	r.fd = -1
-	if rawIO {
+	if RawIO {
 		r.fd = fd
 	}
 }
