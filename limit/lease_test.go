@@ -333,6 +333,17 @@ func TestLeaseFallback(t *testing.T) {
 	}
 }
 
+// refillWaiters is how many decisions wait for the refill under way of
+// rule r's slice of id, or -1 when none is under way.
+func (ls *leases) refillWaiters(r *rule, id string) int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if e := ls.m[memKey{r, id}]; e != nil && e.refill != nil {
+		return len(e.refill.waiters)
+	}
+	return -1
+}
+
 // held returns the units this Limiter holds for the message rule i (0 user,
 // 1 IP) of id, for tests.
 func (ls *leases) held(i int, id string) int {
@@ -453,14 +464,7 @@ func TestLeaseServesItsWaiters(t *testing.T) {
 			t.Fatalf("message %d: %+v", i+1, d)
 		}
 	}
-	waiters := func() int {
-		ls.mu.Lock()
-		defer ls.mu.Unlock()
-		if e := ls.m[memKey{&l.userMsg, "u"}]; e != nil && e.refill != nil {
-			return len(e.refill.waiters)
-		}
-		return -1
-	}
+	waiters := func() int { return ls.refillWaiters(&l.userMsg, "u") }
 	s.pause()
 	decide := func(ctx context.Context, out chan<- Decision) { out <- l.Message(ctx, "u", "192.0.2.1") }
 	leaser := make(chan Decision, 1)
@@ -536,14 +540,7 @@ func TestLeaseWaiterWithADroppedSliceLooksAgain(t *testing.T) {
 	if u, v, a := ls.held(0, "u"), ls.held(0, "v"), ls.held(1, ip); u != 1 || v != 2 || a != 0 {
 		t.Fatalf("slices u %d, v %d, address %d; want 1, 2, 0", u, v, a)
 	}
-	waiters := func() int {
-		ls.mu.Lock()
-		defer ls.mu.Unlock()
-		if e := ls.m[memKey{&l.ipMsg, ip}]; e != nil && e.refill != nil {
-			return len(e.refill.waiters)
-		}
-		return -1
-	}
+	waiters := func() int { return ls.refillWaiters(&l.ipMsg, ip) }
 	s.pause()
 	t.Cleanup(s.resume)
 	decide := func(user string, out chan<- Decision) { out <- l.Message(ctx, user, ip) }
@@ -667,14 +664,7 @@ func TestLeaseMessagesNow(t *testing.T) {
 		t.Fatalf("a spent slice: %+v, ok", d)
 	}
 	// A refill under way: MessagesNow neither waits for it nor joins it.
-	waiters := func() int {
-		ls.mu.Lock()
-		defer ls.mu.Unlock()
-		if e := ls.m[memKey{&l.userMsg, "u"}]; e != nil && e.refill != nil {
-			return len(e.refill.waiters)
-		}
-		return -1
-	}
+	waiters := func() int { return ls.refillWaiters(&l.userMsg, "u") }
 	s.pause()
 	leaser := make(chan Decision, 1)
 	go func() { leaser <- l.MessagesOf(ctx, c, 1) }()
