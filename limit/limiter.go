@@ -714,6 +714,19 @@ func (l *Limiter) messages(ctx context.Context, user, ip string, ids, blk [2]str
 	return l.decide(ctx, KindMessage, cs, ts, max(n, 1))
 }
 
+// ChargeNow is Charge for a decision that asks Redis nothing: in
+// ModeLease, n events that the slices of every charge's windows hold. ok
+// is false, and nothing is decided, otherwise (see MessagesNow).
+func (l *Limiter) ChargeNow(kind string, charges []Charge, n int, bytes int64) (d Decision, ok bool) {
+	if l.lease == nil || l.Holding() || len(charges) == 0 {
+		return Decision{}, false
+	}
+	if g := l.lease.pol.spend(charges, max(n, 1), bytes); g > 0 {
+		return Decision{Allowed: true, Kind: kind, Granted: g, Store: storeRedis}, true
+	}
+	return Decision{}, false
+}
+
 // messageCounters are the message rules' counters of ids and blk, with the
 // pointers to their entries when a Client keeps them (mem and lease not
 // nil), and what a message counts on them.

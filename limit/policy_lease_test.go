@@ -713,3 +713,38 @@ func TestLeaseBytesKeepLeftover(t *testing.T) {
 		}
 	}
 }
+
+// TestChargeLeaseNow: ChargeNow decides only what the slices of every
+// charge's windows hold, as Charge's fast path does, and otherwise decides
+// nothing; exact mode always calls Redis.
+func TestChargeLeaseNow(t *testing.T) {
+	s := startRedis(t)
+	cs := leaseCharges(leaseRules(100, 1<<20), "u", "192.0.2.1")
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: testTimeout, Mode: ModeLease, LeaseSize: 3})
+	ctx := context.Background()
+	if d, ok := l.ChargeNow(KindMessage, cs, 1, 10); ok {
+		t.Fatalf("no slice yet: %+v, ok", d)
+	}
+	if d := l.Charge(ctx, KindMessage, cs, 1, 10); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d)
+	}
+	// The user rule's slice of 3 (one spent) binds.
+	if d, ok := l.ChargeNow(KindMessage, cs, 5, 10); !ok || !d.Allowed || d.Granted != 2 || d.Store != storeRedis {
+		t.Fatalf("five messages, two units left: %+v, %v; want two granted", d, ok)
+	}
+	if d, ok := l.ChargeNow(KindMessage, cs, 1, 10); ok {
+		t.Fatalf("a spent slice: %+v, ok", d)
+	}
+	if d, ok := l.ChargeNow(KindMessage, nil, 1, 10); ok {
+		t.Fatalf("no charges: %+v, ok", d)
+	}
+	x := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t) + "x"})
+	for range 2 {
+		if d := x.Charge(ctx, KindMessage, cs, 1, 10); !d.Allowed {
+			t.Fatalf("exact mode: %+v", d)
+		}
+		if d, ok := x.ChargeNow(KindMessage, cs, 1, 10); ok {
+			t.Fatalf("exact mode: ChargeNow %+v, ok", d)
+		}
+	}
+}

@@ -81,8 +81,7 @@ func (d *direction) limited(h ws.Header) verdict {
 			dec = pr.p.flagMessages(pr.p.relayCtx, pr.info.limits, n)
 		}
 	} else {
-		d.yield() // the decision may wait for Redis
-		a := ask{n: n, class: -1, bytes: h.Length}
+		a := ask{n: n, class: -1, bytes: h.Length, from: d}
 		if perMessage {
 			a.class, a.also = d.classOf(h, cr.pol)
 		}
@@ -159,7 +158,7 @@ func (d *direction) reclassed() bool {
 func (d *direction) limitedPart(a ask) bool {
 	pr := d.pr
 	cr := pr.info.rules
-	d.yield()
+	a.from = d
 	dec := pr.p.decideRules(pr.p.relayCtx, cr, a)
 	if !dec.Allowed {
 		pr.refused(dec)

@@ -64,9 +64,10 @@ type storeNamer interface {
 
 // nowDecider is what Config.Limiter may also implement (limit.Limiter
 // does): a decision of messages that asks Redis nothing, when one can be
-// made (see limit.Limiter.MessagesNow).
+// made (see limit.Limiter.MessagesNow and ChargeNow).
 type nowDecider interface {
 	MessagesNow(c *limit.Client, n int) (limit.Decision, bool)
+	ChargeNow(kind string, charges []limit.Charge, n int, bytes int64) (limit.Decision, bool)
 }
 
 // Authenticator verifies the token of a handshake or request and cleans

@@ -203,6 +203,10 @@ type ask struct {
 	// that cover those and not shown are charged.
 	reclassed bool
 	shown     int
+	// from is the direction that asks for a relayed message, nil
+	// otherwise: before a decision that may wait for Redis it yields its
+	// worker's batch (direction.yield).
+	from *direction
 }
 
 // decideRules decides a under cr's admission: the enforced rules in one
@@ -281,6 +285,15 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 		return limit.Decision{Allowed: true, Kind: kind, Granted: a.n}
 	}
 	start := time.Now()
+	if a.from != nil {
+		if p.nowLimits != nil && p.remoteLimits {
+			if d, now := p.nowLimits.ChargeNow(kind, cs, a.n, a.bytes); now {
+				p.observe(d, start)
+				return d
+			}
+		}
+		a.from.yield() // the decision may wait for Redis
+	}
 	d := p.cfg.Limiter.Charge(ctx, kind, cs, a.n, a.bytes)
 	p.observe(d, start)
 	return d
