@@ -516,7 +516,10 @@ func New(cfg Config) (*Limiter, error) {
 	if opt.CacheSizeEachConn == 0 {
 		opt.CacheSizeEachConn = blockCacheBytes
 	}
-	opt.DialCtxFn = dialRaw
+	if opt.DialCtxFn == nil && opt.DialFn == nil {
+		// ParseURL sets its own for unix:// (a Unix socket).
+		opt.DialCtxFn = dialRaw
+	}
 	if cfg.Mode == ModeLease {
 		l.lease = newLeases(&l.userMsg, &l.ipMsg, prefix, cfg.LeaseSize)
 		opt.OnInvalidations = l.lease.invalidate

@@ -107,3 +107,16 @@ func TestRawConn(t *testing.T) {
 		t.Fatalf("Read after Close: %v, want net.ErrClosed", err)
 	}
 }
+
+// TestRedisUnixSocket: a unix:// URL reaches Redis over its Unix socket;
+// the raw dial is for TCP only, and must not replace ParseURL's own.
+func TestRedisUnixSocket(t *testing.T) {
+	sock := t.TempDir() + "/redis.sock"
+	startRedis(t, "--unixsocket", sock)
+	l := newLimiter(t, Config{RedisURL: "unix://" + sock, KeyPrefix: keyPrefix(t), Timeout: time.Second,
+		Rules: Rules{UserMessages: rate(10, time.Minute, 0)}})
+	d := l.Message(context.Background(), "u", "192.0.2.1")
+	if !d.Allowed || d.Fallback || d.Store != storeRedis {
+		t.Fatalf("a message over the Unix socket: %+v, want decided by Redis", d)
+	}
+}
