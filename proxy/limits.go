@@ -39,7 +39,7 @@ func (p *Proxy) flagMessages(ctx context.Context, c *limit.Client, n int) limit.
 // lease mode's slices hold the units): now is false, and nothing is
 // decided, otherwise.
 func (p *Proxy) flagMessagesNow(c *limit.Client, n int) (d limit.Decision, now bool) {
-	if p.nowLimits == nil || !p.remoteLimits {
+	if p.nowLimits == nil {
 		return d, false
 	}
 	start := time.Now()

@@ -260,7 +260,7 @@ type Proxy struct {
 	// yields its poller worker's batch first (direction.yield), unless
 	// nowLimits decides it without a call.
 	remoteLimits bool
-	nowLimits    nowDecider // Config.Limiter's, or nil
+	nowLimits    nowDecider // Config.Limiter's when remoteLimits, or nil
 
 	// netDial dials the upstream with net.Dialer (dialUpstream), keepAlive
 	// its TCP keepalive period.
@@ -338,7 +338,9 @@ func New(cfg Config) (*Proxy, error) {
 	if s, ok := cfg.Limiter.(storeNamer); ok && s.StoreName() == "memory" {
 		p.remoteLimits = false
 	}
-	p.nowLimits, _ = cfg.Limiter.(nowDecider)
+	if p.remoteLimits {
+		p.nowLimits, _ = cfg.Limiter.(nowDecider)
+	}
 	p.relayCtx = context.Background()
 	if !cfg.Shadow {
 		p.relayCtx = limit.ClosesOnRefusal(p.relayCtx)

@@ -286,7 +286,7 @@ func (p *Proxy) charge(ctx context.Context, cr *connRules, a ask, kind string, s
 	}
 	start := time.Now()
 	if a.from != nil {
-		if p.nowLimits != nil && p.remoteLimits {
+		if p.nowLimits != nil {
 			if d, now := p.nowLimits.ChargeNow(kind, cs, a.n, a.bytes); now {
 				p.observe(d, start)
 				return d
