@@ -227,6 +227,15 @@ func frames(vals []int64, calls int) ([][]int64, error) {
 	return parts, nil
 }
 
+// unframed reads the answer of a call made of calls calls, a frame each.
+func unframed(r rueidis.RedisResult, calls int) ([][]int64, error) {
+	vals, err := r.AsIntSlice()
+	if err != nil {
+		return nil, err
+	}
+	return frames(vals, calls)
+}
+
 // unframe reads the answer of a call of its own.
 func unframe(r rueidis.RedisResult) ([]int64, error) {
 	vals, err := r.AsIntSlice()

@@ -24,7 +24,9 @@ type grant struct {
 // Redis, two pipelined on a Cluster, where the keys live in different
 // slots. A grant whose sibling failed on a Cluster stays reserved and
 // unused: it lapses with its window, which errs on the side of refusing.
-func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [2]grant, err error) {
+// A renewal (leases.ahead) is granted what is left of a window without a
+// refusal when nothing is.
+func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int, renew bool) (g [2]grant, err error) {
 	var idx []int
 	for i := range cs {
 		if size[i] > 0 {
@@ -35,7 +37,7 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 	case len(idx) == 0:
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
-		k := leaseOf(s.leases.buffer(), cs, size, idx)
+		k := leaseOf(s.leases.buffer(), cs, size, idx, renew)
 		vals, err := s.leases.do(ctx, s.client, k)
 		var out [2]grant
 		if err := parseLease(vals, err, out[:len(idx)]); err != nil {
@@ -48,7 +50,7 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 	}
 	calls := make([]call, len(idx))
 	for j, i := range idx {
-		calls[j] = leaseOf(call{}, cs, size, []int{i})
+		calls[j] = leaseOf(call{}, cs, size, []int{i}, renew)
 	}
 	var errs [2]error
 	for j, r := range leaseScript.exec(ctx, s.client, calls...) {
@@ -59,13 +61,17 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int) (g [
 }
 
 // leaseOf appends to k (empty, maybe with room: batcher.buffer) the
-// leaseScript call reserving size[i] units of cs[i], i in idx.
-func leaseOf(k call, cs [2]counter, size [2]int, idx []int) call {
+// leaseScript call reserving size[i] units of cs[i], i in idx, for a
+// renewal when renew is set (negative units).
+func leaseOf(k call, cs [2]counter, size [2]int, idx []int, renew bool) call {
 	k.args = append(k.args, strconv.Itoa(len(idx)))
 	for _, i := range idx {
-		c, r := cs[i], cs[i].rule
+		c, r, units := cs[i], cs[i].rule, size[i]
+		if renew {
+			units = -units
+		}
 		k.keys = append(k.keys, c.key(), c.blockKey())
-		k.args = append(k.args, r.limit, r.window, r.block, strconv.Itoa(size[i]))
+		k.args = append(k.args, r.limit, r.window, r.block, strconv.Itoa(units))
 	}
 	return k
 }
@@ -100,6 +106,11 @@ type leaseEntry struct {
 	// refill is non-nil while a call reserves units for the key: one call
 	// at a time, the others wait for it.
 	refill *refill
+	// dry is set by a renewal that brought nothing (the window spent in
+	// Redis, or a failed call): no renewal is asked for again until a
+	// decision's own lease stores a grant, or every spend below half the
+	// slice would send one.
+	dry bool
 	// touched is when a decision last looked the entry up.
 	touched time.Time
 	// gone marks an entry swept from the map: a Client's slot that holds
@@ -188,6 +199,9 @@ type leases struct {
 	m          map[memKey]*leaseEntry
 	calls      int
 	sweepEvery int
+
+	// renewals is the renewer's queue (ahead); nil: no renewal ahead.
+	renewals chan *renewal
 
 	// woken, a test seam (nil otherwise), runs when a decision stopped
 	// waiting for a refill, before it looks whether it was served: it
@@ -308,7 +322,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 		ls.mu.Unlock()
 
 		sent := time.Now()
-		g, err := rs.lease(ctx, cs, size)
+		g, err := rs.lease(ctx, cs, size, false)
 
 		ls.mu.Lock()
 		for i, e := range es {
@@ -335,6 +349,7 @@ func (ls *leases) reserve(ctx context.Context, rs *redisStore, cs [2]counter, es
 			}
 			e.left, e.expires = g[i].n, sent.Add(g[i].ttl-windowMargin(g[i].ttl))
 			e.small = max(e.small-1, 0)
+			e.dry = false
 		}
 		// untracked drops what is left of this decision's leases whose
 		// block key Redis may not have tracked all along (their gen
@@ -415,11 +430,11 @@ func (ls *leases) spend(cs [2]counter, n int, wait bool) (_ int, r *refill, w *w
 		switch {
 		case e == nil:
 			return 0, nil, nil
-		case e.refill != nil && !wait:
-			return 0, nil, nil
-		case e.refill != nil && (r == nil || r == e.refill):
+		case e.usable(now):
+			// Spent even while a renewal is under way.
+		case e.refill != nil && wait && (r == nil || r == e.refill):
 			r = e.refill
-		case !e.usable(now):
+		default:
 			return 0, nil, nil
 		}
 		es[i] = e
@@ -438,7 +453,237 @@ func (ls *leases) spend(cs [2]counter, n int, wait bool) (_ int, r *refill, w *w
 		r.waiters = append(r.waiters, w)
 		return 0, r, w
 	}
-	return spendFrom(es, n), nil, nil
+	g := spendFrom(es, n)
+	ls.ahead(cs, es)
+	return g, nil, nil
+}
+
+// renewMin is the smallest slice renewed ahead: a smaller one is a key
+// with a small budget (LeaseSize defaults to a tenth of the limit), which
+// a second slice held would take a large part of, and whose messages are
+// too few to queue behind its refills.
+const renewMin = 16
+
+// renewal is a lease for slices still in use, made by the renewer
+// (Limiter.renewSlices) off the decisions' path. A busy key's slice (a
+// shared client address's) runs out many times a second; every decision
+// that finds it spent waits for the refill, and the relay hands the rest of
+// its batch to other workers meanwhile. A slice that a spend takes below
+// half its size is therefore renewed while its last units are spent, and
+// the renewal's units join the slice.
+//
+// The renewal needs no block check: the slices were usable when it was
+// asked for, so their block keys were tracked from the check that
+// preceded their grant, and any write to a block key since reaches
+// invalidate before the renewal's reply, moving gen, which drops the
+// grant (renewed). Its script grants what is left of the window and
+// refuses nothing: no message has gone over the limit yet, and the first
+// that does takes the full path, whose lease refuses and blocks. While it
+// is under way the entries' refill is its r, so that no other call leases
+// them and the decisions that find the slice spent wait for it (spend,
+// reserve) as for any refill.
+type renewal struct {
+	r    *refill
+	cs   [2]counter // the keys, without a Client's pointers
+	es   [2]*leaseEntry
+	gens [2]uint64
+	size [2]int
+}
+
+// ahead asks the renewer for the renewal of the slices of es that are
+// below half their size, when none is under way for them. A renewer that
+// is behind (its queue full) is not waited for: the slices run out and a
+// decision leases them. ls.mu is held.
+func (ls *leases) ahead(cs [2]counter, es [2]*leaseEntry) {
+	if ls.renewals == nil {
+		return
+	}
+	var rn *renewal
+	for i, e := range es {
+		size := cs[i].rule.lease
+		if e == nil || e.refill != nil || e.small > 0 || e.dry || size < renewMin || 2*e.left >= size {
+			continue
+		}
+		if rn == nil {
+			rn = &renewal{r: &refill{done: make(chan struct{})}}
+		}
+		rn.cs[i] = counter{rule: cs[i].rule, id: cs[i].id, blk: cs[i].blk}
+		rn.es[i], rn.gens[i], rn.size[i] = e, e.gen, size
+	}
+	if rn == nil {
+		return
+	}
+	select {
+	case ls.renewals <- rn:
+		for _, e := range rn.es {
+			if e != nil {
+				e.refill = rn.r
+			}
+		}
+	default:
+	}
+}
+
+// renewQueue bounds the renewals asked for and not yet made.
+const renewQueue = 64
+
+// renewSlices makes the renewals that decisions ask for (leases.ahead)
+// until Close: what is queued when it looks, in one call (renewAll). At
+// Close the renewals still queued end unmade, and their waiters take the
+// full path (which fails once the client is closed). One asked for after
+// that is not made: a decision that waits for it ends at its deadline.
+func (l *Limiter) renewSlices() {
+	defer l.wg.Done()
+	var batch []*renewal
+	for {
+		select {
+		case rn := <-l.lease.renewals:
+			batch = append(batch[:0], rn)
+		more:
+			for len(batch) < groupMax {
+				select {
+				case rn := <-l.lease.renewals:
+					batch = append(batch, rn)
+				default:
+					break more
+				}
+			}
+			l.renewAll(batch)
+			clear(batch)
+		case <-l.stop:
+			for {
+				select {
+				case rn := <-l.lease.renewals:
+					l.lease.renewed(rn, [2]grant{}, errRedisDown, time.Time{})
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// renewAll makes the renewals of batch: in one leaseScript call on a
+// standalone Redis, which the next renewals wait for; on a Cluster, where
+// their keys are in different slots, each in a call of its own, on a
+// goroutine of its own that the renewer does not wait for, so that a node
+// that does not answer holds only its own renewals. The renewals of a busy gate come faster than
+// one call at a time answers: at 500 busy connections, each with a user
+// slice to renew, the shared address's renewal queued behind theirs and its
+// slice ran out. A renewal whose slices were dropped while it was queued
+// (gen moved), or whose node is marked down, is not sent. A failure is not
+// counted against the node: a decision that needs the slice leases it, and
+// its call counts.
+func (l *Limiter) renewAll(batch []*renewal) {
+	rs := l.rs.Load()
+	send := batch[:0:0]
+	down := func(rn *renewal) bool {
+		for i, e := range rn.es {
+			if e != nil && rs.health.of(rn.cs[i].id).isDown() {
+				return true
+			}
+		}
+		return false
+	}
+	for _, rn := range batch {
+		switch {
+		case rs == nil || down(rn):
+			l.lease.renewed(rn, [2]grant{}, errRedisDown, time.Time{})
+		case l.lease.stale(rn):
+			l.lease.renewed(rn, [2]grant{}, errStale, time.Time{})
+		default:
+			send = append(send, rn)
+		}
+	}
+	if len(send) == 0 {
+		return
+	}
+	sent := time.Now()
+	if rs.cluster {
+		for _, rn := range send {
+			l.wg.Add(1) // the renewer's own count keeps it above zero
+			go func() {
+				defer l.wg.Done()
+				ctx, cancel := context.WithTimeout(l.bg, l.timeout)
+				g, err := rs.lease(ctx, rn.cs, rn.size, true)
+				cancel()
+				l.lease.renewed(rn, g, err, sent)
+			}()
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.bg, l.timeout)
+	defer cancel()
+	var k call
+	idx := make([][]int, len(send))
+	for j, rn := range send {
+		for i := range rn.size {
+			if rn.size[i] > 0 {
+				idx[j] = append(idx[j], i)
+			}
+		}
+		k = leaseOf(k, rn.cs, rn.size, idx[j], true)
+	}
+	parts, err := unframed(leaseScript.one(ctx, rs.client, k), len(send))
+	for j, rn := range send {
+		var g, out [2]grant
+		err := err
+		if err == nil {
+			err = parseLease(parts[j], nil, out[:len(idx[j])])
+		}
+		for n, i := range idx[j] {
+			g[i] = out[n]
+		}
+		l.lease.renewed(rn, g, err, sent)
+	}
+}
+
+// errStale is the error of a renewal whose slices were dropped while it
+// was queued.
+var errStale = errors.New("renewal of a dropped slice")
+
+// stale reports whether a slice of rn was dropped (an invalidation, a
+// flush, a reset) since rn was asked for: its grant would be dropped too.
+func (ls *leases) stale(rn *renewal) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for i, e := range rn.es {
+		if e != nil && e.gen != rn.gens[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// renewed stores the grants g of renewal rn (err: its call's error, sent:
+// when it was sent) and serves the decisions that waited for it. Units of
+// the window a slice is from join it; units of a new window (the old one
+// ended while the call was under way) replace it.
+func (ls *leases) renewed(rn *renewal, g [2]grant, err error, sent time.Time) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	now := time.Now()
+	for i, e := range rn.es {
+		if e == nil {
+			continue
+		}
+		e.refill = nil
+		if e.gen != rn.gens[i] {
+			continue
+		}
+		if err != nil || g[i].n == 0 {
+			e.dry = true
+			continue
+		}
+		expires := sent.Add(g[i].ttl - windowMargin(g[i].ttl))
+		if now.Before(e.expires) && expires.Before(e.expires.Add(rn.cs[i].rule.Window/2)) {
+			e.left += g[i].n
+		} else {
+			e.left, e.expires = g[i].n, expires
+		}
+	}
+	close(rn.r.done)
+	rn.r.serve(now)
 }
 
 // lookup returns the entry of c, or nil. c's slot, when it has one, holds

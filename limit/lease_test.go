@@ -696,3 +696,263 @@ func TestLeaseMessagesNow(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseRenewsAhead: a slice spent below half its size is renewed off
+// the decisions' path, so that its decisions keep spending locally; the
+// renewal grants what is left of the window and refuses nothing (the
+// limit's first message over it does, as without renewals); decisions
+// spend the old units while it is under way and wait for it once they are
+// gone; and a renewal whose block key was written meanwhile is dropped.
+func TestLeaseRenewsAhead(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: 2 * time.Second,
+		Mode: ModeLease, LeaseSize: 20, Rules: Rules{UserMessages: rate(50, time.Minute, time.Minute)}})
+	ls := l.lease
+	ctx := context.Background()
+	c := l.Client("u", "192.0.2.1")
+	counter, block := keyPrefix(t)+":um:{u}", keyPrefix(t)+":um:{u}:blk"
+	renewing := func() bool { return ls.refillWaiters(&l.userMsg, c.user) >= 0 }
+	now := func(n int) {
+		t.Helper()
+		for i := range n {
+			if d, ok := l.MessagesNow(c, 1); !ok || !d.Allowed {
+				t.Fatalf("message %d of %d from the slice: %+v, %v", i+1, n, d, ok)
+			}
+		}
+	}
+	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d)
+	}
+	now(9) // 10 left: half the slice
+	if renewing() || ls.held(0, "u") != 10 {
+		t.Fatalf("renewing %v with %d units left, want no renewal at half the slice", renewing(), ls.held(0, "u"))
+	}
+	now(1)
+	waitFor(t, "the renewal", func() bool { return !renewing() })
+	if got, want := ls.held(0, "u"), 9+20; got != want {
+		t.Fatalf("%d units held after the renewal, want %d", got, want)
+	}
+	if got := s.cli("get", counter); got != "40" {
+		t.Fatalf("counter %s, want 40", got)
+	}
+	// The next renewal is granted what the window has left: 10 of 20.
+	now(20)
+	waitFor(t, "the second renewal", func() bool { return !renewing() })
+	if got := ls.held(0, "u"); got != 19 {
+		t.Fatalf("%d units held after the second renewal, want 9 + 10", got)
+	}
+	// The third finds the window spent: no grant, and no block yet; and
+	// no other renewal is asked for until a lease of a decision's own.
+	now(10)
+	waitFor(t, "the third renewal", func() bool { return !renewing() })
+	if got := s.cli("exists", block); got != "0" {
+		t.Fatal("a renewal blocked the user before any message went over the limit")
+	}
+	calls := evalshaCalls(t, s)
+	for range 9 { // up to the 50th message
+		now(1)
+		waitFor(t, "no renewal", func() bool { return !renewing() })
+	}
+	if n := evalshaCalls(t, s) - calls; n != 0 {
+		t.Fatalf("%d script calls while the last units of a spent window were spent, want 0", n)
+	}
+	if d := l.MessagesOf(ctx, c, 1); d.Allowed || !d.Blocked && d.Limit != 50 {
+		t.Fatalf("the 51st message: %+v, want refused", d)
+	}
+	if got := s.cli("exists", block); got != "1" {
+		t.Fatal("the 51st message did not block the user")
+	}
+
+	// A renewal under way: the old units are spent, then decisions wait
+	// for it and are served from it.
+	c = l.Client("v", "192.0.2.1")
+	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("v's first message: %+v", d)
+	}
+	now(9) // 10 left
+	s.pause()
+	now(1)
+	if !renewing() {
+		s.resume()
+		t.Fatal("no renewal under way at 9 of 20 units left")
+	}
+	now(9)
+	if d, ok := l.MessagesNow(c, 1); ok {
+		s.resume()
+		t.Fatalf("a spent slice during its renewal: %+v, ok", d)
+	}
+	// The waiter runs late: others spend the renewal before it looks. It
+	// was served when the renewal came (serve), or it would lease again.
+	ls.woken = func() {
+		ls.mu.Lock()
+		ls.m[memKey{&l.userMsg, "v"}].left = 0
+		ls.mu.Unlock()
+	}
+	waiter := make(chan Decision, 1)
+	go func() { waiter <- l.MessagesOf(ctx, c, 1) }()
+	waitFor(t, "a decision to wait for the renewal", func() bool { return ls.refillWaiters(&l.userMsg, "v") == 1 })
+	s.resume()
+	if d := <-waiter; !d.Allowed || d.Fallback {
+		t.Fatalf("the decision that waited for the renewal: %+v", d)
+	}
+	ls.woken = nil
+	if got := s.cli("get", keyPrefix(t)+":um:{v}"); got != "40" {
+		t.Fatalf("v's counter %s, want 40: the waiter was not served from the renewal", got)
+	}
+
+	// A renewal whose block key changed meanwhile (gen moved) is dropped.
+	c = l.Client("w", "192.0.2.1")
+	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("w's first message: %+v", d)
+	}
+	now(9) // 10 left
+	s.pause()
+	now(1)
+	ls.mu.Lock()
+	e := ls.m[memKey{&l.userMsg, "w"}]
+	e.gen++ // as invalidate does
+	e.left = 0
+	ls.mu.Unlock()
+	s.resume()
+	waitFor(t, "the renewal", func() bool { return ls.refillWaiters(&l.userMsg, "w") < 0 })
+	if got := ls.held(0, "w"); got != 0 {
+		t.Fatalf("%d units held from a renewal after an invalidation, want 0", got)
+	}
+}
+
+// TestLeaseRenewalsTogether: the renewals queued when the renewer looks go
+// in one script call, each answered from its own frame, whichever rules
+// each renews.
+func TestLeaseRenewalsTogether(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: 2 * time.Second,
+		Mode: ModeLease, LeaseSize: 20, Rules: Rules{
+			UserMessages: rate(1000, time.Minute, time.Minute),
+			IPMessages:   rate(30, time.Minute, time.Minute),
+		}})
+	ls := l.lease
+	ctx := context.Background()
+	users := []string{"a", "b", "c"}
+	for _, u := range users {
+		if d := l.Message(ctx, u, "192.0.2.1"); !d.Allowed || d.Fallback {
+			t.Fatalf("%s's first message: %+v", u, d)
+		}
+	}
+	// The address's slice of 20 gave the three messages; 10 are left of
+	// its window of 30.
+	renewalOf := func(u string, ip bool) *renewal {
+		cs := [2]counter{{rule: &l.userMsg, id: u}, {rule: &l.ipMsg, id: "192.0.2.1"}}
+		rn := &renewal{r: &refill{done: make(chan struct{})}}
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		for i, c := range cs {
+			if i == 1 && !ip {
+				continue
+			}
+			e := ls.lookup(c)
+			rn.cs[i], rn.es[i], rn.gens[i], rn.size[i] = c, e, e.gen, c.rule.lease
+			e.refill = rn.r
+		}
+		return rn
+	}
+	batch := []*renewal{renewalOf("a", false), renewalOf("b", true), renewalOf("c", false)}
+	before := evalshaCalls(t, s)
+	l.renewAll(batch)
+	if n := evalshaCalls(t, s) - before; n != 1 {
+		t.Fatalf("%d script calls for three renewals, want 1", n)
+	}
+	for _, u := range users {
+		if got := ls.held(0, u); got != 19+20 {
+			t.Fatalf("%s holds %d units after its renewal, want 39", u, got)
+		}
+		if ls.refillWaiters(&l.userMsg, u) >= 0 {
+			t.Fatalf("%s's renewal still under way", u)
+		}
+	}
+	if got := ls.held(1, "192.0.2.1"); got != 17+10 {
+		t.Fatalf("the address holds %d units, want 17 + the 10 its window had left", got)
+	}
+	for _, rn := range batch {
+		select {
+		case <-rn.r.done:
+		default:
+			t.Fatal("a renewal's waiters were not released")
+		}
+	}
+	// A renewal whose slice was dropped while it was queued is not sent.
+	rn := renewalOf("a", false)
+	ls.mu.Lock()
+	rn.es[0].gen++ // as invalidate does
+	rn.es[0].left = 0
+	ls.mu.Unlock()
+	before = evalshaCalls(t, s)
+	l.renewAll([]*renewal{rn})
+	if n := evalshaCalls(t, s) - before; n != 0 {
+		t.Fatalf("%d script calls for a renewal of a dropped slice, want 0", n)
+	}
+	if ls.held(0, "a") != 0 || ls.refillWaiters(&l.userMsg, "a") >= 0 {
+		t.Fatal("a dropped slice's renewal left units or stayed under way")
+	}
+}
+
+// evalshaCalls returns how many EVALSHA calls s has run.
+func evalshaCalls(t *testing.T, s *redisServer) int {
+	t.Helper()
+	for _, line := range strings.Split(s.cli("info", "commandstats"), "\n") {
+		if v, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			n, _ := strconv.Atoi(strings.SplitN(v, ",", 2)[0])
+			return n
+		}
+	}
+	return 0
+}
+
+// TestLeaseClusterRenewalsApart: on a Cluster, renewals for a node that
+// does not answer hold no renewal for another node, so a key on a healthy
+// node whose slice runs out is decided by Redis, not by the failure mode
+// after a wait behind them.
+func TestLeaseClusterRenewalsApart(t *testing.T) {
+	nodes, url := startCluster(t)
+	p := keyPrefix(t)
+	l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: 300 * time.Millisecond,
+		Mode: ModeLease, LeaseSize: 20, Rules: Rules{UserMessages: rate(1000, time.Minute, time.Minute)}})
+	ctx := context.Background()
+	owner := func(id string) int { return slotOwner(t, nodes, p+":um:{"+id+"}") }
+	hungNode := owner("a")
+	var hung []string
+	healthy := ""
+	for i := 0; i < 1000 && (len(hung) < 2 || healthy == ""); i++ {
+		id := fmt.Sprint("k", i)
+		switch o := owner(id); {
+		case o == hungNode && len(hung) < 2:
+			hung = append(hung, id)
+		case o != hungNode && healthy == "":
+			healthy = id
+		}
+	}
+	clients := map[string]*Client{}
+	spend := func(id string, n int) {
+		t.Helper()
+		for range n {
+			if d, ok := l.MessagesNow(clients[id], 1); !ok || !d.Allowed {
+				t.Fatalf("%s: a message from the slice: %+v, %v", id, d, ok)
+			}
+		}
+	}
+	for _, id := range append(hung, healthy) {
+		clients[id] = l.Client(id, "192.0.2.1")
+		if d := l.MessagesOf(ctx, clients[id], 1); !d.Allowed || d.Fallback {
+			t.Fatalf("%s's first message: %+v", id, d)
+		}
+		spend(id, 9) // 10 left: no renewal yet
+	}
+	nodes[hungNode].pause()
+	defer nodes[hungNode].resume()
+	for _, id := range append(hung, healthy) {
+		spend(id, 1) // each asks for a renewal, the healthy key's last
+	}
+	spend(healthy, 9)
+	if d := l.MessagesOf(ctx, clients[healthy], 1); !d.Allowed || d.Fallback {
+		t.Fatalf("a key on a healthy node, behind renewals for a node that does not answer: %+v", d)
+	}
+}

@@ -35,7 +35,11 @@
 //
 // In ModeLease each Limiter reserves slices of a message rule's window budget
 // (Config.LeaseSize units per Redis call, atomically, out of what is left of
-// the window) and decides locally until its slice is spent. A slice is only
+// the window) and decides locally until its slice is spent. A slice of 16
+// units or more is renewed before it runs out: a decision that leaves it
+// under half its size has the next slice leased in the background
+// (leases.ahead), and the decisions spend the rest meanwhile, so a
+// Limiter holds under 1.5 x LeaseSize of a key. A slice is only
 // ever carved out of the N units of one window, so the bound is:
 //
 //   - at most N messages of a key pass per window, all replicas together: no
@@ -49,14 +53,14 @@
 //   - the price is undershoot: a Limiter that finds the window's budget spent
 //     refuses and blocks the key, as in exact mode, while other replicas may
 //     still hold unused units, so a key can be refused after as few as
-//     N - (replicas-1) x LeaseSize messages of a window.
+//     N - (replicas-1) x 1.5 x LeaseSize messages of a window.
 //
 // Two assumptions stand behind "at most N": the replicas' and Redis's clocks
 // advance at the same rate within 0.1%, and an invalidation reaches a replica
 // before the block it announces ends. Should a replica's connection stall
 // for longer, it could spend in the window after a block the units it held
-// (at most LeaseSize each), so the general bound is N + (replicas-1) x
-// LeaseSize per window. Failure-mode fallbacks are outside these bounds, as
+// (under 1.5 x LeaseSize each), so the general bound is N + (replicas-1) x
+// 1.5 x LeaseSize per window. Failure-mode fallbacks are outside these bounds, as
 // in exact mode. Lease mode uses one connection per Redis node, so that the
 // invalidations and the lease replies arrive in order. Handshakes, and the
 // memory store, are always exact.
@@ -570,6 +574,11 @@ func New(cfg Config) (*Limiter, error) {
 		l.logConnectError(err, "")
 	} else if err := l.reload(); err != nil {
 		l.log.Warn("admin records not read at start, trying every second", "err", err)
+	}
+	if l.lease != nil {
+		l.lease.renewals = make(chan *renewal, renewQueue)
+		l.wg.Add(1)
+		go l.renewSlices()
 	}
 	l.wg.Add(3)
 	go l.watchRedis()

@@ -155,6 +155,9 @@ return res
 // frame (batcher): the number of values, then a (granted, ms) pair per
 // rule: granted > 0 units with the window's remaining life, or 0 with the
 // retry of a refusal by the window, or -1 with the block's retry.
+// Negative units ask for a renewal (leases.ahead) of a slice still held:
+// a window with no unit left then grants 0 without a refusal, since no
+// message has gone over the limit yet.
 // A rule whose block key exists refuses, even with under a millisecond left,
 // which PTTL reports as 0, for a retry of 1ms: a slice taken then would be
 // dropped by the announcement of the key's deletion. A rule whose window
@@ -177,10 +180,12 @@ while a < #ARGV do
       res[o+2*i-1] = -1; res[o+2*i] = math.max(b, 1)
     else
       local used = tonumber(redis.call('GET', c) or '0')
-      if used >= limit then
+      if used >= limit and want < 0 then
+        res[o+2*i] = 1
+      elseif used >= limit then
         res[o+2*i] = refuse(c, g, window, block)
       else
-        local n = math.min(want, limit - used)
+        local n = math.min(math.abs(want), limit - used)
         redis.call('INCRBY', c, n)
         res[o+2*i-1] = n; res[o+2*i] = life(c, window)
       end
