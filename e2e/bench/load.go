@@ -139,7 +139,17 @@ type s1Result struct {
 	redis       redisCounts
 	cmds        cmdStats // every command Redis ran over the window, by name; nil without Redis
 	fallbacks   float64  // messages the gate decided without Redis (--failure-mode) in the window
+	calls, slow float64  // the gate's limiter calls decided on Redis in the window, and those over slowCall
 	rep         int      // the repetition it belongs to, which pairs it with the other targets' (set by the caller)
+}
+
+// slowShare is the share of the window's limiter calls decided on Redis that took over
+// slowCall (0 without any).
+func (x s1Result) slowShare() float64 {
+	if x.calls <= 0 {
+		return 0
+	}
+	return x.slow / x.calls
 }
 
 // runS1 keeps conns×inflight messages of size bytes in flight: each echo read is answered by a
@@ -199,16 +209,17 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 		}()
 	}
 	// Each end reads the counters in the same order, so that each counter's window is d long.
-	read := func() (cpu int64, redis cmdStats, fb float64, err error) {
+	read := func() (cpu int64, redis cmdStats, fb float64, calls [2]float64, err error) {
 		cpu = cpuTicks(pids, false)
 		redis, rerr := t.redisCalls()
 		fb, ferr := t.fallbacks()
-		return cpu, redis, fb, errors.Join(rerr, ferr)
+		calls, cerr := t.slowCalls()
+		return cpu, redis, fb, calls, errors.Join(rerr, ferr, cerr)
 	}
 	time.Sleep(time.Until(start))
-	cpu0, redis0, fb0, err0 := read()
+	cpu0, redis0, fb0, calls0, err0 := read()
 	time.Sleep(time.Until(end))
-	cpu1, redis1, fb1, err1 := read()
+	cpu1, redis1, fb1, calls1, err1 := read()
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
@@ -226,6 +237,8 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 		cpuPer1k:    float64(cpu1-cpu0) * 1000 / clockTicks / n * 1000,
 		redisPerMsg: nan,
 		fallbacks:   fb1 - fb0,
+		calls:       calls1[0] - calls0[0],
+		slow:        calls1[1] - calls0[1],
 	}
 	if t.redis != "" {
 		// Redis was read at both ends of the window with the load running, so its requests

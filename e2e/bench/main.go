@@ -393,8 +393,8 @@ func run(ctx context.Context, cfg config) (err error) {
 			r.s1[t.key] = append(r.s1[t.key], res)
 			fmt.Fprintf(os.Stderr, "  S1 %-16s %8.0f rt/s  %6.2f ms CPU/1k", t.name, res.rate, res.cpuPer1k)
 			if !math.IsNaN(res.redisPerMsg) {
-				fmt.Fprintf(os.Stderr, "  %.4f Redis req/rt (take %d, block check %d, other %d; %.0f messages decided without Redis)",
-					res.redisPerMsg, res.redis.take, res.redis.check, res.redis.other, res.fallbacks)
+				fmt.Fprintf(os.Stderr, "  %.4f Redis req/rt (take %d, block check %d, other %d; %.0f messages decided without Redis; %.1f%% of decisions over %s s)",
+					res.redisPerMsg, res.redis.take, res.redis.check, res.redis.other, res.fallbacks, 100*res.slowShare(), slowCall)
 			}
 			fmt.Fprintln(os.Stderr)
 		}

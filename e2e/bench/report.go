@@ -163,9 +163,14 @@ func pairedRatio[T any](xs, refs []T, rep func(T) int, f func(T) float64) float6
 	return median(q)
 }
 
-func s1Rep(x s1Result) int       { return x.rep }
-func s1Rate(x s1Result) float64  { return x.rate }
-func s1CPU(x s1Result) float64   { return x.cpuPer1k }
+func s1Rep(x s1Result) int      { return x.rep }
+func s1Rate(x s1Result) float64 { return x.rate }
+func s1CPU(x s1Result) float64  { return x.cpuPer1k }
+func s1Slow(x s1Result) float64 { return x.slowShare() }
+
+// slowCallMs is slowCall in the report's words.
+const slowCallMs = "0.25"
+
 func upgRep(x upgRate) int       { return x.rep }
 func upgValue(x upgRate) float64 { return x.rate }
 
@@ -547,6 +552,10 @@ func targetLines(byKey map[string]*row, rtt s2Result, micro string) [][3]string 
 			}
 			s += "; messages decided without Redis (`holo_ws_limiter_decisions_total{cause=\"fallback\"}`: Redis slower than `--redis-timeout` 50ms, or marked down) per repetition: " + strings.Join(fb, ", ")
 		}
+		if len(w.s1res) > 0 {
+			s += fmt.Sprintf("; limiter calls over %s ms (a decision that waited for Redis, its own call or another's lease): %s%%",
+				slowCallMs, fmtNum(100*medianOf(w.s1res, s1Slow), 1))
+		}
 		return s
 	}
 	out = append(out, [3]string{"Redis round trips per message, exact ≤ 1 (both rules)",
@@ -668,9 +677,13 @@ func scaleTable(cfg config, targets []*target, r *results) string {
 // A; for S2, their added latencies' medians (S2 keeps no repetitions).
 func abTable(cfg config, r *results) string {
 	a, b := "gate-"+cfg.gateBMode, keyB
-	header := []string{"measurement", "rt/s B÷A", "CPU ms/1k B÷A"}
+	header := []string{"measurement", "rt/s B÷A", "CPU ms/1k B÷A", "calls over " + slowCallMs + " ms B / A"}
 	row := func(name string, as, bs []s1Result) []string {
-		return []string{name, fmtRatio(pairedRatio(bs, as, s1Rep, s1Rate)), fmtRatio(pairedRatio(bs, as, s1Rep, s1CPU))}
+		slow := "—"
+		if cfg.gateBMode != "memory" {
+			slow = fmtNum(100*medianOf(bs, s1Slow), 1) + "% / " + fmtNum(100*medianOf(as, s1Slow), 1) + "%"
+		}
+		return []string{name, fmtRatio(pairedRatio(bs, as, s1Rep, s1Rate)), fmtRatio(pairedRatio(bs, as, s1Rep, s1CPU)), slow}
 	}
 	cells := [][]string{row(fmt.Sprintf("S1 %d×%d", cfg.s1Conns, cfg.s1Inflight), r.s1[a], r.s1[b])}
 	for _, sh := range cfg.scale {
@@ -703,13 +716,16 @@ func redisDecided(xs []s1Result) (ls []s1Result, all bool) {
 // scaleFallbacks is the footnote of the S1-at-scale table: the share of messages decided without
 // Redis in each repetition of each gate on Redis that had any.
 func scaleFallbacks(cfg config, targets []*target, r *results) string {
-	var parts []string
+	var parts, slow []string
 	for _, t := range targets {
 		if t.skip != "" || t.redis == "" {
 			continue
 		}
 		for _, sh := range cfg.scale {
 			xs := r.scale[sh][t.key]
+			if len(xs) > 0 {
+				slow = append(slow, fmt.Sprintf("%s %d×%d %s%%", t.name, sh.conns, sh.inflight, fmtNum(100*medianOf(xs, s1Slow), 1)))
+			}
 			shares := make([]string, len(xs))
 			some := false
 			for i, x := range xs {
@@ -727,9 +743,14 @@ func scaleFallbacks(cfg config, targets []*target, r *results) string {
 	}
 	s := fmt.Sprintf("A gate on Redis decides a message with its failure mode (`local`: the memory store) when the Redis call outlasts `--redis-timeout` (50ms) or the node is marked down after three such calls in a row (counted from `holo_ws_limiter_decisions_total{cause=\"fallback\"}`). A repetition in which more than %.0f%% of the messages were decided so measures the memory store for part of them: it is left out of the gate's figures at that row, unless every repetition of the row is, which marks the figures †.", 100*fallbackShare)
 	if len(parts) == 0 {
-		return s + " No repetition here had any.\n"
+		s += " No repetition here had any."
+	} else {
+		s += " Messages decided without Redis, per repetition: " + strings.Join(parts, "; ") + "."
 	}
-	return s + " Messages decided without Redis, per repetition: " + strings.Join(parts, "; ") + ".\n"
+	if len(slow) > 0 {
+		s += " Limiter calls over " + slowCallMs + " ms (decisions that waited for Redis: their own call, or another decision's lease of the same key), median per row: " + strings.Join(slow, ", ") + "."
+	}
+	return s + "\n"
 }
 
 // scaleTargetLines checks S1 at scale: throughput (memory and lease ≥ 1.0× nginx, exact ≥

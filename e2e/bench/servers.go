@@ -429,6 +429,24 @@ func (t *target) fallbacks() (float64, error) {
 	return t.metric("holo_ws_limiter_decisions_total", `cause="fallback"`)
 }
 
+// slowCall is the limiter call time past which a decision on Redis waited: for its own call
+// to Redis, or for another decision's lease of the same key. A decision from a lease slice
+// takes about a microsecond.
+const slowCall = "0.00025"
+
+// slowCalls returns the gate's limiter calls that Redis decided (holo_ws_limiter_duration_seconds
+// with store="redis": one per decision, which may cover several messages), and those of them
+// that took over slowCall. 0s for other targets.
+func (t *target) slowCalls() (c [2]float64, err error) {
+	const h = "holo_ws_limiter_duration_seconds"
+	all, err := t.metric(h+"_count", `store="redis"`)
+	if err != nil {
+		return c, err
+	}
+	fast, err := t.metric(h+"_bucket", `store="redis",le="`+slowCall+`"`)
+	return [2]float64{all, all - fast}, err
+}
+
 // redisSettled waits, at most 10 s, until a gate on Redis reports its Redis up
 // (holo_ws_redis_up): the decisions of a storm of handshakes, such as the one that opens an S1
 // at thousands of connections, can outlast --redis-timeout on a machine this busy, and three
