@@ -200,7 +200,8 @@ type leases struct {
 	calls      int
 	sweepEvery int
 
-	// renewals is the renewer's queue (ahead); nil: no renewal ahead.
+	// renewals is the renewer's queue (ahead); nil: no renewal ahead (no
+	// Redis, or the renewer stopped at Close, which sets it under mu).
 	renewals chan *renewal
 
 	// woken, a test seam (nil otherwise), runs when a decision stopped
@@ -464,7 +465,7 @@ func (ls *leases) spend(cs [2]counter, n int, wait bool) (_ int, r *refill, w *w
 // too few to queue behind its refills.
 const renewMin = 16
 
-// renewal is a lease for slices still in use, made by the renewer
+// renewal is a lease for a slice still in use, made by the renewer
 // (Limiter.renewSlices) off the decisions' path. A busy key's slice (a
 // shared client address's) runs out many times a second; every decision
 // that finds it spent waits for the refill, and the relay hands the rest of
@@ -472,16 +473,18 @@ const renewMin = 16
 // half its size is therefore renewed while its last units are spent, and
 // the renewal's units join the slice.
 //
-// The renewal needs no block check: the slices were usable when it was
-// asked for, so their block keys were tracked from the check that
-// preceded their grant, and any write to a block key since reaches
+// The renewal needs no block check: the slice was usable when it was
+// asked for, so its block key was tracked from the check that preceded
+// its grant, and any write to the block key since reaches
 // invalidate before the renewal's reply, moving gen, which drops the
 // grant (renewed). Its script grants what is left of the window and
 // refuses nothing: no message has gone over the limit yet, and the first
 // that does takes the full path, whose lease refuses and blocks. While it
-// is under way the entries' refill is its r, so that no other call leases
-// them and the decisions that find the slice spent wait for it (spend,
-// reserve) as for any refill.
+// is under way the entry's refill is its r, so that no other call leases
+// it and the decisions that find the slice spent wait for it (spend,
+// reserve) as for any refill. Its arrays are indexed by rule, as a
+// decision's, with only the renewed rule's set (renewAll and renewed take
+// either).
 type renewal struct {
 	r    *refill
 	cs   [2]counter // the keys, without a Client's pointers
@@ -490,37 +493,27 @@ type renewal struct {
 	size [2]int
 }
 
-// ahead asks the renewer for the renewal of the slices of es that are
-// below half their size, when none is under way for them. A renewer that
-// is behind (its queue full) is not waited for: the slices run out and a
-// decision leases them. ls.mu is held.
+// ahead asks the renewer for the renewal of each slice of es that is below
+// half its size, when none is under way for it: a renewal of its own for
+// each slice, so that one key's call (a Cluster node that does not answer)
+// never holds another's. A renewer that is behind (its queue full) or
+// stopped is not waited for: the slices run out and a decision leases
+// them. ls.mu is held.
 func (ls *leases) ahead(cs [2]counter, es [2]*leaseEntry) {
-	if ls.renewals == nil {
-		return
-	}
-	var rn *renewal
 	for i, e := range es {
 		size := cs[i].rule.lease
-		if e == nil || e.refill != nil || e.small > 0 || e.dry || size < renewMin || 2*e.left >= size {
+		if ls.renewals == nil || e == nil || e.refill != nil || e.small > 0 || e.dry || size < renewMin || 2*e.left >= size {
 			continue
 		}
-		if rn == nil {
-			rn = &renewal{r: &refill{done: make(chan struct{})}}
-		}
+		rn := &renewal{r: &refill{done: make(chan struct{})}}
 		rn.cs[i] = counter{rule: cs[i].rule, id: cs[i].id, blk: cs[i].blk}
 		rn.es[i], rn.gens[i], rn.size[i] = e, e.gen, size
-	}
-	if rn == nil {
-		return
-	}
-	select {
-	case ls.renewals <- rn:
-		for _, e := range rn.es {
-			if e != nil {
-				e.refill = rn.r
-			}
+		select {
+		case ls.renewals <- rn:
+			e.refill = rn.r
+		default:
+			return
 		}
-	default:
 	}
 }
 
@@ -529,20 +522,21 @@ const renewQueue = 64
 
 // renewSlices makes the renewals that decisions ask for (leases.ahead)
 // until Close: what is queued when it looks, in one call (renewAll). At
-// Close the renewals still queued end unmade, and their waiters take the
-// full path (which fails once the client is closed). One asked for after
-// that is not made: a decision that waits for it ends at its deadline.
+// Close it stops taking renewals, and those still queued end unmade: their
+// waiters take the full path, which fails once the client is closed.
 func (l *Limiter) renewSlices() {
 	defer l.wg.Done()
+	ls := l.lease
+	queue := ls.renewals
 	var batch []*renewal
 	for {
 		select {
-		case rn := <-l.lease.renewals:
+		case rn := <-queue:
 			batch = append(batch[:0], rn)
 		more:
 			for len(batch) < groupMax {
 				select {
-				case rn := <-l.lease.renewals:
+				case rn := <-queue:
 					batch = append(batch, rn)
 				default:
 					break more
@@ -551,10 +545,13 @@ func (l *Limiter) renewSlices() {
 			l.renewAll(batch)
 			clear(batch)
 		case <-l.stop:
+			ls.mu.Lock()
+			ls.renewals = nil // ahead asks for none from now on
+			ls.mu.Unlock()
 			for {
 				select {
-				case rn := <-l.lease.renewals:
-					l.lease.renewed(rn, [2]grant{}, errRedisDown, time.Time{})
+				case rn := <-queue:
+					ls.renewed(rn, [2]grant{}, errRedisDown, time.Time{})
 				default:
 					return
 				}

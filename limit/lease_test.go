@@ -910,7 +910,7 @@ func evalshaCalls(t *testing.T, s *redisServer) int {
 // TestLeaseClusterRenewalsApart: on a Cluster, renewals for a node that
 // does not answer hold no renewal for another node, so a key on a healthy
 // node whose slice runs out is decided by Redis, not by the failure mode
-// after a wait behind them.
+// after a wait behind them; the same for the two slices of one decision.
 func TestLeaseClusterRenewalsApart(t *testing.T) {
 	nodes, url := startCluster(t)
 	p := keyPrefix(t)
@@ -954,5 +954,81 @@ func TestLeaseClusterRenewalsApart(t *testing.T) {
 	spend(healthy, 9)
 	if d := l.MessagesOf(ctx, clients[healthy], 1); !d.Allowed || d.Fallback {
 		t.Fatalf("a key on a healthy node, behind renewals for a node that does not answer: %+v", d)
+	}
+	nodes[hungNode].resume()
+
+	// A decision whose user and address slices both go under half asks
+	// for two renewals: the address's, on a healthy node, neither waits
+	// for the user's nor is lost with it.
+	p += ":both"
+	l = newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: 300 * time.Millisecond,
+		Mode: ModeLease, LeaseSize: 20, Rules: Rules{
+			UserMessages: rate(1000, time.Minute, time.Minute),
+			IPMessages:   rate(1000, time.Minute, time.Minute),
+		}})
+	ip := "10.0.0.1"
+	ipKey := p + ":im:{" + ip + "}"
+	ipNode := slotOwner(t, nodes, ipKey)
+	hungUser, okUser := "", ""
+	for i := 0; i < 1000 && (hungUser == "" || okUser == ""); i++ {
+		id := fmt.Sprint("k", i)
+		switch o := owner(id); {
+		case o != ipNode && hungUser == "":
+			hungUser = id
+		case o == ipNode && okUser == "":
+			okUser = id
+		}
+	}
+	for _, id := range []string{hungUser, okUser} {
+		clients[id] = l.Client(id, ip)
+	}
+	if d := l.MessagesOf(ctx, clients[hungUser], 1); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d)
+	}
+	spend(hungUser, 9) // 10 left of both slices
+	hungNode = owner(hungUser)
+	nodes[hungNode].pause()
+	defer nodes[hungNode].resume()
+	spend(hungUser, 1) // both under half
+	if d := l.MessagesOf(ctx, clients[okUser], 1); !d.Allowed || d.Fallback {
+		t.Fatalf("the healthy user's first message: %+v", d)
+	}
+	spend(okUser, 8) // the address's slice spent, unless its renewal came
+	if d := l.MessagesOf(ctx, clients[okUser], 1); !d.Allowed || d.Fallback {
+		t.Fatalf("a decision whose keys are all on healthy nodes, behind a silent node: %+v", d)
+	}
+	if got := nodes[ipNode].cli("get", ipKey); got != "40" {
+		t.Fatalf("the address's counter %s, want 40: a slice and its renewal", got)
+	}
+}
+
+// TestLeaseNoRenewalAfterClose: once the renewer has stopped, no renewal is
+// asked for, so a decision that finds its slice spent leases (and fails
+// with the closed client) instead of waiting its deadline for a renewal
+// nobody makes. Slices of a rule without block outlive the client's close.
+func TestLeaseNoRenewalAfterClose(t *testing.T) {
+	s := startRedis(t)
+	l := newLimiter(t, Config{RedisURL: s.url(), KeyPrefix: keyPrefix(t), Timeout: time.Second,
+		Mode: ModeLease, LeaseSize: 20, Rules: Rules{UserMessages: rate(1000, time.Minute, 0)}})
+	c := l.Client("u", "192.0.2.1")
+	if d := l.MessagesOf(context.Background(), c, 1); !d.Allowed || d.Fallback {
+		t.Fatalf("first message: %+v", d)
+	}
+	for range 10 { // 9 left: under half
+		if d, ok := l.MessagesNow(c, 1); !ok || !d.Allowed {
+			t.Fatalf("a message from the slice: %+v, %v", d, ok)
+		}
+	}
+	waitFor(t, "the renewal", func() bool { return l.lease.refillWaiters(&l.userMsg, "u") < 0 })
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // spends the 29 units, asking for a renewal below 10 as before Close
+		if d, ok := l.MessagesNow(c, 1); !ok || !d.Allowed {
+			t.Fatalf("a message from the slice after Close: %+v, %v", d, ok)
+		}
+	}
+	if n := l.lease.refillWaiters(&l.userMsg, "u"); n >= 0 {
+		t.Fatal("a renewal asked for after Close, which nobody makes")
 	}
 }
