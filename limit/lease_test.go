@@ -765,11 +765,17 @@ func TestLeaseRenewsAhead(t *testing.T) {
 
 	// A renewal under way: the old units are spent, then decisions wait
 	// for it and are served from it.
-	c = l.Client("v", "192.0.2.1")
-	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
-		t.Fatalf("v's first message: %+v", d)
+	// fresh gives c a new user whose first message leased a slice, 10 of
+	// its 20 units left.
+	fresh := func(id string) {
+		t.Helper()
+		c = l.Client(id, "192.0.2.1")
+		if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
+			t.Fatalf("%s's first message: %+v", id, d)
+		}
+		now(9)
 	}
-	now(9) // 10 left
+	fresh("v")
 	s.pause()
 	now(1)
 	if !renewing() {
@@ -801,11 +807,7 @@ func TestLeaseRenewsAhead(t *testing.T) {
 	}
 
 	// A renewal whose block key changed meanwhile (gen moved) is dropped.
-	c = l.Client("w", "192.0.2.1")
-	if d := l.MessagesOf(ctx, c, 1); !d.Allowed || d.Fallback {
-		t.Fatalf("w's first message: %+v", d)
-	}
-	now(9) // 10 left
+	fresh("w")
 	s.pause()
 	now(1)
 	ls.mu.Lock()
