@@ -27,26 +27,14 @@ type grant struct {
 // A renewal (leases.ahead) is granted what is left of a window without a
 // refusal when nothing is.
 func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int, renew bool) (g [2]grant, err error) {
-	var idx []int
-	for i := range cs {
-		if size[i] > 0 {
-			idx = append(idx, i)
-		}
-	}
+	idx := leased(size)
 	switch {
 	case len(idx) == 0:
 		return g, nil
 	case len(idx) == 1 || !s.cluster:
 		k := leaseOf(s.leases.buffer(), cs, size, idx, renew)
 		vals, err := s.leases.do(ctx, s.client, k)
-		var out [2]grant
-		if err := parseLease(vals, err, out[:len(idx)]); err != nil {
-			return g, err
-		}
-		for j, i := range idx {
-			g[i] = out[j]
-		}
-		return g, nil
+		return grantsOf(vals, err, idx)
 	}
 	calls := make([]call, len(idx))
 	for j, i := range idx {
@@ -58,6 +46,29 @@ func (s *redisStore) lease(ctx context.Context, cs [2]counter, size [2]int, rene
 		errs[idx[j]] = parseLease(vals, err, g[idx[j]:idx[j]+1])
 	}
 	return g, failure(errs)
+}
+
+// leased returns the rules (0 user, 1 IP) with units to lease in size.
+func leased(size [2]int) (idx []int) {
+	for i := range size {
+		if size[i] > 0 {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// grantsOf reads one leaseScript call's answer (vals, or its error err)
+// for the rules idx into grants indexed by rule.
+func grantsOf(vals []int64, err error, idx []int) (g [2]grant, _ error) {
+	var out [2]grant
+	if err := parseLease(vals, err, out[:len(idx)]); err != nil {
+		return g, err
+	}
+	for j, i := range idx {
+		g[i] = out[j]
+	}
+	return g, nil
 }
 
 // leaseOf appends to k (empty, maybe with room: batcher.buffer) the
@@ -612,25 +623,16 @@ func (l *Limiter) renewAll(batch []*renewal) {
 	ctx, cancel := context.WithTimeout(l.bg, l.timeout)
 	defer cancel()
 	var k call
-	idx := make([][]int, len(send))
-	for j, rn := range send {
-		for i := range rn.size {
-			if rn.size[i] > 0 {
-				idx[j] = append(idx[j], i)
-			}
-		}
-		k = leaseOf(k, rn.cs, rn.size, idx[j], true)
+	for _, rn := range send {
+		k = leaseOf(k, rn.cs, rn.size, leased(rn.size), true)
 	}
 	parts, err := unframed(leaseScript.one(ctx, rs.client, k), len(send))
 	for j, rn := range send {
-		var g, out [2]grant
-		err := err
+		var vals []int64
 		if err == nil {
-			err = parseLease(parts[j], nil, out[:len(idx[j])])
+			vals = parts[j]
 		}
-		for n, i := range idx[j] {
-			g[i] = out[n]
-		}
+		g, err := grantsOf(vals, err, leased(rn.size))
 		l.lease.renewed(rn, g, err, sent)
 	}
 }

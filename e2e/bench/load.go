@@ -212,9 +212,8 @@ func runS1With(ctx context.Context, t *target, dial dialer, one []byte, conns, i
 	read := func() (cpu int64, redis cmdStats, fb float64, calls [2]float64, err error) {
 		cpu = cpuTicks(pids, false)
 		redis, rerr := t.redisCalls()
-		fb, ferr := t.fallbacks()
-		calls, cerr := t.slowCalls()
-		return cpu, redis, fb, calls, errors.Join(rerr, ferr, cerr)
+		fb, calls, derr := t.decisions()
+		return cpu, redis, fb, calls, errors.Join(rerr, derr)
 	}
 	time.Sleep(time.Until(start))
 	cpu0, redis0, fb0, calls0, err0 := read()

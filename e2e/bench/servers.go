@@ -434,17 +434,19 @@ func (t *target) fallbacks() (float64, error) {
 // takes about a microsecond.
 const slowCall = "0.00025"
 
-// slowCalls returns the gate's limiter calls that Redis decided (holo_ws_limiter_duration_seconds
-// with store="redis": one per decision, which may cover several messages), and those of them
-// that took over slowCall. 0s for other targets.
-func (t *target) slowCalls() (c [2]float64, err error) {
-	const h = "holo_ws_limiter_duration_seconds"
-	all, err := t.metric(h+"_count", `store="redis"`)
+// decisions returns, from one scrape of the gate's metrics, its fallbacks (as fallbacks does),
+// its limiter calls that Redis decided (holo_ws_limiter_duration_seconds with store="redis": one
+// per decision, which may cover several messages), and those of them that took over slowCall.
+// 0s for other targets.
+func (t *target) decisions() (fb float64, calls [2]float64, err error) {
+	text, err := t.scrape()
 	if err != nil {
-		return c, err
+		return 0, calls, err
 	}
-	fast, err := t.metric(h+"_bucket", `store="redis",le="`+slowCall+`"`)
-	return [2]float64{all, all - fast}, err
+	const h = "holo_ws_limiter_duration_seconds"
+	all := sample(text, h+"_count", `store="redis"`)
+	fast := sample(text, h+"_bucket", `store="redis",le="`+slowCall+`"`)
+	return sample(text, "holo_ws_limiter_decisions_total", `cause="fallback"`), [2]float64{all, all - fast}, nil
 }
 
 // redisSettled waits, at most 10 s, until a gate on Redis reports its Redis up
@@ -467,21 +469,33 @@ func (t *target) redisSettled() {
 // metric returns the sum of the samples of the gate's metric name whose labels contain label
 // (any sample when it is ""). 0 for other targets.
 func (t *target) metric(name, label string) (float64, error) {
+	text, err := t.scrape()
+	return sample(text, name, label), err
+}
+
+// scrape returns the text of the gate's /metrics ("" for other targets).
+func (t *target) scrape() (string, error) {
 	if t.admin == "" {
-		return 0, nil
+		return "", nil
 	}
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + t.admin + "/metrics")
 	if err != nil {
-		return 0, fmt.Errorf("%s metrics: %w", t.name, err)
+		return "", fmt.Errorf("%s metrics: %w", t.name, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, fmt.Errorf("%s metrics: %w", t.name, err)
+		return "", fmt.Errorf("%s metrics: %w", t.name, err)
 	}
+	return string(b), nil
+}
+
+// sample returns the sum of the samples of metric name in text (a /metrics scrape) whose labels
+// contain label (any sample when it is "").
+func sample(text, name, label string) float64 {
 	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(v, " ") || strings.HasPrefix(v, "{")) && strings.Contains(v, label) {
 			f := strings.Fields(v)
 			if len(f) > 0 {
@@ -490,7 +504,7 @@ func (t *target) metric(name, label string) (float64, error) {
 			}
 		}
 	}
-	return sum, nil
+	return sum
 }
 
 func waitReady(p *proc, url string) error {
