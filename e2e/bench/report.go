@@ -32,6 +32,7 @@ type machine struct {
 	nginx     string
 	haproxy   string
 	redis     string
+	idle      string // how an idle CPU waits (cpuidle), which sets what waking one costs
 	otherCPU  float64
 	elapsed   time.Duration
 }
@@ -60,6 +61,7 @@ func describeMachine() machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.kernel = strings.TrimSpace(string(b))
 	}
+	m.idle = describeIdle()
 	m.goVersion = firstLine("go", "version")
 	for _, v := range []struct {
 		dst  *string
@@ -72,6 +74,32 @@ func describeMachine() machine {
 		}
 	}
 	return m
+}
+
+// describeIdle names the cpuidle driver and, with the haltpoll driver of a
+// guest, how long an idle CPU polls before it halts. A halted virtual CPU
+// is woken through the hypervisor: where it does not poll, every wait of a
+// one-message round trip (S2) can cost such a wake.
+func describeIdle() string {
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	driver := read("/sys/devices/system/cpu/cpuidle/current_driver")
+	if driver == "" {
+		return "unknown"
+	}
+	s := "cpuidle driver " + driver
+	if ns := read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"); driver == "haltpoll" && ns != "" {
+		s += ", guest halt polling " + ns + " ns"
+		if ns == "0" {
+			s += " (off: an idle CPU halts at once)"
+		}
+	}
+	return s
 }
 
 // report is what buildReport produces.
@@ -276,8 +304,8 @@ func buildReport(cfg config, m machine, e *env, targets []*target, r *results) r
 
 	p("## Machine\n\n")
 	p("| | |\n| --- | --- |\n")
-	p("| CPUs (`nproc`) | %d |\n| CPU | %s |\n| kernel | %s |\n| Go | %s |\n| nginx | %s |\n| HAProxy | %s |\n| Redis | %s |\n\n",
-		m.ncpu, m.cpuModel, m.kernel, m.goVersion, m.nginx, m.haproxy, m.redis)
+	p("| CPUs (`nproc`) | %d |\n| CPU | %s |\n| idle CPUs | %s |\n| kernel | %s |\n| Go | %s |\n| nginx | %s |\n| HAProxy | %s |\n| Redis | %s |\n\n",
+		m.ncpu, m.cpuModel, m.idle, m.kernel, m.goVersion, m.nginx, m.haproxy, m.redis)
 	p("The load generator, the backend, the proxy under test and Redis share these %d CPUs, as a sidecar shares a pod.\n\n", m.ncpu)
 
 	p("## Commands\n\n")
