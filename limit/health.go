@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,6 +209,9 @@ func (h *health) probe(ctx context.Context, c rueidis.Client, within time.Durati
 			continue
 		}
 		nc := clients[n.addr]
+		if nc == nil && strings.HasPrefix(n.addr, ":") {
+			nc = byPort(clients, n.addr)
+		}
 		if nc == nil {
 			continue
 		}
@@ -221,6 +226,31 @@ func (h *health) probe(ctx context.Context, c rueidis.Client, within time.Durati
 			h.up(n)
 		}
 	}
+}
+
+// nodeAddr names a master of CLUSTER SLOTS as rueidis names its connection
+// to it, so that probe finds it among the client's nodes: host and port
+// joined, an IPv6 host in brackets. An unknown endpoint (null or empty: a
+// master behind a load balancer, whose clients are to use the address they
+// asked with the port given) makes ":port", which rueidis names after the
+// address it asked and probe finds by its port (byPort).
+func nodeAddr(host string, port int64) string {
+	return net.JoinHostPort(host, strconv.FormatInt(port, 10))
+}
+
+// byPort returns the only client of clients whose name ends in suffix
+// (":port"), or nil when none or several do.
+func byPort(clients map[string]rueidis.Client, suffix string) rueidis.Client {
+	var found rueidis.Client
+	for name, c := range clients {
+		if strings.HasSuffix(name, suffix) {
+			if found != nil {
+				return nil
+			}
+			found = c
+		}
+	}
+	return found
 }
 
 // refresh reloads the Cluster's map of slots to masters (CLUSTER SLOTS).
@@ -249,7 +279,11 @@ func (h *health) refresh(ctx context.Context, c rueidis.Client) error {
 		}
 		host, _ := master[0].ToString()
 		port, _ := master[1].AsInt64()
-		addr := host + ":" + strconv.FormatInt(port, 10)
+		if host == "?" {
+			// Hostnames announced but none set: no client can reach it.
+			continue
+		}
+		addr := nodeAddr(host, port)
 		n := h.nodes[addr]
 		if n == nil {
 			n = &node{addr: addr}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // proxiedLimiter returns a FailClosed Limiter of cfg's Mode and LeaseSize,
@@ -170,4 +172,76 @@ func TestClusterNodeDown(t *testing.T) {
 		time.Sleep(20 * ms)
 	}
 	t.Logf("%d decisions of the live user by redis, %d of the dead one by the failure mode", byRedis, fallbacks)
+}
+
+// TestClusterNodeUpAgain stalls the master of a user's keys until the
+// Limiter marks it down, resumes it, and waits for the probe to mark it up:
+// the probe must find the node among the client's connections by the name
+// rueidis gives it. A master whose CLUSTER SLOTS endpoint is unknown (behind
+// a load balancer: cluster-preferred-endpoint-type unknown-endpoint) is
+// named by rueidis after the address it asked, with the port the map gives.
+func TestClusterNodeUpAgain(t *testing.T) {
+	for _, endpoint := range []string{"ip", "unknown-endpoint"} {
+		t.Run(endpoint, func(t *testing.T) {
+			nodes, url := startCluster(t, "--cluster-preferred-endpoint-type", endpoint)
+			p := keyPrefix(t)
+			l := newLimiter(t, Config{RedisURL: url, KeyPrefix: p, Timeout: faultTimeout, FailureMode: FailClosed,
+				Rules: Rules{UserMessages: rate(1000, time.Minute, time.Second)}})
+			ctx := context.Background()
+			if d := l.Message(ctx, "u", "a"); !d.Allowed || d.Fallback {
+				t.Fatalf("before the stall: %+v", d)
+			}
+			owner := nodes[slotOwner(t, nodes, p+":um:{u}")]
+			owner.pause()
+			for range failAfter {
+				if d := l.Message(ctx, "u", "a"); !d.Fallback {
+					owner.resume()
+					t.Fatalf("while the master is stalled: %+v, want a fallback", d)
+				}
+			}
+			owner.resume()
+			if d := l.Message(ctx, "u", "a"); !d.Fallback {
+				t.Fatalf("just after the stall: %+v, want the node still marked down", d)
+			}
+			waitFor(t, "a decision by Redis after the master resumed", func() bool {
+				d := l.Message(ctx, "u", "a")
+				return d.Allowed && !d.Fallback
+			})
+		})
+	}
+}
+
+// TestNodeAddr checks the names health gives masters against the names
+// rueidis gives its connections (net.JoinHostPort of the endpoint and port):
+// an IPv6 master named "::1:7000" was never found, so never probed, and a
+// node marked down stayed down.
+func TestNodeAddr(t *testing.T) {
+	for _, c := range []struct {
+		host string
+		port int64
+		want string
+	}{
+		{"10.0.0.5", 7000, "10.0.0.5:7000"},
+		{"::1", 7000, "[::1]:7000"},
+		{"fd00::5", 6379, "[fd00::5]:6379"},
+		{"redis-0.redis", 6379, "redis-0.redis:6379"},
+		{"", 7001, ":7001"},
+	} {
+		if got := nodeAddr(c.host, c.port); got != c.want {
+			t.Errorf("nodeAddr(%q, %d) = %q, want %q", c.host, c.port, got, c.want)
+		}
+	}
+	a, b := rueidis.Client(nil), rueidis.Client(nil)
+	var x, y rueidis.Client = &struct{ rueidis.Client }{a}, &struct{ rueidis.Client }{b}
+	clients := map[string]rueidis.Client{"lb:7000": x, "lb:17000": y}
+	if byPort(clients, ":7000") != x {
+		t.Error("byPort(:7000) did not find lb:7000 (or took lb:17000)")
+	}
+	if byPort(clients, ":7002") != nil {
+		t.Error("byPort found a port no node has")
+	}
+	clients["other:7000"] = y
+	if byPort(clients, ":7000") != nil {
+		t.Error("byPort chose one of two nodes on the same port")
+	}
 }
