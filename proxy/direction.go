@@ -23,7 +23,7 @@ type direction struct {
 	s         frames.Stream
 	out       batch // frames for dst not written yet
 	client    bool  // reads the client
-	idle      bool  // blocked between frames on a source the poller cannot hold
+	idle      bool  // waits for a header where no kick reaches it: looks at the pair once per keeper tick
 	quiet     bool  // the last read emptied the socket and nothing woke d since
 	noPoll    bool  // the poller refused the socket: d blocks on it instead
 	srcDone   bool  // nothing more is read from src: its close frame came, or it ended
@@ -248,8 +248,13 @@ func (d *direction) readMore() (parked bool, err error) {
 		d.pr.p.log.Warn("relay: poller refused a socket", "err", err)
 		d.noPoll = true
 	}
-	// Part of a header, or a source the poller cannot hold.
-	d.idle = d.r.Buffered() == 0
+	// Part of a header, or a source the poller cannot hold. A wait on such
+	// a source (the runtime's, which no kick reaches) looks at the pair's
+	// state once per keeper tick, between frames and inside a header alike
+	// (the header's bytes stay buffered): an ending must not wait for the
+	// rest of a header that may never come. A socket the gate owns is woken
+	// by the ending instead (source.Read).
+	d.idle = d.r.Buffered() == 0 || !d.src().owned
 	d.inHeader = true
 	err = d.r.ReadMore()
 	idle := d.idle

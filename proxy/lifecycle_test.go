@@ -595,19 +595,10 @@ func (l wrappedListener) Accept() (net.Conn, error) {
 	return wrappedConn{c}, nil
 }
 
-// TestUnpollableClient relays through a client connection the poller
-// cannot hold: echoes, a refusal that still delivers every reply owed, and
-// an idle timeout all work, and nothing remains afterwards.
-func TestUnpollableClient(t *testing.T) {
-	lim, err := limit.New(limit.Config{Rules: limit.Rules{
-		UserMessages: limit.Rule{Limit: 20, Window: time.Minute},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
-	u := mustURL(t, backend(t).URL)
-	p, err := New(Config{Upstream: u, Limiter: lim, CloseTimeout: time.Second, IdleTimeout: 400 * time.Millisecond})
+// wrappedGate serves cfg through a wrappedListener.
+func wrappedGate(t *testing.T, cfg Config) *gate {
+	t.Helper()
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,7 +611,23 @@ func TestUnpollableClient(t *testing.T) {
 		_ = p.Shutdown(ctx)
 		s.Close()
 	})
-	g := &gate{Server: s, proxy: p}
+	return &gate{Server: s, proxy: p}
+}
+
+// TestUnpollableClient relays through a client connection the poller
+// cannot hold: echoes, a refusal that still delivers every reply owed, and
+// an idle timeout all work, and nothing remains afterwards.
+func TestUnpollableClient(t *testing.T) {
+	lim, err := limit.New(limit.Config{Rules: limit.Rules{
+		UserMessages: limit.Rule{Limit: 20, Window: time.Minute},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	u := mustURL(t, backend(t).URL)
+	g := wrappedGate(t, Config{Upstream: u, Limiter: lim, CloseTimeout: time.Second, IdleTimeout: 400 * time.Millisecond})
+	p := g.proxy
 
 	// 25 messages at 20/min: 20 echoes, the 429 frame, 4008.
 	conn, br := rawClient(t, g, "/echo")
@@ -958,30 +965,42 @@ func TestDrainTextNotInsideCompressedMessage(t *testing.T) {
 // of a frame header, and no more, does not hold back the upstream's close
 // at a drain until the close deadline: nothing of that frame went
 // upstream, so the close goes at once and the upstream has the close
-// timeout to answer.
+// timeout to answer. Also for a client connection the poller cannot hold
+// (a PROXY-protocol listener's), whose direction keeps a goroutine and
+// must look at the pair's state once per keeper tick: it used to wait for
+// the rest of the header with no deadline.
 func TestPartialHeaderDoesNotHoldUpstreamClose(t *testing.T) {
-	got := make(chan time.Time, 1)
-	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
-		h, err := ws.ReadHeader(br)
-		if err == nil && h.OpCode == ws.OpClose {
-			got <- time.Now()
-		}
-		_, _ = io.Copy(io.Discard, br)
-	})
-	g := newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 1500 * time.Millisecond })
-	conn, _ := rawClient(t, g, "/")
-	waitFor(t, func() bool { return g.proxy.Active() == 1 })
-	_, _ = conn.Write([]byte{0x81}) // first byte of a header
-	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
-	go g.proxy.Drain(context.Background(), 1, 0)
-	select {
-	case at := <-got:
-		if d := at.Sub(start); d > 500*time.Millisecond {
-			t.Fatalf("upstream got its close %v after the drain began (close timeout 1.5s)", d)
-		}
-	case <-time.After(4 * time.Second):
-		t.Fatal("no close upstream")
+	for _, wrapped := range []bool{false, true} {
+		t.Run(fmt.Sprint("wrapped=", wrapped), func(t *testing.T) {
+			got := make(chan time.Time, 1)
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				h, err := ws.ReadHeader(br)
+				if err == nil && h.OpCode == ws.OpClose {
+					got <- time.Now()
+				}
+				_, _ = io.Copy(io.Discard, br)
+			})
+			var g *gate
+			if wrapped {
+				g = wrappedGate(t, Config{Upstream: mustURL(t, up.URL), CloseTimeout: 1500 * time.Millisecond})
+			} else {
+				g = newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 1500 * time.Millisecond })
+			}
+			conn, _ := rawClient(t, g, "/")
+			waitFor(t, func() bool { return g.proxy.Active() == 1 })
+			_, _ = conn.Write([]byte{0x81}) // first byte of a header
+			time.Sleep(100 * time.Millisecond)
+			start := time.Now()
+			go g.proxy.Drain(context.Background(), 1, 0)
+			select {
+			case at := <-got:
+				if d := at.Sub(start); d > 500*time.Millisecond {
+					t.Fatalf("upstream got its close %v after the drain began (close timeout 1.5s, keeper tick %v)", d, g.proxy.tick)
+				}
+			case <-time.After(4 * time.Second):
+				t.Fatal("no close upstream")
+			}
+		})
 	}
 }
 

@@ -279,8 +279,9 @@ func (d *direction) deadline(write bool) (int64, error) {
 	} else {
 		switch {
 		case d.idle:
-			// A source the poller cannot hold: look at the pair's state
-			// once per keeper tick.
+			// A header's wait that no kick ends (readMore): look at the
+			// pair's state once per keeper tick. A message's deadline is
+			// the keeper's to enforce then (messageTimeoutEnding).
 			t = time.Now().Add(p.tick).UnixNano()
 		case d.msgDeadline.Load() != 0:
 			t = d.msgDeadline.Load()
