@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -298,5 +299,47 @@ func TestShutdownWhileUpgrading(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestShutdownAbortsALatePair: a handshake that reserved its place before
+// Shutdown began, and whose pair is tracked only after Shutdown's grace ran
+// out and it aborted the pairs it had, is aborted as they were: Shutdown
+// does not wait for that pair's close timeouts past its own deadline.
+func TestShutdownAbortsALatePair(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) { _, _ = io.Copy(io.Discard, br) })
+	g := newGate(t, up.URL, func(c *Config) { c.CloseTimeout = 2 * time.Second })
+	inHook := make(chan struct{})
+	release := make(chan struct{})
+	g.proxy.hooks.upgrading = func() {
+		close(inHook)
+		<-release
+	}
+	go func() {
+		dialPoint()
+		conn, err := net.Dial("tcp", g.Listener.Addr().String())
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		_, _ = io.Copy(io.Discard, conn) // never answers a close
+	}()
+	<-inHook // reserved: Shutdown waits for it
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- g.proxy.Shutdown(ctx) }()
+	<-ctx.Done()
+	time.Sleep(200 * time.Millisecond) // Shutdown's abort has run
+	close(release)
+	err := <-done
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Fatalf("Shutdown with a 300ms grace returned %v after %v (close timeout 2s)", err, took)
+	}
+	if err == nil {
+		t.Fatal("Shutdown past its grace returned no error")
 	}
 }

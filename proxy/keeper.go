@@ -147,9 +147,7 @@ func (p *Proxy) backstop(pr *pair) {
 	p.m.CloseBackstop.Inc()
 	p.log.Error("relay: a pair outlived its close deadline; forcing it closed",
 		"client_ip", pr.info.ip.String(), "path", pr.info.path)
-	pr.abort()
-	pr.client.hangUp()
-	pr.upstream.hangUp()
+	pr.cut()
 	pr.kick()
 }
 

@@ -174,9 +174,7 @@ func (pr *pair) register() {
 			pr.p.log.Warn("relay: poller refused a socket", "err", err)
 			d.noPoll = true
 			if d.src().owned {
-				pr.abort()
-				pr.client.hangUp()
-				pr.upstream.hangUp()
+				pr.cut()
 			}
 		}
 	}
@@ -195,6 +193,16 @@ func (pr *pair) abort() {
 		}
 	}
 	pr.kick()
+}
+
+// cut aborts the pair and hangs up both of its sockets: Shutdown's end for
+// what its grace left, the keeper's backstop, a socket the poller refused.
+// Its callers hold the proxy's lock or run before the directions can
+// finish: the descriptors are closed under that lock (finish).
+func (pr *pair) cut() {
+	pr.abort()
+	pr.client.hangUp()
+	pr.upstream.hangUp()
 }
 
 // kick makes both directions look at the pair's state: a parked one runs,

@@ -291,7 +291,11 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	pairs map[*pair]struct{}
-	wg    sync.WaitGroup // one per pair, done when both of its goroutines have ended
+	// aborting is set by Shutdown when its grace runs out and it aborts
+	// the pairs: a pair tracked after that (its handshake reserved its
+	// place before) is aborted as they were.
+	aborting bool
+	wg       sync.WaitGroup // one per pair, done when both of its goroutines have ended
 }
 
 // New validates cfg and returns a Proxy.
@@ -530,10 +534,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		p.mu.Lock()
+		p.aborting = true
 		for pr := range p.pairs {
-			pr.abort()
-			pr.client.hangUp()
-			pr.upstream.hangUp()
+			pr.cut()
 		}
 		p.mu.Unlock()
 		<-done
@@ -615,13 +618,17 @@ func (p *Proxy) reserve() bool {
 
 // track shows a reserved pair to the keeper, drains and Shutdown. One that
 // Shutdown began to drain before it was tracked is drained at once: its
-// client has its 101 and gets the drain's notice and close.
+// client has its 101 and gets the drain's notice and close; and cut as well
+// once Shutdown's grace ran out.
 func (p *Proxy) track(pr *pair) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pairs[pr] = struct{}{}
 	if p.draining.Load() {
 		pr.end(p.drainEnding())
+	}
+	if p.aborting {
+		pr.cut()
 	}
 }
 
