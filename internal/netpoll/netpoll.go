@@ -386,6 +386,19 @@ func (p *Poller) work() {
 	p.mu.Lock()
 	for {
 		switch {
+		case !p.leading && !p.closed:
+			// Readiness comes before queued callbacks: under a backlog
+			// that never empties (runs that requeue), a worker that popped
+			// the queue first left nobody leading once the lead detached,
+			// and parked sockets, Accept and blocked writers waited for the
+			// backlog to end. The queue gets another worker if there is room.
+			p.leading, w.leading = true, true
+			p.spawnIfNeeded()
+			p.mu.Unlock()
+			if !p.lead(w) {
+				return
+			}
+			p.mu.Lock()
 		case !p.queue.empty():
 			d := p.queue.pop()
 			p.mu.Unlock()
@@ -397,13 +410,6 @@ func (p *Poller) work() {
 			p.attached--
 			p.mu.Unlock()
 			return
-		case !p.leading:
-			p.leading, w.leading = true, true
-			p.mu.Unlock()
-			if !p.lead(w) {
-				return
-			}
-			p.mu.Lock()
 		case p.trim > 0:
 			// Idle since the last tick, and one too many: it ends.
 			p.trim--

@@ -622,3 +622,86 @@ func TestRequeueLetsTheLeadGoOn(t *testing.T) {
 		p.Remove(d)
 	}
 }
+
+// TestLeadTakenBackUnderBacklog: while more Descs than workers keep
+// requeueing (a steady backlog), the lead's callback detaches to block, as a
+// write to a slow peer does. Someone must take the lead back at once: a
+// worker that popped the queue first left readiness uncollected, so a
+// parked socket with bytes (and Accept, and a detached writer's EPOLLOUT)
+// waited until the backlog ended.
+func TestLeadTakenBackUnderBacklog(t *testing.T) {
+	const workers = 2
+	p := newPoller(t, workers)
+	time.Sleep(10 * time.Millisecond) // New's worker leads
+	var stop atomic.Bool
+	busy := make([]Desc, workers+1)
+	var busyDone sync.WaitGroup
+	for i := range busy {
+		a, _ := socketPair(t)
+		d := &busy[i]
+		busyDone.Add(1)
+		d.Init(a, func() {
+			if !stop.Load() {
+				time.Sleep(200 * time.Microsecond) // a run's work
+				if p.Requeue(d) {
+					return
+				}
+			}
+			busyDone.Done()
+		})
+		p.Go(d)
+	}
+	time.Sleep(20 * time.Millisecond) // the backlog is steady
+
+	// L: run by the lead (its readiness), detaches and blocks for a while,
+	// as a write to a slow peer would.
+	la, lb := socketPair(t)
+	var l Desc
+	detached := make(chan struct{})
+	release := make(chan struct{})
+	l.Init(la, func() {
+		p.Detach(&l)
+		close(detached)
+		<-release
+	})
+	if parked, err := p.Wait(&l); !parked || err != nil {
+		t.Fatal(parked, err)
+	}
+	// X: a parked connection whose bytes arrive while L blocks.
+	xa, xb := socketPair(t)
+	var x Desc
+	xran := make(chan struct{}, 1)
+	x.Init(xa, func() { xran <- struct{}{} })
+	if parked, err := p.Wait(&x); !parked || err != nil {
+		t.Fatal(parked, err)
+	}
+	syscall.Write(lb, []byte("l"))
+	within(t, detached, "L's callback on the lead")
+	syscall.Write(xb, []byte("x"))
+	var failed bool
+	select {
+	case <-xran:
+	case <-time.After(time.Second):
+		p.mu.Lock()
+		t.Errorf("a readable parked Desc did not run within 1s while the lead's callback blocked detached "+
+			"(leading %v, attached %d, idle %d, queue empty %v)", p.leading, p.attached, p.idle, p.queue.empty())
+		p.mu.Unlock()
+		failed = true
+	}
+	stop.Store(true)
+	busyDone.Wait()
+	if failed {
+		within(t, xran, "X's callback once the backlog ended")
+		t.Log("X ran once the backlog ended")
+	}
+	close(release)
+	for l.state.Load() != running {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond)
+	p.Remove(&l)
+	p.Remove(&x)
+	for i := range busy {
+		p.Remove(&busy[i])
+	}
+}
