@@ -26,10 +26,12 @@ import (
 //
 // A Conn is read by one goroutine and written by one at a time, as the
 // relay's sockets are. The deadline setters may be called from any
-// goroutine, and reach a Read or Write that waits; Close too, but not
-// while a Read or Write is in a system call on the descriptor (unlike a
-// net.Conn, nothing holds the descriptor open for them): the gate closes
-// a Conn on the goroutine that uses it.
+// goroutine, and reach a Read or Write that waits. Close must not run
+// alongside a Read or Write (unlike a net.Conn, nothing holds the
+// descriptor open for them): the gate closes a Conn on the goroutine that
+// uses it. After Close (or Release, or Handover) they answer
+// net.ErrClosed and leave the descriptor, whose number may be another
+// socket's by then, alone.
 type Conn struct {
 	p      *Poller
 	d      Desc
@@ -101,6 +103,9 @@ func (c *Conn) Release() (net.Conn, error) {
 // CloseWrite shuts the sending half down: the peer reads EOF after what
 // was written.
 func (c *Conn) CloseWrite() error {
+	if c.closed.Load() {
+		return c.opError("close", net.ErrClosed)
+	}
 	return os.NewSyscallError("shutdown", sysShutdown(int(c.d.fd), syscall.SHUT_WR))
 }
 
@@ -187,6 +192,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	for {
+		if c.closed.Load() {
+			// Its descriptor's number may be another socket's now.
+			return 0, c.opError("read", net.ErrClosed)
+		}
 		n, err := frames.ReadSocket(int(c.d.fd), b)
 		switch {
 		case err == io.EOF:
@@ -208,6 +217,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 func (c *Conn) Write(b []byte) (int, error) {
 	done := 0
 	for {
+		if c.closed.Load() {
+			return done, c.opError("write", net.ErrClosed)
+		}
 		n, err := frames.WriteReady(int(c.d.fd), b[done:])
 		done += n
 		if err != nil {

@@ -292,3 +292,38 @@ func TestDialTCPUnderClose(t *testing.T) {
 		t.Errorf("DialTCP under Close: %v, want ErrClosed", r.err)
 	}
 }
+
+// TestConnUseAfterClose: a Read or Write on a closed Conn answers
+// net.ErrClosed, as a net.Conn does, and never reaches the descriptor,
+// whose number the next socket most likely took (here, another Conn's):
+// it used to read that connection's bytes and write into it.
+func TestConnUseAfterClose(t *testing.T) {
+	ln := listen(t, "127.0.0.1:0")
+	p := newPoller(t, 2)
+	ap := addrPort(t, ln)
+	c := dialTCP(t, p, ap, 0)
+	accept(t, ln)
+	c.Close()
+	c2 := dialTCP(t, p, ap, 0)
+	peer2 := accept(t, ln)
+	t.Logf("descriptor reused: %v", c2.FD() == c.FD())
+	if _, err := peer2.Write([]byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	buf := make([]byte, 16)
+	if n, err := c.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read on the closed Conn: %q, %v; want net.ErrClosed", buf[:n], err)
+	}
+	if _, err := c.Write([]byte("injected")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write on the closed Conn: %v; want net.ErrClosed", err)
+	}
+	_ = peer2.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if m, _ := peer2.Read(buf); m > 0 {
+		t.Errorf("the other connection's peer read %q", buf[:m])
+	}
+	_ = c2.SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := c2.Read(buf); err != nil || string(buf[:n]) != "secret" {
+		t.Errorf("the other Conn read %q, %v; want its own bytes", buf[:n], err)
+	}
+}
