@@ -196,10 +196,11 @@ func (pr *pair) notify(text []byte) {
 }
 
 // sendNotice writes the notice published for the client, if any, between
-// two messages from the upstream.
+// two messages to the client: none is being read from the upstream, nor
+// open in the gate's compression (as writeClose's text).
 func (d *direction) sendNotice() {
 	info := d.pr.info
-	if info.notice.Load() == nil || d.s.InMessage() || d.attachments > 0 {
+	if info.notice.Load() == nil || d.s.InMessage() || d.inDeflate || d.attachments > 0 {
 		return
 	}
 	text := info.notice.Swap(nil)
