@@ -575,10 +575,10 @@ func (l *Limiter) renewSlices() {
 // standalone Redis, which the next renewals wait for; on a Cluster, where
 // their keys are in different slots, each in a call of its own, on a
 // goroutine of its own that the renewer does not wait for, so that a node
-// that does not answer holds only its own renewals. The renewals of a busy gate come faster than
-// one call at a time answers: at 500 busy connections, each with a user
-// slice to renew, the shared address's renewal queued behind theirs and its
-// slice ran out. A renewal whose slices were dropped while it was queued
+// that does not answer holds only its own renewals. The renewals of a busy
+// gate come faster than one call at a time answers: at 500 busy
+// connections, each with a user slice to renew, the shared address's
+// renewal queued behind theirs and its slice ran out. A renewal whose slices were dropped while it was queued
 // (gen moved), or whose node is marked down, is not sent. A failure is not
 // counted against the node: a decision that needs the slice leases it, and
 // its call counts.
